@@ -1,0 +1,50 @@
+# One task runner for people and CI. `make demo` and `make test` set up everything they need.
+SHELL := /bin/bash
+PYTHON ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.installed
+# torch is pinned to the CPU build that pip finds locally on these machines; any
+# torch the extras allow works elsewhere.
+TORCH_SPEC ?= torch==2.13.0
+
+.PHONY: all venv demo test lint typecheck unit vectors vectors-check bench clean
+
+all: test
+
+$(STAMP): pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install --quiet --upgrade pip
+	$(BIN)/python -m pip install --quiet "$(TORCH_SPEC)"
+	$(BIN)/python -m pip install --quiet -e '.[torch,transformers,dev]'
+	touch $(STAMP)
+
+venv: $(STAMP)
+
+demo: $(STAMP)
+	HF_HUB_OFFLINE=1 TRANSFORMERS_OFFLINE=1 $(BIN)/python scripts/demo.py
+
+lint: $(STAMP)
+	$(BIN)/ruff check src tests bench scripts
+	$(BIN)/ruff format --check src tests bench scripts
+	$(BIN)/lint-imports
+
+typecheck: $(STAMP)
+	$(BIN)/mypy
+
+vectors: $(STAMP)
+	$(BIN)/python tests/vectors/format/generate.py
+
+vectors-check: $(STAMP)
+	$(BIN)/python tests/vectors/format/generate.py --check
+
+unit: $(STAMP)
+	HF_HUB_OFFLINE=1 TRANSFORMERS_OFFLINE=1 $(BIN)/python -m pytest -q -p no:cacheprovider
+
+test: lint typecheck vectors-check unit
+
+bench: $(STAMP)
+	$(BIN)/python bench/cpu_load.py
+
+clean:
+	rm -rf $(VENV) .mypy_cache .ruff_cache .pytest_cache

@@ -1,0 +1,5 @@
+"""``python -m weightvault``."""
+
+from weightvault.cli.main import main
+
+main()

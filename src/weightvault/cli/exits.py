@@ -1,0 +1,50 @@
+"""Exit codes and one-line messages for every error class.
+
+The most specific class in an error's MRO decides. Codes are stable: scripts
+may rely on them, and ``tests/unit/cli`` checks the table.
+"""
+
+from __future__ import annotations
+
+from typing import Final
+
+from weightvault import errors as e
+
+__all__ = ["EXIT_CODES", "EXIT_INTERNAL", "EXIT_OK", "EXIT_USAGE", "exit_code_for"]
+
+EXIT_OK: Final = 0
+EXIT_INTERNAL: Final = 1
+EXIT_USAGE: Final = 2
+
+#: error class -> (exit code, short label)
+EXIT_CODES: Final[dict[type[e.WeightVaultError], tuple[int, str]]] = {
+    e.WeightVaultError: (3, "error"),
+    e.FormatError: (10, "invalid file"),
+    e.HeaderError: (11, "malformed header"),
+    e.UnsupportedError: (12, "unsupported"),
+    e.HeaderAuthError: (13, "header authentication failed"),
+    e.PayloadError: (14, "data authentication failed"),
+    e.ManifestError: (15, "model manifest invalid"),
+    e.KeyAccessError: (20, "key unavailable"),
+    e.NoMatchingRecipientError: (21, "no matching recipient"),
+    e.KeyMismatchError: (22, "wrong key"),
+    e.ReleaseDeniedError: (23, "key release denied"),
+    e.AttestationError: (30, "attestation failed"),
+    e.EvidenceError: (31, "evidence rejected"),
+    e.QuoteError: (32, "TPM quote rejected"),
+    e.PolicyViolationError: (33, "policy violation"),
+    e.AuditLogError: (40, "audit log verification failed"),
+    e.InclusionProofError: (41, "inclusion proof invalid"),
+    e.ConsistencyError: (42, "consistency proof invalid"),
+    e.CheckpointError: (43, "checkpoint invalid"),
+    e.TransportError: (50, "service unreachable"),
+    e.ConfigError: (60, "configuration error"),
+}
+
+
+def exit_code_for(error: e.WeightVaultError) -> tuple[int, str]:
+    """The exit code and label of the most specific known class of ``error``."""
+    for cls in type(error).__mro__:
+        if cls in EXIT_CODES:
+            return EXIT_CODES[cls]
+    return EXIT_CODES[e.WeightVaultError]

@@ -1,0 +1,441 @@
+"""``weightvault``: seal, inspect, verify, unseal and rewrap model weights.
+
+Every failure ends in one line on stderr, ``weightvault: <label>: <message>``,
+and a distinct exit code (see :mod:`weightvault.cli.exits`). Outputs are written
+atomically: a failed command leaves no partial file behind.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import getpass
+import json
+import os
+import sys
+from collections.abc import Callable, Iterator, Sequence
+from pathlib import Path
+from typing import Any, NoReturn
+
+import click
+
+from weightvault import __version__
+from weightvault.cli.exits import EXIT_INTERNAL, exit_code_for
+from weightvault.crypto.aead import AEADSuite
+from weightvault.crypto.keywrap import HPKEKem
+from weightvault.errors import ConfigError, WeightVaultError
+from weightvault.format.keys import FileKey
+from weightvault.format.manifest import FileRole
+from weightvault.format.preamble import CHUNK_LOG2_RANGE, DEFAULT_CHUNK_LOG2
+from weightvault.format.recipients import KEK, HPKEIdentity, HPKERecipient, Identity, Passphrase, Recipient
+from weightvault.sealing import (
+    SealedFile,
+    SealedModel,
+    SealOptions,
+    is_sealed_model_dir,
+    read_key_file,
+    rewrap_file,
+    seal_model_dir,
+    seal_safetensors,
+    unseal_file,
+    unseal_model_dir,
+    write_key_file,
+)
+
+__all__ = ["cli", "main"]
+
+PASSPHRASE_ENV = "WEIGHTVAULT_PASSPHRASE"  # noqa: S105 - the name of a variable, not a secret
+
+
+def _fail(error: WeightVaultError) -> NoReturn:
+    code, label = exit_code_for(error)
+    message = str(error).splitlines()[0] if str(error) else type(error).__name__
+    click.echo(f"weightvault: {label}: {message}", err=True)
+    if error.remedy and os.environ.get("WEIGHTVAULT_HINTS", "1") != "0":
+        click.echo(f"  hint: {error.remedy}", err=True)
+    sys.exit(code)
+
+
+def _passphrase(confirm: bool) -> str:
+    value = os.environ.get(PASSPHRASE_ENV)
+    if value:
+        return value
+    if not sys.stdin.isatty():
+        raise ConfigError(f"no terminal to ask for a passphrase; set {PASSPHRASE_ENV}")
+    first = getpass.getpass("passphrase: ")
+    if confirm and getpass.getpass("passphrase (again): ") != first:
+        raise ConfigError("passphrases do not match")
+    return first
+
+
+@contextlib.contextmanager
+def _progress(label: str, total: int) -> Iterator[Callable[[int], None] | None]:
+    """A rich progress bar on a terminal; nothing when stderr is not one."""
+    if not sys.stderr.isatty() or total <= 0:
+        yield None
+        return
+    from rich.progress import BarColumn, DownloadColumn, Progress, TimeRemainingColumn, TransferSpeedColumn
+
+    with Progress(
+        "[progress.description]{task.description}",
+        BarColumn(),
+        DownloadColumn(),
+        TransferSpeedColumn(),
+        TimeRemainingColumn(),
+        transient=True,
+        console=None,
+    ) as bar:
+        task = bar.add_task(label, total=total)
+        yield lambda n: bar.advance(task, n)
+
+
+def _size_of(path: Path) -> int:
+    if path.is_file():
+        return path.stat().st_size
+    return sum(p.stat().st_size for p in path.rglob("*.safetensors*") if p.is_file())
+
+
+def _recipients(paths: Sequence[Path], passphrase: bool) -> list[Recipient]:
+    out: list[Recipient] = []
+    for path in paths:
+        key = read_key_file(path)
+        if isinstance(key, KEK | HPKERecipient):
+            out.append(key)
+        elif isinstance(key, HPKEIdentity):
+            out.append(key.recipient)
+        else:
+            raise ConfigError(f"{path}: a file key cannot be a recipient")
+    if passphrase:
+        out.append(Passphrase(_passphrase(confirm=True)))
+    return out
+
+
+def _identities(paths: Sequence[Path], passphrase: bool) -> FileKey | list[Identity]:
+    ids: list[Identity] = []
+    for path in paths:
+        key = read_key_file(path)
+        if isinstance(key, FileKey):
+            if len(paths) == 1 and not passphrase:
+                return key
+            raise ConfigError("a file key cannot be combined with other identities")
+        if isinstance(key, HPKERecipient):
+            raise ConfigError(f"{path} is a public key; pass the private key to open files")
+        ids.append(key)
+    if passphrase:
+        ids.append(Passphrase(_passphrase(confirm=False)))
+    if not ids:
+        raise ConfigError("no key given: pass -i/--identity KEYFILE or --passphrase")
+    return ids
+
+
+def _emit_json(doc: object) -> None:
+    click.echo(json.dumps(doc, indent=2, sort_keys=True))
+
+
+class _Group(click.Group):
+    def invoke(self, ctx: click.Context) -> Any:
+        try:
+            return super().invoke(ctx)
+        except WeightVaultError as error:
+            _fail(error)
+        except KeyboardInterrupt:
+            click.echo("weightvault: interrupted", err=True)
+            sys.exit(130)
+        except OSError as error:
+            click.echo(
+                f"weightvault: I/O error: {error.strerror or error}: {error.filename or ''}".rstrip(": "), err=True
+            )
+            sys.exit(EXIT_INTERNAL)
+
+
+_identity_option = click.option(
+    "-i",
+    "--identity",
+    "identities",
+    multiple=True,
+    type=click.Path(path_type=Path, dir_okay=False),
+    help="Key file that opens the file: a KEK, an HPKE private key, or a raw file key. Repeatable.",
+)
+_passphrase_option = click.option(
+    "--passphrase", is_flag=True, help=f"Use a passphrase (from ${PASSPHRASE_ENV} or a prompt)."
+)
+
+
+@click.group(cls=_Group, context_settings={"help_option_names": ["-h", "--help"]})
+@click.version_option(__version__, prog_name="weightvault")
+def cli() -> None:
+    """Seal model weights so that only authorised holders can load them."""
+
+
+@cli.group()
+def keygen() -> None:
+    """Generate keys."""
+
+
+@keygen.command("kek")
+@click.argument("out", type=click.Path(path_type=Path, dir_okay=False))
+@click.option("--force", is_flag=True, help="Replace an existing file.")
+def keygen_kek(out: Path, force: bool) -> None:
+    """Write a new 32-byte key-encryption key to OUT (mode 0600)."""
+    key = KEK.generate()
+    write_key_file(out, key, overwrite=force)
+    click.echo(f"wrote KEK {key.kid} to {out}")
+
+
+@keygen.command("hpke")
+@click.argument("out", type=click.Path(path_type=Path, dir_okay=False))
+@click.option(
+    "--kem",
+    type=click.Choice([k.value for k in HPKEKem]),
+    default=HPKEKem.MLKEM768_X25519.value,
+    show_default=True,
+    help="Key encapsulation: post-quantum hybrid or classic X25519.",
+)
+@click.option("--force", is_flag=True, help="Replace existing files.")
+def keygen_hpke(out: Path, kem: str, force: bool) -> None:
+    """Write an HPKE private key to OUT and its public key to OUT.pub."""
+    identity = HPKEIdentity.generate(HPKEKem(kem))
+    public = out.with_name(out.name + ".pub")
+    write_key_file(out, identity, overwrite=force)
+    write_key_file(public, identity.recipient, overwrite=force)
+    click.echo(f"wrote {kem} key {identity.kid}: private {out}, public {public}")
+
+
+@cli.command()
+@click.argument("src", type=click.Path(path_type=Path, exists=True))
+@click.argument("dst", type=click.Path(path_type=Path))
+@click.option(
+    "-r",
+    "--recipient",
+    "recipients",
+    multiple=True,
+    type=click.Path(path_type=Path, dir_okay=False),
+    help="Key file to wrap the file key for: a KEK or an HPKE public key. Repeatable.",
+)
+@_passphrase_option
+@click.option(
+    "--key-out",
+    type=click.Path(path_type=Path, dir_okay=False),
+    help="Also write the raw file key here (mode 0600), e.g. to register it with a key broker.",
+)
+@click.option(
+    "--suite",
+    type=click.Choice([s.label for s in AEADSuite]),
+    default=AEADSuite.AES_256_GCM.label,
+    show_default=True,
+    help="AEAD for the data; chacha20-poly1305 suits GPU decryption.",
+)
+@click.option(
+    "--chunk-log2",
+    type=click.IntRange(CHUNK_LOG2_RANGE.start, CHUNK_LOG2_RANGE.stop - 1),
+    default=DEFAULT_CHUNK_LOG2,
+    show_default=True,
+    help="Chunk size as a power of two.",
+)
+@click.option("--sealed-metadata", is_flag=True, help="Encrypt the tensor table too (names, shapes, dtypes).")
+@click.option("--seal-files", is_flag=True, help="Directories: seal every other file too, not just weights.")
+@click.option("--exclude", multiple=True, help="Directories: glob of files to leave out. Repeatable.")
+@click.option("--force", is_flag=True, help="Replace DST if it exists.")
+def seal(
+    src: Path,
+    dst: Path,
+    recipients: tuple[Path, ...],
+    passphrase: bool,
+    key_out: Path | None,
+    suite: str,
+    chunk_log2: int,
+    sealed_metadata: bool,
+    seal_files: bool,
+    exclude: tuple[str, ...],
+    force: bool,
+) -> None:
+    """Seal SRC (a .safetensors file or a model directory) into DST."""
+    wrapped = _recipients(recipients, passphrase)
+    if not wrapped and key_out is None:
+        raise ConfigError("nobody could open the result: pass -r/--recipient, --passphrase or --key-out")
+    options = SealOptions(AEADSuite.from_label(suite), chunk_log2, sealed_metadata)
+    file_key = FileKey.generate()
+    if key_out is not None:
+        write_key_file(key_out, file_key, overwrite=force)
+    with _progress("sealing", _size_of(src)) as progress:
+        if src.is_dir():
+            result = seal_model_dir(
+                src,
+                dst,
+                file_key=file_key,
+                recipients=wrapped,
+                options=options,
+                seal_files=seal_files,
+                exclude=exclude,
+                overwrite=force,
+                progress=progress,
+            )
+            click.echo(f"sealed {len(result.sealed)} file(s) of {src} into {dst} ({options.suite.label})")
+        else:
+            one = seal_safetensors(
+                src, dst, file_key=file_key, recipients=wrapped, options=options, overwrite=force, progress=progress
+            )
+            click.echo(f"sealed {one.tensors} tensors of {src} into {dst} ({options.suite.label})")
+    file_key.wipe()
+
+
+@cli.command()
+@click.argument("src", type=click.Path(path_type=Path, exists=True))
+@click.argument("dst", type=click.Path(path_type=Path))
+@_identity_option
+@_passphrase_option
+@click.option("--force", is_flag=True, help="Replace DST if it exists.")
+def unseal(src: Path, dst: Path, identities: tuple[Path, ...], passphrase: bool, force: bool) -> None:
+    """Restore the original file or model directory from SRC into DST."""
+    keys = _identities(identities, passphrase)
+    with _progress("unsealing", _size_of(src)) as progress:
+        if src.is_dir():
+            unseal_model_dir(src, dst, keys, overwrite=force, progress=progress)
+        else:
+            unseal_file(src, dst, keys, overwrite=force, progress=progress)
+    click.echo(f"unsealed {src} into {dst}")
+
+
+def _file_report(path: Path, keys: FileKey | list[Identity] | None) -> dict[str, Any]:
+    with SealedFile(path) as sealed:
+        p = sealed.preamble
+        report: dict[str, Any] = {
+            "path": str(path),
+            "format_version": 1,
+            "suite": p.suite.label,
+            "file_id": p.file_id.hex(),
+            "chunk_bytes": p.chunk_size,
+            "sealed_metadata": p.sealed_metadata,
+            "data_bytes": p.data_len,
+            "recipients": [s.describe() for s in sealed.recipients.stanzas],
+        }
+        if keys is not None:
+            with sealed.unlock(keys) as opened:
+                table = opened.table
+                report["authenticated"] = True
+        elif not p.sealed_metadata:
+            table = sealed.public_table()
+            report["authenticated"] = False
+        else:
+            report["authenticated"] = False
+            report["tensors"] = None
+            return report
+        report["kind"] = table.kind.value
+        report["metadata"] = dict(table.metadata)
+        report["tensors"] = [
+            {"name": t.name, "dtype": t.dtype.name, "shape": list(t.shape), "nbytes": t.nbytes} for t in table.tensors
+        ]
+        return report
+
+
+@cli.command()
+@click.argument("path", type=click.Path(path_type=Path, exists=True))
+@_identity_option
+@_passphrase_option
+@click.option("--json", "as_json", is_flag=True, help="Print a JSON report.")
+def inspect(path: Path, identities: tuple[Path, ...], passphrase: bool, as_json: bool) -> None:
+    """List the tensors and recipients of a sealed file or model directory.
+
+    Without a key the tensor table is shown unauthenticated (when it is public).
+    """
+    keys = _identities(identities, passphrase) if identities or passphrase else None
+    if path.is_dir():
+        from weightvault.format.manifest import MANIFEST_NAME, ModelManifest
+
+        manifest = ModelManifest.from_bytes((path / MANIFEST_NAME).read_bytes())
+        if keys is not None:
+            SealedModel.open(path, keys)
+        reports = [
+            _file_report(path / f.path, keys)
+            if f.role is FileRole.SEALED
+            else {"path": str(path / f.path), "public": True}
+            for f in manifest.files
+        ]
+        doc: dict[str, Any] = {"model": str(path), "authenticated": keys is not None, "files": reports}
+    else:
+        doc = _file_report(path, keys)
+    if as_json:
+        _emit_json(doc)
+        return
+    for report in doc.get("files", [doc]):
+        if report.get("public"):
+            click.echo(f"{report['path']}: carried in the clear")
+            continue
+        state = "authenticated" if report["authenticated"] else "UNAUTHENTICATED (no key given)"
+        click.echo(f"{report['path']}: sealed v1, {report['suite']}, {report['data_bytes']} data bytes, table {state}")
+        for r in report["recipients"]:
+            click.echo(f"  recipient: {r}")
+        if report["tensors"] is None:
+            click.echo("  tensor table is sealed; pass a key to list it")
+            continue
+        for t in report["tensors"]:
+            click.echo(f"  {t['name']}  {t['dtype']}  {t['shape']}")
+
+
+@cli.command()
+@click.argument("path", type=click.Path(path_type=Path, exists=True))
+@_identity_option
+@_passphrase_option
+@click.option("--json", "as_json", is_flag=True, help="Print a JSON report.")
+def verify(path: Path, identities: tuple[Path, ...], passphrase: bool, as_json: bool) -> None:
+    """Check every tag of a sealed file or model directory, writing no plaintext."""
+    keys = _identities(identities, passphrase)
+    with _progress("verifying", _size_of(path)) as progress:
+        if path.is_dir():
+            model = SealedModel.open(path, keys)
+            model.verify(progress)
+            files = len(model.manifest.files)
+        else:
+            with SealedFile(path) as sealed, sealed.unlock(keys) as opened:
+                opened.verify(progress)
+            files = 1
+    if as_json:
+        _emit_json({"path": str(path), "ok": True, "files": files})
+    else:
+        click.echo(f"OK: {path} verified ({files} file(s), every chunk authenticated)")
+
+
+@cli.command()
+@click.argument("path", type=click.Path(path_type=Path, exists=True))
+@_identity_option
+@_passphrase_option
+@click.option(
+    "--add",
+    "add",
+    multiple=True,
+    type=click.Path(path_type=Path, dir_okay=False),
+    help="Recipient key file to add (KEK or HPKE public key). Repeatable.",
+)
+@click.option("--add-passphrase", is_flag=True, help="Add a passphrase recipient (asks for a new passphrase).")
+@click.option("--remove", multiple=True, help="Key id or stanza type to remove. Repeatable.")
+@click.option("--replace-all", is_flag=True, help="Drop every existing recipient before adding.")
+def rewrap(
+    path: Path,
+    identities: tuple[Path, ...],
+    passphrase: bool,
+    add: tuple[Path, ...],
+    add_passphrase: bool,
+    remove: tuple[str, ...],
+    replace_all: bool,
+) -> None:
+    """Add, remove or rotate recipients of PATH without re-encrypting the data."""
+    keys = _identities(identities, passphrase)
+    new = _recipients(add, False)
+    if add_passphrase:
+        new.append(Passphrase(_passphrase(confirm=True)))
+    if path.is_dir():
+        if not is_sealed_model_dir(path):
+            raise ConfigError(f"{path} is not a sealed model directory")
+        model = SealedModel.open(path, keys)
+        targets = [path / f.path for f in model.manifest.sealed()]
+        keys = model.file_key
+    else:
+        targets = [path]
+    for target in targets:
+        result = rewrap_file(target, keys, add=new, remove=remove, replace_all=replace_all)
+        grown = " (recipients region grew)" if result.grew else ""
+        click.echo(f"{target}: {len(result.stanzas)} recipient(s){grown}")
+
+
+def main(argv: Sequence[str] | None = None) -> None:
+    """Console entry point."""
+    cli.main(args=list(argv) if argv is not None else None, prog_name="weightvault")

@@ -1,0 +1,180 @@
+"""The one error tree of weightvault.
+
+Every failure that weightvault detects in untrusted input, in key access, or in
+its own configuration raises a subclass of :class:`WeightVaultError`. Caller
+misuse (a key of the wrong length, an argument of the wrong type) raises
+``ValueError`` or ``TypeError`` instead, so that "the data is bad" and "the
+program is wrong" never share an ``except`` clause.
+
+::
+
+    WeightVaultError
+    ├─ FormatError                 untrusted bytes are malformed or fail authentication
+    │  ├─ HeaderError              preamble, recipients region, header or limits are malformed
+    │  │  └─ UnsupportedError      a version, suite, flag, dtype or critical field we do not know
+    │  ├─ HeaderAuthError          the header MAC or a per-tensor key commitment does not verify
+    │  ├─ PayloadError             a chunk tag fails, data is truncated, extended or has non-zero padding
+    │  └─ ManifestError            a sealed model directory does not match its authenticated manifest
+    ├─ KeyAccessError              the caller cannot obtain the right key
+    │  ├─ NoMatchingRecipientError no identity opens any recipient stanza of the file
+    │  ├─ KeyMismatchError         a key was supplied but it is not this file's key (key commitment)
+    │  └─ ReleaseDeniedError       the key broker refused to release the key (carries reasons)
+    ├─ AttestationError            evidence could not be verified
+    │  ├─ EvidenceError
+    │  ├─ QuoteError
+    │  └─ PolicyViolationError
+    ├─ AuditLogError               the tamper-evident log or a proof does not verify
+    │  ├─ InclusionProofError
+    │  ├─ ConsistencyError
+    │  └─ CheckpointError
+    ├─ TransportError              a remote service could not be reached (the only retryable branch)
+    └─ ConfigError                 local configuration or key files are unusable
+
+Authentication failures of one kind are reported as one opaque error: the
+message never says which byte or which check failed beyond what the caller
+needs to act, so that no error becomes an oracle. Each error offers
+:meth:`WeightVaultError.diagnostics` with remediation text for people; only the
+CLI prints it.
+
+This module imports nothing from weightvault.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+__all__ = [
+    "AttestationError",
+    "AuditLogError",
+    "CheckpointError",
+    "ConfigError",
+    "ConsistencyError",
+    "EvidenceError",
+    "FormatError",
+    "HeaderAuthError",
+    "HeaderError",
+    "InclusionProofError",
+    "KeyAccessError",
+    "KeyMismatchError",
+    "ManifestError",
+    "NoMatchingRecipientError",
+    "PayloadError",
+    "PolicyViolationError",
+    "QuoteError",
+    "ReleaseDeniedError",
+    "TransportError",
+    "UnsupportedError",
+    "WeightVaultError",
+]
+
+
+class WeightVaultError(Exception):
+    """Base class of every error weightvault raises on bad input or refused access."""
+
+    #: Short remediation text for people; subclasses override it.
+    remedy: str = ""
+
+    def diagnostics(self) -> str:
+        """Return the message followed by remediation text, for people to read."""
+        text = str(self)
+        if self.remedy:
+            text = f"{text}\n  hint: {self.remedy}"
+        return text
+
+
+class FormatError(WeightVaultError):
+    """Untrusted bytes are malformed or fail authentication."""
+
+    remedy = "the file is damaged or was tampered with; obtain a fresh copy from its publisher"
+
+
+class HeaderError(FormatError):
+    """The preamble, recipients region or header is malformed or exceeds a limit."""
+
+
+class UnsupportedError(HeaderError):
+    """The input uses a version, suite, flag, dtype or critical field this release does not know."""
+
+    remedy = "upgrade weightvault, or re-seal the model with options this release supports"
+
+
+class HeaderAuthError(FormatError):
+    """The header MAC or a per-tensor key commitment does not verify."""
+
+
+class PayloadError(FormatError):
+    """A chunk fails authentication, or the data area is truncated, extended or has non-zero padding."""
+
+
+class ManifestError(FormatError):
+    """A sealed model directory does not match its authenticated manifest."""
+
+
+class KeyAccessError(WeightVaultError):
+    """The caller cannot obtain the right key for a sealed file."""
+
+
+class NoMatchingRecipientError(KeyAccessError):
+    """No supplied identity opens any recipient stanza of the file."""
+
+    remedy = "pass the key, identity or passphrase the file was sealed to (see 'weightvault inspect')"
+
+
+class KeyMismatchError(KeyAccessError):
+    """A key was supplied but it is not this file's key: the key commitment does not match."""
+
+    remedy = "the key belongs to another file or model; use the key this file was sealed with"
+
+
+class ReleaseDeniedError(KeyAccessError):
+    """The key broker refused to release a key.
+
+    Attributes:
+        reasons: coarse reason codes the broker chose to reveal to the caller.
+    """
+
+    def __init__(self, message: str, reasons: Sequence[str] = ()) -> None:
+        super().__init__(message)
+        self.reasons: tuple[str, ...] = tuple(reasons)
+
+
+class AttestationError(WeightVaultError):
+    """Attestation evidence could not be verified."""
+
+
+class EvidenceError(AttestationError):
+    """Evidence is malformed, stale, or not bound to the expected challenge."""
+
+
+class QuoteError(AttestationError):
+    """A TPM quote fails one of its structural, signature or freshness checks."""
+
+
+class PolicyViolationError(AttestationError):
+    """Verified claims do not satisfy the release policy."""
+
+
+class AuditLogError(WeightVaultError):
+    """The tamper-evident log, a checkpoint or a proof does not verify."""
+
+
+class InclusionProofError(AuditLogError):
+    """An inclusion proof does not lead to the expected root."""
+
+
+class ConsistencyError(AuditLogError):
+    """A consistency proof does not show that one tree is a prefix of another."""
+
+
+class CheckpointError(AuditLogError):
+    """A signed checkpoint is malformed, unsigned by a trusted key, or stale."""
+
+
+class TransportError(WeightVaultError):
+    """A remote service could not be reached or timed out; the only retryable branch."""
+
+    remedy = "check that the service is running and reachable, then retry"
+
+
+class ConfigError(WeightVaultError):
+    """Local configuration, a key file or an option is unusable."""

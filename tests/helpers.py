@@ -1,0 +1,157 @@
+"""Test helpers: sealing fixtures and a forger that re-authenticates modified headers.
+
+The forger models an attacker who holds the file key (a malicious publisher or a
+key holder): it rebuilds a file around arbitrary header bytes with valid chunk
+tags and a valid header MAC, so that tests reach the checks that sit *behind*
+authentication (parser limits, unknown critical fields, key commitments).
+"""
+
+from __future__ import annotations
+
+import struct
+from dataclasses import dataclass
+from pathlib import Path
+
+from weightvault import KEK, AEADSuite, FileKey
+from weightvault.crypto.mac import hmac_sha256
+from weightvault.format._wire import ALIGNMENT, align_up
+from weightvault.format.hazmat import TensorStream, derive_header_keys, header_digest
+from weightvault.format.header import HeaderTable
+from weightvault.format.preamble import MAC_BYTES, Preamble
+from weightvault.format.recipients import encode_recipients_region
+from weightvault.sealing import SealOptions, seal_safetensors
+from weightvault.sealing.reader import SealedFile
+
+
+@dataclass
+class SealedCase:
+    plain: Path
+    sealed: Path
+    file_key: FileKey
+    kek: KEK
+    suite: AEADSuite
+
+    def bytes(self) -> bytearray:
+        return bytearray(self.sealed.read_bytes())
+
+
+def make_sealed_case(
+    tmp: Path,
+    plain: Path,
+    file_key: FileKey,
+    kek: KEK,
+    suite: AEADSuite,
+    sealed_metadata: bool = False,
+    name: str = "x",
+) -> SealedCase:
+    out = tmp / f"{name}-{suite.label}{'-sm' if sealed_metadata else ''}.wvlt"
+    seal_safetensors(
+        plain,
+        out,
+        file_key=file_key,
+        recipients=[kek],
+        options=SealOptions(suite=suite, chunk_log2=16, sealed_metadata=sealed_metadata),
+    )
+    return SealedCase(plain, out, file_key, kek, suite)
+
+
+def plain_tensor_bytes(plain: Path) -> dict[str, bytes]:
+    """Raw bytes of every tensor in a plain safetensors file."""
+    import json
+
+    data = plain.read_bytes()
+    (n,) = struct.unpack("<Q", data[:8])
+    header = json.loads(data[8 : 8 + n])
+    header.pop("__metadata__", None)
+    base = 8 + n
+    return {k: data[base + v["data_offsets"][0] : base + v["data_offsets"][1]] for k, v in header.items()}
+
+
+def forge(
+    sealed_path: Path,
+    file_key: FileKey,
+    out: Path,
+    *,
+    header_json: bytes | None = None,
+    preamble_changes: dict[str, object] | None = None,
+    plaintexts: dict[int, bytes] | None = None,
+    encrypt_key: FileKey | None = None,
+) -> None:
+    """Rebuild ``sealed_path`` with new header bytes and/or preamble fields, fully re-authenticated.
+
+    Tensor plaintexts are taken from the original file (or ``plaintexts`` by index),
+    and chunks are re-encrypted under ``encrypt_key`` (the original file key by
+    default) and the original file id; the one stanza wraps that key too.
+    """
+    writer_key = encrypt_key or file_key
+    with SealedFile(sealed_path) as sealed:
+        opened = sealed.unlock(file_key)
+        original = {e.index: bytes(opened.read_range(e, 0, e.nbytes)) for e in opened.entries}
+        entries = list(opened.entries)
+        p = sealed.preamble
+    if plaintexts:
+        original.update(plaintexts)
+    table_bytes = (
+        header_json
+        if header_json is not None
+        else HeaderTable.from_bytes(_header_json(sealed_path, file_key)).to_bytes()
+    )
+    fields: dict[str, object] = {
+        "suite": p.suite,
+        "flags": p.flags,
+        "file_id": p.file_id,
+        "key_commitment": p.key_commitment,
+        "chunk_log2": p.chunk_log2,
+        "header_len": len(table_bytes),
+        "tags_len": p.tags_len,
+        "data_len": p.data_len,
+        "recipients_len": p.recipients_len,
+    }
+    fields.update(preamble_changes or {})
+    new = Preamble(**fields)  # type: ignore[arg-type]
+    hs = writer_key.header_secret(p.file_id)
+    hkeys = derive_header_keys(hs)
+    core = new.authenticated_core()
+    digest = header_digest(core, table_bytes)
+    grant = writer_key.tensor_keys(p.file_id, range(len(entries)))
+    from weightvault.format.keys import unlock
+
+    unlocked = unlock(grant, p.file_id, hkeys.commitment)
+    buf = bytearray(new.file_size)
+    buf[0:128] = new.to_bytes()
+    context = new.stanza_context()
+    buf[128 : 128 + new.recipients_len] = encode_recipients_region(
+        [KEK(bytes(range(1, 33))).wrap(writer_key, context)], new.recipients_len, hkeys.recipients_mac_key, context
+    )
+    buf[new.header_offset : new.header_offset + len(table_bytes)] = table_bytes
+    tags = bytearray()
+    for e in entries:
+        stream = TensorStream.create(
+            new.suite,
+            unlocked.tensor_aead_key(e.index),
+            file_id=p.file_id,
+            header_digest=digest,
+            tensor_index=e.index,
+            name=e.name,
+            nbytes=e.nbytes,
+            chunk_log2=new.chunk_log2,
+        )
+        plain = original[e.index]
+        for j in range(stream.count):
+            c0, c1 = stream.chunk_bounds(j)
+            out_buf = bytearray(c1 - c0 + 16)
+            stream.encrypt_chunk_into(j, memoryview(plain)[c0:c1], memoryview(out_buf))
+            start = new.data_offset + e.offset + c0
+            buf[start : start + c1 - c0] = out_buf[: c1 - c0]
+            tags += out_buf[c1 - c0 :]
+    tags = tags[: new.tags_len].ljust(new.tags_len, b"\0")
+    buf[new.tags_offset : new.tags_offset + new.tags_len] = tags
+    mac = hmac_sha256(hkeys.mac_key, [core, table_bytes, bytes(tags)])
+    buf[new.mac_offset : new.mac_offset + MAC_BYTES] = mac
+    assert new.data_offset == align_up(new.mac_offset + MAC_BYTES, ALIGNMENT)
+    out.write_bytes(bytes(buf))
+
+
+def _header_json(path: Path, file_key: FileKey) -> bytes:
+    with SealedFile(path) as sealed:
+        return sealed.unlock(file_key).table.to_bytes()
