@@ -155,3 +155,22 @@ def forge(
 def _header_json(path: Path, file_key: FileKey) -> bytes:
     with SealedFile(path) as sealed:
         return sealed.unlock(file_key).table.to_bytes()
+
+
+def shared_vectors_dir() -> Path:
+    """The team's vendored public vectors (``../shared/vectors`` beside the checkout).
+
+    Looked up in $WV_SHARED_VECTORS, then beside the repository, then at the
+    workplace's fixed location. Missing vectors are an error, never a skip.
+    """
+    import os
+
+    candidates = [
+        os.environ.get("WV_SHARED_VECTORS", ""),
+        str(Path(__file__).resolve().parents[2] / "shared" / "vectors"),
+        "/work/shared/vectors",
+    ]
+    for candidate in candidates:
+        if candidate and (Path(candidate) / "rfc6962" / "testdata").is_dir():
+            return Path(candidate)
+    raise RuntimeError(f"shared test vectors not found in {candidates}; set WV_SHARED_VECTORS")

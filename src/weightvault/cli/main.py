@@ -436,6 +436,16 @@ def rewrap(
         click.echo(f"{target}: {len(result.stanzas)} recipient(s){grown}")
 
 
+def _register() -> None:
+    from weightvault.cli.audit import audit, witness
+
+    cli.add_command(audit)
+    cli.add_command(witness)
+
+
+_register()
+
+
 def main(argv: Sequence[str] | None = None) -> None:
     """Console entry point."""
     cli.main(args=list(argv) if argv is not None else None, prog_name="weightvault")

@@ -1,0 +1,495 @@
+"""The audit log: one writer, group commit, signed checkpoints, witnesses, write-ahead intents.
+
+Order of operations for every batch (the writer thread):
+
+1. take up to ``batch_max`` pending events (waiting at most ``batch_delay_s`` for more);
+2. stamp each with the log's clock, encode it (canonical JSON), hash it into the tree;
+3. sign the new checkpoint with the log key (never a key-encryption key);
+4. in one durable transaction, compare-and-swap the head under this writer's
+   fencing token and write entries, new tree nodes and the checkpoint;
+5. advance the watermark kept in a separate file;
+6. only then tell the appenders their index: an index is a promise that the event
+   is on stable storage and in a signed checkpoint;
+7. hand the checkpoint to the publisher thread, which gathers witness cosignatures
+   and publishes it once the witness policy's quorum is met.
+
+If step 4 or 5 fails, every appender of the batch gets :class:`AuditLogError` and
+the log stops accepting events (fail closed): the write-ahead rule then refuses
+every sensitive action.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import threading
+import time
+from collections.abc import Callable, Iterator, Sequence
+from concurrent.futures import Future
+from dataclasses import dataclass
+from pathlib import Path
+from queue import Empty, SimpleQueue
+from typing import Final, Protocol
+
+from weightvault.auditlog.bundle import ProofBundle
+from weightvault.auditlog.checkpoint import Checkpoint, sign_checkpoint
+from weightvault.auditlog.events import AuditEvent, decode_event
+from weightvault.auditlog.merkle import (
+    CompactRange,
+    consistency_proof,
+    inclusion_proof,
+    leaf_hash,
+    range_hash,
+)
+from weightvault.auditlog.note import Note, NoteSignature, NoteSigner, parse_note
+from weightvault.auditlog.policy import WitnessPolicy
+from weightvault.auditlog.storage import LogStorage, StoredEntry, Watermark
+from weightvault.errors import AuditLogError, WeightVaultError
+
+__all__ = ["AuditLog", "AuditSink", "LogConfig", "LogReader", "Receipt", "WitnessEndpoint", "write_ahead"]
+
+_STOP: Final = object()
+
+
+@dataclass(frozen=True, slots=True)
+class Receipt:
+    """Proof of durability: the event's index and the first checkpoint that includes it."""
+
+    index: int
+    leaf_hash: bytes
+    checkpoint_size: int
+
+
+class AuditSink(Protocol):
+    """The seam through which services record events; ``append`` returns only once the event is durable."""
+
+    def append(self, event: AuditEvent) -> Receipt: ...
+
+
+class WitnessEndpoint(Protocol):
+    """A witness reachable in-process or over HTTP (tlog-witness ``add-checkpoint``)."""
+
+    name: str
+
+    def add_checkpoint(self, old_size: int, proof: Sequence[bytes], note: Note) -> Sequence[str]:
+        """Return cosignature lines; raises WitnessConflictError (409 with the witness's size) or AuditLogError."""
+        ...
+
+
+class WitnessConflictError(AuditLogError):
+    """The witness's latest size differs from what the client sent (HTTP 409)."""
+
+    def __init__(self, message: str, size: int | None) -> None:
+        super().__init__(message)
+        self.size = size
+
+
+@dataclass(frozen=True, slots=True)
+class LogConfig:
+    """How the log commits and publishes."""
+
+    batch_max: int = 512
+    batch_delay_s: float = 0.002
+    #: Raise instead of continuing when witnesses cannot be reached (strict deployments).
+    require_witnesses: bool = False
+
+
+class LogReader:
+    """Read access to a log's storage: entries, checkpoints and proofs. Never writes.
+
+    Auditors and monitors open a log database with this class; the writer
+    (:class:`AuditLog`) extends it.
+    """
+
+    def __init__(self, storage: LogStorage) -> None:
+        self._storage = storage
+        head = storage.head()
+        if head is None:
+            raise AuditLogError("the log database has no head")
+
+    @classmethod
+    def open(cls, path: Path, origin: str) -> LogReader:
+        return cls(LogStorage(Path(path), origin))
+
+    def _current_size(self) -> int:
+        head = self._storage.head()
+        assert head is not None
+        return head.size
+
+    @property
+    def size(self) -> int:
+        return self._current_size()
+
+    def latest_checkpoint(self) -> Note:
+        """The newest checkpoint signed by the log (it may not be witnessed yet)."""
+        head = self._storage.head()
+        assert head is not None
+        return parse_note(head.checkpoint)
+
+    def checkpoint_at(self, size: int) -> Note:
+        text = self._storage.checkpoint(size)
+        if text is None:
+            raise AuditLogError(f"no checkpoint of size {size}")
+        return parse_note(text)
+
+    def root_at(self, size: int) -> bytes:
+        return CompactRange().root() if size == 0 else range_hash(self._storage, 0, size)
+
+    def inclusion_proof(self, index: int, size: int | None = None) -> list[bytes]:
+        return inclusion_proof(self._storage, index, size or self.size)
+
+    def consistency_proof(self, old_size: int, new_size: int | None = None) -> list[bytes]:
+        return consistency_proof(self._storage, old_size, new_size or self.size)
+
+    def entry(self, index: int) -> bytes:
+        return self._storage.entry(index).data
+
+    def event(self, index: int) -> AuditEvent:
+        return decode_event(self._storage.entry(index).data)
+
+    def events(
+        self, *, tenant: str | None = None, since_ms: int | None = None, until_ms: int | None = None, start: int = 0
+    ) -> Iterator[tuple[int, AuditEvent]]:
+        """Committed events, optionally filtered by tenant and time range [since, until)."""
+        for stored in self._storage.entries(start, self.size, tenant=tenant, since_ms=since_ms, until_ms=until_ms):
+            yield stored.index, decode_event(stored.data)
+
+    def proof_bundle(self, index: int, checkpoint: Note | None = None) -> ProofBundle:
+        """A c2sp.org/tlog-proof bundle for entry ``index`` (the entry travels in ``extra``)."""
+        note = checkpoint or self._best_checkpoint()
+        size = Checkpoint.from_text(note.text).size
+        if not 0 <= index < size:
+            raise AuditLogError(f"entry {index} is not covered by the checkpoint of size {size}")
+        return ProofBundle(index, tuple(self.inclusion_proof(index, size)), note, self.entry(index))
+
+    def _best_checkpoint(self) -> Note:
+        """The stored checkpoint at the head size (with any cosignatures gathered for it)."""
+        size = self.size
+        text = self._storage.checkpoint(size)
+        return parse_note(text) if text is not None else self.latest_checkpoint()
+
+    def fsck(self) -> int:
+        """Re-hash every stored entry and re-derive the root; returns the size checked.
+
+        Raises:
+            AuditLogError: an entry does not hash to its stored leaf, or the root differs.
+        """
+        head = self._storage.head()
+        assert head is not None
+        size = head.size
+        seen = 0
+        for stored in self._storage.entries(0, size):
+            if stored.index != seen:
+                raise AuditLogError(f"entry {seen} is missing")
+            if leaf_hash(stored.data) != self._storage.node(0, stored.index):
+                raise AuditLogError(f"entry {stored.index} does not match its leaf hash")
+            seen += 1
+        if seen != size:
+            raise AuditLogError(f"entries {seen}..{size - 1} are missing")
+        if self.root_at(size) != head.root:
+            raise AuditLogError("stored tree does not match the head root")
+        return size
+
+    @property
+    def storage(self) -> LogStorage:
+        return self._storage
+
+    def close(self) -> None:
+        self._storage.close()
+
+    def __enter__(self) -> LogReader:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+
+class AuditLog(LogReader):
+    """A tamper-evident log over SQLite with a single writer.
+
+    Use as a context manager, or call :meth:`close`.
+    """
+
+    def __init__(
+        self,
+        path: Path,
+        signer: NoteSigner,
+        *,
+        witnesses: Sequence[WitnessEndpoint] = (),
+        policy: WitnessPolicy | None = None,
+        config: LogConfig = LogConfig(),
+        clock: Callable[[], float] = time.time,
+        watermark_path: Path | None = None,
+    ) -> None:
+        self.origin = signer.name
+        self._signer = signer
+        self._clock = clock
+        self._config = config
+        self._witnesses = list(witnesses)
+        self._policy = policy or WitnessPolicy({}, {}, "none")
+        path = Path(path)
+        self._storage = LogStorage(path, self.origin)
+        self._watermark = Watermark(watermark_path or path.with_name(path.name + ".watermark"), self.origin)
+        self._open_state()
+        self._queue: SimpleQueue[tuple[AuditEvent, Future[Receipt]] | object] = SimpleQueue()
+        self._failed: BaseException | None = None
+        self._published: Note | None = None
+        self._published_cond = threading.Condition()
+        self._pending_publish: Note | None = None
+        self._witness_sizes: dict[str, int] = {}
+        self._writer = threading.Thread(target=self._run, name="wv-audit-writer", daemon=True)
+        self._publisher = threading.Thread(target=self._publish_loop, name="wv-audit-publisher", daemon=True)
+        self._closing = False
+        self._writer.start()
+        self._publisher.start()
+
+    # -- opening ---------------------------------------------------------------
+
+    def _current_size(self) -> int:
+        return self._tree.size
+
+    def latest_checkpoint(self) -> Note:
+        return self._head_note
+
+    def published_checkpoint(self) -> Note | None:
+        """The newest checkpoint that met the witness quorum."""
+        return self._published
+
+    def _best_checkpoint(self) -> Note:
+        return self._published or self._head_note
+
+    @property
+    def failed(self) -> BaseException | None:
+        return self._failed
+
+    def _open_state(self) -> None:
+        head = self._storage.head()
+        mark = self._watermark.read()
+        if head is None:
+            if mark is not None or self._storage.count():
+                raise AuditLogError("the log database has no head but the log existed: refusing to start afresh")
+            head = self._storage.initialise_head(self._sign(CompactRange()).to_text())
+        count = self._storage.count()
+        if count != head.size or self._storage.size() != head.size:
+            raise AuditLogError(
+                f"the log database holds {count} entries but its head says {head.size}: "
+                "entries were deleted or the database was edited; refusing to open"
+            )
+        if mark is not None:
+            if head.size < mark[0]:
+                raise AuditLogError(
+                    f"the log database is at size {head.size} but size {mark[0]} was committed before: "
+                    "history was truncated or an old backup was restored; refusing to open"
+                )
+            if self.root_at(mark[0]) != mark[1]:
+                raise AuditLogError("the log database does not extend the committed watermark: history was rewritten")
+        self._tree = self._storage.compact_range(head.size)
+        if self._tree.root() != head.root:
+            raise AuditLogError("the log database root does not match its head: history was rewritten")
+        self._watermark.advance(head.size, head.root)
+        self._fence = self._storage.take_fence(head.fence)
+        self._head_note = parse_note(head.checkpoint)
+
+    def _sign(self, tree: CompactRange) -> Note:
+        return sign_checkpoint(Checkpoint(self.origin, tree.size, tree.root()), self._signer)
+
+    # -- appending ---------------------------------------------------------------
+
+    def append(self, event: AuditEvent, timeout_s: float = 30.0) -> Receipt:
+        """Append ``event`` and wait until it is durable.
+
+        Raises:
+            AuditLogError: the event is invalid, the log has failed or is closed, or
+                the commit did not finish within ``timeout_s``.
+        """
+        return self.submit(event).result(timeout=timeout_s)
+
+    def submit(self, event: AuditEvent) -> Future[Receipt]:
+        """Queue ``event``; the future resolves once it is durable."""
+        future: Future[Receipt] = Future()
+        if self._failed is not None:
+            raise AuditLogError(f"the audit log has failed and accepts no events: {self._failed}")
+        if self._closing:
+            raise AuditLogError("the audit log is closed")
+        event.encode()  # reject oversized or non-canonical events before queueing
+        self._queue.put((event, future))
+        return future
+
+    def _run(self) -> None:
+        while True:
+            item = self._queue.get()
+            if item is _STOP:
+                return
+            batch = [item]
+            deadline = time.monotonic() + self._config.batch_delay_s
+            while len(batch) < self._config.batch_max:
+                try:
+                    nxt = self._queue.get(timeout=max(0.0, deadline - time.monotonic()))
+                except Empty:
+                    break
+                if nxt is _STOP:
+                    self._queue.put(_STOP)
+                    break
+                batch.append(nxt)
+            self._commit(batch)  # type: ignore[arg-type]
+
+    def _commit(self, batch: list[tuple[AuditEvent, Future[Receipt]]]) -> None:
+        if self._failed is not None:
+            for _, future in batch:
+                future.set_exception(AuditLogError(f"the audit log has failed: {self._failed}"))
+            return
+        tree = self._tree.copy()
+        old = (tree.size, tree.root())
+        entries: list[StoredEntry] = []
+        nodes: list[tuple[int, int, bytes]] = []
+        receipts = []
+        now_ms = int(self._clock() * 1000)
+        for event, _ in batch:
+            stamped = event.with_ts(now_ms)
+            data = stamped.encode()
+            h = leaf_hash(data)
+            entries.append(StoredEntry(tree.size, data, now_ms, stamped.tenant, stamped.type))
+            nodes.extend(tree.append(h))
+            receipts.append((tree.size - 1, h))
+        note = self._sign(tree)
+        try:
+            self._storage.append_batch(
+                entries, nodes, fence=self._fence, old=old, new=(tree.size, tree.root()), checkpoint=note.to_text()
+            )
+            self._watermark.advance(tree.size, tree.root())
+        except BaseException as exc:  # storage or CAS failure: fail closed
+            self._failed = exc if isinstance(exc, WeightVaultError) else AuditLogError(f"commit failed: {exc}")
+            for _, future in batch:
+                future.set_exception(AuditLogError(f"audit append failed: {self._failed}"))
+            return
+        self._tree = tree
+        self._head_note = note
+        for (_, future), (index, h) in zip(batch, receipts, strict=True):
+            future.set_result(Receipt(index, h, tree.size))
+        with self._published_cond:
+            self._pending_publish = note
+            self._published_cond.notify_all()
+
+    # -- publishing ----------------------------------------------------------------
+
+    def _publish_loop(self) -> None:
+        while True:
+            with self._published_cond:
+                while self._pending_publish is None and not self._closing:
+                    self._published_cond.wait()
+                note = self._pending_publish
+                self._pending_publish = None
+            if note is None:
+                return
+            with contextlib.suppress(WeightVaultError):
+                self._publish(note)
+
+    def _publish(self, note: Note) -> Note:
+        """Collect cosignatures for ``note``; store and publish it if the quorum is met."""
+        checkpoint = Checkpoint.from_text(note.text)
+        signatures: list[NoteSignature] = []
+        cosigned = set()
+        for witness in self._witnesses:
+            try:
+                lines = self._cosign(witness, note, checkpoint)
+            except WeightVaultError:
+                if self._config.require_witnesses:
+                    raise
+                continue
+            parsed = parse_note(note.text + "\n" + "".join(lines))
+            signatures.extend(parsed.signatures)
+            cosigned.add(witness.name)
+        full = note.with_signatures(signatures)
+        verified_names = {n for n, w in self._policy.witnesses.items() if any(w.matches(s) for s in full.signatures)}
+        if not self._policy.satisfied(verified_names):
+            raise AuditLogError(f"witness quorum not met for size {checkpoint.size}")
+        self._storage.store_checkpoint(checkpoint.size, full.to_text())
+        with self._published_cond:
+            if self._published is None or Checkpoint.from_text(self._published.text).size <= checkpoint.size:
+                self._published = full
+            self._published_cond.notify_all()
+        del cosigned
+        return full
+
+    def _cosign(self, witness: WitnessEndpoint, note: Note, checkpoint: Checkpoint) -> Sequence[str]:
+        old = self._witness_sizes.get(witness.name, 0)
+        for _ in range(2):
+            proof = self.consistency_proof(old, checkpoint.size) if 0 < old < checkpoint.size else []
+            try:
+                lines = witness.add_checkpoint(old, proof, note)
+            except WitnessConflictError as conflict:
+                if conflict.size is None or conflict.size == old or conflict.size > checkpoint.size:
+                    raise
+                old = conflict.size
+                continue
+            self._witness_sizes[witness.name] = checkpoint.size
+            return lines
+        raise AuditLogError(f"witness {witness.name} keeps reporting a conflicting size")
+
+    def publish_now(self, timeout_s: float = 10.0) -> Note:
+        """Publish the current head (gathering cosignatures) and return the published checkpoint."""
+        with self._published_cond:
+            self._pending_publish = None
+        return self._publish(self._head_note)
+
+    def wait_published(self, size: int, timeout_s: float = 10.0) -> Note:
+        """Wait for a published (quorum-cosigned) checkpoint of at least ``size``.
+
+        Raises:
+            AuditLogError: none was published in time (strict deployments refuse the action).
+        """
+        deadline = time.monotonic() + timeout_s
+        with self._published_cond:
+            while True:
+                pub = self._published
+                if pub is not None and Checkpoint.from_text(pub.text).size >= size:
+                    return pub
+                remaining = deadline - time.monotonic()
+                if remaining <= 0:
+                    raise AuditLogError(f"no witnessed checkpoint covering size {size} within {timeout_s} s")
+                self._published_cond.wait(remaining)
+
+    # -- lifecycle ----------------------------------------------------------------------
+
+    def close(self) -> None:
+        if self._closing:
+            return
+        self._closing = True
+        self._queue.put(_STOP)
+        self._writer.join()
+        with self._published_cond:
+            self._published_cond.notify_all()
+        self._publisher.join()
+        self._storage.close()
+        self._watermark.close()
+
+    def __enter__(self) -> AuditLog:
+        return self
+
+
+@contextlib.contextmanager
+def write_ahead(sink: AuditSink, intent: AuditEvent) -> Iterator[Receipt]:
+    """The write-ahead rule for sensitive actions.
+
+    Appends ``intent`` (a ``*.intent`` event) and waits until it is durable; only
+    then runs the block. Afterwards appends ``*.done``, or ``*.fail`` if the block
+    raised, each referring to the intent's index. If the intent cannot be appended,
+    :class:`AuditLogError` propagates and the block never runs: the action is refused.
+    """
+    if not intent.type.endswith(".intent"):
+        raise ValueError("write_ahead needs an *.intent event")
+    base = intent.type[: -len(".intent")]
+    receipt = sink.append(intent)
+    try:
+        yield receipt
+    except BaseException as exc:
+        with contextlib.suppress(WeightVaultError):
+            sink.append(
+                intent.derive(
+                    f"{base}.fail",
+                    refs={**intent.refs, "intent": receipt.index},
+                    decision="fail",
+                    reasons=(type(exc).__name__,),
+                )
+            )
+        raise
+    sink.append(intent.derive(f"{base}.done", refs={**intent.refs, "intent": receipt.index}, decision="done"))

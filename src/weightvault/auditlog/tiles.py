@@ -1,0 +1,182 @@
+"""Static tiles (C2SP tlog-tiles): export a log for auditors, and verify an export offline.
+
+An export is a directory, or a tar archive of one, holding ``checkpoint``, every
+full and partial tile ``tile/<L>/<N>[.p/<W>]`` and every entry bundle
+``tile/entries/<N>[.p/<W>]`` for the checkpoint's size. Verification needs only
+the export, the log key and a witness policy: it checks the checkpoint, hashes
+every entry into its level-0 tile, rebuilds every higher tile from the one below,
+recomputes the root from the tiles, and compares it with the checkpoint.
+"""
+
+from __future__ import annotations
+
+import io
+import os
+import struct
+import tarfile
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+from weightvault.auditlog.checkpoint import Checkpoint, VerifiedCheckpoint, verify_checkpoint
+from weightvault.auditlog.merkle import (
+    EMPTY_ROOT,
+    HASH_BYTES,
+    TILE_HEIGHT,
+    TILE_WIDTH,
+    TileCoord,
+    leaf_hash,
+    root_from_leaf_hashes,
+    tile_path,
+    tiles_for_size,
+)
+from weightvault.auditlog.note import Note, NoteVerifier, parse_note
+from weightvault.auditlog.policy import WitnessPolicy
+from weightvault.auditlog.storage import LogStorage
+from weightvault.errors import AuditLogError, InclusionProofError
+
+__all__ = ["TileExport", "export_tiles", "read_export", "verify_export", "verify_export_path", "write_tarball"]
+
+_MAX_ENTRY: int = 0xFFFF
+
+
+def export_tiles(storage: LogStorage, checkpoint: Note) -> dict[str, bytes]:
+    """Every resource of the tiles API for ``checkpoint``, as path -> bytes."""
+    cp = Checkpoint.from_text(checkpoint.text)
+    files: dict[str, bytes] = {"checkpoint": checkpoint.to_text().encode()}
+    for tile in tiles_for_size(cp.size):
+        level = tile.level * TILE_HEIGHT
+        start = tile.index * TILE_WIDTH
+        files[tile.path] = b"".join(storage.nodes(level, start, start + tile.width))
+        if tile.level == 0:
+            bundle = bytearray()
+            for stored in storage.entries(start, start + tile.width):
+                if len(stored.data) > _MAX_ENTRY:
+                    raise AuditLogError("entry too large for an entry bundle")
+                bundle += struct.pack(">H", len(stored.data)) + stored.data
+            files[tile_path("entries", tile.index, tile.width)] = bytes(bundle)
+    return files
+
+
+def write_tarball(files: dict[str, bytes], out: Path) -> None:
+    """Write an export as a tar.gz atomically."""
+    tmp = out.with_name(out.name + ".partial")
+    with tarfile.open(tmp, "w:gz") as tar:
+        for name in sorted(files):
+            info = tarfile.TarInfo(name)
+            info.size = len(files[name])
+            info.mtime = 0
+            tar.addfile(info, io.BytesIO(files[name]))
+    with open(tmp, "rb+") as handle:
+        os.fsync(handle.fileno())
+    os.replace(tmp, out)
+
+
+def read_export(source: Path) -> dict[str, bytes]:
+    """Load an export from a directory or a tar archive (regular files only, no links)."""
+    source = Path(source)
+    files: dict[str, bytes] = {}
+    if source.is_dir():
+        for path in source.rglob("*"):
+            if path.is_file() and not path.is_symlink():
+                files[path.relative_to(source).as_posix()] = path.read_bytes()
+        return files
+    with tarfile.open(source, "r:*") as tar:
+        for member in tar.getmembers():
+            if not member.isfile() or member.name.startswith("/") or ".." in member.name.split("/"):
+                continue
+            extracted = tar.extractfile(member)
+            if extracted is not None:
+                files[member.name] = extracted.read()
+    return files
+
+
+@dataclass(frozen=True, slots=True)
+class TileExport:
+    """A verified export: its checkpoint and every entry in order."""
+
+    checkpoint: VerifiedCheckpoint
+    entries: tuple[bytes, ...]
+
+
+def _hashes(data: bytes, width: int, path: str) -> list[bytes]:
+    if len(data) != width * HASH_BYTES:
+        raise InclusionProofError(f"{path} has {len(data)} bytes, expected {width * HASH_BYTES}")
+    return [data[i : i + HASH_BYTES] for i in range(0, len(data), HASH_BYTES)]
+
+
+def _bundle(data: bytes, width: int, path: str) -> Iterator[bytes]:
+    at = 0
+    for _ in range(width):
+        if at + 2 > len(data):
+            raise InclusionProofError(f"{path} is truncated")
+        (n,) = struct.unpack(">H", data[at : at + 2])
+        if at + 2 + n > len(data):
+            raise InclusionProofError(f"{path} is truncated")
+        yield data[at + 2 : at + 2 + n]
+        at += 2 + n
+    if at != len(data):
+        raise InclusionProofError(f"{path} has trailing bytes")
+
+
+def verify_export(
+    files: dict[str, bytes], log: NoteVerifier, policy: WitnessPolicy, *, now: int, max_age_seconds: int | None = None
+) -> TileExport:
+    """Verify a tiles export completely, offline.
+
+    Raises:
+        CheckpointError: the checkpoint fails its signature or witness quorum.
+        InclusionProofError: a tile or bundle is missing, malformed, or does not hash to the checkpoint root.
+    """
+    if "checkpoint" not in files:
+        raise InclusionProofError("export has no checkpoint")
+    verified = verify_checkpoint(parse_note(files["checkpoint"]), log, policy, now=now, max_age_seconds=max_age_seconds)
+    size = verified.checkpoint.size
+    coords = tiles_for_size(size)
+    levels: dict[int, list[TileCoord]] = {}
+    for coord in coords:
+        levels.setdefault(coord.level, []).append(coord)
+    entries: list[bytes] = []
+    # Level 0: entries hash to leaves.
+    level_hashes: dict[int, list[bytes]] = {}
+    for coord in levels.get(0, []):
+        tile = files.get(coord.path)
+        bundle = files.get(tile_path("entries", coord.index, coord.width))
+        if tile is None or bundle is None:
+            raise InclusionProofError(f"export lacks {coord.path} or its entry bundle")
+        hashes = _hashes(tile, coord.width, coord.path)
+        for i, entry in enumerate(_bundle(bundle, coord.width, coord.path)):
+            if leaf_hash(entry) != hashes[i]:
+                raise InclusionProofError(f"entry {coord.index * TILE_WIDTH + i} does not match its leaf hash")
+            entries.append(entry)
+        level_hashes.setdefault(0, []).extend(hashes)
+    # Higher levels: each hash is the root of a full tile below.
+    for level in sorted(levels)[1:]:
+        below = level_hashes[level - 1]
+        for coord in levels[level]:
+            tile = files.get(coord.path)
+            if tile is None:
+                raise InclusionProofError(f"export lacks {coord.path}")
+            hashes = _hashes(tile, coord.width, coord.path)
+            for i, h in enumerate(hashes):
+                start = (coord.index * TILE_WIDTH + i) * TILE_WIDTH
+                if root_from_leaf_hashes(below[start : start + TILE_WIDTH]) != h:
+                    raise InclusionProofError(f"{coord.path} hash {i} does not match the tile below")
+            level_hashes.setdefault(level, []).extend(hashes)
+    root = _root_from_tiles(level_hashes, size)
+    if root != verified.checkpoint.root:
+        raise InclusionProofError("tiles do not hash to the checkpoint root")
+    return TileExport(verified, tuple(entries))
+
+
+def _root_from_tiles(level_hashes: dict[int, list[bytes]], size: int) -> bytes:
+    """The root of a tree of ``size`` leaves from its tile hashes (all leaves are at level 0)."""
+    if size == 0:
+        return EMPTY_ROOT
+    return root_from_leaf_hashes(level_hashes[0][:size])
+
+
+def verify_export_path(
+    source: Path, log: NoteVerifier, policy: WitnessPolicy, *, clock: Callable[[], float]
+) -> TileExport:
+    return verify_export(read_export(source), log, policy, now=int(clock()))

@@ -1,0 +1,326 @@
+"""``weightvault audit`` and ``weightvault witness``: the tamper-evident log for operators and auditors."""
+
+from __future__ import annotations
+
+import json
+import sys
+import time
+from collections.abc import Callable, Sequence
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any, TypeVar
+
+import click
+
+from weightvault.auditlog.bundle import ProofBundle, verify_bundle
+from weightvault.auditlog.client import LogVerifier, TrustedState
+from weightvault.auditlog.events import decode_event
+from weightvault.auditlog.log import LogReader
+from weightvault.auditlog.monitor import Monitor
+from weightvault.auditlog.note import TYPE_COSIGNATURE, NoteSigner, NoteVerifier
+from weightvault.auditlog.policy import WitnessPolicy
+from weightvault.auditlog.tiles import export_tiles, read_export, verify_export, write_tarball
+from weightvault.auditlog.witness import Witness
+from weightvault.crypto.signing import Ed25519Signer
+from weightvault.errors import AuditLogError, ConfigError
+from weightvault.sealing.atomic import atomic_file
+
+__all__ = ["audit", "witness"]
+
+
+def _write_secret(path: Path, text: str, force: bool) -> None:
+    with atomic_file(path, overwrite=force, mode=0o600) as out:
+        out.write(text.encode())
+
+
+def _write_public(path: Path, text: str, force: bool) -> None:
+    with atomic_file(path, overwrite=force, mode=0o644) as out:
+        out.write(text.encode())
+
+
+def read_signer(path: Path) -> NoteSigner:
+    """A log or witness signing key (``PRIVATE+KEY+...``) from a file that only its owner can read."""
+    try:
+        if path.stat().st_mode & 0o077:
+            raise ConfigError(f"{path}: signing key file is accessible by other users (chmod 600 it)")
+        return NoteSigner.from_skey(path.read_text())
+    except OSError as exc:
+        raise ConfigError(f"{path}: cannot read signing key ({exc.strerror})") from None
+    except AuditLogError as exc:
+        raise ConfigError(f"{path}: {exc}") from None
+
+
+def read_vkey(value: str) -> NoteVerifier:
+    """A verifier key given inline or as a file path."""
+    path = Path(value)
+    text = path.read_text().strip() if path.is_file() else value
+    try:
+        return NoteVerifier.from_vkey(text)
+    except AuditLogError as exc:
+        raise ConfigError(f"not a verifier key: {exc}") from None
+
+
+def read_policy(path: Path | None, witnesses: Sequence[str], quorum: int) -> WitnessPolicy:
+    """A tlog-policy file, or a threshold over ``--witness`` keys."""
+    if path is not None:
+        try:
+            return WitnessPolicy.parse(path.read_text())
+        except OSError as exc:
+            raise ConfigError(f"{path}: {exc.strerror}") from None
+    keys = [read_vkey(w) for w in witnesses]
+    return WitnessPolicy.threshold(keys, quorum if keys else 0)
+
+
+def _ms(value: str | None) -> int | None:
+    if value is None:
+        return None
+    try:
+        moment = datetime.fromisoformat(value)
+    except ValueError:
+        raise ConfigError(f"not an ISO 8601 time: {value!r}") from None
+    if moment.tzinfo is None:
+        moment = moment.replace(tzinfo=UTC)
+    return int(moment.timestamp() * 1000)
+
+
+def _origin_of(db: Path) -> str:
+    import sqlite3
+
+    try:
+        conn = sqlite3.connect(f"file:{db}?mode=ro", uri=True)
+        row = conn.execute("SELECT v FROM meta WHERE k = 'origin'").fetchone()
+        conn.close()
+    except sqlite3.Error as exc:
+        raise ConfigError(f"{db}: not an audit log database ({exc})") from None
+    if row is None:
+        raise ConfigError(f"{db}: not an audit log database")
+    return str(row[0])
+
+
+def open_reader(db: Path) -> LogReader:
+    if not db.is_file():
+        raise ConfigError(f"{db}: no such audit log database")
+    return LogReader.open(db, _origin_of(db))
+
+
+@click.group()
+def audit() -> None:
+    """Inspect, export, verify and monitor the tamper-evident audit log."""
+
+
+@audit.command("keygen")
+@click.argument("origin")
+@click.argument("out", type=click.Path(path_type=Path, dir_okay=False))
+@click.option("--force", is_flag=True, help="Replace existing files.")
+def audit_keygen(origin: str, out: Path, force: bool) -> None:
+    """Create a log signing key for ORIGIN: OUT (secret, 0600) and OUT.vkey (public)."""
+    signer = NoteSigner(origin, Ed25519Signer.generate())
+    _write_secret(out, signer.skey() + "\n", force)
+    _write_public(out.with_name(out.name + ".vkey"), signer.verifier.vkey() + "\n", force)
+    click.echo(signer.verifier.vkey())
+
+
+@audit.command("show")
+@click.option("--db", type=click.Path(path_type=Path), required=True, help="The log database.")
+@click.option("--tenant", help="Only this tenant's events.")
+@click.option("--since", help="ISO 8601 time (inclusive).")
+@click.option("--until", help="ISO 8601 time (exclusive).")
+@click.option("--json", "as_json", is_flag=True, help="One JSON event per line.")
+def audit_show(db: Path, tenant: str | None, since: str | None, until: str | None, as_json: bool) -> None:
+    """List events, optionally for one tenant and time range."""
+    with open_reader(db) as log:
+        for index, event in log.events(tenant=tenant, since_ms=_ms(since), until_ms=_ms(until)):
+            if as_json:
+                click.echo(json.dumps({"index": index, **event.to_json()}, sort_keys=True))
+            else:
+                when = datetime.fromtimestamp(event.ts / 1000, UTC).isoformat(timespec="milliseconds")
+                decision = f" {event.decision}" if event.decision else ""
+                click.echo(f"{index:>8} {when} {event.tenant:<12} {event.type:<22}{decision} {event.resource}")
+
+
+@audit.command("export")
+@click.option("--db", type=click.Path(path_type=Path), required=True, help="The log database.")
+@click.option("--out", type=click.Path(path_type=Path), required=True, help="Output file.")
+@click.option("--index", type=int, help="Export one entry as a proof bundle instead of the whole log as tiles.")
+@click.option("--force", is_flag=True, help="Replace OUT.")
+def audit_export(db: Path, out: Path, index: int | None, force: bool) -> None:
+    """Export the log as a tiles tarball, or one entry as a c2sp.org/tlog-proof bundle."""
+    with open_reader(db) as log:
+        if index is not None:
+            bundle = log.proof_bundle(index)
+            with atomic_file(out, overwrite=force) as handle:
+                handle.write(bundle.to_text().encode())
+            click.echo(f"wrote the proof bundle of entry {index} to {out}")
+            return
+        if out.exists() and not force:
+            raise ConfigError(f"{out} already exists (pass --force to replace it)")
+        files = export_tiles(log.storage, log.latest_checkpoint())
+        write_tarball(files, out)
+        click.echo(f"wrote {len(files)} tiles API files for size {log.size} to {out}")
+
+
+_policy_options = [
+    click.option("--log-key", required=True, help="The log's verifier key (vkey text or file)."),
+    click.option("--policy", "policy_file", type=click.Path(path_type=Path), help="A tlog-policy file."),
+    click.option("--witness", "witnesses", multiple=True, help="A witness vkey (text or file). Repeatable."),
+    click.option("--quorum", type=int, default=1, show_default=True, help="Cosignatures needed from --witness keys."),
+    click.option("--max-age", type=int, help="Reject cosignatures older than this many seconds."),
+]
+
+
+_F = TypeVar("_F", bound=Callable[..., Any])
+
+
+def _with_policy(func: _F) -> _F:
+    for option in reversed(_policy_options):
+        func = option(func)
+    return func
+
+
+@audit.command("verify")
+@click.argument("source", type=click.Path(path_type=Path, exists=True))
+@_with_policy
+@click.option("--state", type=click.Path(path_type=Path), help="Remember the verified checkpoint here.")
+@click.option("--json", "as_json", is_flag=True, help="Print a JSON report.")
+def audit_verify(
+    source: Path,
+    log_key: str,
+    policy_file: Path | None,
+    witnesses: tuple[str, ...],
+    quorum: int,
+    max_age: int | None,
+    state: Path | None,
+    as_json: bool,
+) -> None:
+    """Verify, offline, a proof bundle or a tiles export (directory or tarball)."""
+    log = read_vkey(log_key)
+    policy = read_policy(policy_file, witnesses, quorum)
+    now = int(time.time())
+    if source.is_file() and source.read_bytes()[:22] == b"c2sp.org/tlog-proof@v1":
+        verified = verify_bundle(
+            ProofBundle.from_text(source.read_text()), log, policy, now=now, max_age_seconds=max_age
+        )
+        checkpoint = verified.checkpoint
+        event = decode_event(verified.entry)
+        report: dict[str, object] = {"kind": "proof", "index": verified.index, "event": event.to_json()}
+    else:
+        export = verify_export(read_export(source), log, policy, now=now, max_age_seconds=max_age)
+        checkpoint = export.checkpoint
+        report = {"kind": "tiles", "entries": len(export.entries)}
+    if state is not None:
+        LogVerifier(log, policy, TrustedState(state), clock=time.time).update(checkpoint.note)
+    report.update(
+        {
+            "ok": True,
+            "origin": checkpoint.checkpoint.origin,
+            "size": checkpoint.checkpoint.size,
+            "cosigned_by": sorted(checkpoint.cosignatures),
+        }
+    )
+    if as_json:
+        click.echo(json.dumps(report, sort_keys=True))
+    else:
+        click.echo(
+            f"OK: {report['kind']} verified against {checkpoint.checkpoint.origin} at size "
+            f"{checkpoint.checkpoint.size}, cosigned by {sorted(checkpoint.cosignatures) or 'no witness'}"
+        )
+
+
+@audit.command("monitor")
+@click.option("--db", type=click.Path(path_type=Path), help="Read a log database directly.")
+@click.option("--export", "export_path", type=click.Path(path_type=Path), help="Read a verified tiles export.")
+@click.option("--log-key", help="The log's verifier key (needed with --export).")
+@click.option("--follow", is_flag=True, help="Keep tailing the database.")
+@click.option("--interval", type=float, default=2.0, show_default=True, help="Seconds between polls with --follow.")
+@click.option("--max-open", type=int, default=60, show_default=True, help="Seconds an intent may stay open.")
+def audit_monitor(
+    db: Path | None, export_path: Path | None, log_key: str | None, follow: bool, interval: float, max_open: int
+) -> None:
+    """Check semantic invariants: releases need an intent and an allow, no release for revoked devices, ..."""
+    monitor = Monitor(max_open_ms=max_open * 1000)
+    found = 0
+
+    def report(index: int, rule: str, message: str) -> None:
+        nonlocal found
+        found += 1
+        click.echo(f"VIOLATION {rule} at entry {index}: {message}")
+
+    if export_path is not None:
+        if log_key is None:
+            raise ConfigError("--export needs --log-key")
+        export = verify_export(read_export(export_path), read_vkey(log_key), WitnessPolicy({}), now=int(time.time()))
+        for index, data in enumerate(export.entries):
+            for v in monitor.feed(index, decode_event(data)):
+                report(v.index, v.rule, v.message)
+    elif db is not None:
+        with open_reader(db) as log:
+            position = 0
+            while True:
+                for index, event in log.events(start=position):
+                    for v in monitor.feed(index, event):
+                        report(v.index, v.rule, v.message)
+                    position = index + 1
+                if not follow:
+                    break
+                time.sleep(interval)
+    else:
+        raise ConfigError("give --db or --export")
+    for v in monitor.finish(int(time.time() * 1000)):
+        report(v.index, v.rule, v.message)
+    if found:
+        click.echo(f"{found} violation(s)", err=True)
+        sys.exit(40)
+    click.echo(f"OK: {monitor._next} entries, no violations")
+
+
+@audit.command("serve")
+@click.option("--db", type=click.Path(path_type=Path), required=True, help="The log database.")
+@click.option("--host", default="127.0.0.1", show_default=True)
+@click.option("--port", type=int, default=8470, show_default=True)
+def audit_serve(db: Path, host: str, port: int) -> None:
+    """Serve the log read-only as C2SP tlog-tiles (checkpoint, tiles, entry bundles)."""
+    import uvicorn
+
+    from weightvault.server.tiles_app import create_tiles_app
+
+    uvicorn.run(create_tiles_app(open_reader(db)), host=host, port=port, log_level="warning")
+
+
+@click.group()
+def witness() -> None:
+    """Run a tlog-witness that cosigns checkpoints only when they extend what it saw."""
+
+
+@witness.command("keygen")
+@click.argument("name")
+@click.argument("out", type=click.Path(path_type=Path, dir_okay=False))
+@click.option("--force", is_flag=True, help="Replace existing files.")
+def witness_keygen(name: str, out: Path, force: bool) -> None:
+    """Create a witness cosigning key NAME: OUT (secret, 0600) and OUT.vkey (public)."""
+    signer = NoteSigner(name, Ed25519Signer.generate(), TYPE_COSIGNATURE)
+    _write_secret(out, signer.skey() + "\n", force)
+    _write_public(out.with_name(out.name + ".vkey"), signer.verifier.vkey() + "\n", force)
+    click.echo(signer.verifier.vkey())
+
+
+@witness.command("serve")
+@click.option("--key", type=click.Path(path_type=Path), required=True, help="The witness signing key.")
+@click.option("--state", type=click.Path(path_type=Path), required=True, help="SQLite file of witnessed checkpoints.")
+@click.option("--log", "logs", multiple=True, required=True, help="A log vkey (text or file) to witness. Repeatable.")
+@click.option("--host", default="127.0.0.1", show_default=True)
+@click.option("--port", type=int, default=8471, show_default=True)
+def witness_serve(key: Path, state: Path, logs: tuple[str, ...], host: str, port: int) -> None:
+    """Serve POST /add-checkpoint."""
+    import uvicorn
+
+    from weightvault.server.witness_app import create_witness_app
+
+    signer = read_signer(key)
+    if signer.verifier.sig_type != TYPE_COSIGNATURE:
+        raise ConfigError(f"{key} is not a witness (cosignature) key")
+    verifiers = [read_vkey(v) for v in logs]
+    by_origin: dict[str, list[NoteVerifier]] = {}
+    for v in verifiers:
+        by_origin.setdefault(v.name, []).append(v)
+    app = create_witness_app(Witness(signer, state, by_origin))
+    uvicorn.run(app, host=host, port=port, log_level="warning")

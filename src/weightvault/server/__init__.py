@@ -1,0 +1,1 @@
+"""HTTP adapters (Starlette): the witness, the static tiles of the audit log, and (later) the key broker."""

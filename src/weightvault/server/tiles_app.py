@@ -1,0 +1,65 @@
+"""Serving a log read-only over HTTP as C2SP tlog-tiles (checkpoint, tiles, entry bundles)."""
+
+from __future__ import annotations
+
+import re
+import struct
+from typing import Final
+
+from starlette.applications import Starlette
+from starlette.concurrency import run_in_threadpool
+from starlette.requests import Request
+from starlette.responses import PlainTextResponse, Response
+from starlette.routing import Route
+
+from weightvault.auditlog.checkpoint import Checkpoint
+from weightvault.auditlog.log import LogReader
+from weightvault.auditlog.merkle import TILE_HEIGHT, TILE_WIDTH
+from weightvault.errors import AuditLogError
+
+__all__ = ["create_tiles_app", "tile_response"]
+
+_TILE: Final = re.compile(r"tile/(entries|[0-9]|[1-5][0-9]|6[0-3])/((?:x\d{3}/)*\d{3})(?:\.p/(\d{1,3}))?")
+
+
+def tile_response(log: LogReader, path: str) -> tuple[int, bytes, str]:
+    """Status, body and content type for a tiles API path (``checkpoint`` or ``tile/...``)."""
+    if path == "checkpoint":
+        return 200, log.latest_checkpoint().to_text().encode(), "text/plain; charset=utf-8"
+    match = _TILE.fullmatch(path)
+    if match is None:
+        return 404, b"not found\n", "text/plain"
+    level_text, index_text, width_text = match.groups()
+    index = int(index_text.replace("x", "").replace("/", ""))
+    width = int(width_text) if width_text else TILE_WIDTH
+    if not 1 <= width <= TILE_WIDTH or (width_text is not None and width == TILE_WIDTH):
+        return 404, b"not found\n", "text/plain"
+    size = Checkpoint.from_text(log.latest_checkpoint().text).size
+    level = 0 if level_text == "entries" else int(level_text)
+    span = TILE_WIDTH**level
+    available = size // span - index * TILE_WIDTH
+    if available < width or (width < TILE_WIDTH and available != width):
+        return 404, b"not found\n", "text/plain"
+    start = index * TILE_WIDTH
+    try:
+        if level_text == "entries":
+            body = b"".join(struct.pack(">H", len(e.data)) + e.data for e in log.storage.entries(start, start + width))
+        else:
+            body = b"".join(log.storage.nodes(level * TILE_HEIGHT, start, start + width))
+    except AuditLogError:
+        return 404, b"not found\n", "text/plain"
+    return 200, body, "application/octet-stream"
+
+
+def create_tiles_app(log: LogReader) -> Starlette:
+    """GET ``/checkpoint`` and ``/tile/...`` with the caching the spec asks for."""
+
+    async def serve(request: Request) -> Response:
+        path = request.path_params["path"]
+        status, body, content_type = await run_in_threadpool(tile_response, log, path)
+        if status != 200:
+            return PlainTextResponse(body.decode(), status_code=status)
+        cache = "no-cache, max-age=2" if path == "checkpoint" else "public, max-age=31536000, immutable"
+        return Response(body, media_type=content_type, headers={"Cache-Control": cache})
+
+    return Starlette(routes=[Route("/{path:path}", serve, methods=["GET"])])

@@ -1,0 +1,65 @@
+"""Start weightvault services as real processes on loopback, and stop them."""
+
+from __future__ import annotations
+
+import os
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
+
+import httpx
+
+
+def free_port() -> int:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+@contextmanager
+def serve(
+    args: Sequence[str],
+    port: int,
+    *,
+    ready_path: str = "/",
+    env: dict[str, str] | None = None,
+    scheme: str = "http",
+    verify: object = True,
+    timeout_s: float = 30.0,
+) -> Iterator[str]:
+    """Run ``python -m weightvault <args>`` until the block ends; yields the base URL."""
+    full_env = {k: v for k, v in os.environ.items() if not k.startswith("WEIGHTVAULT_")}
+    full_env.update(env or {})
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "weightvault", *args],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        env=full_env,
+    )
+    base = f"{scheme}://127.0.0.1:{port}"
+    deadline = time.monotonic() + timeout_s
+    try:
+        while True:
+            if proc.poll() is not None:
+                output = proc.stdout.read().decode() if proc.stdout else ""
+                raise RuntimeError(f"server exited with {proc.returncode}: {output}")
+            try:
+                httpx.get(base + ready_path, timeout=1.0, verify=verify)  # type: ignore[arg-type]
+                break
+            except httpx.HTTPError:
+                if time.monotonic() > deadline:
+                    raise
+                time.sleep(0.1)
+        yield base
+    finally:
+        proc.terminate()
+        try:
+            proc.wait(timeout=10)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+        if proc.stdout:
+            proc.stdout.close()

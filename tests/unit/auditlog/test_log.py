@@ -1,0 +1,499 @@
+"""The audit log end to end: sequencing, durability, fencing, witnesses, clients, exports, monitor."""
+
+from __future__ import annotations
+
+import shutil
+import sqlite3
+import threading
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from weightvault.auditlog import (
+    TYPE_COSIGNATURE,
+    AuditEvent,
+    AuditLog,
+    Checkpoint,
+    InProcessWitness,
+    LogVerifier,
+    Monitor,
+    NoteSigner,
+    TrustedState,
+    Witness,
+    WitnessPolicy,
+    parse_note,
+    verify_bundle,
+    write_ahead,
+)
+from weightvault.auditlog.events import SensitiveHasher, decode_event
+from weightvault.auditlog.log import LogConfig, Receipt
+from weightvault.auditlog.tiles import export_tiles, read_export, verify_export, write_tarball
+from weightvault.auditlog.witness import encode_add_checkpoint
+from weightvault.crypto.signing import Ed25519Signer
+from weightvault.errors import AuditLogError, CheckpointError, ConsistencyError, InclusionProofError
+
+NOW = 1_800_000_000.0
+
+
+def clock() -> float:
+    return NOW
+
+
+def ev(i: int = 0, *, tenant: str = "acme", type: str = "test.event", **kw: object) -> AuditEvent:
+    return AuditEvent(type=type, tenant=tenant, actor=f"op:{i}", resource=f"acme/r{i}", **kw)  # type: ignore[arg-type]
+
+
+LOG_KEY = NoteSigner("weightvault.test/audit", Ed25519Signer(b"\x11" * 32))
+
+
+def witness(tmp: Path, n: int) -> Witness:
+    signer = NoteSigner(f"witness{n}.test", Ed25519Signer(bytes([0x20 + n]) * 32), TYPE_COSIGNATURE)
+    return Witness(signer, tmp / f"witness{n}.db", {LOG_KEY.name: [LOG_KEY.verifier]}, clock=clock)
+
+
+@pytest.fixture
+def log(tmp_path: Path) -> Iterator[AuditLog]:
+    with AuditLog(tmp_path / "audit.db", LOG_KEY, clock=clock) as opened:
+        yield opened
+
+
+def test_append_is_durable_and_survives_reopening(tmp_path: Path) -> None:
+    """Receipts carry consecutive indices; after reopening, the same events and root are there."""
+    path = tmp_path / "audit.db"
+    with AuditLog(path, LOG_KEY, clock=clock) as log:
+        receipts = [log.append(ev(i)) for i in range(5)]
+        root = log.root_at(5)
+    assert [0, 1, 2, 3, 4] == [r.index for r in receipts]
+    with AuditLog(path, LOG_KEY, clock=clock) as log:
+        assert 5 == log.size
+        assert root == log.root_at(5)
+        assert "op:3" == log.event(3).actor
+        assert 5 == log.fsck()
+
+
+def test_group_commit_from_many_threads(log: AuditLog) -> None:
+    """Concurrent appenders all get distinct indices and the tree contains every event."""
+    results: list[Receipt] = []
+    lock = threading.Lock()
+
+    def worker(n: int) -> None:
+        for i in range(50):
+            receipt = log.append(ev(n * 1000 + i))
+            with lock:
+                results.append(receipt)
+
+    threads = [threading.Thread(target=worker, args=(n,)) for n in range(8)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert sorted(r.index for r in results) == list(range(400))
+    assert 400 == log.fsck()
+
+
+def test_events_are_canonical_and_queryable(log: AuditLog) -> None:
+    """Entries are canonical JSON with the log's timestamp; queries filter by tenant and time."""
+    log.append(ev(1, tenant="acme"))
+    log.append(ev(2, tenant="globex"))
+    log.append(ev(3, tenant="acme"))
+    raw = log.entry(0)
+    assert raw.startswith(b'{"actor":"op:1","resource":"acme/r1","tenant":"acme","ts":1800000000000')
+    assert decode_event(raw).ts == int(NOW * 1000)
+    assert [0, 2] == [i for i, _ in log.events(tenant="acme")]
+    assert [] == list(log.events(since_ms=int(NOW * 1000) + 1))
+
+
+def test_event_limits_and_secret_fields() -> None:
+    """Events over 64 KiB, unknown types, floats and fields that name secrets are refused."""
+    with pytest.raises(AuditLogError, match="limit"):
+        ev(details={"blob": "x" * 70_000}).encode()
+    with pytest.raises(AuditLogError, match="unknown audit event type"):
+        ev(type="made.up")
+    with pytest.raises(AuditLogError, match="names a secret"):
+        ev(details={"file_key": "abc"})
+    with pytest.raises(AuditLogError, match="float"):
+        ev(details={"ratio": 0.5})
+    hasher = SensitiveHasher(b"k" * 32, "audit-2026")
+    hashed = ev(hmac={"client_ip": hasher.hash("10.0.0.7")})
+    assert "10.0.0.7" not in hashed.encode().decode()
+
+
+def test_oversized_event_is_refused_before_sequencing(log: AuditLog) -> None:
+    """An event larger than the limit raises at append and takes no index."""
+    with pytest.raises(AuditLogError):
+        log.append(ev(details={"blob": "x" * 70_000}))
+    assert 0 == log.append(ev()).index
+
+
+def test_second_writer_is_fenced_out(tmp_path: Path) -> None:
+    """A second log instance on the same files takes the fence; the first can no longer commit."""
+    path = tmp_path / "audit.db"
+    first = AuditLog(path, LOG_KEY, clock=clock)
+    first.append(ev(0))
+    second = AuditLog(path, LOG_KEY, clock=clock)
+    with pytest.raises(AuditLogError, match=r"fenced out|changed"):
+        first.append(ev(1))
+    assert first.failed is not None
+    with pytest.raises(AuditLogError):
+        first.append(ev(2))
+    assert 1 == second.append(ev(3)).index
+    first.close()
+    second.close()
+
+
+def test_truncated_history_refuses_to_open(tmp_path: Path) -> None:
+    """Deleting the newest rows (or restoring an older log database) makes the log refuse to open."""
+    path = tmp_path / "audit.db"
+    with AuditLog(path, LOG_KEY, clock=clock) as log:
+        for i in range(10):
+            log.append(ev(i))
+    conn = sqlite3.connect(path)
+    conn.execute("DELETE FROM entries WHERE idx >= 7")
+    conn.commit()
+    conn.close()
+    with pytest.raises(AuditLogError, match="deleted"):
+        AuditLog(path, LOG_KEY, clock=clock)
+    # Truncating consistently (entries, nodes and head) is caught by the watermark.
+    conn = sqlite3.connect(path)
+    conn.execute("DELETE FROM nodes WHERE ((idx + 1) << level) > 7")
+    root = next(iter(conn.execute("SELECT hash FROM nodes WHERE level = 0 AND idx = 0")))[0]
+    conn.execute("UPDATE head SET size = 7, root = ?", (root,))
+    conn.commit()
+    conn.close()
+    with pytest.raises(AuditLogError, match=r"truncated|restored"):
+        AuditLog(path, LOG_KEY, clock=clock)
+
+
+def test_restored_old_database_cannot_append(tmp_path: Path) -> None:
+    """A backup of the log database from size 3 cannot be put back and appended to."""
+    path = tmp_path / "audit.db"
+    backup = tmp_path / "backup.db"
+    with AuditLog(path, LOG_KEY, clock=clock) as log:
+        for i in range(3):
+            log.append(ev(i))
+    shutil.copy(path, backup)
+    with AuditLog(path, LOG_KEY, clock=clock) as log:
+        for i in range(3, 8):
+            log.append(ev(i))
+    for suffix in ("", "-wal", "-shm"):
+        Path(str(path) + suffix).unlink(missing_ok=True)
+    shutil.copy(backup, path)
+    with pytest.raises(AuditLogError, match=r"truncated|restored"):
+        AuditLog(path, LOG_KEY, clock=clock)
+    # Editing the restored head to claim the newer size does not help either.
+    conn = sqlite3.connect(path)
+    conn.execute("UPDATE head SET size = 8")
+    conn.commit()
+    conn.close()
+    with pytest.raises(AuditLogError):
+        AuditLog(path, LOG_KEY, clock=clock)
+
+
+def test_rewritten_or_deleted_event_in_the_middle_is_detected(tmp_path: Path) -> None:
+    """Editing or deleting a stored event is caught by fsck and by auditors' proofs."""
+    path = tmp_path / "audit.db"
+    with AuditLog(path, LOG_KEY, clock=clock) as log:
+        for i in range(20):
+            log.append(ev(i))
+        note = log.latest_checkpoint()
+        bundle = log.proof_bundle(9, note)
+    conn = sqlite3.connect(path)
+    conn.execute("UPDATE entries SET data = replace(data, 'op:9', 'op:X') WHERE idx = 9")
+    conn.commit()
+    conn.close()
+    with AuditLog(path, LOG_KEY, clock=clock) as log:
+        with pytest.raises(AuditLogError, match="entry 9"):
+            log.fsck()
+        tampered = log.entry(9)
+    policy = WitnessPolicy({}, {}, "none")
+    with pytest.raises(InclusionProofError):
+        verify_bundle(bundle, LOG_KEY.verifier, policy, now=int(NOW), entry=tampered)
+    conn = sqlite3.connect(path)
+    conn.execute("DELETE FROM entries WHERE idx = 4")
+    conn.commit()
+    conn.close()
+    with pytest.raises(AuditLogError, match="deleted"):
+        AuditLog(path, LOG_KEY, clock=clock)
+
+
+def test_reordered_entries_are_detected(tmp_path: Path) -> None:
+    """Swapping two committed entries of a batch breaks their leaf hashes and the exported tiles."""
+    path = tmp_path / "audit.db"
+    with AuditLog(path, LOG_KEY, clock=clock) as log:
+        for i in range(6):
+            log.append(ev(i))
+        note = log.latest_checkpoint()
+        files = export_tiles(log.storage, note)
+    conn = sqlite3.connect(path)
+    a, b = (bytes(r[0]) for r in conn.execute("SELECT data FROM entries WHERE idx IN (2, 3) ORDER BY idx"))
+    conn.execute("UPDATE entries SET data = ? WHERE idx = 2", (b,))
+    conn.execute("UPDATE entries SET data = ? WHERE idx = 3", (a,))
+    conn.commit()
+    conn.close()
+    with AuditLog(path, LOG_KEY, clock=clock) as log:
+        with pytest.raises(AuditLogError):
+            log.fsck()
+        swapped = export_tiles(log.storage, note)
+    policy = WitnessPolicy({}, {}, "none")
+    verify_export(files, LOG_KEY.verifier, policy, now=int(NOW))
+    with pytest.raises(InclusionProofError):
+        verify_export(swapped, LOG_KEY.verifier, policy, now=int(NOW))
+
+
+def test_write_ahead_records_intent_then_done(log: AuditLog) -> None:
+    """The action runs only after its intent is durable; done refers to the intent."""
+    intent = ev(1, type="key.release.intent")
+    ran = []
+    with write_ahead(log, intent) as receipt:
+        ran.append(log.size)
+    assert [1] == ran
+    done = log.event(1)
+    assert "key.release.done" == done.type
+    assert {"intent": receipt.index} == dict(done.refs)
+
+
+def test_write_ahead_records_fail_when_the_action_raises(log: AuditLog) -> None:
+    """A failing action leaves intent then fail in the log, and the error propagates."""
+    with pytest.raises(RuntimeError), write_ahead(log, ev(1, type="key.release.intent")):
+        raise RuntimeError("device gone")
+    assert ["key.release.intent", "key.release.fail"] == [e.type for _, e in log.events()]
+
+
+class _FailingSink:
+    def append(self, event: AuditEvent) -> Receipt:
+        raise AuditLogError("disk full")
+
+
+def test_failed_intent_append_refuses_the_action() -> None:
+    """If the intent cannot be appended, the guarded action never runs."""
+    ran = []
+    with pytest.raises(AuditLogError, match="disk full"), write_ahead(_FailingSink(), ev(type="key.release.intent")):
+        ran.append(True)
+    assert [] == ran
+
+
+def test_commit_failure_fails_the_log_closed(tmp_path: Path) -> None:
+    """When storage rejects a commit, appenders get errors and the log accepts nothing more."""
+    path = tmp_path / "audit.db"
+    log = AuditLog(path, LOG_KEY, clock=clock)
+    log.append(ev(0))
+    conn = sqlite3.connect(path)
+    conn.execute("CREATE TRIGGER no_more BEFORE INSERT ON entries BEGIN SELECT RAISE(ABORT, 'read-only'); END")
+    conn.commit()
+    conn.close()
+    with pytest.raises(AuditLogError, match="failed"):
+        log.append(ev(1))
+    with pytest.raises(AuditLogError, match="failed"), write_ahead(log, ev(2, type="key.release.intent")):
+        pytest.fail("the action must not run")
+    log.close()
+
+
+def _witnessed_log(tmp_path: Path, witnesses: list[Witness], k: int) -> AuditLog:
+    policy = WitnessPolicy.threshold([w.signer.verifier for w in witnesses], k)
+    return AuditLog(
+        tmp_path / "audit.db",
+        LOG_KEY,
+        witnesses=[InProcessWitness(w) for w in witnesses],
+        policy=policy,
+        clock=clock,
+        config=LogConfig(batch_delay_s=0),
+    )
+
+
+def test_witnesses_cosign_and_clients_verify_bundles(tmp_path: Path) -> None:
+    """Published checkpoints carry a quorum of cosignatures; proof bundles verify offline."""
+    ws = [witness(tmp_path, i) for i in range(3)]
+    policy = WitnessPolicy.threshold([w.signer.verifier for w in ws], 2)
+    with _witnessed_log(tmp_path, ws, 2) as log:
+        for i in range(30):
+            log.append(ev(i))
+        published = log.publish_now()
+        assert 30 == Checkpoint.from_text(published.text).size
+        bundle = log.proof_bundle(17, published)
+        for i in range(30, 40):
+            log.append(ev(i))
+        later = log.publish_now()
+    verified = verify_bundle(bundle.to_text(), LOG_KEY.verifier, policy, now=int(NOW))
+    assert 17 == verified.index
+    assert "op:17" == decode_event(verified.entry).actor
+    assert 3 == len(verified.checkpoint.cosignatures)
+    assert all(w.latest(LOG_KEY.name) == (40, Checkpoint.from_text(later.text).root) for w in ws)
+
+
+def test_client_rejects_stale_and_forked_checkpoints(tmp_path: Path) -> None:
+    """A client remembers the last checkpoint: an older one, or a fork of the same size, is rejected."""
+    ws = [witness(tmp_path, 0)]
+    policy = WitnessPolicy.threshold([ws[0].signer.verifier], 1)
+    state = TrustedState(tmp_path / "client-state.json")
+    with _witnessed_log(tmp_path, ws, 1) as log:
+        for i in range(5):
+            log.append(ev(i))
+        old = log.publish_now()
+        for i in range(5, 9):
+            log.append(ev(i))
+        new = log.publish_now()
+        proof = log.consistency_proof(5, 9)
+    client = LogVerifier(LOG_KEY.verifier, policy, state, clock=clock)
+    client.update(old)
+    client.update(new, proof)
+    reloaded = LogVerifier(LOG_KEY.verifier, policy, TrustedState(tmp_path / "client-state.json"), clock=clock)
+    with pytest.raises(CheckpointError, match="older"):
+        reloaded.update(old)
+    assert 9 == reloaded.update(new).checkpoint.size  # the same checkpoint again is fine
+
+
+def test_client_rejects_a_larger_checkpoint_that_rewrote_history(tmp_path: Path) -> None:
+    """A validly signed, larger checkpoint of a rewritten tree fails the consistency check."""
+    (tmp_path / "a").mkdir()
+    (tmp_path / "b").mkdir()
+    with AuditLog(tmp_path / "a" / "audit.db", LOG_KEY, clock=clock) as honest:
+        for i in range(9):
+            honest.append(ev(i))
+        seen = honest.latest_checkpoint()
+    with AuditLog(tmp_path / "b" / "audit.db", LOG_KEY, clock=clock) as rewritten:
+        for i in range(12):
+            rewritten.append(ev(i if i != 4 else 99))
+        forked = rewritten.latest_checkpoint()
+        proof = rewritten.consistency_proof(9, 12)
+    client = LogVerifier(LOG_KEY.verifier, WitnessPolicy({}, {}, "none"), clock=clock)
+    client.update(seen)
+    with pytest.raises(ConsistencyError):
+        client.update(forked, proof)
+    with pytest.raises(ConsistencyError):
+        client.update(forked, [])
+
+
+def test_split_view_is_refused_by_the_witness_and_detected_by_clients(tmp_path: Path) -> None:
+    """The log key signs two different trees; the witness cosigns one, and a client that saw it rejects the other."""
+    w = witness(tmp_path, 0)
+    endpoint = InProcessWitness(w)
+    honest_dir, evil_dir = tmp_path / "honest", tmp_path / "evil"
+    honest_dir.mkdir()
+    evil_dir.mkdir()
+    with AuditLog(honest_dir / "audit.db", LOG_KEY, clock=clock) as honest:
+        for i in range(4):
+            honest.append(ev(i))
+        honest_note = honest.latest_checkpoint()
+    with AuditLog(evil_dir / "audit.db", LOG_KEY, clock=clock) as evil:
+        for i in range(4):
+            evil.append(ev(100 + i))
+        evil_note = evil.latest_checkpoint()
+    lines = endpoint.add_checkpoint(0, [], honest_note)
+    cosigned = parse_note(honest_note.to_text() + "".join(lines))
+    refused = w.add_checkpoint(encode_add_checkpoint(4, [], evil_note))
+    assert 409 == refused.status
+    assert refused.content_type.startswith("text/x.tlog.size")
+    assert [(LOG_KEY.name, "same size, different root (split view)")] == w.evidence()
+    policy = WitnessPolicy.threshold([w.signer.verifier], 1)
+    client = LogVerifier(LOG_KEY.verifier, policy, clock=clock)
+    client.update(cosigned)
+    forged = evil_note.with_signatures(cosigned.signatures[1:])
+    with pytest.raises(CheckpointError):
+        client.update(forged)
+    no_witness = LogVerifier(LOG_KEY.verifier, WitnessPolicy({}, {}, "none"), clock=clock)
+    no_witness.update(cosigned)
+    with pytest.raises(ConsistencyError, match="split view"):
+        no_witness.update(evil_note)
+
+
+def test_witness_status_codes(tmp_path: Path) -> None:
+    """404 unknown origin, 403 bad signature, 400 malformed or old > new, 409 wrong old size, 422 bad proof."""
+    w = witness(tmp_path, 0)
+    with AuditLog(tmp_path / "audit.db", LOG_KEY, clock=clock) as log:
+        for i in range(3):
+            log.append(ev(i))
+        n3 = log.latest_checkpoint()
+        for i in range(3, 7):
+            log.append(ev(i))
+        n7 = log.latest_checkpoint()
+        good_proof = log.consistency_proof(3, 7)
+    other = NoteSigner("other.test/log", Ed25519Signer(b"\x33" * 32))
+    from weightvault.auditlog import sign_checkpoint
+
+    stranger = sign_checkpoint(Checkpoint(other.name, 3, Checkpoint.from_text(n3.text).root), other)
+    impostor = NoteSigner(LOG_KEY.name, Ed25519Signer(b"\x44" * 32))
+    forged = sign_checkpoint(Checkpoint.from_text(n3.text), impostor)
+    assert 404 == w.add_checkpoint(encode_add_checkpoint(0, [], stranger)).status
+    assert 403 == w.add_checkpoint(encode_add_checkpoint(0, [], forged)).status
+    assert 400 == w.add_checkpoint(b"old 01\n\n" + n3.to_text().encode()).status
+    assert 400 == w.add_checkpoint(encode_add_checkpoint(9, [], n3)).status
+    assert 200 == w.add_checkpoint(encode_add_checkpoint(0, [], n3)).status
+    conflict = w.add_checkpoint(encode_add_checkpoint(0, [], n7))
+    assert (409, b"3\n") == (conflict.status, conflict.body)
+    assert 422 == w.add_checkpoint(encode_add_checkpoint(3, good_proof[:-1], n7)).status
+    assert 422 == w.add_checkpoint(encode_add_checkpoint(3, [*good_proof[1:], good_proof[0]], n7)).status
+    assert (3, Checkpoint.from_text(n3.text).root) == w.latest(LOG_KEY.name)
+    assert 200 == w.add_checkpoint(encode_add_checkpoint(3, good_proof, n7)).status
+
+
+def test_witness_never_rolls_back_under_concurrency(tmp_path: Path) -> None:
+    """Concurrent add-checkpoint(N) and add-checkpoint(N+K) never leave the witness at N after cosigning N+K."""
+    w = witness(tmp_path, 0)
+    with AuditLog(tmp_path / "audit.db", LOG_KEY, clock=clock) as log:
+        log.append(ev(0))
+        n1 = log.latest_checkpoint()
+        for i in range(1, 9):
+            log.append(ev(i))
+        n9 = log.latest_checkpoint()
+    assert 200 == w.add_checkpoint(encode_add_checkpoint(0, [], n1)).status
+    with AuditLog(tmp_path / "audit.db", LOG_KEY, clock=clock) as log:
+        proof = log.consistency_proof(1, 9)
+    statuses: list[int] = []
+
+    def submit(body: bytes) -> None:
+        statuses.append(w.add_checkpoint(body).status)
+
+    bodies = [encode_add_checkpoint(1, [], n1), encode_add_checkpoint(1, proof, n9)] * 10
+    threads = [threading.Thread(target=submit, args=(b,)) for b in bodies]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert 200 in statuses
+    assert 9 == w.latest(LOG_KEY.name)[0]  # type: ignore[index]
+
+
+def test_tiles_export_verifies_offline_and_detects_truncation(tmp_path: Path) -> None:
+    """A tarball of tiles verifies against the log key; a truncated bundle or tile does not."""
+    with AuditLog(tmp_path / "audit.db", LOG_KEY, clock=clock) as log:
+        for i in range(600):
+            log.submit(ev(i))
+        log.append(ev(600))
+        files = export_tiles(log.storage, log.latest_checkpoint())
+    out = tmp_path / "export.tar.gz"
+    write_tarball(files, out)
+    policy = WitnessPolicy({}, {}, "none")
+    export = verify_export(read_export(out), LOG_KEY.verifier, policy, now=int(NOW))
+    assert 601 == len(export.entries)
+    assert {"tile/0/000", "tile/0/001", "tile/0/002.p/89", "tile/1/000.p/2", "tile/entries/002.p/89"} <= set(files)
+    broken = dict(files)
+    broken["tile/entries/002.p/89"] = files["tile/entries/002.p/89"][:-5]
+    with pytest.raises(InclusionProofError):
+        verify_export(broken, LOG_KEY.verifier, policy, now=int(NOW))
+    missing = dict(files)
+    del missing["tile/0/001"]
+    with pytest.raises(InclusionProofError):
+        verify_export(missing, LOG_KEY.verifier, policy, now=int(NOW))
+
+
+def test_monitor_invariants() -> None:
+    """The monitor flags releases without intent or allow, revoked devices, digest-less policy changes, open intents."""
+    m = Monitor(max_open_ms=1000)
+    t = 1_000
+
+    def e(type: str, **kw: object) -> AuditEvent:
+        return AuditEvent(type=type, tenant="acme", actor="wl:1", resource="acme/m", ts=t, **kw)  # type: ignore[arg-type]
+
+    assert [] == m.feed(0, e("policy.decision", decision="allow"))
+    assert [] == m.feed(1, e("key.release.intent", refs={"decision": 0}, details={"device": "d1"}))
+    assert [] == m.feed(2, e("key.release.done", refs={"intent": 1}))
+    assert ["release-without-intent"] == [v.rule for v in m.feed(3, e("key.release.done", refs={"intent": 1}))]
+    assert ["release-without-intent"] == [v.rule for v in m.feed(4, e("key.release.done"))]
+    assert ["release-without-allow"] == [v.rule for v in m.feed(5, e("key.release.intent"))]
+    m.feed(6, AuditEvent(type="device.revoke", tenant="acme", actor="op", resource="device:d1", ts=t))
+    rules = [v.rule for v in m.feed(7, e("key.release.intent", refs={"decision": 0}, details={"device": "d1"}))]
+    assert ["release-for-revoked-device"] == rules
+    assert ["policy-change-digests"] == [v.rule for v in m.feed(8, e("policy.change", details={"new_digest": "x"}))]
+    assert [] == m.feed(9, e("policy.change", details={"new_digest": "x", "old_digest": "y"}))
+    assert {5, 7} == {v.index for v in m.finish(now_ms=t + 5000)}
