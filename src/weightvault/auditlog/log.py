@@ -45,9 +45,17 @@ from weightvault.auditlog.policy import WitnessPolicy
 from weightvault.auditlog.storage import LogStorage, StoredEntry, Watermark
 from weightvault.errors import AuditLogError, WeightVaultError
 
-__all__ = ["AuditLog", "AuditSink", "LogConfig", "LogReader", "Receipt", "WitnessEndpoint", "write_ahead"]
+__all__ = ["AuditLog", "AuditSink", "LogConfig", "LogReader", "Pending", "Receipt", "WitnessEndpoint", "write_ahead"]
 
 _STOP: Final = object()
+
+
+class Pending(Future["Receipt"]):
+    """A submitted event: its reserved index now, its receipt once durable."""
+
+    def __init__(self, index: int) -> None:
+        super().__init__()
+        self.index = index
 
 
 @dataclass(frozen=True, slots=True)
@@ -230,7 +238,10 @@ class AuditLog(LogReader):
         self._storage = LogStorage(path, self.origin)
         self._watermark = Watermark(watermark_path or path.with_name(path.name + ".watermark"), self.origin)
         self._open_state()
-        self._queue: SimpleQueue[tuple[AuditEvent, Future[Receipt]] | object] = SimpleQueue()
+        self._queue: SimpleQueue[tuple[StoredEntry, Pending] | object] = SimpleQueue()
+        self._submit_lock = threading.Lock()
+        self._next_index = self._tree.size
+        self._last_ts = 0
         self._failed: BaseException | None = None
         self._published: Note | None = None
         self._published_cond = threading.Condition()
@@ -303,16 +314,27 @@ class AuditLog(LogReader):
         """
         return self.submit(event).result(timeout=timeout_s)
 
-    def submit(self, event: AuditEvent) -> Future[Receipt]:
-        """Queue ``event``; the future resolves once it is durable."""
-        future: Future[Receipt] = Future()
+    def submit(self, event: AuditEvent) -> Pending:
+        """Stamp, encode and queue ``event``; the returned future resolves once it is durable.
+
+        The event's index is reserved here, in submission order, which is the order
+        the single writer commits in. A caller may therefore refer to an event it
+        has submitted (``refs``) before that event is durable; both become durable in
+        the same or consecutive batches, and a failed batch fails the whole log.
+        """
         if self._failed is not None:
             raise AuditLogError(f"the audit log has failed and accepts no events: {self._failed}")
         if self._closing:
             raise AuditLogError("the audit log is closed")
-        event.encode()  # reject oversized or non-canonical events before queueing
-        self._queue.put((event, future))
-        return future
+        with self._submit_lock:
+            ts = max(self._last_ts, int(self._clock() * 1000))
+            stamped = event.with_ts(ts)
+            data = stamped.encode()  # raises for oversized or non-canonical events: nothing is reserved
+            pending = Pending(self._next_index)
+            self._next_index += 1
+            self._last_ts = ts
+            self._queue.put((StoredEntry(pending.index, data, ts, stamped.tenant, stamped.type), pending))
+        return pending
 
     def _run(self) -> None:
         while True:
@@ -332,7 +354,7 @@ class AuditLog(LogReader):
                 batch.append(nxt)
             self._commit(batch)  # type: ignore[arg-type]
 
-    def _commit(self, batch: list[tuple[AuditEvent, Future[Receipt]]]) -> None:
+    def _commit(self, batch: list[tuple[StoredEntry, Pending]]) -> None:
         if self._failed is not None:
             for _, future in batch:
                 future.set_exception(AuditLogError(f"the audit log has failed: {self._failed}"))
@@ -342,12 +364,10 @@ class AuditLog(LogReader):
         entries: list[StoredEntry] = []
         nodes: list[tuple[int, int, bytes]] = []
         receipts = []
-        now_ms = int(self._clock() * 1000)
-        for event, _ in batch:
-            stamped = event.with_ts(now_ms)
-            data = stamped.encode()
-            h = leaf_hash(data)
-            entries.append(StoredEntry(tree.size, data, now_ms, stamped.tenant, stamped.type))
+        for entry, _ in batch:
+            assert entry.index == tree.size, "submission order is commit order"
+            h = leaf_hash(entry.data)
+            entries.append(entry)
             nodes.extend(tree.append(h))
             receipts.append((tree.size - 1, h))
         note = self._sign(tree)
@@ -467,7 +487,7 @@ class AuditLog(LogReader):
 
 
 @contextlib.contextmanager
-def write_ahead(sink: AuditSink, intent: AuditEvent) -> Iterator[Receipt]:
+def write_ahead(sink: AuditSink, intent: AuditEvent, *, wait_done: bool = True) -> Iterator[Receipt]:
     """The write-ahead rule for sensitive actions.
 
     Appends ``intent`` (a ``*.intent`` event) and waits until it is durable; only
@@ -492,4 +512,9 @@ def write_ahead(sink: AuditSink, intent: AuditEvent) -> Iterator[Receipt]:
                 )
             )
         raise
-    sink.append(intent.derive(f"{base}.done", refs={**intent.refs, "intent": receipt.index}, decision="done"))
+    done = intent.derive(f"{base}.done", refs={**intent.refs, "intent": receipt.index}, decision="done")
+    submit = getattr(sink, "submit", None)
+    if not wait_done and submit is not None:
+        submit(done)
+    else:
+        sink.append(done)

@@ -438,9 +438,14 @@ def rewrap(
 
 def _register() -> None:
     from weightvault.cli.audit import audit, witness
+    from weightvault.cli.broker import admin, broker, load, publish
 
     cli.add_command(audit)
     cli.add_command(witness)
+    cli.add_command(broker)
+    cli.add_command(admin)
+    cli.add_command(publish)
+    cli.add_command(load)
 
 
 _register()

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from cryptography.exceptions import InvalidSignature
+from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
 
 from weightvault.crypto.secret import SecretBytes
@@ -31,6 +32,18 @@ class Ed25519Signer:
 
     def reveal_seed(self) -> bytes:
         return self._seed.reveal()
+
+    def private_pem(self) -> bytes:
+        """PKCS#8 PEM of the private key (for JOSE libraries); handle as a secret."""
+        return self._key.private_bytes(
+            serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()
+        )
+
+    def public_pem(self) -> bytes:
+        """SubjectPublicKeyInfo PEM of the public key."""
+        return self._key.public_key().public_bytes(
+            serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo
+        )
 
     def __repr__(self) -> str:
         return f"Ed25519Signer(public={self.public.hex()[:16]}…)"

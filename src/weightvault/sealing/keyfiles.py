@@ -105,3 +105,33 @@ def read_key_file(path: Path) -> KeyFileContent:
     except (HeaderError, ValueError) as exc:
         raise ConfigError(f"{path}: malformed {kind} ({exc})") from None
     raise ConfigError(f"{path}: unknown key kind {kind[:40]!r}")
+
+
+def write_secret_file(path: Path, kind: str, raw: bytes, *, overwrite: bool = False) -> None:
+    """Write a raw secret (root key, signing seed, hash key) as ``{"kind", "version", "key"}``, mode 0600."""
+    doc = {"kind": kind, "version": _VERSION, "key": b64encode(raw)}
+    with atomic_file(Path(path), overwrite=overwrite, mode=0o600) as out:
+        out.write(canonical_json(doc) + b"\n")
+
+
+def read_secret_file(path: Path, kind: str) -> bytes:
+    """Read a secret written by :func:`write_secret_file`; refuses other kinds and loose permissions.
+
+    Raises:
+        ConfigError: unreadable, of another kind, malformed, or readable by other users.
+    """
+    path = Path(path)
+    try:
+        info = path.stat()
+        data = path.read_bytes()
+    except OSError as exc:
+        raise ConfigError(f"{path}: cannot read key file ({exc.strerror})") from None
+    if info.st_mode & (stat.S_IRWXG | stat.S_IRWXO):
+        raise ConfigError(f"{path}: secret key file is accessible by other users (chmod 600 it)")
+    try:
+        doc = parse_json(data, str(path))
+        if not isinstance(doc, dict) or doc.get("kind") != kind or doc.get("version") != _VERSION:
+            raise ConfigError(f"{path}: not a {kind} file")
+        return b64decode(doc.get("key"), "key")
+    except HeaderError as exc:
+        raise ConfigError(f"{path}: malformed key file ({exc})") from None

@@ -1,0 +1,118 @@
+"""The verifier contract and the binding between evidence and a key-release session.
+
+Every piece of evidence must commit to ``report_data``, the SHA-256 of the RFC
+8785 form of ``{"challenge_id", "nonce", "tenant", "hpke": {"kem", "public"}}``:
+the broker's fresh challenge, the tenant, and the workload's ephemeral HPKE public
+key. Replaying evidence against another challenge, presenting it for another
+tenant, or swapping the key to which released keys will be sealed all change
+``report_data`` and fail.
+"""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import hmac
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Any, Protocol, TypeAlias
+
+import rfc8785
+
+from weightvault.errors import EvidenceError
+
+__all__ = [
+    "AttestationContext",
+    "AttestationResult",
+    "BaseVerifier",
+    "ClaimValue",
+    "DeviceRecord",
+    "Verifier",
+    "evidence_digest",
+    "report_data",
+]
+
+ClaimValue: TypeAlias = str | int | bool | list[str]
+
+
+def report_data(challenge_id: str, nonce: bytes, tenant: str, kem: str, public: bytes) -> bytes:
+    """The 32 bytes every piece of evidence must commit to."""
+    doc = {
+        "challenge_id": challenge_id,
+        "nonce": base64.b64encode(nonce).decode(),
+        "tenant": tenant,
+        "hpke": {"kem": kem, "public": base64.b64encode(public).decode()},
+    }
+    return hashlib.sha256(rfc8785.dumps(doc)).digest()  # type: ignore[arg-type]
+
+
+def evidence_digest(evidence: Mapping[str, Any]) -> str:
+    """``sha256:<hex>`` of the canonical evidence, for the audit log."""
+    return "sha256:" + hashlib.sha256(rfc8785.dumps(dict(evidence))).hexdigest()
+
+
+@dataclass(frozen=True, slots=True)
+class DeviceRecord:
+    """What the broker knows about an enrolled device, as verifiers see it."""
+
+    id: str
+    kind: str
+    status: str
+    tenants: frozenset[str]
+    identity: Mapping[str, Any] = field(default_factory=dict)
+
+
+@dataclass(frozen=True, slots=True)
+class AttestationContext:
+    """The session a piece of evidence must belong to."""
+
+    tenant: str
+    challenge_id: str
+    nonce: bytes
+    expected_report_data: bytes
+    now: int
+    device: DeviceRecord | None = None
+    #: Previous TPM clock state of the device (reset, restart counters), for rollback checks.
+    device_state: Mapping[str, int] = field(default_factory=dict)
+
+
+@dataclass(frozen=True, slots=True)
+class AttestationResult:
+    """Normalised claims. Policies read only these, never raw vendor evidence."""
+
+    verifier: str
+    claims: Mapping[str, ClaimValue]
+    evidence_digest: str
+    device_id: str | None = None
+    #: State the broker persists for the next appraisal (TPM counters).
+    device_state: Mapping[str, int] = field(default_factory=dict)
+
+
+class Verifier(Protocol):
+    """An evidence verifier. ``id`` is also the evidence type it accepts."""
+
+    id: str
+
+    def verify(self, evidence: Mapping[str, Any], context: AttestationContext) -> AttestationResult:
+        """Verify evidence for ``context``; raises an AttestationError subclass when it fails."""
+        ...
+
+
+class BaseVerifier:
+    """Checks the evidence type, then hands over to :meth:`appraise`."""
+
+    id: str = ""
+
+    def verify(self, evidence: Mapping[str, Any], context: AttestationContext) -> AttestationResult:
+        if evidence.get("type") != self.id:
+            raise EvidenceError(f"evidence is not of type {self.id!r}")
+        return self.appraise(evidence, context)
+
+    def appraise(self, evidence: Mapping[str, Any], context: AttestationContext) -> AttestationResult:
+        raise NotImplementedError
+
+
+def check_report_data(actual: bytes, context: AttestationContext) -> None:
+    """Constant-time comparison of committed and expected report data."""
+    if not hmac.compare_digest(actual, context.expected_report_data):
+        raise EvidenceError("evidence is not bound to this challenge, tenant and key (report data mismatch)")

@@ -1,0 +1,101 @@
+"""Envelope keys of the broker: root key → per-tenant KEKs (versioned) → model file keys.
+
+::
+
+    wrapped KEK      = salt ‖ AES-256-GCM(HKDF(RK, salt, "weightvault/v1 tenant-kek"), KEK,
+                                          aad = JCS({"purpose": "tenant-kek", "tenant", "version"}))
+    wrapped file key = salt ‖ AES-256-GCM(HKDF(KEK, salt, "weightvault/v1 model-key"), FK,
+                                          aad = JCS({"purpose": "model-key", "tenant", "model",
+                                                     "version", "kek_version"}))
+
+Each wrap derives a fresh single-use key from a 256-bit random salt, so the
+AEAD nonce can be fixed. The associated data binds every wrapped key to its
+tenant, model and version: a wrapped key copied to another tenant's row, or to
+another model, does not unwrap. The root key is read from a key file for now;
+custody (M-of-N unseal) replaces that source without changing this module.
+"""
+
+from __future__ import annotations
+
+import rfc8785
+
+from weightvault.crypto.keywrap import WRAP_SALT_BYTES, InvalidTag, unwrap_with_secret, wrap_with_secret
+from weightvault.crypto.secret import SecretBytes, random_bytes
+from weightvault.errors import ConfigError, KeyAccessError
+from weightvault.format.keys import FileKey
+
+__all__ = ["RootKey", "unwrap_file_key", "unwrap_kek", "wrap_file_key", "wrap_kek"]
+
+_INFO_KEK = b"weightvault/v1 tenant-kek"
+_INFO_MODEL = b"weightvault/v1 model-key"
+
+
+class RootKey:
+    """The broker's root key. Its ``repr`` never shows the key."""
+
+    __slots__ = ("_secret",)
+
+    def __init__(self, value: bytes) -> None:
+        if len(value) != 32 or value == bytes(32):
+            raise ConfigError("the root key must be 32 random bytes")
+        self._secret = SecretBytes(value)
+
+    @classmethod
+    def generate(cls) -> RootKey:
+        return cls(random_bytes(32))
+
+    def reveal(self) -> bytes:
+        return self._secret.reveal()
+
+    def wipe(self) -> None:
+        self._secret.wipe()
+
+    def __repr__(self) -> str:
+        return "RootKey(<redacted>)"
+
+
+def _aad(**fields: object) -> bytes:
+    return rfc8785.dumps(fields)  # type: ignore[arg-type]
+
+
+def _split(blob: bytes) -> tuple[bytes, bytes]:
+    if len(blob) <= WRAP_SALT_BYTES:
+        raise KeyAccessError("wrapped key is malformed")
+    return blob[:WRAP_SALT_BYTES], blob[WRAP_SALT_BYTES:]
+
+
+def wrap_kek(root: RootKey, tenant: str, version: int, kek: bytes) -> bytes:
+    salt = random_bytes(WRAP_SALT_BYTES)
+    aad = _aad(purpose="tenant-kek", tenant=tenant, version=version)
+    return salt + wrap_with_secret(root.reveal(), salt, _INFO_KEK, kek, aad)
+
+
+def unwrap_kek(root: RootKey, tenant: str, version: int, blob: bytes) -> bytes:
+    """Raises KeyAccessError if the blob does not belong to (tenant, version) under this root key."""
+    salt, wrapped = _split(blob)
+    aad = _aad(purpose="tenant-kek", tenant=tenant, version=version)
+    try:
+        return unwrap_with_secret(root.reveal(), salt, _INFO_KEK, wrapped, aad)
+    except InvalidTag:
+        raise KeyAccessError(f"tenant {tenant} KEK v{version} does not unwrap under this root key") from None
+
+
+def _model_aad(tenant: str, model: str, version: str, kek_version: int) -> bytes:
+    return _aad(purpose="model-key", tenant=tenant, model=model, version=version, kek_version=kek_version)
+
+
+def wrap_file_key(kek: bytes, *, tenant: str, model: str, version: str, kek_version: int, file_key: FileKey) -> bytes:
+    salt = random_bytes(WRAP_SALT_BYTES)
+    return salt + wrap_with_secret(
+        kek, salt, _INFO_MODEL, file_key.reveal(), _model_aad(tenant, model, version, kek_version)
+    )
+
+
+def unwrap_file_key(kek: bytes, *, tenant: str, model: str, version: str, kek_version: int, blob: bytes) -> FileKey:
+    """Raises KeyAccessError if the blob does not belong to this tenant, model and KEK version."""
+    salt, wrapped = _split(blob)
+    try:
+        raw = unwrap_with_secret(kek, salt, _INFO_MODEL, wrapped, _model_aad(tenant, model, version, kek_version))
+    except InvalidTag:
+        raise KeyAccessError(f"model key of {tenant}/{model}@{version} does not unwrap") from None
+    return FileKey(raw)

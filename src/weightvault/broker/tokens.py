@@ -1,0 +1,148 @@
+"""Attestation result tokens: short-lived JWS (EdDSA) bound to the workload's ephemeral key.
+
+Claims::
+
+    iss  broker id             sub  device id, or the principal id when no device
+    aud  "weightvault-release" tenant, iat, exp (≤ 5 minutes), jti
+    cnf  {"hpke": {"kem": ..., "public": base64}}   the key released keys are sealed to
+    wv   {"verifier", "claims", "evidence_digest", "principal", "challenge_id"}
+
+The workload's HPKE public key is inside the signed token, so a stolen token is
+useless: every key released for it is sealed to a private key the thief lacks.
+The attested claims travel in the token so that every release re-evaluates the
+current policy against them, together with current device status and token age.
+"""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any, Final
+
+import jwt
+
+from weightvault.attestation.interfaces import AttestationResult, ClaimValue
+from weightvault.crypto.signing import Ed25519Signer
+from weightvault.errors import EvidenceError
+
+__all__ = ["AUDIENCE", "ResultToken", "TokenSigner"]
+
+AUDIENCE: Final = "weightvault-release"
+
+
+@dataclass(frozen=True, slots=True)
+class ResultToken:
+    """A verified token's contents."""
+
+    jti: str
+    tenant: str
+    subject: str
+    device_id: str | None
+    principal: str
+    issued_at: int
+    expires_at: int
+    kem: str
+    public: bytes
+    result: AttestationResult
+    challenge_id: str
+
+
+class TokenSigner:
+    """Issues and verifies result tokens with the broker's Ed25519 key."""
+
+    def __init__(self, issuer: str, signer: Ed25519Signer, ttl_seconds: int = 300) -> None:
+        if not 1 <= ttl_seconds <= 300:
+            raise ValueError("result tokens live at most 5 minutes")
+        self.issuer = issuer
+        self._private = signer.private_pem()
+        self._public = signer.public_pem()
+        self.ttl_seconds = ttl_seconds
+
+    def issue(
+        self,
+        *,
+        tenant: str,
+        principal: str,
+        result: AttestationResult,
+        kem: str,
+        public: bytes,
+        challenge_id: str,
+        now: int,
+    ) -> tuple[str, ResultToken]:
+        import base64
+
+        jti = uuid.uuid4().hex
+        exp = now + self.ttl_seconds
+        claims = {
+            "iss": self.issuer,
+            "sub": result.device_id or principal,
+            "aud": AUDIENCE,
+            "tenant": tenant,
+            "iat": now,
+            "nbf": now,
+            "exp": exp,
+            "jti": jti,
+            "cnf": {"hpke": {"kem": kem, "public": base64.b64encode(public).decode()}},
+            "wv": {
+                "verifier": result.verifier,
+                "claims": dict(result.claims),
+                "evidence_digest": result.evidence_digest,
+                "principal": principal,
+                "device_id": result.device_id,
+                "challenge_id": challenge_id,
+            },
+        }
+        token = jwt.encode(claims, self._private, algorithm="EdDSA", headers={"typ": "wv-result+jwt"})
+        parsed = ResultToken(
+            jti, tenant, str(claims["sub"]), result.device_id, principal, now, exp, kem, public, result, challenge_id
+        )
+        return token, parsed
+
+    def verify(self, token: str, *, now: int) -> ResultToken:
+        """Verify signature, issuer, audience and lifetime.
+
+        Raises:
+            EvidenceError: the token is invalid or expired.
+        """
+        import base64
+
+        if len(token) > 64 << 10:
+            raise EvidenceError("result token too large")
+        try:
+            claims: Mapping[str, Any] = jwt.decode(
+                token,
+                self._public,
+                algorithms=["EdDSA"],
+                audience=AUDIENCE,
+                issuer=self.issuer,
+                options={"require": ["iss", "aud", "iat", "exp", "jti", "tenant", "cnf", "wv"], "verify_iat": False},
+                leeway=0,
+            )
+        except jwt.ExpiredSignatureError:
+            raise EvidenceError("result token expired") from None
+        except jwt.PyJWTError:
+            raise EvidenceError("invalid result token") from None
+        exp = int(claims["exp"])
+        if exp <= now:
+            raise EvidenceError("result token expired")
+        try:
+            wv = claims["wv"]
+            cnf = claims["cnf"]["hpke"]
+            result_claims: dict[str, ClaimValue] = dict(wv["claims"])
+            result = AttestationResult(wv["verifier"], result_claims, wv["evidence_digest"], wv.get("device_id"))
+            return ResultToken(
+                jti=str(claims["jti"]),
+                tenant=str(claims["tenant"]),
+                subject=str(claims["sub"]),
+                device_id=wv.get("device_id"),
+                principal=str(wv["principal"]),
+                issued_at=int(claims["iat"]),
+                expires_at=exp,
+                kem=str(cnf["kem"]),
+                public=base64.b64decode(cnf["public"]),
+                result=result,
+                challenge_id=str(wv["challenge_id"]),
+            )
+        except (KeyError, TypeError, ValueError):
+            raise EvidenceError("malformed result token") from None

@@ -1,0 +1,464 @@
+"""``weightvault broker``, ``admin``, ``publish`` and ``load``: run the key broker and use it."""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any, Final
+
+import click
+
+from weightvault.errors import ConfigError
+
+__all__ = ["admin", "broker", "load", "publish"]
+
+BROKER_ENV: Final = "WEIGHTVAULT_BROKER"
+TOKEN_ENV: Final = "WEIGHTVAULT_TOKEN"  # noqa: S105 - the name of a variable, not a secret
+
+_CONFIG_TEMPLATE: Final = """# weightvault key broker configuration. Paths are relative to this file.
+[broker]
+id = "{broker_id}"
+host = "127.0.0.1"
+port = {port}
+challenge_ttl_seconds = 60
+token_ttl_seconds = 300
+max_body_bytes = 262144
+rate_per_second = 200
+burst = 400
+
+[storage]
+url = "sqlite:///data/broker.db"
+audit_db = "data/audit.db"
+
+[keys]
+root = "keys/root.key"
+token_signing = "keys/token-signing.key"
+registration = "keys/registration.key"
+audit_log = "keys/audit-log.key"
+audit_hash = "keys/audit-hash.key"
+
+[verifiers]
+# Verifiers load only when listed. insecure-sample proves nothing: tests and demos only.
+allow = {allow}
+insecure_sample_enabled = {sample}
+{extra}
+[audit]
+# witnesses = [{{ name = "w1.example", url = "http://127.0.0.1:8471", vkey = "w1.example+...+..." }}]
+quorum = 0
+
+# [tls]
+# cert = "tls/cert.pem"
+# key = "tls/key.pem"
+"""
+
+
+def _client_options(func: Callable[..., Any]) -> Callable[..., Any]:
+    func = click.option("--ca", type=click.Path(path_type=Path), help="CA bundle for a TLS broker.")(func)
+    func = click.option("--token", help=f"API token, or @FILE (default ${TOKEN_ENV}).")(func)
+    return click.option("--broker", "url", help=f"Broker URL (default ${BROKER_ENV}).")(func)
+
+
+def _read_token(value: str | None) -> str:
+    value = value or os.environ.get(TOKEN_ENV)
+    if not value:
+        raise ConfigError(f"no API token: pass --token or set {TOKEN_ENV}")
+    if value.startswith("@"):
+        path = Path(value[1:])
+        try:
+            if path.stat().st_mode & 0o077:
+                raise ConfigError(f"{path}: token file is accessible by other users (chmod 600 it)")
+            return path.read_text().strip()
+        except OSError as exc:
+            raise ConfigError(f"{path}: {exc.strerror}") from None
+    return value
+
+
+def make_client(url: str | None, token: str | None, ca: Path | None) -> Any:
+    from weightvault.client.broker import BrokerClient
+
+    url = url or os.environ.get(BROKER_ENV)
+    if not url:
+        raise ConfigError(f"no broker URL: pass --broker or set {BROKER_ENV}")
+    return BrokerClient(url, _read_token(token), verify=str(ca) if ca else True)
+
+
+@click.group()
+def broker() -> None:
+    """Run the key broker."""
+
+
+@broker.command("init")
+@click.argument("directory", type=click.Path(path_type=Path, file_okay=False))
+@click.option(
+    "--id", "broker_id", default="weightvault-broker", show_default=True, help="Issuer name of result tokens."
+)
+@click.option("--port", type=int, default=8443, show_default=True)
+@click.option("--insecure-sample", is_flag=True, help="Enable the insecure-sample verifier (tests and demos only).")
+@click.option("--tpm-roots", type=click.Path(path_type=Path), multiple=True, help="EK CA certificates (enables tpm).")
+def broker_init(directory: Path, broker_id: str, port: int, insecure_sample: bool, tpm_roots: tuple[Path, ...]) -> None:
+    """Create a broker configuration, its keys and the first operator's API token in DIRECTORY."""
+    from weightvault.auditlog.note import NoteSigner
+    from weightvault.broker.keystore import RootKey
+    from weightvault.crypto.keywrap import HPKEKem
+    from weightvault.crypto.secret import random_bytes
+    from weightvault.crypto.signing import Ed25519Signer
+    from weightvault.format.recipients import HPKEIdentity
+    from weightvault.sealing.atomic import atomic_file
+    from weightvault.sealing.keyfiles import write_key_file, write_secret_file
+    from weightvault.server.broker_main import load_broker
+
+    if (directory / "broker.toml").exists():
+        raise ConfigError(f"{directory} already holds a broker")
+    (directory / "keys").mkdir(parents=True, exist_ok=True, mode=0o700)
+    (directory / "data").mkdir(parents=True, exist_ok=True, mode=0o700)
+    write_secret_file(directory / "keys/root.key", "weightvault.root-key", RootKey.generate().reveal())
+    write_secret_file(
+        directory / "keys/token-signing.key", "weightvault.signing-key", Ed25519Signer.generate().reveal_seed()
+    )
+    write_secret_file(directory / "keys/audit-hash.key", "weightvault.hash-key", random_bytes(32))
+    write_key_file(directory / "keys/registration.key", HPKEIdentity.generate(HPKEKem.MLKEM768_X25519))
+    log_signer = NoteSigner(f"{broker_id}/audit", Ed25519Signer.generate())
+    with atomic_file(directory / "keys/audit-log.key", mode=0o600) as out:
+        out.write((log_signer.skey() + "\n").encode())
+    with atomic_file(directory / "keys/audit-log.key.vkey", mode=0o644) as out:
+        out.write((log_signer.verifier.vkey() + "\n").encode())
+    allow = []
+    extra = ""
+    if tpm_roots:
+        allow.append("tpm")
+        roots = ", ".join(json.dumps(str(p.resolve())) for p in tpm_roots)
+        extra += f"\n[verifiers.tpm]\nek_roots = [{roots}]\n"
+    if insecure_sample:
+        allow.append("insecure-sample")
+    text = _CONFIG_TEMPLATE.format(
+        broker_id=broker_id,
+        port=port,
+        allow=json.dumps(allow),
+        sample="true" if insecure_sample else "false",
+        extra=extra,
+    )
+    with atomic_file(directory / "broker.toml", mode=0o600) as out:
+        out.write(text.encode())
+    runtime = load_broker(directory / "broker.toml")
+    try:
+        token = runtime.broker.bootstrap_operator()
+    finally:
+        runtime.close()
+    with atomic_file(directory / "operator.token", mode=0o600) as out:
+        out.write((token + "\n").encode())
+    click.echo(f"broker initialised in {directory}")
+    click.echo(f"  operator API token: {directory / 'operator.token'} (mode 0600)")
+    click.echo(f"  audit log key:      {log_signer.verifier.vkey()}")
+    if insecure_sample:
+        click.echo("  WARNING: insecure-sample is enabled; policies that list it accept evidence that proves nothing")
+
+
+@broker.command("serve")
+@click.option("--config", "config_path", type=click.Path(path_type=Path, exists=True), required=True)
+@click.option("--host", help="Override the configured host.")
+@click.option("--port", type=int, help="Override the configured port.")
+def broker_serve(config_path: Path, host: str | None, port: int | None) -> None:
+    """Serve the broker API (uvicorn, one process: SQLite has one writer)."""
+    import uvicorn
+
+    from weightvault.server.broker_main import load_broker
+
+    runtime = load_broker(config_path)
+    cfg = runtime.config
+    tls = cfg.get("tls", {})
+    kwargs: dict[str, Any] = {}
+    if tls.get("cert"):
+        kwargs["ssl_certfile"] = str(runtime.base / tls["cert"])
+        kwargs["ssl_keyfile"] = str(runtime.base / tls["key"])
+    try:
+        uvicorn.run(
+            runtime.app(),
+            host=host or cfg["broker"].get("host", "127.0.0.1"),
+            port=port or int(cfg["broker"].get("port", 8443)),
+            log_level="warning",
+            **kwargs,
+        )
+    finally:
+        runtime.close()
+
+
+@click.group()
+def admin() -> None:
+    """Manage tenants, principals, devices, policies and reference values of a broker."""
+
+
+@admin.command("tenant")
+@click.argument("action", type=click.Choice(["create", "list"]))
+@click.argument("tenant", required=False)
+@_client_options
+def admin_tenant(action: str, tenant: str | None, url: str | None, token: str | None, ca: Path | None) -> None:
+    """Create or list tenants (operators)."""
+    with make_client(url, token, ca) as client:
+        if action == "create":
+            if not tenant:
+                raise ConfigError("give the tenant id")
+            client.create_tenant(tenant)
+            click.echo(f"created tenant {tenant}")
+        else:
+            for t in client.request("GET", "/v1/tenants")["tenants"]:
+                click.echo(t)
+
+
+@admin.command("principal")
+@click.argument("principal_id")
+@click.option(
+    "--role", type=click.Choice(["operator", "tenant-admin", "publisher", "auditor", "workload"]), required=True
+)
+@click.option("--tenant", help="The principal's tenant (all roles but operator).")
+@click.option("--out", type=click.Path(path_type=Path), help="Write the API token here (mode 0600) instead of stdout.")
+@_client_options
+def admin_principal(
+    principal_id: str,
+    role: str,
+    tenant: str | None,
+    out: Path | None,
+    url: str | None,
+    token: str | None,
+    ca: Path | None,
+) -> None:
+    """Create a principal and print (or save) its API token, which is shown only once."""
+    from weightvault.sealing.atomic import atomic_file
+
+    with make_client(url, token, ca) as client:
+        secret = client.create_principal(principal_id, role, tenant)
+    if out is None:
+        click.echo(secret)
+    else:
+        with atomic_file(out, mode=0o600) as handle:
+            handle.write((secret + "\n").encode())
+        click.echo(f"wrote the API token of {principal_id} to {out}")
+
+
+@admin.command("device")
+@click.argument("action", type=click.Choice(["add", "revoke", "activate", "bind", "list"]))
+@click.argument("device_id", required=False)
+@click.option("--kind", default="token", show_default=True, help="Device kind (add).")
+@click.option("--tenant", "tenants", multiple=True, help="Tenants the device serves (add, bind). Repeatable.")
+@_client_options
+def admin_device(
+    action: str,
+    device_id: str | None,
+    kind: str,
+    tenants: tuple[str, ...],
+    url: str | None,
+    token: str | None,
+    ca: Path | None,
+) -> None:
+    """Add, revoke, re-activate, bind or list devices (operators). TPM devices enrol with 'device enroll'."""
+    with make_client(url, token, ca) as client:
+        if action == "list":
+            for d in client.request("GET", "/v1/devices")["devices"]:
+                click.echo(f"{d['id']}  {d['kind']}  {d['status']}  {','.join(d['tenants'])}")
+            return
+        if not device_id:
+            raise ConfigError("give the device id")
+        if action == "add":
+            client.add_device(device_id, kind, tenants)
+        elif action == "bind":
+            client.device_action(device_id, "tenants", {"tenants": list(tenants)})
+        else:
+            client.device_action(device_id, action)
+        click.echo(f"device {device_id}: {action} done")
+
+
+@admin.command("policy")
+@click.argument("action", type=click.Choice(["put", "list"]))
+@click.argument("tenant")
+@click.argument("name", required=False)
+@click.argument("document", type=click.Path(path_type=Path, exists=True), required=False)
+@_client_options
+def admin_policy(
+    action: str,
+    tenant: str,
+    name: str | None,
+    document: Path | None,
+    url: str | None,
+    token: str | None,
+    ca: Path | None,
+) -> None:
+    """Store a new version of a release policy from a JSON file, or list a tenant's policies."""
+    with make_client(url, token, ca) as client:
+        if action == "list":
+            for p in client.request("GET", f"/v1/tenants/{tenant}/policies")["policies"]:
+                flag = " immutable" if p["immutable"] else ""
+                click.echo(f"{p['name']} v{p['version']} {p['digest']}{flag}")
+            return
+        if not name or document is None:
+            raise ConfigError("give the policy name and a JSON document")
+        try:
+            doc = json.loads(document.read_text())
+        except ValueError as exc:
+            raise ConfigError(f"{document}: not JSON ({exc})") from None
+        version = client.put_policy(tenant, name, doc)
+        click.echo(f"policy {tenant}/{name} is now version {version}")
+
+
+@admin.command("refset")
+@click.argument("tenant")
+@click.argument("name")
+@click.argument("values", nargs=-1, required=True)
+@_client_options
+def admin_refset(
+    tenant: str, name: str, values: tuple[str, ...], url: str | None, token: str | None, ca: Path | None
+) -> None:
+    """Replace a tenant's named set of approved values (for example PCR digests)."""
+    with make_client(url, token, ca) as client:
+        client.put_refset(tenant, name, list(values))
+    click.echo(f"reference set {tenant}/{name} holds {len(set(values))} value(s)")
+
+
+@admin.command("audit")
+@click.argument("tenant")
+@click.option("--since", help="ISO 8601 time (inclusive).")
+@click.option("--until", help="ISO 8601 time (exclusive).")
+@_client_options
+def admin_audit(
+    tenant: str, since: str | None, until: str | None, url: str | None, token: str | None, ca: Path | None
+) -> None:
+    """Print a tenant's audit events (auditors, tenant admins, operators)."""
+    from weightvault.cli.audit import _ms
+
+    with make_client(url, token, ca) as client:
+        for event in client.audit_events(tenant, _ms(since), _ms(until)):
+            click.echo(json.dumps(event, sort_keys=True))
+
+
+@click.command()
+@click.argument("src", type=click.Path(path_type=Path, exists=True))
+@click.argument("dst", type=click.Path(path_type=Path))
+@click.option("--tenant", required=True)
+@click.option("--name", required=True, help="Model name.")
+@click.option("--version", "model_version", required=True, help="Model version.")
+@click.option("--policy", required=True, help="Name of the tenant's release policy for this model.")
+@click.option(
+    "-r", "--recipient", "recipients", multiple=True, type=click.Path(path_type=Path), help="Extra recipient key file."
+)
+@click.option(
+    "--suite", type=click.Choice(["aes-256-gcm", "chacha20-poly1305"]), default="aes-256-gcm", show_default=True
+)
+@click.option("--sealed-metadata", is_flag=True, help="Encrypt the tensor table too.")
+@click.option("--tag", "tags", multiple=True, help="key=value tag (policies see model.tags.<key>). Repeatable.")
+@click.option("--force", is_flag=True, help="Replace DST.")
+@_client_options
+def publish(
+    src: Path,
+    dst: Path,
+    tenant: str,
+    name: str,
+    model_version: str,
+    policy: str,
+    recipients: tuple[Path, ...],
+    suite: str,
+    sealed_metadata: bool,
+    tags: tuple[str, ...],
+    force: bool,
+    url: str | None,
+    token: str | None,
+    ca: Path | None,
+) -> None:
+    """Seal SRC into DST and register its key with the broker in one step."""
+    from weightvault.cli.main import _recipients
+    from weightvault.client.broker import BrokerRecipient
+    from weightvault.crypto.aead import AEADSuite
+    from weightvault.format.keys import FileKey
+    from weightvault.sealing import SealOptions, seal_model_dir, seal_safetensors
+
+    parsed_tags = dict(t.split("=", 1) for t in tags if "=" in t)
+    with make_client(url, token, ca) as client:
+        resource = f"{tenant}/models/{name}@{model_version}"
+        wrapped = [BrokerRecipient(client.url, resource), *_recipients(recipients, False)]
+        options = SealOptions(AEADSuite.from_label(suite), sealed_metadata=sealed_metadata)
+        file_key = FileKey.generate()
+        try:
+            if src.is_dir():
+                result = seal_model_dir(
+                    src, dst, file_key=file_key, recipients=wrapped, options=options, overwrite=force
+                )
+                files = [
+                    {"file_id": f.file_id or "", "header_mac": f.header_mac or "", "path": f.path}
+                    for f in result.manifest.sealed()
+                ]
+            else:
+                one = seal_safetensors(
+                    src, dst, file_key=file_key, recipients=wrapped, options=options, overwrite=force
+                )
+                files = [{"file_id": one.file_id.hex(), "header_mac": one.header_mac.hex(), "path": dst.name}]
+            registered = client.register_model(
+                tenant, name, model_version, policy=policy, file_key=file_key, files=files, tags=parsed_tags
+            )
+        finally:
+            file_key.wipe()
+    click.echo(f"published {registered}: sealed into {dst}, key held by {client.url}")
+
+
+@click.command()
+@click.argument("src", type=click.Path(path_type=Path, exists=True))
+@click.option("--attester", type=click.Choice(["sample", "tpm"]), default="sample", show_default=True)
+@click.option("--device-id", help="The enrolled device this workload runs on.")
+@click.option("--tcti", help="TPM TCTI string (with --attester tpm), e.g. swtpm:host=127.0.0.1,port=2321.")
+@click.option("--kem", type=click.Choice(["mlkem768-x25519", "x25519"]), default="mlkem768-x25519", show_default=True)
+@click.option("--json", "as_json", is_flag=True, help="Print a JSON report.")
+@_client_options
+def load(
+    src: Path,
+    attester: str,
+    device_id: str | None,
+    tcti: str | None,
+    kem: str,
+    as_json: bool,
+    url: str | None,
+    token: str | None,
+    ca: Path | None,
+) -> None:
+    """Attest, obtain the key from the broker, and load SRC (a sealed file or model directory) into memory."""
+    from weightvault.client.broker import BrokerIdentity, SampleAttester
+    from weightvault.crypto.keywrap import HPKEKem
+    from weightvault.loaders import numpy as wv_numpy
+
+    with make_client(url, token, ca) as client:
+        chosen: Any
+        if attester == "tpm":
+            raise ConfigError("the TPM attester is not available in this build")
+        chosen = SampleAttester(device_id=device_id)
+        identity = BrokerIdentity(client, chosen, kem=HPKEKem(kem), device_id=device_id)
+        t0 = time.perf_counter()
+        try:
+            if src.is_dir():
+                from weightvault.sealing.model_dir import SealedModel
+
+                model = SealedModel.open(src, [identity])
+                count = nbytes = 0
+                for entry in model.weight_entries():
+                    with model.open_sealed(entry) as opened:
+                        arrays = wv_numpy.load_opened(opened)
+                    count += len(arrays)
+                    nbytes += sum(a.nbytes for a in arrays.values())
+                    del arrays
+            else:
+                arrays = wv_numpy.load_file(src, [identity])
+                count, nbytes = len(arrays), sum(a.nbytes for a in arrays.values())
+                del arrays
+        finally:
+            identity.wipe()
+            close = getattr(chosen, "close", None)
+            if close is not None:
+                close()
+        seconds = time.perf_counter() - t0
+    report = {"path": str(src), "tensors": count, "bytes": nbytes, "seconds": round(seconds, 3), "attester": attester}
+    if as_json:
+        click.echo(json.dumps(report, sort_keys=True))
+    else:
+        click.echo(
+            f"loaded {count} tensors ({nbytes / 1e6:.1f} MB) from {src} in {seconds:.2f} s; "
+            f"key released by {client.url}"
+        )
+    sys.stdout.flush()

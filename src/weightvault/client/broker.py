@@ -1,0 +1,377 @@
+"""The key broker client: challenge, attest, release, and the admin API.
+
+Keys received from the broker exist only in memory: the release payload is
+HPKE-sealed to an ephemeral key generated for one session and dropped with it.
+:class:`BrokerIdentity` plugs the broker into the sealed format as an
+:class:`~weightvault.format.recipients.Identity`, so every loader can open a
+published model with ``keys=BrokerIdentity(client, attester)``.
+"""
+
+from __future__ import annotations
+
+import base64
+import json
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any, Final, Protocol
+
+import httpx
+
+from weightvault import errors as e
+from weightvault.attestation.interfaces import report_data
+from weightvault.attestation.unsafe import sample_evidence
+from weightvault.crypto.keywrap import HPKEKem, InvalidTag, hpke_generate, hpke_open, hpke_seal
+from weightvault.format.keys import FileKey, TensorKeys
+from weightvault.format.recipients import Stanza
+
+__all__ = [
+    "BROKER_STANZA",
+    "Attester",
+    "BrokerClient",
+    "BrokerIdentity",
+    "BrokerRecipient",
+    "ReleasedKeys",
+    "SampleAttester",
+    "Session",
+    "TokenAttester",
+]
+
+BROKER_STANZA: Final = "broker"
+
+_ERRORS: Final[dict[str, type[e.WeightVaultError]]] = {
+    "unauthenticated": e.AuthenticationError,
+    "forbidden": e.PermissionDeniedError,
+    "not_found": e.NotFoundError,
+    "conflict": e.ConflictError,
+    "challenge_used": e.ChallengeUsedError,
+    "challenge_expired": e.ChallengeExpiredError,
+    "attestation_failed": e.EvidenceError,
+    "release_denied": e.ReleaseDeniedError,
+    "key_unavailable": e.KeyAccessError,
+    "invalid_request": e.InvalidRequestError,
+    "invalid_json": e.InvalidRequestError,
+    "invalid_policy": e.PolicyViolationError,
+    "unsupported_media_type": e.InvalidRequestError,
+    "payload_too_large": e.InvalidRequestError,
+    "rate_limited": e.RateLimitedError,
+    "audit_unavailable": e.AuditLogError,
+}
+
+
+class Attester(Protocol):
+    """Produces evidence that commits to ``report_data``."""
+
+    def evidence(self, report_data: bytes, challenge: Mapping[str, Any]) -> dict[str, Any]: ...
+
+
+@dataclass(frozen=True, slots=True)
+class SampleAttester:
+    """insecure-sample evidence: for tests and demos, accepted only by brokers that enable it."""
+
+    device_id: str | None = None
+    claims: Mapping[str, str | int | bool] = field(default_factory=dict)
+
+    def evidence(self, report_data: bytes, challenge: Mapping[str, Any]) -> dict[str, Any]:
+        return sample_evidence(report_data, self.claims, self.device_id)
+
+
+@dataclass(frozen=True, slots=True)
+class TokenAttester:
+    """An attestation-token ("passport") obtained from an external verifier for the report data."""
+
+    fetch: Callable[[bytes], str]
+
+    def evidence(self, report_data: bytes, challenge: Mapping[str, Any]) -> dict[str, Any]:
+        return {"type": "attestation-token", "token": self.fetch(report_data)}
+
+
+@dataclass
+class Session:
+    """One attested session: the result token and the ephemeral key released keys are sealed to."""
+
+    token: str
+    jti: str
+    expires_at: int
+    kem: HPKEKem
+    _private: bytearray = field(repr=False)
+    device_id: str | None = None
+
+    def open(self, sealed: bytes, info: bytes) -> bytes:
+        try:
+            return hpke_open(self.kem, bytes(self._private), sealed, info)
+        except InvalidTag:
+            raise e.KeyAccessError("the release payload does not open with this session's key") from None
+
+    def close(self) -> None:
+        for i in range(len(self._private)):
+            self._private[i] = 0
+
+
+@dataclass
+class ReleasedKeys:
+    """Keys the broker released: the model's file key, or partial grants per file."""
+
+    resource: str
+    jti: str
+    file_key: FileKey | None = None
+    grants: dict[str, TensorKeys] = field(default_factory=dict)
+
+    def wipe(self) -> None:
+        if self.file_key is not None:
+            self.file_key.wipe()
+        for grant in self.grants.values():
+            grant.wipe()
+
+
+def _release_info(tenant: str, resource: str, jti: str) -> bytes:
+    import rfc8785
+
+    return b"weightvault/v1 release\x00" + rfc8785.dumps({"tenant": tenant, "resource": resource, "jti": jti})
+
+
+def _registration_info(tenant: str, name: str, version: str) -> bytes:
+    import rfc8785
+
+    return b"weightvault/v1 register\x00" + rfc8785.dumps({"tenant": tenant, "name": name, "version": version})
+
+
+class BrokerClient:
+    """HTTP client of the key broker. ``transport`` allows an in-process ASGI transport in tests."""
+
+    def __init__(
+        self,
+        url: str,
+        token: str,
+        *,
+        verify: bool | str = True,
+        timeout_s: float = 30.0,
+        transport: httpx.BaseTransport | None = None,
+    ) -> None:
+        self.url = url.rstrip("/")
+        if isinstance(verify, str):
+            import ssl
+
+            verify = ssl.create_default_context(cafile=verify)  # type: ignore[assignment]
+        self._http = httpx.Client(
+            base_url=self.url,
+            headers={"authorization": f"Bearer {token}"},
+            verify=verify,
+            timeout=timeout_s,
+            transport=transport,
+        )
+
+    def close(self) -> None:
+        self._http.close()
+
+    def __enter__(self) -> BrokerClient:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def request(
+        self, method: str, path: str, body: Mapping[str, Any] | None = None, params: Mapping[str, str] | None = None
+    ) -> Any:
+        """Send a request; map problem+json answers to weightvault errors."""
+        try:
+            reply = self._http.request(method, path, json=body, params=params)
+        except httpx.HTTPError as exc:
+            raise e.TransportError(f"broker {self.url} unreachable: {type(exc).__name__}") from None
+        if reply.status_code < 400:
+            return reply.json()
+        try:
+            problem = reply.json()
+        except ValueError:
+            problem = {}
+        code = str(problem.get("code", ""))
+        detail = str(problem.get("detail") or problem.get("title") or f"HTTP {reply.status_code}")
+        if reply.status_code >= 500 and code not in _ERRORS:
+            raise e.TransportError(f"broker error {reply.status_code}: {detail}")
+        cls = _ERRORS.get(code, e.RequestError)
+        if cls is e.ReleaseDeniedError:
+            raise e.ReleaseDeniedError(detail, problem.get("reasons", []))
+        raise cls(detail)
+
+    # -- the protocol -------------------------------------------------------------
+
+    def challenge(self, device_id: str | None = None) -> dict[str, Any]:
+        return dict(self.request("POST", "/v1/challenges", {"device_id": device_id} if device_id else {}))
+
+    def attest(
+        self,
+        attester: Attester,
+        *,
+        kem: HPKEKem = HPKEKem.MLKEM768_X25519,
+        device_id: str | None = None,
+        release: str | None = None,
+        tensors: Mapping[str, Sequence[int]] | None = None,
+    ) -> tuple[Session, ReleasedKeys | None]:
+        """Run challenge and attest; with ``release`` the keys come back in the same call (one-shot)."""
+        ch = self.challenge(device_id)
+        private, public = hpke_generate(kem)
+        nonce = base64.b64decode(ch["nonce"])
+        rd = report_data(ch["challenge_id"], nonce, ch["tenant"], kem.value, public)
+        body: dict[str, Any] = {
+            "challenge_id": ch["challenge_id"],
+            "hpke": {"kem": kem.value, "public": base64.b64encode(public).decode()},
+            "evidence": attester.evidence(rd, ch),
+        }
+        if release is not None:
+            body["release"] = {
+                "resource": release,
+                **({"tensors": {k: list(v) for k, v in tensors.items()}} if tensors else {}),
+            }
+        answer = self.request("POST", "/v1/attest", body)
+        session = Session(
+            answer["token"], answer["jti"], answer["expires_at"], kem, bytearray(private), answer.get("device_id")
+        )
+        released = None
+        if release is not None:
+            released = self._open_release(session, ch["tenant"], answer["release"], release)
+        return session, released
+
+    def release(
+        self, session: Session, resource: str, tensors: Mapping[str, Sequence[int]] | None = None
+    ) -> ReleasedKeys:
+        body: dict[str, Any] = {"token": session.token, "resource": resource}
+        if tensors:
+            body["tensors"] = {k: list(v) for k, v in tensors.items()}
+        answer = self.request("POST", "/v1/release", body)
+        tenant = resource.partition("/")[0]
+        return self._open_release(session, tenant, answer, resource)
+
+    def _open_release(self, session: Session, tenant: str, answer: Mapping[str, Any], resource: str) -> ReleasedKeys:
+        if answer.get("resource") != resource or answer.get("jti") != session.jti:
+            raise e.KeyAccessError("the broker answered for another resource or session")
+        plaintext = session.open(base64.b64decode(answer["sealed"]), _release_info(tenant, resource, session.jti))
+        doc = json.loads(plaintext)
+        if doc.get("tenant") != tenant or doc.get("resource") != resource or doc.get("jti") != session.jti:
+            raise e.KeyAccessError("the release payload is bound to another tenant, resource or session")
+        keys = ReleasedKeys(resource, session.jti)
+        if "file_key" in doc:
+            keys.file_key = FileKey(base64.b64decode(doc["file_key"]))
+        for grant in doc.get("grants", []):
+            keys.grants[grant["file_id"]] = TensorKeys(
+                bytes.fromhex(grant["file_id"]),
+                base64.b64decode(grant["header_secret"]),
+                {int(i): base64.b64decode(s) for i, s in grant["tensors"].items()},
+            )
+        return keys
+
+    # -- admin -----------------------------------------------------------------------
+
+    def create_tenant(self, tenant: str) -> None:
+        self.request("POST", "/v1/tenants", {"id": tenant})
+
+    def create_principal(self, principal_id: str, role: str, tenant: str | None = None) -> str:
+        return str(
+            self.request("POST", "/v1/principals", {"id": principal_id, "role": role, "tenant": tenant})["token"]
+        )
+
+    def add_device(
+        self, device_id: str, kind: str, tenants: Sequence[str], identity: Mapping[str, Any] | None = None
+    ) -> None:
+        self.request(
+            "POST",
+            "/v1/devices",
+            {"id": device_id, "kind": kind, "tenants": list(tenants), "identity": dict(identity or {})},
+        )
+
+    def device_action(self, device_id: str, action: str, body: Mapping[str, Any] | None = None) -> Any:
+        return self.request("PUT" if action == "tenants" else "POST", f"/v1/devices/{device_id}/{action}", body or {})
+
+    def put_policy(self, tenant: str, name: str, document: Mapping[str, Any]) -> int:
+        return int(
+            self.request("PUT", f"/v1/tenants/{tenant}/policies/{name}", {"document": dict(document)})["version"]
+        )
+
+    def put_refset(self, tenant: str, name: str, items: Sequence[str]) -> None:
+        self.request("PUT", f"/v1/tenants/{tenant}/refsets/{name}", {"items": list(items)})
+
+    def registration_key(self) -> tuple[HPKEKem, bytes]:
+        key = self.request("GET", "/v1/keys")["registration"]
+        return HPKEKem(key["kem"]), base64.b64decode(key["public"])
+
+    def register_model(
+        self,
+        tenant: str,
+        name: str,
+        version: str,
+        *,
+        policy: str,
+        file_key: FileKey,
+        files: Sequence[Mapping[str, str]],
+        tags: Mapping[str, str] | None = None,
+    ) -> str:
+        """Register a model; the file key travels HPKE-sealed to the broker's registration key."""
+        kem, public = self.registration_key()
+        sealed = hpke_seal(kem, public, file_key.reveal(), _registration_info(tenant, name, version))
+        body = {
+            "name": name,
+            "version": version,
+            "policy": policy,
+            "kem": kem.value,
+            "sealed_key": base64.b64encode(sealed).decode(),
+            "files": [dict(f) for f in files],
+            "tags": dict(tags or {}),
+        }
+        return str(self.request("POST", f"/v1/tenants/{tenant}/models", body)["resource"])
+
+    def audit_events(
+        self, tenant: str, since_ms: int | None = None, until_ms: int | None = None
+    ) -> list[dict[str, Any]]:
+        params = {k: str(v) for k, v in (("since_ms", since_ms), ("until_ms", until_ms)) if v is not None}
+        return list(self.request("GET", f"/v1/tenants/{tenant}/audit", params=params)["events"])
+
+
+class BrokerRecipient:
+    """The broker stanza written at publish time: it names the broker and the model, and wraps nothing."""
+
+    def __init__(self, url: str, resource: str) -> None:
+        self.url = url
+        self.resource = resource
+
+    def wrap(self, file_key: FileKey, context: bytes) -> Stanza:
+        return Stanza(BROKER_STANZA, {"url": self.url, "resource": self.resource})
+
+
+class BrokerIdentity:
+    """Opens ``broker`` stanzas by attesting to the broker and having it release the model's key."""
+
+    def __init__(
+        self,
+        client: BrokerClient,
+        attester: Attester,
+        *,
+        kem: HPKEKem = HPKEKem.MLKEM768_X25519,
+        device_id: str | None = None,
+    ) -> None:
+        self.client = client
+        self.attester = attester
+        self.kem = kem
+        self.device_id = device_id
+        self._cache: dict[str, ReleasedKeys] = {}
+
+    def keys_for(self, resource: str) -> ReleasedKeys:
+        """Attest and release once per resource; later files of the same model reuse the keys."""
+        if resource not in self._cache:
+            session, released = self.client.attest(
+                self.attester, kem=self.kem, device_id=self.device_id, release=resource
+            )
+            session.close()
+            assert released is not None
+            self._cache[resource] = released
+        return self._cache[resource]
+
+    def unwrap(self, stanza: Stanza, context: bytes) -> FileKey | None:
+        if stanza.type != BROKER_STANZA:
+            return None
+        resource = stanza.fields.get("resource")
+        if not isinstance(resource, str):
+            return None
+        return self.keys_for(resource).file_key
+
+    def wipe(self) -> None:
+        for keys in self._cache.values():
+            keys.wipe()
+        self._cache.clear()

@@ -1,0 +1,388 @@
+"""The key broker over HTTP (Starlette): authentication, limits, problem+json, routes.
+
+Every request is authenticated by ``Authorization: Bearer <API token>`` except
+``GET /v1/health``. Bodies must be ``application/json`` and at most
+``max_body_bytes``; they are parsed strictly (unknown fields rejected). Errors are
+RFC 7807 problem+json with stable codes (:mod:`weightvault.server.problems`).
+Requests are rate-limited per principal with a token bucket.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import json
+import threading
+import time
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+from typing import Any, TypeVar
+
+from pydantic import BaseModel, ValidationError
+from starlette.applications import Starlette
+from starlette.concurrency import run_in_threadpool
+from starlette.requests import Request
+from starlette.responses import JSONResponse, Response
+from starlette.routing import Mount, Route
+
+from weightvault.auditlog.log import LogReader
+from weightvault.broker.service import KeyBroker, Principal, Role
+from weightvault.errors import InvalidRequestError, RateLimitedError, WeightVaultError
+from weightvault.server import schemas
+from weightvault.server.problems import problem, problem_for
+from weightvault.server.tiles_app import tile_response
+
+__all__ = ["ServerLimits", "create_broker_app"]
+
+_B = TypeVar("_B", bound=BaseModel)
+
+
+@dataclass(frozen=True, slots=True)
+class ServerLimits:
+    max_body_bytes: int = 256 << 10
+    rate_per_second: float = 200.0
+    burst: int = 400
+
+
+class _RateLimiter:
+    """A token bucket per principal."""
+
+    def __init__(self, rate: float, burst: int, clock: Callable[[], float] = time.monotonic) -> None:
+        self._rate = rate
+        self._burst = burst
+        self._clock = clock
+        self._buckets: dict[str, tuple[float, float]] = {}
+        self._lock = threading.Lock()
+
+    def take(self, key: str) -> None:
+        now = self._clock()
+        with self._lock:
+            tokens, last = self._buckets.get(key, (float(self._burst), now))
+            tokens = min(float(self._burst), tokens + (now - last) * self._rate)
+            if tokens < 1.0:
+                self._buckets[key] = (tokens, now)
+                raise RateLimitedError("rate limit exceeded")
+            self._buckets[key] = (tokens - 1.0, now)
+
+
+def _b64(value: str, what: str) -> bytes:
+    try:
+        return base64.b64decode(value, validate=True)
+    except (binascii.Error, ValueError):
+        raise InvalidRequestError(f"{what} is not base64") from None
+
+
+def create_broker_app(
+    broker: KeyBroker, audit: LogReader | None = None, limits: ServerLimits = ServerLimits()
+) -> Starlette:
+    limiter = _RateLimiter(limits.rate_per_second, limits.burst)
+
+    async def body(request: Request, model: type[_B]) -> _B:
+        ctype = request.headers.get("content-type", "")
+        if ctype.split(";")[0].strip().lower() != "application/json":
+            raise _HTTPProblemError(415, "unsupported_media_type", "Send application/json")
+        declared = request.headers.get("content-length")
+        if declared is not None and (not declared.isdigit() or int(declared) > limits.max_body_bytes):
+            raise _HTTPProblemError(413, "payload_too_large", "Request body too large")
+        raw = bytearray()
+        async for chunk in request.stream():
+            raw += chunk
+            if len(raw) > limits.max_body_bytes:
+                raise _HTTPProblemError(413, "payload_too_large", "Request body too large")
+        try:
+            doc = json.loads(raw)
+        except ValueError:
+            raise _HTTPProblemError(400, "invalid_json", "Body is not valid JSON") from None
+        try:
+            return model.model_validate(doc)
+        except ValidationError as exc:
+            fields = sorted({".".join(str(p) for p in err["loc"]) for err in exc.errors()})
+            raise _HTTPProblemError(
+                422, "invalid_request", "Invalid request", f"invalid or unknown fields: {fields}"
+            ) from None
+
+    async def principal(request: Request) -> Principal:
+        header = request.headers.get("authorization", "")
+        scheme, _, credential = header.partition(" ")
+        if scheme.lower() != "bearer":
+            credential = ""
+        who = await run_in_threadpool(broker.authenticate, credential.strip())
+        limiter.take(who.id)
+        return who
+
+    def handler(func: Callable[[Request], Awaitable[Response]]) -> Callable[[Request], Awaitable[Response]]:
+        async def wrapped(request: Request) -> Response:
+            try:
+                return await func(request)
+            except _HTTPProblemError as p:
+                return problem(p.status, p.code, p.title, p.detail)
+            except WeightVaultError as error:
+                return problem_for(error)
+
+        return wrapped
+
+    def call(fn: Callable[..., Any], *args: Any, **kwargs: Any) -> Awaitable[Any]:
+        return run_in_threadpool(fn, *args, **kwargs)
+
+    @handler
+    async def health(request: Request) -> Response:
+        return JSONResponse({"status": "ok"})
+
+    @handler
+    async def keys(request: Request) -> Response:
+        await principal(request)
+        key = broker.registration_key.recipient
+        return JSONResponse(
+            {"registration": {"kem": key.kem.value, "public": base64.b64encode(key.public).decode(), "kid": key.kid}}
+        )
+
+    @handler
+    async def challenge(request: Request) -> Response:
+        who = await principal(request)
+        req = await body(request, schemas.ChallengeRequest)
+        ch = await call(broker.issue_challenge, who, req.device_id)
+        return JSONResponse(
+            {
+                "challenge_id": ch.id,
+                "nonce": base64.b64encode(ch.nonce).decode(),
+                "expires_at": ch.expires_at,
+                "tenant": ch.tenant,
+            },
+            status_code=201,
+        )
+
+    def release_json(outcome: Any) -> dict[str, Any]:
+        return {
+            "resource": outcome.resource,
+            "kem": outcome.kem,
+            "sealed": base64.b64encode(outcome.sealed).decode(),
+            "jti": outcome.jti,
+            "files": list(outcome.files),
+            "partial": outcome.partial,
+        }
+
+    @handler
+    async def attest(request: Request) -> Response:
+        who = await principal(request)
+        req = await body(request, schemas.AttestRequest)
+        public = _b64(req.hpke.public, "hpke.public")
+        release = (req.release.resource, req.release.tensors) if req.release else None
+        outcome = await call(broker.attest, who, req.challenge_id, req.hpke.kem, public, req.evidence, release=release)
+        doc: dict[str, Any] = {
+            "token": outcome.token,
+            "expires_at": outcome.expires_at,
+            "jti": outcome.jti,
+            "verifier": outcome.verifier,
+            "device_id": outcome.device_id,
+        }
+        if outcome.release is not None:
+            doc["release"] = release_json(outcome.release)
+        return JSONResponse(doc)
+
+    @handler
+    async def release(request: Request) -> Response:
+        who = await principal(request)
+        req = await body(request, schemas.ReleaseRequest)
+        outcome = await call(broker.release, who, req.token, req.resource, req.tensors)
+        return JSONResponse(release_json(outcome))
+
+    @handler
+    async def tenants(request: Request) -> Response:
+        who = await principal(request)
+        if request.method == "GET":
+            who.require(Role.OPERATOR)
+            return JSONResponse({"tenants": await call(broker.store.list_tenants)})
+        req = await body(request, schemas.TenantRequest)
+        await call(broker.create_tenant, who, req.id)
+        return JSONResponse({"id": req.id}, status_code=201)
+
+    @handler
+    async def principals(request: Request) -> Response:
+        who = await principal(request)
+        if request.method == "GET":
+            tenant = request.query_params.get("tenant")
+            if who.role is not Role.OPERATOR:
+                who.require(Role.TENANT_ADMIN)
+                tenant = who.tenant
+            rows = await call(broker.store.list_principals, tenant)
+            return JSONResponse(
+                {
+                    "principals": [
+                        {"id": r.id, "tenant": r.tenant_id, "role": r.role, "disabled": r.disabled} for r in rows
+                    ]
+                }
+            )
+        req = await body(request, schemas.PrincipalRequest)
+        try:
+            role = Role(req.role)
+        except ValueError:
+            raise InvalidRequestError(f"unknown role {req.role!r}") from None
+        token = await call(broker.create_principal, who, req.id, req.tenant, role)
+        return JSONResponse({"id": req.id, "role": role.value, "tenant": req.tenant, "token": token}, status_code=201)
+
+    @handler
+    async def principal_disable(request: Request) -> Response:
+        who = await principal(request)
+        await call(broker.disable_principal, who, request.path_params["pid"])
+        return JSONResponse({"id": request.path_params["pid"], "disabled": True})
+
+    @handler
+    async def devices(request: Request) -> Response:
+        who = await principal(request)
+        if request.method == "GET":
+            tenant = request.query_params.get("tenant")
+            if who.role is not Role.OPERATOR:
+                who.require(Role.TENANT_ADMIN, Role.AUDITOR)
+                tenant = who.tenant
+            rows = await call(broker.store.list_devices, tenant)
+            return JSONResponse(
+                {
+                    "devices": [
+                        {"id": d.id, "kind": d.kind, "status": d.status, "tenants": sorted(d.tenants)} for d in rows
+                    ]
+                }
+            )
+        req = await body(request, schemas.DeviceRequest)
+        await call(broker.add_device, who, req.id, req.kind, req.tenants, req.identity)
+        return JSONResponse({"id": req.id, "status": "active"}, status_code=201)
+
+    @handler
+    async def device_action(request: Request) -> Response:
+        who = await principal(request)
+        device_id, action = request.path_params["did"], request.path_params["action"]
+        if action == "tenants":
+            req = await body(request, schemas.DeviceTenantsRequest)
+            await call(broker.set_device_tenants, who, device_id, req.tenants)
+            return JSONResponse({"id": device_id, "tenants": sorted(req.tenants)})
+        status = {"revoke": "revoked", "activate": "active"}.get(action)
+        if status is None:
+            raise _HTTPProblemError(404, "not_found", "Not found")
+        await call(broker.set_device_status, who, device_id, status)
+        return JSONResponse({"id": device_id, "status": status})
+
+    @handler
+    async def policies(request: Request) -> Response:
+        who = await principal(request)
+        tenant = request.path_params["tenant"]
+        if request.method == "GET":
+            who.require(Role.OPERATOR, Role.TENANT_ADMIN, Role.AUDITOR, Role.PUBLISHER)
+            who.require_tenant(tenant)
+            rows = await call(broker.store.list_policies, tenant)
+            return JSONResponse(
+                {
+                    "policies": [
+                        {
+                            "name": r.name,
+                            "version": r.version,
+                            "digest": r.digest,
+                            "immutable": r.immutable,
+                            "document": r.document,
+                        }
+                        for r in rows
+                    ]
+                }
+            )
+        req = await body(request, schemas.PolicyRequest)
+        version = await call(broker.put_policy, who, tenant, request.path_params["name"], req.document)
+        return JSONResponse({"name": request.path_params["name"], "version": version})
+
+    @handler
+    async def refsets(request: Request) -> Response:
+        who = await principal(request)
+        req = await body(request, schemas.RefsetRequest)
+        await call(broker.put_refset, who, request.path_params["tenant"], request.path_params["name"], req.items)
+        return JSONResponse({"name": request.path_params["name"], "items": len(set(req.items))})
+
+    @handler
+    async def models(request: Request) -> Response:
+        who = await principal(request)
+        tenant = request.path_params["tenant"]
+        if request.method == "GET":
+            who.require_tenant(tenant)
+            rows = await call(broker.store.list_models, tenant)
+            return JSONResponse(
+                {
+                    "models": [
+                        {"resource": m.resource, "policy": m.policy, "files": m.files, "tags": m.tags} for m in rows
+                    ]
+                }
+            )
+        req = await body(request, schemas.ModelRequest)
+        resource = await call(
+            broker.register_sealed_model,
+            who,
+            tenant,
+            req.name,
+            req.version,
+            policy=req.policy,
+            kem=req.kem,
+            sealed_key=_b64(req.sealed_key, "sealed_key"),
+            files=req.files,
+            tags=req.tags,
+        )
+        return JSONResponse({"resource": resource}, status_code=201)
+
+    @handler
+    async def audit_events(request: Request) -> Response:
+        who = await principal(request)
+        tenant = request.path_params["tenant"]
+        broker.check_audit_access(who, tenant)
+        if audit is None:
+            raise _HTTPProblemError(404, "not_found", "No audit log")
+
+        def query() -> list[dict[str, Any]]:
+            params = request.query_params
+            since = int(params["since_ms"]) if params.get("since_ms", "").isdigit() else None
+            until = int(params["until_ms"]) if params.get("until_ms", "").isdigit() else None
+            limit = min(int(params.get("limit", "1000")) if params.get("limit", "").isdigit() else 1000, 10_000)
+            out = []
+            for index, event in audit.events(tenant=tenant, since_ms=since, until_ms=until):
+                out.append({"index": index, **event.to_json()})
+                if len(out) >= limit:
+                    break
+            return out
+
+        return JSONResponse({"events": await run_in_threadpool(query)})
+
+    @handler
+    async def audit_tiles(request: Request) -> Response:
+        who = await principal(request)
+        who.require(Role.OPERATOR)
+        if audit is None:
+            raise _HTTPProblemError(404, "not_found", "No audit log")
+        status, content, ctype = await run_in_threadpool(tile_response, audit, request.path_params["path"])
+        return Response(content, status_code=status, media_type=ctype)
+
+    routes = [
+        Route("/v1/health", health, methods=["GET"]),
+        Route("/v1/keys", keys, methods=["GET"]),
+        Route("/v1/challenges", challenge, methods=["POST"]),
+        Route("/v1/attest", attest, methods=["POST"]),
+        Route("/v1/release", release, methods=["POST"]),
+        Route("/v1/tenants", tenants, methods=["GET", "POST"]),
+        Route("/v1/principals", principals, methods=["GET", "POST"]),
+        Route("/v1/principals/{pid}/disable", principal_disable, methods=["POST"]),
+        Route("/v1/devices", devices, methods=["GET", "POST"]),
+        Route("/v1/devices/{did}/{action}", device_action, methods=["POST", "PUT"]),
+        Route("/v1/tenants/{tenant}/policies", policies, methods=["GET"]),
+        Route("/v1/tenants/{tenant}/policies/{name}", policies, methods=["PUT"]),
+        Route("/v1/tenants/{tenant}/refsets/{name}", refsets, methods=["PUT"]),
+        Route("/v1/tenants/{tenant}/models", models, methods=["GET", "POST"]),
+        Route("/v1/tenants/{tenant}/audit", audit_events, methods=["GET"]),
+        Mount("/v1/audit", routes=[Route("/{path:path}", audit_tiles, methods=["GET"])]),
+    ]
+    return Starlette(routes=routes, exception_handlers={404: _not_found, 405: _not_allowed})
+
+
+class _HTTPProblemError(Exception):
+    def __init__(self, status: int, code: str, title: str, detail: str | None = None) -> None:
+        super().__init__(title)
+        self.status, self.code, self.title, self.detail = status, code, title, detail
+
+
+async def _not_found(request: Request, exc: Exception) -> Response:
+    return problem(404, "not_found", "Not found")
+
+
+async def _not_allowed(request: Request, exc: Exception) -> Response:
+    return problem(405, "method_not_allowed", "Method not allowed")

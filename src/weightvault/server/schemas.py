@@ -1,0 +1,102 @@
+"""Request bodies of the broker API: pydantic models in strict mode that forbid unknown fields."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from pydantic import BaseModel, ConfigDict, Field
+
+__all__ = [
+    "AttestRequest",
+    "ChallengeRequest",
+    "DeviceRequest",
+    "DeviceTenantsRequest",
+    "HPKEKey",
+    "ModelRequest",
+    "PolicyRequest",
+    "PrincipalRequest",
+    "RefsetRequest",
+    "ReleaseRequest",
+    "ReleaseSpec",
+    "TenantRequest",
+]
+
+_STRICT = ConfigDict(strict=True, extra="forbid", frozen=True)
+
+
+class HPKEKey(BaseModel):
+    model_config = _STRICT
+    kem: str = Field(max_length=32)
+    public: str = Field(max_length=4096)
+
+
+class ReleaseSpec(BaseModel):
+    model_config = _STRICT
+    resource: str = Field(max_length=256)
+    tensors: dict[str, list[int]] | None = None
+
+
+class ChallengeRequest(BaseModel):
+    model_config = _STRICT
+    device_id: str | None = Field(default=None, max_length=64)
+
+
+class AttestRequest(BaseModel):
+    model_config = _STRICT
+    challenge_id: str = Field(max_length=64)
+    hpke: HPKEKey
+    evidence: dict[str, Any]
+    release: ReleaseSpec | None = None
+
+
+class ReleaseRequest(BaseModel):
+    model_config = _STRICT
+    token: str = Field(max_length=65536)
+    resource: str = Field(max_length=256)
+    tensors: dict[str, list[int]] | None = None
+
+
+class TenantRequest(BaseModel):
+    model_config = _STRICT
+    id: str = Field(max_length=64)
+
+
+class PrincipalRequest(BaseModel):
+    model_config = _STRICT
+    id: str = Field(max_length=64)
+    role: str = Field(max_length=32)
+    tenant: str | None = Field(default=None, max_length=64)
+
+
+class DeviceRequest(BaseModel):
+    model_config = _STRICT
+    id: str = Field(max_length=64)
+    kind: str = Field(max_length=32)
+    tenants: list[str] = Field(max_length=64)
+    identity: dict[str, Any] = Field(default_factory=dict)
+
+
+class DeviceTenantsRequest(BaseModel):
+    model_config = _STRICT
+    tenants: list[str] = Field(max_length=64)
+
+
+class PolicyRequest(BaseModel):
+    model_config = _STRICT
+    document: dict[str, Any]
+
+
+class RefsetRequest(BaseModel):
+    model_config = _STRICT
+    items: list[str] = Field(max_length=10000)
+
+
+class ModelRequest(BaseModel):
+    model_config = _STRICT
+    name: str = Field(max_length=128)
+    version: str = Field(max_length=64)
+    policy: str = Field(max_length=64)
+    sealed_key: str = Field(max_length=8192)
+    kem: str = Field(max_length=32)
+    files: list[dict[str, str]] = Field(max_length=10000)
+    tags: dict[str, str] = Field(default_factory=dict)

@@ -1,0 +1,163 @@
+"""A real broker process on loopback, initialised with two tenants, principals, policies and models."""
+
+from __future__ import annotations
+
+import json
+import re
+import subprocess
+import sys
+from collections.abc import Iterator
+from contextlib import ExitStack, contextmanager
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import jwt
+from cryptography.hazmat.primitives.asymmetric import ec
+
+from tests.e2e.servers import free_port, serve
+from weightvault.auditlog.events import AuditEvent
+from weightvault.auditlog.log import LogReader
+from weightvault.client.broker import BrokerClient, BrokerRecipient
+from weightvault.format.keys import FileKey
+from weightvault.sealing import seal_safetensors
+
+
+def wv(*args: str | Path) -> str:
+    proc = subprocess.run(
+        [sys.executable, "-m", "weightvault", *map(str, args)], capture_output=True, text=True, timeout=120, check=False
+    )
+    if proc.returncode != 0:
+        raise AssertionError(f"weightvault {args}: exit {proc.returncode}: {proc.stderr}")
+    return proc.stdout
+
+
+@dataclass
+class Broker:
+    url: str
+    base: Path
+    tokens: dict[str, str]
+    issuer_key: Any
+    models: dict[str, Path] = field(default_factory=dict)
+    file_keys: dict[str, FileKey] = field(default_factory=dict)
+    clients: dict[str, BrokerClient] = field(default_factory=dict)
+
+    def client(self, who: str) -> BrokerClient:
+        """One client per principal, reused, closed when the broker stops."""
+        if who not in self.clients:
+            self.clients[who] = BrokerClient(self.url, self.tokens[who])
+        return self.clients[who]
+
+    def close_clients(self) -> None:
+        for client in self.clients.values():
+            client.close()
+        self.clients.clear()
+
+    def events(self, start: int = 0) -> list[tuple[int, AuditEvent]]:
+        with LogReader.open(self.base / "data" / "audit.db", "weightvault-broker/audit") as log:
+            return list(log.events(start=start))
+
+    def audit_size(self) -> int:
+        with LogReader.open(self.base / "data" / "audit.db", "weightvault-broker/audit") as log:
+            return log.size
+
+    def passport(self, report_data: bytes, *, now: int, **claims: Any) -> str:
+        import base64
+
+        body = {
+            "iss": "https://attestation.test",
+            "iat": now,
+            "exp": now + 300,
+            "eat_nonce": base64.urlsafe_b64encode(report_data).decode().rstrip("="),
+            "dbgstat": "disabled",
+            **claims,
+        }
+        return jwt.encode(body, self.issuer_key, algorithm="ES256", headers={"kid": "as-1"})
+
+
+POLICY_OPEN = {
+    "verifiers": ["insecure-sample", "attestation-token"],
+    "resources": ["{t}/models/*"],
+    "rule": {"claim": "tenant", "equals": "{t}"},
+}
+
+
+def _policy(tenant: str, **changes: Any) -> dict[str, Any]:
+    doc: dict[str, Any] = json.loads(json.dumps(POLICY_OPEN).replace("{t}", tenant))
+    doc.update(changes)
+    return doc
+
+
+@contextmanager
+def running_broker(
+    tmp: Path, plain_model: Path, *, tls: tuple[Path, Path] | None = None, rate: tuple[float, int] = (200.0, 400)
+) -> Iterator[Broker]:
+    base = tmp / "broker"
+    wv("broker", "init", base, "--insecure-sample")
+    key = ec.generate_private_key(ec.SECP256R1())
+    jwk = json.loads(jwt.algorithms.ECAlgorithm.to_jwk(key.public_key()))
+    jwk["kid"] = "as-1"
+    (base / "jwks.json").write_text(json.dumps({"keys": [jwk]}))
+    config = (base / "broker.toml").read_text()
+    config = config.replace('allow = ["insecure-sample"]', 'allow = ["insecure-sample", "attestation-token"]')
+    config = re.sub(r"challenge_ttl_seconds = \d+", "challenge_ttl_seconds = 3", config)
+    config = re.sub(r"rate_per_second = \d+", f"rate_per_second = {rate[0]}", config)
+    config = re.sub(r"burst = \d+", f"burst = {rate[1]}", config)
+    config = config.replace(
+        "[audit]",
+        '[[verifiers.attestation_token]]\nname = "test-as"\nissuer = "https://attestation.test"\n'
+        'jwks_file = "jwks.json"\n'
+        'algorithms = ["ES256"]\nmax_age_seconds = 120\nnonce_claim = "eat_nonce"\ndevice_claim = "ueid"\n\n[audit]',
+    )
+    scheme = "http"
+    if tls is not None:
+        (base / "broker.toml").write_text(config + f'\n[tls]\ncert = "{tls[0]}"\nkey = "{tls[1]}"\n')
+        scheme = "https"
+    else:
+        (base / "broker.toml").write_text(config)
+    port = free_port()
+    with ExitStack() as stack:
+        url = stack.enter_context(
+            serve(
+                ["broker", "serve", "--config", str(base / "broker.toml"), "--port", str(port)],
+                port,
+                ready_path="/v1/health",
+                scheme=scheme,
+                verify=str(tls[0]) if tls else True,
+            )
+        )
+        tokens = {"operator": (base / "operator.token").read_text().strip()}
+        broker = Broker(url, base, tokens, key)
+        stack.callback(broker.close_clients)
+        if tls is not None:
+            yield broker
+            return
+        op = broker.client("operator")
+        for tenant in ("acme", "globex"):
+            op.create_tenant(tenant)
+            for role, suffix in (
+                ("tenant-admin", "admin"),
+                ("publisher", "pub"),
+                ("workload", "wl"),
+                ("auditor", "aud"),
+            ):
+                tokens[f"{tenant}-{suffix}"] = op.create_principal(f"{tenant}-{suffix}", role, tenant)
+            tokens[f"{tenant}-wl2"] = op.create_principal(f"{tenant}-wl2", "workload", tenant)
+            admin = broker.client(f"{tenant}-admin")
+            admin.put_policy(tenant, "open", _policy(tenant))
+            pub = broker.client(f"{tenant}-pub")
+            resource = f"{tenant}/models/small@1"
+            out = tmp / f"{tenant}-small.wvlt"
+            fk = FileKey.generate()
+            result = seal_safetensors(plain_model, out, file_key=fk, recipients=[BrokerRecipient(url, resource)])
+            pub.register_model(
+                tenant,
+                "small",
+                "1",
+                policy="open",
+                file_key=fk,
+                files=[{"file_id": result.file_id.hex(), "header_mac": result.header_mac.hex(), "path": out.name}],
+            )
+            broker.models[tenant] = out
+            broker.file_keys[tenant] = fk
+        yield broker
