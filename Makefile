@@ -12,11 +12,18 @@ TORCH_SPEC ?= torch==2.13.0
 
 all: test
 
-$(STAMP): pyproject.toml
+$(STAMP): pyproject.toml scripts/system-deps.sh
+	bash scripts/system-deps.sh
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet --upgrade pip
 	$(BIN)/python -m pip install --quiet "$(TORCH_SPEC)"
 	$(BIN)/python -m pip install --quiet -e '.[torch,transformers,dev]'
+	# The TPM extra compiles against libtss2; without it the TPM parts skip (and fail under CI=true).
+	if pkg-config --exists tss2-esys 2>/dev/null; then \
+		$(BIN)/python -m pip install --quiet -e '.[tpm]'; \
+	else \
+		echo "note: libtss2-dev missing, TPM support not installed"; \
+	fi
 	touch $(STAMP)
 
 venv: $(STAMP)

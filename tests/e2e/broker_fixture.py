@@ -90,7 +90,13 @@ def _policy(tenant: str, **changes: Any) -> dict[str, Any]:
 
 @contextmanager
 def running_broker(
-    tmp: Path, plain_model: Path, *, tls: tuple[Path, Path] | None = None, rate: tuple[float, int] = (200.0, 400)
+    tmp: Path,
+    plain_model: Path,
+    *,
+    tls: tuple[Path, Path] | None = None,
+    rate: tuple[float, int] = (200.0, 400),
+    extra_config: str = "",
+    allow: list[str] | None = None,
 ) -> Iterator[Broker]:
     base = tmp / "broker"
     wv("broker", "init", base, "--insecure-sample")
@@ -99,7 +105,8 @@ def running_broker(
     jwk["kid"] = "as-1"
     (base / "jwks.json").write_text(json.dumps({"keys": [jwk]}))
     config = (base / "broker.toml").read_text()
-    config = config.replace('allow = ["insecure-sample"]', 'allow = ["insecure-sample", "attestation-token"]')
+    allowed = json.dumps(allow or ["insecure-sample", "attestation-token"])
+    config = config.replace('allow = ["insecure-sample"]', f"allow = {allowed}")
     config = re.sub(r"challenge_ttl_seconds = \d+", "challenge_ttl_seconds = 3", config)
     config = re.sub(r"rate_per_second = \d+", f"rate_per_second = {rate[0]}", config)
     config = re.sub(r"burst = \d+", f"burst = {rate[1]}", config)
@@ -107,7 +114,9 @@ def running_broker(
         "[audit]",
         '[[verifiers.attestation_token]]\nname = "test-as"\nissuer = "https://attestation.test"\n'
         'jwks_file = "jwks.json"\n'
-        'algorithms = ["ES256"]\nmax_age_seconds = 120\nnonce_claim = "eat_nonce"\ndevice_claim = "ueid"\n\n[audit]',
+        'algorithms = ["ES256"]\nmax_age_seconds = 120\nnonce_claim = "eat_nonce"\ndevice_claim = "ueid"\n'
+        + extra_config
+        + "\n[audit]",
     )
     scheme = "http"
     if tls is not None:

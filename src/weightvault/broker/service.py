@@ -426,6 +426,120 @@ class KeyBroker:
                 AuditEvent(type=kind, tenant=tenant, actor=actor.id, resource=f"device:{device_id}", decision=status)
             )
 
+    def _tpm_verifier(self) -> Any:
+        verifier = self._registry.get("tpm")
+        if verifier is None:
+            raise InvalidRequestError("this broker does not accept TPM devices (the tpm verifier is not enabled)")
+        return verifier
+
+    def enrol_tpm_device(
+        self,
+        actor: Principal,
+        device_id: str,
+        tenants: Sequence[str],
+        *,
+        ek_cert: bytes,
+        ek_public: bytes,
+        ak_public: bytes,
+    ) -> tuple[bytes, bytes]:
+        """Step 1 of TPM enrolment: check EK chain, EK and AK; returns (credential blob, encrypted secret).
+
+        The device stays ``pending`` until :meth:`activate_tpm_device` receives the secret
+        that only ActivateCredential on the same TPM recovers.
+
+        Raises:
+            QuoteError: the EK certificate does not chain to a configured root, the EK does
+                not match it, or the AK is not a restricted attestation key.
+        """
+        from weightvault.attestation.tpm.enrolment import make_credential
+
+        actor.require(Role.OPERATOR)
+        _check_name(device_id, "device id")
+        verifier = self._tpm_verifier()
+        try:
+            facts = verifier.enrol(ek_cert, ek_public, ak_public, self._now())
+        except AttestationError as exc:
+            for tenant in tenants or ["-"]:
+                self._log(
+                    AuditEvent(
+                        type="device.enrol.fail",
+                        tenant=tenant,
+                        actor=actor.id,
+                        resource=f"device:{device_id}",
+                        decision="deny",
+                        reasons=(str(exc)[:500],),
+                    )
+                )
+            raise
+        for other in self.store.list_devices(None):
+            if other.status != "revoked" and other.identity.get("ak_name") == facts.ak_name.hex():
+                raise ConflictError(f"this TPM is already enrolled as {other.id}; revoke that device first")
+        secret = random_bytes(32)
+        blob, encrypted = make_credential(ek_public, facts.ak_name, secret)
+        identity = {
+            "ek_cert": base64.b64encode(ek_cert).decode(),
+            "ek_public": base64.b64encode(ek_public).decode(),
+            "ak_public": base64.b64encode(ak_public).decode(),
+            "ak_name": facts.ak_name.hex(),
+            "ek_issuer": facts.ek_issuer,
+            "credential_sha256": hashlib.sha256(secret).hexdigest(),
+        }
+        self.add_device(actor, device_id, "tpm", tenants, identity, status="pending")
+        return blob, encrypted
+
+    def activate_tpm_device(self, actor: Principal, device_id: str, secret: bytes) -> None:
+        """Step 2 of TPM enrolment: the secret recovered by ActivateCredential activates the device."""
+        import sqlalchemy as sa
+
+        actor.require(Role.OPERATOR)
+        device = self.store.device(device_id)
+        if device is None or device.kind != "tpm":
+            raise NotFoundError("no such TPM device")
+        expected = str(device.identity.get("credential_sha256", ""))
+        if device.status != "pending" or not expected:
+            raise ConflictError("the device is not waiting for credential activation")
+        if not hmac.compare_digest(hashlib.sha256(secret).hexdigest(), expected):
+            for tenant in sorted(device.tenants) or ["-"]:
+                self._log(
+                    AuditEvent(
+                        type="device.enrol.fail",
+                        tenant=tenant,
+                        actor=actor.id,
+                        resource=f"device:{device_id}",
+                        decision="deny",
+                        reasons=("credential_mismatch",),
+                    )
+                )
+            raise PermissionDeniedError("the activation secret does not match: the AK is not on this EK's TPM")
+        identity = {k: v for k, v in device.identity.items() if k != "credential_sha256"}
+        with self.store.write() as conn:
+            conn.execute(
+                sa.update(tables.devices)
+                .where(tables.devices.c.id == device_id)
+                .values(status="active", identity=json.dumps(identity, sort_keys=True), updated_at=self._now())
+            )
+        for tenant in sorted(device.tenants) or ["-"]:
+            self._log(
+                AuditEvent(
+                    type="device.activate",
+                    tenant=tenant,
+                    actor=actor.id,
+                    resource=f"device:{device_id}",
+                    decision="active",
+                    details={"ak_name": str(identity.get("ak_name", ""))},
+                )
+            )
+
+    def challenge_hints(self, challenge: Challenge) -> dict[str, Any]:
+        """What the attester needs to know beyond the nonce (the PCR selection for TPM devices)."""
+        if challenge.device_id is None:
+            return {}
+        device = self.store.device(challenge.device_id)
+        verifier = self._registry.get("tpm")
+        if device is None or device.kind != "tpm" or verifier is None:
+            return {}
+        return {"tpm": {"pcr_selection": verifier.pcr_selection}}  # type: ignore[attr-defined]
+
     def _device_record(self, row: DeviceRow) -> DeviceRecord:
         return DeviceRecord(row.id, row.kind, row.status, row.tenants, row.identity)
 
@@ -881,6 +995,10 @@ class KeyBroker:
                 extra["device.id"] = device.id
                 extra["device.status"] = device.status
                 extra["device.kind"] = device.kind
+                attested_reset = token.result.claims.get("tpm.reset_count")
+                if isinstance(attested_reset, int) and device.state.get("reset_count", attested_reset) > attested_reset:
+                    # The TPM rebooted after this token's attestation: its PCRs are no longer the attested ones.
+                    reasons.append("device_rebooted_since_attestation")
         policy_row = self.store.latest_policy(tenant, model.policy)
         policy_version = None
         policy_digest = None

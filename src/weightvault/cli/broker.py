@@ -316,6 +316,39 @@ def admin_refset(
     click.echo(f"reference set {tenant}/{name} holds {len(set(values))} value(s)")
 
 
+@admin.command("refset-record")
+@click.argument("tenant")
+@click.argument("name")
+@click.option("--tcti", required=True, help="TPM of an approved machine, e.g. swtpm:host=127.0.0.1,port=2321.")
+@click.option(
+    "--pcr", "pcrs", multiple=True, type=click.IntRange(0, 23), required=True, help="PCR to record. Repeatable."
+)
+@click.option("--append", is_flag=True, help="Add to the set's current values instead of replacing them.")
+@_client_options
+def admin_refset_record(
+    tenant: str,
+    name: str,
+    tcti: str,
+    pcrs: tuple[int, ...],
+    append: bool,
+    url: str | None,
+    token: str | None,
+    ca: Path | None,
+) -> None:
+    """Record the current SHA-256 PCR values of an approved machine into a reference set."""
+    from weightvault.attestation.tpm.attester import TPMAttester
+
+    with TPMAttester.open(tcti) as tpm:
+        values = sorted({v.hex() for v in tpm.read_pcrs(pcrs).values()})
+    with make_client(url, token, ca) as client:
+        if append:
+            for policy_set in client.request("GET", f"/v1/tenants/{tenant}/refsets").get("refsets", []):
+                if policy_set["name"] == name:
+                    values = sorted(set(values) | set(policy_set["items"]))
+        client.put_refset(tenant, name, values)
+    click.echo(f"reference set {tenant}/{name}: recorded PCRs {list(pcrs)} ({len(values)} value(s))")
+
+
 @admin.command("audit")
 @click.argument("tenant")
 @click.option("--since", help="ISO 8601 time (inclusive).")
@@ -427,8 +460,13 @@ def load(
     with make_client(url, token, ca) as client:
         chosen: Any
         if attester == "tpm":
-            raise ConfigError("the TPM attester is not available in this build")
-        chosen = SampleAttester(device_id=device_id)
+            from weightvault.attestation.tpm.attester import TPMAttester
+
+            if not tcti or not device_id:
+                raise ConfigError("--attester tpm needs --tcti and --device-id")
+            chosen = TPMAttester.open(tcti)
+        else:
+            chosen = SampleAttester(device_id=device_id)
         identity = BrokerIdentity(client, chosen, kem=HPKEKem(kem), device_id=device_id)
         t0 = time.perf_counter()
         try:
@@ -462,3 +500,86 @@ def load(
             f"key released by {client.url}"
         )
     sys.stdout.flush()
+
+
+@click.group()
+def device() -> None:
+    """Enrol and inspect TPM 2.0 devices."""
+
+
+_tcti_option = click.option(
+    "--tcti", required=True, help="TPM TCTI: swtpm:host=127.0.0.1,port=2321 or device:/dev/tpmrm0."
+)
+
+
+@device.command("enroll")
+@_tcti_option
+@click.option("--id", "device_id", required=True, help="The device id to register.")
+@click.option("--tenant", "tenants", multiple=True, required=True, help="Tenant the device serves. Repeatable.")
+@_client_options
+def device_enroll(
+    tcti: str, device_id: str, tenants: tuple[str, ...], url: str | None, token: str | None, ca: Path | None
+) -> None:
+    """Enrol this machine's TPM: EK certificate chain, AK attributes, then credential activation (operators)."""
+    from weightvault.attestation.tpm.attester import TPMAttester
+
+    with TPMAttester.open(tcti) as tpm, make_client(url, token, ca) as client:
+        t0 = time.perf_counter()
+        client.enrol_tpm_device(tpm, device_id, tenants)
+    click.echo(f"device {device_id} enrolled and activated in {time.perf_counter() - t0:.2f} s")
+
+
+@device.command("revoke")
+@click.argument("device_id")
+@_client_options
+def device_revoke(device_id: str, url: str | None, token: str | None, ca: Path | None) -> None:
+    """Revoke a device; its next release is refused even with a live token (operators)."""
+    with make_client(url, token, ca) as client:
+        client.device_action(device_id, "revoke")
+    click.echo(f"device {device_id} revoked")
+
+
+@device.command("pcrs")
+@_tcti_option
+@click.option("--pcr", "pcrs", multiple=True, type=click.IntRange(0, 23), help="PCRs to read (default 0-7 and 23).")
+@click.option("--json", "as_json", is_flag=True)
+def device_pcrs(tcti: str, pcrs: tuple[int, ...], as_json: bool) -> None:
+    """Print the TPM's SHA-256 PCR values."""
+    from weightvault.attestation.tpm.attester import TPMAttester
+
+    with TPMAttester.open(tcti) as tpm:
+        values = tpm.read_pcrs(pcrs or (0, 1, 2, 3, 4, 5, 6, 7, 23))
+    if as_json:
+        click.echo(json.dumps({str(k): v.hex() for k, v in values.items()}, sort_keys=True))
+    else:
+        for index, value in values.items():
+            click.echo(f"sha256:{index:<2} {value.hex()}")
+
+
+@device.command("extend")
+@_tcti_option
+@click.option("--pcr", type=click.IntRange(0, 23), default=23, show_default=True)
+@click.option("--digest", help="SHA-256 digest (hex) to extend.")
+@click.option("--file", "measured", type=click.Path(path_type=Path, exists=True), help="Measure this file (SHA-256).")
+def device_extend(tcti: str, pcr: int, digest: str | None, measured: Path | None) -> None:
+    """Extend a PCR with a workload measurement (for example PCR 23 with the serving image digest)."""
+    import hashlib
+
+    from weightvault.attestation.tpm.attester import TPMAttester
+
+    if (digest is None) == (measured is None):
+        raise ConfigError("give exactly one of --digest or --file")
+    if measured is not None:
+        with measured.open("rb") as handle:
+            raw = hashlib.file_digest(handle, "sha256").digest()
+    else:
+        try:
+            raw = bytes.fromhex(digest or "")
+        except ValueError:
+            raw = b""
+        if len(raw) != 32:
+            raise ConfigError("--digest must be 64 hex digits (a SHA-256 digest)")
+    with TPMAttester.open(tcti) as tpm:
+        tpm.extend(pcr, raw)
+        value = tpm.read_pcrs([pcr])[pcr]
+    click.echo(f"sha256:{pcr} is now {value.hex()}")

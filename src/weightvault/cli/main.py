@@ -438,7 +438,7 @@ def rewrap(
 
 def _register() -> None:
     from weightvault.cli.audit import audit, witness
-    from weightvault.cli.broker import admin, broker, load, publish
+    from weightvault.cli.broker import admin, broker, device, load, publish
 
     cli.add_command(audit)
     cli.add_command(witness)
@@ -446,6 +446,7 @@ def _register() -> None:
     cli.add_command(admin)
     cli.add_command(publish)
     cli.add_command(load)
+    cli.add_command(device)
 
 
 _register()
@@ -453,4 +454,6 @@ _register()
 
 def main(argv: Sequence[str] | None = None) -> None:
     """Console entry point."""
+    # The TPM stack logs to stderr by itself; the CLI reports TPM failures as one line.
+    os.environ.setdefault("TSS2_LOG", "all+NONE")
     cli.main(args=list(argv) if argv is not None else None, prog_name="weightvault")

@@ -277,6 +277,24 @@ class BrokerClient:
             {"id": device_id, "kind": kind, "tenants": list(tenants), "identity": dict(identity or {})},
         )
 
+    def enrol_tpm_device(self, attester: Any, device_id: str, tenants: Sequence[str]) -> None:
+        """Enrol the TPM behind ``attester`` (a TPMAttester): send EK and AK, activate the credential."""
+        answer = self.request(
+            "POST",
+            "/v1/devices/enroll",
+            {
+                "id": device_id,
+                "tenants": list(tenants),
+                "ek_cert": base64.b64encode(attester.ek_certificate()).decode(),
+                "ek_public": base64.b64encode(attester.ek_public()).decode(),
+                "ak_public": base64.b64encode(attester.ak_public()).decode(),
+            },
+        )
+        secret = attester.activate(
+            base64.b64decode(answer["credential_blob"]), base64.b64decode(answer["encrypted_secret"])
+        )
+        self.request("POST", f"/v1/devices/{device_id}/credential", {"secret": base64.b64encode(secret).decode()})
+
     def device_action(self, device_id: str, action: str, body: Mapping[str, Any] | None = None) -> Any:
         return self.request("PUT" if action == "tenants" else "POST", f"/v1/devices/{device_id}/{action}", body or {})
 

@@ -141,12 +141,14 @@ def create_broker_app(
         who = await principal(request)
         req = await body(request, schemas.ChallengeRequest)
         ch = await call(broker.issue_challenge, who, req.device_id)
+        hints = await call(broker.challenge_hints, ch)
         return JSONResponse(
             {
                 "challenge_id": ch.id,
                 "nonce": base64.b64encode(ch.nonce).decode(),
                 "expires_at": ch.expires_at,
                 "tenant": ch.tenant,
+                **hints,
             },
             status_code=201,
         )
@@ -247,6 +249,36 @@ def create_broker_app(
         return JSONResponse({"id": req.id, "status": "active"}, status_code=201)
 
     @handler
+    async def device_enrol(request: Request) -> Response:
+        who = await principal(request)
+        req = await body(request, schemas.EnrolRequest)
+        blob, secret = await call(
+            broker.enrol_tpm_device,
+            who,
+            req.id,
+            req.tenants,
+            ek_cert=_b64(req.ek_cert, "ek_cert"),
+            ek_public=_b64(req.ek_public, "ek_public"),
+            ak_public=_b64(req.ak_public, "ak_public"),
+        )
+        return JSONResponse(
+            {
+                "id": req.id,
+                "status": "pending",
+                "credential_blob": base64.b64encode(blob).decode(),
+                "encrypted_secret": base64.b64encode(secret).decode(),
+            },
+            status_code=201,
+        )
+
+    @handler
+    async def device_credential(request: Request) -> Response:
+        who = await principal(request)
+        req = await body(request, schemas.CredentialRequest)
+        await call(broker.activate_tpm_device, who, request.path_params["did"], _b64(req.secret, "secret"))
+        return JSONResponse({"id": request.path_params["did"], "status": "active"})
+
+    @handler
     async def device_action(request: Request) -> Response:
         who = await principal(request)
         device_id, action = request.path_params["did"], request.path_params["action"]
@@ -285,6 +317,15 @@ def create_broker_app(
         req = await body(request, schemas.PolicyRequest)
         version = await call(broker.put_policy, who, tenant, request.path_params["name"], req.document)
         return JSONResponse({"name": request.path_params["name"], "version": version})
+
+    @handler
+    async def refset_list(request: Request) -> Response:
+        who = await principal(request)
+        tenant = request.path_params["tenant"]
+        who.require(Role.OPERATOR, Role.TENANT_ADMIN, Role.AUDITOR)
+        who.require_tenant(tenant)
+        sets = await call(broker.store.refsets, tenant)
+        return JSONResponse({"refsets": [{"name": n, "items": sorted(v)} for n, v in sorted(sets.items())]})
 
     @handler
     async def refsets(request: Request) -> Response:
@@ -363,9 +404,12 @@ def create_broker_app(
         Route("/v1/principals", principals, methods=["GET", "POST"]),
         Route("/v1/principals/{pid}/disable", principal_disable, methods=["POST"]),
         Route("/v1/devices", devices, methods=["GET", "POST"]),
+        Route("/v1/devices/enroll", device_enrol, methods=["POST"]),
+        Route("/v1/devices/{did}/credential", device_credential, methods=["POST"]),
         Route("/v1/devices/{did}/{action}", device_action, methods=["POST", "PUT"]),
         Route("/v1/tenants/{tenant}/policies", policies, methods=["GET"]),
         Route("/v1/tenants/{tenant}/policies/{name}", policies, methods=["PUT"]),
+        Route("/v1/tenants/{tenant}/refsets", refset_list, methods=["GET"]),
         Route("/v1/tenants/{tenant}/refsets/{name}", refsets, methods=["PUT"]),
         Route("/v1/tenants/{tenant}/models", models, methods=["GET", "POST"]),
         Route("/v1/tenants/{tenant}/audit", audit_events, methods=["GET"]),

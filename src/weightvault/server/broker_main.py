@@ -72,6 +72,11 @@ def _verifier_factories(base: Path, section: dict[str, Any]) -> dict[str, Callab
         factories["attestation-token"] = lambda: AttestationTokenVerifier(
             [TokenIssuer.from_config(i, base) for i in issuers]
         )
+    tpm = section.get("tpm")
+    if tpm is not None:
+        from weightvault.attestation.tpm.verifier import TPMVerifier
+
+        factories["tpm"] = lambda: TPMVerifier.from_config(tpm, base)
     return factories
 
 

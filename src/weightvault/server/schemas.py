@@ -9,8 +9,10 @@ from pydantic import BaseModel, ConfigDict, Field
 __all__ = [
     "AttestRequest",
     "ChallengeRequest",
+    "CredentialRequest",
     "DeviceRequest",
     "DeviceTenantsRequest",
+    "EnrolRequest",
     "HPKEKey",
     "ModelRequest",
     "PolicyRequest",
@@ -74,6 +76,20 @@ class DeviceRequest(BaseModel):
     kind: str = Field(max_length=32)
     tenants: list[str] = Field(max_length=64)
     identity: dict[str, Any] = Field(default_factory=dict)
+
+
+class EnrolRequest(BaseModel):
+    model_config = _STRICT
+    id: str = Field(max_length=64)
+    tenants: list[str] = Field(max_length=64)
+    ek_cert: str = Field(max_length=16384)
+    ek_public: str = Field(max_length=4096)
+    ak_public: str = Field(max_length=4096)
+
+
+class CredentialRequest(BaseModel):
+    model_config = _STRICT
+    secret: str = Field(max_length=1024)
 
 
 class DeviceTenantsRequest(BaseModel):

@@ -1,0 +1,23 @@
+#!/usr/bin/env bash
+# System packages weightvault's TPM support and its tests need (Debian/Ubuntu):
+# swtpm (the software TPM the tests and demo start), tpm2-tools (interoperability
+# tests) and the TSS headers tpm2-pytss builds against. Installs what is missing
+# when run as root with apt-get; otherwise says what to install and carries on,
+# and the TPM parts skip locally (CI=true turns that into a failure).
+set -euo pipefail
+PACKAGES=(swtpm swtpm-tools tpm2-tools libtss2-dev pkg-config)
+missing=()
+for p in "${PACKAGES[@]}"; do
+  dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
+done
+[ ${#missing[@]} -eq 0 ] && exit 0
+if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null; then
+  echo "installing system packages: ${missing[*]}"
+  export DEBIAN_FRONTEND=noninteractive
+  apt-get update -qq
+  apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
+else
+  echo "note: TPM support needs: apt-get install ${missing[*]}" >&2
+  [ "${CI:-}" = true ] && exit 1
+fi
+exit 0

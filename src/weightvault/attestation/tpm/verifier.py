@@ -1,0 +1,110 @@
+"""The ``tpm`` verifier: TPM 2.0 quotes from enrolled, activated devices."""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import datetime
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any, Final
+
+from weightvault.attestation.interfaces import (
+    AttestationContext,
+    AttestationResult,
+    BaseVerifier,
+    ClaimValue,
+    evidence_digest,
+)
+from weightvault.attestation.tpm.enrolment import EnrolmentFacts, check_enrolment
+from weightvault.attestation.tpm.quote import QuoteEvidence, check_quote
+from weightvault.errors import ConfigError, EvidenceError, QuoteError
+
+__all__ = ["DEFAULT_PCRS", "TPMVerifier"]
+
+DEFAULT_PCRS: Final = (0, 1, 2, 3, 4, 5, 6, 7, 23)
+
+
+def _b64(value: object, what: str) -> bytes:
+    if not isinstance(value, str):
+        raise EvidenceError(f"{what} must be base64")
+    try:
+        return base64.b64decode(value, validate=True)
+    except (binascii.Error, ValueError):
+        raise EvidenceError(f"{what} is not base64") from None
+
+
+class TPMVerifier(BaseVerifier):
+    """Verifies quotes against enrolled AKs; also performs enrolment checks for the broker."""
+
+    id = "tpm"
+
+    def __init__(
+        self, roots: Sequence[bytes], intermediates: Sequence[bytes] = (), pcrs: Sequence[int] = DEFAULT_PCRS
+    ) -> None:
+        if not roots:
+            raise ConfigError("the tpm verifier needs EK certificate roots (ek_roots)")
+        if not pcrs or any(not 0 <= p <= 23 for p in pcrs):
+            raise ConfigError("tpm pcrs must be 0..23")
+        self.roots = list(roots)
+        self.intermediates = list(intermediates)
+        self.pcrs = tuple(sorted(set(pcrs)))
+
+    @classmethod
+    def from_config(cls, section: Mapping[str, Any], base: Path) -> TPMVerifier:
+        try:
+            roots = [(base / p).read_bytes() for p in section.get("ek_roots", [])]
+            intermediates = [(base / p).read_bytes() for p in section.get("ek_intermediates", [])]
+        except OSError as exc:
+            raise ConfigError(f"tpm verifier: cannot read {exc.filename}") from None
+        return cls(roots, intermediates, section.get("pcrs", DEFAULT_PCRS))
+
+    @property
+    def pcr_selection(self) -> str:
+        return "sha256:" + ",".join(str(p) for p in self.pcrs)
+
+    def enrol(self, ek_cert: bytes, ek_public: bytes, ak_public: bytes, now: int) -> EnrolmentFacts:
+        """Check an enrolment request (raises QuoteError)."""
+        moment = datetime.datetime.fromtimestamp(now, datetime.UTC)
+        return check_enrolment(
+            ek_cert, ek_public, ak_public, roots=self.roots, intermediates=self.intermediates, now=moment
+        )
+
+    def appraise(self, evidence: Mapping[str, Any], context: AttestationContext) -> AttestationResult:
+        device = context.device
+        if device is None or device.kind != "tpm":
+            raise EvidenceError("tpm evidence needs a challenge for an enrolled TPM device")
+        if device.status == "pending":
+            raise QuoteError("ak_not_activated: the device's AK was never activated")
+        if device.status != "active":
+            raise QuoteError(f"device_{device.status}: the device is not active")
+        if set(evidence) != {"type", "quote", "signature", "pcrs"}:
+            raise EvidenceError("tpm evidence is {type, quote, signature, pcrs}")
+        raw_pcrs = evidence["pcrs"]
+        if not isinstance(raw_pcrs, dict) or set(raw_pcrs) != {"sha256"} or not isinstance(raw_pcrs["sha256"], dict):
+            raise EvidenceError('pcrs must be {"sha256": {index: hex}}')
+        pcrs: dict[int, bytes] = {}
+        for key, value in raw_pcrs["sha256"].items():
+            if not (isinstance(key, str) and key.isdigit() and isinstance(value, str)) or int(key) > 23:
+                raise EvidenceError("PCR indices are 0..23 with hex values")
+            try:
+                pcrs[int(key)] = bytes.fromhex(value)
+            except ValueError:
+                raise EvidenceError("PCR values must be hex") from None
+        quote = QuoteEvidence(_b64(evidence["quote"], "quote"), _b64(evidence["signature"], "signature"), pcrs)
+        ak = _b64(device.identity.get("ak_public"), "enrolled AK")
+        check = check_quote(
+            ak, context.expected_report_data, quote, required_pcrs=self.pcrs, previous=context.device_state
+        )
+        claims: dict[str, ClaimValue] = {f"tpm.pcr.sha256.{i}": v.hex() for i, v in check.pcrs.items()}
+        claims.update(
+            {
+                "tpm.reset_count": check.reset_count,
+                "tpm.restart_count": check.restart_count,
+                "tpm.firmware_version": check.firmware_version,
+                "tpm.ak_name": str(device.identity.get("ak_name", "")),
+                "tpm.ek_issuer": str(device.identity.get("ek_issuer", "")),
+            }
+        )
+        state = {"reset_count": check.reset_count, "restart_count": check.restart_count, "clock": check.clock}
+        return AttestationResult(self.id, claims, evidence_digest(evidence), device.id, state)
