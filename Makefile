@@ -12,7 +12,7 @@ TORCH_SPEC ?= torch==2.13.0
 
 all: test
 
-$(STAMP): pyproject.toml scripts/system-deps.sh
+$(STAMP): pyproject.toml scripts/system-deps.sh tests/differential/shamir/package-lock.json
 	bash scripts/system-deps.sh
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet --upgrade pip
@@ -23,6 +23,10 @@ $(STAMP): pyproject.toml scripts/system-deps.sh
 		$(BIN)/python -m pip install --quiet -e '.[tpm]'; \
 	else \
 		echo "note: libtss2-dev missing, TPM support not installed"; \
+	fi
+	# The differential Shamir test's oracle (an independent implementation, under Node).
+	if command -v npm >/dev/null; then \
+		npm ci --prefix tests/differential/shamir --silent --no-audit --no-fund; \
 	fi
 	touch $(STAMP)
 

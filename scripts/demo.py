@@ -1,6 +1,7 @@
 """The weightvault demo: the whole flow on embedded defaults, with no network.
 
-1. start a key broker (a real server process on loopback, SQLite, its own audit log);
+1. start a key broker (a real server process on loopback, SQLite, its own audit log) whose
+   root key is split 2-of-3 among custodians, and unseal it with two of their shares;
 2. create a tenant, its principals and a release policy;
 3. seal the real all-MiniLM-L6-v2 model and register its key with the broker (publish);
 4. as a workload: attest, have the key released, and load the model into transformers;
@@ -15,8 +16,10 @@ proves nothing. Output goes to ./demo-output/.
 
 from __future__ import annotations
 
+import base64
 import contextlib
 import hashlib
+import json
 import shutil
 import subprocess
 import sys
@@ -95,8 +98,19 @@ def main() -> int:
     else:
         attester = SampleAttester()
         trust = ["--insecure-sample"]
+    # Three custodians hold the root key 2-of-3; it is generated in memory and never written.
+    from weightvault.custody.person import PersonKey
+    from weightvault.custody.shares import open_delivered
+
+    custodians = {name: PersonKey.generate(name) for name in ("ann", "ben", "cat")}
+    (OUT / "custodians").mkdir()
+    for name, key in custodians.items():
+        (OUT / "custodians" / f"{name}.pub").write_text(json.dumps(key.public.to_json()))
+    custody = [a for n in custodians for a in ("--custodian", str(OUT / "custodians" / f"{n}.pub"))]
     subprocess.run(
-        [sys.executable, "-m", "weightvault", "broker", "init", str(base), *trust], check=True, capture_output=True
+        [sys.executable, "-m", "weightvault", "broker", "init", str(base), *trust, *custody, "--threshold", "2"],
+        check=True,
+        capture_output=True,
     )
     port = free_port()
     with (
@@ -109,6 +123,15 @@ def main() -> int:
     ):
         console.print(f"1. key broker running at {url} (SQLite, tamper-evident audit log in {base / 'data'})")
         operator = BrokerClient(url, (base / "operator.token").read_text().strip())
+        ceremony = operator.open_ceremony("unseal")
+        share_dir = next((base / "custody").iterdir())
+        for name in ("ann", "cat"):
+            doc = json.loads((share_dir / f"{name}.share").read_text())
+            share = open_delivered(custodians[name], doc["set"], base64.b64decode(doc["sealed"]))
+            with BrokerClient(url, None) as anonymous:
+                anonymous.submit_share(ceremony.id, custodians[name], share)
+        sealed_now = operator.custody_status()["sealed"]
+        console.print(f"   root key held 2-of-3 by custodians ann, ben, cat; unsealed by ann and cat: {not sealed_now}")
         operator.create_tenant("demo")
         admin = BrokerClient(url, operator.create_principal("demo-admin", "tenant-admin", "demo"))
         publisher = BrokerClient(url, operator.create_principal("demo-publisher", "publisher", "demo"))
@@ -224,7 +247,7 @@ def main() -> int:
     for index, event in events:
         log_table.add_row(str(index), event.type, event.tenant, event.actor, event.resource, event.decision or "")
     console.print(log_table)
-    ok = identical and not monitor.violations
+    ok = identical and not monitor.violations and not sealed_now
     console.rule("[bold green]done" if ok else "[bold red]failed")
     return 0 if ok else 1
 

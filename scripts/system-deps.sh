@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # System packages weightvault's TPM support and its tests need (Debian/Ubuntu):
 # swtpm (the software TPM the tests and demo start), tpm2-tools (interoperability
-# tests) and the TSS headers tpm2-pytss builds against. Installs what is missing
+# tests), the TSS headers tpm2-pytss builds against, and Node.js for the
+# differential test of Shamir sharing against an independent implementation. Installs what is missing
 # when run as root with apt-get; otherwise says what to install and carries on,
 # and the TPM parts skip locally (CI=true turns that into a failure).
 set -euo pipefail
@@ -10,6 +11,7 @@ missing=()
 for p in "${PACKAGES[@]}"; do
   dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
 done
+command -v npm >/dev/null || missing+=(nodejs npm)
 [ ${#missing[@]} -eq 0 ] && exit 0
 if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null; then
   echo "installing system packages: ${missing[*]}"

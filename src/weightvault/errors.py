@@ -35,7 +35,14 @@ program is wrong" never share an ``except`` clause.
     │  ├─ ChallengeUsedError       a challenge was already consumed
     │  ├─ ChallengeExpiredError    a challenge expired
     │  ├─ InvalidRequestError      a well-formed request with invalid content
-    │  └─ RateLimitedError         too many requests from one principal
+    │  ├─ RateLimitedError         too many requests from one principal
+    │  └─ ApprovalError            a multi-party approval rule refused the operation
+    │     ├─ ApprovalRequiredError the operation needs approvals it does not have (yet)
+    │     └─ ApprovalInvalidError  an approval is forged, replayed, expired or not allowed
+    ├─ CustodyError                a custody ceremony refused a share or a step
+    │  ├─ ShareError               a share is corrupted, of another set or ceremony, or unsigned
+    │  ├─ CeremonyError            the ceremony is closed, expired or cancelled, or a signature fails
+    │  └─ SealedError              the broker is sealed: its root key is not available
     ├─ TransportError              a remote service could not be reached (the only retryable branch)
     └─ ConfigError                 local configuration or key files are unusable
 
@@ -53,15 +60,20 @@ from __future__ import annotations
 from collections.abc import Sequence
 
 __all__ = [
+    "ApprovalError",
+    "ApprovalInvalidError",
+    "ApprovalRequiredError",
     "AttestationError",
     "AuditLogError",
     "AuthenticationError",
+    "CeremonyError",
     "ChallengeExpiredError",
     "ChallengeUsedError",
     "CheckpointError",
     "ConfigError",
     "ConflictError",
     "ConsistencyError",
+    "CustodyError",
     "EvidenceError",
     "FormatError",
     "HeaderAuthError",
@@ -80,6 +92,8 @@ __all__ = [
     "RateLimitedError",
     "ReleaseDeniedError",
     "RequestError",
+    "SealedError",
+    "ShareError",
     "TransportError",
     "UnsupportedError",
     "WeightVaultError",
@@ -224,6 +238,41 @@ class InvalidRequestError(RequestError):
 
 class RateLimitedError(RequestError):
     """Too many requests from one principal; retry later."""
+
+
+class ApprovalError(RequestError):
+    """A multi-party approval rule refused the operation."""
+
+
+class ApprovalRequiredError(ApprovalError):
+    """The operation needs approvals it does not have yet (the message says how to request them).
+
+    ``request`` carries the approval request the broker opened, when the caller asked for one.
+    """
+
+    def __init__(self, message: str, request: dict[str, object] | None = None) -> None:
+        super().__init__(message)
+        self.request = request
+
+
+class ApprovalInvalidError(ApprovalError):
+    """An approval is forged, replayed, expired, by the requester, or by someone outside the group."""
+
+
+class CustodyError(WeightVaultError):
+    """A custody ceremony refused a share or a step."""
+
+
+class ShareError(CustodyError):
+    """A share is corrupted, belongs to another share set or ceremony, or its signature fails."""
+
+
+class CeremonyError(CustodyError):
+    """The ceremony is closed, expired or cancelled, or a custodian signature does not verify."""
+
+
+class SealedError(CustodyError):
+    """The broker is sealed: its root key is not available until custodians unseal it."""
 
 
 class TransportError(WeightVaultError):

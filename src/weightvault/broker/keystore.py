@@ -11,8 +11,9 @@
 Each wrap derives a fresh single-use key from a 256-bit random salt, so the
 AEAD nonce can be fixed. The associated data binds every wrapped key to its
 tenant, model and version: a wrapped key copied to another tenant's row, or to
-another model, does not unwrap. The root key is read from a key file for now;
-custody (M-of-N unseal) replaces that source without changing this module.
+another model, does not unwrap. Rotated signing keys are wrapped the same way
+(info "weightvault/v1 signing-key", aad = JCS({"purpose", "kid"})). The root key
+comes from a key file, or from an M-of-N unseal ceremony (docs/custody.md).
 """
 
 from __future__ import annotations
@@ -24,10 +25,19 @@ from weightvault.crypto.secret import SecretBytes, random_bytes
 from weightvault.errors import ConfigError, KeyAccessError
 from weightvault.format.keys import FileKey
 
-__all__ = ["RootKey", "unwrap_file_key", "unwrap_kek", "wrap_file_key", "wrap_kek"]
+__all__ = [
+    "RootKey",
+    "unwrap_file_key",
+    "unwrap_kek",
+    "unwrap_signing_key",
+    "wrap_file_key",
+    "wrap_kek",
+    "wrap_signing_key",
+]
 
 _INFO_KEK = b"weightvault/v1 tenant-kek"
 _INFO_MODEL = b"weightvault/v1 model-key"
+_INFO_SIGNING = b"weightvault/v1 signing-key"
 
 
 class RootKey:
@@ -99,3 +109,17 @@ def unwrap_file_key(kek: bytes, *, tenant: str, model: str, version: str, kek_ve
     except InvalidTag:
         raise KeyAccessError(f"model key of {tenant}/{model}@{version} does not unwrap") from None
     return FileKey(raw)
+
+
+def wrap_signing_key(root: RootKey, purpose: str, kid: str, seed: bytes) -> bytes:
+    """A rotated signing key at rest: wrapped under the root key, bound to its purpose and id."""
+    salt = random_bytes(WRAP_SALT_BYTES)
+    return salt + wrap_with_secret(root.reveal(), salt, _INFO_SIGNING, seed, _aad(purpose=purpose, kid=kid))
+
+
+def unwrap_signing_key(root: RootKey, purpose: str, kid: str, blob: bytes) -> bytes:
+    salt, wrapped = _split(blob)
+    try:
+        return unwrap_with_secret(root.reveal(), salt, _INFO_SIGNING, wrapped, _aad(purpose=purpose, kid=kid))
+    except InvalidTag:
+        raise KeyAccessError(f"signing key {purpose}/{kid} does not unwrap under this root key") from None

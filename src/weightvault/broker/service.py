@@ -25,7 +25,8 @@ import json
 import secrets
 import time
 import uuid
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import Any, Final
 
@@ -37,12 +38,25 @@ from weightvault.attestation.registry import VerifierRegistry
 from weightvault.auditlog.events import AuditEvent, SensitiveHasher, digest_json
 from weightvault.auditlog.log import AuditSink, Receipt, write_ahead
 from weightvault.broker import storage as tables
-from weightvault.broker.keystore import RootKey, unwrap_file_key, unwrap_kek, wrap_file_key, wrap_kek
+from weightvault.broker.approvals import ApprovalService, Grant
+from weightvault.broker.custody import CustodyService
+from weightvault.broker.keystore import (
+    RootKey,
+    unwrap_file_key,
+    unwrap_kek,
+    unwrap_signing_key,
+    wrap_file_key,
+    wrap_kek,
+    wrap_signing_key,
+)
 from weightvault.broker.storage import BrokerStore, DeviceRow, ModelRow
-from weightvault.broker.tokens import ResultToken, TokenSigner
+from weightvault.broker.tokens import ResultToken, TokenSigner, key_id
 from weightvault.crypto.keywrap import HPKEKem, InvalidTag, hpke_open, hpke_seal
 from weightvault.crypto.secret import random_bytes
+from weightvault.crypto.signing import Ed25519Signer
 from weightvault.errors import (
+    ApprovalError,
+    ApprovalRequiredError,
     AttestationError,
     AuthenticationError,
     ChallengeExpiredError,
@@ -50,10 +64,12 @@ from weightvault.errors import (
     ConflictError,
     EvidenceError,
     InvalidRequestError,
+    KeyAccessError,
     NotFoundError,
     PermissionDeniedError,
     PolicyViolationError,
     ReleaseDeniedError,
+    SealedError,
 )
 from weightvault.format.keys import FileKey
 from weightvault.format.recipients import HPKEIdentity
@@ -66,6 +82,7 @@ __all__ = [
     "Principal",
     "ReleaseOutcome",
     "Role",
+    "export_info",
     "registration_info",
     "release_info",
 ]
@@ -80,6 +97,7 @@ class Role(enum.Enum):
     PUBLISHER = "publisher"
     AUDITOR = "auditor"
     WORKLOAD = "workload"
+    APPROVER = "approver"
 
 
 @dataclass(frozen=True, slots=True)
@@ -103,6 +121,8 @@ class BrokerSettings:
     broker_id: str = "weightvault-broker"
     challenge_ttl_seconds: int = 60
     token_ttl_seconds: int = 300
+    kek_max_age_seconds: int = 0  # scheduled KEK rotation; 0 = off
+    token_key_max_age_seconds: int = 0  # scheduled token signing key rotation; 0 = off
 
     def __post_init__(self) -> None:
         if not 1 <= self.challenge_ttl_seconds <= 60:
@@ -146,6 +166,11 @@ def registration_info(tenant: str, name: str, version: str) -> bytes:
     return b"weightvault/v1 register\x00" + rfc8785.dumps({"tenant": tenant, "name": name, "version": version})
 
 
+def export_info(tenant: str, resource: str) -> bytes:
+    """HPKE info binding an exported file key to its tenant and model."""
+    return b"weightvault/v1 export\x00" + rfc8785.dumps({"tenant": tenant, "resource": resource})
+
+
 def release_info(tenant: str, resource: str, jti: str) -> bytes:
     """HPKE info binding a released payload to its tenant, model and token."""
     return b"weightvault/v1 release\x00" + rfc8785.dumps({"tenant": tenant, "resource": resource, "jti": jti})
@@ -175,7 +200,7 @@ class KeyBroker:
     def __init__(
         self,
         store: BrokerStore,
-        root_key: RootKey,
+        root_key: RootKey | None,
         signer: TokenSigner,
         registry: VerifierRegistry,
         audit: AuditSink,
@@ -195,6 +220,430 @@ class KeyBroker:
         self.settings = settings
         self._clock = clock
         self.stats = _Stats()
+        self.approvals = ApprovalService(store, self._log, settings.broker_id, self._now)
+        self.custody = CustodyService(
+            store, self._log, settings.broker_id, self._now, install_root=self.unseal_with, sealed=lambda: self.sealed
+        )
+        if root_key is not None:
+            self._load_signing_keys()
+
+    # -- sealing ------------------------------------------------------------------------------------
+
+    @property
+    def sealed(self) -> bool:
+        """A sealed broker holds no root key: it serves custody ceremonies and nothing that needs keys."""
+        return self._root is None
+
+    def _root_key(self) -> RootKey:
+        root = self._root
+        if root is None:
+            raise SealedError("the broker is sealed: custodians must unseal it (weightvault custody unseal)")
+        return root
+
+    def unseal_with(self, raw: bytes) -> None:
+        """Install the root key an unseal ceremony reconstructed (its KCV was checked)."""
+        self._root = RootKey(raw)
+        self._load_signing_keys()
+
+    def seal(self, actor: Principal) -> None:
+        """Wipe the root key from memory; any single operator may do this (break glass)."""
+        actor.require(Role.OPERATOR)
+        if self.custody.share_set("active") is None:
+            raise ConflictError("this broker's root key comes from a key file: set up custody before sealing")
+        root, self._root = self._root, None
+        if root is not None:
+            root.wipe()
+        self._log(AuditEvent(type="custody.seal", tenant="-", actor=actor.id, resource="broker", decision="sealed"))
+
+    def _load_signing_keys(self) -> None:
+        root = self._root_key()
+        rows = self.store.signing_key_rows("token")
+        for kid, wrapped, _created, retired in rows:
+            if retired is None:
+                self._signer.add_key(Ed25519Signer(unwrap_signing_key(root, "token", kid, wrapped)))
+        live = [r for r in rows if r[3] is None]
+        if live:
+            self._signer.current_kid = live[-1][0]
+
+    def token_keys(self) -> dict[str, bytes]:
+        """Public keys that verify result tokens (kid -> raw Ed25519), for GET /v1/keys."""
+        return self._signer.public_keys()
+
+    # -- approvals ---------------------------------------------------------------------------------
+
+    def _gate(
+        self,
+        actor: Principal,
+        op: str,
+        tenant: str,
+        params: Mapping[str, Any],
+        *,
+        approval: str | None,
+        facts: Mapping[str, Any] | None = None,
+    ) -> Grant | None:
+        """Enforce the approval policy for one operation (``approval="new"`` opens a request).
+
+        Raises:
+            ApprovalRequiredError: a rule applies and no approved request was named
+                (with the new request attached when one was asked for).
+            ApprovalInvalidError: the named request does not match or is not approved.
+        """
+        facts = facts or {}
+        if approval == "new":
+            request, needs = self.approvals.create_request(actor.id, op, tenant, params, facts)
+            raise ApprovalRequiredError(
+                f"approval request {request.id} opened; it needs {needs}",
+                {**request.to_json(), "digest": request.digest, "needs": needs, "summary": request.summary()},
+            )
+        return self.approvals.require(actor.id, op, tenant, params, facts=facts, approval=approval)
+
+    @contextmanager
+    def _execute(self, grant: Grant | None, actor: Principal, target: str) -> Iterator[None]:
+        """Run an approved operation: the execution intent must be durable, then the request is consumed once."""
+        if grant is None:
+            yield
+            return
+        intent = AuditEvent(
+            type="approval.execute.intent",
+            tenant=grant.request.tenant,
+            actor=actor.id,
+            resource=f"approval:{grant.request.id}",
+            details={
+                "op": grant.request.op,
+                "digest": grant.request.digest,
+                "approvers": list(grant.approvers),
+                "target": target,
+            },
+        )
+        with write_ahead(self._audit, intent):
+            self.approvals.consume(grant)
+            yield
+
+    def request_approval(self, actor: Principal, op: str, tenant: str, params: Mapping[str, Any]) -> Any:
+        """Open an approval request directly (for clients that build the parameters themselves)."""
+        if actor.role is not Role.OPERATOR:
+            actor.require_tenant(tenant)
+        return self.approvals.create_request(actor.id, op, tenant, params, self.facts(tenant, params))
+
+    def facts(self, tenant: str, params: Mapping[str, Any]) -> dict[str, Any]:
+        """Facts approval rules may test: the tags of the model an operation names."""
+        resource = params.get("resource")
+        if not isinstance(resource, str) or "/models/" not in resource or "@" not in resource:
+            return {}
+        _, _, rest = resource.partition("/models/")
+        name, _, version = rest.partition("@")
+        model = self.store.model(tenant, name, version)
+        return {} if model is None else {f"model.tags.{k}": v for k, v in model.tags.items()}
+
+    def submit_approval(
+        self, actor: Principal, request_id: str, decision: str, expires_at: int, signature: bytes
+    ) -> Any:
+        actor.require(Role.APPROVER)
+        request, _ = self.approvals.request(request_id)
+        return self.approvals.submit(
+            actor.id,
+            request_id,
+            approver=actor.id,
+            decision=decision,
+            expires_at=expires_at,
+            signature=signature,
+            facts=self.facts(request.tenant, request.params),
+        )
+
+    def put_approval_policy(self, actor: Principal, document: object, approval: str | None = None) -> int:
+        """Store a new approval policy version; after the first, only through approval.
+
+        Raises:
+            InvalidRequestError: the document is invalid.
+            ApprovalRequiredError / ApprovalInvalidError: see :meth:`_gate`.
+        """
+        actor.require(Role.OPERATOR)
+        policy = self.approvals.validate_policy(document)
+        digest = policy.digest
+        grant = None
+        if policy.version > 1:
+            grant = self._gate(actor, "approval.policy.change", "-", {"document_digest": digest}, approval=approval)
+        intent = AuditEvent(
+            type="approval.policy.change.intent",
+            tenant="-",
+            actor=actor.id,
+            resource="approval-policy",
+            policy_version=policy.version,
+            details={
+                "digest": digest,
+                "bootstrap": policy.version == 1,
+                "approvers": {a: x.person.signing.hex() for a, x in policy.approvers.items()},
+                "groups": {g: sorted(m) for g, m in policy.groups.items()},
+            },
+        )
+        with self._execute(grant, actor, "approval-policy"), write_ahead(self._audit, intent):
+            self.approvals.store_policy(actor.id, policy)
+        return policy.version
+
+    # -- custody ---------------------------------------------------------------------------------
+
+    def custody_genesis(self, actor: str, root: RootKey | None, threshold: int, custodians: Sequence[Any]) -> Any:
+        """Split the root key to custodians: ``root`` for a new broker, None for this broker's current key."""
+        key = root if root is not None else self._root_key()
+        share_set = self.custody.genesis(actor, key.reveal(), threshold, custodians)
+        if self._root is None:
+            self.unseal_with(key.reveal())
+        return share_set
+
+    def open_ceremony(
+        self,
+        actor: Principal,
+        kind: str,
+        *,
+        ttl: int = 900,
+        params: Mapping[str, Any] | None = None,
+        set_id: str | None = None,
+        approval: str | None = None,
+    ) -> Any:
+        """Open a custody ceremony (operators); a rekey also needs the ``custody.rekey`` approval."""
+        actor.require(Role.OPERATOR)
+        if kind == "rekey":
+            grant = self._gate(actor, "custody.rekey", "-", dict(params or {}), approval=approval)
+            with self._execute(grant, actor, "custody"):
+                return self.custody.open(actor.id, kind, ttl=ttl, params=params, set_id=set_id)
+        return self.custody.open(actor.id, kind, ttl=ttl, params=params, set_id=set_id)
+
+    # -- rotation -------------------------------------------------------------------------------
+
+    def rotate_kek(self, actor: Principal | None, tenant: str, approval: str | None = None) -> int:
+        """Add a new KEK version for ``tenant``; new models use it, existing ones until rewrapped.
+
+        ``actor`` None is the rotation scheduler (no approval: rotation only adds protection).
+        """
+        who = "scheduler"
+        grant = None
+        if actor is not None:
+            actor.require(Role.OPERATOR, Role.TENANT_ADMIN)
+            actor.require_tenant(tenant)
+            who = actor.id
+            grant = self._gate(actor, "key.rotate", tenant, {"tenant": tenant, "key": "kek"}, approval=approval)
+        root = self._root_key()
+        latest = self.store.latest_kek(tenant)
+        if latest is None:
+            raise NotFoundError("no such tenant")
+        version = latest[0] + 1
+        kek = random_bytes(32)
+        with self._execute(grant, actor or Principal(who, None, Role.OPERATOR), f"{tenant}/kek"):
+            with self.store.write() as conn:
+                self.store.insert(
+                    conn,
+                    tables.keks,
+                    {
+                        "tenant_id": tenant,
+                        "version": version,
+                        "wrapped": wrap_kek(root, tenant, version, kek),
+                        "created_at": self._now(),
+                    },
+                )
+            self._log(
+                AuditEvent(
+                    type="key.rotate", tenant=tenant, actor=who, resource=f"{tenant}/kek", details={"version": version}
+                )
+            )
+        return version
+
+    def rewrap_models(self, actor: Principal | None, tenant: str) -> list[str]:
+        """Move every model of ``tenant`` to the newest KEK; file keys never leave the broker."""
+        who = "scheduler"
+        if actor is not None:
+            actor.require(Role.OPERATOR, Role.TENANT_ADMIN)
+            actor.require_tenant(tenant)
+            who = actor.id
+        import sqlalchemy as sa
+
+        root = self._root_key()
+        latest = self.store.latest_kek(tenant)
+        if latest is None:
+            raise NotFoundError("no such tenant")
+        new_version, new_wrapped = latest
+        new_kek = unwrap_kek(root, tenant, new_version, new_wrapped)
+        moved = []
+        for model in self.store.list_models(tenant):
+            if model.kek_version == new_version:
+                continue
+            old_wrapped = self.store.kek(tenant, model.kek_version)
+            if old_wrapped is None:
+                raise KeyAccessError(f"KEK v{model.kek_version} of {tenant} is missing")
+            old_kek = unwrap_kek(root, tenant, model.kek_version, old_wrapped)
+            fk = unwrap_file_key(
+                old_kek,
+                tenant=tenant,
+                model=model.name,
+                version=model.version,
+                kek_version=model.kek_version,
+                blob=model.wrapped_key,
+            )
+            try:
+                blob = wrap_file_key(
+                    new_kek,
+                    tenant=tenant,
+                    model=model.name,
+                    version=model.version,
+                    kek_version=new_version,
+                    file_key=fk,
+                )
+            finally:
+                fk.wipe()
+            with self.store.write() as conn:
+                conn.execute(
+                    sa.update(tables.models)
+                    .where(
+                        tables.models.c.tenant_id == tenant,
+                        tables.models.c.name == model.name,
+                        tables.models.c.version == model.version,
+                        tables.models.c.kek_version == model.kek_version,
+                    )
+                    .values(kek_version=new_version, wrapped_key=blob)
+                )
+            self._log(
+                AuditEvent(
+                    type="key.rewrap",
+                    tenant=tenant,
+                    actor=who,
+                    resource=model.resource,
+                    details={"from": model.kek_version, "to": new_version},
+                )
+            )
+            moved.append(model.resource)
+        return moved
+
+    def retire_kek(self, actor: Principal, tenant: str, version: int) -> None:
+        """Refuse further use of an old KEK version (min-decryption-version); no model may still use it."""
+        actor.require(Role.OPERATOR, Role.TENANT_ADMIN)
+        actor.require_tenant(tenant)
+        versions = self.store.kek_versions(tenant)
+        if not versions:
+            raise NotFoundError("no such tenant")
+        if version == versions[-1][0] or version not in {v for v, _, _ in versions}:
+            raise ConflictError("only an older, existing KEK version can be retired")
+        users = [m.resource for m in self.store.list_models(tenant) if m.kek_version == version]
+        if users:
+            raise ConflictError(f"{len(users)} model(s) still use KEK v{version}: rewrap them first")
+        with self.store.write() as conn:
+            self.store.insert(
+                conn, tables.kek_retirements, {"tenant_id": tenant, "version": version, "retired_at": self._now()}
+            )
+        self._log(
+            AuditEvent(
+                type="key.retire", tenant=tenant, actor=actor.id, resource=f"{tenant}/kek", details={"version": version}
+            )
+        )
+
+    def rotate_token_key(self, actor: Principal | None, approval: str | None = None) -> str:
+        """A new result-token signing key (wrapped under the root key); the old one verifies until it is retired."""
+        import sqlalchemy as sa
+
+        who = "scheduler"
+        grant = None
+        if actor is not None:
+            actor.require(Role.OPERATOR)
+            who = actor.id
+            grant = self._gate(actor, "key.rotate", "-", {"key": "token-signing"}, approval=approval)
+        root = self._root_key()
+        signer = Ed25519Signer.generate()
+        kid = key_id(signer)
+        now = self._now()
+        with self._execute(grant, actor or Principal(who, None, Role.OPERATOR), "token-signing"):
+            with self.store.write() as conn:
+                self.store.insert(
+                    conn,
+                    tables.signing_keys,
+                    {
+                        "purpose": "token",
+                        "kid": kid,
+                        "wrapped": wrap_signing_key(root, "token", kid, signer.reveal_seed()),
+                        "created_at": now,
+                        "retired_at": None,
+                    },
+                )
+            previous = self._signer.current_kid
+            self._signer.add_key(signer)
+            self._log(
+                AuditEvent(
+                    type="key.rotate",
+                    tenant="-",
+                    actor=who,
+                    resource="token-signing",
+                    details={"kid": kid, "previous": previous},
+                )
+            )
+        # Older keys verify for one more token lifetime, then retire.
+        for old_kid, _, created, retired in self.store.signing_key_rows("token"):
+            if retired is None and old_kid != kid and created + self.settings.token_ttl_seconds < now:
+                with self.store.write() as conn:
+                    conn.execute(
+                        sa.update(tables.signing_keys)
+                        .where(tables.signing_keys.c.purpose == "token", tables.signing_keys.c.kid == old_kid)
+                        .values(retired_at=now)
+                    )
+                self._signer.retire(old_kid)
+        return kid
+
+    def rotate_due(self) -> list[str]:
+        """Scheduled rotation: KEKs and the token key older than their configured age. Returns what rotated."""
+        if self.sealed:
+            return []
+        now = self._now()
+        done = []
+        if self.settings.kek_max_age_seconds > 0:
+            for tenant in self.store.list_tenants():
+                versions = self.store.kek_versions(tenant)
+                if versions and now - versions[-1][1] >= self.settings.kek_max_age_seconds:
+                    version = self.rotate_kek(None, tenant)
+                    self.rewrap_models(None, tenant)
+                    done.append(f"{tenant}/kek v{version}")
+        if self.settings.token_key_max_age_seconds > 0:
+            rows = [r for r in self.store.signing_key_rows("token") if r[3] is None]
+            newest = rows[-1][2] if rows else 0
+            if now - newest >= self.settings.token_key_max_age_seconds:
+                done.append(f"token-signing {self.rotate_token_key(None)}")
+        return done
+
+    def export_key(
+        self,
+        actor: Principal,
+        tenant: str,
+        name: str,
+        version: str,
+        *,
+        kem: str,
+        public: bytes,
+        approval: str | None = None,
+    ) -> bytes:
+        """Export a model's file key HPKE-sealed to ``public`` (escrow, migration). Always needs approval."""
+        actor.require(Role.OPERATOR, Role.TENANT_ADMIN)
+        actor.require_tenant(tenant)
+        model = self.store.model(tenant, name, version)
+        if model is None:
+            raise NotFoundError("no such model")
+        try:
+            kem_kind = HPKEKem(kem)
+        except ValueError:
+            raise InvalidRequestError(f"unknown KEM {kem!r}") from None
+        if len(public) != kem_kind.public_key_bytes:
+            raise InvalidRequestError("recipient public key has the wrong length")
+        params = {"resource": model.resource, "kem": kem, "public_sha256": hashlib.sha256(public).hexdigest()}
+        grant = self._gate(actor, "key.export", tenant, params, approval=approval, facts=self.facts(tenant, params))
+        intent = AuditEvent(
+            type="key.export.intent", tenant=tenant, actor=actor.id, resource=model.resource, details=dict(params)
+        )
+        with self._execute(grant, actor, model.resource), write_ahead(self._audit, intent):
+            wrapped_kek = self.store.kek(tenant, model.kek_version)
+            if wrapped_kek is None:
+                raise NotFoundError("model key-encryption key is missing")
+            kek = unwrap_kek(self._root_key(), tenant, model.kek_version, wrapped_kek)
+            file_key = unwrap_file_key(
+                kek, tenant=tenant, model=name, version=version, kek_version=model.kek_version, blob=model.wrapped_key
+            )
+            try:
+                return hpke_seal(kem_kind, public, file_key.reveal(), export_info(tenant, model.resource))
+            finally:
+                file_key.wipe()
 
     def _now(self) -> int:
         return int(self._clock())
@@ -278,7 +727,12 @@ class KeyBroker:
             self.store.insert(
                 conn,
                 tables.keks,
-                {"tenant_id": tenant, "version": 1, "wrapped": wrap_kek(self._root, tenant, 1, kek), "created_at": now},
+                {
+                    "tenant_id": tenant,
+                    "version": 1,
+                    "wrapped": wrap_kek(self._root_key(), tenant, 1, kek),
+                    "created_at": now,
+                },
             )
         self._log(
             AuditEvent(
@@ -294,16 +748,17 @@ class KeyBroker:
     def create_principal(self, actor: Principal, principal_id: str, tenant: str | None, role: Role) -> str:
         """Create a principal and return its API token (shown once)."""
         if actor.role is Role.OPERATOR:
-            if role is not Role.OPERATOR and (tenant is None or not self.store.tenant_exists(tenant)):
+            global_role = role in (Role.OPERATOR, Role.APPROVER)
+            if not global_role and (tenant is None or not self.store.tenant_exists(tenant)):
                 raise NotFoundError("no such tenant")
-            if role is Role.OPERATOR:
+            if global_role:
                 tenant = None
         else:
             actor.require(Role.TENANT_ADMIN)
             if tenant != actor.tenant:
                 raise PermissionDeniedError("tenant admins create principals in their own tenant only")
-            if role in (Role.OPERATOR, Role.TENANT_ADMIN):
-                raise PermissionDeniedError("tenant admins cannot create operators or tenant admins")
+            if role in (Role.OPERATOR, Role.TENANT_ADMIN, Role.APPROVER):
+                raise PermissionDeniedError("tenant admins cannot create operators, tenant admins or approvers")
         return self._new_principal(principal_id, tenant, role, actor.id)
 
     def disable_principal(self, actor: Principal, principal_id: str) -> None:
@@ -340,15 +795,40 @@ class KeyBroker:
         tenants: Sequence[str],
         identity: Mapping[str, Any] | None = None,
         *,
-        status: str = "active",
+        approval: str | None = None,
     ) -> None:
-        """Register a device known by a non-TPM identity (tokens, test devices); operators only."""
+        """Register a device known by a non-TPM identity (tokens, test devices); operators only.
+
+        TPM devices enrol through :meth:`enrol_tpm_device`, which checks their EK and AK.
+        """
         actor.require(Role.OPERATOR)
+        if kind == "tpm":
+            raise InvalidRequestError("TPM devices enrol with their EK certificate (POST /v1/devices/enroll)")
+        params = {
+            "device": device_id,
+            "kind": kind,
+            "tenants": sorted(tenants),
+            "identity_sha256": hashlib.sha256(rfc8785.dumps(dict(identity or {}))).hexdigest(),
+        }
+        grant = self._gate(actor, "device.enrol", "-", params, approval=approval)
+        self._insert_device(actor, device_id, kind, tenants, identity=identity, status="active", grant=grant)
+
+    def _insert_device(
+        self,
+        actor: Principal,
+        device_id: str,
+        kind: str,
+        tenants: Sequence[str],
+        *,
+        identity: Mapping[str, Any] | None,
+        status: str,
+        grant: Grant | None,
+    ) -> None:
         _check_name(device_id, "device id")
         for tenant in tenants:
             if not self.store.tenant_exists(tenant):
                 raise NotFoundError(f"no tenant {tenant}")
-        with self.store.write() as conn:
+        with self._execute(grant, actor, f"device:{device_id}"), self.store.write() as conn:
             if self.store.device(device_id) is not None:
                 raise ConflictError(f"device {device_id} exists")
             now = self._now()
@@ -441,6 +921,7 @@ class KeyBroker:
         ek_cert: bytes,
         ek_public: bytes,
         ak_public: bytes,
+        approval: str | None = None,
     ) -> tuple[bytes, bytes]:
         """Step 1 of TPM enrolment: check EK chain, EK and AK; returns (credential blob, encrypted secret).
 
@@ -456,6 +937,13 @@ class KeyBroker:
         actor.require(Role.OPERATOR)
         _check_name(device_id, "device id")
         verifier = self._tpm_verifier()
+        params = {
+            "device": device_id,
+            "kind": "tpm",
+            "tenants": sorted(tenants),
+            "ak_sha256": hashlib.sha256(ak_public).hexdigest(),
+        }
+        grant = self._gate(actor, "device.enrol", "-", params, approval=approval)
         try:
             facts = verifier.enrol(ek_cert, ek_public, ak_public, self._now())
         except AttestationError as exc:
@@ -484,7 +972,7 @@ class KeyBroker:
             "ek_issuer": facts.ek_issuer,
             "credential_sha256": hashlib.sha256(secret).hexdigest(),
         }
-        self.add_device(actor, device_id, "tpm", tenants, identity, status="pending")
+        self._insert_device(actor, device_id, "tpm", tenants, identity=identity, status="pending", grant=grant)
         return blob, encrypted
 
     def activate_tpm_device(self, actor: Principal, device_id: str, secret: bytes) -> None:
@@ -545,7 +1033,9 @@ class KeyBroker:
 
     # -- policies and reference values ----------------------------------------------------
 
-    def put_policy(self, actor: Principal, tenant: str, name: str, document: Mapping[str, Any]) -> int:
+    def put_policy(
+        self, actor: Principal, tenant: str, name: str, document: Mapping[str, Any], approval: str | None = None
+    ) -> int:
         """Store a new version of a release policy; returns the version.
 
         Raises:
@@ -575,6 +1065,8 @@ class KeyBroker:
             )
             raise ConflictError(f"policy {name} is immutable")
         old_digest = current.digest if current is not None else "none"
+        params = {"tenant": tenant, "name": name, "document_digest": policy.digest}
+        grant = self._gate(actor, "policy.change", tenant, params, approval=approval)
         intent = AuditEvent(
             type="policy.change.intent",
             tenant=tenant,
@@ -583,7 +1075,11 @@ class KeyBroker:
             policy_version=version,
             details={"old_digest": old_digest, "new_digest": policy.digest},
         )
-        with write_ahead(self._audit, intent), self.store.write() as conn:
+        with (
+            self._execute(grant, actor, f"{tenant}/policies/{name}"),
+            write_ahead(self._audit, intent),
+            self.store.write() as conn,
+        ):
             self.store.insert(
                 conn,
                 tables.policies,
@@ -657,7 +1153,7 @@ class KeyBroker:
         latest = self.store.latest_kek(tenant)
         assert latest is not None
         kek_version, wrapped_kek = latest
-        kek = unwrap_kek(self._root, tenant, kek_version, wrapped_kek)
+        kek = unwrap_kek(self._root_key(), tenant, kek_version, wrapped_kek)
         wrapped = wrap_file_key(
             kek, tenant=tenant, model=name, version=version, kek_version=kek_version, file_key=file_key
         )
@@ -737,6 +1233,7 @@ class KeyBroker:
 
     def issue_challenge(self, actor: Principal, device_id: str | None = None) -> Challenge:
         actor.require(Role.WORKLOAD)
+        self._root_key()
         assert actor.tenant is not None
         if device_id is not None:
             device = self.store.device(device_id)
@@ -796,6 +1293,7 @@ class KeyBroker:
         evidence: Mapping[str, Any],
         *,
         release: tuple[str, Mapping[str, Sequence[int]] | None] | None = None,
+        approval: str | None = None,
     ) -> AttestOutcome:
         """Consume the challenge, verify the evidence, issue a result token (and optionally release).
 
@@ -902,7 +1400,7 @@ class KeyBroker:
         self.stats.attests += 1
         released = None
         if release is not None:
-            released = self._release(actor, parsed, release[0], release[1])
+            released = self._release(actor, parsed, release[0], release[1], approval)
         return AttestOutcome(token, parsed.expires_at, parsed.jti, result.verifier, device_id, released)
 
     def _fail_attest(self, actor: Principal, challenge_id: str, reason: str, evidence: Mapping[str, Any]) -> None:
@@ -934,7 +1432,12 @@ class KeyBroker:
         return None
 
     def release(
-        self, actor: Principal, token: str, resource: str, tensors: Mapping[str, Sequence[int]] | None = None
+        self,
+        actor: Principal,
+        token: str,
+        resource: str,
+        tensors: Mapping[str, Sequence[int]] | None = None,
+        approval: str | None = None,
     ) -> ReleaseOutcome:
         """Release a model's keys for a result token (see the module docstring for the order of checks).
 
@@ -952,10 +1455,15 @@ class KeyBroker:
             raise AuthenticationError(str(exc)) from None
         if self.store.token_revoked(parsed.jti):
             raise AuthenticationError("result token revoked")
-        return self._release(actor, parsed, resource, tensors)
+        return self._release(actor, parsed, resource, tensors, approval)
 
     def _release(
-        self, actor: Principal, token: ResultToken, resource: str, tensors: Mapping[str, Sequence[int]] | None
+        self,
+        actor: Principal,
+        token: ResultToken,
+        resource: str,
+        tensors: Mapping[str, Sequence[int]] | None,
+        approval: str | None = None,
     ) -> ReleaseOutcome:
         assert actor.tenant is not None
         tenant = actor.tenant
@@ -979,6 +1487,29 @@ class KeyBroker:
         model = self.store.model(tenant, name, version)
         if model is None:
             raise NotFoundError("no such model")
+        self._root_key()
+        facts = {f"model.tags.{k}": v for k, v in model.tags.items()}
+        try:
+            grant = self._gate(
+                actor,
+                "key.release",
+                tenant,
+                {"resource": resource, "principal": actor.id},
+                approval=approval,
+                facts=facts,
+            )
+        except ApprovalError as exc:
+            self._log(
+                AuditEvent(
+                    type="policy.decision",
+                    decision="deny",
+                    reasons=(f"approval: {exc}"[:300],),
+                    details={"jti": token.jti},
+                    **base,
+                )
+            )
+            self.stats.denied += 1
+            raise
         device = self.store.device(token.device_id) if token.device_id else None
         extra: dict[str, Any] = {
             "tenant": tenant,
@@ -1049,10 +1580,17 @@ class KeyBroker:
             refs={"decision": decision_index},
             policy_version=policy_version,
             evidence_digest=token.result.evidence_digest,
-            details={**details, "kem": token.kem, "partial": tensors is not None},
+            details={
+                **details,
+                "kem": token.kem,
+                "partial": tensors is not None,
+                **({"approval": grant.request.id, "approvers": list(grant.approvers)} if grant else {}),
+            },
             **base,
         )
         with write_ahead(self._audit, intent, wait_done=False):
+            if grant is not None:
+                self.approvals.consume(grant)
             sealed = self._seal_keys(model, token, resource, tensors)
         self.stats.releases += 1
         return ReleaseOutcome(resource, token.kem, sealed, token.jti, tuple(files), tensors is not None)
@@ -1063,7 +1601,9 @@ class KeyBroker:
         wrapped_kek = self.store.kek(model.tenant_id, model.kek_version)
         if wrapped_kek is None:
             raise NotFoundError("model key-encryption key is missing")
-        kek = unwrap_kek(self._root, model.tenant_id, model.kek_version, wrapped_kek)
+        if self.store.kek_retired(model.tenant_id, model.kek_version):
+            raise KeyAccessError(f"KEK v{model.kek_version} of {model.tenant_id} is retired; rewrap the model")
+        kek = unwrap_kek(self._root_key(), model.tenant_id, model.kek_version, wrapped_kek)
         file_key = unwrap_file_key(
             kek,
             tenant=model.tenant_id,

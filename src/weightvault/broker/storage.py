@@ -126,6 +126,82 @@ refsets = sa.Table(
     sa.Column("members", sa.Text, nullable=False),
     sa.Column("updated_at", sa.BigInteger, nullable=False),
 )
+# -- migration 2: custody, approvals, rotation ------------------------------------------
+custody_sets = sa.Table(
+    "custody_sets",
+    metadata,
+    sa.Column("id", sa.String(32), primary_key=True),
+    sa.Column("status", sa.String(16), nullable=False),  # pending | active | retired
+    sa.Column("document", sa.Text, nullable=False),  # ShareSet.to_json(): threshold, custodians, commitments, kcv
+    sa.Column("created_at", sa.BigInteger, nullable=False),
+    sa.Column("updated_at", sa.BigInteger, nullable=False),
+)
+custody_deliveries = sa.Table(
+    "custody_deliveries",
+    metadata,
+    sa.Column("set_id", sa.String(32), primary_key=True),
+    sa.Column("custodian_id", sa.String(64), primary_key=True),
+    sa.Column("sealed", sa.LargeBinary, nullable=False),  # HPKE-encrypted to the custodian
+)
+custody_ceremonies = sa.Table(
+    "custody_ceremonies",
+    metadata,
+    sa.Column("id", sa.String(64), primary_key=True),
+    sa.Column("kind", sa.String(16), nullable=False),
+    sa.Column("set_id", sa.String(32), nullable=False),
+    sa.Column("terms", sa.Text, nullable=False),
+    sa.Column("status", sa.String(16), nullable=False),
+    sa.Column("created_at", sa.BigInteger, nullable=False),
+    sa.Column("closed_at", sa.BigInteger, nullable=True),
+)
+approval_policies = sa.Table(
+    "approval_policies",
+    metadata,
+    sa.Column("version", sa.Integer, primary_key=True),
+    sa.Column("document", sa.Text, nullable=False),
+    sa.Column("digest", sa.String(80), nullable=False),
+    sa.Column("created_by", sa.String(64), nullable=False),
+    sa.Column("created_at", sa.BigInteger, nullable=False),
+)
+approval_requests = sa.Table(
+    "approval_requests",
+    metadata,
+    sa.Column("id", sa.String(64), primary_key=True),
+    sa.Column("tenant_id", sa.String(64), nullable=False),
+    sa.Column("op", sa.String(64), nullable=False),
+    sa.Column("document", sa.Text, nullable=False),  # ApprovalRequest.to_json()
+    sa.Column("digest", sa.String(64), nullable=False),
+    sa.Column("status", sa.String(16), nullable=False),  # pending | approved | executed | denied | expired
+    sa.Column("created_at", sa.BigInteger, nullable=False),
+    sa.Column("updated_at", sa.BigInteger, nullable=False),
+)
+approvals = sa.Table(
+    "approvals",
+    metadata,
+    sa.Column("request_id", sa.String(64), primary_key=True),
+    sa.Column("approver_id", sa.String(64), primary_key=True),
+    sa.Column("decision", sa.String(16), nullable=False),
+    sa.Column("expires_at", sa.BigInteger, nullable=False),
+    sa.Column("signature", sa.LargeBinary, nullable=False),
+    sa.Column("created_at", sa.BigInteger, nullable=False),
+)
+signing_keys = sa.Table(
+    "signing_keys",
+    metadata,
+    sa.Column("purpose", sa.String(32), primary_key=True),
+    sa.Column("kid", sa.String(64), primary_key=True),
+    sa.Column("wrapped", sa.LargeBinary, nullable=False),  # under the root key
+    sa.Column("created_at", sa.BigInteger, nullable=False),
+    sa.Column("retired_at", sa.BigInteger, nullable=True),
+)
+kek_retirements = sa.Table(
+    "kek_retirements",
+    metadata,
+    sa.Column("tenant_id", sa.String(64), primary_key=True),
+    sa.Column("version", sa.Integer, primary_key=True),
+    sa.Column("retired_at", sa.BigInteger, nullable=False),
+)
+
 schema_migrations = sa.Table(
     "schema_migrations",
     metadata,
@@ -137,6 +213,19 @@ schema_migrations = sa.Table(
 #: ALTERs here; a migration, once released, never changes.
 MIGRATIONS: Final[tuple[tuple[int, tuple[sa.Table, ...]], ...]] = (
     (1, (tenants, principals, devices, device_tenants, keks, models, policies, challenges, tokens, refsets)),
+    (
+        2,
+        (
+            custody_sets,
+            custody_deliveries,
+            custody_ceremonies,
+            approval_policies,
+            approval_requests,
+            approvals,
+            signing_keys,
+            kek_retirements,
+        ),
+    ),
 )
 
 
@@ -416,6 +505,125 @@ class BrokerStore:
         with self.read() as conn:
             row = conn.execute(_Q_TOKEN_REVOKED, {"jti": jti}).first()
         return row is None or bool(row[0])
+
+    # -- custody -------------------------------------------------------------------------
+
+    def custody_set(self, status: str) -> tuple[str, dict[str, Any]] | None:
+        """The newest share set with ``status`` as (id, document)."""
+        with self.read() as conn:
+            row = conn.execute(
+                sa.select(custody_sets.c.id, custody_sets.c.document)
+                .where(custody_sets.c.status == status)
+                .order_by(custody_sets.c.created_at.desc())
+                .limit(1)
+            ).first()
+        return None if row is None else (row[0], json.loads(row[1]))
+
+    def custody_set_by_id(self, set_id: str) -> tuple[str, dict[str, Any]] | None:
+        """(status, document) of a share set."""
+        with self.read() as conn:
+            row = conn.execute(
+                sa.select(custody_sets.c.status, custody_sets.c.document).where(custody_sets.c.id == set_id)
+            ).first()
+        return None if row is None else (row[0], json.loads(row[1]))
+
+    def delivery(self, set_id: str, custodian: str) -> bytes | None:
+        with self.read() as conn:
+            row = conn.execute(
+                sa.select(custody_deliveries.c.sealed).where(
+                    custody_deliveries.c.set_id == set_id, custody_deliveries.c.custodian_id == custodian
+                )
+            ).first()
+        return None if row is None else bytes(row[0])
+
+    # -- approvals ---------------------------------------------------------------------------
+
+    def approval_policy(self, version: int | None = None) -> tuple[int, dict[str, Any]] | None:
+        """The latest (or a given) approval policy version as (version, document)."""
+        query = sa.select(approval_policies.c.version, approval_policies.c.document)
+        if version is None:
+            query = query.order_by(approval_policies.c.version.desc()).limit(1)
+        else:
+            query = query.where(approval_policies.c.version == version)
+        with self.read() as conn:
+            row = conn.execute(query).first()
+        return None if row is None else (int(row[0]), json.loads(row[1]))
+
+    def approval_request(self, request_id: str) -> tuple[dict[str, Any], str] | None:
+        """(request document, status)."""
+        with self.read() as conn:
+            row = conn.execute(
+                sa.select(approval_requests.c.document, approval_requests.c.status).where(
+                    approval_requests.c.id == request_id
+                )
+            ).first()
+        return None if row is None else (json.loads(row[0]), str(row[1]))
+
+    def list_approval_requests(self, tenant: str | None, status: str | None) -> list[tuple[dict[str, Any], str]]:
+        query = sa.select(approval_requests.c.document, approval_requests.c.status).order_by(
+            approval_requests.c.created_at
+        )
+        if tenant is not None:
+            query = query.where(approval_requests.c.tenant_id == tenant)
+        if status is not None:
+            query = query.where(approval_requests.c.status == status)
+        with self.read() as conn:
+            return [(json.loads(r[0]), str(r[1])) for r in conn.execute(query)]
+
+    def approvals_for(self, request_id: str) -> list[tuple[str, str, int, bytes]]:
+        """(approver, decision, expires_at, signature) in submission order."""
+        with self.read() as conn:
+            rows = conn.execute(
+                sa.select(approvals.c.approver_id, approvals.c.decision, approvals.c.expires_at, approvals.c.signature)
+                .where(approvals.c.request_id == request_id)
+                .order_by(approvals.c.created_at, approvals.c.approver_id)
+            ).all()
+        return [(r[0], r[1], int(r[2]), bytes(r[3])) for r in rows]
+
+    def set_request_status(self, request_id: str, old: str, new: str, now: int) -> bool:
+        """Compare-and-swap the status of a request; exactly one caller can win."""
+        with self.write() as conn:
+            result = conn.execute(
+                sa.update(approval_requests)
+                .where(approval_requests.c.id == request_id, approval_requests.c.status == old)
+                .values(status=new, updated_at=now)
+            )
+        return result.rowcount == 1
+
+    # -- rotation --------------------------------------------------------------------------
+
+    def kek_versions(self, tenant: str) -> list[tuple[int, int, bool]]:
+        """(version, created_at, retired) of a tenant's KEKs, oldest first."""
+        with self.read() as conn:
+            rows = conn.execute(
+                sa.select(keks.c.version, keks.c.created_at).where(keks.c.tenant_id == tenant).order_by(keks.c.version)
+            ).all()
+            retired = {
+                r[0]
+                for r in conn.execute(sa.select(kek_retirements.c.version).where(kek_retirements.c.tenant_id == tenant))
+            }
+        return [(int(r[0]), int(r[1]), int(r[0]) in retired) for r in rows]
+
+    def kek_retired(self, tenant: str, version: int) -> bool:
+        with self.read() as conn:
+            row = conn.execute(
+                sa.select(kek_retirements.c.version).where(
+                    kek_retirements.c.tenant_id == tenant, kek_retirements.c.version == version
+                )
+            ).first()
+        return row is not None
+
+    def signing_key_rows(self, purpose: str) -> list[tuple[str, bytes, int, int | None]]:
+        """(kid, wrapped, created_at, retired_at), oldest first."""
+        with self.read() as conn:
+            rows = conn.execute(
+                sa.select(
+                    signing_keys.c.kid, signing_keys.c.wrapped, signing_keys.c.created_at, signing_keys.c.retired_at
+                )
+                .where(signing_keys.c.purpose == purpose)
+                .order_by(signing_keys.c.created_at, signing_keys.c.kid)
+            ).all()
+        return [(r[0], bytes(r[1]), int(r[2]), None if r[3] is None else int(r[3])) for r in rows]
 
     def insert(self, conn: Connection, table: sa.Table, values: Mapping[str, Any]) -> None:
         conn.execute(sa.insert(table).values(**values))

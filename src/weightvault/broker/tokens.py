@@ -15,6 +15,8 @@ current policy against them, together with current device status and token age.
 
 from __future__ import annotations
 
+import hashlib
+import threading
 import uuid
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -48,16 +50,47 @@ class ResultToken:
     challenge_id: str
 
 
+def key_id(signer: Ed25519Signer) -> str:
+    """A signing key's id: the first 16 hex digits of SHA-256 of its public key."""
+    return hashlib.sha256(signer.public).hexdigest()[:16]
+
+
 class TokenSigner:
-    """Issues and verifies result tokens with the broker's Ed25519 key."""
+    """Issues and verifies result tokens with the broker's Ed25519 keys.
+
+    Keys rotate: tokens are signed with the newest key and carry its ``kid``;
+    verification accepts any key not retired, so tokens issued just before a
+    rotation stay valid for their (at most five-minute) life.
+    """
 
     def __init__(self, issuer: str, signer: Ed25519Signer, ttl_seconds: int = 300) -> None:
         if not 1 <= ttl_seconds <= 300:
             raise ValueError("result tokens live at most 5 minutes")
         self.issuer = issuer
-        self._private = signer.private_pem()
-        self._public = signer.public_pem()
         self.ttl_seconds = ttl_seconds
+        self._keys: dict[str, tuple[bytes, bytes, bytes]] = {}
+        self._lock = threading.Lock()
+        self.current_kid = ""
+        self.add_key(signer)
+
+    def add_key(self, signer: Ed25519Signer, *, current: bool = True) -> str:
+        kid = key_id(signer)
+        with self._lock:
+            self._keys[kid] = (signer.private_pem(), signer.public_pem(), signer.public)
+            if current:
+                self.current_kid = kid
+        return kid
+
+    def retire(self, kid: str) -> None:
+        with self._lock:
+            if kid == self.current_kid:
+                raise ValueError("cannot retire the current signing key")
+            self._keys.pop(kid, None)
+
+    def public_keys(self) -> dict[str, bytes]:
+        """kid -> raw Ed25519 public key of every key that verifies tokens."""
+        with self._lock:
+            return {kid: raw for kid, (_, _, raw) in self._keys.items()}
 
     def issue(
         self,
@@ -93,7 +126,10 @@ class TokenSigner:
                 "challenge_id": challenge_id,
             },
         }
-        token = jwt.encode(claims, self._private, algorithm="EdDSA", headers={"typ": "wv-result+jwt"})
+        with self._lock:
+            kid = self.current_kid
+            private = self._keys[kid][0]
+        token = jwt.encode(claims, private, algorithm="EdDSA", headers={"typ": "wv-result+jwt", "kid": kid})
         parsed = ResultToken(
             jti, tenant, str(claims["sub"]), result.device_id, principal, now, exp, kem, public, result, challenge_id
         )
@@ -110,9 +146,17 @@ class TokenSigner:
         if len(token) > 64 << 10:
             raise EvidenceError("result token too large")
         try:
+            kid = jwt.get_unverified_header(token).get("kid")
+        except jwt.PyJWTError:
+            raise EvidenceError("invalid result token") from None
+        with self._lock:
+            entry = self._keys.get(kid) if isinstance(kid, str) else None
+        if entry is None:
+            raise EvidenceError("result token signed by an unknown or retired key")
+        try:
             claims: Mapping[str, Any] = jwt.decode(
                 token,
-                self._public,
+                entry[1],
                 algorithms=["EdDSA"],
                 audience=AUDIENCE,
                 issuer=self.issuer,

@@ -86,6 +86,21 @@ def make_client(url: str | None, token: str | None, ca: Path | None) -> Any:
     return BrokerClient(url, _read_token(token), verify=str(ca) if ca else True)
 
 
+def make_anonymous_client(url: str | None, ca: Path | None) -> Any:
+    """A client without an API token (custodians: their signatures authenticate them)."""
+    from weightvault.client.broker import BrokerClient
+
+    url = url or os.environ.get(BROKER_ENV)
+    if not url:
+        raise ConfigError(f"no broker URL: pass --broker or set {BROKER_ENV}")
+    return BrokerClient(url, None, verify=str(ca) if ca else True)
+
+
+_approval_option = click.option(
+    "--approval", help='An approved request id for an operation the approval policy covers, or "new" to open one.'
+)
+
+
 @click.group()
 def broker() -> None:
     """Run the key broker."""
@@ -99,8 +114,28 @@ def broker() -> None:
 @click.option("--port", type=int, default=8443, show_default=True)
 @click.option("--insecure-sample", is_flag=True, help="Enable the insecure-sample verifier (tests and demos only).")
 @click.option("--tpm-roots", type=click.Path(path_type=Path), multiple=True, help="EK CA certificates (enables tpm).")
-def broker_init(directory: Path, broker_id: str, port: int, insecure_sample: bool, tpm_roots: tuple[Path, ...]) -> None:
-    """Create a broker configuration, its keys and the first operator's API token in DIRECTORY."""
+@click.option(
+    "--custodian",
+    "custodians",
+    type=click.Path(path_type=Path, exists=True),
+    multiple=True,
+    help="Put the root key under M-of-N custody from the start: a custodian's public key file. Repeatable.",
+)
+@click.option("--threshold", type=int, help="With --custodian: shares needed to unseal.")
+def broker_init(
+    directory: Path,
+    broker_id: str,
+    port: int,
+    insecure_sample: bool,
+    tpm_roots: tuple[Path, ...],
+    custodians: tuple[Path, ...],
+    threshold: int | None,
+) -> None:
+    """Create a broker configuration, its keys and the first operator's API token in DIRECTORY.
+
+    With --custodian, the root key is generated in memory, split among the custodians
+    and never written to disk; the broker starts sealed.
+    """
     from weightvault.auditlog.note import NoteSigner
     from weightvault.broker.keystore import RootKey
     from weightvault.crypto.keywrap import HPKEKem
@@ -113,9 +148,15 @@ def broker_init(directory: Path, broker_id: str, port: int, insecure_sample: boo
 
     if (directory / "broker.toml").exists():
         raise ConfigError(f"{directory} already holds a broker")
+    if bool(custodians) != (threshold is not None):
+        raise ConfigError("--custodian and --threshold go together")
+    from weightvault.cli.custody import load_person_public
+
+    people = [load_person_public(p) for p in custodians]
     (directory / "keys").mkdir(parents=True, exist_ok=True, mode=0o700)
     (directory / "data").mkdir(parents=True, exist_ok=True, mode=0o700)
-    write_secret_file(directory / "keys/root.key", "weightvault.root-key", RootKey.generate().reveal())
+    if not people:
+        write_secret_file(directory / "keys/root.key", "weightvault.root-key", RootKey.generate().reveal())
     write_secret_file(
         directory / "keys/token-signing.key", "weightvault.signing-key", Ed25519Signer.generate().reveal_seed()
     )
@@ -141,11 +182,25 @@ def broker_init(directory: Path, broker_id: str, port: int, insecure_sample: boo
         sample="true" if insecure_sample else "false",
         extra=extra,
     )
+    if people:
+        text = text.replace('root = "keys/root.key"', 'root = "custody"')
     with atomic_file(directory / "broker.toml", mode=0o600) as out:
         out.write(text.encode())
     runtime = load_broker(directory / "broker.toml")
+    share_files = None
     try:
         token = runtime.broker.bootstrap_operator()
+        if people:
+            assert threshold is not None
+            share_set = runtime.broker.custody_genesis("init", RootKey.generate(), threshold, people)
+            share_files = directory / "custody" / share_set.id
+            share_files.mkdir(parents=True)
+            from weightvault.cli.custody import share_file_bytes
+
+            for c in share_set.custodians:
+                sealed = runtime.broker.custody.delivery(share_set.id, c.id)
+                with atomic_file(share_files / f"{c.id}.share", mode=0o600) as out:
+                    out.write(share_file_bytes(share_set.id, c.id, sealed))
     finally:
         runtime.close()
     with atomic_file(directory / "operator.token", mode=0o600) as out:
@@ -153,6 +208,9 @@ def broker_init(directory: Path, broker_id: str, port: int, insecure_sample: boo
     click.echo(f"broker initialised in {directory}")
     click.echo(f"  operator API token: {directory / 'operator.token'} (mode 0600)")
     click.echo(f"  audit log key:      {log_signer.verifier.vkey()}")
+    if share_files is not None:
+        click.echo(f"  root key: {threshold} of {len(people)} custodians; their encrypted shares are in {share_files}")
+        click.echo("  the broker starts sealed: custodians unseal it with 'weightvault custody submit'")
     if insecure_sample:
         click.echo("  WARNING: insecure-sample is enabled; policies that list it accept evidence that proves nothing")
 
@@ -211,7 +269,9 @@ def admin_tenant(action: str, tenant: str | None, url: str | None, token: str | 
 @admin.command("principal")
 @click.argument("principal_id")
 @click.option(
-    "--role", type=click.Choice(["operator", "tenant-admin", "publisher", "auditor", "workload"]), required=True
+    "--role",
+    type=click.Choice(["operator", "tenant-admin", "publisher", "auditor", "workload", "approver"]),
+    required=True,
 )
 @click.option("--tenant", help="The principal's tenant (all roles but operator).")
 @click.option("--out", type=click.Path(path_type=Path), help="Write the API token here (mode 0600) instead of stdout.")
@@ -243,12 +303,14 @@ def admin_principal(
 @click.argument("device_id", required=False)
 @click.option("--kind", default="token", show_default=True, help="Device kind (add).")
 @click.option("--tenant", "tenants", multiple=True, help="Tenants the device serves (add, bind). Repeatable.")
+@_approval_option
 @_client_options
 def admin_device(
     action: str,
     device_id: str | None,
     kind: str,
     tenants: tuple[str, ...],
+    approval: str | None,
     url: str | None,
     token: str | None,
     ca: Path | None,
@@ -262,7 +324,7 @@ def admin_device(
         if not device_id:
             raise ConfigError("give the device id")
         if action == "add":
-            client.add_device(device_id, kind, tenants)
+            client.add_device(device_id, kind, tenants, approval=approval)
         elif action == "bind":
             client.device_action(device_id, "tenants", {"tenants": list(tenants)})
         else:
@@ -275,12 +337,14 @@ def admin_device(
 @click.argument("tenant")
 @click.argument("name", required=False)
 @click.argument("document", type=click.Path(path_type=Path, exists=True), required=False)
+@_approval_option
 @_client_options
 def admin_policy(
     action: str,
     tenant: str,
     name: str | None,
     document: Path | None,
+    approval: str | None,
     url: str | None,
     token: str | None,
     ca: Path | None,
@@ -298,7 +362,7 @@ def admin_policy(
             doc = json.loads(document.read_text())
         except ValueError as exc:
             raise ConfigError(f"{document}: not JSON ({exc})") from None
-        version = client.put_policy(tenant, name, doc)
+        version = client.put_policy(tenant, name, doc, approval)
         click.echo(f"policy {tenant}/{name} is now version {version}")
 
 
@@ -347,6 +411,85 @@ def admin_refset_record(
                     values = sorted(set(values) | set(policy_set["items"]))
         client.put_refset(tenant, name, values)
     click.echo(f"reference set {tenant}/{name}: recorded PCRs {list(pcrs)} ({len(values)} value(s))")
+
+
+@admin.command("rotate")
+@click.argument("what", type=click.Choice(["kek", "token-key"]))
+@click.option("--tenant", help="The tenant whose KEK rotates (kek).")
+@click.option("--rewrap/--no-rewrap", default=True, show_default=True, help="Move the tenant's models to the new KEK.")
+@_approval_option
+@_client_options
+def admin_rotate(
+    what: str,
+    tenant: str | None,
+    rewrap: bool,
+    approval: str | None,
+    url: str | None,
+    token: str | None,
+    ca: Path | None,
+) -> None:
+    """Rotate a tenant's key-encryption key (and rewrap its models), or the result-token signing key."""
+    with make_client(url, token, ca) as client:
+        if what == "token-key":
+            click.echo(f"token signing key is now {client.rotate_token_key(approval)}")
+            return
+        if not tenant:
+            raise ConfigError("kek rotation needs --tenant")
+        version = client.rotate_kek(tenant, approval)
+        moved = client.rewrap(tenant) if rewrap else []
+    click.echo(f"{tenant}: KEK v{version}; {len(moved)} model(s) rewrapped")
+
+
+@admin.command("retire-kek")
+@click.argument("tenant")
+@click.argument("version", type=int)
+@_client_options
+def admin_retire_kek(tenant: str, version: int, url: str | None, token: str | None, ca: Path | None) -> None:
+    """Refuse further use of an old KEK version (every model must have been rewrapped)."""
+    with make_client(url, token, ca) as client:
+        client.retire_kek(tenant, version)
+    click.echo(f"{tenant}: KEK v{version} retired")
+
+
+@admin.command("export")
+@click.argument("resource")
+@click.option(
+    "--recipient",
+    "identity_path",
+    type=click.Path(path_type=Path, exists=True),
+    required=True,
+    help="HPKE private key file the exported key is sealed to (kept by the escrow holder).",
+)
+@click.option("--out", type=click.Path(path_type=Path), required=True, help="Write the file key here (mode 0600).")
+@_approval_option
+@_client_options
+def admin_export(
+    resource: str,
+    identity_path: Path,
+    out: Path,
+    approval: str | None,
+    url: str | None,
+    token: str | None,
+    ca: Path | None,
+) -> None:
+    """Export a model's file key (escrow, migration): always needs an approved key.export request."""
+    from weightvault.format.recipients import HPKEIdentity
+    from weightvault.sealing.keyfiles import read_key_file, write_key_file
+
+    tenant, sep, rest = resource.partition("/models/")
+    name, at, version = rest.partition("@")
+    if not sep or not at:
+        raise ConfigError("RESOURCE is <tenant>/models/<name>@<version>")
+    recipient = read_key_file(identity_path)
+    if not isinstance(recipient, HPKEIdentity):
+        raise ConfigError(f"{identity_path} is not an HPKE private key")
+    with make_client(url, token, ca) as client:
+        file_key = client.export_key(tenant, name, version, recipient, approval)
+    try:
+        write_key_file(out, file_key)
+    finally:
+        file_key.wipe()
+    click.echo(f"file key of {resource} written to {out}")
 
 
 @admin.command("audit")
@@ -440,6 +583,7 @@ def publish(
 @click.option("--tcti", help="TPM TCTI string (with --attester tpm), e.g. swtpm:host=127.0.0.1,port=2321.")
 @click.option("--kem", type=click.Choice(["mlkem768-x25519", "x25519"]), default="mlkem768-x25519", show_default=True)
 @click.option("--json", "as_json", is_flag=True, help="Print a JSON report.")
+@_approval_option
 @_client_options
 def load(
     src: Path,
@@ -448,6 +592,7 @@ def load(
     tcti: str | None,
     kem: str,
     as_json: bool,
+    approval: str | None,
     url: str | None,
     token: str | None,
     ca: Path | None,
@@ -467,7 +612,7 @@ def load(
             chosen = TPMAttester.open(tcti)
         else:
             chosen = SampleAttester(device_id=device_id)
-        identity = BrokerIdentity(client, chosen, kem=HPKEKem(kem), device_id=device_id)
+        identity = BrokerIdentity(client, chosen, kem=HPKEKem(kem), device_id=device_id, approval=approval)
         t0 = time.perf_counter()
         try:
             if src.is_dir():
@@ -516,16 +661,23 @@ _tcti_option = click.option(
 @_tcti_option
 @click.option("--id", "device_id", required=True, help="The device id to register.")
 @click.option("--tenant", "tenants", multiple=True, required=True, help="Tenant the device serves. Repeatable.")
+@_approval_option
 @_client_options
 def device_enroll(
-    tcti: str, device_id: str, tenants: tuple[str, ...], url: str | None, token: str | None, ca: Path | None
+    tcti: str,
+    device_id: str,
+    tenants: tuple[str, ...],
+    approval: str | None,
+    url: str | None,
+    token: str | None,
+    ca: Path | None,
 ) -> None:
     """Enrol this machine's TPM: EK certificate chain, AK attributes, then credential activation (operators)."""
     from weightvault.attestation.tpm.attester import TPMAttester
 
     with TPMAttester.open(tcti) as tpm, make_client(url, token, ca) as client:
         t0 = time.perf_counter()
-        client.enrol_tpm_device(tpm, device_id, tenants)
+        client.enrol_tpm_device(tpm, device_id, tenants, approval)
     click.echo(f"device {device_id} enrolled and activated in {time.perf_counter() - t0:.2f} s")
 
 

@@ -46,6 +46,13 @@ EXIT_CODES: Final[dict[type[e.WeightVaultError], tuple[int, str]]] = {
     e.ChallengeExpiredError: (76, "challenge expired"),
     e.InvalidRequestError: (77, "invalid request"),
     e.RateLimitedError: (78, "rate limited"),
+    e.ApprovalError: (80, "approval refused"),
+    e.ApprovalRequiredError: (81, "approval required"),
+    e.ApprovalInvalidError: (82, "approval invalid"),
+    e.CustodyError: (85, "custody refused"),
+    e.ShareError: (86, "share rejected"),
+    e.CeremonyError: (87, "ceremony refused"),
+    e.SealedError: (88, "broker sealed"),
     e.TransportError: (50, "service unreachable"),
     e.ConfigError: (60, "configuration error"),
 }

@@ -436,9 +436,51 @@ def rewrap(
         click.echo(f"{target}: {len(result.stanzas)} recipient(s){grown}")
 
 
+@cli.command()
+@click.argument("src", type=click.Path(path_type=Path, exists=True, dir_okay=False))
+@click.argument("dst", type=click.Path(path_type=Path))
+@_identity_option
+@_passphrase_option
+@click.option(
+    "-r",
+    "--recipient",
+    "recipients",
+    multiple=True,
+    type=click.Path(path_type=Path, dir_okay=False),
+    help="Key file to wrap the NEW file key for. Repeatable.",
+)
+@click.option("--key-out", type=click.Path(path_type=Path, dir_okay=False), help="Also write the new file key here.")
+@click.option("--force", is_flag=True, help="Replace DST if it exists.")
+def reseal(
+    src: Path,
+    dst: Path,
+    identities: tuple[Path, ...],
+    passphrase: bool,
+    recipients: tuple[Path, ...],
+    key_out: Path | None,
+    force: bool,
+) -> None:
+    """Re-encrypt SRC under a new file key (new file id); plaintext never touches the disk."""
+    from weightvault.sealing import reseal_file
+
+    keys = _identities(identities, passphrase)
+    wrapped = _recipients(recipients, False)
+    if not wrapped and key_out is None:
+        raise ConfigError("nobody could open the result: pass -r/--recipient or --key-out")
+    file_key = FileKey.generate()
+    if key_out is not None:
+        write_key_file(key_out, file_key, overwrite=force)
+    try:
+        result = reseal_file(src, dst, keys, file_key=file_key, recipients=wrapped, overwrite=force)
+    finally:
+        file_key.wipe()
+    click.echo(f"resealed {result.tensors} tensors of {src} into {dst} under a new file key")
+
+
 def _register() -> None:
     from weightvault.cli.audit import audit, witness
     from weightvault.cli.broker import admin, broker, device, load, publish
+    from weightvault.cli.custody import approval, custody, person
 
     cli.add_command(audit)
     cli.add_command(witness)
@@ -447,6 +489,9 @@ def _register() -> None:
     cli.add_command(publish)
     cli.add_command(load)
     cli.add_command(device)
+    cli.add_command(person)
+    cli.add_command(custody)
+    cli.add_command(approval)
 
 
 _register()

@@ -10,7 +10,9 @@ published model with ``keys=BrokerIdentity(client, attester)``.
 from __future__ import annotations
 
 import base64
+import hmac
 import json
+import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Final, Protocol
@@ -21,8 +23,11 @@ from weightvault import errors as e
 from weightvault.attestation.interfaces import report_data
 from weightvault.attestation.unsafe import sample_evidence
 from weightvault.crypto.keywrap import HPKEKem, InvalidTag, hpke_generate, hpke_open, hpke_seal
+from weightvault.custody.approvals import ApprovalRequest, approval_message
+from weightvault.custody.ceremony import CeremonyTerms, cancel_message, prepare_submission
+from weightvault.custody.person import PersonKey
 from weightvault.format.keys import FileKey, TensorKeys
-from weightvault.format.recipients import Stanza
+from weightvault.format.recipients import HPKEIdentity, Stanza
 
 __all__ = [
     "BROKER_STANZA",
@@ -55,6 +60,11 @@ _ERRORS: Final[dict[str, type[e.WeightVaultError]]] = {
     "payload_too_large": e.InvalidRequestError,
     "rate_limited": e.RateLimitedError,
     "audit_unavailable": e.AuditLogError,
+    "approval_required": e.ApprovalRequiredError,
+    "approval_invalid": e.ApprovalInvalidError,
+    "share_rejected": e.ShareError,
+    "ceremony_refused": e.CeremonyError,
+    "sealed": e.SealedError,
 }
 
 
@@ -129,6 +139,12 @@ def _release_info(tenant: str, resource: str, jti: str) -> bytes:
     return b"weightvault/v1 release\x00" + rfc8785.dumps({"tenant": tenant, "resource": resource, "jti": jti})
 
 
+def _export_info(tenant: str, resource: str) -> bytes:
+    import rfc8785
+
+    return b"weightvault/v1 export\x00" + rfc8785.dumps({"tenant": tenant, "resource": resource})
+
+
 def _registration_info(tenant: str, name: str, version: str) -> bytes:
     import rfc8785
 
@@ -141,7 +157,7 @@ class BrokerClient:
     def __init__(
         self,
         url: str,
-        token: str,
+        token: str | None,
         *,
         verify: bool | str = True,
         timeout_s: float = 30.0,
@@ -154,7 +170,8 @@ class BrokerClient:
             verify = ssl.create_default_context(cafile=verify)  # type: ignore[assignment]
         self._http = httpx.Client(
             base_url=self.url,
-            headers={"authorization": f"Bearer {token}"},
+            # No token: custodians reach the custody endpoints with their signatures alone.
+            headers={"authorization": f"Bearer {token}"} if token else {},
             verify=verify,
             timeout=timeout_s,
             transport=transport,
@@ -190,6 +207,8 @@ class BrokerClient:
         cls = _ERRORS.get(code, e.RequestError)
         if cls is e.ReleaseDeniedError:
             raise e.ReleaseDeniedError(detail, problem.get("reasons", []))
+        if cls is e.ApprovalRequiredError:
+            raise e.ApprovalRequiredError(detail, problem.get("approval_request"))
         raise cls(detail)
 
     # -- the protocol -------------------------------------------------------------
@@ -205,6 +224,7 @@ class BrokerClient:
         device_id: str | None = None,
         release: str | None = None,
         tensors: Mapping[str, Sequence[int]] | None = None,
+        approval: str | None = None,
     ) -> tuple[Session, ReleasedKeys | None]:
         """Run challenge and attest; with ``release`` the keys come back in the same call (one-shot)."""
         ch = self.challenge(device_id)
@@ -220,6 +240,7 @@ class BrokerClient:
             body["release"] = {
                 "resource": release,
                 **({"tensors": {k: list(v) for k, v in tensors.items()}} if tensors else {}),
+                **({"approval": approval} if approval else {}),
             }
         answer = self.request("POST", "/v1/attest", body)
         session = Session(
@@ -231,9 +252,16 @@ class BrokerClient:
         return session, released
 
     def release(
-        self, session: Session, resource: str, tensors: Mapping[str, Sequence[int]] | None = None
+        self,
+        session: Session,
+        resource: str,
+        tensors: Mapping[str, Sequence[int]] | None = None,
+        approval: str | None = None,
     ) -> ReleasedKeys:
+        """Release a model's keys; ``approval`` names an approved request ("new" opens one)."""
         body: dict[str, Any] = {"token": session.token, "resource": resource}
+        if approval:
+            body["approval"] = approval
         if tensors:
             body["tensors"] = {k: list(v) for k, v in tensors.items()}
         answer = self.request("POST", "/v1/release", body)
@@ -269,15 +297,19 @@ class BrokerClient:
         )
 
     def add_device(
-        self, device_id: str, kind: str, tenants: Sequence[str], identity: Mapping[str, Any] | None = None
+        self,
+        device_id: str,
+        kind: str,
+        tenants: Sequence[str],
+        identity: Mapping[str, Any] | None = None,
+        approval: str | None = None,
     ) -> None:
-        self.request(
-            "POST",
-            "/v1/devices",
-            {"id": device_id, "kind": kind, "tenants": list(tenants), "identity": dict(identity or {})},
-        )
+        body = {"id": device_id, "kind": kind, "tenants": list(tenants), "identity": dict(identity or {})}
+        self.request("POST", "/v1/devices", {**body, **({"approval": approval} if approval else {})})
 
-    def enrol_tpm_device(self, attester: Any, device_id: str, tenants: Sequence[str]) -> None:
+    def enrol_tpm_device(
+        self, attester: Any, device_id: str, tenants: Sequence[str], approval: str | None = None
+    ) -> None:
         """Enrol the TPM behind ``attester`` (a TPMAttester): send EK and AK, activate the credential."""
         answer = self.request(
             "POST",
@@ -288,6 +320,7 @@ class BrokerClient:
                 "ek_cert": base64.b64encode(attester.ek_certificate()).decode(),
                 "ek_public": base64.b64encode(attester.ek_public()).decode(),
                 "ak_public": base64.b64encode(attester.ak_public()).decode(),
+                **({"approval": approval} if approval else {}),
             },
         )
         secret = attester.activate(
@@ -298,10 +331,9 @@ class BrokerClient:
     def device_action(self, device_id: str, action: str, body: Mapping[str, Any] | None = None) -> Any:
         return self.request("PUT" if action == "tenants" else "POST", f"/v1/devices/{device_id}/{action}", body or {})
 
-    def put_policy(self, tenant: str, name: str, document: Mapping[str, Any]) -> int:
-        return int(
-            self.request("PUT", f"/v1/tenants/{tenant}/policies/{name}", {"document": dict(document)})["version"]
-        )
+    def put_policy(self, tenant: str, name: str, document: Mapping[str, Any], approval: str | None = None) -> int:
+        body: dict[str, Any] = {"document": dict(document), **({"approval": approval} if approval else {})}
+        return int(self.request("PUT", f"/v1/tenants/{tenant}/policies/{name}", body)["version"])
 
     def put_refset(self, tenant: str, name: str, items: Sequence[str]) -> None:
         self.request("PUT", f"/v1/tenants/{tenant}/refsets/{name}", {"items": list(items)})
@@ -335,6 +367,118 @@ class BrokerClient:
         }
         return str(self.request("POST", f"/v1/tenants/{tenant}/models", body)["resource"])
 
+    # -- approvals -------------------------------------------------------------------------
+
+    def approval(self, request_id: str) -> dict[str, Any]:
+        """A request with its summary, status and approvals."""
+        return dict(self.request("GET", f"/v1/approvals/{request_id}"))
+
+    def approvals(self, status: str | None = None) -> list[dict[str, Any]]:
+        params = {"status": status} if status else None
+        return list(self.request("GET", "/v1/approvals", params=params)["requests"])
+
+    def sign_approval(self, request_id: str, key: PersonKey, *, deny: bool = False, ttl: int = 3600) -> dict[str, Any]:
+        """Sign a request with an approver's key after checking its digest locally, and submit it.
+
+        The digest is recomputed here from the request's fields, so a broker that
+        shows one request and stores another cannot collect a signature for it.
+        """
+        doc = self.approval(request_id)
+        request = ApprovalRequest.from_json(doc["request"])
+        if not hmac.compare_digest(request.digest, str(doc["digest"])):
+            raise e.ApprovalInvalidError("the broker's digest does not match the request it shows")
+        decision = "deny" if deny else "approve"
+        expires_at = min(int(time.time()) + ttl, request.expires_at)
+        signature = key.sign(approval_message(request.digest, decision, expires_at, key.id))
+        body = {"decision": decision, "expires_at": expires_at, "signature": base64.b64encode(signature).decode()}
+        return dict(self.request("POST", f"/v1/approvals/{request_id}/sign", body))
+
+    def put_approval_policy(self, document: Mapping[str, Any], approval: str | None = None) -> int:
+        body: dict[str, Any] = {"document": dict(document), **({"approval": approval} if approval else {})}
+        return int(self.request("PUT", "/v1/approval-policy", body)["version"])
+
+    # -- custody ---------------------------------------------------------------------------
+
+    def custody_status(self) -> dict[str, Any]:
+        return dict(self.request("GET", "/v1/custody"))
+
+    def open_ceremony(
+        self,
+        kind: str,
+        *,
+        ttl: int = 900,
+        params: Mapping[str, Any] | None = None,
+        share_set: str | None = None,
+        approval: str | None = None,
+    ) -> CeremonyTerms:
+        body: dict[str, Any] = {"kind": kind, "ttl_seconds": ttl, "params": dict(params or {})}
+        if share_set:
+            body["set"] = share_set
+        if approval:
+            body["approval"] = approval
+        return CeremonyTerms.from_json(self.request("POST", "/v1/custody/ceremonies", body))
+
+    def ceremony(self, ceremony_id: str) -> dict[str, Any]:
+        return dict(self.request("GET", f"/v1/custody/ceremonies/{ceremony_id}"))
+
+    def submit_share(self, ceremony_id: str, key: PersonKey, share: bytes) -> dict[str, Any]:
+        """Encrypt ``share`` to the ceremony and sign the submission (terms checked against the id first)."""
+        terms = CeremonyTerms.from_json(self.ceremony(ceremony_id))
+        if terms.id != ceremony_id:
+            raise e.CeremonyError("the broker returned the terms of another ceremony")
+        sealed, signature = prepare_submission(key, terms, share)
+        body = {
+            "custodian": key.id,
+            "sealed": base64.b64encode(sealed).decode(),
+            "signature": base64.b64encode(signature).decode(),
+        }
+        return dict(self.request("POST", f"/v1/custody/ceremonies/{ceremony_id}/shares", body))
+
+    def cancel_ceremony(self, ceremony_id: str, key: PersonKey) -> None:
+        signature = key.sign(cancel_message(ceremony_id, key.id))
+        body = {"custodian": key.id, "signature": base64.b64encode(signature).decode()}
+        self.request("POST", f"/v1/custody/ceremonies/{ceremony_id}/cancel", body)
+
+    def delivered_share(self, set_id: str, custodian: str) -> bytes:
+        return base64.b64decode(self.request("GET", f"/v1/custody/sets/{set_id}/shares/{custodian}")["sealed"])
+
+    def seal(self) -> None:
+        self.request("POST", "/v1/custody/seal", {})
+
+    # -- rotation and export ------------------------------------------------------------------
+
+    def rotate_kek(self, tenant: str, approval: str | None = None) -> int:
+        body = {"approval": approval} if approval else {}
+        return int(self.request("POST", f"/v1/tenants/{tenant}/kek/rotate", body)["version"])
+
+    def rewrap(self, tenant: str) -> list[str]:
+        return list(self.request("POST", f"/v1/tenants/{tenant}/kek/rewrap", {})["rewrapped"])
+
+    def retire_kek(self, tenant: str, version: int) -> None:
+        self.request("POST", f"/v1/tenants/{tenant}/kek/retire", {"version": version})
+
+    def rotate_token_key(self, approval: str | None = None) -> str:
+        body = {"approval": approval} if approval else {}
+        return str(self.request("POST", "/v1/keys/token/rotate", body)["kid"])
+
+    def export_key(
+        self, tenant: str, name: str, version: str, recipient: HPKEIdentity, approval: str | None = None
+    ) -> FileKey:
+        """Export a model's file key sealed to ``recipient`` (needs an approved ``key.export`` request)."""
+        body: dict[str, Any] = {
+            "hpke": {"kem": recipient.kem.value, "public": base64.b64encode(recipient.recipient.public).decode()},
+            **({"approval": approval} if approval else {}),
+        }
+        answer = self.request("POST", f"/v1/tenants/{tenant}/models/{name}/{version}/export", body)
+        resource = f"{tenant}/models/{name}@{version}"
+        try:
+            raw = hpke_open(
+                recipient.kem, recipient.reveal(), base64.b64decode(answer["sealed"]), _export_info(tenant, resource)
+            )
+        except InvalidTag:
+            raise e.KeyAccessError("the exported key does not open for this recipient and model") from None
+        return FileKey(raw)
+
     def audit_events(
         self, tenant: str, since_ms: int | None = None, until_ms: int | None = None
     ) -> list[dict[str, Any]]:
@@ -363,18 +507,20 @@ class BrokerIdentity:
         *,
         kem: HPKEKem = HPKEKem.MLKEM768_X25519,
         device_id: str | None = None,
+        approval: str | None = None,
     ) -> None:
         self.client = client
         self.attester = attester
         self.kem = kem
         self.device_id = device_id
+        self.approval = approval
         self._cache: dict[str, ReleasedKeys] = {}
 
     def keys_for(self, resource: str) -> ReleasedKeys:
         """Attest and release once per resource; later files of the same model reuse the keys."""
         if resource not in self._cache:
             session, released = self.client.attest(
-                self.attester, kem=self.kem, device_id=self.device_id, release=resource
+                self.attester, kem=self.kem, device_id=self.device_id, release=resource, approval=self.approval
             )
             session.close()
             assert released is not None

@@ -16,9 +16,9 @@ from weightvault.format.recipients import Recipient, Stanza, encode_recipients_r
 from weightvault.sealing.atomic import atomic_file
 from weightvault.sealing.reader import KeySource, OpenedFile, SealedFile
 from weightvault.sealing.safetensors_source import parse_safetensors_header
-from weightvault.sealing.writer import recipients_capacity
+from weightvault.sealing.writer import SealOptions, SealResult, recipients_capacity
 
-__all__ = ["RewrapResult", "rewrap_file", "unseal_file", "unseal_to"]
+__all__ = ["RewrapResult", "reseal_file", "rewrap_file", "unseal_file", "unseal_to"]
 
 _SCRATCH_BYTES = 8 << 20
 
@@ -78,6 +78,55 @@ def unseal_file(
         with atomic_file(Path(dst), overwrite=overwrite, mode=0o600) as out:
             unseal_to(opened, out.fileno(), progress)
         opened.keys.forget()
+
+
+def reseal_file(
+    src: Path,
+    dst: Path,
+    keys: KeySource,
+    *,
+    file_key: FileKey,
+    recipients: Sequence[Recipient] = (),
+    overwrite: bool = False,
+) -> SealResult:
+    """Re-encrypt a sealed file under a new file key (hence a new file id) without plaintext on disk.
+
+    The plaintext passes through an anonymous in-memory file (``memfd``), verified
+    chunk by chunk on the way out of ``src``; keys released for ``src`` do not open
+    ``dst``. Use it after a suspected key exposure, when rewrapping is not enough.
+
+    Raises:
+        FormatError / KeyAccessError: ``src`` does not verify or does not open.
+        ConfigError: ``dst`` exists and ``overwrite`` is false.
+    """
+    from weightvault.sealing.writer import seal_blob, seal_safetensors
+
+    with SealedFile(Path(src)) as sealed:
+        opened = sealed.unlock(keys)
+        kind, table = opened.table.kind, opened.table
+        fd = os.memfd_create("weightvault-reseal", os.MFD_CLOEXEC)
+        try:
+            unseal_to(opened, fd)
+            opened.keys.forget()
+            plain = Path(f"/proc/self/fd/{fd}")
+            pre = opened.layout.preamble
+            options = SealOptions(pre.suite, pre.chunk_log2, pre.sealed_metadata)
+            if kind is HeaderKind.SAFETENSORS:
+                return seal_safetensors(
+                    plain, Path(dst), file_key=file_key, recipients=recipients, options=options, overwrite=overwrite
+                )
+            return seal_blob(
+                plain,
+                Path(dst),
+                name=table.tensors[0].name,
+                file_key=file_key,
+                recipients=recipients,
+                options=options,
+                overwrite=overwrite,
+            )
+        finally:
+            os.ftruncate(fd, 0)
+            os.close(fd)
 
 
 class RewrapResult:

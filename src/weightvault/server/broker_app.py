@@ -9,12 +9,14 @@ Requests are rate-limited per principal with a token bucket.
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import binascii
+import contextlib
 import json
 import threading
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass
 from typing import Any, TypeVar
 
@@ -27,7 +29,13 @@ from starlette.routing import Mount, Route
 
 from weightvault.auditlog.log import LogReader
 from weightvault.broker.service import KeyBroker, Principal, Role
-from weightvault.errors import InvalidRequestError, RateLimitedError, WeightVaultError
+from weightvault.errors import (
+    InvalidRequestError,
+    NotFoundError,
+    PermissionDeniedError,
+    RateLimitedError,
+    WeightVaultError,
+)
 from weightvault.server import schemas
 from weightvault.server.problems import problem, problem_for
 from weightvault.server.tiles_app import tile_response
@@ -42,6 +50,7 @@ class ServerLimits:
     max_body_bytes: int = 256 << 10
     rate_per_second: float = 200.0
     burst: int = 400
+    rotation_check_seconds: float = 60.0
 
 
 class _RateLimiter:
@@ -124,16 +133,24 @@ def create_broker_app(
     def call(fn: Callable[..., Any], *args: Any, **kwargs: Any) -> Awaitable[Any]:
         return run_in_threadpool(fn, *args, **kwargs)
 
+    def anonymous(request: Request) -> None:
+        """Rate limiting for the endpoints custodians reach without an API token."""
+        limiter.take("anonymous:" + (request.client.host if request.client else "-"))
+
     @handler
     async def health(request: Request) -> Response:
-        return JSONResponse({"status": "ok"})
+        return JSONResponse({"status": "ok", "sealed": broker.sealed})
 
     @handler
     async def keys(request: Request) -> Response:
         await principal(request)
         key = broker.registration_key.recipient
+        token_keys = {kid: base64.b64encode(raw).decode() for kid, raw in broker.token_keys().items()}
         return JSONResponse(
-            {"registration": {"kem": key.kem.value, "public": base64.b64encode(key.public).decode(), "kid": key.kid}}
+            {
+                "registration": {"kem": key.kem.value, "public": base64.b64encode(key.public).decode(), "kid": key.kid},
+                "token_signing": token_keys,
+            }
         )
 
     @handler
@@ -169,7 +186,10 @@ def create_broker_app(
         req = await body(request, schemas.AttestRequest)
         public = _b64(req.hpke.public, "hpke.public")
         release = (req.release.resource, req.release.tensors) if req.release else None
-        outcome = await call(broker.attest, who, req.challenge_id, req.hpke.kem, public, req.evidence, release=release)
+        approval = req.release.approval if req.release else None
+        outcome = await call(
+            broker.attest, who, req.challenge_id, req.hpke.kem, public, req.evidence, release=release, approval=approval
+        )
         doc: dict[str, Any] = {
             "token": outcome.token,
             "expires_at": outcome.expires_at,
@@ -185,7 +205,7 @@ def create_broker_app(
     async def release(request: Request) -> Response:
         who = await principal(request)
         req = await body(request, schemas.ReleaseRequest)
-        outcome = await call(broker.release, who, req.token, req.resource, req.tensors)
+        outcome = await call(broker.release, who, req.token, req.resource, req.tensors, req.approval)
         return JSONResponse(release_json(outcome))
 
     @handler
@@ -245,7 +265,7 @@ def create_broker_app(
                 }
             )
         req = await body(request, schemas.DeviceRequest)
-        await call(broker.add_device, who, req.id, req.kind, req.tenants, req.identity)
+        await call(broker.add_device, who, req.id, req.kind, req.tenants, req.identity, approval=req.approval)
         return JSONResponse({"id": req.id, "status": "active"}, status_code=201)
 
     @handler
@@ -260,6 +280,7 @@ def create_broker_app(
             ek_cert=_b64(req.ek_cert, "ek_cert"),
             ek_public=_b64(req.ek_public, "ek_public"),
             ak_public=_b64(req.ak_public, "ak_public"),
+            approval=req.approval,
         )
         return JSONResponse(
             {
@@ -315,7 +336,7 @@ def create_broker_app(
                 }
             )
         req = await body(request, schemas.PolicyRequest)
-        version = await call(broker.put_policy, who, tenant, request.path_params["name"], req.document)
+        version = await call(broker.put_policy, who, tenant, request.path_params["name"], req.document, req.approval)
         return JSONResponse({"name": request.path_params["name"], "version": version})
 
     @handler
@@ -394,6 +415,190 @@ def create_broker_app(
         status, content, ctype = await run_in_threadpool(tile_response, audit, request.path_params["path"])
         return Response(content, status_code=status, media_type=ctype)
 
+    # -- approvals -----------------------------------------------------------------------------
+
+    def request_json(request_doc: Any, status: str) -> dict[str, Any]:
+        from weightvault.custody.approvals import ApprovalRequest
+
+        req = ApprovalRequest.from_json(request_doc)
+        approvals = [
+            {"approver": a, "decision": d, "expires_at": e, "signature": base64.b64encode(sig).decode()}
+            for a, d, e, sig in broker.store.approvals_for(req.id)
+        ]
+        evaluation = broker.approvals.evaluate(req, broker.facts(req.tenant, req.params))
+        return {
+            "request": req.to_json(),
+            "digest": req.digest,
+            "params_digest": req.params_digest,
+            "status": status,
+            "summary": req.summary(),
+            "needs": evaluation.needed,
+            "counted": list(evaluation.counted),
+            "approvals": approvals,
+        }
+
+    def can_read_requests(who: Principal, tenant: str | None) -> None:
+        if who.role in (Role.OPERATOR, Role.APPROVER, Role.AUDITOR):
+            if who.role is Role.AUDITOR and tenant != who.tenant:
+                raise PermissionDeniedError("auditors read their own tenant's requests only")
+            return
+        if tenant != who.tenant:
+            raise NotFoundError("no such approval request")
+
+    @handler
+    async def approval_list(request: Request) -> Response:
+        who = await principal(request)
+        if request.method == "POST":
+            req = await body(request, schemas.ApprovalRequestBody)
+            created, _ = await call(broker.request_approval, who, req.op, req.tenant, req.params)
+            doc = await call(request_json, created.to_json(), "pending")
+            return JSONResponse(doc, status_code=201)
+        tenant = request.query_params.get("tenant")
+        if who.role not in (Role.OPERATOR, Role.APPROVER):
+            tenant = who.tenant
+        rows = await call(broker.store.list_approval_requests, tenant, request.query_params.get("status"))
+        docs = [await call(request_json, doc, status) for doc, status in rows]
+        return JSONResponse({"requests": docs})
+
+    @handler
+    async def approval_one(request: Request) -> Response:
+        who = await principal(request)
+        found = await call(broker.store.approval_request, request.path_params["rid"])
+        if found is None:
+            raise NotFoundError("no such approval request")
+        can_read_requests(who, str(found[0].get("tenant")))
+        return JSONResponse(await call(request_json, *found))
+
+    @handler
+    async def approval_sign(request: Request) -> Response:
+        who = await principal(request)
+        req = await body(request, schemas.ApprovalSignature)
+        result = await call(
+            broker.submit_approval,
+            who,
+            request.path_params["rid"],
+            req.decision,
+            req.expires_at,
+            _b64(req.signature, "signature"),
+        )
+        return JSONResponse({"status": result.status, "counted": list(result.counted), "needs": result.needed})
+
+    @handler
+    async def approval_policy(request: Request) -> Response:
+        who = await principal(request)
+        if request.method == "GET":
+            who.require(Role.OPERATOR, Role.APPROVER, Role.AUDITOR)
+            current = await call(broker.store.approval_policy)
+            if current is None:
+                raise NotFoundError("no approval policy")
+            return JSONResponse({"version": current[0], "document": current[1]})
+        req = await body(request, schemas.ApprovalPolicyRequest)
+        version = await call(broker.put_approval_policy, who, req.document, req.approval)
+        return JSONResponse({"version": version})
+
+    # -- custody ---------------------------------------------------------------------------------
+
+    @handler
+    async def custody_status(request: Request) -> Response:
+        who = await principal(request)
+        who.require(Role.OPERATOR)
+        return JSONResponse(await call(broker.custody.status))
+
+    @handler
+    async def custody_open(request: Request) -> Response:
+        who = await principal(request)
+        req = await body(request, schemas.CeremonyRequest)
+        terms = await call(
+            broker.open_ceremony,
+            who,
+            req.kind,
+            ttl=req.ttl_seconds,
+            params=req.params,
+            set_id=req.set,
+            approval=req.approval,
+        )
+        return JSONResponse(terms.to_json(), status_code=201)
+
+    @handler
+    async def custody_ceremony(request: Request) -> Response:
+        anonymous(request)
+        return JSONResponse(await call(broker.custody.ceremony, request.path_params["cid"]))
+
+    @handler
+    async def custody_submit(request: Request) -> Response:
+        anonymous(request)
+        req = await body(request, schemas.ShareSubmission)
+        result = await call(
+            broker.custody.submit,
+            request.path_params["cid"],
+            req.custodian,
+            _b64(req.sealed, "sealed"),
+            _b64(req.signature, "signature"),
+        )
+        return JSONResponse(result)
+
+    @handler
+    async def custody_cancel(request: Request) -> Response:
+        anonymous(request)
+        req = await body(request, schemas.CeremonyCancel)
+        await call(broker.custody.cancel, request.path_params["cid"], req.custodian, _b64(req.signature, "signature"))
+        return JSONResponse({"id": request.path_params["cid"], "status": "cancelled"})
+
+    @handler
+    async def custody_delivery(request: Request) -> Response:
+        anonymous(request)
+        sealed = await call(broker.custody.delivery, request.path_params["sid"], request.path_params["custodian"])
+        return JSONResponse({"set": request.path_params["sid"], "sealed": base64.b64encode(sealed).decode()})
+
+    @handler
+    async def custody_seal(request: Request) -> Response:
+        who = await principal(request)
+        await call(broker.seal, who)
+        return JSONResponse({"sealed": True})
+
+    # -- rotation and export ------------------------------------------------------------------------
+
+    @handler
+    async def kek_action(request: Request) -> Response:
+        who = await principal(request)
+        tenant, action = request.path_params["tenant"], request.path_params["action"]
+        if action == "rotate":
+            req = await body(request, schemas.ApprovalOnly)
+            version = await call(broker.rotate_kek, who, tenant, req.approval)
+            return JSONResponse({"tenant": tenant, "version": version})
+        if action == "rewrap":
+            moved = await call(broker.rewrap_models, who, tenant)
+            return JSONResponse({"tenant": tenant, "rewrapped": moved})
+        if action == "retire":
+            retire = await body(request, schemas.RetireRequest)
+            await call(broker.retire_kek, who, tenant, retire.version)
+            return JSONResponse({"tenant": tenant, "retired": retire.version})
+        raise _HTTPProblemError(404, "not_found", "Not found")
+
+    @handler
+    async def token_key_rotate(request: Request) -> Response:
+        who = await principal(request)
+        req = await body(request, schemas.ApprovalOnly)
+        kid = await call(broker.rotate_token_key, who, req.approval)
+        return JSONResponse({"kid": kid})
+
+    @handler
+    async def model_export(request: Request) -> Response:
+        who = await principal(request)
+        req = await body(request, schemas.ExportRequest)
+        p = request.path_params
+        sealed = await call(
+            broker.export_key,
+            who,
+            p["tenant"],
+            p["name"],
+            p["version"],
+            kem=req.hpke.kem,
+            public=_b64(req.hpke.public, "hpke.public"),
+            approval=req.approval,
+        )
+        return JSONResponse({"sealed": base64.b64encode(sealed).decode()})
+
     routes = [
         Route("/v1/health", health, methods=["GET"]),
         Route("/v1/keys", keys, methods=["GET"]),
@@ -413,9 +618,41 @@ def create_broker_app(
         Route("/v1/tenants/{tenant}/refsets/{name}", refsets, methods=["PUT"]),
         Route("/v1/tenants/{tenant}/models", models, methods=["GET", "POST"]),
         Route("/v1/tenants/{tenant}/audit", audit_events, methods=["GET"]),
+        Route("/v1/tenants/{tenant}/kek/{action}", kek_action, methods=["POST"]),
+        Route("/v1/tenants/{tenant}/models/{name}/{version}/export", model_export, methods=["POST"]),
+        Route("/v1/keys/token/rotate", token_key_rotate, methods=["POST"]),
+        Route("/v1/approvals", approval_list, methods=["GET", "POST"]),
+        Route("/v1/approvals/{rid}", approval_one, methods=["GET"]),
+        Route("/v1/approvals/{rid}/sign", approval_sign, methods=["POST"]),
+        Route("/v1/approval-policy", approval_policy, methods=["GET", "PUT"]),
+        Route("/v1/custody", custody_status, methods=["GET"]),
+        Route("/v1/custody/seal", custody_seal, methods=["POST"]),
+        Route("/v1/custody/ceremonies", custody_open, methods=["POST"]),
+        Route("/v1/custody/ceremonies/{cid}", custody_ceremony, methods=["GET"]),
+        Route("/v1/custody/ceremonies/{cid}/shares", custody_submit, methods=["POST"]),
+        Route("/v1/custody/ceremonies/{cid}/cancel", custody_cancel, methods=["POST"]),
+        Route("/v1/custody/sets/{sid}/shares/{custodian}", custody_delivery, methods=["GET"]),
         Mount("/v1/audit", routes=[Route("/{path:path}", audit_tiles, methods=["GET"])]),
     ]
-    return Starlette(routes=routes, exception_handlers={404: _not_found, 405: _not_allowed})
+
+    @contextlib.asynccontextmanager
+    async def lifespan(app: Starlette) -> AsyncIterator[None]:
+        async def rotate_loop() -> None:
+            while True:
+                await asyncio.sleep(limits.rotation_check_seconds)
+                try:
+                    await run_in_threadpool(broker.rotate_due)
+                except WeightVaultError:  # logged by the audit events of the attempt; retried next round
+                    continue
+
+        task = asyncio.create_task(rotate_loop())
+        try:
+            yield
+        finally:
+            task.cancel()
+            broker.custody.wipe()
+
+    return Starlette(routes=routes, exception_handlers={404: _not_found, 405: _not_allowed}, lifespan=lifespan)
 
 
 class _HTTPProblemError(Exception):

@@ -103,7 +103,10 @@ def load_broker(config_path: Path, *, clock: Callable[[], float] | None = None) 
     except KeyError as exc:
         raise ConfigError(f"{config_path}: missing section {exc}") from None
     now = clock or time.time
-    root = RootKey(read_secret_file(_path(base, keys_cfg["root"]), "weightvault.root-key"))
+    # root = "custody": the root key is split among custodians and the broker starts sealed.
+    root = None
+    if keys_cfg["root"] != "custody":
+        root = RootKey(read_secret_file(_path(base, keys_cfg["root"]), "weightvault.root-key"))
     token_seed = read_secret_file(_path(base, keys_cfg["token_signing"]), "weightvault.signing-key")
     registration = read_key_file(_path(base, keys_cfg["registration"]))
     if not isinstance(registration, HPKEIdentity):
@@ -139,10 +142,13 @@ def load_broker(config_path: Path, *, clock: Callable[[], float] | None = None) 
             _verifier_factories(base, verifiers_cfg),
             insecure_sample_enabled=bool(verifiers_cfg.get("insecure_sample_enabled", False)),
         )
+        rotation = config.get("rotation", {})
         settings = BrokerSettings(
             broker_id=str(broker_cfg.get("id", "weightvault-broker")),
             challenge_ttl_seconds=int(broker_cfg.get("challenge_ttl_seconds", 60)),
             token_ttl_seconds=int(broker_cfg.get("token_ttl_seconds", 300)),
+            kek_max_age_seconds=int(float(rotation.get("kek_max_age_days", 0)) * 86400),
+            token_key_max_age_seconds=int(float(rotation.get("token_key_max_age_days", 0)) * 86400),
         )
         signer = TokenSigner(settings.broker_id, Ed25519Signer(token_seed), settings.token_ttl_seconds)
         broker = KeyBroker(
@@ -160,6 +166,7 @@ def load_broker(config_path: Path, *, clock: Callable[[], float] | None = None) 
             max_body_bytes=int(broker_cfg.get("max_body_bytes", 256 << 10)),
             rate_per_second=float(broker_cfg.get("rate_per_second", 200)),
             burst=int(broker_cfg.get("burst", 400)),
+            rotation_check_seconds=float(rotation.get("check_seconds", 60)),
         )
     except BaseException:
         audit.close()

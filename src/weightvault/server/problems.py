@@ -32,6 +32,11 @@ PROBLEMS: Final[dict[type[Exception], tuple[int, str, str]]] = {
     e.KeyAccessError: (403, "key_unavailable", "Key unavailable"),
     e.AuditLogError: (503, "audit_unavailable", "The audit log could not record the action"),
     e.ConfigError: (500, "configuration", "Server configuration error"),
+    e.ApprovalRequiredError: (403, "approval_required", "This operation needs approvals"),
+    e.ApprovalInvalidError: (403, "approval_invalid", "Approval refused"),
+    e.ShareError: (422, "share_rejected", "Share rejected"),
+    e.CeremonyError: (409, "ceremony_refused", "Ceremony refused"),
+    e.SealedError: (503, "sealed", "The broker is sealed"),
 }
 
 
@@ -52,9 +57,19 @@ def problem_for(error: e.WeightVaultError) -> JSONResponse:
     else:  # pragma: no cover - WeightVaultError is always in the table
         status, code, title = PROBLEMS[e.WeightVaultError]
     detail = None
-    if isinstance(error, e.InvalidRequestError | e.PolicyViolationError | e.NotFoundError | e.ConflictError):
+    if isinstance(
+        error,
+        e.InvalidRequestError
+        | e.PolicyViolationError
+        | e.NotFoundError
+        | e.ConflictError
+        | e.ApprovalError
+        | e.CustodyError,
+    ):
         detail = str(error)
     extra: dict[str, object] = {}
     if isinstance(error, e.ReleaseDeniedError):
         extra["reasons"] = list(error.reasons)
+    if isinstance(error, e.ApprovalRequiredError) and error.request is not None:
+        extra["approval_request"] = error.request
     return problem(status, code, title, detail, **extra)

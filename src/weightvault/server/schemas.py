@@ -7,12 +7,19 @@ from typing import Any
 from pydantic import BaseModel, ConfigDict, Field
 
 __all__ = [
+    "ApprovalOnly",
+    "ApprovalPolicyRequest",
+    "ApprovalRequestBody",
+    "ApprovalSignature",
     "AttestRequest",
+    "CeremonyCancel",
+    "CeremonyRequest",
     "ChallengeRequest",
     "CredentialRequest",
     "DeviceRequest",
     "DeviceTenantsRequest",
     "EnrolRequest",
+    "ExportRequest",
     "HPKEKey",
     "ModelRequest",
     "PolicyRequest",
@@ -20,6 +27,8 @@ __all__ = [
     "RefsetRequest",
     "ReleaseRequest",
     "ReleaseSpec",
+    "RetireRequest",
+    "ShareSubmission",
     "TenantRequest",
 ]
 
@@ -36,6 +45,7 @@ class ReleaseSpec(BaseModel):
     model_config = _STRICT
     resource: str = Field(max_length=256)
     tensors: dict[str, list[int]] | None = None
+    approval: str | None = Field(default=None, max_length=64)
 
 
 class ChallengeRequest(BaseModel):
@@ -56,6 +66,7 @@ class ReleaseRequest(BaseModel):
     token: str = Field(max_length=65536)
     resource: str = Field(max_length=256)
     tensors: dict[str, list[int]] | None = None
+    approval: str | None = Field(default=None, max_length=64)
 
 
 class TenantRequest(BaseModel):
@@ -76,6 +87,7 @@ class DeviceRequest(BaseModel):
     kind: str = Field(max_length=32)
     tenants: list[str] = Field(max_length=64)
     identity: dict[str, Any] = Field(default_factory=dict)
+    approval: str | None = Field(default=None, max_length=64)
 
 
 class EnrolRequest(BaseModel):
@@ -85,6 +97,7 @@ class EnrolRequest(BaseModel):
     ek_cert: str = Field(max_length=16384)
     ek_public: str = Field(max_length=4096)
     ak_public: str = Field(max_length=4096)
+    approval: str | None = Field(default=None, max_length=64)
 
 
 class CredentialRequest(BaseModel):
@@ -100,6 +113,7 @@ class DeviceTenantsRequest(BaseModel):
 class PolicyRequest(BaseModel):
     model_config = _STRICT
     document: dict[str, Any]
+    approval: str | None = Field(default=None, max_length=64)
 
 
 class RefsetRequest(BaseModel):
@@ -116,3 +130,61 @@ class ModelRequest(BaseModel):
     kem: str = Field(max_length=32)
     files: list[dict[str, str]] = Field(max_length=10000)
     tags: dict[str, str] = Field(default_factory=dict)
+
+
+class ApprovalRequestBody(BaseModel):
+    model_config = _STRICT
+    op: str = Field(max_length=64)
+    tenant: str = Field(max_length=64)
+    params: dict[str, Any]
+
+
+class ApprovalSignature(BaseModel):
+    model_config = _STRICT
+    decision: str = Field(max_length=16)
+    expires_at: int
+    signature: str = Field(max_length=256)
+
+
+class ApprovalPolicyRequest(BaseModel):
+    model_config = _STRICT
+    document: dict[str, Any]
+    approval: str | None = Field(default=None, max_length=64)
+
+
+class CeremonyRequest(BaseModel):
+    model_config = _STRICT
+    kind: str = Field(max_length=16)
+    ttl_seconds: int = 900
+    params: dict[str, Any] = Field(default_factory=dict)
+    set: str | None = Field(default=None, max_length=64)
+    approval: str | None = Field(default=None, max_length=64)
+
+
+class ShareSubmission(BaseModel):
+    model_config = _STRICT
+    custodian: str = Field(max_length=64)
+    sealed: str = Field(max_length=8192)
+    signature: str = Field(max_length=256)
+
+
+class CeremonyCancel(BaseModel):
+    model_config = _STRICT
+    custodian: str = Field(max_length=64)
+    signature: str = Field(max_length=256)
+
+
+class ApprovalOnly(BaseModel):
+    model_config = _STRICT
+    approval: str | None = Field(default=None, max_length=64)
+
+
+class RetireRequest(BaseModel):
+    model_config = _STRICT
+    version: int
+
+
+class ExportRequest(BaseModel):
+    model_config = _STRICT
+    hpke: HPKEKey
+    approval: str | None = Field(default=None, max_length=64)

@@ -1,0 +1,320 @@
+"""The broker's multi-party approval service: requests, signed approvals, single-use execution.
+
+Lifecycle of a request (states change only by compare-and-swap in storage)::
+
+    pending ──(enough valid approvals)──▶ approved ──(execution, under its write-ahead intent)──▶ executed
+       │                                      │
+       └──(a valid deny, or expiry)──▶ denied / expired
+
+An operation covered by a rule of the approval policy runs only with the id of
+an approved request whose exact parameters it repeats: the broker recomputes the
+parameter digest from the call itself, so parameters changed after approval do
+not match. Approvals are re-counted under the policy in force at execution time,
+so an approver removed from a group, or whose key was replaced, no longer counts.
+Every step is an audit event; refusals are ``approval.invalid`` with the reason.
+"""
+
+from __future__ import annotations
+
+import json
+import uuid
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from typing import Any, Final
+
+from weightvault.auditlog.events import AuditEvent
+from weightvault.auditlog.log import Receipt
+from weightvault.broker import storage as tables
+from weightvault.broker.storage import BrokerStore
+from weightvault.crypto.secret import random_bytes
+from weightvault.custody.approvals import (
+    DECISIONS,
+    POLICY_CHANGE_OP,
+    ApprovalPolicy,
+    ApprovalRequest,
+    Evaluation,
+    SignedApproval,
+    approval_problem,
+    evaluate,
+    params_digest,
+)
+from weightvault.errors import (
+    ApprovalInvalidError,
+    ApprovalRequiredError,
+    ConflictError,
+    InvalidRequestError,
+    NotFoundError,
+)
+
+__all__ = ["ALWAYS_GATED", "ApprovalService", "Grant"]
+
+#: Operations refused outright unless the approval policy has a rule for them.
+ALWAYS_GATED: Final = frozenset({"key.export", POLICY_CHANGE_OP})
+
+
+@dataclass(frozen=True, slots=True)
+class Grant:
+    """An approved request about to be executed (consume it inside the operation's intent)."""
+
+    request: ApprovalRequest
+    approvers: tuple[str, ...]
+
+
+class ApprovalService:
+    def __init__(
+        self, store: BrokerStore, log: Callable[[AuditEvent], Receipt], broker_id: str, now: Callable[[], int]
+    ) -> None:
+        self.store = store
+        self._log = log
+        self.broker_id = broker_id
+        self._now = now
+
+    # -- the policy ----------------------------------------------------------------------------
+
+    def policy(self) -> ApprovalPolicy | None:
+        row = self.store.approval_policy()
+        return None if row is None else ApprovalPolicy.parse(row[1], row[0])
+
+    def validate_policy(self, document: object) -> ApprovalPolicy:
+        if not isinstance(document, Mapping):
+            raise InvalidRequestError("an approval policy is a JSON object")
+        current = self.policy()
+        return ApprovalPolicy.parse(document, 1 if current is None else current.version + 1)
+
+    def store_policy(self, actor: str, policy: ApprovalPolicy) -> None:
+        with self.store.write() as conn:
+            self.store.insert(
+                conn,
+                tables.approval_policies,
+                {
+                    "version": policy.version,
+                    "document": json.dumps(dict(policy.document), sort_keys=True),
+                    "digest": policy.digest,
+                    "created_by": actor,
+                    "created_at": self._now(),
+                },
+            )
+
+    # -- requests and approvals ------------------------------------------------------------------
+
+    def create_request(
+        self, actor: str, op: str, tenant: str, params: Mapping[str, Any], facts: Mapping[str, Any]
+    ) -> tuple[ApprovalRequest, str]:
+        """Open a request for ``op`` with exactly ``params``; returns it and what it needs.
+
+        Raises:
+            InvalidRequestError: no approval policy, or no rule covers this operation.
+        """
+        policy = self.policy()
+        rule = None if policy is None else policy.rule_for(op, tenant, facts)
+        if policy is None or rule is None:
+            raise InvalidRequestError(f"no approval rule covers {op} for tenant {tenant}")
+        now = self._now()
+        request = ApprovalRequest(
+            id=uuid.uuid4().hex,
+            broker=self.broker_id,
+            op=op,
+            tenant=tenant,
+            params=dict(params),
+            requester=actor,
+            policy_version=policy.version,
+            nonce=random_bytes(16).hex(),
+            not_before=now,
+            expires_at=now + rule.ttl_seconds,
+        )
+        with self.store.write() as conn:
+            self.store.insert(
+                conn,
+                tables.approval_requests,
+                {
+                    "id": request.id,
+                    "tenant_id": tenant,
+                    "op": op,
+                    "document": json.dumps(request.to_json(), sort_keys=True),
+                    "digest": request.digest,
+                    "status": "pending",
+                    "created_at": now,
+                    "updated_at": now,
+                },
+            )
+        self._log(
+            AuditEvent(
+                type="approval.request",
+                tenant=tenant,
+                actor=actor,
+                resource=f"approval:{request.id}",
+                details={
+                    "op": op,
+                    "digest": request.digest,
+                    "params_digest": request.params_digest,
+                    "policy_version": policy.version,
+                    "needs": rule.describe(),
+                },
+            )
+        )
+        return request, rule.describe()
+
+    def request(self, request_id: str) -> tuple[ApprovalRequest, str]:
+        row = self.store.approval_request(request_id)
+        if row is None:
+            raise NotFoundError("no such approval request")
+        return ApprovalRequest.from_json(row[0]), row[1]
+
+    def _approvals(self, request_id: str) -> list[SignedApproval]:
+        return [SignedApproval(a, d, e, s) for a, d, e, s in self.store.approvals_for(request_id)]
+
+    def evaluate(self, request: ApprovalRequest, facts: Mapping[str, Any]) -> Evaluation:
+        policy = self.policy()
+        if policy is None:
+            return Evaluation("pending", (), ("no approval policy",), "an approval policy")
+        return evaluate(policy, request, self._approvals(request.id), facts, self._now())
+
+    def _invalid(self, actor: str, request: ApprovalRequest | None, reason: str, tenant: str = "-") -> None:
+        self._log(
+            AuditEvent(
+                type="approval.invalid",
+                tenant=request.tenant if request is not None else tenant,
+                actor=actor,
+                resource=f"approval:{request.id}" if request is not None else "approval:-",
+                decision="deny",
+                reasons=(reason[:300],),
+            )
+        )
+
+    def submit(
+        self,
+        actor: str,
+        request_id: str,
+        *,
+        approver: str,
+        decision: str,
+        expires_at: int,
+        signature: bytes,
+        facts: Mapping[str, Any],
+    ) -> Evaluation:
+        """Record one signed approval (or denial) and move the request forward.
+
+        The caller (the authenticated principal) must be the approver itself, so an
+        approval needs both the approver's API token and their signing key.
+
+        Raises:
+            ApprovalInvalidError: forged, by the requester, by someone outside the
+                required groups, expired, a second approval by the same approver, or
+                for a request that is no longer pending.
+        """
+        request, status = self.request(request_id)
+        if actor != approver:
+            self._invalid(actor, request, f"principal {actor} submitted an approval as {approver}")
+            raise ApprovalInvalidError("approvals are submitted by the approver themselves")
+        if status != "pending":
+            self._invalid(actor, request, f"request is {status}")
+            raise ApprovalInvalidError(f"the request is {status}")
+        policy = self.policy()
+        rule = None if policy is None else policy.rule_for(request.op, request.tenant, facts)
+        if policy is None or rule is None or decision not in DECISIONS:
+            self._invalid(actor, request, "no rule or bad decision")
+            raise ApprovalInvalidError("this request cannot take approvals")
+        candidate = SignedApproval(approver, decision, expires_at, signature)
+        problem = approval_problem(policy, request, candidate, rule, self._now())
+        if problem is not None:
+            self._invalid(actor, request, problem)
+            raise ApprovalInvalidError(problem)
+        if any(a.approver == approver for a in self._approvals(request.id)):
+            self._invalid(actor, request, f"{approver} already signed this request")
+            raise ApprovalInvalidError(f"{approver} already signed this request")
+        now = self._now()
+        with self.store.write() as conn:
+            self.store.insert(
+                conn,
+                tables.approvals,
+                {
+                    "request_id": request.id,
+                    "approver_id": approver,
+                    "decision": decision,
+                    "expires_at": expires_at,
+                    "signature": signature,
+                    "created_at": now,
+                },
+            )
+        self._log(
+            AuditEvent(
+                type="approval.submit",
+                tenant=request.tenant,
+                actor=actor,
+                resource=f"approval:{request.id}",
+                decision=decision,
+                details={"digest": request.digest, "expires_at": expires_at, "signature": signature.hex()},
+            )
+        )
+        result = evaluate(policy, request, self._approvals(request.id), facts, now)
+        if result.status in ("approved", "denied") and self.store.set_request_status(
+            request.id, "pending", result.status, now
+        ):
+            self._log(
+                AuditEvent(
+                    type=f"approval.{'granted' if result.status == 'approved' else 'denied'}",
+                    tenant=request.tenant,
+                    actor=actor,
+                    resource=f"approval:{request.id}",
+                    decision=result.status,
+                    details={"approvers": list(result.counted), "policy_version": policy.version},
+                )
+            )
+        return result
+
+    # -- enforcement -------------------------------------------------------------------------------
+
+    def require(
+        self,
+        actor: str,
+        op: str,
+        tenant: str,
+        params: Mapping[str, Any],
+        *,
+        facts: Mapping[str, Any],
+        approval: str | None,
+    ) -> Grant | None:
+        """Check that an operation may run; returns the grant to consume, or None when no rule applies.
+
+        Raises:
+            ApprovalRequiredError: a rule applies and no approved request was named.
+            ApprovalInvalidError: the named request is for another operation, another
+                requester or other parameters, or is denied, expired or executed.
+        """
+        policy = self.policy()
+        rule = None if policy is None else policy.rule_for(op, tenant, facts)
+        if rule is None:
+            if op in ALWAYS_GATED:
+                raise ApprovalRequiredError(f"{op} is refused unless an approval policy rule covers it")
+            return None
+        if approval is None:
+            raise ApprovalRequiredError(
+                f"{op} needs approval ({rule.describe()}): open a request (POST /v1/approvals) and pass its id"
+            )
+        request, status = self.request(approval)
+        mismatch = None
+        if request.op != op or request.tenant != tenant:
+            mismatch = "the approved request is for another operation or tenant"
+        elif request.requester != actor:
+            mismatch = "the approved request belongs to another requester"
+        elif request.params_digest != params_digest(params):
+            mismatch = "the parameters differ from the approved request"
+        elif status != "approved":
+            mismatch = f"the request is {status}"
+        if mismatch is None:
+            result = evaluate(policy, request, self._approvals(request.id), facts, self._now())  # type: ignore[arg-type]
+            if result.status != "approved":
+                mismatch = f"the request no longer has the approvals it needs ({result.status}: {rule.describe()})"
+        if mismatch is not None:
+            self._invalid(actor, request, mismatch)
+            raise ApprovalInvalidError(mismatch)
+        return Grant(request, result.counted)
+
+    def consume(self, grant: Grant) -> None:
+        """Single use: approved → executed by compare-and-swap. Call inside the operation's intent.
+
+        Raises:
+            ConflictError: another execution won.
+        """
+        if not self.store.set_request_status(grant.request.id, "approved", "executed", self._now()):
+            raise ConflictError("this approval was already used")

@@ -1,0 +1,411 @@
+"""``weightvault person``, ``custody`` and ``approval``: keys of people, custody ceremonies, approvals.
+
+Custodians and approvers never need the broker's API token to act: their
+signatures are their credentials. Custodians run ``custody submit`` with their
+key file and share file; approvers run ``approval sign`` with their key file and
+their approver API token (an approval needs both).
+"""
+
+from __future__ import annotations
+
+import base64
+import json
+import os
+import stat
+import sys
+from pathlib import Path
+from typing import Any, Final
+
+import click
+
+from weightvault.cli.broker import _client_options, make_anonymous_client, make_client
+from weightvault.errors import ConfigError
+
+__all__ = ["approval", "custody", "person"]
+
+PASSPHRASE_ENV: Final = "WEIGHTVAULT_PASSPHRASE"  # noqa: S105 - the name of a variable, not a secret
+SHARE_KIND: Final = "weightvault.custody-share"
+
+
+def _passphrase(confirm: bool) -> str:
+    import getpass
+
+    value = os.environ.get(PASSPHRASE_ENV)
+    if value:
+        return value
+    if not sys.stdin.isatty():
+        raise ConfigError(f"no terminal to ask for the key's passphrase; set {PASSPHRASE_ENV}")
+    first = getpass.getpass("key passphrase: ")
+    if confirm and getpass.getpass("key passphrase (again): ") != first:
+        raise ConfigError("passphrases do not match")
+    return first
+
+
+def _read_private(path: Path) -> bytes:
+    try:
+        info = path.stat()
+        data = path.read_bytes()
+    except OSError as exc:
+        raise ConfigError(f"{path}: {exc.strerror}") from None
+    if info.st_mode & (stat.S_IRWXG | stat.S_IRWXO):
+        raise ConfigError(f"{path}: key file is accessible by other users (chmod 600 it)")
+    if len(data) > 64 << 10:
+        raise ConfigError(f"{path}: not a key file (too large)")
+    return data
+
+
+def load_person_key(path: Path) -> Any:
+    """A person key file, asking for its passphrase when it is protected."""
+    from weightvault.custody.person import PersonKey
+
+    data = _read_private(path)
+    return PersonKey.from_bytes(data, _passphrase(confirm=False) if PersonKey.is_protected(data) else None)
+
+
+def load_person_public(path: Path) -> Any:
+    from weightvault.custody.person import PersonPublic
+
+    try:
+        doc = json.loads(path.read_text())
+    except (OSError, ValueError) as exc:
+        raise ConfigError(f"{path}: not a public key file ({exc})") from None
+    if not isinstance(doc, dict):
+        raise ConfigError(f"{path}: not a public key file")
+    return PersonPublic.from_json(doc)
+
+
+def _write(path: Path, data: bytes, mode: int, *, overwrite: bool = False) -> None:
+    from weightvault.sealing.atomic import atomic_file
+
+    with atomic_file(path, mode=mode, overwrite=overwrite) as out:
+        out.write(data)
+
+
+def _confirm(text: str, yes: bool) -> None:
+    click.echo(text)
+    if yes:
+        return
+    if not sys.stdin.isatty():
+        raise ConfigError("refusing to sign without confirmation: pass --yes after reading the summary")
+    if not click.confirm("sign?", default=False):
+        raise ConfigError("not signed")
+
+
+# -- person -------------------------------------------------------------------------------------
+
+
+@click.group()
+def person() -> None:
+    """Keys of custodians and approvers."""
+
+
+@person.command("keygen")
+@click.argument("person_id")
+@click.option("--out", type=click.Path(path_type=Path), required=True, help="Private key file (mode 0600).")
+@click.option("--passphrase/--no-passphrase", default=True, show_default=True, help="Protect the key file.")
+def person_keygen(person_id: str, out: Path, passphrase: bool) -> None:
+    """Create a signing and encryption key pair; OUT.pub is the public half to register."""
+    from weightvault.custody.person import PersonKey
+
+    key = PersonKey.generate(person_id)
+    secret = _passphrase(confirm=True) if passphrase else None
+    _write(out, key.to_bytes(secret), 0o600)
+    public = out.with_name(out.name + ".pub")
+    _write(public, (json.dumps(key.public.to_json(), indent=1, sort_keys=True) + "\n").encode(), 0o644)
+    protected = "passphrase-protected" if passphrase else "NOT passphrase-protected"
+    click.echo(f"{person_id}: private key {out} ({protected}), public key {public}")
+
+
+# -- custody --------------------------------------------------------------------------------------
+
+
+@click.group()
+def custody() -> None:
+    """M-of-N custody of the broker's root key: genesis, unseal, verify, rekey, seal."""
+
+
+def share_file_bytes(set_id: str, custodian: str, sealed: bytes) -> bytes:
+    doc = {
+        "kind": SHARE_KIND,
+        "version": 1,
+        "set": set_id,
+        "custodian": custodian,
+        "sealed": base64.b64encode(sealed).decode(),
+    }
+    return (json.dumps(doc, sort_keys=True) + "\n").encode()
+
+
+def _read_share_file(path: Path) -> tuple[str, str, bytes]:
+    try:
+        doc = json.loads(path.read_text())
+        if doc.get("kind") != SHARE_KIND or doc.get("version") != 1:
+            raise ValueError("not a weightvault share file")
+        return str(doc["set"]), str(doc["custodian"]), base64.b64decode(doc["sealed"], validate=True)
+    except (OSError, ValueError, KeyError, TypeError) as exc:
+        raise ConfigError(f"{path}: {exc}") from None
+
+
+@custody.command("genesis")
+@click.option("--config", "config_path", type=click.Path(path_type=Path, exists=True), required=True)
+@click.option("--threshold", type=int, required=True, help="Shares needed to unseal (M).")
+@click.option(
+    "--custodian",
+    "custodians",
+    type=click.Path(path_type=Path, exists=True),
+    multiple=True,
+    required=True,
+    help="A custodian's public key file (N of them). Repeatable.",
+)
+@click.option("--out", type=click.Path(path_type=Path, file_okay=False), help="Where to write the share files.")
+def custody_genesis(config_path: Path, threshold: int, custodians: tuple[Path, ...], out: Path | None) -> None:
+    """Split a stopped broker's root key M-of-N and delete its key file; the broker then starts sealed."""
+    import tomllib
+
+    from weightvault.server.broker_main import load_broker
+
+    config_text = config_path.read_text()
+    root_setting = tomllib.loads(config_text)["keys"]["root"]
+    if root_setting == "custody":
+        raise ConfigError("this broker's root key is already under custody")
+    people = [load_person_public(p) for p in custodians]
+    runtime = load_broker(config_path)
+    try:
+        share_set = runtime.broker.custody_genesis("genesis", None, threshold, people)
+        deliveries = {c.id: runtime.broker.custody.delivery(share_set.id, c.id) for c in share_set.custodians}
+    finally:
+        runtime.close()
+    target = out or config_path.parent / "custody" / share_set.id
+    target.mkdir(parents=True, exist_ok=True)
+    for custodian, sealed in deliveries.items():
+        _write(target / f"{custodian}.share", share_file_bytes(share_set.id, custodian, sealed), 0o600)
+    root_path = Path(root_setting)
+    root_path = root_path if root_path.is_absolute() else config_path.parent / root_path
+    new_config = config_text.replace(f'root = "{root_setting}"', 'root = "custody"')
+    _write(config_path, new_config.encode(), 0o600, overwrite=True)
+    size = root_path.stat().st_size
+    with root_path.open("r+b") as handle:  # best effort: storage may keep old blocks
+        handle.write(bytes(size))
+        handle.flush()
+        os.fsync(handle.fileno())
+    root_path.unlink()
+    click.echo(f"share set {share_set.id}: {threshold} of {len(people)} custodians; key-check value {share_set.kcv}")
+    click.echo(f"  shares (each encrypted to its custodian): {target}/<custodian>.share")
+    click.echo(f"  {root_path} deleted; the broker starts sealed until {threshold} custodians unseal it")
+
+
+@custody.command("status")
+@_client_options
+def custody_status(url: str | None, token: str | None, ca: Path | None) -> None:
+    """Sealed or not, the share sets and open ceremonies (operators)."""
+    with make_client(url, token, ca) as client:
+        click.echo(json.dumps(client.custody_status(), indent=1, sort_keys=True))
+
+
+@custody.command("open")
+@click.argument("kind", type=click.Choice(["unseal", "verify", "rekey"]))
+@click.option("--ttl", type=int, default=900, show_default=True, help="Seconds before the ceremony expires.")
+@click.option("--set", "share_set", help="Share set to verify (default: the pending set, else the active one).")
+@click.option("--threshold", type=int, help="Rekey: the new M.")
+@click.option(
+    "--custodian",
+    "custodians",
+    type=click.Path(path_type=Path, exists=True),
+    multiple=True,
+    help="Rekey: a new custodian's public key file. Repeatable.",
+)
+@click.option("--approval", help='An approved custody.rekey request id, or "new" to open one.')
+@_client_options
+def custody_open(
+    kind: str,
+    ttl: int,
+    share_set: str | None,
+    threshold: int | None,
+    custodians: tuple[Path, ...],
+    approval: str | None,
+    url: str | None,
+    token: str | None,
+    ca: Path | None,
+) -> None:
+    """Open a ceremony (operators); prints the id custodians submit to."""
+    from weightvault.custody.ceremony import rekey_params
+
+    params: dict[str, Any] = {}
+    if kind == "rekey":
+        if threshold is None or not custodians:
+            raise ConfigError("a rekey needs --threshold and the new --custodian keys")
+        params = rekey_params(threshold, [load_person_public(p) for p in custodians])
+    with make_client(url, token, ca) as client:
+        terms = client.open_ceremony(kind, ttl=ttl, params=params, share_set=share_set, approval=approval)
+    click.echo(f"ceremony {terms.id}")
+    click.echo(f"  {kind} of share set {terms.set_id}, expires at {terms.expires_at}")
+
+
+def _describe_terms(terms: Any) -> str:
+    lines = [
+        f"ceremony {terms.id}",
+        f"  kind: {terms.kind}",
+        f"  broker: {terms.broker}",
+        f"  share set: {terms.set_id}",
+        f"  expires at: {terms.expires_at}",
+    ]
+    if terms.kind == "rekey":
+        from weightvault.custody.ceremony import parse_rekey_params
+
+        new_threshold, people = parse_rekey_params(terms.params)
+        lines.append(f"  NEW custody: {new_threshold} of {len(people)}: {', '.join(p.id for p in people)}")
+        for p in people:
+            lines.append(f"    {p.id}: signing key {p.signing.hex()}")
+    return "\n".join(lines)
+
+
+@custody.command("submit")
+@click.argument("ceremony_id")
+@click.option("--key", "key_path", type=click.Path(path_type=Path, exists=True), required=True)
+@click.option("--share", "share_path", type=click.Path(path_type=Path, exists=True), required=True)
+@click.option("--yes", is_flag=True, help="Do not ask for confirmation after showing the terms.")
+@click.option("--broker", "url", help="Broker URL (default $WEIGHTVAULT_BROKER).")
+@click.option("--ca", type=click.Path(path_type=Path), help="CA bundle for a TLS broker.")
+def custody_submit(
+    ceremony_id: str, key_path: Path, share_path: Path, yes: bool, url: str | None, ca: Path | None
+) -> None:
+    """Submit your share to a ceremony, encrypted to it and signed with your key (custodians)."""
+    from weightvault.custody.ceremony import CeremonyTerms
+    from weightvault.custody.shares import open_delivered
+
+    key = load_person_key(key_path)
+    set_id, custodian, sealed = _read_share_file(share_path)
+    if custodian != key.id:
+        raise ConfigError(f"{share_path} is {custodian}'s share, the key is {key.id}'s")
+    share = open_delivered(key, set_id, sealed)
+    with make_anonymous_client(url, ca) as client:
+        terms = CeremonyTerms.from_json(client.ceremony(ceremony_id))
+        if terms.set_id != set_id:
+            raise ConfigError(f"the ceremony collects shares of set {terms.set_id}; this share is of set {set_id}")
+        _confirm(_describe_terms(terms), yes)
+        result = client.submit_share(ceremony_id, key, share)
+    if result["status"] == "done":
+        click.echo(f"share accepted; ceremony done ({terms.kind} with {', '.join(result['submitted'])})")
+    else:
+        click.echo(f"share accepted: {len(result['submitted'])} of {result['needed']}; ceremony {result['status']}")
+
+
+@custody.command("cancel")
+@click.argument("ceremony_id")
+@click.option("--key", "key_path", type=click.Path(path_type=Path, exists=True), required=True)
+@click.option("--broker", "url", help="Broker URL (default $WEIGHTVAULT_BROKER).")
+@click.option("--ca", type=click.Path(path_type=Path), help="CA bundle for a TLS broker.")
+def custody_cancel(ceremony_id: str, key_path: Path, url: str | None, ca: Path | None) -> None:
+    """Cancel a ceremony with your custodian signature."""
+    key = load_person_key(key_path)
+    with make_anonymous_client(url, ca) as client:
+        client.cancel_ceremony(ceremony_id, key)
+    click.echo(f"ceremony {ceremony_id} cancelled by {key.id}")
+
+
+@custody.command("fetch-share")
+@click.option("--set", "set_id", required=True)
+@click.option("--key", "key_path", type=click.Path(path_type=Path, exists=True), required=True)
+@click.option("--out", type=click.Path(path_type=Path), required=True)
+@click.option("--broker", "url", help="Broker URL (default $WEIGHTVAULT_BROKER).")
+@click.option("--ca", type=click.Path(path_type=Path), help="CA bundle for a TLS broker.")
+def custody_fetch(set_id: str, key_path: Path, out: Path, url: str | None, ca: Path | None) -> None:
+    """Fetch your new share after a rekey (encrypted to you; checked before it is written)."""
+    from weightvault.custody.shares import open_delivered
+
+    key = load_person_key(key_path)
+    with make_anonymous_client(url, ca) as client:
+        sealed = client.delivered_share(set_id, key.id)
+    open_delivered(key, set_id, sealed)
+    _write(out, share_file_bytes(set_id, key.id, sealed), 0o600)
+    click.echo(f"share of {key.id} in set {set_id} written to {out}")
+
+
+@custody.command("seal")
+@_client_options
+def custody_seal(url: str | None, token: str | None, ca: Path | None) -> None:
+    """Seal the broker now: its root key is wiped from memory (any operator; break glass)."""
+    with make_client(url, token, ca) as client:
+        client.seal()
+    click.echo("broker sealed")
+
+
+# -- approvals ------------------------------------------------------------------------------------
+
+
+@click.group()
+def approval() -> None:
+    """Multi-party approval: the approval policy, requests, and signing them."""
+
+
+@approval.command("policy")
+@click.argument("action", type=click.Choice(["show", "put"]))
+@click.argument("document", type=click.Path(path_type=Path, exists=True), required=False)
+@click.option("--approval", "approval_id", help='An approved approval.policy.change request, or "new".')
+@_client_options
+def approval_policy(
+    action: str, document: Path | None, approval_id: str | None, url: str | None, token: str | None, ca: Path | None
+) -> None:
+    """Show the approval policy, or put a new version (after the first, only with approval)."""
+    with make_client(url, token, ca) as client:
+        if action == "show":
+            click.echo(json.dumps(client.request("GET", "/v1/approval-policy"), indent=1, sort_keys=True))
+            return
+        if document is None:
+            raise ConfigError("approval policy put needs a DOCUMENT")
+        try:
+            doc = json.loads(document.read_text())
+        except ValueError as exc:
+            raise ConfigError(f"{document}: not JSON ({exc})") from None
+        version = client.put_approval_policy(doc, approval_id)
+    click.echo(f"approval policy is now version {version}")
+
+
+@approval.command("list")
+@click.option("--status", type=click.Choice(["pending", "approved", "executed", "denied", "expired"]))
+@_client_options
+def approval_list(status: str | None, url: str | None, token: str | None, ca: Path | None) -> None:
+    """List approval requests."""
+    with make_client(url, token, ca) as client:
+        for doc in client.approvals(status):
+            req = doc["request"]
+            click.echo(
+                f"{req['id']}  {doc['status']:<8}  {req['op']:<22} {req['tenant']:<12} by {req['requester']}"
+                f"  needs {doc['needs']}"
+            )
+
+
+@approval.command("show")
+@click.argument("request_id")
+@_client_options
+def approval_show(request_id: str, url: str | None, token: str | None, ca: Path | None) -> None:
+    """Show a request: every parameter, its hashes, its status and approvals."""
+    with make_client(url, token, ca) as client:
+        doc = client.approval(request_id)
+    click.echo(doc["summary"])
+    click.echo(f"status: {doc['status']}; needs {doc['needs']}; counted: {', '.join(doc['counted']) or 'none'}")
+
+
+@approval.command("sign")
+@click.argument("request_id")
+@click.option("--key", "key_path", type=click.Path(path_type=Path, exists=True), required=True)
+@click.option("--deny", is_flag=True, help="Sign a denial instead of an approval.")
+@click.option("--ttl", type=int, default=3600, show_default=True, help="Seconds the approval stays valid.")
+@click.option("--yes", is_flag=True, help="Do not ask for confirmation after showing the summary.")
+@_client_options
+def approval_sign(
+    request_id: str,
+    key_path: Path,
+    deny: bool,
+    ttl: int,
+    yes: bool,
+    url: str | None,
+    token: str | None,
+    ca: Path | None,
+) -> None:
+    """Check a request's digest locally, show it, and sign your approval (or denial) with your key."""
+    key = load_person_key(key_path)
+    with make_client(url, token, ca) as client:
+        doc = client.approval(request_id)
+        _confirm(doc["summary"] + f"\nyou sign as {key.id}: {'DENY' if deny else 'approve'}", yes)
+        result = client.sign_approval(request_id, key, deny=deny, ttl=ttl)
+    click.echo(f"signed; request is {result['status']} (needs {result['needs']})")
