@@ -11,6 +11,7 @@ from __future__ import annotations
 import struct
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 from weightvault import KEK, AEADSuite, FileKey
 from weightvault.crypto.mac import hmac_sha256
@@ -186,6 +187,22 @@ def require_tpm2_pytss() -> None:
         import tpm2_pytss  # noqa: F401
     except ImportError:
         message = "needs tpm2-pytss: apt-get install libtss2-dev pkg-config; pip install -e '.[tpm]'"
+        if os.environ.get("CI") == "true":
+            pytest.fail(message, pytrace=False)
+        pytest.skip(message, allow_module_level=True)
+
+
+def require_module(name: str) -> Any:
+    """Import an optional dependency, or skip (locally) / fail (CI=true) with the reason."""
+    import importlib
+    import os
+
+    import pytest
+
+    try:
+        return importlib.import_module(name)
+    except ImportError:
+        message = f"needs {name}: pip install -e '.[gpu]' (make installs it)"
         if os.environ.get("CI") == "true":
             pytest.fail(message, pytrace=False)
         pytest.skip(message, allow_module_level=True)

@@ -15,6 +15,7 @@ from pathlib import Path
 from types import TracebackType
 from typing import Final
 
+from weightvault.crypto.aead import AEADSuite
 from weightvault.errors import ConfigError
 from weightvault.format.dtypes import DType
 from weightvault.format.header import TensorEntry
@@ -69,19 +70,53 @@ def _as_tensor(owner: mmap.mmap | bytearray, entry: TensorEntry) -> torch.Tensor
     return flat.view(dtype).reshape(entry.shape)
 
 
+def _use_kernels(opened: OpenedFile, target: torch.device, kernels: bool | None) -> bool:
+    """Device kernels: when asked, or by default for CUDA targets and ChaCha20-Poly1305 files."""
+    if kernels is not None:
+        return kernels
+    if target.type != "cuda" or opened.layout.preamble.suite is not AEADSuite.CHACHA20_POLY1305:
+        return False
+    try:
+        import triton  # noqa: F401
+    except ImportError:
+        return False
+    return True
+
+
+def _as_device_tensor(raw: torch.Tensor, entry: TensorEntry) -> torch.Tensor:
+    dtype = torch_dtype(entry.dtype)
+    if entry.nbytes == 0:
+        return torch.empty(entry.shape, dtype=dtype, device=raw.device)
+    return raw.view(dtype).reshape(entry.shape)
+
+
 def load_opened(
     opened: OpenedFile,
     device: str | torch.device = "cpu",
     names: Iterable[str] | None = None,
     progress: Callable[[int], None] | None = None,
+    *,
+    kernels: bool | None = None,
 ) -> dict[str, torch.Tensor]:
-    """Decrypt and verify the named tensors (all covered by the key, by default)."""
+    """Decrypt and verify the named tensors (all covered by the key, by default).
+
+    On a CUDA device a ChaCha20-Poly1305 file is decrypted by the device kernels
+    (:mod:`weightvault.gpu`): ciphertext goes straight into the tensors' device
+    memory and is verified and decrypted there. ``kernels`` forces that path on or
+    off (``True`` on a CPU device runs the kernels under ``TRITON_INTERPRET=1``).
+    """
     if names is None:
         entries = [e for e in opened.entries if opened.keys.has_tensor(e.index)]
     else:
         entries = [opened.entry(n) for n in names]
     for entry in entries:
         torch_dtype(entry.dtype)
+    target = torch.device(device)
+    if _use_kernels(opened, target, kernels):
+        from weightvault.gpu.pipeline import load_to_device
+
+        raw = load_to_device(opened, entries, target, progress)
+        return {e.name: _as_device_tensor(raw[e.name], e) for e in entries}
     owners: list[mmap.mmap | bytearray] = []
 
     def allocate(entry: TensorEntry) -> memoryview:
@@ -93,7 +128,6 @@ def load_opened(
     for view in views:
         view.release()
     out = {e.name: _as_tensor(owner, e) for e, owner in zip(entries, owners, strict=True)}
-    target = torch.device(device)
     if target.type != "cpu":
         out = {name: t.to(target) for name, t in out.items()}
     return out
@@ -105,8 +139,11 @@ def load_file(
     device: str | torch.device = "cpu",
     *,
     progress: Callable[[int], None] | None = None,
+    kernels: bool | None = None,
 ) -> dict[str, torch.Tensor]:
     """Load every tensor of a sealed file, like ``safetensors.torch.load_file``.
+
+    ``device="cuda:0"`` decrypts ChaCha20-Poly1305 files on the GPU (see :func:`load_opened`).
 
     Raises:
         FormatError: the file is malformed or fails authentication.
@@ -115,7 +152,7 @@ def load_file(
     with SealedFile(Path(path)) as sealed:
         opened = sealed.unlock(keys)
         try:
-            return load_opened(opened, device, progress=progress)
+            return load_opened(opened, device, progress=progress, kernels=kernels)
         finally:
             opened.keys.forget()
 
@@ -126,13 +163,14 @@ def load_model(
     device: str | torch.device = "cpu",
     *,
     progress: Callable[[int], None] | None = None,
+    kernels: bool | None = None,
 ) -> dict[str, torch.Tensor]:
     """Load the merged state dict of a sealed model directory (all shards)."""
     model = SealedModel.open(Path(path), keys)
     state: dict[str, torch.Tensor] = {}
     for entry in model.weight_entries():
         with model.open_sealed(entry) as opened:
-            state.update(load_opened(opened, device, progress=progress))
+            state.update(load_opened(opened, device, progress=progress, kernels=kernels))
     return state
 
 

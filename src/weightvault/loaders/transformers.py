@@ -63,9 +63,20 @@ def _concrete_class(model_class: Any, config: Any) -> Any:
     return model_class
 
 
-def from_pretrained(model_class: Any, path: str | Path, keys: KeySource, **kwargs: Any) -> Any:
+def from_pretrained(
+    model_class: Any,
+    path: str | Path,
+    keys: KeySource,
+    *,
+    device: str | torch.device | None = None,
+    kernels: bool | None = None,
+    **kwargs: Any,
+) -> Any:
     """Load a sealed model directory into ``model_class`` (a transformers class, Auto* included).
 
+    With ``device="cuda:0"`` the weights of a ChaCha20-Poly1305 model are decrypted on
+    the GPU (no plaintext in host memory) and the model is placed there; ``kernels``
+    forces the device kernels on or off (see :func:`weightvault.loaders.torch.load_opened`).
     Extra keyword arguments go to ``from_pretrained`` (``dtype``, ``device_map``, ...).
 
     Raises:
@@ -78,7 +89,9 @@ def from_pretrained(model_class: Any, path: str | Path, keys: KeySource, **kwarg
     state: dict[str, Any] = {}
     for entry in model.weight_entries():
         with model.open_sealed(entry) as opened:
-            state.update(load_opened(opened))
+            state.update(load_opened(opened, device or "cpu", kernels=kernels))
+    if device is not None and torch.device(device).type != "cpu":
+        kwargs.setdefault("device_map", {"": str(device)})
     cls = _concrete_class(model_class, config)
     loaded = cls.from_pretrained(None, config=config, state_dict=state, **kwargs)
     state.clear()

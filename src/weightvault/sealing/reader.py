@@ -37,7 +37,7 @@ from weightvault.format.header import HeaderTable, TensorEntry
 from weightvault.format.keys import FileKey, KeyMaterial, TensorKeys, UnlockedKeys, unlock
 from weightvault.format.preamble import MAC_BYTES, PREAMBLE_BYTES, Preamble
 from weightvault.format.recipients import Identity, RecipientsRegion, decode_recipients_region
-from weightvault.format.stream import TensorStream
+from weightvault.format.stream import TensorStream, chunk_aad, chunk_count
 
 __all__ = ["KeySource", "OpenedFile", "SealedFile", "open_sealed"]
 
@@ -247,6 +247,12 @@ class OpenedFile:
             nbytes=entry.nbytes,
             chunk_log2=p.chunk_log2,
         )
+
+    def chunk_aad(self, entry: TensorEntry) -> bytes:
+        """The associated data of every chunk of ``entry`` (docs/format.md section 6)."""
+        p = self.layout.preamble
+        count = chunk_count(entry.nbytes, p.chunk_log2)
+        return chunk_aad(p.file_id, self._digest, entry.index, count, entry.nbytes)
 
     def tags(self, entry: TensorEntry) -> bytes:
         a, b = self.layout.tag_range(entry)
