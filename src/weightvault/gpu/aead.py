@@ -1,19 +1,10 @@
-"""Launchers for the ChaCha20-Poly1305 kernels, and in-place verify-then-decrypt of one tensor.
+"""Launchers for the ChaCha20-Poly1305 kernels (``weightvault.gpu.kernels``).
 
-``decrypt_tensor_`` is the whole AEAD for one tensor already copied (as
-ciphertext) into its destination storage on the device:
-
-1. verify: the Poly1305 kernel computes every chunk's tag over the ciphertext;
-   the tags are compared with the authenticated tag table on the device, and only
-   one boolean crosses back to the host;
-2. decrypt: only if every tag matched, the ChaCha20 kernel XORs the keystream in
-   place. Plaintext never exists on the device for data that failed to verify.
-
-On failure the destination is zeroed (it held only ciphertext) and the same
-``PayloadError`` as the CPU path is raised, naming the first failed chunk.
-A fused single pass would also be safe (nothing is released before the host has
-checked the tags), but the two passes keep the rule simple: no plaintext of
-unverified data, ever, anywhere.
+These are the primitives the device pipeline composes: ``poly1305_tags`` computes
+every chunk's tag of a tensor's ciphertext (or, with an explicit nonce, the RFC 8439
+AEAD tag of one message), ``chacha20_xor_`` applies the keystream in place. Neither
+synchronises with the host; keys and associated data may already live on the
+device, so a whole load uploads them once.
 """
 
 from __future__ import annotations
@@ -23,10 +14,9 @@ from typing import Final
 
 import torch
 
-from weightvault.errors import PayloadError
 from weightvault.gpu.kernels import chacha20_xor_kernel, poly1305_kernel
 
-__all__ = ["chacha20_xor_", "decrypt_tensor_", "key_words", "poly1305_tags"]
+__all__ = ["chacha20_xor_", "key_words", "poly1305_tags"]
 
 #: The interpreter pays per program and per operation, not per element: big tiles keep CPU tests quick.
 _INTERPRET: Final = os.environ.get("TRITON_INTERPRET") == "1"
@@ -84,17 +74,25 @@ def chacha20_xor_(
 def poly1305_tags(
     buf: torch.Tensor,
     key: torch.Tensor,
-    aad: bytes = b"",
+    aad: bytes | torch.Tensor = b"",
     *,
     chunk_log2: int = 30,
     n_chunks: int = 1,
     nonce: bytes | None = None,
     raw_mac: bool = False,
 ) -> torch.Tensor:
-    """Tags (uint8, 16 per chunk) of ``buf``'s chunks: the AEAD tag, or with ``raw_mac`` a bare Poly1305 MAC."""
+    """Tags (uint8, 16 per chunk) of ``buf``'s chunks: the AEAD tag, or with ``raw_mac`` a bare Poly1305 MAC.
+
+    ``aad`` is bytes, or a contiguous uint8 tensor already on ``buf``'s device.
+    """
     device = buf.device
     out = torch.empty(4 * n_chunks, dtype=torch.int32, device=device)
-    aad_t = torch.frombuffer(bytearray(aad or b"\0"), dtype=torch.uint8).to(device)
+    if isinstance(aad, torch.Tensor):
+        aad_len = aad.numel()
+        aad_t = aad if aad_len else torch.zeros(1, dtype=torch.uint8, device=device)
+    else:
+        aad_len = len(aad)
+        aad_t = torch.frombuffer(bytearray(aad or b"\0"), dtype=torch.uint8).to(device)
     source = buf if buf.numel() else torch.zeros(1, dtype=torch.uint8, device=device)
     poly1305_kernel[(n_chunks,)](
         source,
@@ -102,7 +100,7 @@ def poly1305_tags(
         key,
         _nonce_words(nonce, device),
         aad_t,
-        len(aad),
+        aad_len,
         chunk_log2,
         n_chunks,
         out,
@@ -112,27 +110,3 @@ def poly1305_tags(
         RAW_MAC=raw_mac,
     )
     return out.view(torch.uint8)
-
-
-def decrypt_tensor_(
-    buf: torch.Tensor,
-    key: torch.Tensor,
-    *,
-    aad: bytes,
-    tags: torch.Tensor,
-    chunk_log2: int,
-    n_chunks: int,
-    name: str,
-) -> None:
-    """Verify every chunk of ``buf`` against ``tags`` (uint8, on the device), then decrypt in place.
-
-    Raises:
-        PayloadError: a chunk does not authenticate; ``buf`` is zeroed first.
-    """
-    computed = poly1305_tags(buf, key, aad, chunk_log2=chunk_log2, n_chunks=n_chunks)
-    bad = (computed.view(n_chunks, 16) != tags.view(n_chunks, 16)).any(dim=1)
-    if bool(bad.any()):  # the one host synchronisation of the verify pass
-        first = int(torch.nonzero(bad)[0, 0])
-        buf.zero_()
-        raise PayloadError(f"tensor {name!r}: chunk {first} failed authentication")
-    chacha20_xor_(buf, key, chunk_log2=chunk_log2, n_chunks=n_chunks)

@@ -161,3 +161,72 @@ def test_transformers_model_through_the_device_kernels(tmp_path: Path) -> None:
     ids = torch.tensor([[1, 5, 9, 3]])
     with torch.no_grad():
         assert torch.equal(plain(ids).last_hidden_state, ours(ids).last_hidden_state)
+
+
+def test_tags_are_checked_while_later_tensors_are_still_being_copied(
+    case: SealedCase, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The verify pass overlaps the copies: tensor 0's MAC starts before the last tensor has arrived."""
+    import threading
+
+    from weightvault.gpu import aead, pipeline
+
+    first_mac = threading.Event()
+    real = aead.poly1305_tags
+
+    def recording(*args: object, **kwargs: object) -> torch.Tensor:
+        first_mac.set()
+        return real(*args, **kwargs)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(pipeline, "poly1305_tags", recording)
+    with SealedFile(case.sealed) as sealed:
+        opened = sealed.unlock(case.kek)
+        entries = opened.entries
+        copied: list[int] = []
+        seen_before_last: list[bool] = []
+
+        def progress(n: int) -> None:
+            copied.append(n)
+            if len(copied) == sum(1 for e in entries if e.nbytes) - 1:
+                # Hold the reader before the last piece until a MAC has been launched;
+                # a copy-everything-then-verify pipeline would time out here.
+                seen_before_last.append(first_mac.wait(timeout=30))
+
+        out = load_to_device(opened, entries, torch.device("cpu"), progress=progress)
+    assert seen_before_last == [True]
+    assert set(out) == {e.name for e in entries}
+
+
+def test_a_reader_failure_stops_the_load_and_wipes_every_buffer(case: SealedCase) -> None:
+    buffers: list[torch.Tensor] = []
+
+    def allocate(n: int) -> torch.Tensor:
+        buffers.append(torch.full((n,), 0x5A, dtype=torch.uint8))
+        return buffers[-1]
+
+    def progress(n: int) -> None:
+        raise OSError("disk went away")
+
+    with SealedFile(case.sealed) as sealed:
+        opened = sealed.unlock(case.kek)
+        with pytest.raises(OSError, match="disk went away"):
+            load_to_device(opened, opened.entries, torch.device("cpu"), progress=progress, allocate=allocate)
+    assert len(buffers) == 5
+    assert all(int(b.count_nonzero()) == 0 for b in buffers)
+
+
+def test_an_allocation_failure_wipes_what_was_already_allocated(case: SealedCase) -> None:
+    buffers: list[torch.Tensor] = []
+
+    def allocate(n: int) -> torch.Tensor:
+        if len(buffers) == 3:
+            raise MemoryError("device full")
+        buffers.append(torch.full((n,), 0x5A, dtype=torch.uint8))
+        return buffers[-1]
+
+    with SealedFile(case.sealed) as sealed:
+        opened = sealed.unlock(case.kek)
+        with pytest.raises(MemoryError):
+            load_to_device(opened, opened.entries, torch.device("cpu"), allocate=allocate)
+    assert len(buffers) == 3
+    assert all(int(b.count_nonzero()) == 0 for b in buffers)
