@@ -11,6 +11,7 @@ import json
 import os
 import shutil
 import subprocess
+import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -23,6 +24,7 @@ from weightvault.attestation.interfaces import report_data
 from weightvault.client.broker import BrokerClient, BrokerIdentity
 from weightvault.crypto.keywrap import HPKEKem, hpke_generate
 from weightvault.errors import (
+    ChallengeExpiredError,
     ChallengeUsedError,
     ConflictError,
     EvidenceError,
@@ -167,14 +169,29 @@ def test_replayed_quote_against_a_new_challenge(tpm_broker: Broker, device: tupl
     client = tpm_broker.client("acme-wl")
     body, _ = _attest_body(client, tpm, device_id)
     client.request("POST", "/v1/attest", body)
+    start = tpm_broker.audit_size()
     with pytest.raises(ChallengeUsedError):
         client.request("POST", "/v1/attest", body)
+    assert ("challenge_used",) == _last(tpm_broker, start, "attest.fail").reasons
     fresh = client.challenge(device_id)
     replay = {**body, "challenge_id": fresh["challenge_id"]}
     start = tpm_broker.audit_size()
     with pytest.raises(EvidenceError):
         client.request("POST", "/v1/attest", replay)
     assert "report_data_mismatch" in _last(tpm_broker, start, "attest.fail").reasons[0]
+
+
+def test_expired_challenge_with_a_valid_quote(tpm_broker: Broker, device: tuple[str, SWTPM]) -> None:
+    """A genuine quote sent after the challenge's lifetime (3 s here): 410 challenge_expired."""
+    device_id, tpm = device
+    _measure(tpm)
+    client = tpm_broker.client("acme-wl")
+    body, _ = _attest_body(client, tpm, device_id)
+    time.sleep(3.5)
+    start = tpm_broker.audit_size()
+    with pytest.raises(ChallengeExpiredError):
+        client.request("POST", "/v1/attest", body)
+    assert ("challenge_expired",) == _last(tpm_broker, start, "attest.fail").reasons
 
 
 def test_unapproved_workload_digest(tpm_broker: Broker, device: tuple[str, SWTPM]) -> None:
