@@ -18,6 +18,9 @@ to receive such memory skews the comparison. The benchmark therefore first
 touches --warm-memory-gib GiB of memory in a throwaway process (default: most
 of the free memory), so every loader runs on memory the host already backs.
 
+Sealed loads put large tensors on 2 MiB huge pages unless the host reclaims free
+guest memory (``weightvault.loaders._host``); the run says which it used.
+
 Usage: python bench/cpu_load.py [--size-gib 2] [--repeat 3] [--workdir DIR]
 """
 
@@ -130,6 +133,7 @@ def main() -> None:
 
     sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))
     from weightvault import AEADSuite, FileKey, SealOptions, seal_safetensors
+    from weightvault.loaders._host import huge_pages_pay
 
     workdir = Path(args.workdir or tempfile.mkdtemp(prefix="wv-bench-"))
     workdir.mkdir(parents=True, exist_ok=True)
@@ -161,6 +165,11 @@ def main() -> None:
         f"\nCPU load, {data_bytes / 2**30:.2f} GiB in the page cache, {os.cpu_count()} CPUs, median of "
         f"{args.repeat} fresh processes (loaders interleaved). cold = first load in the process, "
         "warm = second load in the same process."
+    )
+    print(
+        "tensor buffers use "
+        + ("2 MiB huge pages" if huge_pages_pay() else "4 KiB pages (the host reclaims free memory, or disabled)")
+        + "; WEIGHTVAULT_HUGEPAGES=auto|1|0 chooses"
     )
     print(f"{'loader':32} {'cold GB/s':>10} {'ratio':>6} {'warm GB/s':>10} {'ratio':>6} {'extra peak MiB':>15}")
     base: dict[str, float] = {}
