@@ -62,9 +62,8 @@ def main() -> int:
     key = FileKey.generate()
     sealed = {}
     for suite in (AEADSuite.CHACHA20_POLY1305, AEADSuite.AES_256_GCM):
-        out = work / f"model.{suite.label}.wvlt"
-        if not out.exists():
-            seal_safetensors(plain, out, file_key=key, options=SealOptions(suite))
+        out = work / f"model.{suite.label}.wvlt"  # resealed every run: the key is new each time
+        seal_safetensors(plain, out, file_key=key, options=SealOptions(suite), overwrite=True)
         sealed[suite] = out
     for path in (plain, *sealed.values()):  # into the page cache
         with path.open("rb") as f:
