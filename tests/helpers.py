@@ -206,3 +206,22 @@ def require_module(name: str) -> Any:
         if os.environ.get("CI") == "true":
             pytest.fail(message, pytrace=False)
         pytest.skip(message, allow_module_level=True)
+
+
+def kernel_device() -> Any:
+    """Where the GPU kernel tests run: CUDA when ``TRITON_INTERPRET=0``, else the CPU under the interpreter.
+
+    The kernel test modules default ``TRITON_INTERPRET`` to 1 (CI has no GPU). On a GPU
+    machine, ``TRITON_INTERPRET=0 pytest tests/unit/gpu`` runs the same tests with the
+    compiled kernels on the device; without CUDA that setting skips them.
+    """
+    import os
+
+    import pytest
+    import torch
+
+    if os.environ.get("TRITON_INTERPRET") != "0":
+        return torch.device("cpu")
+    if not torch.cuda.is_available():
+        pytest.skip("TRITON_INTERPRET=0 needs a CUDA device", allow_module_level=True)
+    return torch.device("cuda:0")

@@ -12,12 +12,13 @@ import numpy as np
 import pytest
 import torch
 
-from tests.helpers import SealedCase, make_sealed_case, require_module
+from tests.helpers import SealedCase, kernel_device, make_sealed_case, require_module
 from weightvault import KEK, AEADSuite, FileKey
 from weightvault.errors import KeyMismatchError, PayloadError, UnsupportedError, WeightVaultError
 from weightvault.sealing.reader import SealedFile
 
 require_module("triton")
+DEVICE = kernel_device()
 
 from weightvault.gpu.pipeline import load_to_device  # noqa: E402
 from weightvault.loaders import torch as wv_torch  # noqa: E402
@@ -44,7 +45,7 @@ def case(tmp_path_factory: pytest.TempPathFactory) -> SealedCase:
 
 
 def test_device_path_gives_the_same_tensors_as_the_cpu_path(case: SealedCase) -> None:
-    ours = wv_torch.load_file(case.sealed, case.kek, kernels=True)
+    ours = {k: v.cpu() for k, v in wv_torch.load_file(case.sealed, case.kek, DEVICE, kernels=True).items()}
     reference = wv_torch.load_file(case.sealed, case.kek, kernels=False)
     assert set(ours) == set(reference)
     for name, tensor in reference.items():
@@ -57,7 +58,7 @@ def _cpu_and_device_errors(path: Path, keys: object) -> tuple[WeightVaultError, 
     errors = []
     for kernels in (False, True):
         with pytest.raises(WeightVaultError) as info:
-            wv_torch.load_file(path, keys, kernels=kernels)  # type: ignore[arg-type]
+            wv_torch.load_file(path, keys, DEVICE if kernels else "cpu", kernels=kernels)  # type: ignore[arg-type]
         errors.append(info.value)
     return errors[0], errors[1]
 
@@ -120,13 +121,13 @@ def test_a_failed_load_leaves_nothing_in_device_memory(case: SealedCase, tmp_pat
     buffers: list[torch.Tensor] = []
 
     def allocate(n: int) -> torch.Tensor:
-        buffers.append(torch.full((n,), 0x5A, dtype=torch.uint8))
+        buffers.append(torch.full((n,), 0x5A, dtype=torch.uint8, device=DEVICE))
         return buffers[-1]
 
     with SealedFile(_tampered(case, tmp_path, flip)) as sealed:
         opened = sealed.unlock(case.kek)
         with pytest.raises(PayloadError, match="'odd': chunk 1"):
-            load_to_device(opened, opened.entries, torch.device("cpu"), allocate=allocate)
+            load_to_device(opened, opened.entries, DEVICE, allocate=allocate)
     assert len(buffers) == 5
     assert all(int(b.count_nonzero()) == 0 for b in buffers)
 
@@ -134,7 +135,7 @@ def test_a_failed_load_leaves_nothing_in_device_memory(case: SealedCase, tmp_pat
 def test_aes_files_use_the_cpu_path(tmp_path: Path, case: SealedCase) -> None:
     aes = make_sealed_case(tmp_path, case.plain, FileKey.generate(), KEK.generate(), AEADSuite.AES_256_GCM)
     with pytest.raises(UnsupportedError, match="chacha20-poly1305"):
-        wv_torch.load_file(aes.sealed, aes.kek, kernels=True)
+        wv_torch.load_file(aes.sealed, aes.kek, DEVICE, kernels=True)
     assert "multi" in wv_torch.load_file(aes.sealed, aes.kek)  # automatic choice: the CPU path
 
 
@@ -157,10 +158,17 @@ def test_transformers_model_through_the_device_kernels(tmp_path: Path) -> None:
         file_key=key,
         options=SealOptions(AEADSuite.CHACHA20_POLY1305, chunk_log2=16),
     )
-    ours = wv_transformers.from_pretrained(transformers.BertModel, tmp_path / "sealed", key, kernels=True).eval()
+    ours = wv_transformers.from_pretrained(
+        transformers.BertModel, tmp_path / "sealed", key, device=DEVICE, kernels=True
+    ).eval()
+    theirs = plain.state_dict()
+    for name, tensor in ours.state_dict().items():
+        assert tensor.device.type == DEVICE.type, name
+        assert torch.equal(tensor.cpu(), theirs[name]), name
     ids = torch.tensor([[1, 5, 9, 3]])
     with torch.no_grad():
-        assert torch.equal(plain(ids).last_hidden_state, ours(ids).last_hidden_state)
+        reference = plain.to(DEVICE)(ids.to(DEVICE)).last_hidden_state
+        assert torch.equal(reference, ours(ids.to(DEVICE)).last_hidden_state)
 
 
 def test_tags_are_checked_while_later_tensors_are_still_being_copied(
@@ -192,7 +200,7 @@ def test_tags_are_checked_while_later_tensors_are_still_being_copied(
                 # a copy-everything-then-verify pipeline would time out here.
                 seen_before_last.append(first_mac.wait(timeout=30))
 
-        out = load_to_device(opened, entries, torch.device("cpu"), progress=progress)
+        out = load_to_device(opened, entries, DEVICE, progress=progress)
     assert seen_before_last == [True]
     assert set(out) == {e.name for e in entries}
 
@@ -201,7 +209,7 @@ def test_a_reader_failure_stops_the_load_and_wipes_every_buffer(case: SealedCase
     buffers: list[torch.Tensor] = []
 
     def allocate(n: int) -> torch.Tensor:
-        buffers.append(torch.full((n,), 0x5A, dtype=torch.uint8))
+        buffers.append(torch.full((n,), 0x5A, dtype=torch.uint8, device=DEVICE))
         return buffers[-1]
 
     def progress(n: int) -> None:
@@ -210,7 +218,7 @@ def test_a_reader_failure_stops_the_load_and_wipes_every_buffer(case: SealedCase
     with SealedFile(case.sealed) as sealed:
         opened = sealed.unlock(case.kek)
         with pytest.raises(OSError, match="disk went away"):
-            load_to_device(opened, opened.entries, torch.device("cpu"), progress=progress, allocate=allocate)
+            load_to_device(opened, opened.entries, DEVICE, progress=progress, allocate=allocate)
     assert len(buffers) == 5
     assert all(int(b.count_nonzero()) == 0 for b in buffers)
 
@@ -221,12 +229,12 @@ def test_an_allocation_failure_wipes_what_was_already_allocated(case: SealedCase
     def allocate(n: int) -> torch.Tensor:
         if len(buffers) == 3:
             raise MemoryError("device full")
-        buffers.append(torch.full((n,), 0x5A, dtype=torch.uint8))
+        buffers.append(torch.full((n,), 0x5A, dtype=torch.uint8, device=DEVICE))
         return buffers[-1]
 
     with SealedFile(case.sealed) as sealed:
         opened = sealed.unlock(case.kek)
         with pytest.raises(MemoryError):
-            load_to_device(opened, opened.entries, torch.device("cpu"), allocate=allocate)
+            load_to_device(opened, opened.entries, DEVICE, allocate=allocate)
     assert len(buffers) == 3
     assert all(int(b.count_nonzero()) == 0 for b in buffers)
