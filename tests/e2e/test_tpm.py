@@ -194,6 +194,94 @@ def test_expired_challenge_with_a_valid_quote(tpm_broker: Broker, device: tuple[
     assert ("challenge_expired",) == _last(tpm_broker, start, "attest.fail").reasons
 
 
+def _token_claims(token: str) -> dict[str, Any]:
+    payload = token.split(".")[1]
+    return json.loads(base64.urlsafe_b64decode(payload + "=" * (-len(payload) % 4)))  # type: ignore[no-any-return]
+
+
+def test_event_log_replays_to_the_quote_and_becomes_claims(
+    tpm_broker: Broker, device: tuple[str, SWTPM], tmp_path: Path
+) -> None:
+    """A measurement log kept beside PCR 23 is replayed against the quote; its events become claims."""
+    from weightvault.attestation.tpm.attester import TPMAttester, record_measurement
+
+    device_id, tpm = device
+    log = tmp_path / "measurements.log"
+    with _tpm_attester(tpm) as attester:
+        value = record_measurement(attester, log, 23, WORKLOAD, "weightvault: serving image v1")
+    assert value == hashlib.sha256(bytes(32) + WORKLOAD).digest()
+    client = tpm_broker.client("acme-wl")
+    with TPMAttester.open(tpm.tcti, [log]) as attester:
+        session, released = client.attest(attester, device_id=device_id, release="acme/models/small@1")
+    flat = json.dumps(_token_claims(session.token))
+    assert "tpm.eventlog.sha256.23" in flat
+    assert WORKLOAD.hex() in flat
+    assert released is not None
+
+
+@pytest.mark.parametrize("edit", ["altered", "dropped", "added", "reordered"])
+def test_a_doctored_event_log_is_refused(tpm_broker: Broker, device: tuple[str, SWTPM], edit: str) -> None:
+    """A log that does not replay to the quoted PCR 23 fails attestation: event_log_mismatch, audited."""
+    from weightvault.attestation.tpm.eventlog import ALG_SHA256, EV_IPL, Event, encode_event_log
+
+    device_id, tpm = device
+    config = hashlib.sha256(b"serving config v1").digest()
+    _measure(tpm)
+    _measure(tpm, config)
+
+    def event(digest: bytes) -> Event:
+        return Event(23, EV_IPL, {ALG_SHA256: digest}, b"weightvault: measurement\x00")
+
+    image, conf, other = event(WORKLOAD), event(config), event(hashlib.sha256(b"something else").digest())
+    events = {
+        "altered": [image, other],
+        "dropped": [image],
+        "added": [image, conf, other],
+        "reordered": [conf, image],
+    }[edit]
+    client = tpm_broker.client("acme-wl")
+    body, _ = _attest_body(client, tpm, device_id)
+    body["evidence"]["event_logs"] = [base64.b64encode(encode_event_log(events)).decode()]
+    start = tpm_broker.audit_size()
+    with pytest.raises(EvidenceError):
+        client.request("POST", "/v1/attest", body)
+    assert "event_log_mismatch" in _last(tpm_broker, start, "attest.fail").reasons[0]
+    body, _ = _attest_body(client, tpm, device_id)  # the honest log, for contrast, attests
+    body["evidence"]["event_logs"] = [base64.b64encode(encode_event_log([image, conf])).decode()]
+    client.request("POST", "/v1/attest", body)
+
+
+def test_record_measurement_refuses_a_log_out_of_step_with_the_tpm(swtpm: SWTPM, tmp_path: Path) -> None:
+    """An extend behind the log's back: the next recording fails, extends nothing and keeps the log."""
+    from weightvault.attestation.tpm.attester import record_measurement
+
+    log = tmp_path / "m.log"
+    with _tpm_attester(swtpm) as attester:
+        record_measurement(attester, log, 23, WORKLOAD, "weightvault: image")
+        attester.extend(23, hashlib.sha256(b"unlogged").digest())
+        before, pcr = log.read_bytes(), attester.read_pcrs([23])[23]
+        with pytest.raises(QuoteError, match="event_log_mismatch"):
+            record_measurement(attester, log, 23, WORKLOAD, "weightvault: image")
+        assert (before, pcr) == (log.read_bytes(), attester.read_pcrs([23])[23])
+
+
+def test_malformed_event_logs_are_refused(tpm_broker: Broker, device: tuple[str, SWTPM]) -> None:
+    device_id, tpm = device
+    client = tpm_broker.client("acme-wl")
+    for logs, reason in (
+        ([base64.b64encode(b"not a log").decode()], "event_log_malformed"),
+        (["%%%"], "not base64"),
+        ("one", "event_logs must be a list"),
+        ([base64.b64encode(b"x").decode()] * 5, "at most 4"),
+    ):
+        body, _ = _attest_body(client, tpm, device_id)
+        body["evidence"]["event_logs"] = logs
+        start = tpm_broker.audit_size()
+        with pytest.raises(EvidenceError):
+            client.request("POST", "/v1/attest", body)
+        assert reason in _last(tpm_broker, start, "attest.fail").reasons[0]
+
+
 def test_unapproved_workload_digest(tpm_broker: Broker, device: tuple[str, SWTPM]) -> None:
     """Another digest in PCR 23 attests (the quote is genuine) but the policy denies the release."""
     device_id, tpm = device
@@ -484,7 +572,12 @@ def test_command_line_enrol_measure_record_load_revoke(tpm_broker: Broker, swtpm
         "device", "enroll", "--tcti", swtpm.tcti, "--id", device_id, "--tenant", "acme", *op
     )
     expected23 = hashlib.sha256(bytes(32) + WORKLOAD).hexdigest()
-    assert expected23 in wv("device", "extend", "--tcti", swtpm.tcti, "--digest", WORKLOAD.hex())
+    log = swtpm.state.parent / f"{device_id}.eventlog"
+    assert f"recorded in {log}" in wv(
+        "device", "extend", "--tcti", swtpm.tcti, "--digest", WORKLOAD.hex(), "--event-log", str(log),
+        "--description", "serving image v1",
+    )  # fmt: skip
+    assert b"weightvault: serving image v1\x00" in log.read_bytes()
     pcrs = json.loads(wv("device", "pcrs", "--tcti", swtpm.tcti, "--json"))
     assert expected23 == pcrs["23"]
     assert "recorded PCRs [7]" in wv(
@@ -495,9 +588,8 @@ def test_command_line_enrol_measure_record_load_revoke(tpm_broker: Broker, swtpm
     assert pcrs["7"] in next(s for s in sets if s["name"] == "secureboot")["items"]
     model = str(tpm_broker.models["acme"])
     wl = ["--token", tpm_broker.tokens["acme-wl"], *broker]
-    report = json.loads(
-        wv("load", model, "--attester", "tpm", "--tcti", swtpm.tcti, "--device-id", device_id, "--json", *wl)
-    )
+    load = ["load", model, "--attester", "tpm", "--tcti", swtpm.tcti, "--device-id", device_id]
+    report = json.loads(wv(*load, "--event-log", str(log), "--json", *wl))
     assert ("tpm", 1) == (report["attester"], report["tensors"])
     bad = _wv_fails("device", "extend", "--tcti", swtpm.tcti, "--digest", "abc")
     assert "64 hex digits" in bad.stderr

@@ -581,6 +581,14 @@ def publish(
 @click.option("--attester", type=click.Choice(["sample", "tpm"]), default="sample", show_default=True)
 @click.option("--device-id", help="The enrolled device this workload runs on.")
 @click.option("--tcti", help="TPM TCTI string (with --attester tpm), e.g. swtpm:host=127.0.0.1,port=2321.")
+@click.option(
+    "--event-log",
+    "event_logs",
+    multiple=True,
+    type=click.Path(path_type=Path),
+    help="TCG event log to send with the quote (repeatable; with --attester tpm), e.g. the firmware's "
+    "/sys/kernel/security/tpm0/binary_bios_measurements or a log kept by 'device extend --event-log'.",
+)
 @click.option("--kem", type=click.Choice(["mlkem768-x25519", "x25519"]), default="mlkem768-x25519", show_default=True)
 @click.option("--json", "as_json", is_flag=True, help="Print a JSON report.")
 @_approval_option
@@ -590,6 +598,7 @@ def load(
     attester: str,
     device_id: str | None,
     tcti: str | None,
+    event_logs: tuple[Path, ...],
     kem: str,
     as_json: bool,
     approval: str | None,
@@ -609,8 +618,10 @@ def load(
 
             if not tcti or not device_id:
                 raise ConfigError("--attester tpm needs --tcti and --device-id")
-            chosen = TPMAttester.open(tcti)
+            chosen = TPMAttester.open(tcti, event_logs)
         else:
+            if event_logs:
+                raise ConfigError("--event-log needs --attester tpm")
             chosen = SampleAttester(device_id=device_id)
         identity = BrokerIdentity(client, chosen, kem=HPKEKem(kem), device_id=device_id, approval=approval)
         t0 = time.perf_counter()
@@ -713,11 +724,24 @@ def device_pcrs(tcti: str, pcrs: tuple[int, ...], as_json: bool) -> None:
 @click.option("--pcr", type=click.IntRange(0, 23), default=23, show_default=True)
 @click.option("--digest", help="SHA-256 digest (hex) to extend.")
 @click.option("--file", "measured", type=click.Path(path_type=Path, exists=True), help="Measure this file (SHA-256).")
-def device_extend(tcti: str, pcr: int, digest: str | None, measured: Path | None) -> None:
+@click.option(
+    "--event-log",
+    type=click.Path(path_type=Path, dir_okay=False),
+    help="Also record the measurement in this TCG event log (created if missing), for 'load --event-log'.",
+)
+@click.option("--description", help="What was measured, recorded in the event log (default: the file name).")
+def device_extend(
+    tcti: str,
+    pcr: int,
+    digest: str | None,
+    measured: Path | None,
+    event_log: Path | None,
+    description: str | None,
+) -> None:
     """Extend a PCR with a workload measurement (for example PCR 23 with the serving image digest)."""
     import hashlib
 
-    from weightvault.attestation.tpm.attester import TPMAttester
+    from weightvault.attestation.tpm.attester import TPMAttester, record_measurement
 
     if (digest is None) == (measured is None):
         raise ConfigError("give exactly one of --digest or --file")
@@ -732,6 +756,10 @@ def device_extend(tcti: str, pcr: int, digest: str | None, measured: Path | None
         if len(raw) != 32:
             raise ConfigError("--digest must be 64 hex digits (a SHA-256 digest)")
     with TPMAttester.open(tcti) as tpm:
-        tpm.extend(pcr, raw)
-        value = tpm.read_pcrs([pcr])[pcr]
-    click.echo(f"sha256:{pcr} is now {value.hex()}")
+        if event_log is not None:
+            label = description or (measured.name if measured is not None else f"digest {raw.hex()}")
+            value = record_measurement(tpm, event_log, pcr, raw, f"weightvault: {label}")
+        else:
+            tpm.extend(pcr, raw)
+            value = tpm.read_pcrs([pcr])[pcr]
+    click.echo(f"sha256:{pcr} is now {value.hex()}" + (f" (recorded in {event_log})" if event_log else ""))

@@ -11,12 +11,23 @@ from __future__ import annotations
 import base64
 import contextlib
 from collections.abc import Mapping, Sequence
+from pathlib import Path
 from typing import Any, Final
 
+from weightvault.attestation.tpm.eventlog import (
+    ALG_SHA256,
+    EV_IPL,
+    MAX_LOG_BYTES,
+    Event,
+    encode_event_log,
+    parse_event_log,
+    replay_sha256,
+)
 from weightvault.attestation.tpm.quote import QuoteEvidence
 from weightvault.errors import ConfigError, QuoteError
+from weightvault.sealing.atomic import atomic_file
 
-__all__ = ["TPMAttester"]
+__all__ = ["TPMAttester", "record_measurement"]
 
 _RSA_EK_CERT: Final = 0x01C00002
 _ECC_EK_CERT: Final = 0x01C0000A
@@ -25,8 +36,9 @@ _ECC_EK_CERT: Final = 0x01C0000A
 class TPMAttester:
     """A connection to one TPM; use as a context manager or call :meth:`close`."""
 
-    def __init__(self, esapi: Any) -> None:
+    def __init__(self, esapi: Any, event_logs: Sequence[Path] = ()) -> None:
         self._e = esapi
+        self.event_logs = [Path(p) for p in event_logs]
         self._ek: Any = None
         self._ek_public: Any = None
         self._ek_cert: bytes | None = None
@@ -34,14 +46,19 @@ class TPMAttester:
         self._ak_public: Any = None
 
     @classmethod
-    def open(cls, tcti: str) -> TPMAttester:
-        """Connect through a TCTI string such as ``swtpm:host=127.0.0.1,port=2321`` or ``device:/dev/tpmrm0``."""
+    def open(cls, tcti: str, event_logs: Sequence[Path] = ()) -> TPMAttester:
+        """Connect through a TCTI string such as ``swtpm:host=127.0.0.1,port=2321`` or ``device:/dev/tpmrm0``.
+
+        ``event_logs`` are TCG event logs sent with every quote (read afresh each time),
+        such as ``/sys/kernel/security/tpm0/binary_bios_measurements`` and the log that
+        :func:`record_measurement` keeps.
+        """
         try:
             import tpm2_pytss
         except ImportError:
             raise ConfigError("TPM support needs tpm2-pytss: pip install 'weightvault[tpm]'") from None
         try:
-            attester = cls(tpm2_pytss.ESAPI(tcti))
+            attester = cls(tpm2_pytss.ESAPI(tcti), event_logs)
         except Exception as exc:
             raise ConfigError(f"cannot reach the TPM at {tcti!r}: {exc}") from None
         attester._flush_stale()
@@ -194,10 +211,59 @@ class TPMAttester:
     def evidence(self, report_data: bytes, challenge: Mapping[str, Any]) -> dict[str, Any]:
         """The broker's ``tpm`` evidence for a challenge (the Attester protocol)."""
         selection = str(challenge.get("tpm", {}).get("pcr_selection", "sha256:0,1,2,3,4,5,6,7,23"))
+        logs = [_read_log(path) for path in self.event_logs]
         quote = self.quote(report_data, selection)
-        return {
+        evidence: dict[str, Any] = {
             "type": "tpm",
             "quote": base64.b64encode(quote.quote).decode(),
             "signature": base64.b64encode(quote.signature).decode(),
             "pcrs": {"sha256": {str(i): v.hex() for i, v in quote.pcrs.items()}},
         }
+        if logs:
+            evidence["event_logs"] = [base64.b64encode(log).decode() for log in logs]
+        return evidence
+
+
+def _read_log(path: Path) -> bytes:
+    try:
+        with path.open("rb") as handle:
+            blob = handle.read(MAX_LOG_BYTES + 1)
+    except OSError as exc:
+        raise ConfigError(f"cannot read the event log {path}: {exc.strerror}") from None
+    if len(blob) > MAX_LOG_BYTES:
+        raise ConfigError(f"event log {path} is larger than {MAX_LOG_BYTES} bytes")
+    return blob
+
+
+def record_measurement(tpm: TPMAttester, log: Path, pcr: int, digest: bytes, description: str) -> bytes:
+    """Extend ``pcr`` with ``digest`` and append the event to the TCG event log at ``log``.
+
+    The log (created if missing) is rewritten atomically after the extend succeeded,
+    so it never lists a measurement the TPM did not take. Returns the new PCR value.
+
+    Raises:
+        QuoteError: the existing log is malformed, or it no longer replays to the
+            PCR's current value (the log and the TPM disagree; nothing is extended).
+        ConfigError: the log cannot be read or written.
+    """
+    events: list[Event] = []
+    if log.exists():
+        parsed = parse_event_log(_read_log(log))
+        if set(parsed.algorithms) != {ALG_SHA256}:
+            raise ConfigError(f"{log} is not a SHA-256 measurement log written by weightvault")
+        events = list(parsed.events)
+        replayed = replay_sha256(parsed).get(pcr, bytes(32))
+        current = tpm.read_pcrs([pcr])[pcr]
+        if replayed != current:
+            raise QuoteError(
+                f"event_log_mismatch: {log} replays PCR {pcr} to {replayed.hex()[:16]}…, "
+                f"the TPM has {current.hex()[:16]}…"
+            )
+    event = Event(pcr, EV_IPL, {ALG_SHA256: digest}, description.encode() + b"\x00")
+    tpm.extend(pcr, digest)
+    try:
+        with atomic_file(log, overwrite=True) as handle:
+            handle.write(encode_event_log([*events, event]))
+    except OSError as exc:
+        raise ConfigError(f"PCR {pcr} was extended but {log} could not be written ({exc.strerror})") from None
+    return tpm.read_pcrs([pcr])[pcr]

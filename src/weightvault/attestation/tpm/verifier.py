@@ -1,4 +1,12 @@
-"""The ``tpm`` verifier: TPM 2.0 quotes from enrolled, activated devices."""
+"""The ``tpm`` verifier: TPM 2.0 quotes from enrolled, activated devices.
+
+Evidence: ``{"type": "tpm", "quote": b64, "signature": b64, "pcrs": {"sha256": {i: hex}}}``
+and optionally ``"event_logs": [b64, ...]`` (at most four TCG crypto-agile logs, for
+example the firmware's and the workload's). Each log is replayed against the quoted
+PCRs (:mod:`weightvault.attestation.tpm.eventlog`); the events of every PCR that a log
+extends and the quote covers become the claim ``tpm.eventlog.sha256.<pcr>``, the list
+of their SHA-256 digests in order, which policies test with ``contains``.
+"""
 
 from __future__ import annotations
 
@@ -17,12 +25,15 @@ from weightvault.attestation.interfaces import (
     evidence_digest,
 )
 from weightvault.attestation.tpm.enrolment import EnrolmentFacts, check_enrolment
+from weightvault.attestation.tpm.eventlog import check_event_logs
 from weightvault.attestation.tpm.quote import QuoteEvidence, check_quote
 from weightvault.errors import ConfigError, EvidenceError, QuoteError
 
 __all__ = ["DEFAULT_PCRS", "TPMVerifier"]
 
 DEFAULT_PCRS: Final = (0, 1, 2, 3, 4, 5, 6, 7, 23)
+_MAX_LOGS: Final = 4
+_FIELDS: Final = frozenset({"type", "quote", "signature", "pcrs"})
 
 
 def _b64(value: object, what: str) -> bytes:
@@ -78,8 +89,12 @@ class TPMVerifier(BaseVerifier):
             raise QuoteError("ak_not_activated: the device's AK was never activated")
         if device.status != "active":
             raise QuoteError(f"device_{device.status}: the device is not active")
-        if set(evidence) != {"type", "quote", "signature", "pcrs"}:
-            raise EvidenceError("tpm evidence is {type, quote, signature, pcrs}")
+        if not _FIELDS <= set(evidence) <= _FIELDS | {"event_logs"}:
+            raise EvidenceError("tpm evidence is {type, quote, signature, pcrs} and optionally event_logs")
+        raw_logs = evidence.get("event_logs", [])
+        if not isinstance(raw_logs, list) or len(raw_logs) > _MAX_LOGS:
+            raise EvidenceError(f"event_logs must be a list of at most {_MAX_LOGS} base64 logs")
+        logs = [_b64(log, "event log") for log in raw_logs]
         raw_pcrs = evidence["pcrs"]
         if not isinstance(raw_pcrs, dict) or set(raw_pcrs) != {"sha256"} or not isinstance(raw_pcrs["sha256"], dict):
             raise EvidenceError('pcrs must be {"sha256": {index: hex}}')
@@ -97,6 +112,9 @@ class TPMVerifier(BaseVerifier):
             ak, context.expected_report_data, quote, required_pcrs=self.pcrs, previous=context.device_state
         )
         claims: dict[str, ClaimValue] = {f"tpm.pcr.sha256.{i}": v.hex() for i, v in check.pcrs.items()}
+        # Only after the quote verified: the logs are checked against PCR values the TPM signed.
+        for pcr, digests in check_event_logs(logs, check.pcrs).items():
+            claims[f"tpm.eventlog.sha256.{pcr}"] = digests
         claims.update(
             {
                 "tpm.reset_count": check.reset_count,
