@@ -171,3 +171,44 @@ def test_audit_show_and_monitor_cli(tmp_path: Path, keys: dict[str, Path]) -> No
     failed = wv("audit", "monitor", "--db", db, check=False)
     assert 40 == failed.returncode
     assert "release-without-intent" in failed.stdout
+
+
+def test_audit_monitor_follows_a_served_log_and_stops_on_a_rewrite(tmp_path: Path, keys: dict[str, Path]) -> None:
+    """monitor --url verifies every entry against the signed root; it reports violations, and a rewritten
+    history stops it with an error instead of a clean report."""
+    import sqlite3
+
+    log_key = NoteSigner.from_skey(keys["log"].read_text())
+    db = tmp_path / "audit.db"
+    with AuditLog(db, log_key) as log:
+        for i in range(300):
+            log.submit(_event(i))
+        log.append(AuditEvent(type="policy.decision", tenant="acme", actor="wl", resource="acme/m", decision="allow"))
+        log.append(
+            AuditEvent(type="key.release.intent", tenant="acme", actor="wl", resource="acme/m", refs={"decision": 300})
+        )
+        log.append(
+            AuditEvent(type="key.release.done", tenant="acme", actor="wl", resource="acme/m", refs={"intent": 301})
+        )
+    port = free_port()
+    vkey = str(keys["log"]) + ".vkey"
+    with serve(["audit", "serve", "--db", str(db), "--port", str(port)], port, ready_path="/checkpoint") as url:
+        state = tmp_path / "seen.json"
+        ok = wv("audit", "monitor", "--url", url, "--log-key", vkey, "--state", state)
+        assert "OK: 303 entries, no violations" in ok.stdout
+        assert json.loads(state.read_text())[log_key.name]["size"] == 303
+        with AuditLog(db, log_key) as log:
+            log.append(AuditEvent(type="key.release.done", tenant="acme", actor="wl", resource="acme/m"))
+        failed = wv("audit", "monitor", "--url", url, "--log-key", vkey, "--state", state, check=False)
+        assert 40 == failed.returncode
+        assert "release-without-intent at entry 303" in failed.stdout
+        conn = sqlite3.connect(db)
+        conn.execute("UPDATE entries SET data = replace(data, 'op:7', 'op:X') WHERE idx = 7")
+        conn.commit()
+        conn.close()
+        forged = wv("audit", "monitor", "--url", url, "--log-key", vkey, check=False)
+        assert forged.returncode not in (0, 40)
+        assert "do not hash to the root" in forged.stderr
+        assert 1 == len(forged.stderr.strip().splitlines())
+        unsigned = wv("audit", "monitor", "--url", url, "--log-key", str(keys["w1"]) + ".vkey", check=False)
+        assert unsigned.returncode not in (0, 40)

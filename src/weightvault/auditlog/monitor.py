@@ -46,6 +46,11 @@ class Monitor:
     _last_ts: int = 0
     _next: int = 0
 
+    @property
+    def entries(self) -> int:
+        """How many entries have been fed (the next expected index)."""
+        return self._next
+
     def feed(self, index: int, event: AuditEvent) -> list[Violation]:
         """Check one event; returns the violations it caused."""
         found: list[Violation] = []

@@ -35,7 +35,15 @@ from weightvault.auditlog.policy import WitnessPolicy
 from weightvault.auditlog.storage import LogStorage
 from weightvault.errors import AuditLogError, InclusionProofError
 
-__all__ = ["TileExport", "export_tiles", "read_export", "verify_export", "verify_export_path", "write_tarball"]
+__all__ = [
+    "TileExport",
+    "export_tiles",
+    "parse_entry_bundle",
+    "read_export",
+    "verify_export",
+    "verify_export_path",
+    "write_tarball",
+]
 
 _MAX_ENTRY: int = 0xFFFF
 
@@ -117,6 +125,15 @@ def _bundle(data: bytes, width: int, path: str) -> Iterator[bytes]:
         at += 2 + n
     if at != len(data):
         raise InclusionProofError(f"{path} has trailing bytes")
+
+
+def parse_entry_bundle(data: bytes, width: int, path: str) -> list[bytes]:
+    """The ``width`` entries of an entry bundle (big-endian u16 length, then the entry, each).
+
+    Raises:
+        InclusionProofError: the bundle is truncated or has trailing bytes.
+    """
+    return list(_bundle(data, width, path))
 
 
 def verify_export(

@@ -226,17 +226,81 @@ def audit_verify(
         )
 
 
+_MAX_TILE_BYTES = 17 << 20  # a full entry bundle: 256 entries of at most 64 KiB, with length prefixes
+
+
+def _http_fetch(base: str, token: str | None, ca: Path | None) -> tuple[Any, Callable[[str], bytes | None]]:
+    """An httpx client and a tiles ``fetch`` over it (None for 404, bounded responses)."""
+    import httpx
+
+    from weightvault.cli.broker import _read_token
+    from weightvault.errors import InclusionProofError, TransportError
+
+    headers = {"authorization": f"Bearer {_read_token(token)}"} if token else {}
+    client = httpx.Client(
+        base_url=base.rstrip("/") + "/", headers=headers, timeout=30.0, verify=str(ca) if ca else True
+    )
+
+    def fetch(path: str) -> bytes | None:
+        try:
+            with client.stream("GET", path) as reply:
+                if reply.status_code == 404:
+                    return None
+                if reply.status_code != 200:
+                    raise TransportError(f"{base}/{path}: HTTP {reply.status_code}")
+                body = bytearray()
+                for chunk in reply.iter_bytes():
+                    body += chunk
+                    if len(body) > _MAX_TILE_BYTES:
+                        raise InclusionProofError(f"{base}/{path} is larger than any tile")
+                return bytes(body)
+        except httpx.HTTPError as exc:
+            raise TransportError(f"{base}/{path}: {type(exc).__name__}") from None
+
+    return client, fetch
+
+
 @audit.command("monitor")
 @click.option("--db", type=click.Path(path_type=Path), help="Read a log database directly.")
 @click.option("--export", "export_path", type=click.Path(path_type=Path), help="Read a verified tiles export.")
-@click.option("--log-key", help="The log's verifier key (needed with --export).")
-@click.option("--follow", is_flag=True, help="Keep tailing the database.")
+@click.option(
+    "--url",
+    help="Follow a log over its tiles API (weightvault audit serve, or a broker's /v1/audit), verifying every entry.",
+)
+@click.option("--log-key", help="The log's verifier key (needed with --export and --url).")
+@click.option("--policy", "policy_file", type=click.Path(path_type=Path), help="A tlog-policy file (witnesses).")
+@click.option("--witness", "witnesses", multiple=True, help="A witness vkey (text or file). Repeatable.")
+@click.option("--quorum", type=int, default=1, show_default=True, help="Cosignatures needed from --witness keys.")
+@click.option("--max-age", type=int, help="Reject cosignatures older than this many seconds.")
+@click.option("--state", type=click.Path(path_type=Path), help="With --url: remember the verified checkpoint here.")
+@click.option("--token", help="With --url: bearer token (or @file) for a broker's /v1/audit.")
+@click.option("--ca", type=click.Path(path_type=Path), help="With --url: CA bundle for TLS.")
+@click.option("--follow", is_flag=True, help="Keep tailing the database or URL.")
 @click.option("--interval", type=float, default=2.0, show_default=True, help="Seconds between polls with --follow.")
 @click.option("--max-open", type=int, default=60, show_default=True, help="Seconds an intent may stay open.")
 def audit_monitor(
-    db: Path | None, export_path: Path | None, log_key: str | None, follow: bool, interval: float, max_open: int
+    db: Path | None,
+    export_path: Path | None,
+    url: str | None,
+    log_key: str | None,
+    policy_file: Path | None,
+    witnesses: tuple[str, ...],
+    quorum: int,
+    max_age: int | None,
+    state: Path | None,
+    token: str | None,
+    ca: Path | None,
+    follow: bool,
+    interval: float,
+    max_open: int,
 ) -> None:
-    """Check semantic invariants: releases need an intent and an allow, no release for revoked devices, ..."""
+    """Check semantic invariants: releases need an intent and an allow, no release for revoked devices, ...
+
+    With --url the log is followed as an outside auditor would: every checkpoint's
+    signature and witness quorum is verified, and every entry is hashed into a tree
+    that must reproduce the signed root, so a rewritten, reordered, truncated or
+    forked history stops the monitor with an error instead of being checked.
+    """
     monitor = Monitor(max_open_ms=max_open * 1000)
     found = 0
 
@@ -245,13 +309,40 @@ def audit_monitor(
         found += 1
         click.echo(f"VIOLATION {rule} at entry {index}: {message}")
 
+    if sum(x is not None for x in (db, export_path, url)) != 1:
+        raise ConfigError("give one of --db, --export or --url")
+    if (export_path is not None or url is not None) and log_key is None:
+        raise ConfigError("--export and --url need --log-key")
     if export_path is not None:
-        if log_key is None:
-            raise ConfigError("--export needs --log-key")
-        export = verify_export(read_export(export_path), read_vkey(log_key), WitnessPolicy({}), now=int(time.time()))
+        policy = read_policy(policy_file, witnesses, quorum)
+        export = verify_export(
+            read_export(export_path), read_vkey(str(log_key)), policy, now=int(time.time()), max_age_seconds=max_age
+        )
         for index, data in enumerate(export.entries):
             for v in monitor.feed(index, decode_event(data)):
                 report(v.index, v.rule, v.message)
+    elif url is not None:
+        from weightvault.auditlog.follower import TileFollower
+
+        policy = read_policy(policy_file, witnesses, quorum)
+        client, fetch = _http_fetch(url, token, ca)
+        with client:
+            follower = TileFollower(
+                fetch,
+                read_vkey(str(log_key)),
+                policy,
+                clock=time.time,
+                max_age_seconds=max_age,
+                state=TrustedState(state) if state is not None else None,
+            )
+            while True:
+                polled = follower.poll()
+                for offset, data in enumerate(polled.entries):
+                    for v in monitor.feed(polled.start + offset, decode_event(data)):
+                        report(v.index, v.rule, v.message)
+                if not follow:
+                    break
+                time.sleep(interval)
     elif db is not None:
         with open_reader(db) as log:
             position = 0
@@ -263,14 +354,12 @@ def audit_monitor(
                 if not follow:
                     break
                 time.sleep(interval)
-    else:
-        raise ConfigError("give --db or --export")
     for v in monitor.finish(int(time.time() * 1000)):
         report(v.index, v.rule, v.message)
     if found:
         click.echo(f"{found} violation(s)", err=True)
         sys.exit(40)
-    click.echo(f"OK: {monitor._next} entries, no violations")
+    click.echo(f"OK: {monitor.entries} entries, no violations")
 
 
 @audit.command("serve")
