@@ -145,18 +145,23 @@ def main() -> int:
             device_id = "demo-gpu-box"
             t0 = time.perf_counter()
             operator.enrol_tpm_device(attester, device_id, ["demo"])
+            from weightvault.attestation.tpm.attester import record_measurement
+
             image = hashlib.sha256(b"weightvault demo serving image v1").digest()
-            attester.extend(23, image)  # type: ignore[attr-defined]
+            measurements = base / "measurements.log"
+            record_measurement(attester, measurements, 23, image, "weightvault: demo serving image v1")  # type: ignore[arg-type]
+            attester.event_logs = [measurements]  # type: ignore[attr-defined]  # sent with every quote, replayed by the broker
             pcrs = attester.read_pcrs([7, 23])  # type: ignore[attr-defined]
             admin.put_refset("demo", "secureboot", [pcrs[7].hex()])
             conditions += [
                 {"claim": "device.kind", "equals": "tpm"},
                 {"claim": "tpm.pcr.sha256.7", "in": {"refset": "secureboot"}},
                 {"claim": "tpm.pcr.sha256.23", "equals": hashlib.sha256(bytes(32) + image).hexdigest()},
+                {"claim": "tpm.eventlog.sha256.23", "contains": image.hex()},
             ]
             console.print(
                 f"   TPM {device_id} enrolled in {time.perf_counter() - t0:.2f} s: EK certificate chained to the "
-                "manufacturer CA, AK activated by credential; serving image measured into PCR 23"
+                "manufacturer CA, AK activated by credential; serving image measured into PCR 23 and its event log"
             )
         else:
             console.print(
