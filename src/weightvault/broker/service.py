@@ -39,6 +39,7 @@ from weightvault.auditlog.events import AuditEvent, SensitiveHasher, digest_json
 from weightvault.auditlog.log import AuditSink, Receipt, write_ahead
 from weightvault.broker import storage as tables
 from weightvault.broker.approvals import ApprovalService, Grant
+from weightvault.broker.bindings import export_info, registration_info, release_info
 from weightvault.broker.custody import CustodyService
 from weightvault.broker.keystore import (
     RootKey,
@@ -82,9 +83,6 @@ __all__ = [
     "Principal",
     "ReleaseOutcome",
     "Role",
-    "export_info",
-    "registration_info",
-    "release_info",
 ]
 
 _TOKEN_PREFIX: Final = "wv1_"  # noqa: S105 - the token format prefix, not a secret
@@ -159,21 +157,6 @@ class AttestOutcome:
 
 
 DEFAULT_SETTINGS: Final = BrokerSettings()
-
-
-def registration_info(tenant: str, name: str, version: str) -> bytes:
-    """HPKE info binding a publisher's sealed file key to the model it registers."""
-    return b"weightvault/v1 register\x00" + rfc8785.dumps({"tenant": tenant, "name": name, "version": version})
-
-
-def export_info(tenant: str, resource: str) -> bytes:
-    """HPKE info binding an exported file key to its tenant and model."""
-    return b"weightvault/v1 export\x00" + rfc8785.dumps({"tenant": tenant, "resource": resource})
-
-
-def release_info(tenant: str, resource: str, jti: str) -> bytes:
-    """HPKE info binding a released payload to its tenant, model and token."""
-    return b"weightvault/v1 release\x00" + rfc8785.dumps({"tenant": tenant, "resource": resource, "jti": jti})
 
 
 def _check_name(value: str, what: str, max_len: int = 64) -> str:

@@ -22,6 +22,7 @@ import httpx
 from weightvault import errors as e
 from weightvault.attestation.interfaces import report_data
 from weightvault.attestation.unsafe import sample_evidence
+from weightvault.broker.bindings import export_info, registration_info, release_info
 from weightvault.crypto.keywrap import HPKEKem, InvalidTag, hpke_generate, hpke_open, hpke_seal
 from weightvault.custody.approvals import ApprovalRequest, approval_message
 from weightvault.custody.ceremony import CeremonyTerms, cancel_message, prepare_submission
@@ -131,24 +132,6 @@ class ReleasedKeys:
             self.file_key.wipe()
         for grant in self.grants.values():
             grant.wipe()
-
-
-def _release_info(tenant: str, resource: str, jti: str) -> bytes:
-    import rfc8785
-
-    return b"weightvault/v1 release\x00" + rfc8785.dumps({"tenant": tenant, "resource": resource, "jti": jti})
-
-
-def _export_info(tenant: str, resource: str) -> bytes:
-    import rfc8785
-
-    return b"weightvault/v1 export\x00" + rfc8785.dumps({"tenant": tenant, "resource": resource})
-
-
-def _registration_info(tenant: str, name: str, version: str) -> bytes:
-    import rfc8785
-
-    return b"weightvault/v1 register\x00" + rfc8785.dumps({"tenant": tenant, "name": name, "version": version})
 
 
 class BrokerClient:
@@ -271,7 +254,7 @@ class BrokerClient:
     def _open_release(self, session: Session, tenant: str, answer: Mapping[str, Any], resource: str) -> ReleasedKeys:
         if answer.get("resource") != resource or answer.get("jti") != session.jti:
             raise e.KeyAccessError("the broker answered for another resource or session")
-        plaintext = session.open(base64.b64decode(answer["sealed"]), _release_info(tenant, resource, session.jti))
+        plaintext = session.open(base64.b64decode(answer["sealed"]), release_info(tenant, resource, session.jti))
         doc = json.loads(plaintext)
         if doc.get("tenant") != tenant or doc.get("resource") != resource or doc.get("jti") != session.jti:
             raise e.KeyAccessError("the release payload is bound to another tenant, resource or session")
@@ -355,7 +338,7 @@ class BrokerClient:
     ) -> str:
         """Register a model; the file key travels HPKE-sealed to the broker's registration key."""
         kem, public = self.registration_key()
-        sealed = hpke_seal(kem, public, file_key.reveal(), _registration_info(tenant, name, version))
+        sealed = hpke_seal(kem, public, file_key.reveal(), registration_info(tenant, name, version))
         body = {
             "name": name,
             "version": version,
@@ -473,7 +456,7 @@ class BrokerClient:
         resource = f"{tenant}/models/{name}@{version}"
         try:
             raw = hpke_open(
-                recipient.kem, recipient.reveal(), base64.b64decode(answer["sealed"]), _export_info(tenant, resource)
+                recipient.kem, recipient.reveal(), base64.b64decode(answer["sealed"]), export_info(tenant, resource)
             )
         except InvalidTag:
             raise e.KeyAccessError("the exported key does not open for this recipient and model") from None
