@@ -229,22 +229,9 @@ class ApprovalRequest:
 
     @property
     def digest(self) -> str:
+        """SHA-256 over the canonical JSON of every field (as :meth:`to_json` lists them) and the purpose."""
         return hashlib.sha256(
-            canonical_json(
-                {
-                    "purpose": "weightvault/v1 approval-request",
-                    "broker": self.broker,
-                    "id": self.id,
-                    "op": self.op,
-                    "tenant": self.tenant,
-                    "params": dict(self.params),
-                    "requester": self.requester,
-                    "policy_version": self.policy_version,
-                    "nonce": self.nonce,
-                    "not_before": self.not_before,
-                    "expires_at": self.expires_at,
-                }
-            )
+            canonical_json({"purpose": "weightvault/v1 approval-request", **self.to_json()})
         ).hexdigest()
 
     @property

@@ -71,26 +71,8 @@ class CeremonyTerms:
     expires_at: int
     key: bytes
 
-    @property
-    def id(self) -> str:
-        return hashlib.sha256(
-            canonical_json(
-                {
-                    "purpose": "weightvault/v1 custody-ceremony",
-                    "broker": self.broker,
-                    "kind": self.kind,
-                    "set": self.set_id,
-                    "params": dict(self.params),
-                    "nonce": self.nonce,
-                    "expires_at": self.expires_at,
-                    "key": self.key.hex(),
-                }
-            )
-        ).hexdigest()
-
-    def to_json(self) -> dict[str, Any]:
+    def _fields(self) -> dict[str, Any]:
         return {
-            "id": self.id,
             "broker": self.broker,
             "kind": self.kind,
             "set": self.set_id,
@@ -99,6 +81,16 @@ class CeremonyTerms:
             "expires_at": self.expires_at,
             "key": self.key.hex(),
         }
+
+    @property
+    def id(self) -> str:
+        """SHA-256 over the canonical JSON of every term and the purpose."""
+        return hashlib.sha256(
+            canonical_json({"purpose": "weightvault/v1 custody-ceremony", **self._fields()})
+        ).hexdigest()
+
+    def to_json(self) -> dict[str, Any]:
+        return {"id": self.id, **self._fields()}
 
     @classmethod
     def from_json(cls, doc: Mapping[str, Any]) -> CeremonyTerms:
