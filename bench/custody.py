@@ -32,7 +32,7 @@ def main() -> None:
     sys.path.insert(0, str(root / "src"))
     sys.path.insert(0, str(root))
 
-    from tests.e2e.servers import free_port, serve
+    from tests.e2e.servers import serve_broker, set_rate_limit
 
     from weightvault.client.broker import BrokerClient
     from weightvault.crypto.secret import random_bytes
@@ -63,13 +63,9 @@ def main() -> None:
     work = Path(tempfile.mkdtemp(prefix="wv-custody-bench-"))
     base = work / "broker"
     subprocess.run([sys.executable, "-m", "weightvault", "broker", "init", str(base)], check=True, capture_output=True)
-    text = (base / "broker.toml").read_text().replace("rate_per_second = 200", "rate_per_second = 100000")
-    (base / "broker.toml").write_text(text.replace("burst = 400", "burst = 100000"))
+    set_rate_limit(base, 100_000, 100_000)
     approvers = {n: PersonKey.generate(n) for n in ("alice", "bob")}
-    port = free_port()
-    with serve(
-        ["broker", "serve", "--config", str(base / "broker.toml"), "--port", str(port)], port, ready_path="/v1/health"
-    ) as url:
+    with serve_broker(base) as url:
         op = BrokerClient(url, (base / "operator.token").read_text().strip())
         op.create_tenant("gated")
         op.create_tenant("open")

@@ -36,7 +36,7 @@ def main() -> None:
     sys.path.insert(0, str(root / "src"))
     sys.path.insert(0, str(root))
 
-    from tests.e2e.servers import free_port, serve
+    from tests.e2e.servers import serve_broker, set_rate_limit
     from tests.e2e.swtpm import SWTPM, make_template
 
     from weightvault import FileKey
@@ -64,21 +64,10 @@ def main() -> None:
         check=True,
         capture_output=True,
     )
-    config = (base / "broker.toml").read_text()
-    config = config.replace("rate_per_second = 200", "rate_per_second = 100000").replace(
-        "burst = 400", "burst = 100000"
-    )
-    (base / "broker.toml").write_text(config)
+    set_rate_limit(base, 100_000, 100_000)
     image = hashlib.sha256(b"bench serving image").digest()
-    port = free_port()
     with contextlib.ExitStack() as stack:
-        url = stack.enter_context(
-            serve(
-                ["broker", "serve", "--config", str(base / "broker.toml"), "--port", str(port)],
-                port,
-                ready_path="/v1/health",
-            )
-        )
+        url = stack.enter_context(serve_broker(base))
         op = BrokerClient(url, (base / "operator.token").read_text().strip())
         op.create_tenant("bench")
         admin = BrokerClient(url, op.create_principal("adm", "tenant-admin", "bench"))

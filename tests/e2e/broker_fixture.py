@@ -15,7 +15,7 @@ from typing import Any
 import jwt
 from cryptography.hazmat.primitives.asymmetric import ec
 
-from tests.e2e.servers import free_port, serve
+from tests.e2e.servers import serve_broker, set_rate_limit
 from weightvault.auditlog.events import AuditEvent
 from weightvault.auditlog.log import LogReader
 from weightvault.client.broker import BrokerClient, BrokerRecipient
@@ -108,8 +108,6 @@ def running_broker(
     allowed = json.dumps(allow or ["insecure-sample", "attestation-token"])
     config = config.replace('allow = ["insecure-sample"]', f"allow = {allowed}")
     config = re.sub(r"challenge_ttl_seconds = \d+", "challenge_ttl_seconds = 3", config)
-    config = re.sub(r"rate_per_second = \d+", f"rate_per_second = {rate[0]}", config)
-    config = re.sub(r"burst = \d+", f"burst = {rate[1]}", config)
     config = config.replace(
         "[audit]",
         '[[verifiers.attestation_token]]\nname = "test-as"\nissuer = "https://attestation.test"\n'
@@ -124,17 +122,9 @@ def running_broker(
         scheme = "https"
     else:
         (base / "broker.toml").write_text(config)
-    port = free_port()
+    set_rate_limit(base, *rate)
     with ExitStack() as stack:
-        url = stack.enter_context(
-            serve(
-                ["broker", "serve", "--config", str(base / "broker.toml"), "--port", str(port)],
-                port,
-                ready_path="/v1/health",
-                scheme=scheme,
-                verify=str(tls[0]) if tls else True,
-            )
-        )
+        url = stack.enter_context(serve_broker(base, scheme=scheme, verify=str(tls[0]) if tls else True))
         tokens = {"operator": (base / "operator.token").read_text().strip()}
         broker = Broker(url, base, tokens, key)
         stack.callback(broker.close_clients)

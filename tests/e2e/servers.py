@@ -3,12 +3,15 @@
 from __future__ import annotations
 
 import os
+import re
 import socket
 import subprocess
 import sys
 import time
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
 
 import httpx
 
@@ -67,3 +70,21 @@ def serve(
             proc.wait()
         if proc.stdout:
             proc.stdout.close()
+
+
+def set_rate_limit(base: Path, rate_per_second: float, burst: int) -> None:
+    """Rewrite the per-principal rate limit in ``base/broker.toml`` (tests and benchmarks lift it)."""
+    config = base / "broker.toml"
+    text = re.sub(r"(?m)^rate_per_second = [\d.]+", f"rate_per_second = {rate_per_second}", config.read_text())
+    config.write_text(re.sub(r"(?m)^burst = \d+", f"burst = {burst}", text))
+
+
+def serve_broker(base: Path, **kwargs: Any) -> Any:
+    """``serve`` for ``weightvault broker serve --config base/broker.toml`` on a free port, ready at /v1/health."""
+    port = free_port()
+    return serve(
+        ["broker", "serve", "--config", str(base / "broker.toml"), "--port", str(port)],
+        port,
+        ready_path="/v1/health",
+        **kwargs,
+    )

@@ -20,7 +20,7 @@ import numpy as np
 import pytest
 
 from tests.e2e.broker_fixture import wv
-from tests.e2e.servers import free_port, serve
+from tests.e2e.servers import serve_broker, set_rate_limit
 from weightvault.auditlog.events import AuditEvent
 from weightvault.auditlog.log import LogReader
 from weightvault.client.broker import BrokerClient, BrokerRecipient, SampleAttester
@@ -134,18 +134,13 @@ def vault(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Vault]:
     out = wv(*args)
     assert "starts sealed" in out
     assert not (base / "keys" / "root.key").exists()
-    config = (base / "broker.toml").read_text()
-    config = config.replace("rate_per_second = 200", "rate_per_second = 5000").replace("burst = 400", "burst = 5000")
-    (base / "broker.toml").write_text(config)
+    set_rate_limit(base, 5000, 5000)
     share_dir = next((base / "custody").iterdir())
     shares = {}
     for c in CUSTODIANS:
         doc = json.loads((share_dir / f"{c}.share").read_text())
         shares[c] = (doc["set"], base64.b64decode(doc["sealed"]))
-    port = free_port()
-    with serve(
-        ["broker", "serve", "--config", str(base / "broker.toml"), "--port", str(port)], port, ready_path="/v1/health"
-    ) as url:
+    with serve_broker(base) as url:
         tokens = {"operator": (base / "operator.token").read_text().strip()}
         v = Vault(url, base, keys, shares, tokens)
         yield v

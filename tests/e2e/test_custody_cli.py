@@ -11,7 +11,7 @@ from typing import Any
 import pytest
 
 from tests.e2e.broker_fixture import wv
-from tests.e2e.servers import free_port, serve
+from tests.e2e.servers import serve_broker
 
 pytestmark = pytest.mark.e2e
 
@@ -59,10 +59,7 @@ def test_migrate_to_custody_unseal_and_approve_from_the_command_line(
         "--custodian",
         tmp_path / "ben.key.pub",
     )
-    port = free_port()
-    with serve(
-        ["broker", "serve", "--config", str(base / "broker.toml"), "--port", str(port)], port, ready_path="/v1/health"
-    ) as url:
+    with serve_broker(base) as url:
         monkeypatch.setenv("WEIGHTVAULT_BROKER", url)
         op = ["--token", f"@{base / 'operator.token'}"]
         assert json.loads(wv("custody", "status", *op))["sealed"] is True

@@ -10,7 +10,7 @@ from typing import Any
 import pytest
 
 from tests.e2e.broker_fixture import wv
-from tests.e2e.servers import free_port, serve
+from tests.e2e.servers import serve_broker
 from weightvault.attestation.interfaces import AttestationResult
 from weightvault.auditlog.events import AuditEvent
 from weightvault.auditlog.log import LogReader, Receipt
@@ -152,13 +152,8 @@ def test_scheduled_rotation_runs_in_the_server(tmp_path: Path) -> None:
     config = (base / "broker.toml").read_text()
     # KEKs older than ~1.7 s rotate; the server checks twice a second.
     (base / "broker.toml").write_text(config + "\n[rotation]\nkek_max_age_days = 0.00002\ncheck_seconds = 0.5\n")
-    port = free_port()
     with (
-        serve(
-            ["broker", "serve", "--config", str(base / "broker.toml"), "--port", str(port)],
-            port,
-            ready_path="/v1/health",
-        ) as url,
+        serve_broker(base) as url,
         BrokerClient(url, (base / "operator.token").read_text().strip()) as op,
     ):
         op.create_tenant("acme")
