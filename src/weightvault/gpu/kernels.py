@@ -229,6 +229,23 @@ def _load_block_words(ptr, block, n_valid, valid, RAW_PAD: tl.constexpr):
 
 
 @triton.jit
+def _powmod(r0, r1, r2, r3, r4, e, zero, BITS: tl.constexpr):
+    """r^e mod 2^130 - 5 by square-and-multiply over the low BITS bits of e (public, per lane)."""
+    x0, x1, x2, x3, x4 = zero + 1, zero, zero, zero, zero
+    y0, y1, y2, y3, y4 = r0, r1, r2, r3, r4
+    for bit in tl.static_range(BITS):
+        q0, q1, q2, q3, q4 = _mulmod(x0, x1, x2, x3, x4, y0, y1, y2, y3, y4)
+        take = ((e >> bit) & 1) != 0
+        x0 = tl.where(take, q0, x0)
+        x1 = tl.where(take, q1, x1)
+        x2 = tl.where(take, q2, x2)
+        x3 = tl.where(take, q3, x3)
+        x4 = tl.where(take, q4, x4)
+        y0, y1, y2, y3, y4 = _mulmod(y0, y1, y2, y3, y4, y0, y1, y2, y3, y4)
+    return x0, x1, x2, x3, x4
+
+
+@triton.jit
 def _freeze(h0, h1, h2, h3, h4):
     """Full reduction to [0, 2^130 - 5) of limbs that may exceed 26 bits."""
     for _ in tl.static_range(2):
@@ -305,17 +322,8 @@ def poly1305_kernel(
     r0, r1, r2, r3, r4 = _words_to_limbs(r0w, r1w, r2w, r3w, zero)
     # Per-lane multipliers r^(L-1-l), and r^L.
     e = (LANES - 1 - lane).to(tl.uint64)
-    a0, a1, a2, a3, a4 = zero + 1, zero, zero, zero, zero
-    b0, b1, b2, b3, b4 = r0, r1, r2, r3, r4
-    for bit in tl.static_range(LOG2_LANES):
-        m0, m1, m2, m3, m4 = _mulmod(a0, a1, a2, a3, a4, b0, b1, b2, b3, b4)
-        take = ((e >> bit) & 1) != 0
-        a0 = tl.where(take, m0, a0)
-        a1 = tl.where(take, m1, a1)
-        a2 = tl.where(take, m2, a2)
-        a3 = tl.where(take, m3, a3)
-        a4 = tl.where(take, m4, a4)
-        b0, b1, b2, b3, b4 = _mulmod(b0, b1, b2, b3, b4, b0, b1, b2, b3, b4)
+    a0, a1, a2, a3, a4 = _powmod(r0, r1, r2, r3, r4, e, zero, LOG2_LANES)
+    b0, b1, b2, b3, b4 = _powmod(r0, r1, r2, r3, r4, zero + LANES, zero, LOG2_LANES + 1)
     # The chunk's bytes and its blocks, with zero blocks prepended to fill the lanes.
     start = chunk << chunk_log2
     length = tl.minimum(n_bytes - start, 1 << chunk_log2)
@@ -359,17 +367,7 @@ def poly1305_kernel(
             p0, p1, p2, p3, p4 = _mulmod(p0 + v0, p1 + v1, p2 + v2, p3 + v3, p4 + v4, r0, r1, r2, r3, r4)
         # r^(m+1) by square-and-multiply over the bits of m + 1 (m < 2^20 for 16 MiB chunks)
         em = (m + 1).to(tl.uint64) + zero
-        x0, x1, x2, x3, x4 = zero + 1, zero, zero, zero, zero
-        y0, y1, y2, y3, y4 = r0, r1, r2, r3, r4
-        for bit in tl.static_range(21):
-            q0, q1, q2, q3, q4 = _mulmod(x0, x1, x2, x3, x4, y0, y1, y2, y3, y4)
-            take = ((em >> bit) & 1) != 0
-            x0 = tl.where(take, q0, x0)
-            x1 = tl.where(take, q1, x1)
-            x2 = tl.where(take, q2, x2)
-            x3 = tl.where(take, q3, x3)
-            x4 = tl.where(take, q4, x4)
-            y0, y1, y2, y3, y4 = _mulmod(y0, y1, y2, y3, y4, y0, y1, y2, y3, y4)
+        x0, x1, x2, x3, x4 = _powmod(r0, r1, r2, r3, r4, em, zero, 21)
         pa0, pa1, pa2, pa3, pa4 = _mulmod(p0, p1, p2, p3, p4, x0, x1, x2, x3, x4)
         w0, w1, w2, w3, w4 = _mulmod(cp0, cp1, cp2, cp3, cp4, r0, r1, r2, r3, r4)
         # length block: le64(aad_len) ‖ le64(length), plus 2^128
