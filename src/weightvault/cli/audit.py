@@ -28,14 +28,13 @@ from weightvault.sealing.atomic import atomic_file
 __all__ = ["audit", "witness"]
 
 
-def _write_secret(path: Path, text: str, force: bool) -> None:
-    with atomic_file(path, overwrite=force, mode=0o600) as out:
-        out.write(text.encode())
-
-
-def _write_public(path: Path, text: str, force: bool) -> None:
-    with atomic_file(path, overwrite=force, mode=0o644) as out:
-        out.write(text.encode())
+def _write_keypair(signer: NoteSigner, out: Path, force: bool) -> None:
+    """OUT (the signing key, 0600) and OUT.vkey (its verifier key); prints the verifier key."""
+    with atomic_file(out, overwrite=force, mode=0o600) as secret:
+        secret.write((signer.skey() + "\n").encode())
+    with atomic_file(out.with_name(out.name + ".vkey"), overwrite=force, mode=0o644) as public:
+        public.write((signer.verifier.vkey() + "\n").encode())
+    click.echo(signer.verifier.vkey())
 
 
 def read_signer(path: Path) -> NoteSigner:
@@ -114,10 +113,7 @@ def audit() -> None:
 @click.option("--force", is_flag=True, help="Replace existing files.")
 def audit_keygen(origin: str, out: Path, force: bool) -> None:
     """Create a log signing key for ORIGIN: OUT (secret, 0600) and OUT.vkey (public)."""
-    signer = NoteSigner(origin, Ed25519Signer.generate())
-    _write_secret(out, signer.skey() + "\n", force)
-    _write_public(out.with_name(out.name + ".vkey"), signer.verifier.vkey() + "\n", force)
-    click.echo(signer.verifier.vkey())
+    _write_keypair(NoteSigner(origin, Ed25519Signer.generate()), out, force)
 
 
 @audit.command("show")
@@ -386,10 +382,7 @@ def witness() -> None:
 @click.option("--force", is_flag=True, help="Replace existing files.")
 def witness_keygen(name: str, out: Path, force: bool) -> None:
     """Create a witness cosigning key NAME: OUT (secret, 0600) and OUT.vkey (public)."""
-    signer = NoteSigner(name, Ed25519Signer.generate(), TYPE_COSIGNATURE)
-    _write_secret(out, signer.skey() + "\n", force)
-    _write_public(out.with_name(out.name + ".vkey"), signer.verifier.vkey() + "\n", force)
-    click.echo(signer.verifier.vkey())
+    _write_keypair(NoteSigner(name, Ed25519Signer.generate(), TYPE_COSIGNATURE), out, force)
 
 
 @witness.command("serve")
