@@ -24,6 +24,7 @@ from weightvault.auditlog.witness import Witness
 from weightvault.crypto.signing import Ed25519Signer
 from weightvault.errors import AuditLogError, ConfigError
 from weightvault.sealing.atomic import atomic_file
+from weightvault.sealing.keyfiles import read_private_file
 
 __all__ = ["audit", "witness"]
 
@@ -39,12 +40,9 @@ def _write_keypair(signer: NoteSigner, out: Path, force: bool) -> None:
 
 def read_signer(path: Path) -> NoteSigner:
     """A log or witness signing key (``PRIVATE+KEY+...``) from a file that only its owner can read."""
+    text = read_private_file(path, "signing key").decode("utf-8", "replace")
     try:
-        if path.stat().st_mode & 0o077:
-            raise ConfigError(f"{path}: signing key file is accessible by other users (chmod 600 it)")
-        return NoteSigner.from_skey(path.read_text())
-    except OSError as exc:
-        raise ConfigError(f"{path}: cannot read signing key ({exc.strerror})") from None
+        return NoteSigner.from_skey(text)
     except AuditLogError as exc:
         raise ConfigError(f"{path}: {exc}") from None
 

@@ -67,13 +67,9 @@ def _read_token(value: str | None) -> str:
     if not value:
         raise ConfigError(f"no API token: pass --token or set {TOKEN_ENV}")
     if value.startswith("@"):
-        path = Path(value[1:])
-        try:
-            if path.stat().st_mode & 0o077:
-                raise ConfigError(f"{path}: token file is accessible by other users (chmod 600 it)")
-            return path.read_text().strip()
-        except OSError as exc:
-            raise ConfigError(f"{path}: {exc.strerror}") from None
+        from weightvault.sealing.keyfiles import read_private_file
+
+        return read_private_file(Path(value[1:]), "token").decode("utf-8", "replace").strip()
     return value
 
 

@@ -11,7 +11,6 @@ from __future__ import annotations
 import base64
 import json
 import os
-import stat
 import sys
 from pathlib import Path
 from typing import Any, Final
@@ -19,47 +18,23 @@ from typing import Any, Final
 import click
 
 from weightvault.cli.broker import _client_options, make_anonymous_client, make_client
+from weightvault.cli.prompts import ask_passphrase
 from weightvault.errors import ConfigError
+from weightvault.sealing.keyfiles import read_private_file
 
 __all__ = ["approval", "custody", "person"]
 
-PASSPHRASE_ENV: Final = "WEIGHTVAULT_PASSPHRASE"  # noqa: S105 - the name of a variable, not a secret
 SHARE_KIND: Final = "weightvault.custody-share"
-
-
-def _passphrase(confirm: bool) -> str:
-    import getpass
-
-    value = os.environ.get(PASSPHRASE_ENV)
-    if value:
-        return value
-    if not sys.stdin.isatty():
-        raise ConfigError(f"no terminal to ask for the key's passphrase; set {PASSPHRASE_ENV}")
-    first = getpass.getpass("key passphrase: ")
-    if confirm and getpass.getpass("key passphrase (again): ") != first:
-        raise ConfigError("passphrases do not match")
-    return first
-
-
-def _read_private(path: Path) -> bytes:
-    try:
-        info = path.stat()
-        data = path.read_bytes()
-    except OSError as exc:
-        raise ConfigError(f"{path}: {exc.strerror}") from None
-    if info.st_mode & (stat.S_IRWXG | stat.S_IRWXO):
-        raise ConfigError(f"{path}: key file is accessible by other users (chmod 600 it)")
-    if len(data) > 64 << 10:
-        raise ConfigError(f"{path}: not a key file (too large)")
-    return data
 
 
 def load_person_key(path: Path) -> Any:
     """A person key file, asking for its passphrase when it is protected."""
     from weightvault.custody.person import PersonKey
 
-    data = _read_private(path)
-    return PersonKey.from_bytes(data, _passphrase(confirm=False) if PersonKey.is_protected(data) else None)
+    data = read_private_file(path, "key", max_bytes=64 << 10)
+    return PersonKey.from_bytes(
+        data, ask_passphrase(confirm=False, label="key passphrase") if PersonKey.is_protected(data) else None
+    )
 
 
 def load_person_public(path: Path) -> Any:
@@ -108,7 +83,7 @@ def person_keygen(person_id: str, out: Path, passphrase: bool) -> None:
     from weightvault.custody.person import PersonKey
 
     key = PersonKey.generate(person_id)
-    secret = _passphrase(confirm=True) if passphrase else None
+    secret = ask_passphrase(confirm=True, label="key passphrase") if passphrase else None
     _write(out, key.to_bytes(secret), 0o600)
     public = out.with_name(out.name + ".pub")
     _write(public, (json.dumps(key.public.to_json(), indent=1, sort_keys=True) + "\n").encode(), 0o644)

@@ -8,7 +8,6 @@ atomically: a failed command leaves no partial file behind.
 from __future__ import annotations
 
 import contextlib
-import getpass
 import json
 import os
 import sys
@@ -20,6 +19,7 @@ import click
 
 from weightvault import __version__
 from weightvault.cli.exits import EXIT_INTERNAL, exit_code_for
+from weightvault.cli.prompts import PASSPHRASE_ENV, ask_passphrase
 from weightvault.crypto.aead import AEADSuite
 from weightvault.crypto.keywrap import HPKEKem
 from weightvault.errors import ConfigError, WeightVaultError
@@ -43,8 +43,6 @@ from weightvault.sealing import (
 
 __all__ = ["cli", "main"]
 
-PASSPHRASE_ENV = "WEIGHTVAULT_PASSPHRASE"  # noqa: S105 - the name of a variable, not a secret
-
 
 def _fail(error: WeightVaultError) -> NoReturn:
     code, label = exit_code_for(error)
@@ -53,18 +51,6 @@ def _fail(error: WeightVaultError) -> NoReturn:
     if error.remedy and os.environ.get("WEIGHTVAULT_HINTS", "1") != "0":
         click.echo(f"  hint: {error.remedy}", err=True)
     sys.exit(code)
-
-
-def _passphrase(confirm: bool) -> str:
-    value = os.environ.get(PASSPHRASE_ENV)
-    if value:
-        return value
-    if not sys.stdin.isatty():
-        raise ConfigError(f"no terminal to ask for a passphrase; set {PASSPHRASE_ENV}")
-    first = getpass.getpass("passphrase: ")
-    if confirm and getpass.getpass("passphrase (again): ") != first:
-        raise ConfigError("passphrases do not match")
-    return first
 
 
 @contextlib.contextmanager
@@ -105,7 +91,7 @@ def _recipients(paths: Sequence[Path], passphrase: bool) -> list[Recipient]:
         else:
             raise ConfigError(f"{path}: a file key cannot be a recipient")
     if passphrase:
-        out.append(Passphrase(_passphrase(confirm=True)))
+        out.append(Passphrase(ask_passphrase(confirm=True)))
     return out
 
 
@@ -121,7 +107,7 @@ def _identities(paths: Sequence[Path], passphrase: bool) -> FileKey | list[Ident
             raise ConfigError(f"{path} is a public key; pass the private key to open files")
         ids.append(key)
     if passphrase:
-        ids.append(Passphrase(_passphrase(confirm=False)))
+        ids.append(Passphrase(ask_passphrase(confirm=False)))
     if not ids:
         raise ConfigError("no key given: pass -i/--identity KEYFILE or --passphrase")
     return ids
@@ -421,7 +407,7 @@ def rewrap(
     keys = _identities(identities, passphrase)
     new = _recipients(add, False)
     if add_passphrase:
-        new.append(Passphrase(_passphrase(confirm=True)))
+        new.append(Passphrase(ask_passphrase(confirm=True)))
     if path.is_dir():
         if not is_sealed_model_dir(path):
             raise ConfigError(f"{path} is not a sealed model directory")

@@ -26,7 +26,7 @@ from weightvault.format.keys import FileKey
 from weightvault.format.recipients import KEK, HPKEIdentity, HPKERecipient, b64decode, b64encode
 from weightvault.sealing.atomic import atomic_file
 
-__all__ = ["KeyFileContent", "read_key_file", "write_key_file"]
+__all__ = ["KeyFileContent", "read_key_file", "read_private_file", "write_key_file"]
 
 KeyFileContent: TypeAlias = KEK | HPKEIdentity | HPKERecipient | FileKey
 _VERSION: Final = 1
@@ -107,6 +107,26 @@ def read_key_file(path: Path) -> KeyFileContent:
     raise ConfigError(f"{path}: unknown key kind {kind[:40]!r}")
 
 
+def read_private_file(path: Path, what: str = "secret key", *, max_bytes: int | None = None) -> bytes:
+    """The bytes of a file that only its owner may read (no group or other permission bits).
+
+    Permissions and size are checked on the open file (no race with a rename), before reading.
+
+    Raises:
+        ConfigError: unreadable, larger than ``max_bytes``, or accessible by other users.
+    """
+    try:
+        with open(path, "rb") as handle:
+            info = os.fstat(handle.fileno())
+            if info.st_mode & (stat.S_IRWXG | stat.S_IRWXO):
+                raise ConfigError(f"{path}: {what} file is accessible by other users (chmod 600 it)")
+            if max_bytes is not None and info.st_size > max_bytes:
+                raise ConfigError(f"{path}: not a {what} file (too large)")
+            return handle.read()
+    except OSError as exc:
+        raise ConfigError(f"{path}: cannot read {what} file ({exc.strerror})") from None
+
+
 def write_secret_file(path: Path, kind: str, raw: bytes, *, overwrite: bool = False) -> None:
     """Write a raw secret (root key, signing seed, hash key) as ``{"kind", "version", "key"}``, mode 0600."""
     doc = {"kind": kind, "version": _VERSION, "key": b64encode(raw)}
@@ -121,13 +141,7 @@ def read_secret_file(path: Path, kind: str) -> bytes:
         ConfigError: unreadable, of another kind, malformed, or readable by other users.
     """
     path = Path(path)
-    try:
-        info = path.stat()
-        data = path.read_bytes()
-    except OSError as exc:
-        raise ConfigError(f"{path}: cannot read key file ({exc.strerror})") from None
-    if info.st_mode & (stat.S_IRWXG | stat.S_IRWXO):
-        raise ConfigError(f"{path}: secret key file is accessible by other users (chmod 600 it)")
+    data = read_private_file(path)
     try:
         doc = parse_json(data, str(path))
         if not isinstance(doc, dict) or doc.get("kind") != kind or doc.get("version") != _VERSION:

@@ -26,7 +26,7 @@ from weightvault.broker.tokens import TokenSigner
 from weightvault.crypto.signing import Ed25519Signer
 from weightvault.errors import AuditLogError, ConfigError
 from weightvault.format.recipients import HPKEIdentity
-from weightvault.sealing.keyfiles import read_key_file, read_secret_file
+from weightvault.sealing.keyfiles import read_key_file, read_private_file, read_secret_file
 from weightvault.server.broker_app import ServerLimits, create_broker_app
 
 __all__ = ["BrokerRuntime", "load_broker"]
@@ -112,10 +112,9 @@ def load_broker(config_path: Path, *, clock: Callable[[], float] | None = None) 
     if not isinstance(registration, HPKEIdentity):
         raise ConfigError("keys.registration must be an HPKE private key")
     log_signer_path = _path(base, keys_cfg["audit_log"])
-    if log_signer_path.stat().st_mode & 0o077:
-        raise ConfigError(f"{log_signer_path}: signing key file is accessible by other users (chmod 600 it)")
+    log_signer_text = read_private_file(log_signer_path, "signing key").decode("utf-8", "replace")
     try:
-        log_signer = NoteSigner.from_skey(log_signer_path.read_text())
+        log_signer = NoteSigner.from_skey(log_signer_text)
     except AuditLogError as exc:
         raise ConfigError(f"{log_signer_path}: {exc}") from None
     hash_key = read_secret_file(_path(base, keys_cfg["audit_hash"]), "weightvault.hash-key")
