@@ -57,21 +57,21 @@ def _chacha_block(k0, k1, k2, k3, k4, k5, k6, k7, counter, n0, n1, n2):
     """The 16 output words of the ChaCha20 block function (RFC 8439 section 2.3); any shapes broadcast."""
     c0 = counter * 0
     x0 = c0 + 0x61707865
-    x1 = c0 * 0 + 0x3320646E
-    x2 = c0 * 0 + 0x79622D32
-    x3 = c0 * 0 + 0x6B206574
-    x4 = c0 * 0 + k0
-    x5 = c0 * 0 + k1
-    x6 = c0 * 0 + k2
-    x7 = c0 * 0 + k3
-    x8 = c0 * 0 + k4
-    x9 = c0 * 0 + k5
-    x10 = c0 * 0 + k6
-    x11 = c0 * 0 + k7
-    x12 = c0 * 0 + counter
-    x13 = c0 * 0 + n0
-    x14 = c0 * 0 + n1
-    x15 = c0 * 0 + n2
+    x1 = c0 + 0x3320646E
+    x2 = c0 + 0x79622D32
+    x3 = c0 + 0x6B206574
+    x4 = c0 + k0
+    x5 = c0 + k1
+    x6 = c0 + k2
+    x7 = c0 + k3
+    x8 = c0 + k4
+    x9 = c0 + k5
+    x10 = c0 + k6
+    x11 = c0 + k7
+    x12 = c0 + counter
+    x13 = c0 + n0
+    x14 = c0 + n1
+    x15 = c0 + n2
     i0, i1, i2, i3, i4, i5, i6, i7 = x0, x1, x2, x3, x4, x5, x6, x7
     i8, i9, i10, i11, i12, i13, i14, i15 = x8, x9, x10, x11, x12, x13, x14, x15
     for _ in tl.static_range(10):
