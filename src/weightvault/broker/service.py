@@ -616,13 +616,7 @@ class KeyBroker:
             type="key.export.intent", tenant=tenant, actor=actor.id, resource=model.resource, details=dict(params)
         )
         with self._execute(grant, actor, model.resource), write_ahead(self._audit, intent):
-            wrapped_kek = self.store.kek(tenant, model.kek_version)
-            if wrapped_kek is None:
-                raise NotFoundError("model key-encryption key is missing")
-            kek = unwrap_kek(self._root_key(), tenant, model.kek_version, wrapped_kek)
-            file_key = unwrap_file_key(
-                kek, tenant=tenant, model=name, version=version, kek_version=model.kek_version, blob=model.wrapped_key
-            )
+            file_key = self._file_key_of(model)
             try:
                 return hpke_seal(kem_kind, public, file_key.reveal(), export_info(tenant, model.resource))
             finally:
@@ -930,17 +924,7 @@ class KeyBroker:
         try:
             facts = verifier.enrol(ek_cert, ek_public, ak_public, self._now())
         except AttestationError as exc:
-            for tenant in tenants or ["-"]:
-                self._log(
-                    AuditEvent(
-                        type="device.enrol.fail",
-                        tenant=tenant,
-                        actor=actor.id,
-                        resource=f"device:{device_id}",
-                        decision="deny",
-                        reasons=(str(exc)[:500],),
-                    )
-                )
+            self._log_enrol_failure(actor, device_id, tenants, str(exc)[:500])
             raise
         for other in self.store.list_devices(None):
             if other.status != "revoked" and other.identity.get("ak_name") == facts.ak_name.hex():
@@ -958,6 +942,20 @@ class KeyBroker:
         self._insert_device(actor, device_id, "tpm", tenants, identity=identity, status="pending", grant=grant)
         return blob, encrypted
 
+    def _log_enrol_failure(self, actor: Principal, device_id: str, tenants: Sequence[str], reason: str) -> None:
+        """One ``device.enrol.fail`` per tenant the device was to serve (``-`` for none)."""
+        for tenant in tenants or ["-"]:
+            self._log(
+                AuditEvent(
+                    type="device.enrol.fail",
+                    tenant=tenant,
+                    actor=actor.id,
+                    resource=f"device:{device_id}",
+                    decision="deny",
+                    reasons=(reason,),
+                )
+            )
+
     def activate_tpm_device(self, actor: Principal, device_id: str, secret: bytes) -> None:
         """Step 2 of TPM enrolment: the secret recovered by ActivateCredential activates the device."""
         import sqlalchemy as sa
@@ -970,17 +968,7 @@ class KeyBroker:
         if device.status != "pending" or not expected:
             raise ConflictError("the device is not waiting for credential activation")
         if not hmac.compare_digest(hashlib.sha256(secret).hexdigest(), expected):
-            for tenant in sorted(device.tenants) or ["-"]:
-                self._log(
-                    AuditEvent(
-                        type="device.enrol.fail",
-                        tenant=tenant,
-                        actor=actor.id,
-                        resource=f"device:{device_id}",
-                        decision="deny",
-                        reasons=("credential_mismatch",),
-                    )
-                )
+            self._log_enrol_failure(actor, device_id, sorted(device.tenants), "credential_mismatch")
             raise PermissionDeniedError("the activation secret does not match: the AK is not on this EK's TPM")
         identity = {k: v for k, v in device.identity.items() if k != "credential_sha256"}
         with self.store.write() as conn:
@@ -1578,16 +1566,20 @@ class KeyBroker:
         self.stats.releases += 1
         return ReleaseOutcome(resource, token.kem, sealed, token.jti, tuple(files), tensors is not None)
 
-    def _seal_keys(
-        self, model: ModelRow, token: ResultToken, resource: str, tensors: Mapping[str, Sequence[int]] | None
-    ) -> bytes:
+    def _file_key_of(self, model: ModelRow, *, refuse_retired: bool = False) -> FileKey:
+        """Unwrap a model's file key: root key -> the tenant's KEK of the model's version -> file key.
+
+        Raises:
+            NotFoundError: the KEK version is missing.
+            KeyAccessError: ``refuse_retired`` and the KEK version is retired (the model needs a rewrap).
+        """
         wrapped_kek = self.store.kek(model.tenant_id, model.kek_version)
         if wrapped_kek is None:
             raise NotFoundError("model key-encryption key is missing")
-        if self.store.kek_retired(model.tenant_id, model.kek_version):
+        if refuse_retired and self.store.kek_retired(model.tenant_id, model.kek_version):
             raise KeyAccessError(f"KEK v{model.kek_version} of {model.tenant_id} is retired; rewrap the model")
         kek = unwrap_kek(self._root_key(), model.tenant_id, model.kek_version, wrapped_kek)
-        file_key = unwrap_file_key(
+        return unwrap_file_key(
             kek,
             tenant=model.tenant_id,
             model=model.name,
@@ -1595,6 +1587,11 @@ class KeyBroker:
             kek_version=model.kek_version,
             blob=model.wrapped_key,
         )
+
+    def _seal_keys(
+        self, model: ModelRow, token: ResultToken, resource: str, tensors: Mapping[str, Sequence[int]] | None
+    ) -> bytes:
+        file_key = self._file_key_of(model, refuse_retired=True)
         try:
             payload: dict[str, Any] = {"v": 1, "tenant": model.tenant_id, "resource": resource, "jti": token.jti}
             if tensors is None:
