@@ -122,7 +122,10 @@ def forge(
     buf[0:128] = new.to_bytes()
     context = new.stanza_context()
     buf[128 : 128 + new.recipients_len] = encode_recipients_region(
-        [KEK(bytes(range(1, 33))).wrap(writer_key, context)], new.recipients_len, hkeys.recipients_mac_key, context
+        [KEK(bytes(range(1, 33))).wrap(writer_key, context)],
+        new.recipients_len,
+        hkeys.recipients_mac_key,
+        new.recipients_mac_context(),
     )
     buf[new.header_offset : new.header_offset + len(table_bytes)] = table_bytes
     tags = bytearray()

@@ -1,4 +1,4 @@
-"""Known-answer vectors of sealed format v1: every scenario gives its expected outcome, both key paths."""
+"""Known-answer vectors of sealed format v2: every scenario gives its expected outcome, both key paths."""
 
 from __future__ import annotations
 
@@ -19,7 +19,7 @@ from weightvault.errors import (
 )
 from weightvault.sealing.unseal import unseal_to
 
-VECTORS = Path(__file__).resolve().parent / "format" / "v1"
+VECTORS = Path(__file__).resolve().parent / "format" / "v2"
 EXPECT: dict[str, type[WeightVaultError] | tuple[type[WeightVaultError], ...]] = {
     "header_failure": HeaderError,
     "header_auth_failure": HeaderAuthError,
@@ -31,8 +31,8 @@ CASES = sorted(VECTORS.glob("*.json"))
 
 
 def test_vectors_exist() -> None:
-    """The vector set is present (17 scenarios)."""
-    assert 17 == len(CASES)
+    """The vector set is present (21 scenarios)."""
+    assert 21 == len(CASES)
 
 
 def _open_all(path: Path, keys: object) -> tuple[dict[str, str], bytes]:

@@ -1,4 +1,4 @@
-"""Sealed weight format v1: a pure codec with no file, network or clock access.
+"""Sealed weight format v2: a pure codec with no file, network or clock access.
 
 The byte layout and its security argument are specified in ``docs/format.md``.
 Public names are re-exported here; nonce, chunk and key plumbing lives in

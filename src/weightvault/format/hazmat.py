@@ -1,4 +1,4 @@
-"""Low-level pieces of sealed format v1.
+"""Low-level pieces of sealed format v2.
 
 .. warning::
    This module is hazardous material. It exposes the chunk nonce and

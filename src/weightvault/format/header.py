@@ -42,7 +42,7 @@ from weightvault.format.dtypes import DType, dtype_from_name
 
 __all__ = ["KNOWN_CRITICAL", "HeaderKind", "HeaderTable", "TensorEntry"]
 
-#: Critical extensions this release implements (none in v1).
+#: Critical extensions this release implements (none in v2).
 KNOWN_CRITICAL: Final[frozenset[str]] = frozenset()
 _ENTRY_FIELDS: Final = frozenset({"name", "dtype", "shape", "offset", "nbytes", "key_commitment"})
 _COMMITMENT_HEX: Final = 64

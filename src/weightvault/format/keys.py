@@ -1,4 +1,4 @@
-"""The key schedule of sealed format v1.
+"""The key schedule of sealed format v2.
 
 ::
 

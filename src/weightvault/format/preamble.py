@@ -4,7 +4,7 @@ Layout (all integers little-endian)::
 
     off  size  field
     0    8     magic "\\x89WVLT\\r\\n\\x1a"
-    8    2     format_version = 1
+    8    2     format_version = 2
     10   2     suite: 1 AES-256-GCM, 2 ChaCha20-Poly1305
     12   4     flags: bit 0 sealed_metadata; every other bit must be 0
     16   32    file_id (random, fresh per seal; HKDF salt)
@@ -14,13 +14,14 @@ Layout (all integers little-endian)::
     88   8     header_len H
     96   8     tags_len T
     104  8     data_len L
-    112  8     recipients_len R  (not authenticated: it only positions the header)
+    112  8     recipients_len R
     120  8     reserved, must be 0
 
 Bytes [0, 112) are the *authenticated core*: the header MAC and the header digest
 bound into every chunk cover them. ``recipients_len`` and the reserved word at
-120 stay outside, so the recipients region can grow or shrink without touching
-any tag; the reserved word is still checked to be zero.
+120 stay outside the core, so the recipients region can grow or shrink without
+touching any tag; the recipients MAC covers all 128 bytes instead (its key comes
+from the file key too, so only a key holder can move the header).
 
 Invariant: a :class:`Preamble` only exists with every field in range.
 """
@@ -58,7 +59,9 @@ __all__ = [
 ]
 
 MAGIC: Final = b"\x89WVLT\r\n\x1a"
-FORMAT_VERSION: Final = 1
+FORMAT_VERSION: Final = 2
+#: Version 1 left ``recipients_len`` unauthenticated (fixed in 2, never released).
+_RETIRED_VERSIONS: Final = frozenset({1})
 PREAMBLE_BYTES: Final = 128
 AUTHENTICATED_CORE_BYTES: Final = 112
 #: Recipient stanzas bind bytes [0, 80): magic, version, suite, flags, file id, commitment.
@@ -175,6 +178,15 @@ class Preamble:
         """Bytes [0, 112): what the header MAC and header digest cover."""
         return self.to_bytes()[:AUTHENTICATED_CORE_BYTES]
 
+    def recipients_mac_context(self) -> bytes:
+        """All 128 bytes: what the recipients MAC binds besides the stanzas themselves.
+
+        Binding ``recipients_len`` here is what fixes the position of the header,
+        tag table and data area: without it, a region padded with zeros would move
+        them all and still verify.
+        """
+        return self.to_bytes()
+
     def stanza_context(self) -> bytes:
         """Bytes [0, 80): what every recipient stanza is bound to."""
         return self.to_bytes()[:STANZA_CONTEXT_BYTES]
@@ -206,6 +218,11 @@ class Preamble:
         ) = _STRUCT.unpack(bytes(data[:PREAMBLE_BYTES]))
         if magic != MAGIC:
             raise HeaderError("not a weightvault sealed file (bad magic)")
+        if version in _RETIRED_VERSIONS:
+            raise UnsupportedError(
+                f"format version {version} is no longer read: its layout was not fully authenticated; "
+                "unseal it with the weightvault release that wrote it and seal it again"
+            )
         if version != FORMAT_VERSION:
             raise UnsupportedError(f"unsupported format version {version}")
         if suite not in AEADSuite._value2member_map_:

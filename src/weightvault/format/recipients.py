@@ -149,20 +149,24 @@ class RecipientsRegion:
     authenticated: bytes
     mac: bytes = field(repr=False)
 
-    def verify(self, mac_key: bytes, context: bytes) -> None:
-        """Check the region MAC.
+    def verify(self, mac_key: bytes, preamble: bytes) -> None:
+        """Check the region MAC over ``preamble`` (all 128 bytes) and the stanzas.
 
         Raises:
-            HeaderAuthError: the region was modified by someone without the file key.
+            HeaderAuthError: the region, or the preamble that positions everything
+                after it, was modified by someone without the file key.
         """
         try:
-            verify_hmac_sha256(mac_key, [context, self.authenticated], self.mac)
+            verify_hmac_sha256(mac_key, [preamble, self.authenticated], self.mac)
         except InvalidSignature:
             raise HeaderAuthError("recipients region failed authentication") from None
 
 
-def encode_recipients_region(stanzas: Sequence[Stanza], capacity: int, mac_key: bytes, context: bytes) -> bytes:
+def encode_recipients_region(stanzas: Sequence[Stanza], capacity: int, mac_key: bytes, preamble: bytes) -> bytes:
     """Serialise and authenticate stanzas into a region of exactly ``capacity`` bytes.
+
+    ``preamble`` is the file's whole 128-byte preamble, whose ``recipients_len``
+    must already be ``capacity``: the MAC binds it, which fixes where the header starts.
 
     Raises:
         ValueError: the stanzas do not fit.
@@ -171,7 +175,7 @@ def encode_recipients_region(stanzas: Sequence[Stanza], capacity: int, mac_key: 
     authenticated = _LEN.pack(len(body)) + body
     if len(authenticated) + MAC_BYTES > capacity:
         raise ValueError("stanzas do not fit in the recipients region")
-    mac = hmac_sha256(mac_key, [context, authenticated])
+    mac = hmac_sha256(mac_key, [preamble, authenticated])
     return authenticated + mac + bytes(capacity - len(authenticated) - MAC_BYTES)
 
 

@@ -165,7 +165,7 @@ class SealedFile:
         material = self.resolve(keys)
         p = self.preamble
         unlocked = unlock(material, p.file_id, p.key_commitment)
-        self.recipients.verify(unlocked.header.recipients_mac_key, p.stanza_context())
+        self.recipients.verify(unlocked.header.recipients_mac_key, p.recipients_mac_context())
         core = p.authenticated_core()
         try:
             verify_hmac_sha256(unlocked.header.mac_key, [core, self.header_bytes, self.tag_bytes], self.header_mac)

@@ -89,7 +89,7 @@ def parse_safetensors_header(raw: bytes, data_size: int, label: str) -> tuple[di
             raise HeaderError(f"{label}: tensor {name[:64]!r} is malformed")
         dtype_name = info["dtype"]
         if dtype_name in _SUB_BYTE:
-            raise UnsupportedError(f"{label}: sub-byte dtype {dtype_name} is not supported by format v1")
+            raise UnsupportedError(f"{label}: sub-byte dtype {dtype_name} is not supported by format v2")
         dtype = dtype_from_name(dtype_name)
         shape = info["shape"]
         offsets = info["data_offsets"]

@@ -174,7 +174,6 @@ def rewrap_file(
             raise ValueError("refusing to remove the last recipient")
         rmac = derive_header_keys(material.header_secret(p.file_id)).recipients_mac_key
         capacity = recipients_capacity(stanzas, p.recipients_len)
-        region = encode_recipients_region(stanzas, capacity, rmac, context)
         grew = capacity != p.recipients_len
         new = Preamble(
             suite=p.suite,
@@ -187,6 +186,7 @@ def rewrap_file(
             data_len=p.data_len,
             recipients_len=capacity,
         )
+        region = encode_recipients_region(stanzas, capacity, rmac, new.recipients_mac_context())
         with atomic_file(path, overwrite=True, mode=0o644) as out:
             out.write(new.to_bytes())
             out.write(region)

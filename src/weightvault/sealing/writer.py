@@ -1,4 +1,4 @@
-"""Sealing: plain safetensors files and other files into sealed format v1.
+"""Sealing: plain safetensors files and other files into sealed format v2.
 
 Order of operations (see docs/format.md):
 
@@ -234,7 +234,11 @@ def _seal(
     tags = bytearray(preamble.tags_len)
     with atomic_file(dst, overwrite=overwrite) as out, open(src, "rb") as inp:
         out.write(preamble.to_bytes())
-        out.write(encode_recipients_region(stanzas, preamble.recipients_len, hkeys.recipients_mac_key, context))
+        out.write(
+            encode_recipients_region(
+                stanzas, preamble.recipients_len, hkeys.recipients_mac_key, preamble.recipients_mac_context()
+            )
+        )
         out.write(header_stored)
         out.truncate(preamble.file_size)
         tag_cursor = 0

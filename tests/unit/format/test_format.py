@@ -64,8 +64,11 @@ def test_preamble_parse_errors() -> None:
     raw = bytearray(_preamble().to_bytes())
     with pytest.raises(HeaderError, match="magic"):
         Preamble.from_bytes(b"\x00" + raw[1:])
-    raw[8] = 2
+    raw[8] = 3
     with pytest.raises(UnsupportedError, match="version"):
+        Preamble.from_bytes(raw)
+    raw[8] = 1
+    with pytest.raises(UnsupportedError, match="version 1 is no longer read"):
         Preamble.from_bytes(raw)
     with pytest.raises(HeaderError, match="shorter"):
         Preamble.from_bytes(raw[:50])
@@ -167,7 +170,7 @@ def test_file_keys_refuse_zero_and_print_nothing() -> None:
 
 def test_recipients_region_round_trip_and_authentication() -> None:
     """A region decodes to its stanzas, its MAC verifies, and any edit is caught."""
-    context = b"c" * 80
+    context = b"c" * 128
     mac_key = b"m" * 32
     stanzas = [Stanza("kek", {"kid": "ab", "salt": "AA==", "wrapped": "AA=="}), Stanza("x-other", {"n": 3})]
     region = encode_recipients_region(stanzas, 1024, mac_key, context)
@@ -176,7 +179,7 @@ def test_recipients_region_round_trip_and_authentication() -> None:
     assert tuple(stanzas) == parsed.stanzas
     parsed.verify(mac_key, context)
     with pytest.raises(HeaderAuthError):
-        parsed.verify(mac_key, b"d" * 80)
+        parsed.verify(mac_key, b"d" * 128)
     edited = bytearray(region)
     edited[10] ^= 1
     with pytest.raises((HeaderAuthError, HeaderError)):
@@ -198,7 +201,7 @@ def test_recipients_region_rejects_malformed_stanzas(body: bytes) -> None:
 
 def test_recipients_region_rejects_nonzero_fill() -> None:
     """Bytes after the stanzas and MAC must be zero (no hidden content)."""
-    region = bytearray(encode_recipients_region([], 256, b"m" * 32, b"c" * 80))
+    region = bytearray(encode_recipients_region([], 256, b"m" * 32, b"c" * 128))
     region[-1] = 1
     with pytest.raises(HeaderError, match="fill"):
         decode_recipients_region(region)

@@ -23,6 +23,7 @@ from weightvault.errors import (
     UnsupportedError,
     WeightVaultError,
 )
+from weightvault.format._wire import align_up
 from weightvault.format.preamble import Preamble
 from weightvault.loaders import numpy as wv_numpy
 from weightvault.sealing import seal_safetensors
@@ -288,7 +289,9 @@ def test_stanza_wrapping_another_key_fails_the_commitment(sealed_case: SealedCas
     stanza = sealed_case.kek.wrap(evil_key, context)
     rmac = derive_header_keys(evil_key.header_secret(p.file_id)).recipients_mac_key
     data = sealed_case.bytes()
-    data[128 : 128 + p.recipients_len] = encode_recipients_region([stanza], p.recipients_len, rmac, context)
+    data[128 : 128 + p.recipients_len] = encode_recipients_region(
+        [stanza], p.recipients_len, rmac, p.recipients_mac_context()
+    )
     with pytest.raises(KeyMismatchError):
         _load(_write(sealed_case, data), [sealed_case.kek])
 
@@ -331,7 +334,8 @@ def test_nonzero_reserved_fields(sealed_case: SealedCase, offset: int, fmt: str)
 @pytest.mark.parametrize(
     ("field", "value", "error"),
     [
-        ("version", 2, UnsupportedError),
+        ("version", 3, UnsupportedError),
+        ("version", 1, UnsupportedError),
         ("suite", 9, UnsupportedError),
         ("flags", 2, UnsupportedError),
         ("chunk_log2", 25, HeaderError),
@@ -492,3 +496,26 @@ def test_tampering_fails_identically_for_both_suites(make_case: Callable[..., Se
     data[start + 100] ^= 4
     with pytest.raises(PayloadError, match="failed authentication"):
         _load(_write(case, data), case.file_key)
+
+
+@pytest.mark.parametrize("grow", [16, 4096])
+def test_moving_the_header_without_the_key_is_detected(sealed_case: SealedCase, grow: int) -> None:
+    """Growing recipients_len and moving everything after the region (zeros inserted, or a shift into the
+    padding when it fits) is a keyless edit that every reader refuses, whatever key opens the file."""
+    p = _layout(sealed_case)
+    data = sealed_case.bytes()
+    grown = bytearray(data)
+    grown[112:120] = struct.pack("<Q", p.recipients_len + grow)
+    if p.mac_offset + 32 + grow <= p.data_offset:  # same size: shift into the zero padding before the data area
+        tail = bytes(data[p.header_offset : p.mac_offset + 32])
+        grown[p.header_offset : p.header_offset + grow] = bytes(grow)
+        grown[p.header_offset + grow : p.mac_offset + 32 + grow] = tail
+    else:  # insert zeros after the region: every later offset moves
+        grown = grown[: p.header_offset] + bytearray(grow) + grown[p.header_offset :]
+        grown = grown[: align_up(len(grown) - p.data_len, 4096) + p.data_len]
+    path = _write(sealed_case, grown)
+    for keys in ([sealed_case.kek], sealed_case.file_key):
+        with pytest.raises(HeaderAuthError, match="recipients region"):
+            _load(path, keys)
+        with SealedFile(path) as sealed, pytest.raises(HeaderAuthError):
+            sealed.unlock(keys).verify()  # type: ignore[arg-type]

@@ -1,4 +1,4 @@
-"""Generate the sealed-format v1 known-answer vectors in tests/vectors/format/v1/.
+"""Generate the sealed-format v2 known-answer vectors in tests/vectors/format/v2/.
 
 Each scenario is a ``<name>.wvlt`` file and a ``<name>.json`` description with
 its expected outcome (the ``expect`` class) and, for successes, the SHA-256 of
@@ -36,7 +36,7 @@ from weightvault.format.hazmat import TensorStream, derive_header_keys, header_d
 from weightvault.format.header import TensorEntry, canonical_offsets  # noqa: E402
 from weightvault.format.recipients import KEK, Stanza, encode_recipients_region  # noqa: E402
 
-OUT = Path(__file__).resolve().parent / "v1"
+OUT = Path(__file__).resolve().parent / "v2"
 FILE_KEY = bytes(range(0x40, 0x60))
 KEK_BYTES = bytes(range(0x80, 0xA0))
 OTHER_KEK_BYTES = bytes(range(0xA0, 0xC0))
@@ -145,7 +145,7 @@ def reference_seal(s: Scenario) -> tuple[bytes, bytes]:
     context = p.stanza_context()
     stanza = KEK(KEK_BYTES)._wrap_from_parts(fk, context, SALT)
     out[128 : 128 + RECIPIENTS_LEN] = encode_recipients_region(
-        [stanza], RECIPIENTS_LEN, hkeys.recipients_mac_key, context
+        [stanza], RECIPIENTS_LEN, hkeys.recipients_mac_key, p.recipients_mac_context()
     )
     out[p.header_offset : p.header_offset + len(stored)] = stored
     tags = bytearray()
@@ -187,6 +187,24 @@ def _swap_chunks(data: bytearray, p: Preamble) -> bytearray:
     chunk = 1 << CHUNK_LOG2
     first, second = bytes(data[a : a + 100]), bytes(data[a + chunk : a + chunk + 100])
     data[a : a + 100], data[a + chunk : a + chunk + 100] = second, first
+    return data
+
+
+def _grow_recipients_region(data: bytearray, p: Preamble) -> bytearray:
+    """The keyless edit version 1 allowed: R grows by 4096 and zeros fill the gap, moving everything after it."""
+    grown = bytearray(data[:128]) + data[128 : p.header_offset] + bytes(4096) + data[p.header_offset :]
+    grown[112:120] = struct.pack("<Q", p.recipients_len + 4096)
+    return grown
+
+
+def _shift_header_into_padding(data: bytearray, p: Preamble) -> bytearray:
+    """R grows by 16 and the header, tags and MAC move 16 bytes into the padding: same size, same data offset."""
+    shift = 16
+    assert p.mac_offset + 32 + shift <= p.data_offset
+    moved = bytes(data[p.header_offset : p.mac_offset + 32])
+    data[p.header_offset : p.header_offset + shift] = bytes(shift)
+    data[p.header_offset + shift : p.mac_offset + 32 + shift] = moved
+    data[112:120] = struct.pack("<Q", p.recipients_len + shift)
     return data
 
 
@@ -282,7 +300,35 @@ SCENARIOS = [
         "header_failure",
         byte_mutator=_set(84, "<I", 1),
     ),
-    Scenario("version-2", "format version 2", BASIC, "header_failure", byte_mutator=_set(8, "<H", 2)),
+    Scenario("version-3", "format version 3", BASIC, "header_failure", byte_mutator=_set(8, "<H", 3)),
+    Scenario(
+        "version-1",
+        "format version 1 (retired: its recipients_len was unauthenticated)",
+        BASIC,
+        "header_failure",
+        byte_mutator=_set(8, "<H", 1),
+    ),
+    Scenario(
+        "recipients-region-grown",
+        "recipients_len grown by 4096 with 4096 zero bytes inserted after the region",
+        BASIC,
+        "header_auth_failure",
+        byte_mutator=_grow_recipients_region,
+    ),
+    Scenario(
+        "header-shifted-into-padding",
+        "recipients_len grown by 16 and the header, tags and MAC moved 16 bytes into the padding",
+        BASIC,
+        "header_auth_failure",
+        byte_mutator=_shift_header_into_padding,
+    ),
+    Scenario(
+        "recipients-len-flipped",
+        "one bit flipped in recipients_len",
+        BASIC,
+        "header_failure",
+        byte_mutator=_flip(lambda p: 112),
+    ),
     Scenario(
         "unknown-critical-field",
         "an authenticated header naming an unknown critical extension",
