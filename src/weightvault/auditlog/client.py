@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import base64
 import json
-import os
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
@@ -21,6 +20,7 @@ from weightvault.auditlog.merkle import verify_consistency
 from weightvault.auditlog.note import Note, NoteVerifier
 from weightvault.auditlog.policy import WitnessPolicy
 from weightvault.errors import CheckpointError, ConsistencyError
+from weightvault.sealing.atomic import atomic_file
 
 __all__ = ["LogVerifier", "TrustedState"]
 
@@ -43,12 +43,8 @@ class TrustedState:
         if self.path is None:
             return
         doc = {o: {"size": s, "root": base64.b64encode(r).decode()} for o, (s, r) in self._state.items()}
-        tmp = self.path.with_name(self.path.name + ".tmp")
-        with open(tmp, "w") as handle:
-            json.dump(doc, handle, sort_keys=True)
-            handle.flush()
-            os.fsync(handle.fileno())
-        os.replace(tmp, self.path)
+        with atomic_file(self.path, overwrite=True) as handle:
+            handle.write(json.dumps(doc, sort_keys=True).encode())
 
 
 class LogVerifier:

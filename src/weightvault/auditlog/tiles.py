@@ -11,7 +11,6 @@ recomputes the root from the tiles, and compares it with the checkpoint.
 from __future__ import annotations
 
 import io
-import os
 import struct
 import tarfile
 from collections.abc import Callable, Iterator
@@ -34,6 +33,7 @@ from weightvault.auditlog.note import Note, NoteVerifier, parse_note
 from weightvault.auditlog.policy import WitnessPolicy
 from weightvault.auditlog.storage import LogStorage
 from weightvault.errors import AuditLogError, InclusionProofError
+from weightvault.sealing.atomic import atomic_file
 
 __all__ = [
     "TileExport",
@@ -66,18 +66,14 @@ def export_tiles(storage: LogStorage, checkpoint: Note) -> dict[str, bytes]:
     return files
 
 
-def write_tarball(files: dict[str, bytes], out: Path) -> None:
-    """Write an export as a tar.gz atomically."""
-    tmp = out.with_name(out.name + ".partial")
-    with tarfile.open(tmp, "w:gz") as tar:
+def write_tarball(files: dict[str, bytes], out: Path, *, overwrite: bool = True) -> None:
+    """Write an export as a tar.gz atomically (nothing is left behind if it fails or is killed)."""
+    with atomic_file(Path(out), overwrite=overwrite) as handle, tarfile.open(fileobj=handle, mode="w:gz") as tar:
         for name in sorted(files):
             info = tarfile.TarInfo(name)
             info.size = len(files[name])
             info.mtime = 0
             tar.addfile(info, io.BytesIO(files[name]))
-    with open(tmp, "rb+") as handle:
-        os.fsync(handle.fileno())
-    os.replace(tmp, out)
 
 
 def read_export(source: Path) -> dict[str, bytes]:

@@ -149,7 +149,7 @@ def audit_export(db: Path, out: Path, index: int | None, force: bool) -> None:
         if out.exists() and not force:
             raise ConfigError(f"{out} already exists (pass --force to replace it)")
         files = export_tiles(log.storage, log.latest_checkpoint())
-        write_tarball(files, out)
+        write_tarball(files, out, overwrite=force)
         click.echo(f"wrote {len(files)} tiles API files for size {log.size} to {out}")
 
 

@@ -1,22 +1,46 @@
-"""Atomic output: write to a temporary file beside the target, fsync, then rename.
+"""Atomic output that no crash can leave behind.
 
 A reader of the target path sees either the old file or the complete new one,
-never a partial write, and a failed or interrupted operation leaves no output.
+never a partial write, and a failed, interrupted or killed operation leaves no
+output, not even a hidden one: unsealing writes plaintext, so a leftover partial
+file would be a leak.
+
+* :func:`atomic_file` writes into an unnamed file (``O_TMPFILE``) in the target's
+  directory, fsyncs it and only then links it into place, so before that instant
+  the data has no name and dies with the process. Where the filesystem has no
+  ``O_TMPFILE`` (or ``/proc`` is missing) it falls back to a named temporary file.
+* :func:`atomic_directory` builds a hidden temporary directory and renames it.
+* Every named temporary (``.<name>.wv-<random>.partial``, and ``.old`` for a
+  directory being replaced) is held under an exclusive ``flock`` by its writer.
+  The kernel drops the lock when the writer dies, so before writing, each call
+  removes the unlocked temporaries a killed writer left in the same directory.
 """
 
 from __future__ import annotations
 
 import contextlib
+import errno
+import fcntl
 import os
+import re
+import secrets
 import shutil
-import tempfile
+import time
 from collections.abc import Iterator
 from pathlib import Path
-from typing import BinaryIO
+from typing import BinaryIO, Final
 
 from weightvault.errors import ConfigError
 
-__all__ = ["atomic_directory", "atomic_file", "fsync_directory"]
+__all__ = ["atomic_directory", "atomic_file", "fsync_directory", "remove_stale_partials"]
+
+#: Names of the temporaries this module creates (and the only names it ever removes).
+_TEMP_NAME: Final = re.compile(r"\..+\.wv-[0-9a-f]{16}\.(partial|old)")
+#: A temporary younger than this is left alone even when unlocked: its writer may be
+#: between creating it and locking it.
+_STALE_AFTER_SECONDS: Final = 10.0
+#: errno values with which a filesystem says it has no O_TMPFILE.
+_NO_TMPFILE: Final = frozenset({errno.EOPNOTSUPP, errno.EISDIR, errno.EINVAL, errno.ENOENT})
 
 
 def fsync_directory(path: Path) -> None:
@@ -28,9 +52,103 @@ def fsync_directory(path: Path) -> None:
         os.close(fd)
 
 
+def _temp_name(path: Path, suffix: str) -> Path:
+    return path.with_name(f".{path.name}.wv-{secrets.token_hex(8)}.{suffix}")
+
+
+def _lock(fd: int) -> bool:
+    """Take an exclusive lock without waiting; False if another process holds it."""
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        return False
+    return True
+
+
+def remove_stale_partials(directory: Path, *, now: float | None = None) -> list[Path]:
+    """Remove the temporaries of writers that died in ``directory``; returns what was removed.
+
+    Only names of this module's pattern are considered, and only those no live
+    process holds locked and that are older than a few seconds.
+    """
+    removed: list[Path] = []
+    moment = time.time() if now is None else now
+    try:
+        names = [n for n in os.listdir(directory) if _TEMP_NAME.fullmatch(n)]
+    except OSError:
+        return removed
+    for name in names:
+        candidate = Path(directory) / name
+        try:
+            fd = os.open(candidate, os.O_RDONLY | os.O_NOFOLLOW | getattr(os, "O_CLOEXEC", 0))
+        except OSError:
+            continue
+        try:
+            if moment - os.fstat(fd).st_mtime < _STALE_AFTER_SECONDS or not _lock(fd):
+                continue
+            if candidate.is_dir() and not candidate.is_symlink():
+                shutil.rmtree(candidate, ignore_errors=True)
+            else:
+                with contextlib.suppress(FileNotFoundError):
+                    candidate.unlink()
+            removed.append(candidate)
+        finally:
+            os.close(fd)
+    return removed
+
+
+def _open_unnamed(directory: Path) -> int | None:
+    """An unnamed file in ``directory`` (O_TMPFILE), or None where the filesystem has none."""
+    flag = getattr(os, "O_TMPFILE", None)
+    if flag is None or not os.path.isdir("/proc/self/fd"):
+        return None
+    try:
+        return os.open(directory, flag | os.O_RDWR | getattr(os, "O_CLOEXEC", 0), 0o600)
+    except OSError as exc:
+        if exc.errno in _NO_TMPFILE:
+            return None
+        raise
+
+
+def _link_unnamed(fd: int, target: Path) -> None:
+    """linkat(/proc/self/fd/N, target, AT_SYMLINK_FOLLOW): name an O_TMPFILE file.
+
+    Passing directory fds makes os.link call linkat with AT_SYMLINK_FOLLOW (plain
+    link() would try to link the /proc symlink itself and fail with EXDEV).
+    """
+    proc = os.open("/proc/self/fd", os.O_RDONLY | os.O_DIRECTORY | getattr(os, "O_CLOEXEC", 0))
+    try:
+        os.link(str(fd), str(target), src_dir_fd=proc, follow_symlinks=True)
+    finally:
+        os.close(proc)
+
+
+def _link_into_place(fd: int, path: Path, overwrite: bool) -> None:
+    """Give the unnamed file behind ``fd`` the name ``path`` in one step."""
+    if not overwrite:
+        try:
+            _link_unnamed(fd, path)  # fails if path appeared meanwhile: no clobbering
+        except FileExistsError:
+            raise ConfigError(f"{path} already exists (pass --force to replace it)") from None
+        return
+    # link() cannot replace a file: link under a temporary name, then rename over the target.
+    # A crash between the two leaves a complete (never a partial) file, swept like any temporary.
+    temp = _temp_name(path, "partial")
+    _link_unnamed(fd, temp)
+    try:
+        os.replace(temp, path)
+    except BaseException:
+        with contextlib.suppress(FileNotFoundError):
+            temp.unlink()
+        raise
+
+
 @contextlib.contextmanager
 def atomic_file(path: Path, *, overwrite: bool = False, mode: int = 0o644) -> Iterator[BinaryIO]:
-    """Yield a writable binary file that replaces ``path`` only if the block succeeds.
+    """Yield a writable binary file that becomes ``path`` only if the block succeeds.
+
+    The data is fsynced before it gets its name and the directory after, so the
+    new file survives a power loss once this returns.
 
     Raises:
         ConfigError: ``path`` exists and ``overwrite`` is false.
@@ -38,19 +156,47 @@ def atomic_file(path: Path, *, overwrite: bool = False, mode: int = 0o644) -> It
     path = Path(path)
     if path.exists() and not overwrite:
         raise ConfigError(f"{path} already exists (pass --force to replace it)")
-    fd, tmp_name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".partial", dir=path.parent)
-    tmp = Path(tmp_name)
+    directory = path.parent
+    remove_stale_partials(directory)
+    fd = _open_unnamed(directory)
+    if fd is not None:
+        # Locked from the start, so the name it gets for an instant while replacing a
+        # file is never taken for a dead writer's leftover by another process.
+        fcntl.flock(fd, fcntl.LOCK_EX)
+        with os.fdopen(fd, "w+b") as handle:
+            yield handle
+            handle.flush()
+            os.fchmod(handle.fileno(), mode)
+            os.fsync(handle.fileno())
+            _link_into_place(handle.fileno(), path, overwrite)
+        fsync_directory(directory)
+        return
+    yield from _named_atomic_file(path, overwrite=overwrite, mode=mode)
+
+
+def _named_atomic_file(path: Path, *, overwrite: bool, mode: int) -> Iterator[BinaryIO]:
+    """The fallback: a locked, named temporary beside the target, renamed into place."""
+    temp = _temp_name(path, "partial")
+    fd = os.open(temp, os.O_RDWR | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | getattr(os, "O_CLOEXEC", 0), 0o600)
+    fcntl.flock(fd, fcntl.LOCK_EX)
     try:
         with os.fdopen(fd, "w+b") as handle:
             yield handle
             handle.flush()
+            os.fchmod(handle.fileno(), mode)
             os.fsync(handle.fileno())
-        os.chmod(tmp, mode)
-        os.replace(tmp, path)
+            if overwrite:
+                os.replace(temp, path)
+            else:
+                try:
+                    os.link(temp, path)  # no clobbering if path appeared meanwhile
+                except FileExistsError:
+                    raise ConfigError(f"{path} already exists (pass --force to replace it)") from None
+                temp.unlink()
         fsync_directory(path.parent)
     except BaseException:
         with contextlib.suppress(FileNotFoundError):
-            tmp.unlink()
+            temp.unlink()
         raise
 
 
@@ -58,9 +204,11 @@ def atomic_file(path: Path, *, overwrite: bool = False, mode: int = 0o644) -> It
 def atomic_directory(path: Path, *, overwrite: bool = False) -> Iterator[Path]:
     """Yield a fresh directory that becomes ``path`` only if the block succeeds.
 
-    Every file written inside should be fsynced by the writer; this function
-    fsyncs the directories and renames. With ``overwrite`` an existing ``path``
-    is replaced (moved aside, then removed after the rename).
+    Every file written inside should be fsynced by the writer (:func:`atomic_file`
+    does); this function fsyncs the directories and renames. With ``overwrite`` an
+    existing ``path`` is replaced (moved aside, then removed after the rename). The
+    temporary directory, and the old one being removed, stay locked while they
+    exist, so a killed writer's leftovers are swept by the next writer here.
 
     Raises:
         ConfigError: ``path`` exists and ``overwrite`` is false.
@@ -69,20 +217,36 @@ def atomic_directory(path: Path, *, overwrite: bool = False) -> Iterator[Path]:
     if path.exists() and not overwrite:
         raise ConfigError(f"{path} already exists (pass --force to replace it)")
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.", suffix=".partial", dir=path.parent))
+    remove_stale_partials(path.parent)
+    tmp = _temp_name(path, "partial")
+    os.mkdir(tmp, 0o700)
+    lock_fd = os.open(tmp, os.O_RDONLY | os.O_DIRECTORY | getattr(os, "O_CLOEXEC", 0))
     try:
-        yield tmp
-        for root, _dirs, _files in os.walk(tmp):
-            fsync_directory(Path(root))
-        old = None
-        if path.exists():
-            old = Path(tempfile.mkdtemp(prefix=f".{path.name}.", suffix=".old", dir=path.parent))
-            os.rmdir(old)
-            os.replace(path, old)
+        fcntl.flock(lock_fd, fcntl.LOCK_EX)
+        try:
+            yield tmp
+            for root, _dirs, _files in os.walk(tmp):
+                fsync_directory(Path(root))
+            _replace_directory(tmp, path)
+        except BaseException:
+            shutil.rmtree(tmp, ignore_errors=True)
+            raise
+    finally:
+        os.close(lock_fd)
+
+
+def _replace_directory(tmp: Path, path: Path) -> None:
+    if not path.exists():
         os.replace(tmp, path)
         fsync_directory(path.parent)
-        if old is not None:
-            shutil.rmtree(old, ignore_errors=True)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
+        return
+    old = _temp_name(path, "old")
+    old_fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY | getattr(os, "O_CLOEXEC", 0))
+    try:
+        fcntl.flock(old_fd, fcntl.LOCK_EX)  # the lock moves with the directory: a crash leaves it sweepable
+        os.replace(path, old)
+        os.replace(tmp, path)
+        fsync_directory(path.parent)
+        shutil.rmtree(old, ignore_errors=True)
+    finally:
+        os.close(old_fd)

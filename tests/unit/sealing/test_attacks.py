@@ -518,4 +518,4 @@ def test_moving_the_header_without_the_key_is_detected(sealed_case: SealedCase, 
         with pytest.raises(HeaderAuthError, match="recipients region"):
             _load(path, keys)
         with SealedFile(path) as sealed, pytest.raises(HeaderAuthError):
-            sealed.unlock(keys).verify()  # type: ignore[arg-type]
+            sealed.unlock(keys).verify()
