@@ -89,7 +89,7 @@ def main() -> None:
             return {
                 "verifiers": ["insecure-sample"],
                 "resources": [f"{tenant}/models/*"],
-                "rule": {"claim": "token.age_seconds", "lessOrEquals": 300 + i},
+                "rule": {"claim": "result.age_seconds", "lessOrEquals": 300 + i},
             }
 
         plain, gated = [], []

@@ -139,7 +139,7 @@ def main() -> int:
         device_id = None
         conditions: list[dict[str, object]] = [
             {"claim": "tenant", "equals": "demo"},
-            {"claim": "token.age_seconds", "lessOrEquals": 300},
+            {"claim": "result.age_seconds", "lessOrEquals": 300},
         ]
         if use_tpm:
             device_id = "demo-gpu-box"

@@ -162,12 +162,15 @@ class ReleaseDeniedError(KeyAccessError):
     """The key broker refused to release a key.
 
     Attributes:
-        reasons: coarse reason codes the broker chose to reveal to the caller.
+        reasons: the coarse reason the broker reveals: ``device`` or ``policy``.
+        codes: stable reason codes (``device_revoked``, ``conditions_not_met``, ...,
+            docs/protocol.md) that say what kind of check failed, never the policy's contents.
     """
 
-    def __init__(self, message: str, reasons: Sequence[str] = ()) -> None:
+    def __init__(self, message: str, reasons: Sequence[str] = (), codes: Sequence[str] = ()) -> None:
         super().__init__(message)
         self.reasons: tuple[str, ...] = tuple(reasons)
+        self.codes: tuple[str, ...] = tuple(codes)
 
 
 class AttestationError(WeightVaultError):

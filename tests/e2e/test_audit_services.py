@@ -103,6 +103,17 @@ def test_log_publishes_through_two_http_witnesses(tmp_path: Path, keys: dict[str
     assert (7, 45, ["w1.test", "w2.test"]) == (report["index"], report["size"], report["cosigned_by"])
     report = json.loads(wv("audit", "verify", export, "--log-key", vkey, "--json").stdout)
     assert 45 == report["entries"]
+    # Exports and the served checkpoint carry the witnesses' cosignatures (the README's commands).
+    witnessed = ["--witness", vkeys[0], "--witness", vkeys[1], "--quorum", "2"]
+    report = json.loads(wv("audit", "verify", export, "--log-key", vkey, *witnessed, "--json").stdout)
+    assert 45 == report["entries"]
+    port = free_port()
+    with serve(
+        ["audit", "serve", "--db", str(tmp_path / "audit.db"), "--port", str(port)], port, ready_path="/checkpoint"
+    ) as url:
+        assert 3 == len(parse_note(httpx.get(url + "/checkpoint").text).signatures)
+        followed = wv("audit", "monitor", "--url", url, "--log-key", vkey, *witnessed)
+        assert "OK: 45 entries" in followed.stdout
     from weightvault.auditlog import ProofBundle
 
     original = ProofBundle.from_text(bundle.read_text())

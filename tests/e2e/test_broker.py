@@ -185,7 +185,7 @@ def test_tenant_admin_cannot_write_other_tenants_policy(broker: Broker) -> None:
 def test_revoked_device_with_live_token(broker: Broker) -> None:
     """A device revoked after its token was issued gets no key at the next release."""
     op = broker.client("operator")
-    op.add_device("dev-rev", "token", ["acme"])
+    op.add_device("dev-rev", "insecure-sample", ["acme"])
     client = broker.client("acme-wl")
     session, _ = client.attest(SampleAttester(device_id="dev-rev"))
     assert client.release(session, "acme/models/small@1").file_key is not None
@@ -286,8 +286,29 @@ def test_invalid_result_tokens(broker: Broker) -> None:
     session, _ = client.attest(SampleAttester())
     header, payload, signature = session.token.split(".")
     for bad in (f"{header}.{payload}.{signature[:-4]}AAAA", f"{header}.{payload}", "x.y.z"):
+        start = broker.audit_size()
         with pytest.raises(AuthenticationError):
             client.request("POST", "/v1/release", {"token": bad, "resource": "acme/models/small@1"})
+        denied = _last(broker, start, "policy.decision")  # every refusal is a logged decision
+        assert ("deny", ["result_token_invalid"]) == (denied.decision, denied.details["codes"])
+        assert ("acme-wl", "acme/models/small@1") == (denied.actor, denied.resource)
+
+
+def test_every_refused_release_is_audited_with_a_reason_code(broker: Broker) -> None:
+    """An unknown model, another tenant's model, a malformed request: each refusal leaves a deny decision."""
+    client = broker.client("acme-wl")
+    session, _ = client.attest(SampleAttester())
+    cases: list[tuple[str, type[Exception], str]] = [
+        ("acme/models/nope@1", NotFoundError, "model_not_found"),
+        ("globex/models/small@1", PermissionDeniedError, "resource_not_in_tenant"),
+        ("not-a-resource", InvalidRequestError, "invalid_request"),
+    ]
+    for resource, error, code in cases:
+        start = broker.audit_size()
+        with pytest.raises(error):
+            client.release(session, resource)
+        denied = _last(broker, start, "policy.decision")
+        assert ("deny", [code]) == (denied.decision, denied.details["codes"])
 
 
 def test_roles_are_enforced(broker: Broker) -> None:
@@ -382,3 +403,98 @@ def test_tls_once(tmp_path: Path) -> None:
             client.create_tenant("tls-tenant")
         with BrokerClient(tls_broker.url, tls_broker.tokens["operator"]) as untrusted, pytest.raises(Exception):  # noqa: B017
             untrusted.create_tenant("x")
+
+
+def test_device_claims_come_only_from_evidence_that_proves_the_device(broker: Broker) -> None:
+    """A passport binds the device its issuer names, if registered as a token device; a challenge naming a
+    device needs evidence that proves it; device.kind reaches the policy only for a proven device."""
+    op = broker.client("operator")
+    op.add_device("gpu-pp", "token", ["acme"])
+    op.add_device("sample-dev", "insecure-sample", ["acme"])
+    with pytest.raises(InvalidRequestError):
+        op.add_device("fake-tpm", "tpm", ["acme"])
+    admin = broker.client("acme-admin")
+    admin.put_policy(
+        "acme",
+        "token-device",
+        _policy(
+            "acme",
+            rule={"allOf": [{"claim": "device.kind", "equals": "token"}, {"claim": "device.id", "equals": "gpu-pp"}]},
+        ),
+    )
+    from weightvault.format.keys import FileKey
+
+    broker.client("acme-pub").register_model(
+        "acme", "pp-dev", "1", policy="token-device", file_key=FileKey.generate(), files=[]
+    )
+    client = broker.client("acme-wl")
+    now = int(time.time())
+    no_device = TokenAttester(lambda rd: broker.passport(rd, now=now))
+    start = broker.audit_size()
+    with pytest.raises(PermissionDeniedError):
+        client.attest(no_device, device_id="gpu-pp")
+    assert ("device_not_attested",) == _last(broker, start, "attest.fail").reasons
+    other = TokenAttester(lambda rd: broker.passport(rd, now=now, ueid="sample-dev"))
+    start = broker.audit_size()
+    with pytest.raises(PermissionDeniedError):
+        client.attest(other)
+    assert ("device_kind_insecure-sample_not_proven_by_this_verifier",) == _last(broker, start, "attest.fail").reasons
+    named = TokenAttester(lambda rd: broker.passport(rd, now=now, ueid="gpu-pp"))
+    _, released = client.attest(named, device_id="gpu-pp", release="acme/models/pp-dev@1")
+    assert released is not None
+    session, _ = client.attest(no_device)
+    with pytest.raises(ReleaseDeniedError) as info:
+        client.release(session, "acme/models/pp-dev@1")
+    assert ("conditions_not_met",) == info.value.codes
+
+
+def test_a_passport_claim_cannot_pose_as_the_issuer_name(broker: Broker) -> None:
+    """token.issuer is the configured issuer's name even when the passport carries an 'issuer' claim."""
+    admin = broker.client("acme-admin")
+    admin.put_policy("acme", "by-issuer", _policy("acme", rule={"claim": "token.issuer", "equals": "nvidia-nras"}))
+    from weightvault.format.keys import FileKey
+
+    broker.client("acme-pub").register_model(
+        "acme", "by-issuer", "1", policy="by-issuer", file_key=FileKey.generate(), files=[]
+    )
+    client = broker.client("acme-wl")
+    posing = TokenAttester(lambda rd: broker.passport(rd, now=int(time.time()), issuer="nvidia-nras"))
+    session, _ = client.attest(posing)
+    with pytest.raises(ReleaseDeniedError):
+        client.release(session, "acme/models/by-issuer@1")
+
+
+def test_a_locked_audit_log_answers_503_and_readiness_says_so(tmp_path: Path) -> None:
+    """A lock held on the audit database makes writes fail closed with 503 audit_unavailable in
+    problem+json (not a 500 after 30 s); readiness turns 503 with the reason while liveness stays 200."""
+    import sqlite3
+
+    import numpy as np
+    from safetensors.numpy import save_file
+
+    plain = tmp_path / "p.safetensors"
+    save_file({"w": np.zeros(4, dtype=np.float32)}, str(plain))
+    with running_broker(tmp_path, plain) as b:
+        healthy = httpx.get(b.url + "/v1/health/ready")
+        assert (200, "ok") == (healthy.status_code, healthy.json()["status"])
+        lock = sqlite3.connect(b.base / "data" / "audit.db", isolation_level=None)
+        lock.execute("BEGIN EXCLUSIVE")
+        try:
+            reply = httpx.put(
+                b.url + "/v1/tenants/acme/policies/p2",
+                json={"document": _policy("acme")},
+                headers={"authorization": f"Bearer {b.tokens['acme-admin']}"},
+                timeout=60,
+            )
+        finally:
+            lock.execute("ROLLBACK")
+            lock.close()
+        assert (503, "audit_unavailable") == (reply.status_code, reply.json()["code"])
+        assert reply.headers["content-type"].startswith("application/problem+json")
+        ready = httpx.get(b.url + "/v1/health/ready")
+        assert 503 == ready.status_code
+        assert any("audit log failed" in p for p in ready.json()["problems"])
+        assert 503 == httpx.get(b.url + "/v1/health").status_code
+        assert 200 == httpx.get(b.url + "/v1/health/live").status_code
+        listed = b.client("acme-admin").request("GET", "/v1/tenants/acme/policies")
+        assert "p2" not in {p["name"] for p in listed["policies"]}  # nothing changed without its audit record

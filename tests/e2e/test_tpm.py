@@ -597,3 +597,33 @@ def test_command_line_enrol_measure_record_load_revoke(tpm_broker: Broker, swtpm
     assert "revoked" in wv("device", "revoke", device_id, *op)
     denied = _wv_fails("load", model, "--attester", "tpm", "--tcti", swtpm.tcti, "--device-id", device_id, *wl)
     assert 1 == len(denied.stderr.strip().splitlines())
+
+
+def test_sample_evidence_cannot_borrow_an_enrolled_tpm(tpm_broker: Broker, device: tuple[str, SWTPM]) -> None:
+    """A policy accepting tpm and insecure-sample that requires device.kind == tpm releases nothing to sample
+    evidence naming an enrolled TPM: device claims come only from a verifier that proves that kind of device."""
+    device_id, _ = device
+    admin = tpm_broker.client("acme-admin")
+    admin.put_policy(
+        "acme",
+        "mixed",
+        _policy("acme", verifiers=["tpm", "insecure-sample"], rule={"claim": "device.kind", "equals": "tpm"}),
+    )
+    from weightvault.client.broker import SampleAttester
+    from weightvault.format.keys import FileKey
+
+    tpm_broker.client("acme-pub").register_model(
+        "acme", "mixed-model", "1", policy="mixed", file_key=FileKey.generate(), files=[]
+    )
+    client = tpm_broker.client("acme-wl")
+    for attester, reason in (
+        (SampleAttester(), "device_not_attested"),
+        (SampleAttester(device_id=device_id), "device_kind_tpm_not_proven_by_this_verifier"),
+    ):
+        start = tpm_broker.audit_size()
+        with pytest.raises(PermissionDeniedError):
+            client.attest(attester, device_id=device_id, release="acme/models/mixed-model@1")
+        assert reason == _last(tpm_broker, start, "attest.fail").reasons[0]
+    # Sample evidence naming the TPM device without a device challenge is refused the same way.
+    with pytest.raises(PermissionDeniedError):
+        client.attest(SampleAttester(device_id=device_id), release="acme/models/mixed-model@1")

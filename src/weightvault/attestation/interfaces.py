@@ -28,6 +28,7 @@ __all__ = [
     "ClaimValue",
     "DeviceRecord",
     "Verifier",
+    "check_result",
     "evidence_digest",
     "report_data",
 ]
@@ -78,7 +79,15 @@ class AttestationContext:
 
 @dataclass(frozen=True, slots=True)
 class AttestationResult:
-    """Normalised claims. Policies read only these, never raw vendor evidence."""
+    """Normalised claims. Policies read only these, never raw vendor evidence.
+
+    Invariant: every claim name lies in the verifier's own namespace (its
+    ``claim_prefix``), and ``device_id`` is set only when the evidence itself
+    authenticated that device (a quote under the device's enrolled key, a signed
+    token naming it). The broker adds ``device.*`` claims from its registry only
+    for such a device, and only if the device is of a kind this verifier can
+    authenticate; see :func:`check_result`.
+    """
 
     verifier: str
     claims: Mapping[str, ClaimValue]
@@ -89,9 +98,16 @@ class AttestationResult:
 
 
 class Verifier(Protocol):
-    """An evidence verifier. ``id`` is also the evidence type it accepts."""
+    """An evidence verifier. ``id`` is also the evidence type it accepts.
+
+    ``claim_prefix`` is the namespace of every claim it emits (``"tpm."``);
+    ``device_kinds`` the kinds of enrolled device whose identity its evidence
+    proves (empty: its results are never bound to a device).
+    """
 
     id: str
+    claim_prefix: str
+    device_kinds: frozenset[str]
 
     def verify(self, evidence: Mapping[str, Any], context: AttestationContext) -> AttestationResult:
         """Verify evidence for ``context``; raises an AttestationError subclass when it fails."""
@@ -102,6 +118,8 @@ class BaseVerifier:
     """Checks the evidence type, then hands over to :meth:`appraise`."""
 
     id: str = ""
+    claim_prefix: str = ""
+    device_kinds: frozenset[str] = frozenset()
 
     def verify(self, evidence: Mapping[str, Any], context: AttestationContext) -> AttestationResult:
         if evidence.get("type") != self.id:
@@ -116,3 +134,18 @@ def check_report_data(actual: bytes, context: AttestationContext) -> None:
     """Constant-time comparison of committed and expected report data."""
     if not hmac.compare_digest(actual, context.expected_report_data):
         raise EvidenceError("evidence is not bound to this challenge, tenant and key (report data mismatch)")
+
+
+def check_result(verifier: Verifier, result: AttestationResult) -> None:
+    """Enforce the result invariant at the seam between a verifier and the broker.
+
+    Raises:
+        EvidenceError: the result names another verifier, or a claim outside the verifier's namespace.
+    """
+    if result.verifier != verifier.id:
+        raise EvidenceError(f"verifier {verifier.id} returned a result labelled {result.verifier!r}")
+    if not verifier.claim_prefix.endswith("."):
+        raise EvidenceError(f"verifier {verifier.id} has no claim namespace")
+    stray = sorted(k for k in result.claims if not k.startswith(verifier.claim_prefix))
+    if stray:
+        raise EvidenceError(f"verifier {verifier.id} emitted claims outside {verifier.claim_prefix}*: {stray[:3]}")

@@ -46,12 +46,18 @@ _MAX_BYTES: Final = 64 << 10
 
 @dataclass(frozen=True, slots=True)
 class PolicyDecision:
-    """The outcome of one evaluation."""
+    """The outcome of one evaluation.
+
+    ``failed`` describes every failed condition (for the audit log); ``codes`` are
+    the stable reason codes a refused workload may see, which name the kind of
+    failure and never the policy's contents.
+    """
 
     allowed: bool
     failed: tuple[str, ...]
     version: int
     digest: str
+    codes: tuple[str, ...] = ()
 
 
 def _describe(cond: Mapping[str, Any]) -> str:
@@ -121,13 +127,20 @@ class ReleasePolicy:
     ) -> PolicyDecision:
         """Evaluate against ``result``'s claims plus broker claims (device status, token age, ...)."""
         failed: list[str] = []
+        codes: list[str] = []
         if result.verifier not in self.verifiers:
             failed.append(f"verifier {result.verifier} is not accepted by policy {self.name}")
+            codes.append("verifier_not_accepted")
         if not self.covers(resource):
             failed.append(f"resource {resource} is not covered by policy {self.name}")
+            codes.append("resource_not_covered")
+        # Verifiers keep to their own namespaces (attestation.interfaces.check_result), so nothing is
+        # shadowed here; were it ever, the broker's own claims win.
         claims: dict[str, ClaimValue] = {**result.claims, **extra_claims, "verifier": result.verifier}
         ok = _eval(self.rule, claims, refsets, failed)
-        return PolicyDecision(ok and len(failed) == 0, tuple(failed), self.version, self.digest)
+        if not ok:
+            codes.append("conditions_not_met")
+        return PolicyDecision(ok and not codes, tuple(failed), self.version, self.digest, tuple(codes))
 
 
 def _validate(node: object, depth: int, counter: list[int]) -> None:

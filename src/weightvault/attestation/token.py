@@ -11,7 +11,9 @@ the token carries the session's report data. A token is accepted only if:
 * the configured nonce claim equals this session's report data.
 
 Claims are flattened into ``token.<path>`` (strings, integers, booleans and lists
-of strings), plus ``token.issuer`` (the configured issuer name).
+of strings), plus ``token.issuer``: always the configured issuer name, never a claim
+of the token. The device a token names (``device_claim``) is bound to the result only
+for devices registered with kind ``token``.
 """
 
 from __future__ import annotations
@@ -141,6 +143,9 @@ class AttestationTokenVerifier(BaseVerifier):
     """Verifies JWT/EAR attestation results from pinned issuers."""
 
     id = TOKEN_ID
+    claim_prefix = "token."
+    #: Devices registered with kind "token" are named by the issuer's device claim.
+    device_kinds = frozenset({"token"})
 
     def __init__(self, issuers: Sequence[TokenIssuer]) -> None:
         if not issuers:
@@ -198,7 +203,9 @@ class AttestationTokenVerifier(BaseVerifier):
         nonce = _decode_nonce(_path(claims, issuer.nonce_claim), issuer.nonce_encoding)
         if not hmac.compare_digest(nonce, context.expected_report_data):
             raise EvidenceError("attestation token is not bound to this challenge, tenant and key")
-        flat: dict[str, ClaimValue] = {"token.issuer": issuer.name}
+        flat: dict[str, ClaimValue] = {}
         _flatten(claims, "token", flat)
+        # Set last: a passport claim named "issuer" must not pose as the configured issuer's name.
+        flat["token.issuer"] = issuer.name
         device = _path(claims, issuer.device_claim) if issuer.device_claim else None
         return AttestationResult(self.id, flat, evidence_digest(evidence), device if isinstance(device, str) else None)

@@ -46,6 +46,9 @@ class UnsafeSampleVerifier(BaseVerifier):
     """Accepts any evidence that carries the right report data. Never use in production."""
 
     id = SAMPLE_ID
+    claim_prefix = "sample."
+    #: Sample evidence proves nothing, so it can only stand for devices registered as insecure-sample.
+    device_kinds = frozenset({SAMPLE_ID})
 
     def appraise(self, evidence: Mapping[str, Any], context: AttestationContext) -> AttestationResult:
         _log.warning("insecure-sample verifier used: this evidence proves nothing about the workload")

@@ -11,7 +11,9 @@ Events never carry secrets. Values that are sensitive but must be correlatable
 (an IP address, a token id) are stored only as keyed hashes made by
 :class:`SensitiveHasher`, under a key separate from every other key. Field names
 that name secrets (``secret``, ``password``, ``private_key``, ...) are refused
-outright, and events are capped at 64 KiB.
+outright. An encoded event is at most 65,535 bytes, the most a tlog-tiles entry
+bundle can frame; events are kept far below that by design: long lists (a model's
+files, an approval policy's approvers) are recorded by digest and count.
 """
 
 from __future__ import annotations
@@ -27,6 +29,7 @@ from typing import Any, Final
 
 import rfc8785
 
+from weightvault.auditlog.merkle import MAX_ENTRY_BYTES
 from weightvault.errors import AuditLogError
 
 __all__ = [
@@ -38,7 +41,8 @@ __all__ = [
     "decode_event",
 ]
 
-MAX_EVENT_BYTES: Final = 64 << 10
+#: Entry bundles frame entries with a u16 length: a larger event could never be exported.
+MAX_EVENT_BYTES: Final = MAX_ENTRY_BYTES
 EVENT_VERSION: Final = 1
 
 #: Sensitive actions recorded under the write-ahead rule: each has .intent, .done and .fail events.
@@ -193,7 +197,7 @@ class AuditEvent:
         return doc
 
     def encode(self) -> bytes:
-        """RFC 8785 canonical JSON; raises AuditLogError above 64 KiB."""
+        """RFC 8785 canonical JSON; raises AuditLogError above :data:`MAX_EVENT_BYTES`."""
         try:
             data: bytes = rfc8785.dumps(self.to_json())
         except (rfc8785.CanonicalizationError, TypeError, ValueError) as exc:

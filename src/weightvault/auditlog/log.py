@@ -25,6 +25,7 @@ import threading
 import time
 from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import Future
+from concurrent.futures import TimeoutError as FutureTimeoutError
 from dataclasses import dataclass
 from pathlib import Path
 from queue import Empty, SimpleQueue
@@ -169,6 +170,19 @@ class LogReader:
             raise AuditLogError(f"entry {index} is not covered by the checkpoint of size {size}")
         return ProofBundle(index, tuple(self.inclusion_proof(index, size)), note, self.entry(index))
 
+    def published_checkpoint(self) -> Note | None:
+        """The newest checkpoint that met the witness policy, with its cosignatures (None before the first)."""
+        text = self._storage.published_checkpoint()
+        return None if text is None else parse_note(text)
+
+    def served_checkpoint(self) -> Note:
+        """What the tiles API and exports hand out: the newest published checkpoint, else the head's.
+
+        Auditors who require witnesses need the cosigned form; the head's own
+        checkpoint is only signed by the log.
+        """
+        return self.published_checkpoint() or self.latest_checkpoint()
+
     def _best_checkpoint(self) -> Note:
         """The stored checkpoint at the head size (with any cosignatures gathered for it)."""
         size = self.size
@@ -263,7 +277,7 @@ class AuditLog(LogReader):
 
     def published_checkpoint(self) -> Note | None:
         """The newest checkpoint that met the witness quorum."""
-        return self._published
+        return self._published or super().published_checkpoint()
 
     def _best_checkpoint(self) -> Note:
         return self._published or self._head_note
@@ -305,14 +319,20 @@ class AuditLog(LogReader):
 
     # -- appending ---------------------------------------------------------------
 
-    def append(self, event: AuditEvent, timeout_s: float = 30.0) -> Receipt:
+    def append(self, event: AuditEvent, timeout_s: float = 15.0) -> Receipt:
         """Append ``event`` and wait until it is durable.
+
+        The default wait outlasts the storage's busy timeout, so a locked database
+        surfaces as the writer's own failure rather than as a timeout here.
 
         Raises:
             AuditLogError: the event is invalid, the log has failed or is closed, or
                 the commit did not finish within ``timeout_s``.
         """
-        return self.submit(event).result(timeout=timeout_s)
+        try:
+            return self.submit(event).result(timeout=timeout_s)
+        except FutureTimeoutError:
+            raise AuditLogError(f"the audit log did not commit within {timeout_s:g} s") from None
 
     def submit(self, event: AuditEvent) -> Pending:
         """Stamp, encode and queue ``event``; the returned future resolves once it is durable.
@@ -422,7 +442,7 @@ class AuditLog(LogReader):
         verified_names = {n for n, w in self._policy.witnesses.items() if any(w.matches(s) for s in full.signatures)}
         if not self._policy.satisfied(verified_names):
             raise AuditLogError(f"witness quorum not met for size {checkpoint.size}")
-        self._storage.store_checkpoint(checkpoint.size, full.to_text())
+        self._storage.store_published(checkpoint.size, full.to_text())
         with self._published_cond:
             if self._published is None or Checkpoint.from_text(self._published.text).size <= checkpoint.size:
                 self._published = full

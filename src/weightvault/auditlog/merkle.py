@@ -45,6 +45,8 @@ HASH_BYTES: Final = 32
 EMPTY_ROOT: Final = hashlib.sha256(b"").digest()
 TILE_HEIGHT: Final = 8
 TILE_WIDTH: Final = 1 << TILE_HEIGHT
+#: The largest entry tlog-tiles can carry: entry bundles frame each entry with a big-endian u16 length.
+MAX_ENTRY_BYTES: Final = 0xFFFF
 _MAX_SIZE: Final = 1 << 63
 
 

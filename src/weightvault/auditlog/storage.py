@@ -80,8 +80,14 @@ def _blob(value: object) -> bytes:
     raise AuditLogError(f"stored value has SQL type {type(value).__name__}, expected a blob")
 
 
-def _connect(path: Path) -> sqlite3.Connection:
-    conn = sqlite3.connect(path, isolation_level=None, check_same_thread=False, timeout=30)
+#: How long a statement waits for another process's lock before it fails. The writer
+#: fails closed after this, so it is short: an audit log that cannot commit must make
+#: the broker refuse quickly (503), not hang its clients.
+DEFAULT_BUSY_TIMEOUT_S: Final = 5.0
+
+
+def _connect(path: Path, busy_timeout_s: float = DEFAULT_BUSY_TIMEOUT_S) -> sqlite3.Connection:
+    conn = sqlite3.connect(path, isolation_level=None, check_same_thread=False, timeout=busy_timeout_s)
     conn.execute("PRAGMA journal_mode=WAL")
     conn.execute("PRAGMA synchronous=FULL")
     conn.execute("PRAGMA foreign_keys=ON")
@@ -259,9 +265,36 @@ class LogStorage:
                 self._conn.execute("ROLLBACK")
                 raise
 
-    def store_checkpoint(self, size: int, note: str) -> None:
+    def store_published(self, size: int, note: str) -> None:
+        """Store the published form of the checkpoint at ``size`` (with its cosignatures).
+
+        The newest published size is remembered, so that readers of this database
+        (``audit serve``, ``audit export``) hand out the witnessed checkpoint.
+        """
         with self._lock:
-            self._conn.execute("INSERT OR REPLACE INTO checkpoints (size, note) VALUES (?, ?)", (size, note))
+            self._conn.execute("BEGIN IMMEDIATE")
+            try:
+                self._conn.execute("INSERT OR REPLACE INTO checkpoints (size, note) VALUES (?, ?)", (size, note))
+                self._conn.execute(
+                    "INSERT INTO meta (k, v) VALUES ('published', ?) ON CONFLICT (k) DO UPDATE "
+                    "SET v = excluded.v WHERE CAST(meta.v AS INTEGER) < CAST(excluded.v AS INTEGER)",
+                    (str(size),),
+                )
+                self._conn.execute("COMMIT")
+            except BaseException:
+                self._conn.execute("ROLLBACK")
+                raise
+
+    def published_checkpoint(self) -> str | None:
+        """The newest checkpoint that was published (met the witness policy), or None."""
+        row = (
+            self._read()
+            .execute(
+                "SELECT c.note FROM meta m JOIN checkpoints c ON c.size = CAST(m.v AS INTEGER) WHERE m.k = 'published'"
+            )
+            .fetchone()
+        )
+        return None if row is None else str(row[0])
 
     def checkpoint(self, size: int) -> str | None:
         row = self._read().execute("SELECT note FROM checkpoints WHERE size = ?", (size,)).fetchone()

@@ -21,6 +21,7 @@ from weightvault.auditlog.checkpoint import Checkpoint, VerifiedCheckpoint, veri
 from weightvault.auditlog.merkle import (
     EMPTY_ROOT,
     HASH_BYTES,
+    MAX_ENTRY_BYTES,
     TILE_HEIGHT,
     TILE_WIDTH,
     TileCoord,
@@ -45,8 +46,6 @@ __all__ = [
     "write_tarball",
 ]
 
-_MAX_ENTRY: int = 0xFFFF
-
 
 def export_tiles(storage: LogStorage, checkpoint: Note) -> dict[str, bytes]:
     """Every resource of the tiles API for ``checkpoint``, as path -> bytes."""
@@ -59,7 +58,7 @@ def export_tiles(storage: LogStorage, checkpoint: Note) -> dict[str, bytes]:
         if tile.level == 0:
             bundle = bytearray()
             for stored in storage.entries(start, start + tile.width):
-                if len(stored.data) > _MAX_ENTRY:
+                if len(stored.data) > MAX_ENTRY_BYTES:
                     raise AuditLogError("entry too large for an entry bundle")
                 bundle += struct.pack(">H", len(stored.data)) + stored.data
             files[tile_path("entries", tile.index, tile.width)] = bytes(bundle)

@@ -32,7 +32,7 @@ from typing import Any, Final
 
 import rfc8785
 
-from weightvault.attestation.interfaces import AttestationContext, DeviceRecord, report_data
+from weightvault.attestation.interfaces import AttestationContext, DeviceRecord, check_result, report_data
 from weightvault.attestation.policy import ReleasePolicy
 from weightvault.attestation.registry import VerifierRegistry
 from weightvault.auditlog.events import AuditEvent, SensitiveHasher, digest_json
@@ -41,6 +41,7 @@ from weightvault.broker import storage as tables
 from weightvault.broker.approvals import ApprovalService, Grant
 from weightvault.broker.bindings import export_info, registration_info, release_info
 from weightvault.broker.custody import CustodyService
+from weightvault.broker.decisions import ReleaseDecision, ReleaseFacts, decide_release, parse_resource
 from weightvault.broker.keystore import (
     RootKey,
     unwrap_file_key,
@@ -68,7 +69,6 @@ from weightvault.errors import (
     KeyAccessError,
     NotFoundError,
     PermissionDeniedError,
-    PolicyViolationError,
     ReleaseDeniedError,
     SealedError,
 )
@@ -79,6 +79,7 @@ __all__ = [
     "AttestOutcome",
     "BrokerSettings",
     "Challenge",
+    "Health",
     "KeyBroker",
     "Principal",
     "ReleaseOutcome",
@@ -87,6 +88,8 @@ __all__ = [
 
 _TOKEN_PREFIX: Final = "wv1_"  # noqa: S105 - the token format prefix, not a secret
 _NAME_CHARS: Final = frozenset("abcdefghijklmnopqrstuvwxyz0123456789-_.")
+#: Device kinds registered by an operator (TPM devices enrol instead); each is proven by one verifier.
+_REGISTERED_KINDS: Final = frozenset({"token", "insecure-sample"})
 
 
 class Role(enum.Enum):
@@ -125,6 +128,15 @@ class BrokerSettings:
     def __post_init__(self) -> None:
         if not 1 <= self.challenge_ttl_seconds <= 60:
             raise ValueError("challenges expire within 60 seconds")
+
+
+@dataclass(frozen=True, slots=True)
+class Health:
+    """What ``GET /v1/health/ready`` reports."""
+
+    ready: bool
+    sealed: bool
+    problems: tuple[str, ...]
 
 
 @dataclass(frozen=True, slots=True)
@@ -247,6 +259,20 @@ class KeyBroker:
         live = [r for r in rows if r[3] is None]
         if live:
             self._signer.current_kid = live[-1][0]
+
+    def health(self) -> Health:
+        """Readiness: the database answers and the audit log can still commit (it fails closed for good).
+
+        A sealed broker is ready: it must stay reachable for the custodians who unseal it.
+        """
+        problems = []
+        db = self.store.ping()
+        if db is not None:
+            problems.append(db)
+        failed = getattr(self._audit, "failed", None)
+        if failed is not None:
+            problems.append(f"audit log failed: {failed}")
+        return Health(not problems, self.sealed, tuple(problems))
 
     def token_keys(self) -> dict[str, bytes]:
         """Public keys that verify result tokens (kid -> raw Ed25519), for GET /v1/keys."""
@@ -780,7 +806,12 @@ class KeyBroker:
         """
         actor.require(Role.OPERATOR)
         if kind == "tpm":
-            raise InvalidRequestError("TPM devices enrol with their EK certificate (POST /v1/devices/enroll)")
+            raise InvalidRequestError("TPM devices enrol with their EK certificate (weightvault device enroll)")
+        if kind not in _REGISTERED_KINDS:
+            raise InvalidRequestError(
+                f"device kind must be one of {sorted(_REGISTERED_KINDS)}: 'token' for devices an attestation-token "
+                "issuer names, 'insecure-sample' for tests"
+            )
         params = {
             "device": device_id,
             "kind": kind,
@@ -1313,31 +1344,25 @@ class KeyBroker:
         )
         try:
             result = verifier.verify(evidence, context)
+            check_result(verifier, result)
         except AttestationError as exc:
             self._fail_attest(actor, challenge_id, f"{type(exc).__name__}: {exc}", evidence)
             raise
-        device_id = result.device_id or challenge.device_id
-        if challenge.device_id and result.device_id and result.device_id != challenge.device_id:
-            self._fail_attest(actor, challenge_id, "device_mismatch", evidence)
-            raise PermissionDeniedError("evidence is from another device")
-        if device_id is not None:
-            device = self.store.device(device_id)
-            problem = self._device_problem(device, tenant)
-            if problem:
-                self._fail_attest(actor, challenge_id, problem, evidence)
-                raise PermissionDeniedError("device is not allowed")
-            if result.device_state:
-                import sqlalchemy as sa
+        # The device is the one the evidence authenticated, never merely the one the challenge named.
+        device_id = result.device_id
+        problem = self._device_binding(verifier.device_kinds, device_id, challenge.device_id, tenant)
+        if problem:
+            self._fail_attest(actor, challenge_id, problem, evidence)
+            raise PermissionDeniedError(f"the evidence does not establish an allowed device ({problem})")
+        if device_id is not None and result.device_state:
+            import sqlalchemy as sa
 
-                with self.store.write() as conn:
-                    conn.execute(
-                        sa.update(tables.devices)
-                        .where(tables.devices.c.id == device_id)
-                        .values(state=json.dumps(dict(result.device_state), sort_keys=True), updated_at=now)
-                    )
-        from dataclasses import replace
-
-        result = replace(result, device_id=device_id)
+            with self.store.write() as conn:
+                conn.execute(
+                    sa.update(tables.devices)
+                    .where(tables.devices.c.id == device_id)
+                    .values(state=json.dumps(dict(result.device_state), sort_keys=True), updated_at=now)
+                )
         token, parsed = self._signer.issue(
             tenant=tenant, principal=actor.id, result=result, kem=kem, public=public, challenge_id=challenge_id, now=now
         )
@@ -1393,6 +1418,28 @@ class KeyBroker:
             )
         )
 
+    def _device_binding(
+        self, kinds: frozenset[str], attested: str | None, named: str | None, tenant: str
+    ) -> str | None:
+        """Why the device a verifier authenticated may not stand behind a result token (None: it may).
+
+        A challenge that names a device needs evidence that proves that very device;
+        and a device is bound only if its kind is one the verifier can prove (a
+        TPM device only by a TPM quote), so its ``device.*`` claims always rest on
+        evidence of that kind.
+        """
+        if named is not None and attested is None:
+            return "device_not_attested"
+        if named is not None and attested != named:
+            return "device_mismatch"
+        if attested is None:
+            return None
+        device = self.store.device(attested)
+        problem = self._device_problem(device, tenant)
+        if problem is None and device is not None and device.kind not in kinds:
+            return f"device_kind_{device.kind}_not_proven_by_this_verifier"
+        return problem
+
     def _device_problem(self, device: DeviceRow | None, tenant: str) -> str | None:
         if device is None:
             return "device_unknown"
@@ -1412,21 +1459,71 @@ class KeyBroker:
     ) -> ReleaseOutcome:
         """Release a model's keys for a result token (see the module docstring for the order of checks).
 
+        Every refusal, an invalid or expired result token included, is logged as a
+        ``policy.decision`` deny before the error is raised.
+
         Raises:
             AuthenticationError: the result token is invalid, expired or revoked.
             PermissionDeniedError: the token belongs to another principal or tenant.
             NotFoundError: no such model in this tenant.
-            ReleaseDeniedError: the device or the policy denies the release.
+            ReleaseDeniedError: the device or the policy denies the release (with reason codes).
             AuditLogError: the intent could not be recorded; nothing is released.
         """
         actor.require(Role.WORKLOAD)
         try:
             parsed = self._signer.verify(token, now=self._now())
+            if self.store.token_revoked(parsed.jti):
+                raise EvidenceError("result token revoked")
         except EvidenceError as exc:
-            raise AuthenticationError(str(exc)) from None
-        if self.store.token_revoked(parsed.jti):
-            raise AuthenticationError("result token revoked")
+            self._deny(actor, resource, ("result_token_invalid",), (f"result token: {exc}"[:300],))
+            raise AuthenticationError(str(exc)) from exc
         return self._release(actor, parsed, resource, tensors, approval)
+
+    def _deny(
+        self,
+        actor: Principal,
+        resource: str,
+        codes: Sequence[str],
+        reasons: Sequence[str],
+        *,
+        token: ResultToken | None = None,
+        decision: ReleaseDecision | None = None,
+    ) -> None:
+        """Log one refused release (``policy.decision`` deny) with its codes and full reasons."""
+        details: dict[str, Any] = {"codes": list(codes)}
+        if token is not None:
+            details.update({"jti": token.jti, "verifier": token.result.verifier})
+            if token.device_id:
+                details["device"] = token.device_id
+        if decision is not None and decision.policy_digest:
+            details["policy_digest"] = decision.policy_digest
+        self._log(
+            AuditEvent(
+                type="policy.decision",
+                tenant=actor.tenant or "-",
+                actor=actor.id,
+                resource=resource[:256],
+                decision="deny",
+                reasons=tuple(reasons),
+                policy_version=decision.policy_version if decision is not None else None,
+                evidence_digest=token.result.evidence_digest if token is not None else None,
+                details=details,
+            )
+        )
+        self.stats.denied += 1
+
+    def _release_facts(self, actor: Principal, token: ResultToken, resource: str) -> ReleaseFacts:
+        """Read what the decision needs, every lookup within the caller's tenant."""
+        assert actor.tenant is not None
+        tenant = actor.tenant
+        target = parse_resource(resource)
+        model = None
+        if target is not None and target[0] == tenant:
+            model = self.store.model(tenant, target[1], target[2])
+        device = self.store.device(token.device_id) if token.device_id else None
+        policy = self.store.latest_policy(tenant, model.policy) if model is not None else None
+        refsets = self.store.refsets(tenant) if policy is not None else {}
+        return ReleaseFacts(tenant, actor.id, resource, token, model, device, policy, refsets, self._now())
 
     def _release(
         self,
@@ -1438,28 +1535,28 @@ class KeyBroker:
     ) -> ReleaseOutcome:
         assert actor.tenant is not None
         tenant = actor.tenant
-        tenant_of_resource, sep, rest = resource.partition("/models/")
-        name, at, version = rest.partition("@")
-        if not sep or not at:
+        if parse_resource(resource) is None:
+            self._deny(actor, resource, ("invalid_request",), ("malformed resource",), token=token)
             raise InvalidRequestError("resource is <tenant>/models/<name>@<version>")
-        base: dict[str, Any] = {"tenant": tenant, "actor": actor.id, "resource": resource}
-        if token.tenant != tenant or token.principal != actor.id or tenant_of_resource != tenant:
-            self._log(
-                AuditEvent(
-                    type="policy.decision",
-                    decision="deny",
-                    reasons=("tenant_or_principal_mismatch",),
-                    details={"jti": token.jti},
-                    **base,
-                )
-            )
-            self.stats.denied += 1
+        facts = self._release_facts(actor, token, resource)
+        decision = decide_release(facts)
+        if decision.codes and decision.codes[0] in ("token_not_for_caller", "resource_not_in_tenant"):
+            self._deny(actor, resource, decision.codes, decision.reasons, token=token)
             raise PermissionDeniedError("this token may not release keys of this tenant's models")
-        model = self.store.model(tenant, name, version)
+        model = facts.model
         if model is None:
+            self._deny(actor, resource, decision.codes, decision.reasons, token=token)
             raise NotFoundError("no such model")
-        self._root_key()
-        facts = {f"model.tags.{k}": v for k, v in model.tags.items()}
+        files = [f["file_id"] for f in model.files]
+        if tensors is not None:
+            unknown = set(tensors) - set(files)
+            indices: list[object] = [i for ix in tensors.values() for i in ix]  # typed, but arrives from JSON
+            if unknown or not tensors or any(not isinstance(i, int) or not 0 <= i <= 1_000_000 for i in indices):
+                self._deny(actor, resource, ("invalid_request",), ("tensors name no file of this model",), token=token)
+                raise InvalidRequestError("tensors maps file ids of this model to tensor indices")
+        if self.sealed:
+            self._deny(actor, resource, ("broker_sealed",), ("broker_sealed",), token=token)
+            self._root_key()
         try:
             grant = self._gate(
                 actor,
@@ -1467,97 +1564,44 @@ class KeyBroker:
                 tenant,
                 {"resource": resource, "principal": actor.id},
                 approval=approval,
-                facts=facts,
+                facts={f"model.tags.{k}": v for k, v in model.tags.items()},
             )
         except ApprovalError as exc:
-            self._log(
-                AuditEvent(
-                    type="policy.decision",
-                    decision="deny",
-                    reasons=(f"approval: {exc}"[:300],),
-                    details={"jti": token.jti},
-                    **base,
-                )
-            )
-            self.stats.denied += 1
+            code = "approval_required" if isinstance(exc, ApprovalRequiredError) else "approval_invalid"
+            self._deny(actor, resource, (code,), (f"approval: {exc}"[:300],), token=token)
             raise
-        device = self.store.device(token.device_id) if token.device_id else None
-        extra: dict[str, Any] = {
-            "tenant": tenant,
-            "resource": resource,
-            "token.age_seconds": self._now() - token.issued_at,
-            **{f"model.tags.{k}": v for k, v in model.tags.items()},
-        }
-        reasons: list[str] = []
-        if token.device_id is not None:
-            problem = self._device_problem(device, tenant)
-            if problem:
-                reasons.append(problem)
-            if device is not None:
-                extra["device.id"] = device.id
-                extra["device.status"] = device.status
-                extra["device.kind"] = device.kind
-                attested_reset = token.result.claims.get("tpm.reset_count")
-                if isinstance(attested_reset, int) and device.state.get("reset_count", attested_reset) > attested_reset:
-                    # The TPM rebooted after this token's attestation: its PCRs are no longer the attested ones.
-                    reasons.append("device_rebooted_since_attestation")
-        policy_row = self.store.latest_policy(tenant, model.policy)
-        policy_version = None
-        policy_digest = None
-        if policy_row is None:
-            reasons.append(f"no release policy {model.policy}")
-        else:
-            try:
-                policy = ReleasePolicy.parse(tenant, policy_row.name, policy_row.version, policy_row.document)
-            except PolicyViolationError as exc:
-                reasons.append(f"stored policy invalid: {exc}")
-            else:
-                decision = policy.evaluate(token.result, resource, extra, self.store.refsets(tenant))
-                reasons.extend(decision.failed)
-                policy_version = decision.version
-                policy_digest = decision.digest
-        allowed = not reasons
+        if not decision.allowed:
+            self._deny(actor, resource, decision.codes, decision.reasons, token=token, decision=decision)
+            raise ReleaseDeniedError(f"release denied ({decision.coarse})", [decision.coarse], decision.codes)
         details: dict[str, Any] = {"jti": token.jti, "verifier": token.result.verifier}
         if token.device_id:
             details["device"] = token.device_id
-        if policy_digest:
-            details["policy_digest"] = policy_digest
+        if decision.policy_digest:
+            details["policy_digest"] = decision.policy_digest
         decision_event = AuditEvent(
             type="policy.decision",
-            decision="allow" if allowed else "deny",
-            reasons=tuple(r[:300] for r in reasons),
-            policy_version=policy_version,
+            tenant=tenant,
+            actor=actor.id,
+            resource=resource,
+            decision="allow",
+            policy_version=decision.policy_version,
             evidence_digest=token.result.evidence_digest,
             details=details,
-            **base,
         )
-        if not allowed:
-            self._log(decision_event)
-            self.stats.denied += 1
-            coarse = "device" if any(r.startswith("device_") for r in reasons) else "policy"
-            raise ReleaseDeniedError(f"release denied ({coarse})", [coarse])
         # The decision is queued, not awaited: the intent below refers to its reserved
         # index and is committed in the same or a later batch, and write_ahead waits
         # for the intent to be durable before any key is touched.
         decision_index = self._queue_event(decision_event)
-        files = [f["file_id"] for f in model.files]
-        if tensors is not None:
-            unknown = set(tensors) - set(files)
-            indices: list[object] = [i for ix in tensors.values() for i in ix]  # typed, but arrives from JSON
-            if unknown or not tensors or any(not isinstance(i, int) or not 0 <= i <= 1_000_000 for i in indices):
-                raise InvalidRequestError("tensors maps file ids of this model to tensor indices")
-        intent = AuditEvent(
-            type="key.release.intent",
+        intent = decision_event.derive(
+            "key.release.intent",
+            decision=None,
             refs={"decision": decision_index},
-            policy_version=policy_version,
-            evidence_digest=token.result.evidence_digest,
             details={
                 **details,
                 "kem": token.kem,
                 "partial": tensors is not None,
                 **({"approval": grant.request.id, "approvers": list(grant.approvers)} if grant else {}),
             },
-            **base,
         )
         with write_ahead(self._audit, intent, wait_done=False):
             if grant is not None:

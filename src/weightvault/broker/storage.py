@@ -339,6 +339,15 @@ class BrokerStore:
             raise ConfigError(f"database schema is at version {current}, this release needs {latest}")
         return int(current)
 
+    def ping(self) -> str | None:
+        """None if the database answers a query, else why not (for readiness checks)."""
+        try:
+            with self.engine.connect() as conn:
+                conn.execute(sa.select(sa.literal(1))).scalar_one()
+        except sa.exc.SQLAlchemyError as exc:
+            return f"database unavailable: {type(exc).__name__}"
+        return None
+
     @contextmanager
     def write(self) -> Iterator[Connection]:
         with self._write_lock, self.engine.begin() as conn:

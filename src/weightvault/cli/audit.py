@@ -13,6 +13,7 @@ from typing import Any, TypeVar
 import click
 
 from weightvault.auditlog.bundle import ProofBundle, verify_bundle
+from weightvault.auditlog.checkpoint import Checkpoint
 from weightvault.auditlog.client import LogVerifier, TrustedState
 from weightvault.auditlog.events import decode_event
 from weightvault.auditlog.log import LogReader
@@ -148,9 +149,11 @@ def audit_export(db: Path, out: Path, index: int | None, force: bool) -> None:
             return
         if out.exists() and not force:
             raise ConfigError(f"{out} already exists (pass --force to replace it)")
-        files = export_tiles(log.storage, log.latest_checkpoint())
+        checkpoint = log.served_checkpoint()
+        files = export_tiles(log.storage, checkpoint)
         write_tarball(files, out, overwrite=force)
-        click.echo(f"wrote {len(files)} tiles API files for size {log.size} to {out}")
+        size = Checkpoint.from_text(checkpoint.text).size
+        click.echo(f"wrote {len(files)} tiles API files for the published checkpoint of size {size} to {out}")
 
 
 _policy_options = [

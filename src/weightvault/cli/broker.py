@@ -297,7 +297,13 @@ def admin_principal(
 @admin.command("device")
 @click.argument("action", type=click.Choice(["add", "revoke", "activate", "bind", "list"]))
 @click.argument("device_id", required=False)
-@click.option("--kind", default="token", show_default=True, help="Device kind (add).")
+@click.option(
+    "--kind",
+    type=click.Choice(["token", "insecure-sample"]),
+    default="token",
+    show_default=True,
+    help="Device kind (add): token for devices an attestation-token issuer names; TPM devices use device enroll.",
+)
 @click.option("--tenant", "tenants", multiple=True, help="Tenants the device serves (add, bind). Repeatable.")
 @_approval_option
 @_client_options

@@ -189,7 +189,10 @@ class BrokerClient:
             raise e.TransportError(f"broker error {reply.status_code}: {detail}")
         cls = _ERRORS.get(code, e.RequestError)
         if cls is e.ReleaseDeniedError:
-            raise e.ReleaseDeniedError(detail, problem.get("reasons", []))
+            codes = [str(c) for c in problem.get("codes", []) if isinstance(c, str)]
+            if codes:
+                detail = f"{detail}: {', '.join(codes)}"
+            raise e.ReleaseDeniedError(detail, problem.get("reasons", []), codes)
         if cls is e.ApprovalRequiredError:
             raise e.ApprovalRequiredError(detail, problem.get("approval_request"))
         raise cls(detail)

@@ -1,7 +1,7 @@
 """The key broker over HTTP (Starlette): authentication, limits, problem+json, routes.
 
 Every request is authenticated by ``Authorization: Bearer <API token>`` except
-``GET /v1/health``. Bodies must be ``application/json`` and at most
+``GET /v1/health`` (and its ``/live`` and ``/ready`` forms). Bodies must be ``application/json`` and at most
 ``max_body_bytes``; they are parsed strictly (unknown fields rejected). Errors are
 RFC 7807 problem+json with stable codes (:mod:`weightvault.server.problems`).
 Requests are rate-limited per principal with a token bucket.
@@ -14,6 +14,7 @@ import base64
 import binascii
 import contextlib
 import json
+import logging
 import threading
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
@@ -39,6 +40,8 @@ from weightvault.errors import (
 from weightvault.server import schemas
 from weightvault.server.problems import problem, problem_for
 from weightvault.server.tiles_app import tile_response
+
+_log = logging.getLogger(__name__)
 
 __all__ = ["ServerLimits", "create_broker_app"]
 
@@ -127,6 +130,11 @@ def create_broker_app(
                 return problem(p.status, p.code, p.title, p.detail)
             except WeightVaultError as error:
                 return problem_for(error)
+            except Exception:
+                # A bug or an unexpected library error: the caller gets the problem format
+                # with no detail, the operator the traceback.
+                _log.exception("unhandled error in %s %s", request.method, request.url.path)
+                return problem(500, "internal_error", "Internal error")
 
         return wrapped
 
@@ -138,8 +146,16 @@ def create_broker_app(
         limiter.take("anonymous:" + (request.client.host if request.client else "-"))
 
     @handler
-    async def health(request: Request) -> Response:
-        return JSONResponse({"status": "ok", "sealed": broker.sealed})
+    async def live(request: Request) -> Response:
+        return JSONResponse({"status": "ok"})
+
+    @handler
+    async def ready(request: Request) -> Response:
+        state = await call(broker.health)
+        body = {"status": "ok" if state.ready else "unavailable", "sealed": state.sealed}
+        if not state.ready:
+            body["problems"] = list(state.problems)
+        return JSONResponse(body, status_code=200 if state.ready else 503)
 
     @handler
     async def keys(request: Request) -> Response:
@@ -600,7 +616,9 @@ def create_broker_app(
         return JSONResponse({"sealed": base64.b64encode(sealed).decode()})
 
     routes = [
-        Route("/v1/health", health, methods=["GET"]),
+        Route("/v1/health", ready, methods=["GET"]),
+        Route("/v1/health/ready", ready, methods=["GET"]),
+        Route("/v1/health/live", live, methods=["GET"]),
         Route("/v1/keys", keys, methods=["GET"]),
         Route("/v1/challenges", challenge, methods=["POST"]),
         Route("/v1/attest", attest, methods=["POST"]),

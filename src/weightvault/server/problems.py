@@ -70,6 +70,7 @@ def problem_for(error: e.WeightVaultError) -> JSONResponse:
     extra: dict[str, object] = {}
     if isinstance(error, e.ReleaseDeniedError):
         extra["reasons"] = list(error.reasons)
+        extra["codes"] = list(error.codes)
     if isinstance(error, e.ApprovalRequiredError) and error.request is not None:
         extra["approval_request"] = error.request
     return problem(status, code, title, detail, **extra)

@@ -44,9 +44,10 @@ def follower(fetch: Callable[[str], bytes | None], **kw: object) -> TileFollower
 
 
 def fill(log: AuditLog, start: int, count: int) -> None:
-    """Append ``count`` events durably (group commit), each batch ending in a signed checkpoint."""
+    """Append ``count`` events durably (group commit) and wait until a checkpoint covering them is published."""
     for pending in [log.submit(ev(i)) for i in range(start, start + count)]:
         pending.result(timeout=30)
+    log.wait_published(log.size)
 
 
 def test_follows_a_growing_log_across_tiles(tmp_path: Path) -> None:
@@ -65,7 +66,8 @@ def test_follows_a_growing_log_across_tiles(tmp_path: Path) -> None:
 
 
 def test_a_partial_tile_gone_by_fetch_time_falls_back_to_the_full_tile(tmp_path: Path) -> None:
-    """The log grows between the checkpoint and the partial tile: the full tile serves the same entries."""
+    """The log grows between the checkpoint and the partial tile, on a server that drops partial tiles
+    once it has a larger one (ours keeps them, others may not): the full tile serves the same entries."""
     with AuditLog(tmp_path / "audit.db", LOG_KEY, clock=clock) as log:
         fill(log, 0, 250)
         old = log.latest_checkpoint().to_text().encode()
@@ -75,6 +77,8 @@ def test_a_partial_tile_gone_by_fetch_time_falls_back_to_the_full_tile(tmp_path:
 
         def racing(path: str) -> bytes | None:
             asked.append(path)
+            if path == "tile/entries/000.p/250":
+                return None
             return old if path == "checkpoint" and len(asked) == 1 else live(path)
 
         f = follower(racing)
@@ -172,3 +176,26 @@ def test_missing_or_malformed_bundles(tmp_path: Path) -> None:
             follower(lambda p: live(p) if p == "checkpoint" else None).poll()
         with pytest.raises(InclusionProofError, match="no checkpoint"):
             follower(lambda p: None).poll()
+
+
+def test_partial_tiles_of_every_published_size_stay_served(tmp_path: Path) -> None:
+    """tlog-tiles: after the log grows from 300 to 344, a client holding checkpoint 300 still gets
+    tile/0/001.p/44 and tile/entries/001.p/44, and they verify against that checkpoint."""
+    with AuditLog(tmp_path / "audit.db", LOG_KEY, clock=clock) as log:
+        fill(log, 0, 300)
+        old = log.served_checkpoint().to_text().encode()
+        fill(log, 300, 44)
+        live = served(log)
+        for path in ("tile/0/001.p/44", "tile/entries/001.p/44"):
+            assert live(path) is not None, path
+        assert live("tile/0/001.p/44") == live("tile/0/001.p/88")[: 44 * 32]  # type: ignore[index]
+        assert live("tile/0/001.p/89") is None
+        asked: list[str] = []
+
+        def holding_300(path: str) -> bytes | None:
+            asked.append(path)
+            return old if path == "checkpoint" else live(path)
+
+        assert 300 == len(follower(holding_300).poll().entries)
+        assert "tile/entries/001.p/44" in asked
+        assert "tile/entries/001" not in asked  # no fallback was needed

@@ -49,6 +49,9 @@ class TPMVerifier(BaseVerifier):
     """Verifies quotes against enrolled AKs; also performs enrolment checks for the broker."""
 
     id = "tpm"
+    claim_prefix = "tpm."
+    #: A quote verifies under the enrolled AK of the challenge's device, which it thereby authenticates.
+    device_kinds = frozenset({"tpm"})
 
     def __init__(
         self, roots: Sequence[bytes], intermediates: Sequence[bytes] = (), pcrs: Sequence[int] = DEFAULT_PCRS
