@@ -561,7 +561,7 @@ def test_kek_rotation_rewrap_and_retirement(ready: Vault) -> None:
     admin.retire_kek("acme", version - 1)
     keys = wl.release(session, "acme/models/small@1")
     assert keys.file_key is not None
-    rewraps = [e for _, e in ready.events() if e.type == "key.rewrap"]
+    rewraps = [e for _, e in ready.events() if e.type == "key.rewrap.done"]
     assert {"from": version - 1, "to": version} == rewraps[-1].details
 
 

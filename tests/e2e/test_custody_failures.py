@@ -160,7 +160,7 @@ def test_scheduled_rotation_runs_in_the_server(tmp_path: Path) -> None:
         deadline = time.monotonic() + 20
         while True:
             with LogReader.open(base / "data" / "audit.db", "weightvault-broker/audit") as log:
-                rotations = [e for _, e in log.events() if e.type == "key.rotate" and e.actor == "scheduler"]
+                rotations = [e for _, e in log.events() if e.type == "key.rotate.done" and e.actor == "scheduler"]
             if rotations or time.monotonic() > deadline:
                 break
             time.sleep(0.3)

@@ -58,10 +58,19 @@ WRITE_AHEAD_ACTIONS: Final = frozenset(
         "device.enrol",
         "custody.rekey",
         "model.reseal",
+        "model.register",
+        "tenant.change",
+        "principal.change",
+        "device.change",
+        "device.revoke",
+        "device.activate",
+        "key.retire",
     }
 )
 
-#: The event vocabulary. Dotted names; the monitor understands these.
+#: The event vocabulary. Dotted names; the monitor understands these. Single events named like an
+#: action above (``model.register``, ``device.revoke``...) are what releases before every state
+#: change was write-ahead recorded: still readable, no longer written.
 EVENT_TYPES: Final = frozenset(
     {f"{action}.{step}" for action in WRITE_AHEAD_ACTIONS for step in ("intent", "done", "fail")}
     | {

@@ -10,7 +10,11 @@ history itself is one a correct broker could have written:
   (``refs.decision``) to an earlier ``policy.decision`` that allowed the same
   tenant and resource;
 * ``release-for-revoked-device``: no release intent names (``details.device``) a
-  device revoked earlier (``device.revoke``, resource ``device:<id>``);
+  device revoked earlier (``device.revoke.done``, resource ``device:<id>``);
+* ``completion-without-intent``: every other ``*.done``, and every ``*.fail`` that
+  refers to an intent, closes an earlier intent of the same action, tenant and
+  resource once (a ``*.fail`` with no ``refs.intent`` is a refusal made before any
+  intent was recorded);
 * ``policy-change-digests``: every ``policy.change`` and ``policy.change.done``
   records ``details.old_digest`` and ``details.new_digest``;
 * ``intent-not-closed``: an intent with no ``done`` or ``fail`` after
@@ -60,7 +64,7 @@ class Monitor:
         self._last_ts = max(self._last_ts, event.ts)
         kind = event.type
         base, _, step = kind.rpartition(".")
-        if kind == "device.revoke":
+        if kind in ("device.revoke", "device.revoke.done"):
             self._revoked.setdefault(event.resource, index)
         if kind in ("policy.change", "policy.change.done") and not (
             event.details.get("old_digest") and event.details.get("new_digest")
@@ -70,6 +74,8 @@ class Monitor:
             self._open[index] = event
             if base == "key.release":
                 found.extend(self._check_release_intent(index, event))
+        elif base in WRITE_AHEAD_ACTIONS and step == "fail" and "intent" not in event.refs:
+            pass  # refused before any intent was recorded (an immutable policy, a bad EK): nothing to close
         elif base in WRITE_AHEAD_ACTIONS and step in ("done", "fail"):
             found.extend(self._check_completion(index, event, base, step))
         self._events[index] = event

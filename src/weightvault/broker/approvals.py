@@ -122,21 +122,6 @@ class ApprovalService:
             not_before=now,
             expires_at=now + rule.ttl_seconds,
         )
-        with self.store.write() as conn:
-            self.store.insert(
-                conn,
-                tables.approval_requests,
-                {
-                    "id": request.id,
-                    "tenant_id": tenant,
-                    "op": op,
-                    "document": json.dumps(request.to_json(), sort_keys=True),
-                    "digest": request.digest,
-                    "status": "pending",
-                    "created_at": now,
-                    "updated_at": now,
-                },
-            )
         self._log(
             AuditEvent(
                 type="approval.request",
@@ -152,6 +137,21 @@ class ApprovalService:
                 },
             )
         )
+        with self.store.write() as conn:
+            self.store.insert(
+                conn,
+                tables.approval_requests,
+                {
+                    "id": request.id,
+                    "tenant_id": tenant,
+                    "op": op,
+                    "document": json.dumps(request.to_json(), sort_keys=True),
+                    "digest": request.digest,
+                    "status": "pending",
+                    "created_at": now,
+                    "updated_at": now,
+                },
+            )
         return request, rule.describe()
 
     def request(self, request_id: str) -> tuple[ApprovalRequest, str]:
@@ -223,6 +223,17 @@ class ApprovalService:
             self._invalid(actor, request, f"{approver} already signed this request")
             raise ApprovalInvalidError(f"{approver} already signed this request")
         now = self._now()
+        # Recorded before it is stored: an approval that counts is always in the log.
+        self._log(
+            AuditEvent(
+                type="approval.submit",
+                tenant=request.tenant,
+                actor=actor,
+                resource=f"approval:{request.id}",
+                decision=decision,
+                details={"digest": request.digest, "expires_at": expires_at, "signature": signature.hex()},
+            )
+        )
         with self.store.write() as conn:
             self.store.insert(
                 conn,
@@ -236,16 +247,8 @@ class ApprovalService:
                     "created_at": now,
                 },
             )
-        self._log(
-            AuditEvent(
-                type="approval.submit",
-                tenant=request.tenant,
-                actor=actor,
-                resource=f"approval:{request.id}",
-                decision=decision,
-                details={"digest": request.digest, "expires_at": expires_at, "signature": signature.hex()},
-            )
-        )
+        # The status flips by compare-and-swap, and the winner logs it. A grant is only a
+        # precondition: executing it appends approval.execute.intent first (write-ahead).
         result = evaluate(policy, request, self._approvals(request.id), facts, now)
         if result.status in ("approved", "denied") and self.store.set_request_status(
             request.id, "pending", result.status, now

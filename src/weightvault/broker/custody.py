@@ -28,7 +28,7 @@ from weightvault.broker.storage import BrokerStore
 from weightvault.custody.ceremony import Ceremony, CeremonyTerms, parse_rekey_params
 from weightvault.custody.person import PersonPublic
 from weightvault.custody.shares import ShareSet, check_parameters, deal
-from weightvault.errors import CeremonyError, ConfigError, ConflictError, NotFoundError, ShareError
+from weightvault.errors import AuditLogError, CeremonyError, ConfigError, ConflictError, NotFoundError, ShareError
 from weightvault.format._wire import canonical_json
 
 __all__ = ["CustodyService"]
@@ -134,12 +134,17 @@ class CustodyService:
 
     def _close(self, ceremony: Ceremony, now: int) -> None:
         self._ceremonies.pop(ceremony.id, None)
-        with self.store.write() as conn:
-            conn.execute(
-                sa.update(tables.custody_ceremonies)
-                .where(tables.custody_ceremonies.c.id == ceremony.id)
-                .values(status=ceremony.status, closed_at=now)
-            )
+        try:
+            self._record_close(ceremony)
+        finally:  # closing only takes power away: it happens even if the log cannot record it
+            with self.store.write() as conn:
+                conn.execute(
+                    sa.update(tables.custody_ceremonies)
+                    .where(tables.custody_ceremonies.c.id == ceremony.id)
+                    .values(status=ceremony.status, closed_at=now)
+                )
+
+    def _record_close(self, ceremony: Ceremony) -> None:
         if ceremony.status in ("expired", "cancelled"):
             self._log(
                 AuditEvent(
@@ -192,7 +197,21 @@ class CustodyService:
             elif params:
                 raise CeremonyError(f"{kind} ceremonies take no parameters")
             ceremony = Ceremony.open(self.broker_id, kind, share_set, params, now=now, ttl=ttl)
-            self._ceremonies[ceremony.id] = ceremony
+            # Recorded before the ceremony exists: shares are only ever accepted for a logged ceremony.
+            self._log(
+                AuditEvent(
+                    type="custody.ceremony.open",
+                    tenant="-",
+                    actor=actor,
+                    resource=f"ceremony:{ceremony.id}",
+                    details={
+                        "kind": kind,
+                        "set": share_set.id,
+                        "params_digest": hashlib.sha256(canonical_json(params)).hexdigest(),
+                        "expires_at": ceremony.terms.expires_at,
+                    },
+                )
+            )
             with self.store.write() as conn:
                 self.store.insert(
                     conn,
@@ -207,20 +226,7 @@ class CustodyService:
                         "closed_at": None,
                     },
                 )
-        self._log(
-            AuditEvent(
-                type="custody.ceremony.open",
-                tenant="-",
-                actor=actor,
-                resource=f"ceremony:{ceremony.id}",
-                details={
-                    "kind": kind,
-                    "set": share_set.id,
-                    "params_digest": hashlib.sha256(canonical_json(params)).hexdigest(),
-                    "expires_at": ceremony.terms.expires_at,
-                },
-            )
-        )
+            self._ceremonies[ceremony.id] = ceremony
         return ceremony.terms
 
     def ceremony(self, ceremony_id: str) -> dict[str, Any]:
@@ -264,20 +270,26 @@ class CustodyService:
             except (ShareError, CeremonyError) as exc:
                 self._reject(ceremony_id, custodian, str(exc))
                 raise
-            self._log(
-                AuditEvent(
-                    type="custody.share.accept",
-                    tenant="-",
-                    actor=custodian,
-                    resource=f"ceremony:{ceremony_id}",
-                    decision="accept",
-                    details={
-                        "submitted": len(ceremony.submitted),
-                        "needed": ceremony.needed,
-                        "signature": signature.hex(),
-                    },
+            try:
+                self._log(
+                    AuditEvent(
+                        type="custody.share.accept",
+                        tenant="-",
+                        actor=custodian,
+                        resource=f"ceremony:{ceremony_id}",
+                        decision="accept",
+                        details={
+                            "submitted": len(ceremony.submitted),
+                            "needed": ceremony.needed,
+                            "signature": signature.hex(),
+                        },
+                    )
                 )
-            )
+            except AuditLogError:
+                # A share must never count unless its acceptance is on record: the ceremony ends here.
+                ceremony.expire()
+                self._close(ceremony, now)
+                raise
             if not complete:
                 return {"status": "open", "submitted": ceremony.submitted, "needed": ceremony.needed}
             return self._complete(ceremony, now)
@@ -317,7 +329,6 @@ class CustodyService:
         result: dict[str, Any] = {"status": "done", "submitted": custodians, "kind": kind}
         if kind == "unseal":
             assert root is not None
-            self._install_root(root)
             self._log(
                 AuditEvent(
                     type="custody.unseal",
@@ -328,6 +339,7 @@ class CustodyService:
                     details=base,
                 )
             )
+            self._install_root(root)
         elif kind == "verify":
             self._log(
                 AuditEvent(
@@ -369,6 +381,11 @@ class CustodyService:
         return result
 
     def _promote(self, set_id: str, now: int) -> None:
+        self._log(
+            AuditEvent(
+                type="custody.set.active", tenant="-", actor="-", resource=f"custody:{set_id}", decision="active"
+            )
+        )
         with self.store.write() as conn:
             conn.execute(
                 sa.update(tables.custody_sets)
@@ -380,11 +397,6 @@ class CustodyService:
                 .where(tables.custody_sets.c.id == set_id)
                 .values(status="active", updated_at=now)
             )
-        self._log(
-            AuditEvent(
-                type="custody.set.active", tenant="-", actor="-", resource=f"custody:{set_id}", decision="active"
-            )
-        )
 
     def cancel(self, ceremony_id: str, custodian: str, signature: bytes) -> None:
         """Cancel on a custodian's signature.

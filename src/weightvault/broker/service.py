@@ -26,7 +26,7 @@ import secrets
 import time
 import uuid
 from collections.abc import Callable, Iterator, Mapping, Sequence
-from contextlib import contextmanager
+from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass, field
 from typing import Any, Final
 
@@ -437,22 +437,23 @@ class KeyBroker:
             raise NotFoundError("no such tenant")
         version = latest[0] + 1
         kek = random_bytes(32)
-        with self._execute(grant, actor or Principal(who, None, Role.OPERATOR), f"{tenant}/kek"):
-            with self.store.write() as conn:
-                self.store.insert(
-                    conn,
-                    tables.keks,
-                    {
-                        "tenant_id": tenant,
-                        "version": version,
-                        "wrapped": wrap_kek(root, tenant, version, kek),
-                        "created_at": self._now(),
-                    },
-                )
-            self._log(
-                AuditEvent(
-                    type="key.rotate", tenant=tenant, actor=who, resource=f"{tenant}/kek", details={"version": version}
-                )
+        intent = AuditEvent(
+            type="key.rotate.intent", tenant=tenant, actor=who, resource=f"{tenant}/kek", details={"version": version}
+        )
+        with (
+            self._execute(grant, actor or Principal(who, None, Role.OPERATOR), f"{tenant}/kek"),
+            self._write_ahead(intent),
+            self.store.write() as conn,
+        ):
+            self.store.insert(
+                conn,
+                tables.keks,
+                {
+                    "tenant_id": tenant,
+                    "version": version,
+                    "wrapped": wrap_kek(root, tenant, version, kek),
+                    "created_at": self._now(),
+                },
             )
         return version
 
@@ -498,7 +499,14 @@ class KeyBroker:
                 )
             finally:
                 fk.wipe()
-            with self.store.write() as conn:
+            intent = AuditEvent(
+                type="key.rewrap.intent",
+                tenant=tenant,
+                actor=who,
+                resource=model.resource,
+                details={"from": model.kek_version, "to": new_version},
+            )
+            with self._write_ahead(intent), self.store.write() as conn:
                 conn.execute(
                     sa.update(tables.models)
                     .where(
@@ -509,15 +517,6 @@ class KeyBroker:
                     )
                     .values(kek_version=new_version, wrapped_key=blob)
                 )
-            self._log(
-                AuditEvent(
-                    type="key.rewrap",
-                    tenant=tenant,
-                    actor=who,
-                    resource=model.resource,
-                    details={"from": model.kek_version, "to": new_version},
-                )
-            )
             moved.append(model.resource)
         return moved
 
@@ -533,15 +532,17 @@ class KeyBroker:
         users = [m.resource for m in self.store.list_models(tenant) if m.kek_version == version]
         if users:
             raise ConflictError(f"{len(users)} model(s) still use KEK v{version}: rewrap them first")
-        with self.store.write() as conn:
+        intent = AuditEvent(
+            type="key.retire.intent",
+            tenant=tenant,
+            actor=actor.id,
+            resource=f"{tenant}/kek",
+            details={"version": version},
+        )
+        with self._write_ahead(intent), self.store.write() as conn:
             self.store.insert(
                 conn, tables.kek_retirements, {"tenant_id": tenant, "version": version, "retired_at": self._now()}
             )
-        self._log(
-            AuditEvent(
-                type="key.retire", tenant=tenant, actor=actor.id, resource=f"{tenant}/kek", details={"version": version}
-            )
-        )
 
     def rotate_token_key(self, actor: Principal | None, approval: str | None = None) -> str:
         """A new result-token signing key (wrapped under the root key); the old one verifies until it is retired."""
@@ -557,8 +558,15 @@ class KeyBroker:
         signer = Ed25519Signer.generate()
         kid = key_id(signer)
         now = self._now()
+        intent = AuditEvent(
+            type="key.rotate.intent",
+            tenant="-",
+            actor=who,
+            resource="token-signing",
+            details={"kid": kid, "previous": self._signer.current_kid},
+        )
         with self._execute(grant, actor or Principal(who, None, Role.OPERATOR), "token-signing"):
-            with self.store.write() as conn:
+            with self._write_ahead(intent), self.store.write() as conn:
                 self.store.insert(
                     conn,
                     tables.signing_keys,
@@ -570,21 +578,14 @@ class KeyBroker:
                         "retired_at": None,
                     },
                 )
-            previous = self._signer.current_kid
             self._signer.add_key(signer)
-            self._log(
-                AuditEvent(
-                    type="key.rotate",
-                    tenant="-",
-                    actor=who,
-                    resource="token-signing",
-                    details={"kid": kid, "previous": previous},
-                )
-            )
         # Older keys verify for one more token lifetime, then retire.
         for old_kid, _, created, retired in self.store.signing_key_rows("token"):
             if retired is None and old_kid != kid and created + self.settings.token_ttl_seconds < now:
-                with self.store.write() as conn:
+                retire = AuditEvent(
+                    type="key.retire.intent", tenant="-", actor=who, resource="token-signing", details={"kid": old_kid}
+                )
+                with self._write_ahead(retire), self.store.write() as conn:
                     conn.execute(
                         sa.update(tables.signing_keys)
                         .where(tables.signing_keys.c.purpose == "token", tables.signing_keys.c.kid == old_kid)
@@ -651,6 +652,16 @@ class KeyBroker:
     def _now(self) -> int:
         return int(self._clock())
 
+    @contextmanager
+    def _write_ahead(self, *intents: AuditEvent) -> Iterator[None]:
+        """The write-ahead rule for one change: every intent is durable before the block runs;
+        afterwards each gets its ``.done``, or ``.fail`` if the block raised. If an intent cannot be
+        appended, the block never runs (AuditLogError): nothing changes without its record."""
+        with ExitStack() as stack:
+            for intent in intents:
+                stack.enter_context(write_ahead(self._audit, intent))
+            yield
+
     def _log(self, event: AuditEvent) -> Receipt:
         return self._audit.append(event)
 
@@ -688,8 +699,17 @@ class KeyBroker:
 
     def _new_principal(self, principal_id: str, tenant: str | None, role: Role, actor: str) -> str:
         _check_name(principal_id, "principal id")
+        if self.store.principal(principal_id) is not None:
+            raise ConflictError(f"principal {principal_id} exists")
         secret = secrets.token_urlsafe(32)
-        with self.store.write() as conn:
+        intent = AuditEvent(
+            type="principal.change.intent",
+            tenant=tenant or "-",
+            actor=actor,
+            resource=f"principal:{principal_id}",
+            details={"op": "create", "role": role.value},
+        )
+        with self._write_ahead(intent), self.store.write() as conn:
             if self.store.principal(principal_id) is not None:
                 raise ConflictError(f"principal {principal_id} exists")
             self.store.insert(
@@ -704,16 +724,6 @@ class KeyBroker:
                     "created_at": self._now(),
                 },
             )
-        self._log(
-            AuditEvent(
-                type="principal.change",
-                tenant=tenant or "-",
-                actor=actor,
-                resource=f"principal:{principal_id}",
-                decision="create",
-                details={"role": role.value},
-            )
-        )
         return f"{_TOKEN_PREFIX}{principal_id}.{secret}"
 
     # -- tenants, principals ---------------------------------------------------------
@@ -721,8 +731,17 @@ class KeyBroker:
     def create_tenant(self, actor: Principal, tenant: str) -> None:
         actor.require(Role.OPERATOR)
         _check_name(tenant, "tenant")
+        if self.store.tenant_exists(tenant):
+            raise ConflictError(f"tenant {tenant} exists")
         kek = random_bytes(32)
-        with self.store.write() as conn:
+        intent = AuditEvent(
+            type="tenant.change.intent",
+            tenant=tenant,
+            actor=actor.id,
+            resource=f"tenant:{tenant}",
+            details={"op": "create", "kek_version": 1},
+        )
+        with self._write_ahead(intent), self.store.write() as conn:
             if self.store.tenant_exists(tenant):
                 raise ConflictError(f"tenant {tenant} exists")
             now = self._now()
@@ -737,16 +756,6 @@ class KeyBroker:
                     "created_at": now,
                 },
             )
-        self._log(
-            AuditEvent(
-                type="tenant.change", tenant=tenant, actor=actor.id, resource=f"tenant:{tenant}", decision="create"
-            )
-        )
-        self._log(
-            AuditEvent(
-                type="key.create", tenant=tenant, actor=actor.id, resource=f"{tenant}/kek", details={"version": 1}
-            )
-        )
 
     def create_principal(self, actor: Principal, principal_id: str, tenant: str | None, role: Role) -> str:
         """Create a principal and return its API token (shown once)."""
@@ -774,19 +783,17 @@ class KeyBroker:
                 raise NotFoundError("no such principal")
         import sqlalchemy as sa
 
-        with self.store.write() as conn:
+        intent = AuditEvent(
+            type="principal.change.intent",
+            tenant=row.tenant_id or "-",
+            actor=actor.id,
+            resource=f"principal:{principal_id}",
+            details={"op": "disable"},
+        )
+        with self._write_ahead(intent), self.store.write() as conn:
             conn.execute(
                 sa.update(tables.principals).where(tables.principals.c.id == principal_id).values(disabled=True)
             )
-        self._log(
-            AuditEvent(
-                type="principal.change",
-                tenant=row.tenant_id or "-",
-                actor=actor.id,
-                resource=f"principal:{principal_id}",
-                decision="disable",
-            )
-        )
 
     # -- devices -------------------------------------------------------------------------
 
@@ -836,7 +843,23 @@ class KeyBroker:
         for tenant in tenants:
             if not self.store.tenant_exists(tenant):
                 raise NotFoundError(f"no tenant {tenant}")
-        with self._execute(grant, actor, f"device:{device_id}"), self.store.write() as conn:
+        if self.store.device(device_id) is not None:
+            raise ConflictError(f"device {device_id} exists")
+        intents = [
+            AuditEvent(
+                type="device.enrol.intent",
+                tenant=tenant,
+                actor=actor.id,
+                resource=f"device:{device_id}",
+                details={"kind": kind, "status": status},
+            )
+            for tenant in tenants or ["-"]
+        ]
+        with (
+            self._execute(grant, actor, f"device:{device_id}"),
+            self._write_ahead(*intents),
+            self.store.write() as conn,
+        ):
             if self.store.device(device_id) is not None:
                 raise ConflictError(f"device {device_id} exists")
             now = self._now()
@@ -856,17 +879,6 @@ class KeyBroker:
             self.store.insert_many(
                 conn, tables.device_tenants, [{"device_id": device_id, "tenant_id": t} for t in tenants]
             )
-        for tenant in tenants or ["-"]:
-            self._log(
-                AuditEvent(
-                    type="device.enrol",
-                    tenant=tenant,
-                    actor=actor.id,
-                    resource=f"device:{device_id}",
-                    decision=status,
-                    details={"kind": kind},
-                )
-            )
 
     def set_device_tenants(self, actor: Principal, device_id: str, tenants: Sequence[str]) -> None:
         actor.require(Role.OPERATOR)
@@ -877,21 +889,18 @@ class KeyBroker:
         for tenant in tenants:
             if not self.store.tenant_exists(tenant):
                 raise NotFoundError(f"no tenant {tenant}")
-        with self.store.write() as conn:
+        intent = AuditEvent(
+            type="device.change.intent",
+            tenant="-",
+            actor=actor.id,
+            resource=f"device:{device_id}",
+            details={"op": "bind", "tenants": sorted(tenants)},
+        )
+        with self._write_ahead(intent), self.store.write() as conn:
             conn.execute(sa.delete(tables.device_tenants).where(tables.device_tenants.c.device_id == device_id))
             self.store.insert_many(
                 conn, tables.device_tenants, [{"device_id": device_id, "tenant_id": t} for t in tenants]
             )
-        self._log(
-            AuditEvent(
-                type="device.change",
-                tenant="-",
-                actor=actor.id,
-                resource=f"device:{device_id}",
-                decision="bind",
-                details={"tenants": sorted(tenants)},
-            )
-        )
 
     def set_device_status(
         self, actor: Principal, device_id: str, status: str, state: Mapping[str, int] | None = None
@@ -906,13 +915,19 @@ class KeyBroker:
         values: dict[str, Any] = {"status": status, "updated_at": self._now()}
         if state is not None:
             values["state"] = json.dumps(dict(state), sort_keys=True)
-        with self.store.write() as conn:
-            conn.execute(sa.update(tables.devices).where(tables.devices.c.id == device_id).values(**values))
         kind = "device.revoke" if status == "revoked" else "device.activate" if status == "active" else "device.change"
-        for tenant in sorted(device.tenants) or ["-"]:
-            self._log(
-                AuditEvent(type=kind, tenant=tenant, actor=actor.id, resource=f"device:{device_id}", decision=status)
+        intents = [
+            AuditEvent(
+                type=f"{kind}.intent",
+                tenant=tenant,
+                actor=actor.id,
+                resource=f"device:{device_id}",
+                details={"status": status},
             )
+            for tenant in sorted(device.tenants) or ["-"]
+        ]
+        with self._write_ahead(*intents), self.store.write() as conn:
+            conn.execute(sa.update(tables.devices).where(tables.devices.c.id == device_id).values(**values))
 
     def _tpm_verifier(self) -> Any:
         verifier = self._registry.get("tpm")
@@ -1002,22 +1017,21 @@ class KeyBroker:
             self._log_enrol_failure(actor, device_id, sorted(device.tenants), "credential_mismatch")
             raise PermissionDeniedError("the activation secret does not match: the AK is not on this EK's TPM")
         identity = {k: v for k, v in device.identity.items() if k != "credential_sha256"}
-        with self.store.write() as conn:
+        intents = [
+            AuditEvent(
+                type="device.activate.intent",
+                tenant=tenant,
+                actor=actor.id,
+                resource=f"device:{device_id}",
+                details={"status": "active", "ak_name": str(identity.get("ak_name", ""))},
+            )
+            for tenant in sorted(device.tenants) or ["-"]
+        ]
+        with self._write_ahead(*intents), self.store.write() as conn:
             conn.execute(
                 sa.update(tables.devices)
                 .where(tables.devices.c.id == device_id)
                 .values(status="active", identity=json.dumps(identity, sort_keys=True), updated_at=self._now())
-            )
-        for tenant in sorted(device.tenants) or ["-"]:
-            self._log(
-                AuditEvent(
-                    type="device.activate",
-                    tenant=tenant,
-                    actor=actor.id,
-                    resource=f"device:{device_id}",
-                    decision="active",
-                    details={"ak_name": str(identity.get("ak_name", ""))},
-                )
             )
 
     def challenge_hints(self, challenge: Challenge) -> dict[str, Any]:
@@ -1110,22 +1124,20 @@ class KeyBroker:
 
         doc = json.dumps(sorted(set(items)))
         old = self.store.refsets(tenant).get(name)
-        with self.store.write() as conn:
+        intent = AuditEvent(
+            type="policy.change.intent",
+            tenant=tenant,
+            actor=actor.id,
+            resource=f"{tenant}/refsets/{name}",
+            details={"old_digest": digest_json(sorted(old or [])), "new_digest": digest_json(sorted(set(items)))},
+        )
+        with self._write_ahead(intent), self.store.write() as conn:
             conn.execute(
                 sa.delete(tables.refsets).where(tables.refsets.c.tenant_id == tenant, tables.refsets.c.name == name)
             )
             self.store.insert(
                 conn, tables.refsets, {"tenant_id": tenant, "name": name, "members": doc, "updated_at": self._now()}
             )
-        self._log(
-            AuditEvent(
-                type="policy.change",
-                tenant=tenant,
-                actor=actor.id,
-                resource=f"{tenant}/refsets/{name}",
-                details={"old_digest": digest_json(sorted(old or [])), "new_digest": digest_json(sorted(set(items)))},
-            )
-        )
 
     # -- models ----------------------------------------------------------------------------
 
@@ -1160,7 +1172,24 @@ class KeyBroker:
             kek, tenant=tenant, model=name, version=version, kek_version=kek_version, file_key=file_key
         )
         resource = f"{tenant}/models/{name}@{version}"
-        with self.store.write() as conn:
+        if self.store.model(tenant, name, version) is not None:
+            raise ConflictError(f"model {name}@{version} exists")
+        # A model may have thousands of files: the event names them by digest, so it stays small.
+        file_ids = sorted(f["file_id"] for f in files)
+        intent = AuditEvent(
+            type="model.register.intent",
+            tenant=tenant,
+            actor=actor.id,
+            resource=resource,
+            details={
+                "policy": policy,
+                "kek_version": kek_version,
+                "file_count": len(file_ids),
+                "files_digest": digest_json(file_ids),
+                "tags_digest": digest_json(dict(tags or {})),
+            },
+        )
+        with self._write_ahead(intent), self.store.write() as conn:
             if self.store.model(tenant, name, version) is not None:
                 raise ConflictError(f"model {name}@{version} exists")
             self.store.insert(
@@ -1178,15 +1207,6 @@ class KeyBroker:
                     "created_at": self._now(),
                 },
             )
-        self._log(
-            AuditEvent(
-                type="model.register",
-                tenant=tenant,
-                actor=actor.id,
-                resource=resource,
-                details={"policy": policy, "files": [f["file_id"] for f in files], "kek_version": kek_version},
-            )
-        )
         return resource
 
     def register_sealed_model(
@@ -1239,19 +1259,20 @@ class KeyBroker:
         assert actor.tenant is not None
         if device_id is not None:
             device = self.store.device(device_id)
-            if device is None or actor.tenant not in device.tenants:
-                raise NotFoundError("no such device in this tenant")
-            if device.status != "active":
+            known = device is not None and actor.tenant in device.tenants
+            if device is None or not known or device.status != "active":
                 self._log(
                     AuditEvent(
                         type="challenge.issued",
                         tenant=actor.tenant,
                         actor=actor.id,
-                        resource=f"device:{device_id}",
+                        resource=f"device:{device_id}"[:256],
                         decision="deny",
-                        reasons=(f"device_{device.status}",),
+                        reasons=(f"device_{device.status}" if device is not None and known else "device_unknown",),
                     )
                 )
+                if device is None or not known:
+                    raise NotFoundError("no such device in this tenant")
                 raise PermissionDeniedError("device is not active")
         challenge = Challenge(
             id=uuid.uuid4().hex,
@@ -1259,6 +1280,18 @@ class KeyBroker:
             nonce=random_bytes(32),
             expires_at=self._now() + self.settings.challenge_ttl_seconds,
             device_id=device_id,
+        )
+        # Recorded first: a challenge that exists was logged (one that was logged but failed to
+        # be stored can never be used, so it needs no follow-up record).
+        self._log(
+            AuditEvent(
+                type="challenge.issued",
+                tenant=actor.tenant,
+                actor=actor.id,
+                resource=f"challenge:{challenge.id}",
+                decision="allow",
+                details={"device": device_id} if device_id else {},
+            )
         )
         with self.store.write() as conn:
             self.store.insert(
@@ -1274,16 +1307,6 @@ class KeyBroker:
                     "used_at": None,
                 },
             )
-        self._log(
-            AuditEvent(
-                type="challenge.issued",
-                tenant=actor.tenant,
-                actor=actor.id,
-                resource=f"challenge:{challenge.id}",
-                decision="allow",
-                details={"device": device_id} if device_id else {},
-            )
-        )
         return challenge
 
     def attest(
@@ -1354,6 +1377,24 @@ class KeyBroker:
         if problem:
             self._fail_attest(actor, challenge_id, problem, evidence)
             raise PermissionDeniedError(f"the evidence does not establish an allowed device ({problem})")
+        token, parsed = self._signer.issue(
+            tenant=tenant, principal=actor.id, result=result, kem=kem, public=public, challenge_id=challenge_id, now=now
+        )
+        passed = AuditEvent(
+            type="attest.pass",
+            tenant=tenant,
+            actor=actor.id,
+            resource=f"challenge:{challenge_id}",
+            decision="pass",
+            evidence_digest=result.evidence_digest,
+            details={"verifier": result.verifier, "jti": parsed.jti, **({"device": device_id} if device_id else {})},
+        )
+        if release is None:
+            self._log(passed)  # durable before the token exists anywhere else
+        else:
+            # One-shot: every path of the release below appends a durable event (its decision or
+            # its intent), and the single writer commits in order, so this rides that commit.
+            self._queue_event(passed)
         if device_id is not None and result.device_state:
             import sqlalchemy as sa
 
@@ -1363,9 +1404,6 @@ class KeyBroker:
                     .where(tables.devices.c.id == device_id)
                     .values(state=json.dumps(dict(result.device_state), sort_keys=True), updated_at=now)
                 )
-        token, parsed = self._signer.issue(
-            tenant=tenant, principal=actor.id, result=result, kem=kem, public=public, challenge_id=challenge_id, now=now
-        )
         with self.store.write() as conn:
             self.store.insert(
                 conn,
@@ -1378,21 +1416,6 @@ class KeyBroker:
                     "revoked": False,
                 },
             )
-        self._log(
-            AuditEvent(
-                type="attest.pass",
-                tenant=tenant,
-                actor=actor.id,
-                resource=f"challenge:{challenge_id}",
-                decision="pass",
-                evidence_digest=result.evidence_digest,
-                details={
-                    "verifier": result.verifier,
-                    "jti": parsed.jti,
-                    **({"device": device_id} if device_id else {}),
-                },
-            )
-        )
         self.stats.attests += 1
         released = None
         if release is not None:

@@ -497,3 +497,57 @@ def test_monitor_invariants() -> None:
     assert ["policy-change-digests"] == [v.rule for v in m.feed(8, e("policy.change", details={"new_digest": "x"}))]
     assert [] == m.feed(9, e("policy.change", details={"new_digest": "x", "old_digest": "y"}))
     assert {5, 7} == {v.index for v in m.finish(now_ms=t + 5000)}
+
+
+def test_the_event_size_limit_is_what_an_entry_bundle_can_frame(tmp_path: Path) -> None:
+    """An event of 65,536 bytes is refused before it gets an index; one of 65,535 is logged and exports."""
+    from weightvault.auditlog.events import MAX_EVENT_BYTES
+
+    assert 0xFFFF == MAX_EVENT_BYTES
+
+    def sized(n: int) -> AuditEvent:
+        probe = AuditEvent(type="test.event", tenant="acme", actor="a", details={"pad": ""}, ts=1_700_000_000_000)
+        pad = n - len(probe.encode())
+        return AuditEvent(type="test.event", tenant="acme", actor="a", details={"pad": "x" * pad})
+
+    with AuditLog(tmp_path / "audit.db", LOG_KEY, clock=lambda: 1_700_000_000.0) as log:
+        with pytest.raises(AuditLogError, match="exceeds"):
+            log.append(sized(MAX_EVENT_BYTES + 1))
+        assert 0 == log.size
+        log.append(sized(MAX_EVENT_BYTES))
+        assert MAX_EVENT_BYTES == len(log.entry(0))
+        note = log.publish_now()
+        files = export_tiles(log.storage, note)
+    export = verify_export(files, LOG_KEY.verifier, WitnessPolicy({}, {}, "none"), now=1_700_000_000)
+    assert 1 == len(export.entries)
+
+
+def test_the_monitor_tells_refusals_from_orphan_completions() -> None:
+    """A *.fail without refs.intent is a refusal before any intent; a *.done without one is a violation;
+    a device revoked by a write-ahead record counts for the revoked-device rule."""
+    m = Monitor()
+    t = 1_700_000_000_000
+    assert [] == m.feed(0, AuditEvent(type="policy.change.fail", tenant="acme", actor="a", resource="p", ts=t))
+    found = m.feed(1, AuditEvent(type="model.register.done", tenant="acme", actor="a", resource="m", ts=t))
+    assert ["completion-without-intent"] == [v.rule for v in found]
+    m.feed(2, AuditEvent(type="device.revoke.intent", tenant="acme", actor="op", resource="device:d1", ts=t))
+    m.feed(
+        3,
+        AuditEvent(
+            type="device.revoke.done", tenant="acme", actor="op", resource="device:d1", refs={"intent": 2}, ts=t
+        ),
+    )
+    m.feed(4, AuditEvent(type="policy.decision", tenant="acme", actor="w", resource="acme/m", decision="allow", ts=t))
+    found = m.feed(
+        5,
+        AuditEvent(
+            type="key.release.intent",
+            tenant="acme",
+            actor="w",
+            resource="acme/m",
+            refs={"decision": 4},
+            details={"device": "d1"},
+            ts=t,
+        ),
+    )
+    assert ["release-for-revoked-device"] == [v.rule for v in found]
