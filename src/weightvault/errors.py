@@ -21,6 +21,7 @@ program is wrong" never share an ``except`` clause.
     │  └─ ReleaseDeniedError       the key broker refused to release the key (carries reasons)
     ├─ AttestationError            evidence could not be verified
     │  ├─ EvidenceError
+    │  │  └─ EnrolmentError        a TPM's EK certificate or AK is refused at enrolment (reason shown)
     │  ├─ QuoteError
     │  └─ PolicyViolationError
     ├─ AuditLogError               the tamper-evident log or a proof does not verify
@@ -74,6 +75,7 @@ __all__ = [
     "ConflictError",
     "ConsistencyError",
     "CustodyError",
+    "EnrolmentError",
     "EvidenceError",
     "FormatError",
     "HeaderAuthError",
@@ -185,6 +187,17 @@ class QuoteError(AttestationError):
     """A TPM quote fails one of its structural, signature or freshness checks."""
 
 
+class EnrolmentError(EvidenceError):
+    """A device was refused at enrolment: its EK certificate does not chain to a configured root,
+    the EK does not match it, or the AK is not a restricted signing key.
+
+    Unlike a refused quote, the reason is shown to the caller: enrolment is an operator's
+    own action, and the fix (configure the vendor's CA, an intermediate) depends on it.
+    """
+
+    remedy = "configure the TPM vendor's EK CA (broker init --tpm-roots, --tpm-intermediates) and enrol again"
+
+
 class PolicyViolationError(AttestationError):
     """Verified claims do not satisfy the release policy."""
 
@@ -276,6 +289,8 @@ class CeremonyError(CustodyError):
 
 class SealedError(CustodyError):
     """The broker is sealed: its root key is not available until custodians unseal it."""
+
+    remedy = "an operator runs 'weightvault custody open unseal'; custodians run 'weightvault custody submit'"
 
 
 class TransportError(WeightVaultError):

@@ -65,6 +65,7 @@ def test_migrate_to_custody_unseal_and_approve_from_the_command_line(
         assert json.loads(wv("custody", "status", *op))["sealed"] is True
         sealed_err = _fails("admin", "tenant", "create", "acme", *op)
         assert "sealed" in sealed_err.stderr
+        assert "weightvault custody open unseal" in sealed_err.stderr  # a command that exists
         ceremony = wv("custody", "open", "unseal", *op).split()[1]
         wrong = _fails(
             "custody", "submit", ceremony, "--key", tmp_path / "ben.key", "--share", share_dir / "ann.share", "--yes"

@@ -350,11 +350,12 @@ def test_ek_certificate_from_another_ca(tpm_broker: Broker, tmp_path: Path) -> N
     foreign: TPMTemplate = make_template(tmp_path, "foreign-ca")
     tpm = SWTPM(foreign.state).start()
     try:
-        with _tpm_attester(tpm) as attester, pytest.raises(EvidenceError):
+        with _tpm_attester(tpm) as attester, pytest.raises(EvidenceError) as info:
             tpm_broker.client("operator").enrol_tpm_device(attester, f"foreign-{next(_counter)}", ["acme"])
     finally:
         tpm.stop()
     assert any("EK certificate rejected" in r for r in _last(tpm_broker, 0, "device.enrol.fail").reasons)
+    assert "EK certificate rejected" in str(info.value)  # the operator is told why, not just "Attestation failed"
 
 
 def test_unrestricted_key_offered_as_ak(tpm_broker: Broker, swtpm: SWTPM) -> None:

@@ -31,8 +31,8 @@ CASES = sorted(VECTORS.glob("*.json"))
 
 
 def test_vectors_exist() -> None:
-    """The vector set is present (21 scenarios)."""
-    assert 21 == len(CASES)
+    """The vector set is present (22 scenarios)."""
+    assert 22 == len(CASES)
 
 
 def _open_all(path: Path, keys: object) -> tuple[dict[str, str], bytes]:

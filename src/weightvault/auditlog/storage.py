@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import sqlite3
 import threading
+import urllib.parse
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -137,6 +138,28 @@ class Watermark:
 
     def close(self) -> None:
         self._conn.close()
+
+
+def read_origin(path: Path) -> str:
+    """The origin recorded in a log database, opened read-only (nothing is created or changed).
+
+    Raises:
+        AuditLogError: no such file, or not a log database.
+    """
+    # A URI is the only way to ask SQLite for read-only mode; quoting keeps '?', '#' and '%'
+    # in the file name from being read as URI syntax (which once opened a stray file).
+    uri = "file:" + urllib.parse.quote(str(Path(path).resolve())) + "?mode=ro"
+    try:
+        conn = sqlite3.connect(uri, uri=True)
+        try:
+            row = conn.execute("SELECT v FROM meta WHERE k = 'origin'").fetchone()
+        finally:
+            conn.close()
+    except sqlite3.Error as exc:
+        raise AuditLogError(f"{path}: not an audit log database ({exc})") from None
+    if row is None:
+        raise AuditLogError(f"{path}: not an audit log database")
+    return str(row[0])
 
 
 class LogStorage:

@@ -292,7 +292,9 @@ class ApprovalService:
             return None
         if approval is None:
             raise ApprovalRequiredError(
-                f"{op} needs approval ({rule.describe()}): open a request (POST /v1/approvals) and pass its id"
+                f"{op} needs approval ({rule.describe()}): run it again with --approval new to open a request "
+                '(API: "approval": "new"), have approvers sign it (weightvault approval sign), '
+                "then run it with --approval <request id>"
             )
         request, status = self.request(approval)
         mismatch = None

@@ -64,6 +64,7 @@ from weightvault.errors import (
     ChallengeExpiredError,
     ChallengeUsedError,
     ConflictError,
+    EnrolmentError,
     EvidenceError,
     InvalidRequestError,
     KeyAccessError,
@@ -232,7 +233,10 @@ class KeyBroker:
     def _root_key(self) -> RootKey:
         root = self._root
         if root is None:
-            raise SealedError("the broker is sealed: custodians must unseal it (weightvault custody unseal)")
+            raise SealedError(
+                "the broker is sealed: an operator opens an unseal ceremony (weightvault custody open unseal) "
+                "and custodians submit their shares (weightvault custody submit)"
+            )
         return root
 
     def unseal_with(self, raw: bytes) -> None:
@@ -971,7 +975,7 @@ class KeyBroker:
             facts = verifier.enrol(ek_cert, ek_public, ak_public, self._now())
         except AttestationError as exc:
             self._log_enrol_failure(actor, device_id, tenants, str(exc)[:500])
-            raise
+            raise EnrolmentError(f"enrolment refused: {exc}") from exc
         for other in self.store.list_devices(None):
             if other.status != "revoked" and other.identity.get("ak_name") == facts.ak_name.hex():
                 raise ConflictError(f"this TPM is already enrolled as {other.id}; revoke that device first")

@@ -20,6 +20,7 @@ from weightvault.auditlog.log import LogReader
 from weightvault.auditlog.monitor import Monitor
 from weightvault.auditlog.note import TYPE_COSIGNATURE, NoteSigner, NoteVerifier
 from weightvault.auditlog.policy import WitnessPolicy
+from weightvault.auditlog.storage import read_origin
 from weightvault.auditlog.tiles import export_tiles, read_export, verify_export, write_tarball
 from weightvault.auditlog.witness import Witness
 from weightvault.crypto.signing import Ed25519Signer
@@ -82,17 +83,10 @@ def _ms(value: str | None) -> int | None:
 
 
 def _origin_of(db: Path) -> str:
-    import sqlite3
-
     try:
-        conn = sqlite3.connect(f"file:{db}?mode=ro", uri=True)
-        row = conn.execute("SELECT v FROM meta WHERE k = 'origin'").fetchone()
-        conn.close()
-    except sqlite3.Error as exc:
-        raise ConfigError(f"{db}: not an audit log database ({exc})") from None
-    if row is None:
-        raise ConfigError(f"{db}: not an audit log database")
-    return str(row[0])
+        return read_origin(db)
+    except AuditLogError as exc:
+        raise ConfigError(str(exc)) from None
 
 
 def open_reader(db: Path) -> LogReader:

@@ -13,6 +13,7 @@ from typing import Any, Final
 import click
 
 from weightvault.errors import ConfigError
+from weightvault.server.config import DEFAULTS
 
 __all__ = ["admin", "broker", "load", "publish"]
 
@@ -22,24 +23,24 @@ TOKEN_ENV: Final = "WEIGHTVAULT_TOKEN"  # noqa: S105 - the name of a variable, n
 _CONFIG_TEMPLATE: Final = """# weightvault key broker configuration. Paths are relative to this file.
 [broker]
 id = "{broker_id}"
-host = "127.0.0.1"
+host = "{d.host}"
 port = {port}
-challenge_ttl_seconds = 60
-token_ttl_seconds = 300
-max_body_bytes = 262144
-rate_per_second = 200
-burst = 400
+challenge_ttl_seconds = {d.challenge_ttl_seconds}  # at most 60
+token_ttl_seconds = {d.token_ttl_seconds}  # at most 300
+max_body_bytes = {d.max_body_bytes}
+rate_per_second = {d.rate_per_second:g}  # per principal
+burst = {d.burst}
 
 [storage]
-url = "sqlite:///data/broker.db"
-audit_db = "data/audit.db"
+url = "{d.storage_url}"
+audit_db = "{d.audit_db}"  # the tamper-evident audit log (weightvault audit ... --db)
 
 [keys]
-root = "keys/root.key"
-token_signing = "keys/token-signing.key"
-registration = "keys/registration.key"
-audit_log = "keys/audit-log.key"
-audit_hash = "keys/audit-hash.key"
+root = "{root}"
+token_signing = "{d.keys.token_signing}"
+registration = "{d.keys.registration}"
+audit_log = "{d.keys.audit_log}"  # signs the audit log's checkpoints; its .vkey verifies them
+audit_hash = "{d.keys.audit_hash}"
 
 [verifiers]
 # Verifiers load only when listed. insecure-sample proves nothing: tests and demos only.
@@ -104,12 +105,18 @@ def broker() -> None:
 
 @broker.command("init")
 @click.argument("directory", type=click.Path(path_type=Path, file_okay=False))
-@click.option(
-    "--id", "broker_id", default="weightvault-broker", show_default=True, help="Issuer name of result tokens."
-)
-@click.option("--port", type=int, default=8443, show_default=True)
+@click.option("--id", "broker_id", default=DEFAULTS.broker_id, show_default=True, help="Issuer name of result tokens.")
+@click.option("--port", type=int, default=DEFAULTS.port, show_default=True)
 @click.option("--insecure-sample", is_flag=True, help="Enable the insecure-sample verifier (tests and demos only).")
-@click.option("--tpm-roots", type=click.Path(path_type=Path), multiple=True, help="EK CA certificates (enables tpm).")
+@click.option(
+    "--tpm-roots", type=click.Path(path_type=Path, exists=True), multiple=True, help="EK CA certificates (enables tpm)."
+)
+@click.option(
+    "--tpm-intermediates",
+    type=click.Path(path_type=Path, exists=True),
+    multiple=True,
+    help="Intermediate EK CA certificates between the roots and a TPM's EK certificate. Repeatable.",
+)
 @click.option(
     "--custodian",
     "custodians",
@@ -124,6 +131,7 @@ def broker_init(
     port: int,
     insecure_sample: bool,
     tpm_roots: tuple[Path, ...],
+    tpm_intermediates: tuple[Path, ...],
     custodians: tuple[Path, ...],
     threshold: int | None,
 ) -> None:
@@ -165,21 +173,24 @@ def broker_init(
         out.write((log_signer.verifier.vkey() + "\n").encode())
     allow = []
     extra = ""
+    if tpm_intermediates and not tpm_roots:
+        raise ConfigError("--tpm-intermediates needs --tpm-roots")
     if tpm_roots:
         allow.append("tpm")
         roots = ", ".join(json.dumps(str(p.resolve())) for p in tpm_roots)
-        extra += f"\n[verifiers.tpm]\nek_roots = [{roots}]\n"
+        middle = ", ".join(json.dumps(str(p.resolve())) for p in tpm_intermediates)
+        extra += f"\n[verifiers.tpm]\nek_roots = [{roots}]\nek_intermediates = [{middle}]\n"
     if insecure_sample:
         allow.append("insecure-sample")
     text = _CONFIG_TEMPLATE.format(
+        d=DEFAULTS,
         broker_id=broker_id,
         port=port,
+        root="custody" if people else DEFAULTS.keys.root,
         allow=json.dumps(allow),
         sample="true" if insecure_sample else "false",
         extra=extra,
     )
-    if people:
-        text = text.replace('root = "keys/root.key"', 'root = "custody"')
     with atomic_file(directory / "broker.toml", mode=0o600) as out:
         out.write(text.encode())
     runtime = load_broker(directory / "broker.toml")
@@ -223,16 +234,15 @@ def broker_serve(config_path: Path, host: str | None, port: int | None) -> None:
 
     runtime = load_broker(config_path)
     cfg = runtime.config
-    tls = cfg.get("tls", {})
     kwargs: dict[str, Any] = {}
-    if tls.get("cert"):
-        kwargs["ssl_certfile"] = str(runtime.base / tls["cert"])
-        kwargs["ssl_keyfile"] = str(runtime.base / tls["key"])
+    if cfg.tls_cert is not None and cfg.tls_key is not None:
+        kwargs["ssl_certfile"] = str(cfg.path(cfg.tls_cert))
+        kwargs["ssl_keyfile"] = str(cfg.path(cfg.tls_key))
     try:
         uvicorn.run(
             runtime.app(),
-            host=host or cfg["broker"].get("host", "127.0.0.1"),
-            port=port or int(cfg["broker"].get("port", 8443)),
+            host=host or cfg.host,
+            port=port or cfg.port,
             log_level="warning",
             **kwargs,
         )
@@ -267,24 +277,33 @@ def admin_tenant(action: str, tenant: str | None, url: str | None, token: str | 
 @click.option(
     "--role",
     type=click.Choice(["operator", "tenant-admin", "publisher", "auditor", "workload", "approver"]),
-    required=True,
+    help="Create the principal with this role.",
 )
-@click.option("--tenant", help="The principal's tenant (all roles but operator).")
+@click.option("--tenant", help="The principal's tenant (all roles but operator and approver).")
 @click.option("--out", type=click.Path(path_type=Path), help="Write the API token here (mode 0600) instead of stdout.")
+@click.option("--disable", is_flag=True, help="Disable the principal instead: its API token stops working at once.")
 @_client_options
 def admin_principal(
     principal_id: str,
-    role: str,
+    role: str | None,
     tenant: str | None,
     out: Path | None,
+    disable: bool,
     url: str | None,
     token: str | None,
     ca: Path | None,
 ) -> None:
-    """Create a principal and print (or save) its API token, which is shown only once."""
+    """Create a principal and print (or save) its API token, shown only once; or --disable one."""
     from weightvault.sealing.atomic import atomic_file
 
+    if disable == (role is not None):
+        raise ConfigError("give either --role (create a principal) or --disable")
     with make_client(url, token, ca) as client:
+        if disable:
+            client.disable_principal(principal_id)
+            click.echo(f"disabled {principal_id}: its API token no longer authenticates")
+            return
+        assert role is not None
         secret = client.create_principal(principal_id, role, tenant)
     if out is None:
         click.echo(secret)

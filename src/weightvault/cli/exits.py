@@ -33,6 +33,7 @@ EXIT_CODES: Final[dict[type[e.WeightVaultError], tuple[int, str]]] = {
     e.EvidenceError: (31, "evidence rejected"),
     e.QuoteError: (32, "TPM quote rejected"),
     e.PolicyViolationError: (33, "policy violation"),
+    e.EnrolmentError: (34, "enrolment refused"),
     e.AuditLogError: (40, "audit log verification failed"),
     e.InclusionProofError: (41, "inclusion proof invalid"),
     e.ConsistencyError: (42, "consistency proof invalid"),

@@ -25,7 +25,7 @@ from weightvault.crypto.keywrap import HPKEKem
 from weightvault.errors import ConfigError, WeightVaultError
 from weightvault.format.keys import FileKey
 from weightvault.format.manifest import FileRole
-from weightvault.format.preamble import CHUNK_LOG2_RANGE, DEFAULT_CHUNK_LOG2
+from weightvault.format.preamble import CHUNK_LOG2_RANGE, DEFAULT_CHUNK_LOG2, FORMAT_VERSION
 from weightvault.format.recipients import KEK, HPKEIdentity, HPKERecipient, Identity, Passphrase, Recipient
 from weightvault.sealing import (
     SealedFile,
@@ -286,7 +286,7 @@ def _file_report(path: Path, keys: FileKey | list[Identity] | None) -> dict[str,
         p = sealed.preamble
         report: dict[str, Any] = {
             "path": str(path),
-            "format_version": 1,
+            "format_version": FORMAT_VERSION,
             "suite": p.suite.label,
             "file_id": p.file_id.hex(),
             "chunk_bytes": p.chunk_size,
@@ -325,13 +325,13 @@ def inspect(path: Path, identities: tuple[Path, ...], passphrase: bool, as_json:
     """
     keys = _identities(identities, passphrase) if identities or passphrase else None
     if path.is_dir():
-        from weightvault.format.manifest import MANIFEST_NAME, ModelManifest
+        from weightvault.sealing.model_dir import member_path, read_manifest
 
-        manifest = ModelManifest.from_bytes((path / MANIFEST_NAME).read_bytes())
+        manifest = read_manifest(path)
         if keys is not None:
             SealedModel.open(path, keys)
         reports = [
-            _file_report(path / f.path, keys)
+            _file_report(member_path(path, f), keys)
             if f.role is FileRole.SEALED
             else {"path": str(path / f.path), "public": True}
             for f in manifest.files
@@ -347,7 +347,8 @@ def inspect(path: Path, identities: tuple[Path, ...], passphrase: bool, as_json:
             click.echo(f"{report['path']}: carried in the clear")
             continue
         state = "authenticated" if report["authenticated"] else "UNAUTHENTICATED (no key given)"
-        click.echo(f"{report['path']}: sealed v1, {report['suite']}, {report['data_bytes']} data bytes, table {state}")
+        version, suite, size = report["format_version"], report["suite"], report["data_bytes"]
+        click.echo(f"{report['path']}: sealed v{version}, {suite}, {size} data bytes, table {state}")
         for r in report["recipients"]:
             click.echo(f"  recipient: {r}")
         if report["tensors"] is None:

@@ -52,6 +52,7 @@ _ERRORS: Final[dict[str, type[e.WeightVaultError]]] = {
     "challenge_used": e.ChallengeUsedError,
     "challenge_expired": e.ChallengeExpiredError,
     "attestation_failed": e.EvidenceError,
+    "enrolment_refused": e.EnrolmentError,
     "release_denied": e.ReleaseDeniedError,
     "key_unavailable": e.KeyAccessError,
     "invalid_request": e.InvalidRequestError,
@@ -281,6 +282,9 @@ class BrokerClient:
         return str(
             self.request("POST", "/v1/principals", {"id": principal_id, "role": role, "tenant": tenant})["token"]
         )
+
+    def disable_principal(self, principal_id: str) -> None:
+        self.request("POST", f"/v1/principals/{principal_id}/disable", {})
 
     def add_device(
         self,

@@ -114,8 +114,9 @@ class Preamble:
             raise HeaderError("data length out of range")
         # Each tensor has at least one chunk and at most one partial chunk, so the
         # tag count is bounded by the tensor cap plus the data area in whole chunks.
+        # A file of no tensors (a valid safetensors file can have none) has no tags.
         max_chunks = MAX_TENSORS + (self.data_len >> self.chunk_log2)
-        if self.tags_len % _TAG_BYTES or not _TAG_BYTES <= self.tags_len <= _TAG_BYTES * max_chunks:
+        if self.tags_len % _TAG_BYTES or not 0 <= self.tags_len <= _TAG_BYTES * max_chunks:
             raise HeaderError(f"tag table length {self.tags_len} is not a plausible multiple of 16")
         if not 4 <= self.recipients_len <= MAX_RECIPIENTS_BYTES:
             raise HeaderError(f"recipients region length {self.recipients_len} outside 4..{MAX_RECIPIENTS_BYTES}")

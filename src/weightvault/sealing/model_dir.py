@@ -178,6 +178,31 @@ def seal_model_dir(
     return ModelSealResult(dst, manifest, tuple(results))
 
 
+def read_manifest(path: Path) -> ModelManifest:
+    """The manifest of a sealed model directory, parsed but not yet authenticated (no key needed).
+
+    Raises:
+        ManifestError: no manifest, or a malformed one.
+    """
+    try:
+        data = (Path(path) / MANIFEST_NAME).read_bytes()
+    except OSError:
+        raise ManifestError(f"{path} is not a sealed model directory (no {MANIFEST_NAME})") from None
+    return ModelManifest.from_bytes(data)
+
+
+def member_path(model_dir: Path, entry: ManifestEntry) -> Path:
+    """Where a file the manifest lists lies; a missing one is a damaged model, not an I/O accident.
+
+    Raises:
+        ManifestError: the file is listed but absent (a deleted shard, an incomplete copy).
+    """
+    path = Path(model_dir) / entry.path
+    if not path.is_file():
+        raise ManifestError(f"{entry.path} is listed in the model manifest but missing from {model_dir}")
+    return path
+
+
 class SealedModel:
     """An opened sealed model directory whose manifest has been authenticated."""
 
@@ -196,15 +221,11 @@ class SealedModel:
             KeyAccessError: ``keys`` do not yield the model's file key.
         """
         path = Path(path)
-        try:
-            data = (path / MANIFEST_NAME).read_bytes()
-        except OSError:
-            raise ManifestError(f"{path} is not a sealed model directory (no {MANIFEST_NAME})") from None
-        manifest = ModelManifest.from_bytes(data)
+        manifest = read_manifest(path)
         sealed = manifest.sealed()
         if not sealed:
             raise ManifestError("the model manifest lists no sealed file")
-        with SealedFile(path / sealed[0].path) as first:
+        with SealedFile(member_path(path, sealed[0])) as first:
             material = first.resolve(keys)
         if not isinstance(material, FileKey):
             raise KeyAccessError("a sealed model directory needs the file key, not a partial grant")
@@ -231,7 +252,7 @@ class SealedModel:
         Raises:
             ManifestError: the file's id or header MAC differ from the manifest.
         """
-        sealed = SealedFile(self.path / entry.path)
+        sealed = SealedFile(member_path(self.path, entry))
         try:
             opened = sealed.unlock(self.file_key)
             assert entry.file_id is not None
@@ -256,7 +277,7 @@ class SealedModel:
         """
         entry = self.entry(logical_path)
         if entry.role is FileRole.PUBLIC:
-            data = (self.path / entry.path).read_bytes()
+            data = member_path(self.path, entry).read_bytes()
             if len(data) != entry.size or not hmac.compare_digest(hashlib.sha256(data).hexdigest(), entry.sha256 or ""):
                 raise ManifestError(f"{entry.path} does not match the model manifest")
             return data
@@ -270,7 +291,7 @@ class SealedModel:
         """Check every public file's hash and every chunk tag of every sealed file."""
         for entry in self.manifest.files:
             if entry.role is FileRole.PUBLIC:
-                size, digest = _sha256_file(self.path / entry.path)
+                size, digest = _sha256_file(member_path(self.path, entry))
                 if size != entry.size or not hmac.compare_digest(digest, entry.sha256 or ""):
                     raise ManifestError(f"{entry.path} does not match the model manifest")
             else:

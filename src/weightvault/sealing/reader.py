@@ -134,7 +134,7 @@ class SealedFile:
         """
         if isinstance(keys, FileKey | TensorKeys):
             return keys
-        identities: Sequence[Identity] = [keys] if not isinstance(keys, Sequence) else keys
+        identities = _identities(keys)
         context = self.preamble.stanza_context()
         mismatched = False
         for stanza in self.recipients.stanzas:
@@ -195,6 +195,24 @@ class SealedFile:
             for at in range(start, stop, _GAP_CHECK_MAX):
                 if any(_pread(self._fd, min(stop - at, _GAP_CHECK_MAX), at, "data")):
                     raise PayloadError("non-zero bytes between tensors")
+
+
+def _identities(keys: object) -> Sequence[Identity]:
+    """``keys`` as a list of identities; misuse is a TypeError that says what to pass instead."""
+    if isinstance(keys, str | bytes | bytearray | os.PathLike):
+        raise TypeError(
+            "keys must be key objects, not a path or a string: load a key file with "
+            "weightvault.read_key_file(path) and pass what it returns (a FileKey, KEK or HPKEIdentity)"
+        )
+    candidates = list(keys) if isinstance(keys, Sequence) else [keys]
+    for candidate in candidates:
+        if not callable(getattr(candidate, "unwrap", None)):
+            raise TypeError(
+                f"{type(candidate).__name__} is not a key: pass a FileKey, TensorKeys, an identity (KEK, "
+                "HPKEIdentity, Passphrase, BrokerIdentity) or a list of identities; weightvault.read_key_file "
+                "reads one from a key file"
+            )
+    return candidates  # type: ignore[return-value]
 
 
 def open_sealed(path: Path | str) -> SealedFile:

@@ -27,6 +27,7 @@ PROBLEMS: Final[dict[type[Exception], tuple[int, str, str]]] = {
     e.InvalidRequestError: (422, "invalid_request", "Invalid request"),
     e.RateLimitedError: (429, "rate_limited", "Too many requests"),
     e.AttestationError: (401, "attestation_failed", "Attestation failed"),
+    e.EnrolmentError: (422, "enrolment_refused", "Enrolment refused"),
     e.PolicyViolationError: (422, "invalid_policy", "Invalid policy"),
     e.ReleaseDeniedError: (403, "release_denied", "Key release denied"),
     e.KeyAccessError: (403, "key_unavailable", "Key unavailable"),
@@ -64,7 +65,8 @@ def problem_for(error: e.WeightVaultError) -> JSONResponse:
         | e.NotFoundError
         | e.ConflictError
         | e.ApprovalError
-        | e.CustodyError,
+        | e.CustodyError
+        | e.EnrolmentError,
     ):
         detail = str(error)
     extra: dict[str, object] = {}

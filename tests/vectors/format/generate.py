@@ -235,6 +235,7 @@ SCENARIOS = [
     ),
     Scenario("edge-dtypes-valid", "0-d, empty and fp8 tensors", EDGE, "success", file_id_seed=3, metadata={}),
     Scenario("multi-chunk-valid", "a tensor of two 64 KiB chunks", MULTI, "success", file_id_seed=4),
+    Scenario("no-tensors-valid", "a safetensors file with no tensors", [], "success", file_id_seed=5),
     Scenario(
         "flipped-data-byte",
         "one bit flipped in the first tensor's ciphertext",

@@ -66,12 +66,27 @@ class TPMVerifier(BaseVerifier):
 
     @classmethod
     def from_config(cls, section: Mapping[str, Any], base: Path) -> TPMVerifier:
+        """Build from ``[verifiers.tpm]``: ``ek_roots``, ``ek_intermediates`` (PEM or DER files), ``pcrs``.
+
+        Raises:
+            ConfigError: an unknown key, a value of the wrong type, or an unreadable certificate file.
+        """
+        unknown = set(section) - {"ek_roots", "ek_intermediates", "pcrs"}
+        if unknown:
+            raise ConfigError(f"[verifiers.tpm]: unknown key(s) {sorted(unknown)}")
+        paths = {k: section.get(k, []) for k in ("ek_roots", "ek_intermediates")}
+        for key, value in paths.items():
+            if not isinstance(value, list) or not all(isinstance(v, str) for v in value):
+                raise ConfigError(f"[verifiers.tpm] {key} must be a list of certificate file paths")
+        pcrs = section.get("pcrs", list(DEFAULT_PCRS))
+        if not isinstance(pcrs, list) or not all(isinstance(i, int) and not isinstance(i, bool) for i in pcrs):
+            raise ConfigError("[verifiers.tpm] pcrs must be a list of PCR indices 0..23")
         try:
-            roots = [(base / p).read_bytes() for p in section.get("ek_roots", [])]
-            intermediates = [(base / p).read_bytes() for p in section.get("ek_intermediates", [])]
+            roots = [(base / p).read_bytes() for p in paths["ek_roots"]]
+            intermediates = [(base / p).read_bytes() for p in paths["ek_intermediates"]]
         except OSError as exc:
             raise ConfigError(f"tpm verifier: cannot read {exc.filename}") from None
-        return cls(roots, intermediates, section.get("pcrs", DEFAULT_PCRS))
+        return cls(roots, intermediates, pcrs)
 
     @property
     def pcr_selection(self) -> str:

@@ -1,0 +1,268 @@
+"""The broker's configuration: one frozen object, its defaults, and the one parser of ``broker.toml``.
+
+Every setting has its default here (``broker init`` writes them, ``load_broker`` reads
+them back through :meth:`BrokerConfig.from_toml`). Parsing is strict: an unknown
+section or key, a value of the wrong type, or one out of range is a
+:class:`~weightvault.errors.ConfigError` that names the file, the section, the key
+and what is allowed, never a traceback.
+"""
+
+from __future__ import annotations
+
+import tomllib
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Final
+
+from weightvault.errors import ConfigError
+
+__all__ = ["DEFAULTS", "AuditConfig", "BrokerConfig", "KeyPaths", "WitnessConfig"]
+
+#: The longest a challenge may stay valid, and a result token.
+MAX_CHALLENGE_TTL_SECONDS: Final = 60
+MAX_TOKEN_TTL_SECONDS: Final = 300
+
+
+@dataclass(frozen=True, slots=True)
+class KeyPaths:
+    """Where the broker's keys live (relative paths are relative to ``broker.toml``)."""
+
+    root: str = "keys/root.key"  # or "custody": the root key is split among custodians
+    token_signing: str = "keys/token-signing.key"  # noqa: S105 - a path, not a secret
+    registration: str = "keys/registration.key"
+    audit_log: str = "keys/audit-log.key"
+    audit_hash: str = "keys/audit-hash.key"
+
+
+@dataclass(frozen=True, slots=True)
+class WitnessConfig:
+    name: str
+    url: str
+    vkey: str
+
+
+@dataclass(frozen=True, slots=True)
+class AuditConfig:
+    witnesses: tuple[WitnessConfig, ...] = ()
+    quorum: int = 0
+    batch_delay_s: float = 0.0
+
+
+@dataclass(frozen=True, slots=True)
+class BrokerConfig:
+    """Everything ``broker.toml`` says, validated. ``base`` is the directory paths are relative to."""
+
+    base: Path = Path()
+    broker_id: str = "weightvault-broker"
+    host: str = "127.0.0.1"
+    port: int = 8443
+    challenge_ttl_seconds: int = 60
+    token_ttl_seconds: int = 300
+    max_body_bytes: int = 256 << 10
+    rate_per_second: float = 200.0
+    burst: int = 400
+    storage_url: str = "sqlite:///data/broker.db"
+    audit_db: str = "data/audit.db"
+    keys: KeyPaths = field(default_factory=KeyPaths)
+    allow: tuple[str, ...] = ()
+    insecure_sample_enabled: bool = False
+    tpm: Mapping[str, Any] | None = None
+    attestation_token: tuple[Mapping[str, Any], ...] = ()
+    audit: AuditConfig = field(default_factory=AuditConfig)
+    kek_max_age_days: float = 0.0
+    token_key_max_age_days: float = 0.0
+    rotation_check_seconds: float = 60.0
+    tls_cert: str | None = None
+    tls_key: str | None = None
+
+    def path(self, value: str) -> Path:
+        """A configured path, resolved against the configuration's directory."""
+        p = Path(value)
+        return p if p.is_absolute() else self.base / p
+
+    @property
+    def database_url(self) -> str:
+        """The SQLAlchemy URL, with a relative SQLite path resolved against the configuration's directory."""
+        prefix = "sqlite:///"
+        if self.storage_url.startswith(prefix) and not self.storage_url.startswith(prefix + "/"):
+            return prefix + str(self.base / self.storage_url[len(prefix) :])
+        return self.storage_url
+
+    @classmethod
+    def from_toml(cls, config_path: Path) -> BrokerConfig:
+        """Read and validate ``broker.toml``.
+
+        Raises:
+            ConfigError: unreadable, not TOML, or any section, key or value that is not allowed.
+        """
+        config_path = Path(config_path)
+        try:
+            doc = tomllib.loads(config_path.read_text())
+        except (OSError, UnicodeDecodeError, tomllib.TOMLDecodeError) as exc:
+            raise ConfigError(f"{config_path}: {exc}") from None
+        return cls.from_mapping(doc, config_path)
+
+    @classmethod
+    def from_mapping(cls, doc: Mapping[str, Any], config_path: Path) -> BrokerConfig:
+        """Validate an already parsed configuration (see :meth:`from_toml`)."""
+        r = _Reader(config_path)
+        r.known(doc, "", {"broker", "storage", "keys", "verifiers", "audit", "rotation", "tls"})
+        broker = r.section(doc, "broker", required=True)
+        r.known(
+            broker,
+            "broker",
+            {
+                "id",
+                "host",
+                "port",
+                "challenge_ttl_seconds",
+                "token_ttl_seconds",
+                "max_body_bytes",
+                "rate_per_second",
+                "burst",
+            },
+        )
+        storage = r.section(doc, "storage", required=True)
+        r.known(storage, "storage", {"url", "audit_db"})
+        keys = r.section(doc, "keys", required=True)
+        r.known(keys, "keys", {"root", "token_signing", "registration", "audit_log", "audit_hash"})
+        verifiers = r.section(doc, "verifiers")
+        r.known(verifiers, "verifiers", {"allow", "insecure_sample_enabled", "tpm", "attestation_token"})
+        audit = r.section(doc, "audit")
+        r.known(audit, "audit", {"witnesses", "quorum", "batch_delay_s"})
+        rotation = r.section(doc, "rotation")
+        r.known(rotation, "rotation", {"kek_max_age_days", "token_key_max_age_days", "check_seconds"})
+        tls = r.section(doc, "tls")
+        r.known(tls, "tls", {"cert", "key"})
+        d = DEFAULTS
+        witnesses = tuple(
+            WitnessConfig(
+                r.string(w, "audit.witnesses[]", "name", None),
+                r.string(w, "audit.witnesses[]", "url", None),
+                r.string(w, "audit.witnesses[]", "vkey", None),
+            )
+            for w in r.tables(audit, "audit", "witnesses")
+        )
+        quorum = r.integer(audit, "audit", "quorum", d.audit.quorum, (0, len(witnesses)))
+        cert, key = r.optional_string(tls, "tls", "cert"), r.optional_string(tls, "tls", "key")
+        if (cert is None) != (key is None):
+            raise ConfigError(f"{config_path}: [tls] needs both cert and key")
+        tpm = verifiers.get("tpm")
+        if tpm is not None and not isinstance(tpm, dict):
+            raise ConfigError(f"{config_path}: [verifiers.tpm] must be a table")
+        return cls(
+            base=config_path.parent,
+            broker_id=r.string(broker, "broker", "id", d.broker_id),
+            host=r.string(broker, "broker", "host", d.host),
+            port=r.integer(broker, "broker", "port", d.port, (1, 65535)),
+            challenge_ttl_seconds=r.integer(
+                broker, "broker", "challenge_ttl_seconds", d.challenge_ttl_seconds, (1, MAX_CHALLENGE_TTL_SECONDS)
+            ),
+            token_ttl_seconds=r.integer(
+                broker, "broker", "token_ttl_seconds", d.token_ttl_seconds, (1, MAX_TOKEN_TTL_SECONDS)
+            ),
+            max_body_bytes=r.integer(broker, "broker", "max_body_bytes", d.max_body_bytes, (1024, 16 << 20)),
+            rate_per_second=r.number(broker, "broker", "rate_per_second", d.rate_per_second, (0.001, 1e6)),
+            burst=r.integer(broker, "broker", "burst", d.burst, (1, 1_000_000)),
+            storage_url=r.string(storage, "storage", "url", d.storage_url),
+            audit_db=r.string(storage, "storage", "audit_db", d.audit_db),
+            keys=KeyPaths(
+                root=r.string(keys, "keys", "root", d.keys.root),
+                token_signing=r.string(keys, "keys", "token_signing", d.keys.token_signing),
+                registration=r.string(keys, "keys", "registration", d.keys.registration),
+                audit_log=r.string(keys, "keys", "audit_log", d.keys.audit_log),
+                audit_hash=r.string(keys, "keys", "audit_hash", d.keys.audit_hash),
+            ),
+            allow=tuple(r.strings(verifiers, "verifiers", "allow")),
+            insecure_sample_enabled=r.boolean(
+                verifiers, "verifiers", "insecure_sample_enabled", d.insecure_sample_enabled
+            ),
+            tpm=tpm,
+            attestation_token=tuple(r.tables(verifiers, "verifiers", "attestation_token")),
+            audit=AuditConfig(
+                witnesses, quorum, r.number(audit, "audit", "batch_delay_s", d.audit.batch_delay_s, (0.0, 1.0))
+            ),
+            kek_max_age_days=r.number(rotation, "rotation", "kek_max_age_days", d.kek_max_age_days, (0.0, 36_500.0)),
+            token_key_max_age_days=r.number(
+                rotation, "rotation", "token_key_max_age_days", d.token_key_max_age_days, (0.0, 36_500.0)
+            ),
+            rotation_check_seconds=r.number(
+                rotation, "rotation", "check_seconds", d.rotation_check_seconds, (0.01, 86_400.0)
+            ),
+            tls_cert=cert,
+            tls_key=key,
+        )
+
+
+DEFAULTS: Final = BrokerConfig()
+
+
+class _Reader:
+    """Typed getters that turn every bad value into one clear ConfigError."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+
+    def _bad(self, section: str, key: str, value: object, wanted: str) -> ConfigError:
+        where = f"[{section}] " if section else ""
+        return ConfigError(f"{self.path}: {where}{key} = {value!r}: {wanted}")
+
+    def known(self, table: Mapping[str, Any], section: str, keys: set[str]) -> None:
+        unknown = sorted(set(table) - keys)
+        if unknown:
+            where = f"[{section}]" if section else "the top level"
+            raise ConfigError(f"{self.path}: unknown key(s) in {where}: {', '.join(unknown)} (known: {sorted(keys)})")
+
+    def section(self, doc: Mapping[str, Any], name: str, *, required: bool = False) -> Mapping[str, Any]:
+        value = doc.get(name)
+        if value is None:
+            if required:
+                raise ConfigError(f"{self.path}: missing section [{name}]")
+            return {}
+        if not isinstance(value, dict):
+            raise ConfigError(f"{self.path}: [{name}] must be a table")
+        return value
+
+    def integer(self, table: Mapping[str, Any], section: str, key: str, default: int, bounds: tuple[int, int]) -> int:
+        lo, hi = bounds
+        value = table.get(key, default)
+        if isinstance(value, bool) or not isinstance(value, int) or not lo <= value <= hi:
+            raise self._bad(section, key, value, f"must be an integer from {lo} to {hi}")
+        return value
+
+    def number(
+        self, table: Mapping[str, Any], section: str, key: str, default: float, bounds: tuple[float, float]
+    ) -> float:
+        lo, hi = bounds
+        value = table.get(key, default)
+        if isinstance(value, bool) or not isinstance(value, int | float) or not lo <= value <= hi:
+            raise self._bad(section, key, value, f"must be a number from {lo:g} to {hi:g}")
+        return float(value)
+
+    def boolean(self, table: Mapping[str, Any], section: str, key: str, default: bool) -> bool:
+        value = table.get(key, default)
+        if not isinstance(value, bool):
+            raise self._bad(section, key, value, "must be true or false")
+        return value
+
+    def string(self, table: Mapping[str, Any], section: str, key: str, default: str | None) -> str:
+        value = table.get(key, default)
+        if not isinstance(value, str) or not value:
+            raise self._bad(section, key, value, "must be a non-empty string")
+        return value
+
+    def optional_string(self, table: Mapping[str, Any], section: str, key: str) -> str | None:
+        return None if key not in table else self.string(table, section, key, None)
+
+    def strings(self, table: Mapping[str, Any], section: str, key: str) -> list[str]:
+        value = table.get(key, [])
+        if not isinstance(value, list) or not all(isinstance(v, str) for v in value):
+            raise self._bad(section, key, value, "must be a list of strings")
+        return value
+
+    def tables(self, table: Mapping[str, Any], section: str, key: str) -> list[Mapping[str, Any]]:
+        value = table.get(key, [])
+        if not isinstance(value, list) or not all(isinstance(v, dict) for v in value):
+            raise self._bad(section, key, value, "must be a list of tables")
+        return value
