@@ -248,7 +248,10 @@ def main() -> int:
         f"6. audit log verified offline from {export.name}: {len(verified.entries)} entries under "
         f"{vkey.name}, root matches the signed checkpoint; monitor violations: {len(monitor.violations)}"
     )
-    log_table = Table("#", "type", "tenant", "actor", "resource", "decision")
+    log_table = Table("#")
+    log_table.add_column("type", no_wrap=True)  # event types are the point of the table: never cut them
+    for heading in ("tenant", "actor", "resource", "decision"):
+        log_table.add_column(heading)
     for index, event in events:
         log_table.add_row(str(index), event.type, event.tenant, event.actor, event.resource, event.decision or "")
     console.print(log_table)

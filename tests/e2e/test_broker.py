@@ -294,6 +294,17 @@ def test_invalid_result_tokens(broker: Broker) -> None:
         assert ("acme-wl", "acme/models/small@1") == (denied.actor, denied.resource)
 
 
+def test_an_attest_for_an_unknown_challenge_is_audited(broker: Broker) -> None:
+    """A challenge id that does not exist (or is another principal's) is refused as not found, and logged."""
+    client = broker.client("acme-wl")
+    body = _attest_body(client)
+    other = broker.client("acme-wl2")
+    start = broker.audit_size()
+    with pytest.raises(NotFoundError):
+        other.request("POST", "/v1/attest", body)
+    assert ("challenge_unknown",) == _last(broker, start, "attest.fail").reasons
+
+
 def test_every_refused_release_is_audited_with_a_reason_code(broker: Broker) -> None:
     """An unknown model, another tenant's model, a malformed request: each refusal leaves a deny decision."""
     client = broker.client("acme-wl")

@@ -38,6 +38,7 @@ __all__ = [
     "WRITE_AHEAD_ACTIONS",
     "AuditEvent",
     "SensitiveHasher",
+    "bounded_list",
     "decode_event",
 ]
 
@@ -279,6 +280,13 @@ def digest(data: bytes | str) -> str:
 def digest_json(value: object) -> str:
     """``sha256:<hex>`` of the RFC 8785 form of a JSON value."""
     return digest(rfc8785.dumps(value))  # type: ignore[arg-type]
+
+
+def bounded_list(values: Sequence[str], limit: int = 64) -> list[str] | dict[str, Any]:
+    """A list for an event: itself when short, else its count and digest (events stay small by design)."""
+    if len(values) <= limit:
+        return list(values)
+    return {"count": len(values), "digest": digest_json(list(values))}
 
 
 def event_types(prefix: str) -> Sequence[str]:

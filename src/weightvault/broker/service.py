@@ -35,7 +35,7 @@ import rfc8785
 from weightvault.attestation.interfaces import AttestationContext, DeviceRecord, check_result, report_data
 from weightvault.attestation.policy import ReleasePolicy
 from weightvault.attestation.registry import VerifierRegistry
-from weightvault.auditlog.events import AuditEvent, SensitiveHasher, digest_json
+from weightvault.auditlog.events import AuditEvent, SensitiveHasher, bounded_list, digest_json
 from weightvault.auditlog.log import AuditSink, Receipt, write_ahead
 from weightvault.broker import storage as tables
 from weightvault.broker.approvals import ApprovalService, Grant
@@ -898,7 +898,7 @@ class KeyBroker:
             tenant="-",
             actor=actor.id,
             resource=f"device:{device_id}",
-            details={"op": "bind", "tenants": sorted(tenants)},
+            details={"op": "bind", "tenants": bounded_list(sorted(set(tenants)))},
         )
         with self._write_ahead(intent), self.store.write() as conn:
             conn.execute(sa.delete(tables.device_tenants).where(tables.device_tenants.c.device_id == device_id))
@@ -1338,11 +1338,15 @@ class KeyBroker:
         try:
             kem_kind = HPKEKem(kem)
         except ValueError:
+            self._fail_attest(actor, challenge_id, "invalid_request: unknown KEM", evidence)
             raise InvalidRequestError(f"unknown KEM {kem!r}") from None
         if len(public) != kem_kind.public_key_bytes:
+            self._fail_attest(actor, challenge_id, "invalid_request: ephemeral key length", evidence)
             raise InvalidRequestError("ephemeral public key has the wrong length")
         challenge = self.store.challenge(challenge_id)
         if challenge is None or challenge.tenant_id != tenant or challenge.principal_id != actor.id:
+            # Another tenant's or principal's challenge looks exactly like an unknown one.
+            self._fail_attest(actor, challenge_id, "challenge_unknown", evidence)
             raise NotFoundError("no such challenge")
         now = self._now()
         if not self.store.consume_challenge(challenge_id, tenant, now):
@@ -1438,7 +1442,7 @@ class KeyBroker:
                 type="attest.fail",
                 tenant=actor.tenant or "-",
                 actor=actor.id,
-                resource=f"challenge:{challenge_id}",
+                resource=f"challenge:{challenge_id}"[:256],
                 decision="fail",
                 reasons=(reason[:500],),
                 evidence_digest=digest,

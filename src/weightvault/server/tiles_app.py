@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import re
+import sqlite3
 import struct
 from typing import Final
 
@@ -67,7 +68,10 @@ def create_tiles_app(log: LogReader) -> Starlette:
 
     async def serve(request: Request) -> Response:
         path = request.path_params["path"]
-        status, body, content_type = await run_in_threadpool(tile_response, log, path)
+        try:
+            status, body, content_type = await run_in_threadpool(tile_response, log, path)
+        except (AuditLogError, sqlite3.Error):  # a locked or unreadable database: try again later
+            return PlainTextResponse("the log is unavailable\n", status_code=503, headers={"Retry-After": "5"})
         if status != 200:
             return PlainTextResponse(body.decode(), status_code=status)
         cache = "no-cache, max-age=2" if path == "checkpoint" else "public, max-age=31536000, immutable"
