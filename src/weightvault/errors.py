@@ -37,6 +37,7 @@ program is wrong" never share an ``except`` clause.
     │  ├─ ChallengeExpiredError    a challenge expired
     │  ├─ InvalidRequestError      a well-formed request with invalid content
     │  ├─ RateLimitedError         too many requests from one principal
+    │  ├─ ServerError              the service failed (HTTP 500): a bug or its misconfiguration; not retryable
     │  └─ ApprovalError            a multi-party approval rule refused the operation
     │     ├─ ApprovalRequiredError the operation needs approvals it does not have (yet)
     │     └─ ApprovalInvalidError  an approval is forged, replayed, expired or not allowed
@@ -44,8 +45,17 @@ program is wrong" never share an ``except`` clause.
     │  ├─ ShareError               a share is corrupted, of another set or ceremony, or unsigned
     │  ├─ CeremonyError            the ceremony is closed, expired or cancelled, or a signature fails
     │  └─ SealedError              the broker is sealed: its root key is not available
-    ├─ TransportError              a remote service could not be reached (the only retryable branch)
+    ├─ UnavailableError            the service cannot serve now: the only retryable branch
+    │  ├─ TransportError           it could not be reached or timed out
+    │  └─ ServiceUnavailableError  it answered that it cannot serve now (HTTP 503)
+    │     └─ AuditUnavailableError its audit log could not record the action, so nothing was done
     └─ ConfigError                 local configuration or key files are unusable
+
+Two branches never overlap: "the data or the evidence is bad" (FormatError,
+AttestationError, AuditLogError, RequestError...) is never retried, while
+UnavailableError is the one thing worth retrying. In particular a broker whose
+audit log is down answers AuditUnavailableError, never an AuditLogError (which
+means a log or proof failed verification: tampering).
 
 Authentication failures of one kind are reported as one opaque error: the
 message never says which byte or which check failed beyond what the caller
@@ -66,6 +76,7 @@ __all__ = [
     "ApprovalRequiredError",
     "AttestationError",
     "AuditLogError",
+    "AuditUnavailableError",
     "AuthenticationError",
     "CeremonyError",
     "ChallengeExpiredError",
@@ -95,8 +106,11 @@ __all__ = [
     "ReleaseDeniedError",
     "RequestError",
     "SealedError",
+    "ServerError",
+    "ServiceUnavailableError",
     "ShareError",
     "TransportError",
+    "UnavailableError",
     "UnsupportedError",
     "WeightVaultError",
 ]
@@ -293,10 +307,32 @@ class SealedError(CustodyError):
     remedy = "an operator runs 'weightvault custody open unseal'; custodians run 'weightvault custody submit'"
 
 
-class TransportError(WeightVaultError):
-    """A remote service could not be reached or timed out; the only retryable branch."""
+class ServerError(RequestError):
+    """The service failed (HTTP 500, an unknown 5xx): a bug or a misconfiguration that retrying will not fix."""
+
+    remedy = "the service's operator has the details in its log"
+
+
+class UnavailableError(WeightVaultError):
+    """The service cannot serve now; the request may succeed later. The only retryable branch."""
+
+    remedy = "retry later; if it persists, check that the service is running and healthy"
+
+
+class TransportError(UnavailableError):
+    """A remote service could not be reached or timed out."""
 
     remedy = "check that the service is running and reachable, then retry"
+
+
+class ServiceUnavailableError(UnavailableError):
+    """The service answered that it cannot serve now (HTTP 503)."""
+
+
+class AuditUnavailableError(ServiceUnavailableError):
+    """The broker's audit log could not record the action, so the broker did nothing (write-ahead rule)."""
+
+    remedy = "retry later; the broker's operator sees the cause at GET /v1/health/ready"
 
 
 class ConfigError(WeightVaultError):

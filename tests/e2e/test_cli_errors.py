@@ -179,13 +179,13 @@ def test_the_readme_lists_every_exit_code() -> None:
 
 def test_broker_init_takes_ek_intermediates(tmp_path: Path) -> None:
     """--tpm-intermediates goes into [verifiers.tpm] ek_intermediates, and the configuration loads."""
-    from weightvault.server.config import BrokerConfig
+    from weightvault.server.broker_main import read_config
 
     root, middle = tmp_path / "root.pem", tmp_path / "int.pem"
     root.write_text("root")
     middle.write_text("intermediate")
     wv("broker", "init", tmp_path / "b", "--tpm-roots", root, "--tpm-intermediates", middle)
-    config = BrokerConfig.from_toml(tmp_path / "b" / "broker.toml")
+    config = read_config(tmp_path / "b" / "broker.toml")
     assert config.tpm is not None
     assert [str(middle.resolve())] == config.tpm["ek_intermediates"]
     assert "tpm" in config.allow

@@ -99,7 +99,7 @@ def test_an_audit_failure_during_an_approved_release_refuses_it(runtime: BrokerR
     assert "approved" == broker.approvals.request(request.id)[1]
     _, public = hpke_generate(HPKEKem.X25519)
     result = AttestationResult("insecure-sample", {"tenant": "acme"}, "sha256:" + "0" * 64, None)
-    _, token = broker._signer.issue(
+    _, token = broker.keyring.signer.issue(
         tenant="acme",
         principal="wl",
         result=result,
@@ -108,20 +108,20 @@ def test_an_audit_failure_during_an_approved_release_refuses_it(runtime: BrokerR
         challenge_id="c",
         now=int(time.time()),
     )
-    real = broker._audit
+    real = broker.recorder.sink
     before = runtime.audit.size
     for failing in ("key.release.intent", "policy.decision"):
-        broker._audit = FailingSink(real, {failing})
+        broker.recorder.sink = FailingSink(real, {failing})
         with pytest.raises(AuditLogError):
-            broker._release(workload, token, resource, None, request.id)
+            broker.releases._release(workload, token, resource, None, request.id)
         # Nothing was released and the approval was not consumed: it is still usable once.
         assert "approved" == broker.approvals.request(request.id)[1]
-    broker._audit = real
+    broker.recorder.sink = real
     with LogReader.open(runtime.base / "data" / "audit.db", "weightvault-broker/audit") as log:
         after = [e.type for _, e in log.events(start=before)]
     assert "key.release.intent" not in after
     assert "key.release.done" not in after
-    outcome = broker._release(workload, token, resource, None, request.id)
+    outcome = broker.releases._release(workload, token, resource, None, request.id)
     assert outcome.resource == resource
     assert "executed" == broker.approvals.request(request.id)[1]
 
@@ -129,8 +129,8 @@ def test_an_audit_failure_during_an_approved_release_refuses_it(runtime: BrokerR
 def test_an_audit_failure_refuses_custody_and_approval_changes(runtime: BrokerRuntime) -> None:
     broker = runtime.broker
     op = Principal("operator", None, Role.OPERATOR)
-    real = broker._audit
-    broker._audit = FailingSink(real, {"approval.policy.change.intent", "custody.genesis"})
+    real = broker.recorder.sink
+    broker.recorder.sink = FailingSink(real, {"approval.policy.change.intent", "custody.genesis"})
     key = PersonKey.generate("alice")
     doc = {
         "approvers": {"alice": {"signing": key.public.to_json()["signing"], "hpke": key.public.to_json()["hpke"]}},
@@ -143,7 +143,7 @@ def test_an_audit_failure_refuses_custody_and_approval_changes(runtime: BrokerRu
     with pytest.raises(AuditLogError):
         broker.custody_genesis("test", None, 2, [PersonKey.generate(n).public for n in ("a", "b", "c")])
     assert broker.custody.share_set("active") is None
-    broker._audit = real
+    broker.recorder.sink = real
 
 
 def test_scheduled_rotation_runs_in_the_server(tmp_path: Path) -> None:

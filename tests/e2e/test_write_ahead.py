@@ -56,46 +56,46 @@ CASES: dict[str, tuple[str, Callable[[KeyBroker], Any], Callable[[KeyBroker], An
     "tenant": (
         "tenant.change.intent",
         lambda b: b.create_tenant(OP, "globex"),
-        lambda b: b.store.tenant_exists("globex"),
+        lambda b: b.store.tenants.exists("globex"),
     ),
     "principal": (
         "principal.change.intent",
         lambda b: b.create_principal(OP, "wl2", "acme", Role.WORKLOAD),
-        lambda b: b.store.principal("wl2"),
+        lambda b: b.store.principals.by_id("wl2"),
     ),
     "disable": (
         "principal.change.intent",
         lambda b: b.disable_principal(OP, "wl"),
-        lambda b: b.store.principal("wl").disabled,  # type: ignore[union-attr]
+        lambda b: b.store.principals.by_id("wl").disabled,  # type: ignore[union-attr]
     ),
-    "model": ("model.register.intent", _register, lambda b: b.store.model("acme", "m", "1")),
+    "model": ("model.register.intent", _register, lambda b: b.store.catalogue.model("acme", "m", "1")),
     "policy": (
         "policy.change.intent",
         lambda b: b.put_policy(ADMIN, "acme", "open", {**POLICY, "description": "v2"}),
-        lambda b: b.store.latest_policy("acme", "open").version,  # type: ignore[union-attr]
+        lambda b: b.store.catalogue.latest_policy("acme", "open").version,  # type: ignore[union-attr]
     ),
     "refset": (
         "policy.change.intent",
         lambda b: b.put_refset(ADMIN, "acme", "pcrs", ["aa"]),
-        lambda b: b.store.refsets("acme"),
+        lambda b: b.store.catalogue.refsets("acme"),
     ),
     "device": (
         "device.enrol.intent",
         lambda b: b.add_device(OP, "dev-2", "insecure-sample", ["acme"]),
-        lambda b: b.store.device("dev-2"),
+        lambda b: b.store.devices.by_id("dev-2"),
     ),
     "revoke": (
         "device.revoke.intent",
         lambda b: b.set_device_status(OP, "dev-1", "revoked"),
-        lambda b: b.store.device("dev-1").status,  # type: ignore[union-attr]
+        lambda b: b.store.devices.by_id("dev-1").status,  # type: ignore[union-attr]
     ),
     "bind": (
         "device.change.intent",
         lambda b: b.set_device_tenants(OP, "dev-1", []),
-        lambda b: b.store.device("dev-1").tenants,  # type: ignore[union-attr]
+        lambda b: b.store.devices.by_id("dev-1").tenants,  # type: ignore[union-attr]
     ),
-    "kek": ("key.rotate.intent", lambda b: b.rotate_kek(OP, "acme"), lambda b: b.store.latest_kek("acme")),
-    "token-key": ("key.rotate.intent", lambda b: b.rotate_token_key(OP), lambda b: b.store.signing_key_rows("token")),
+    "kek": ("key.rotate.intent", lambda b: b.rotate_kek(OP, "acme"), lambda b: b.store.keys.latest_kek("acme")),
+    "token-key": ("key.rotate.intent", lambda b: b.rotate_token_key(OP), lambda b: b.store.keys.signing_keys("token")),
 }
 
 
@@ -105,28 +105,28 @@ def test_no_change_without_its_intent(runtime: BrokerRuntime, case: str) -> None
     failing, change, probe = CASES[case]
     b = runtime.broker
     before = probe(b)
-    real = b._audit
-    b._audit = FailingSink(real, {failing})
+    real = b.recorder.sink
+    b.recorder.sink = FailingSink(real, {failing})
     try:
         with pytest.raises(AuditLogError):
             change(b)
     finally:
-        b._audit = real
+        b.recorder.sink = real
     assert before == probe(b)
 
 
 def test_an_unrecorded_model_has_no_key_to_release(runtime: BrokerRuntime) -> None:
     """The reported bug: a model whose registration is not on record cannot be found, let alone released."""
     b = runtime.broker
-    real = b._audit
-    b._audit = FailingSink(real, {"model.register.intent"})
+    real = b.recorder.sink
+    b.recorder.sink = FailingSink(real, {"model.register.intent"})
     try:
         with pytest.raises(AuditLogError):
             _register(b, "secret")
     finally:
-        b._audit = real
-    assert b.store.model("acme", "secret", "1") is None
-    assert [] == [m.name for m in b.store.list_models("acme") if m.name == "secret"]
+        b.recorder.sink = real
+    assert b.store.catalogue.model("acme", "secret", "1") is None
+    assert [] == [m.name for m in b.store.catalogue.models("acme") if m.name == "secret"]
 
 
 def test_every_change_leaves_intent_and_done(runtime: BrokerRuntime) -> None:

@@ -11,13 +11,16 @@ recomputes the root from the tiles, and compares it with the checkpoint.
 from __future__ import annotations
 
 import io
+import re
 import struct
 import tarfile
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Final
 
 from weightvault.auditlog.checkpoint import Checkpoint, VerifiedCheckpoint, verify_checkpoint
+from weightvault.auditlog.log import LogReader
 from weightvault.auditlog.merkle import (
     EMPTY_ROOT,
     HASH_BYTES,
@@ -41,6 +44,7 @@ __all__ = [
     "export_tiles",
     "parse_entry_bundle",
     "read_export",
+    "tile_resource",
     "verify_export",
     "verify_export_path",
     "write_tarball",
@@ -192,3 +196,47 @@ def verify_export_path(
     source: Path, log: NoteVerifier, policy: WitnessPolicy, *, clock: Callable[[], float]
 ) -> TileExport:
     return verify_export(read_export(source), log, policy, now=int(clock()))
+
+
+_TILE_PATH: Final = re.compile(r"tile/(entries|[0-9]|[1-5][0-9]|6[0-3])/((?:x\d{3}/)*\d{3})(?:\.p/(\d{1,3}))?")
+
+
+def tile_resource(log: LogReader, path: str) -> tuple[int, bytes, str]:
+    """Status, body and content type for a tiles API path (``checkpoint`` or ``tile/...``).
+
+    ``checkpoint`` is the newest published checkpoint, with its witness
+    cosignatures. A tile is served whenever the committed log covers it: full
+    tiles once full, and a partial tile of width W for *every* W up to what is
+    committed, not only the current right edge. A client holding an older
+    checkpoint asks for the partial tiles of its own size, and tiles only ever
+    grow by appending, so those are prefixes of what is stored (tlog-tiles: logs
+    MUST serve partial tiles for every published size).
+    """
+    if path == "checkpoint":
+        return 200, log.served_checkpoint().to_text().encode(), "text/plain; charset=utf-8"
+    body = _tile(log, path)
+    if body is None:
+        return 404, b"not found\n", "text/plain"
+    return 200, body, "application/octet-stream"
+
+
+def _tile(log: LogReader, path: str) -> bytes | None:
+    match = _TILE_PATH.fullmatch(path)
+    if match is None:
+        return None
+    level_text, index_text, width_text = match.groups()
+    index = int(index_text.replace("x", "").replace("/", ""))
+    width = int(width_text) if width_text else TILE_WIDTH
+    if not 1 <= width <= TILE_WIDTH or (width_text is not None and width == TILE_WIDTH):
+        return None
+    level = 0 if level_text == "entries" else int(level_text)
+    if log.size // TILE_WIDTH**level - index * TILE_WIDTH < width:
+        return None
+    start = index * TILE_WIDTH
+    try:
+        if level_text == "entries":
+            # Events are capped at MAX_ENTRY_BYTES when appended, so every stored entry fits its u16 frame.
+            return b"".join(struct.pack(">H", len(e.data)) + e.data for e in log.storage.entries(start, start + width))
+        return b"".join(log.storage.nodes(level * TILE_HEIGHT, start, start + width))
+    except AuditLogError:
+        return None

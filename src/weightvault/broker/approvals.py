@@ -16,16 +16,16 @@ Every step is an audit event; refusals are ``approval.invalid`` with the reason.
 
 from __future__ import annotations
 
-import json
+import base64
 import uuid
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterator, Mapping
+from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any, Final
 
 from weightvault.auditlog.events import AuditEvent
-from weightvault.auditlog.log import Receipt
-from weightvault.broker import storage as tables
-from weightvault.broker.storage import BrokerStore
+from weightvault.broker.recording import AuditRecorder
+from weightvault.broker.storage import ApprovalRow, BrokerStore
 from weightvault.crypto.secret import random_bytes
 from weightvault.custody.approvals import (
     DECISIONS,
@@ -61,18 +61,70 @@ class Grant:
 
 
 class ApprovalService:
-    def __init__(
-        self, store: BrokerStore, log: Callable[[AuditEvent], Receipt], broker_id: str, now: Callable[[], int]
-    ) -> None:
+    """Requests, approvals and their single-use execution; :meth:`gate` and :meth:`execute` are
+    what every gated operation of the other services calls."""
+
+    def __init__(self, store: BrokerStore, recorder: AuditRecorder, broker_id: str, now: Callable[[], int]) -> None:
         self.store = store
-        self._log = log
+        self._recorder = recorder
+        self._log = recorder.append
         self.broker_id = broker_id
         self._now = now
+
+    # -- gating other services' operations --------------------------------------------------------
+
+    def gate(
+        self,
+        actor: str,
+        op: str,
+        tenant: str,
+        params: Mapping[str, Any],
+        *,
+        approval: str | None,
+        facts: Mapping[str, Any] | None = None,
+    ) -> Grant | None:
+        """Enforce the approval policy for one operation (``approval="new"`` opens a request).
+
+        Raises:
+            ApprovalRequiredError: a rule applies and no approved request was named
+                (with the new request attached when one was asked for).
+            ApprovalInvalidError: the named request does not match or is not approved.
+        """
+        facts = facts or {}
+        if approval == "new":
+            request, needs = self.create_request(actor, op, tenant, params, facts)
+            raise ApprovalRequiredError(
+                f"approval request {request.id} opened; it needs {needs}",
+                {**request.to_json(), "digest": request.digest, "needs": needs, "summary": request.summary()},
+            )
+        return self.require(actor, op, tenant, params, facts=facts, approval=approval)
+
+    @contextmanager
+    def execute(self, grant: Grant | None, actor: str, target: str) -> Iterator[None]:
+        """Run an approved operation: the execution intent must be durable, then the request is consumed once."""
+        if grant is None:
+            yield
+            return
+        intent = AuditEvent(
+            type="approval.execute.intent",
+            tenant=grant.request.tenant,
+            actor=actor,
+            resource=f"approval:{grant.request.id}",
+            details={
+                "op": grant.request.op,
+                "digest": grant.request.digest,
+                "approvers": list(grant.approvers),
+                "target": target,
+            },
+        )
+        with self._recorder.write_ahead(intent):
+            self.consume(grant)
+            yield
 
     # -- the policy ----------------------------------------------------------------------------
 
     def policy(self) -> ApprovalPolicy | None:
-        row = self.store.approval_policy()
+        row = self.store.approvals.policy()
         return None if row is None else ApprovalPolicy.parse(row[1], row[0])
 
     def validate_policy(self, document: object) -> ApprovalPolicy:
@@ -81,19 +133,55 @@ class ApprovalService:
         current = self.policy()
         return ApprovalPolicy.parse(document, 1 if current is None else current.version + 1)
 
-    def store_policy(self, actor: str, policy: ApprovalPolicy) -> None:
-        with self.store.write() as conn:
-            self.store.insert(
-                conn,
-                tables.approval_policies,
+    def put_policy(self, actor: str, document: object, *, approval: str | None) -> int:
+        """Store a new approval policy version; after the first, only through approval.
+
+        Raises:
+            InvalidRequestError: the document is invalid.
+            ApprovalRequiredError / ApprovalInvalidError: see :meth:`gate`.
+        """
+        policy = self.validate_policy(document)
+        grant = None
+        if policy.version > 1:
+            grant = self.gate(actor, POLICY_CHANGE_OP, "-", {"document_digest": policy.digest}, approval=approval)
+        intent = AuditEvent(
+            type="approval.policy.change.intent",
+            tenant="-",
+            actor=actor,
+            resource="approval-policy",
+            policy_version=policy.version,
+            details={
+                "digest": policy.digest,
+                "bootstrap": policy.version == 1,
+                "approvers": {a: x.person.signing.hex() for a, x in policy.approvers.items()},
+                "groups": {g: sorted(m) for g, m in policy.groups.items()},
+            },
+        )
+        with self.execute(grant, actor, "approval-policy"), self._recorder.write_ahead(intent):
+            self.store.approvals.add_policy(policy.version, policy.document, policy.digest, actor, self._now())
+        return policy.version
+
+    def view(self, request: ApprovalRequest, status: str, facts: Mapping[str, Any]) -> dict[str, Any]:
+        """A request as approvers and requesters see it: terms, digest, status, what it still needs."""
+        evaluation = self.evaluate(request, facts)
+        return {
+            "request": request.to_json(),
+            "digest": request.digest,
+            "params_digest": request.params_digest,
+            "status": status,
+            "summary": request.summary(),
+            "needs": evaluation.needed,
+            "counted": list(evaluation.counted),
+            "approvals": [
                 {
-                    "version": policy.version,
-                    "document": json.dumps(dict(policy.document), sort_keys=True),
-                    "digest": policy.digest,
-                    "created_by": actor,
-                    "created_at": self._now(),
-                },
-            )
+                    "approver": a.approver,
+                    "decision": a.decision,
+                    "expires_at": a.expires_at,
+                    "signature": base64.b64encode(a.signature).decode(),
+                }
+                for a in self.store.approvals.approvals(request.id)
+            ],
+        }
 
     # -- requests and approvals ------------------------------------------------------------------
 
@@ -137,31 +225,20 @@ class ApprovalService:
                 },
             )
         )
-        with self.store.write() as conn:
-            self.store.insert(
-                conn,
-                tables.approval_requests,
-                {
-                    "id": request.id,
-                    "tenant_id": tenant,
-                    "op": op,
-                    "document": json.dumps(request.to_json(), sort_keys=True),
-                    "digest": request.digest,
-                    "status": "pending",
-                    "created_at": now,
-                    "updated_at": now,
-                },
-            )
+        self.store.approvals.add_request(request.id, tenant, request.to_json(), request.digest, now)
         return request, rule.describe()
 
     def request(self, request_id: str) -> tuple[ApprovalRequest, str]:
-        row = self.store.approval_request(request_id)
+        row = self.store.approvals.request(request_id)
         if row is None:
             raise NotFoundError("no such approval request")
-        return ApprovalRequest.from_json(row[0]), row[1]
+        return ApprovalRequest.from_json(row.document), row.status
 
     def _approvals(self, request_id: str) -> list[SignedApproval]:
-        return [SignedApproval(a, d, e, s) for a, d, e, s in self.store.approvals_for(request_id)]
+        return [
+            SignedApproval(a.approver, a.decision, a.expires_at, a.signature)
+            for a in self.store.approvals.approvals(request_id)
+        ]
 
     def evaluate(self, request: ApprovalRequest, facts: Mapping[str, Any]) -> Evaluation:
         policy = self.policy()
@@ -234,23 +311,11 @@ class ApprovalService:
                 details={"digest": request.digest, "expires_at": expires_at, "signature": signature.hex()},
             )
         )
-        with self.store.write() as conn:
-            self.store.insert(
-                conn,
-                tables.approvals,
-                {
-                    "request_id": request.id,
-                    "approver_id": approver,
-                    "decision": decision,
-                    "expires_at": expires_at,
-                    "signature": signature,
-                    "created_at": now,
-                },
-            )
+        self.store.approvals.add_approval(request.id, ApprovalRow(approver, decision, expires_at, signature), now)
         # The status flips by compare-and-swap, and the winner logs it. A grant is only a
         # precondition: executing it appends approval.execute.intent first (write-ahead).
         result = evaluate(policy, request, self._approvals(request.id), facts, now)
-        if result.status in ("approved", "denied") and self.store.set_request_status(
+        if result.status in ("approved", "denied") and self.store.approvals.set_status(
             request.id, "pending", result.status, now
         ):
             self._log(
@@ -321,5 +386,5 @@ class ApprovalService:
         Raises:
             ConflictError: another execution won.
         """
-        if not self.store.set_request_status(grant.request.id, "approved", "executed", self._now()):
+        if not self.store.approvals.set_status(grant.request.id, "approved", "executed", self._now()):
             raise ConflictError("this approval was already used")

@@ -14,17 +14,13 @@ retired, so a botched distribution never locks the root key away.
 from __future__ import annotations
 
 import hashlib
-import json
 import threading
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
-import sqlalchemy as sa
-
 from weightvault.auditlog.events import AuditEvent
-from weightvault.auditlog.log import Receipt
-from weightvault.broker import storage as tables
-from weightvault.broker.storage import BrokerStore
+from weightvault.broker.recording import AuditRecorder
+from weightvault.broker.storage import BrokerStore, ShareSetRow
 from weightvault.custody.ceremony import Ceremony, CeremonyTerms, parse_rekey_params
 from weightvault.custody.person import PersonPublic
 from weightvault.custody.shares import ShareSet, check_parameters, deal
@@ -40,7 +36,7 @@ class CustodyService:
     def __init__(
         self,
         store: BrokerStore,
-        log: Callable[[AuditEvent], Receipt],
+        recorder: AuditRecorder,
         broker_id: str,
         now: Callable[[], int],
         *,
@@ -48,7 +44,7 @@ class CustodyService:
         sealed: Callable[[], bool],
     ) -> None:
         self.store = store
-        self._log = log
+        self._log = recorder.append
         self.broker_id = broker_id
         self._now = now
         self._install_root = install_root
@@ -59,34 +55,19 @@ class CustodyService:
     # -- share sets ----------------------------------------------------------------------------
 
     def share_set(self, status: str = "active") -> ShareSet | None:
-        row = self.store.custody_set(status)
-        return None if row is None else ShareSet.from_json(row[1])
+        row = self.store.custody.share_set(status)
+        return None if row is None else ShareSet.from_json(row.document)
 
     def _set_by_id(self, set_id: str) -> tuple[str, ShareSet]:
-        row = self.store.custody_set_by_id(set_id)
+        row = self.store.custody.share_set_by_id(set_id)
         if row is None:
             raise NotFoundError("no such share set")
-        return row[0], ShareSet.from_json(row[1])
+        return row.status, ShareSet.from_json(row.document)
 
     def _store_set(self, share_set: ShareSet, status: str, deliveries: Mapping[str, bytes]) -> None:
-        now = self._now()
-        with self.store.write() as conn:
-            self.store.insert(
-                conn,
-                tables.custody_sets,
-                {
-                    "id": share_set.id,
-                    "status": status,
-                    "document": json.dumps(share_set.to_json(), sort_keys=True),
-                    "created_at": now,
-                    "updated_at": now,
-                },
-            )
-            self.store.insert_many(
-                conn,
-                tables.custody_deliveries,
-                [{"set_id": share_set.id, "custodian_id": c, "sealed": s} for c, s in deliveries.items()],
-            )
+        self.store.custody.add_share_set(
+            ShareSetRow(share_set.id, status, share_set.to_json()), deliveries, self._now()
+        )
 
     def _set_event(self, kind: str, actor: str, share_set: ShareSet, **details: Any) -> AuditEvent:
         return AuditEvent(
@@ -118,8 +99,13 @@ class CustodyService:
         self._store_set(share_set, "active", deliveries)
         return share_set
 
+    def record_seal(self, actor: str) -> None:
+        """Record that ``actor`` sealed the broker. Sealing only takes power away, so it happens
+        first and is recorded after: a broken audit log must never keep a broker unsealed."""
+        self._log(AuditEvent(type="custody.seal", tenant="-", actor=actor, resource="broker", decision="sealed"))
+
     def delivery(self, set_id: str, custodian: str) -> bytes:
-        sealed = self.store.delivery(set_id, custodian)
+        sealed = self.store.custody.delivery(set_id, custodian)
         if sealed is None:
             raise NotFoundError("no share of this custodian in this set")
         return sealed
@@ -137,12 +123,7 @@ class CustodyService:
         try:
             self._record_close(ceremony)
         finally:  # closing only takes power away: it happens even if the log cannot record it
-            with self.store.write() as conn:
-                conn.execute(
-                    sa.update(tables.custody_ceremonies)
-                    .where(tables.custody_ceremonies.c.id == ceremony.id)
-                    .values(status=ceremony.status, closed_at=now)
-                )
+            self.store.custody.close_ceremony(ceremony.id, ceremony.status, now)
 
     def _record_close(self, ceremony: Ceremony) -> None:
         if ceremony.status in ("expired", "cancelled"):
@@ -212,20 +193,7 @@ class CustodyService:
                     },
                 )
             )
-            with self.store.write() as conn:
-                self.store.insert(
-                    conn,
-                    tables.custody_ceremonies,
-                    {
-                        "id": ceremony.id,
-                        "kind": kind,
-                        "set_id": share_set.id,
-                        "terms": json.dumps(ceremony.terms.to_json(), sort_keys=True),
-                        "status": "open",
-                        "created_at": now,
-                        "closed_at": None,
-                    },
-                )
+            self.store.custody.add_ceremony(ceremony.id, kind, share_set.id, ceremony.terms.to_json(), now)
             self._ceremonies[ceremony.id] = ceremony
         return ceremony.terms
 
@@ -241,15 +209,10 @@ class CustodyService:
                     "submitted": live.submitted,
                     "needed": live.needed,
                 }
-        with self.store.read() as conn:
-            row = conn.execute(
-                sa.select(tables.custody_ceremonies.c.terms, tables.custody_ceremonies.c.status).where(
-                    tables.custody_ceremonies.c.id == ceremony_id
-                )
-            ).first()
+        row = self.store.custody.ceremony(ceremony_id)
         if row is None:
             raise NotFoundError("no such ceremony")
-        return {**json.loads(row[0]), "status": row[1]}
+        return {**row.terms, "status": row.status}
 
     def submit(self, ceremony_id: str, custodian: str, sealed: bytes, signature: bytes) -> dict[str, Any]:
         """A custodian's signed, encrypted share. Completes the ceremony when enough are in.
@@ -369,12 +332,7 @@ class CustodyService:
                     authorised_by=custodians,
                 )
             )
-            with self.store.write() as conn:
-                conn.execute(
-                    sa.update(tables.custody_sets)
-                    .where(tables.custody_sets.c.status == "pending")
-                    .values(status="retired", updated_at=now)
-                )
+            self.store.custody.retire_pending(now)
             self._store_set(new_set, "pending", deliveries)
             result["new_set"] = new_set.id
         self._close(ceremony, now)
@@ -386,17 +344,7 @@ class CustodyService:
                 type="custody.set.active", tenant="-", actor="-", resource=f"custody:{set_id}", decision="active"
             )
         )
-        with self.store.write() as conn:
-            conn.execute(
-                sa.update(tables.custody_sets)
-                .where(tables.custody_sets.c.status == "active")
-                .values(status="retired", updated_at=now)
-            )
-            conn.execute(
-                sa.update(tables.custody_sets)
-                .where(tables.custody_sets.c.id == set_id)
-                .values(status="active", updated_at=now)
-            )
+        self.store.custody.promote(set_id, now)
 
     def cancel(self, ceremony_id: str, custodian: str, signature: bytes) -> None:
         """Cancel on a custodian's signature.

@@ -12,8 +12,8 @@ from typing import Any, Final
 
 import click
 
+from weightvault.broker.config import DEFAULTS
 from weightvault.errors import ConfigError
-from weightvault.server.config import DEFAULTS
 
 __all__ = ["admin", "broker", "load", "publish"]
 

@@ -55,6 +55,10 @@ EXIT_CODES: Final[dict[type[e.WeightVaultError], tuple[int, str]]] = {
     e.CeremonyError: (87, "ceremony refused"),
     e.SealedError: (88, "broker sealed"),
     e.TransportError: (50, "service unreachable"),
+    e.UnavailableError: (51, "unavailable"),
+    e.ServiceUnavailableError: (52, "service unavailable"),
+    e.AuditUnavailableError: (53, "audit log unavailable"),
+    e.ServerError: (79, "server error"),
     e.ConfigError: (60, "configuration error"),
 }
 

@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import base64
 import hmac
-import json
 import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -22,7 +21,7 @@ import httpx
 from weightvault import errors as e
 from weightvault.attestation.interfaces import report_data
 from weightvault.attestation.unsafe import sample_evidence
-from weightvault.broker.bindings import export_info, registration_info, release_info
+from weightvault.broker.protocol import ReleasePayload, error_for, export_info, registration_info, release_info
 from weightvault.crypto.keywrap import HPKEKem, InvalidTag, hpke_generate, hpke_open, hpke_seal
 from weightvault.custody.approvals import ApprovalRequest, approval_message
 from weightvault.custody.ceremony import CeremonyTerms, cancel_message, prepare_submission
@@ -43,31 +42,6 @@ __all__ = [
 ]
 
 BROKER_STANZA: Final = "broker"
-
-_ERRORS: Final[dict[str, type[e.WeightVaultError]]] = {
-    "unauthenticated": e.AuthenticationError,
-    "forbidden": e.PermissionDeniedError,
-    "not_found": e.NotFoundError,
-    "conflict": e.ConflictError,
-    "challenge_used": e.ChallengeUsedError,
-    "challenge_expired": e.ChallengeExpiredError,
-    "attestation_failed": e.EvidenceError,
-    "enrolment_refused": e.EnrolmentError,
-    "release_denied": e.ReleaseDeniedError,
-    "key_unavailable": e.KeyAccessError,
-    "invalid_request": e.InvalidRequestError,
-    "invalid_json": e.InvalidRequestError,
-    "invalid_policy": e.PolicyViolationError,
-    "unsupported_media_type": e.InvalidRequestError,
-    "payload_too_large": e.InvalidRequestError,
-    "rate_limited": e.RateLimitedError,
-    "audit_unavailable": e.AuditLogError,
-    "approval_required": e.ApprovalRequiredError,
-    "approval_invalid": e.ApprovalInvalidError,
-    "share_rejected": e.ShareError,
-    "ceremony_refused": e.CeremonyError,
-    "sealed": e.SealedError,
-}
 
 
 class Attester(Protocol):
@@ -177,26 +151,18 @@ class BrokerClient:
         try:
             reply = self._http.request(method, path, json=body, params=params)
         except httpx.HTTPError as exc:
-            raise e.TransportError(f"broker {self.url} unreachable: {type(exc).__name__}") from None
+            raise e.TransportError(f"broker {self.url} unreachable: {type(exc).__name__}") from exc
         if reply.status_code < 400:
             return reply.json()
         try:
             problem = reply.json()
         except ValueError:
             problem = {}
+        if not isinstance(problem, dict):
+            problem = {}
         code = str(problem.get("code", ""))
         detail = str(problem.get("detail") or problem.get("title") or f"HTTP {reply.status_code}")
-        if reply.status_code >= 500 and code not in _ERRORS:
-            raise e.TransportError(f"broker error {reply.status_code}: {detail}")
-        cls = _ERRORS.get(code, e.RequestError)
-        if cls is e.ReleaseDeniedError:
-            codes = [str(c) for c in problem.get("codes", []) if isinstance(c, str)]
-            if codes:
-                detail = f"{detail}: {', '.join(codes)}"
-            raise e.ReleaseDeniedError(detail, problem.get("reasons", []), codes)
-        if cls is e.ApprovalRequiredError:
-            raise e.ApprovalRequiredError(detail, problem.get("approval_request"))
-        raise cls(detail)
+        raise error_for(reply.status_code, code, detail, problem)
 
     # -- the protocol -------------------------------------------------------------
 
@@ -259,19 +225,8 @@ class BrokerClient:
         if answer.get("resource") != resource or answer.get("jti") != session.jti:
             raise e.KeyAccessError("the broker answered for another resource or session")
         plaintext = session.open(base64.b64decode(answer["sealed"]), release_info(tenant, resource, session.jti))
-        doc = json.loads(plaintext)
-        if doc.get("tenant") != tenant or doc.get("resource") != resource or doc.get("jti") != session.jti:
-            raise e.KeyAccessError("the release payload is bound to another tenant, resource or session")
-        keys = ReleasedKeys(resource, session.jti)
-        if "file_key" in doc:
-            keys.file_key = FileKey(base64.b64decode(doc["file_key"]))
-        for grant in doc.get("grants", []):
-            keys.grants[grant["file_id"]] = TensorKeys(
-                bytes.fromhex(grant["file_id"]),
-                base64.b64decode(grant["header_secret"]),
-                {int(i): base64.b64decode(s) for i, s in grant["tensors"].items()},
-            )
-        return keys
+        payload = ReleasePayload.from_bytes(plaintext, tenant=tenant, resource=resource, jti=session.jti)
+        return ReleasedKeys(resource, session.jti, payload.file_key, payload.grants)
 
     # -- admin -----------------------------------------------------------------------
 

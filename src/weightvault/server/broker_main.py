@@ -6,6 +6,7 @@ files and JWKS files. Everything it builds is passed to constructors.
 
 from __future__ import annotations
 
+import tomllib
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -13,13 +14,13 @@ from typing import Any
 
 from weightvault.attestation.interfaces import Verifier
 from weightvault.attestation.registry import VerifierRegistry
-from weightvault.auditlog.events import SensitiveHasher
 from weightvault.auditlog.log import AuditLog, LogConfig
 from weightvault.auditlog.note import NoteSigner, NoteVerifier
 from weightvault.auditlog.policy import WitnessPolicy
 from weightvault.auditlog.witness import HTTPWitness
+from weightvault.broker.config import BrokerConfig
 from weightvault.broker.keystore import RootKey
-from weightvault.broker.service import BrokerSettings, KeyBroker
+from weightvault.broker.service import KeyBroker, open_broker
 from weightvault.broker.storage import BrokerStore
 from weightvault.broker.tokens import TokenSigner
 from weightvault.crypto.signing import Ed25519Signer
@@ -27,7 +28,6 @@ from weightvault.errors import AuditLogError, ConfigError
 from weightvault.format.recipients import HPKEIdentity
 from weightvault.sealing.keyfiles import read_key_file, read_private_file, read_secret_file
 from weightvault.server.broker_app import ServerLimits, create_broker_app
-from weightvault.server.config import BrokerConfig
 
 __all__ = ["BrokerRuntime", "load_broker"]
 
@@ -46,11 +46,11 @@ class BrokerRuntime:
         return self.config.base
 
     def app(self) -> Any:
-        return create_broker_app(self.broker, self.audit, self.limits)
+        return create_broker_app(self.broker, self.limits)
 
     def close(self) -> None:
         self.audit.close()
-        self.broker.store.engine.dispose()
+        self.broker.store.close()
 
 
 def _verifier_factories(config: BrokerConfig) -> dict[str, Callable[[], Verifier]]:
@@ -71,6 +71,20 @@ def _verifier_factories(config: BrokerConfig) -> dict[str, Callable[[], Verifier
     return factories
 
 
+def read_config(config_path: Path) -> BrokerConfig:
+    """Read ``broker.toml`` (the only place its text is read) and validate it.
+
+    Raises:
+        ConfigError: unreadable, not TOML, or a setting that is not allowed.
+    """
+    config_path = Path(config_path)
+    try:
+        doc = tomllib.loads(config_path.read_text())
+    except (OSError, UnicodeDecodeError, tomllib.TOMLDecodeError) as exc:
+        raise ConfigError(f"{config_path}: {exc}") from exc
+    return BrokerConfig.from_mapping(doc, config_path)
+
+
 def load_broker(config_path: Path, *, clock: Callable[[], float] | None = None) -> BrokerRuntime:
     """Read ``broker.toml`` and everything it points to; build the broker.
 
@@ -79,7 +93,7 @@ def load_broker(config_path: Path, *, clock: Callable[[], float] | None = None) 
     """
     import time
 
-    config = BrokerConfig.from_toml(Path(config_path))
+    config = read_config(Path(config_path))
     now = clock or time.time
     keys = config.keys
     # root = "custody": the root key is split among custodians and the broker starts sealed.
@@ -96,7 +110,6 @@ def load_broker(config_path: Path, *, clock: Callable[[], float] | None = None) 
         log_signer = NoteSigner.from_skey(log_signer_text)
     except AuditLogError as exc:
         raise ConfigError(f"{log_signer_path}: {exc}") from None
-    hash_key = read_secret_file(config.path(keys.audit_hash), "weightvault.hash-key")
     witnesses = []
     verifiers = []
     for w in config.audit.witnesses:
@@ -122,24 +135,9 @@ def load_broker(config_path: Path, *, clock: Callable[[], float] | None = None) 
             _verifier_factories(config),
             insecure_sample_enabled=config.insecure_sample_enabled,
         )
-        settings = BrokerSettings(
-            broker_id=config.broker_id,
-            challenge_ttl_seconds=config.challenge_ttl_seconds,
-            token_ttl_seconds=config.token_ttl_seconds,
-            kek_max_age_seconds=int(config.kek_max_age_days * 86400),
-            token_key_max_age_seconds=int(config.token_key_max_age_days * 86400),
-        )
-        signer = TokenSigner(settings.broker_id, Ed25519Signer(token_seed), settings.token_ttl_seconds)
-        broker = KeyBroker(
-            store,
-            root,
-            signer,
-            registry,
-            audit,
-            hasher=SensitiveHasher(hash_key, f"{settings.broker_id}/audit-hash"),
-            registration_key=registration,
-            settings=settings,
-            clock=now,
+        signer = TokenSigner(config.broker_id, Ed25519Signer(token_seed), config.token_ttl_seconds)
+        broker = open_broker(
+            store, root, signer, registry, audit, registration_key=registration, config=config, clock=now, reader=audit
         )
         limits = ServerLimits(
             max_body_bytes=config.max_body_bytes,

@@ -12,9 +12,9 @@ from weightvault.auditlog import AuditEvent, AuditLog, NoteSigner, TrustedState,
 from weightvault.auditlog.follower import TileFollower
 from weightvault.auditlog.log import LogReader
 from weightvault.auditlog.note import TYPE_COSIGNATURE
+from weightvault.auditlog.tiles import tile_resource
 from weightvault.crypto.signing import Ed25519Signer
 from weightvault.errors import CheckpointError, ConsistencyError, InclusionProofError
-from weightvault.server.tiles_app import tile_response
 
 NOW = 1_800_000_000.0
 LOG_KEY = NoteSigner("weightvault.test/audit", Ed25519Signer(b"\x11" * 32))
@@ -33,7 +33,7 @@ def served(log: LogReader) -> Callable[[str], bytes | None]:
     """The tiles API of ``log`` as the HTTP server answers it (None for 404)."""
 
     def fetch(path: str) -> bytes | None:
-        status, body, _ = tile_response(log, path)
+        status, body, _ = tile_resource(log, path)
         return body if status == 200 else None
 
     return fetch

@@ -1,15 +1,15 @@
-"""The broker's configuration: one frozen object, its defaults, and the one parser of ``broker.toml``.
+"""The broker's configuration: one frozen object, its defaults, and the one parser of its settings.
 
-Every setting has its default here (``broker init`` writes them, ``load_broker`` reads
-them back through :meth:`BrokerConfig.from_toml`). Parsing is strict: an unknown
-section or key, a value of the wrong type, or one out of range is a
+Every setting has its default here (``broker init`` writes them into ``broker.toml``,
+and :func:`weightvault.server.broker_main.read_config` reads them back through
+:meth:`BrokerConfig.from_mapping`). Parsing is strict: an unknown section or key,
+a value of the wrong type, or one out of range is a
 :class:`~weightvault.errors.ConfigError` that names the file, the section, the key
-and what is allowed, never a traceback.
+and what is allowed, never a traceback. This module reads no file itself.
 """
 
 from __future__ import annotations
 
-import tomllib
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -90,22 +90,12 @@ class BrokerConfig:
         return self.storage_url
 
     @classmethod
-    def from_toml(cls, config_path: Path) -> BrokerConfig:
-        """Read and validate ``broker.toml``.
+    def from_mapping(cls, doc: Mapping[str, Any], config_path: Path) -> BrokerConfig:
+        """Validate a parsed ``broker.toml``; ``config_path`` names it in errors and anchors relative paths.
 
         Raises:
-            ConfigError: unreadable, not TOML, or any section, key or value that is not allowed.
+            ConfigError: any section, key or value that is not allowed.
         """
-        config_path = Path(config_path)
-        try:
-            doc = tomllib.loads(config_path.read_text())
-        except (OSError, UnicodeDecodeError, tomllib.TOMLDecodeError) as exc:
-            raise ConfigError(f"{config_path}: {exc}") from None
-        return cls.from_mapping(doc, config_path)
-
-    @classmethod
-    def from_mapping(cls, doc: Mapping[str, Any], config_path: Path) -> BrokerConfig:
-        """Validate an already parsed configuration (see :meth:`from_toml`)."""
         r = _Reader(config_path)
         r.known(doc, "", {"broker", "storage", "keys", "verifiers", "audit", "rotation", "tls"})
         broker = r.section(doc, "broker", required=True)

@@ -1,0 +1,159 @@
+"""Tenants and principals: who may call the broker, and the namespaces they act in.
+
+API tokens are ``wv1_<principal>.<secret>``; the broker stores SHA-256 of the secret
+and compares in constant time, also for unknown principals, so timing does not tell
+which ids exist. Who may create or disable whom is decided by the facade
+(:class:`weightvault.broker.service.KeyBroker`); this service performs the changes,
+each under its write-ahead intent.
+"""
+
+from __future__ import annotations
+
+import enum
+import hashlib
+import hmac
+import secrets
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Final
+
+from weightvault.auditlog.events import AuditEvent
+from weightvault.broker.keyring import Keyring
+from weightvault.broker.names import check_name
+from weightvault.broker.recording import AuditRecorder
+from weightvault.broker.storage import BrokerStore, PrincipalRow
+from weightvault.errors import AuthenticationError, ConflictError, PermissionDeniedError
+
+__all__ = ["TOKEN_PREFIX", "Principal", "PrincipalService", "Role"]
+
+TOKEN_PREFIX: Final = "wv1_"  # noqa: S105 - the token format prefix, not a secret
+_MAX_TOKEN_CHARS: Final = 256
+
+
+class Role(enum.Enum):
+    OPERATOR = "operator"
+    TENANT_ADMIN = "tenant-admin"
+    PUBLISHER = "publisher"
+    AUDITOR = "auditor"
+    WORKLOAD = "workload"
+    APPROVER = "approver"
+
+
+#: Roles that belong to no tenant.
+GLOBAL_ROLES: Final = frozenset({Role.OPERATOR, Role.APPROVER})
+
+
+@dataclass(frozen=True, slots=True)
+class Principal:
+    """An authenticated caller."""
+
+    id: str
+    tenant: str | None
+    role: Role
+
+    def require(self, *roles: Role) -> None:
+        if self.role not in roles:
+            raise PermissionDeniedError(f"role {self.role.value} may not do this")
+
+    def require_tenant(self, tenant: str) -> None:
+        """Operators act on any tenant; everyone else only on their own."""
+        if self.role is not Role.OPERATOR and self.tenant != tenant:
+            raise PermissionDeniedError("not allowed for this tenant")
+
+
+def _hash_token(secret: str) -> bytes:
+    return hashlib.sha256(secret.encode()).digest()
+
+
+class PrincipalService:
+    def __init__(
+        self, store: BrokerStore, recorder: AuditRecorder, now: Callable[[], int], *, keyring: Keyring
+    ) -> None:
+        self._store = store
+        self._recorder = recorder
+        self._keyring = keyring
+        self._now = now
+
+    def authenticate(self, bearer: str | None) -> Principal:
+        """Resolve an API token ``wv1_<principal>.<secret>``.
+
+        Raises:
+            AuthenticationError: missing, malformed, unknown, wrong or disabled.
+        """
+        if not bearer or not bearer.startswith(TOKEN_PREFIX) or "." not in bearer or len(bearer) > _MAX_TOKEN_CHARS:
+            raise AuthenticationError("missing or malformed API token")
+        principal_id, _, secret = bearer[len(TOKEN_PREFIX) :].partition(".")
+        row = self._store.principals.by_id(principal_id)
+        expected = row.token_hash if row is not None else bytes(32)
+        # Compare even for unknown principals so timing does not reveal which ids exist.
+        ok = hmac.compare_digest(expected, _hash_token(secret))
+        if row is None or not ok or row.disabled:
+            raise AuthenticationError("invalid API token")
+        return Principal(row.id, row.tenant_id, Role(row.role))
+
+    def get(self, principal_id: str) -> PrincipalRow | None:
+        return self._store.principals.by_id(principal_id)
+
+    def list_for(self, tenant: str | None) -> list[PrincipalRow]:
+        return self._store.principals.list_for(tenant)
+
+    def bootstrap_operator(self, principal_id: str = "operator") -> str:
+        """Create the first operator if there is none; returns its API token (shown once)."""
+        if self._store.principals.any_with_role(Role.OPERATOR.value):
+            raise ConflictError("an operator already exists")
+        return self.create("bootstrap", principal_id, None, Role.OPERATOR)
+
+    def create(self, actor: str, principal_id: str, tenant: str | None, role: Role) -> str:
+        """Create a principal; returns its API token, which is shown once and stored only hashed."""
+        check_name(principal_id, "principal id")
+        if self._store.principals.by_id(principal_id) is not None:
+            raise ConflictError(f"principal {principal_id} exists")
+        secret = secrets.token_urlsafe(32)
+        intent = AuditEvent(
+            type="principal.change.intent",
+            tenant=tenant or "-",
+            actor=actor,
+            resource=f"principal:{principal_id}",
+            details={"op": "create", "role": role.value},
+        )
+        with self._recorder.write_ahead(intent):
+            self._store.principals.create(
+                PrincipalRow(principal_id, tenant, role.value, _hash_token(secret), disabled=False), self._now()
+            )
+        return f"{TOKEN_PREFIX}{principal_id}.{secret}"
+
+    def disable(self, actor: str, principal: PrincipalRow) -> None:
+        """Disable a principal: its token stops authenticating at once."""
+        intent = AuditEvent(
+            type="principal.change.intent",
+            tenant=principal.tenant_id or "-",
+            actor=actor,
+            resource=f"principal:{principal.id}",
+            details={"op": "disable"},
+        )
+        with self._recorder.write_ahead(intent):
+            self._store.principals.disable(principal.id)
+
+    # -- tenants ----------------------------------------------------------------------------------
+
+    def tenant_exists(self, tenant: str) -> bool:
+        return self._store.tenants.exists(tenant)
+
+    def tenants(self) -> list[str]:
+        return self._store.tenants.names()
+
+    def create_tenant(self, actor: str, tenant: str) -> None:
+        """Create a tenant with version 1 of its key-encryption key (needs the root key)."""
+        check_name(tenant, "tenant")
+        if self._store.tenants.exists(tenant):
+            raise ConflictError(f"tenant {tenant} exists")
+        wrapped = self._keyring.new_kek(tenant, 1)
+        intent = AuditEvent(
+            type="tenant.change.intent",
+            tenant=tenant,
+            actor=actor,
+            resource=f"tenant:{tenant}",
+            details={"op": "create", "kek_version": 1},
+        )
+        with self._recorder.write_ahead(intent):
+            self._store.tenants.create(tenant, wrapped, self._now())

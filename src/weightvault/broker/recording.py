@@ -1,0 +1,54 @@
+"""The services' one seam to the audit log: append, queue, and the write-ahead rule.
+
+Every broker service records through an :class:`AuditRecorder`. It wraps the
+audit sink so that the sink can be replaced in one place (tests inject failures
+there) and so that every service applies the write-ahead rule the same way.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from contextlib import ExitStack, contextmanager
+
+from weightvault.auditlog.events import AuditEvent
+from weightvault.auditlog.log import AuditSink, Receipt, write_ahead
+
+__all__ = ["AuditRecorder"]
+
+
+class AuditRecorder:
+    """Appends events durably, queues them where the sink can, and runs changes under their intents."""
+
+    def __init__(self, sink: AuditSink) -> None:
+        self.sink = sink
+
+    def append(self, event: AuditEvent) -> Receipt:
+        """Append ``event`` and wait until it is durable."""
+        return self.sink.append(event)
+
+    def queue(self, event: AuditEvent) -> int:
+        """Queue ``event`` without waiting when the sink can; returns its index.
+
+        The event becomes durable with the next durable append of the same single
+        writer, which commits in submission order.
+        """
+        submit = getattr(self.sink, "submit", None)
+        if submit is not None:
+            return int(submit(event).index)
+        return self.sink.append(event).index
+
+    @contextmanager
+    def write_ahead(self, *intents: AuditEvent, wait_done: bool = True) -> Iterator[None]:
+        """The write-ahead rule for one change: every intent is durable before the block runs;
+        afterwards each gets its ``.done``, or ``.fail`` if the block raised. If an intent cannot be
+        appended, the block never runs (AuditLogError): nothing changes without its record."""
+        with ExitStack() as stack:
+            for intent in intents:
+                stack.enter_context(write_ahead(self.sink, intent, wait_done=wait_done))
+            yield
+
+    @property
+    def failed(self) -> BaseException | None:
+        """Why the log stopped accepting events, if it did (sinks that cannot fail say None)."""
+        failure = getattr(self.sink, "failed", None)
+        return failure if isinstance(failure, BaseException) else None

@@ -1,0 +1,73 @@
+"""Broker storage: the one package that imports SQLAlchemy (an import contract keeps it so).
+
+:class:`BrokerStore` is the seam a storage backend implements: a database (SQLite by
+default; any SQLAlchemy URL) and one repository per aggregate, each method one
+transaction returning typed rows. The domain never sees a connection or a table.
+"""
+
+from __future__ import annotations
+
+from weightvault.broker.storage.database import Database
+from weightvault.broker.storage.repositories import (
+    ApprovalRepository,
+    CatalogueRepository,
+    CustodyRepository,
+    DeviceRepository,
+    KeyRepository,
+    PrincipalRepository,
+    SessionRepository,
+    TenantRepository,
+)
+from weightvault.broker.storage.rows import (
+    ApprovalRequestRow,
+    ApprovalRow,
+    CeremonyRow,
+    ChallengeRow,
+    DeviceRow,
+    KEKRow,
+    ModelRow,
+    PolicyRow,
+    PrincipalRow,
+    ShareSetRow,
+    SigningKeyRow,
+)
+
+__all__ = [
+    "ApprovalRequestRow",
+    "ApprovalRow",
+    "BrokerStore",
+    "CeremonyRow",
+    "ChallengeRow",
+    "DeviceRow",
+    "KEKRow",
+    "ModelRow",
+    "PolicyRow",
+    "PrincipalRow",
+    "ShareSetRow",
+    "SigningKeyRow",
+]
+
+
+class BrokerStore:
+    """Every repository of one broker database."""
+
+    def __init__(self, url: str) -> None:
+        self.db = Database(url)
+        self.tenants = TenantRepository(self.db)
+        self.keys = KeyRepository(self.db)
+        self.principals = PrincipalRepository(self.db)
+        self.devices = DeviceRepository(self.db)
+        self.catalogue = CatalogueRepository(self.db)
+        self.sessions = SessionRepository(self.db)
+        self.approvals = ApprovalRepository(self.db)
+        self.custody = CustodyRepository(self.db)
+
+    def migrate(self, now: int) -> int:
+        """Bring the schema up to date (see :mod:`.schema`)."""
+        return self.db.migrate(now)
+
+    def ping(self) -> str | None:
+        return self.db.ping()
+
+    def close(self) -> None:
+        self.db.close()

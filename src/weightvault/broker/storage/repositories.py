@@ -1,0 +1,647 @@
+"""One repository per aggregate: the broker's only SQL.
+
+Every method is one transaction and speaks in rows (:mod:`.rows`), never in SQL
+types. Lookups of tenant data take the tenant and filter by it, including lookups
+by id: a device, challenge, model, policy or reference set of another tenant is
+simply not found. The global lookups (a principal by id for authentication, a
+device by id for operators) say so in their names.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Mapping, Sequence
+from typing import Any, Final
+
+import sqlalchemy as sa
+from sqlalchemy.engine import Connection
+
+from weightvault.broker.storage import schema as t
+from weightvault.broker.storage.database import Database
+from weightvault.broker.storage.rows import (
+    ApprovalRequestRow,
+    ApprovalRow,
+    CeremonyRow,
+    ChallengeRow,
+    DeviceRow,
+    KEKRow,
+    ModelRow,
+    PolicyRow,
+    PrincipalRow,
+    ShareSetRow,
+    SigningKeyRow,
+)
+
+__all__ = [
+    "ApprovalRepository",
+    "CatalogueRepository",
+    "CustodyRepository",
+    "DeviceRepository",
+    "KeyRepository",
+    "PrincipalRepository",
+    "SessionRepository",
+    "TenantRepository",
+]
+
+# Hot-path statements, built once: building SQLAlchemy expressions per call costs more
+# than running them against SQLite.
+_bp = sa.bindparam
+_Q_PRINCIPAL: Final = sa.select(t.principals).where(t.principals.c.id == _bp("id"))
+_Q_DEVICE: Final = sa.select(t.devices).where(t.devices.c.id == _bp("id"))
+_Q_DEVICE_TENANTS: Final = sa.select(t.device_tenants.c.tenant_id).where(t.device_tenants.c.device_id == _bp("id"))
+_Q_MODEL: Final = sa.select(t.models).where(
+    t.models.c.tenant_id == _bp("tenant"), t.models.c.name == _bp("name"), t.models.c.version == _bp("version")
+)
+_Q_LATEST_POLICY: Final = (
+    sa.select(t.policies)
+    .where(t.policies.c.tenant_id == _bp("tenant"), t.policies.c.name == _bp("name"))
+    .order_by(t.policies.c.version.desc())
+    .limit(1)
+)
+_Q_KEK: Final = sa.select(t.keks).where(t.keks.c.tenant_id == _bp("tenant"), t.keks.c.version == _bp("version"))
+_Q_REFSETS: Final = sa.select(t.refsets.c.name, t.refsets.c.members).where(t.refsets.c.tenant_id == _bp("tenant"))
+_Q_TOKEN_REVOKED: Final = sa.select(t.tokens.c.revoked).where(t.tokens.c.jti == _bp("jti"))
+_Q_CHALLENGE: Final = sa.select(t.challenges).where(
+    t.challenges.c.id == _bp("id"), t.challenges.c.tenant_id == _bp("tenant")
+)
+
+
+def _json(value: object) -> str:
+    return json.dumps(value, sort_keys=True)
+
+
+def _insert(conn: Connection, table: sa.Table, rows: Sequence[Mapping[str, Any]]) -> None:
+    if rows:
+        conn.execute(sa.insert(table), [dict(r) for r in rows])
+
+
+class _Repository:
+    def __init__(self, db: Database) -> None:
+        self._db = db
+
+
+class TenantRepository(_Repository):
+    """Tenants; a tenant is born with version 1 of its key-encryption key."""
+
+    def exists(self, tenant: str) -> bool:
+        with self._db.read() as conn:
+            return conn.execute(sa.select(t.tenants.c.id).where(t.tenants.c.id == tenant)).first() is not None
+
+    def names(self) -> list[str]:
+        with self._db.read() as conn:
+            return [r[0] for r in conn.execute(sa.select(t.tenants.c.id).order_by(t.tenants.c.id))]
+
+    def create(self, tenant: str, wrapped_kek: bytes, now: int) -> None:
+        """Raises ConflictError if the tenant exists."""
+        with self._db.write() as conn:
+            _insert(conn, t.tenants, [{"id": tenant, "created_at": now}])
+            _insert(conn, t.keks, [{"tenant_id": tenant, "version": 1, "wrapped": wrapped_kek, "created_at": now}])
+
+
+class KeyRepository(_Repository):
+    """Wrapped keys: tenants' KEK versions and their retirements, and result-token signing keys."""
+
+    def kek(self, tenant: str, version: int) -> KEKRow | None:
+        with self._db.read() as conn:
+            row = conn.execute(_Q_KEK, {"tenant": tenant, "version": version}).first()
+        return None if row is None else KEKRow(row.tenant_id, row.version, bytes(row.wrapped), row.created_at)
+
+    def latest_kek(self, tenant: str) -> KEKRow | None:
+        versions = self.keks(tenant)
+        return versions[-1] if versions else None
+
+    def keks(self, tenant: str) -> list[KEKRow]:
+        """Every KEK version of a tenant, oldest first, with its retirement."""
+        with self._db.read() as conn:
+            rows = conn.execute(sa.select(t.keks).where(t.keks.c.tenant_id == tenant).order_by(t.keks.c.version)).all()
+            retired = {
+                r[0]
+                for r in conn.execute(
+                    sa.select(t.kek_retirements.c.version).where(t.kek_retirements.c.tenant_id == tenant)
+                )
+            }
+        return [KEKRow(r.tenant_id, r.version, bytes(r.wrapped), r.created_at, r.version in retired) for r in rows]
+
+    def kek_retired(self, tenant: str, version: int) -> bool:
+        with self._db.read() as conn:
+            row = conn.execute(
+                sa.select(t.kek_retirements.c.version).where(
+                    t.kek_retirements.c.tenant_id == tenant, t.kek_retirements.c.version == version
+                )
+            ).first()
+        return row is not None
+
+    def add_kek(self, tenant: str, version: int, wrapped: bytes, now: int) -> None:
+        with self._db.write() as conn:
+            _insert(conn, t.keks, [{"tenant_id": tenant, "version": version, "wrapped": wrapped, "created_at": now}])
+
+    def retire_kek(self, tenant: str, version: int, now: int) -> None:
+        with self._db.write() as conn:
+            _insert(conn, t.kek_retirements, [{"tenant_id": tenant, "version": version, "retired_at": now}])
+
+    def signing_keys(self, purpose: str) -> list[SigningKeyRow]:
+        """Oldest first."""
+        with self._db.read() as conn:
+            rows = conn.execute(
+                sa.select(t.signing_keys)
+                .where(t.signing_keys.c.purpose == purpose)
+                .order_by(t.signing_keys.c.created_at, t.signing_keys.c.kid)
+            ).all()
+        return [SigningKeyRow(r.kid, bytes(r.wrapped), r.created_at, r.retired_at) for r in rows]
+
+    def add_signing_key(self, purpose: str, kid: str, wrapped: bytes, now: int) -> None:
+        row = {"purpose": purpose, "kid": kid, "wrapped": wrapped, "created_at": now, "retired_at": None}
+        with self._db.write() as conn:
+            _insert(conn, t.signing_keys, [row])
+
+    def retire_signing_key(self, purpose: str, kid: str, now: int) -> None:
+        with self._db.write() as conn:
+            conn.execute(
+                sa.update(t.signing_keys)
+                .where(t.signing_keys.c.purpose == purpose, t.signing_keys.c.kid == kid)
+                .values(retired_at=now)
+            )
+
+
+class PrincipalRepository(_Repository):
+    """API principals. Authentication looks a principal up by id alone (its token names it)."""
+
+    @staticmethod
+    def _row(r: Any) -> PrincipalRow:
+        return PrincipalRow(r.id, r.tenant_id, r.role, bytes(r.token_hash), bool(r.disabled))
+
+    def by_id(self, principal_id: str) -> PrincipalRow | None:
+        """The global lookup, for authentication and operators."""
+        with self._db.read() as conn:
+            row = conn.execute(_Q_PRINCIPAL, {"id": principal_id}).first()
+        return None if row is None else self._row(row)
+
+    def list_for(self, tenant: str | None) -> list[PrincipalRow]:
+        """A tenant's principals, or (None) every principal."""
+        query = sa.select(t.principals).order_by(t.principals.c.id)
+        if tenant is not None:
+            query = query.where(t.principals.c.tenant_id == tenant)
+        with self._db.read() as conn:
+            return [self._row(r) for r in conn.execute(query)]
+
+    def any_with_role(self, role: str) -> bool:
+        with self._db.read() as conn:
+            return conn.execute(sa.select(t.principals.c.id).where(t.principals.c.role == role)).first() is not None
+
+    def create(self, principal: PrincipalRow, now: int) -> None:
+        """Raises ConflictError if the id is taken."""
+        with self._db.write() as conn:
+            _insert(
+                conn,
+                t.principals,
+                [
+                    {
+                        "id": principal.id,
+                        "tenant_id": principal.tenant_id,
+                        "role": principal.role,
+                        "token_hash": principal.token_hash,
+                        "disabled": principal.disabled,
+                        "created_at": now,
+                    }
+                ],
+            )
+
+    def disable(self, principal_id: str) -> None:
+        with self._db.write() as conn:
+            conn.execute(sa.update(t.principals).where(t.principals.c.id == principal_id).values(disabled=True))
+
+
+class DeviceRepository(_Repository):
+    """Devices, bound to one or more tenants."""
+
+    def by_id(self, device_id: str) -> DeviceRow | None:
+        """The global lookup, for operators and for the device a broker-signed token names."""
+        with self._db.read() as conn:
+            row = conn.execute(_Q_DEVICE, {"id": device_id}).first()
+            if row is None:
+                return None
+            bound = frozenset(r[0] for r in conn.execute(_Q_DEVICE_TENANTS, {"id": device_id}))
+        return DeviceRow(row.id, row.kind, row.status, json.loads(row.identity), json.loads(row.state), bound)
+
+    def in_tenant(self, tenant: str, device_id: str) -> DeviceRow | None:
+        """A device as a tenant sees it: None unless bound to ``tenant``."""
+        device = self.by_id(device_id)
+        return device if device is not None and tenant in device.tenants else None
+
+    def list_for(self, tenant: str | None) -> list[DeviceRow]:
+        with self._db.read() as conn:
+            if tenant is None:
+                query = sa.select(t.devices.c.id).order_by(t.devices.c.id)
+            else:
+                query = (
+                    sa.select(t.device_tenants.c.device_id)
+                    .where(t.device_tenants.c.tenant_id == tenant)
+                    .order_by(t.device_tenants.c.device_id)
+                )
+            ids = [r[0] for r in conn.execute(query)]
+        found = [self.by_id(i) for i in ids]
+        return [d for d in found if d is not None]
+
+    def create(self, device: DeviceRow, now: int) -> None:
+        """Raises ConflictError if the id is taken."""
+        with self._db.write() as conn:
+            _insert(
+                conn,
+                t.devices,
+                [
+                    {
+                        "id": device.id,
+                        "kind": device.kind,
+                        "status": device.status,
+                        "identity": _json(device.identity),
+                        "state": _json(device.state),
+                        "created_at": now,
+                        "updated_at": now,
+                    }
+                ],
+            )
+            _insert(conn, t.device_tenants, [{"device_id": device.id, "tenant_id": x} for x in sorted(device.tenants)])
+
+    def bind(self, device_id: str, tenants: Sequence[str]) -> None:
+        with self._db.write() as conn:
+            conn.execute(sa.delete(t.device_tenants).where(t.device_tenants.c.device_id == device_id))
+            _insert(conn, t.device_tenants, [{"device_id": device_id, "tenant_id": x} for x in sorted(set(tenants))])
+
+    def update(
+        self,
+        device_id: str,
+        now: int,
+        *,
+        status: str | None = None,
+        identity: Mapping[str, Any] | None = None,
+        state: Mapping[str, int] | None = None,
+    ) -> None:
+        values: dict[str, Any] = {"updated_at": now}
+        if status is not None:
+            values["status"] = status
+        if identity is not None:
+            values["identity"] = _json(dict(identity))
+        if state is not None:
+            values["state"] = _json(dict(state))
+        with self._db.write() as conn:
+            conn.execute(sa.update(t.devices).where(t.devices.c.id == device_id).values(**values))
+
+
+class CatalogueRepository(_Repository):
+    """Each tenant's models, release policies (versioned) and reference sets."""
+
+    @staticmethod
+    def _model(r: Any) -> ModelRow:
+        return ModelRow(
+            r.tenant_id,
+            r.name,
+            r.version,
+            r.policy,
+            r.kek_version,
+            bytes(r.wrapped_key),
+            json.loads(r.files),
+            json.loads(r.tags),
+        )
+
+    @staticmethod
+    def _policy(r: Any) -> PolicyRow:
+        return PolicyRow(r.tenant_id, r.name, r.version, json.loads(r.document), r.digest, bool(r.immutable))
+
+    def model(self, tenant: str, name: str, version: str) -> ModelRow | None:
+        with self._db.read() as conn:
+            row = conn.execute(_Q_MODEL, {"tenant": tenant, "name": name, "version": version}).first()
+        return None if row is None else self._model(row)
+
+    def models(self, tenant: str) -> list[ModelRow]:
+        with self._db.read() as conn:
+            rows = conn.execute(
+                sa.select(t.models).where(t.models.c.tenant_id == tenant).order_by(t.models.c.name, t.models.c.version)
+            ).all()
+        return [self._model(r) for r in rows]
+
+    def add_model(self, model: ModelRow, now: int) -> None:
+        """Raises ConflictError if the model version exists."""
+        with self._db.write() as conn:
+            _insert(
+                conn,
+                t.models,
+                [
+                    {
+                        "tenant_id": model.tenant_id,
+                        "name": model.name,
+                        "version": model.version,
+                        "policy": model.policy,
+                        "kek_version": model.kek_version,
+                        "wrapped_key": model.wrapped_key,
+                        "files": _json(model.files),
+                        "tags": _json(model.tags),
+                        "created_at": now,
+                    }
+                ],
+            )
+
+    def rewrap_model(self, model: ModelRow, kek_version: int, wrapped_key: bytes) -> bool:
+        """Move a model to another KEK version, if it is still on the one ``model`` names."""
+        with self._db.write() as conn:
+            result = conn.execute(
+                sa.update(t.models)
+                .where(
+                    t.models.c.tenant_id == model.tenant_id,
+                    t.models.c.name == model.name,
+                    t.models.c.version == model.version,
+                    t.models.c.kek_version == model.kek_version,
+                )
+                .values(kek_version=kek_version, wrapped_key=wrapped_key)
+            )
+        return result.rowcount == 1
+
+    def latest_policy(self, tenant: str, name: str) -> PolicyRow | None:
+        with self._db.read() as conn:
+            row = conn.execute(_Q_LATEST_POLICY, {"tenant": tenant, "name": name}).first()
+        return None if row is None else self._policy(row)
+
+    def policies(self, tenant: str) -> list[PolicyRow]:
+        with self._db.read() as conn:
+            rows = conn.execute(
+                sa.select(t.policies)
+                .where(t.policies.c.tenant_id == tenant)
+                .order_by(t.policies.c.name, t.policies.c.version)
+            ).all()
+        return [self._policy(r) for r in rows]
+
+    def add_policy(self, policy: PolicyRow, created_by: str, now: int) -> None:
+        """Raises ConflictError if that version exists (a concurrent change won)."""
+        with self._db.write() as conn:
+            _insert(
+                conn,
+                t.policies,
+                [
+                    {
+                        "tenant_id": policy.tenant_id,
+                        "name": policy.name,
+                        "version": policy.version,
+                        "document": _json(policy.document),
+                        "digest": policy.digest,
+                        "immutable": policy.immutable,
+                        "created_by": created_by,
+                        "created_at": now,
+                    }
+                ],
+            )
+
+    def refsets(self, tenant: str) -> dict[str, frozenset[str]]:
+        with self._db.read() as conn:
+            rows = conn.execute(_Q_REFSETS, {"tenant": tenant}).all()
+        return {r[0]: frozenset(json.loads(r[1])) for r in rows}
+
+    def put_refset(self, tenant: str, name: str, members: Sequence[str], now: int) -> None:
+        with self._db.write() as conn:
+            conn.execute(sa.delete(t.refsets).where(t.refsets.c.tenant_id == tenant, t.refsets.c.name == name))
+            row = {"tenant_id": tenant, "name": name, "members": json.dumps(sorted(set(members))), "updated_at": now}
+            _insert(conn, t.refsets, [row])
+
+
+class SessionRepository(_Repository):
+    """Challenges and result tokens of attestation sessions."""
+
+    def add_challenge(self, challenge: ChallengeRow) -> None:
+        row = {
+            "id": challenge.id,
+            "tenant_id": challenge.tenant_id,
+            "principal_id": challenge.principal_id,
+            "nonce": challenge.nonce,
+            "device_id": challenge.device_id,
+            "expires_at": challenge.expires_at,
+            "used_at": None,
+        }
+        with self._db.write() as conn:
+            _insert(conn, t.challenges, [row])
+
+    def challenge(self, tenant: str, challenge_id: str) -> ChallengeRow | None:
+        with self._db.read() as conn:
+            row = conn.execute(_Q_CHALLENGE, {"id": challenge_id, "tenant": tenant}).first()
+        if row is None:
+            return None
+        return ChallengeRow(row.id, row.tenant_id, row.principal_id, bytes(row.nonce), row.device_id, row.expires_at)
+
+    def consume_challenge(self, tenant: str, challenge_id: str, now: int) -> bool:
+        """Mark a challenge used if it is unused and unexpired; exactly one caller can win."""
+        with self._db.write() as conn:
+            result = conn.execute(
+                sa.update(t.challenges)
+                .where(
+                    t.challenges.c.id == challenge_id,
+                    t.challenges.c.tenant_id == tenant,
+                    t.challenges.c.used_at.is_(None),
+                    t.challenges.c.expires_at > now,
+                )
+                .values(used_at=now)
+            )
+        return result.rowcount == 1
+
+    def add_token(self, jti: str, tenant: str, device_id: str | None, expires_at: int) -> None:
+        row = {"jti": jti, "tenant_id": tenant, "device_id": device_id, "expires_at": expires_at, "revoked": False}
+        with self._db.write() as conn:
+            _insert(conn, t.tokens, [row])
+
+    def token_revoked(self, jti: str) -> bool:
+        """True for a revoked token and for one this broker never issued."""
+        with self._db.read() as conn:
+            row = conn.execute(_Q_TOKEN_REVOKED, {"jti": jti}).first()
+        return row is None or bool(row[0])
+
+
+class ApprovalRepository(_Repository):
+    """Approval policies (versioned), requests and the signed approvals of each request."""
+
+    def policy(self) -> tuple[int, dict[str, Any]] | None:
+        """The latest approval policy as (version, document)."""
+        with self._db.read() as conn:
+            row = conn.execute(
+                sa.select(t.approval_policies.c.version, t.approval_policies.c.document)
+                .order_by(t.approval_policies.c.version.desc())
+                .limit(1)
+            ).first()
+        return None if row is None else (int(row[0]), json.loads(row[1]))
+
+    def add_policy(self, version: int, document: Mapping[str, Any], digest: str, created_by: str, now: int) -> None:
+        row = {
+            "version": version,
+            "document": _json(dict(document)),
+            "digest": digest,
+            "created_by": created_by,
+            "created_at": now,
+        }
+        with self._db.write() as conn:
+            _insert(conn, t.approval_policies, [row])
+
+    def add_request(self, request_id: str, tenant: str, document: Mapping[str, Any], digest: str, now: int) -> None:
+        """Store a pending request; ``document`` is its canonical form, which names its operation."""
+        row = {
+            "id": request_id,
+            "tenant_id": tenant,
+            "op": str(document["op"]),
+            "document": _json(dict(document)),
+            "digest": digest,
+            "status": "pending",
+            "created_at": now,
+            "updated_at": now,
+        }
+        with self._db.write() as conn:
+            _insert(conn, t.approval_requests, [row])
+
+    def request(self, request_id: str) -> ApprovalRequestRow | None:
+        with self._db.read() as conn:
+            row = conn.execute(
+                sa.select(t.approval_requests.c.document, t.approval_requests.c.status).where(
+                    t.approval_requests.c.id == request_id
+                )
+            ).first()
+        return None if row is None else ApprovalRequestRow(json.loads(row[0]), str(row[1]))
+
+    def requests(self, tenant: str | None, status: str | None) -> list[ApprovalRequestRow]:
+        query = sa.select(t.approval_requests.c.document, t.approval_requests.c.status).order_by(
+            t.approval_requests.c.created_at
+        )
+        if tenant is not None:
+            query = query.where(t.approval_requests.c.tenant_id == tenant)
+        if status is not None:
+            query = query.where(t.approval_requests.c.status == status)
+        with self._db.read() as conn:
+            return [ApprovalRequestRow(json.loads(r[0]), str(r[1])) for r in conn.execute(query)]
+
+    def set_status(self, request_id: str, old: str, new: str, now: int) -> bool:
+        """Compare-and-swap the status of a request; exactly one caller can win."""
+        with self._db.write() as conn:
+            result = conn.execute(
+                sa.update(t.approval_requests)
+                .where(t.approval_requests.c.id == request_id, t.approval_requests.c.status == old)
+                .values(status=new, updated_at=now)
+            )
+        return result.rowcount == 1
+
+    def approvals(self, request_id: str) -> list[ApprovalRow]:
+        """In submission order."""
+        with self._db.read() as conn:
+            rows = conn.execute(
+                sa.select(t.approvals)
+                .where(t.approvals.c.request_id == request_id)
+                .order_by(t.approvals.c.created_at, t.approvals.c.approver_id)
+            ).all()
+        return [ApprovalRow(r.approver_id, r.decision, int(r.expires_at), bytes(r.signature)) for r in rows]
+
+    def add_approval(self, request_id: str, approval: ApprovalRow, now: int) -> None:
+        row = {
+            "request_id": request_id,
+            "approver_id": approval.approver,
+            "decision": approval.decision,
+            "expires_at": approval.expires_at,
+            "signature": approval.signature,
+            "created_at": now,
+        }
+        with self._db.write() as conn:
+            _insert(conn, t.approvals, [row])
+
+
+class CustodyRepository(_Repository):
+    """Share sets (pending, active, retired), their sealed deliveries, and ceremonies."""
+
+    def share_set(self, status: str) -> ShareSetRow | None:
+        """The newest share set with ``status``."""
+        with self._db.read() as conn:
+            row = conn.execute(
+                sa.select(t.custody_sets.c.id, t.custody_sets.c.status, t.custody_sets.c.document)
+                .where(t.custody_sets.c.status == status)
+                .order_by(t.custody_sets.c.created_at.desc())
+                .limit(1)
+            ).first()
+        return None if row is None else ShareSetRow(row[0], row[1], json.loads(row[2]))
+
+    def share_set_by_id(self, set_id: str) -> ShareSetRow | None:
+        with self._db.read() as conn:
+            row = conn.execute(
+                sa.select(t.custody_sets.c.id, t.custody_sets.c.status, t.custody_sets.c.document).where(
+                    t.custody_sets.c.id == set_id
+                )
+            ).first()
+        return None if row is None else ShareSetRow(row[0], row[1], json.loads(row[2]))
+
+    def add_share_set(self, row: ShareSetRow, deliveries: Mapping[str, bytes], now: int) -> None:
+        with self._db.write() as conn:
+            _insert(
+                conn,
+                t.custody_sets,
+                [
+                    {
+                        "id": row.id,
+                        "status": row.status,
+                        "document": _json(row.document),
+                        "created_at": now,
+                        "updated_at": now,
+                    }
+                ],
+            )
+            _insert(
+                conn,
+                t.custody_deliveries,
+                [{"set_id": row.id, "custodian_id": c, "sealed": s} for c, s in deliveries.items()],
+            )
+
+    def retire_pending(self, now: int) -> None:
+        with self._db.write() as conn:
+            conn.execute(
+                sa.update(t.custody_sets)
+                .where(t.custody_sets.c.status == "pending")
+                .values(status="retired", updated_at=now)
+            )
+
+    def promote(self, set_id: str, now: int) -> None:
+        """The given set becomes active; the active one retires. One transaction."""
+        with self._db.write() as conn:
+            conn.execute(
+                sa.update(t.custody_sets)
+                .where(t.custody_sets.c.status == "active")
+                .values(status="retired", updated_at=now)
+            )
+            conn.execute(
+                sa.update(t.custody_sets).where(t.custody_sets.c.id == set_id).values(status="active", updated_at=now)
+            )
+
+    def delivery(self, set_id: str, custodian: str) -> bytes | None:
+        with self._db.read() as conn:
+            row = conn.execute(
+                sa.select(t.custody_deliveries.c.sealed).where(
+                    t.custody_deliveries.c.set_id == set_id, t.custody_deliveries.c.custodian_id == custodian
+                )
+            ).first()
+        return None if row is None else bytes(row[0])
+
+    def add_ceremony(self, ceremony_id: str, kind: str, set_id: str, terms: Mapping[str, Any], now: int) -> None:
+        row = {
+            "id": ceremony_id,
+            "kind": kind,
+            "set_id": set_id,
+            "terms": _json(dict(terms)),
+            "status": "open",
+            "created_at": now,
+            "closed_at": None,
+        }
+        with self._db.write() as conn:
+            _insert(conn, t.custody_ceremonies, [row])
+
+    def close_ceremony(self, ceremony_id: str, status: str, now: int) -> None:
+        with self._db.write() as conn:
+            conn.execute(
+                sa.update(t.custody_ceremonies)
+                .where(t.custody_ceremonies.c.id == ceremony_id)
+                .values(status=status, closed_at=now)
+            )
+
+    def ceremony(self, ceremony_id: str) -> CeremonyRow | None:
+        with self._db.read() as conn:
+            row = conn.execute(
+                sa.select(t.custody_ceremonies.c.terms, t.custody_ceremonies.c.status).where(
+                    t.custody_ceremonies.c.id == ceremony_id
+                )
+            ).first()
+        return None if row is None else CeremonyRow(ceremony_id, json.loads(row[0]), str(row[1]))

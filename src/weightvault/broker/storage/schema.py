@@ -1,0 +1,212 @@
+"""The broker's schema: every table, and the versioned migrations that create them.
+
+A migration, once released, never changes; later versions add tables or ALTERs as
+new entries of :data:`MIGRATIONS`. Only :mod:`weightvault.broker.storage` imports
+this module (and SQLAlchemy).
+"""
+
+from __future__ import annotations
+
+from typing import Final
+
+import sqlalchemy as sa
+
+__all__ = ["MIGRATIONS", "metadata", "schema_migrations"]
+
+metadata = sa.MetaData()
+
+tenants = sa.Table(
+    "tenants",
+    metadata,
+    sa.Column("id", sa.String(64), primary_key=True),
+    sa.Column("created_at", sa.BigInteger, nullable=False),
+)
+principals = sa.Table(
+    "principals",
+    metadata,
+    sa.Column("id", sa.String(64), primary_key=True),
+    sa.Column("tenant_id", sa.String(64), nullable=True),
+    sa.Column("role", sa.String(32), nullable=False),
+    sa.Column("token_hash", sa.LargeBinary(32), nullable=False),
+    sa.Column("disabled", sa.Boolean, nullable=False, default=False),
+    sa.Column("created_at", sa.BigInteger, nullable=False),
+)
+devices = sa.Table(
+    "devices",
+    metadata,
+    sa.Column("id", sa.String(64), primary_key=True),
+    sa.Column("kind", sa.String(32), nullable=False),
+    sa.Column("status", sa.String(16), nullable=False),
+    sa.Column("identity", sa.Text, nullable=False),
+    sa.Column("state", sa.Text, nullable=False, default="{}"),
+    sa.Column("created_at", sa.BigInteger, nullable=False),
+    sa.Column("updated_at", sa.BigInteger, nullable=False),
+)
+device_tenants = sa.Table(
+    "device_tenants",
+    metadata,
+    sa.Column("device_id", sa.String(64), primary_key=True),
+    sa.Column("tenant_id", sa.String(64), primary_key=True),
+)
+keks = sa.Table(
+    "keks",
+    metadata,
+    sa.Column("tenant_id", sa.String(64), primary_key=True),
+    sa.Column("version", sa.Integer, primary_key=True),
+    sa.Column("wrapped", sa.LargeBinary, nullable=False),
+    sa.Column("created_at", sa.BigInteger, nullable=False),
+)
+models = sa.Table(
+    "models",
+    metadata,
+    sa.Column("tenant_id", sa.String(64), primary_key=True),
+    sa.Column("name", sa.String(128), primary_key=True),
+    sa.Column("version", sa.String(64), primary_key=True),
+    sa.Column("policy", sa.String(64), nullable=False),
+    sa.Column("kek_version", sa.Integer, nullable=False),
+    sa.Column("wrapped_key", sa.LargeBinary, nullable=False),
+    sa.Column("files", sa.Text, nullable=False),
+    sa.Column("tags", sa.Text, nullable=False),
+    sa.Column("created_at", sa.BigInteger, nullable=False),
+)
+policies = sa.Table(
+    "policies",
+    metadata,
+    sa.Column("tenant_id", sa.String(64), primary_key=True),
+    sa.Column("name", sa.String(64), primary_key=True),
+    sa.Column("version", sa.Integer, primary_key=True),
+    sa.Column("document", sa.Text, nullable=False),
+    sa.Column("digest", sa.String(80), nullable=False),
+    sa.Column("immutable", sa.Boolean, nullable=False),
+    sa.Column("created_by", sa.String(64), nullable=False),
+    sa.Column("created_at", sa.BigInteger, nullable=False),
+)
+challenges = sa.Table(
+    "challenges",
+    metadata,
+    sa.Column("id", sa.String(64), primary_key=True),
+    sa.Column("tenant_id", sa.String(64), nullable=False),
+    sa.Column("principal_id", sa.String(64), nullable=False),
+    sa.Column("nonce", sa.LargeBinary(32), nullable=False),
+    sa.Column("device_id", sa.String(64), nullable=True),
+    sa.Column("expires_at", sa.BigInteger, nullable=False),
+    sa.Column("used_at", sa.BigInteger, nullable=True),
+)
+tokens = sa.Table(
+    "tokens",
+    metadata,
+    sa.Column("jti", sa.String(64), primary_key=True),
+    sa.Column("tenant_id", sa.String(64), nullable=False),
+    sa.Column("device_id", sa.String(64), nullable=True),
+    sa.Column("expires_at", sa.BigInteger, nullable=False),
+    sa.Column("revoked", sa.Boolean, nullable=False, default=False),
+)
+refsets = sa.Table(
+    "refsets",
+    metadata,
+    sa.Column("tenant_id", sa.String(64), primary_key=True),
+    sa.Column("name", sa.String(64), primary_key=True),
+    sa.Column("members", sa.Text, nullable=False),
+    sa.Column("updated_at", sa.BigInteger, nullable=False),
+)
+# -- migration 2: custody, approvals, rotation ------------------------------------------
+custody_sets = sa.Table(
+    "custody_sets",
+    metadata,
+    sa.Column("id", sa.String(32), primary_key=True),
+    sa.Column("status", sa.String(16), nullable=False),  # pending | active | retired
+    sa.Column("document", sa.Text, nullable=False),  # ShareSet.to_json(): threshold, custodians, commitments, kcv
+    sa.Column("created_at", sa.BigInteger, nullable=False),
+    sa.Column("updated_at", sa.BigInteger, nullable=False),
+)
+custody_deliveries = sa.Table(
+    "custody_deliveries",
+    metadata,
+    sa.Column("set_id", sa.String(32), primary_key=True),
+    sa.Column("custodian_id", sa.String(64), primary_key=True),
+    sa.Column("sealed", sa.LargeBinary, nullable=False),  # HPKE-encrypted to the custodian
+)
+custody_ceremonies = sa.Table(
+    "custody_ceremonies",
+    metadata,
+    sa.Column("id", sa.String(64), primary_key=True),
+    sa.Column("kind", sa.String(16), nullable=False),
+    sa.Column("set_id", sa.String(32), nullable=False),
+    sa.Column("terms", sa.Text, nullable=False),
+    sa.Column("status", sa.String(16), nullable=False),
+    sa.Column("created_at", sa.BigInteger, nullable=False),
+    sa.Column("closed_at", sa.BigInteger, nullable=True),
+)
+approval_policies = sa.Table(
+    "approval_policies",
+    metadata,
+    sa.Column("version", sa.Integer, primary_key=True),
+    sa.Column("document", sa.Text, nullable=False),
+    sa.Column("digest", sa.String(80), nullable=False),
+    sa.Column("created_by", sa.String(64), nullable=False),
+    sa.Column("created_at", sa.BigInteger, nullable=False),
+)
+approval_requests = sa.Table(
+    "approval_requests",
+    metadata,
+    sa.Column("id", sa.String(64), primary_key=True),
+    sa.Column("tenant_id", sa.String(64), nullable=False),
+    sa.Column("op", sa.String(64), nullable=False),
+    sa.Column("document", sa.Text, nullable=False),  # ApprovalRequest.to_json()
+    sa.Column("digest", sa.String(64), nullable=False),
+    sa.Column("status", sa.String(16), nullable=False),  # pending | approved | executed | denied | expired
+    sa.Column("created_at", sa.BigInteger, nullable=False),
+    sa.Column("updated_at", sa.BigInteger, nullable=False),
+)
+approvals = sa.Table(
+    "approvals",
+    metadata,
+    sa.Column("request_id", sa.String(64), primary_key=True),
+    sa.Column("approver_id", sa.String(64), primary_key=True),
+    sa.Column("decision", sa.String(16), nullable=False),
+    sa.Column("expires_at", sa.BigInteger, nullable=False),
+    sa.Column("signature", sa.LargeBinary, nullable=False),
+    sa.Column("created_at", sa.BigInteger, nullable=False),
+)
+signing_keys = sa.Table(
+    "signing_keys",
+    metadata,
+    sa.Column("purpose", sa.String(32), primary_key=True),
+    sa.Column("kid", sa.String(64), primary_key=True),
+    sa.Column("wrapped", sa.LargeBinary, nullable=False),  # under the root key
+    sa.Column("created_at", sa.BigInteger, nullable=False),
+    sa.Column("retired_at", sa.BigInteger, nullable=True),
+)
+kek_retirements = sa.Table(
+    "kek_retirements",
+    metadata,
+    sa.Column("tenant_id", sa.String(64), primary_key=True),
+    sa.Column("version", sa.Integer, primary_key=True),
+    sa.Column("retired_at", sa.BigInteger, nullable=False),
+)
+
+schema_migrations = sa.Table(
+    "schema_migrations",
+    metadata,
+    sa.Column("version", sa.Integer, primary_key=True),
+    sa.Column("applied_at", sa.BigInteger, nullable=False),
+)
+
+#: Versioned migrations: each is (version, tables it creates). Later versions add
+#: ALTERs here; a migration, once released, never changes.
+MIGRATIONS: Final[tuple[tuple[int, tuple[sa.Table, ...]], ...]] = (
+    (1, (tenants, principals, devices, device_tenants, keks, models, policies, challenges, tokens, refsets)),
+    (
+        2,
+        (
+            custody_sets,
+            custody_deliveries,
+            custody_ceremonies,
+            approval_policies,
+            approval_requests,
+            approvals,
+            signing_keys,
+            kek_retirements,
+        ),
+    ),
+)

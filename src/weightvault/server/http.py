@@ -1,0 +1,152 @@
+"""What every route shares: strict JSON bodies, API-token authentication, rate limits, problem answers.
+
+A route parses its request, calls one method of the broker facade, and serialises
+the answer. Authorisation happens in the facade, never here.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import json
+import logging
+import threading
+import time
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, field
+from typing import Any, TypeVar
+
+from pydantic import BaseModel, ValidationError
+from starlette.concurrency import run_in_threadpool
+from starlette.requests import Request
+from starlette.responses import Response
+
+from weightvault.broker.protocol import ErrorCode
+from weightvault.broker.service import KeyBroker, Principal
+from weightvault.errors import InvalidRequestError, RateLimitedError, WeightVaultError
+from weightvault.server.problems import problem, problem_for
+
+__all__ = ["HTTP", "HTTPProblemError", "RateLimiter", "ServerLimits", "b64", "handler"]
+
+_log = logging.getLogger("weightvault.server")
+_B = TypeVar("_B", bound=BaseModel)
+Handler = Callable[[Request], Awaitable[Response]]
+
+
+@dataclass(frozen=True, slots=True)
+class ServerLimits:
+    max_body_bytes: int = 256 << 10
+    rate_per_second: float = 200.0
+    burst: int = 400
+    rotation_check_seconds: float = 60.0
+
+
+class RateLimiter:
+    """A token bucket per principal."""
+
+    def __init__(self, rate: float, burst: int, clock: Callable[[], float] = time.monotonic) -> None:
+        self._rate = rate
+        self._burst = burst
+        self._clock = clock
+        self._buckets: dict[str, tuple[float, float]] = {}
+        self._lock = threading.Lock()
+
+    def take(self, key: str) -> None:
+        now = self._clock()
+        with self._lock:
+            tokens, last = self._buckets.get(key, (float(self._burst), now))
+            tokens = min(float(self._burst), tokens + (now - last) * self._rate)
+            if tokens < 1.0:
+                self._buckets[key] = (tokens, now)
+                raise RateLimitedError("rate limit exceeded")
+            self._buckets[key] = (tokens - 1.0, now)
+
+
+class HTTPProblemError(Exception):
+    """A refusal made by the HTTP layer itself (media type, size, JSON)."""
+
+    def __init__(self, status: int, code: ErrorCode, title: str, detail: str | None = None) -> None:
+        super().__init__(title)
+        self.status, self.code, self.title, self.detail = status, code, title, detail
+
+
+def b64(value: str, what: str) -> bytes:
+    try:
+        return base64.b64decode(value, validate=True)
+    except (binascii.Error, ValueError) as exc:
+        raise InvalidRequestError(f"{what} is not base64") from exc
+
+
+def handler(func: Handler) -> Handler:
+    """Map every error to problem+json: weightvault errors by the protocol's table, anything else to 500."""
+
+    async def wrapped(request: Request) -> Response:
+        try:
+            return await func(request)
+        except HTTPProblemError as p:
+            return problem(p.status, p.code, p.title, p.detail)
+        except WeightVaultError as error:
+            return problem_for(error)
+        except Exception:
+            # A bug or an unexpected library error: the caller gets the problem format
+            # with no detail, the operator the traceback.
+            _log.exception("unhandled error in %s %s", request.method, request.url.path)
+            return problem(500, ErrorCode.INTERNAL_ERROR, "Internal error")
+
+    return wrapped
+
+
+@dataclass
+class HTTP:
+    """The broker and the request helpers its routes share."""
+
+    broker: KeyBroker
+    limits: ServerLimits
+    limiter: RateLimiter = field(init=False)
+
+    def __post_init__(self) -> None:
+        self.limiter = RateLimiter(self.limits.rate_per_second, self.limits.burst)
+
+    async def body(self, request: Request, model: type[_B]) -> _B:
+        """The request body, parsed strictly into ``model`` (unknown fields are refused)."""
+        ctype = request.headers.get("content-type", "")
+        if ctype.split(";")[0].strip().lower() != "application/json":
+            raise HTTPProblemError(415, ErrorCode.UNSUPPORTED_MEDIA_TYPE, "Send application/json")
+        declared = request.headers.get("content-length")
+        if declared is not None and (not declared.isdigit() or int(declared) > self.limits.max_body_bytes):
+            raise HTTPProblemError(413, ErrorCode.PAYLOAD_TOO_LARGE, "Request body too large")
+        raw = bytearray()
+        async for chunk in request.stream():
+            raw += chunk
+            if len(raw) > self.limits.max_body_bytes:
+                raise HTTPProblemError(413, ErrorCode.PAYLOAD_TOO_LARGE, "Request body too large")
+        try:
+            doc = json.loads(raw)
+        except ValueError as exc:
+            raise HTTPProblemError(400, ErrorCode.INVALID_JSON, "Body is not valid JSON") from exc
+        try:
+            return model.model_validate(doc)
+        except ValidationError as exc:
+            fields = sorted({".".join(str(p) for p in err["loc"]) for err in exc.errors()})
+            raise HTTPProblemError(
+                422, ErrorCode.INVALID_REQUEST, "Invalid request", f"invalid or unknown fields: {fields}"
+            ) from exc
+
+    async def principal(self, request: Request) -> Principal:
+        """The caller, from its API token; every principal has its own rate limit."""
+        header = request.headers.get("authorization", "")
+        scheme, _, credential = header.partition(" ")
+        if scheme.lower() != "bearer":
+            credential = ""
+        who = await run_in_threadpool(self.broker.authenticate, credential.strip())
+        self.limiter.take(who.id)
+        return who
+
+    def anonymous(self, request: Request) -> None:
+        """Rate limiting for the endpoints custodians reach without an API token."""
+        self.limiter.take("anonymous:" + (request.client.host if request.client else "-"))
+
+    @staticmethod
+    def call(fn: Callable[..., Any], *args: Any, **kwargs: Any) -> Awaitable[Any]:
+        """Run a (blocking) broker method off the event loop."""
+        return run_in_threadpool(fn, *args, **kwargs)

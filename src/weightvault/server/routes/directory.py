@@ -1,0 +1,46 @@
+"""Tenants and principals: ``/v1/tenants``, ``/v1/principals``, ``/v1/principals/{id}/disable``."""
+
+from __future__ import annotations
+
+from starlette.requests import Request
+from starlette.responses import JSONResponse, Response
+from starlette.routing import BaseRoute, Route
+
+from weightvault.server import schemas
+from weightvault.server.http import HTTP, handler
+
+
+def routes(http: HTTP) -> list[BaseRoute]:
+    broker = http.broker
+
+    @handler
+    async def tenants(request: Request) -> Response:
+        who = await http.principal(request)
+        if request.method == "GET":
+            return JSONResponse({"tenants": await http.call(broker.list_tenants, who)})
+        req = await http.body(request, schemas.TenantRequest)
+        await http.call(broker.create_tenant, who, req.id)
+        return JSONResponse({"id": req.id}, status_code=201)
+
+    @handler
+    async def principals(request: Request) -> Response:
+        who = await http.principal(request)
+        if request.method == "GET":
+            rows = await http.call(broker.list_principals, who, request.query_params.get("tenant"))
+            listed = [{"id": r.id, "tenant": r.tenant_id, "role": r.role, "disabled": r.disabled} for r in rows]
+            return JSONResponse({"principals": listed})
+        req = await http.body(request, schemas.PrincipalRequest)
+        token = await http.call(broker.create_principal, who, req.id, req.tenant, req.role)
+        return JSONResponse({"id": req.id, "role": req.role, "tenant": req.tenant, "token": token}, status_code=201)
+
+    @handler
+    async def disable(request: Request) -> Response:
+        who = await http.principal(request)
+        await http.call(broker.disable_principal, who, request.path_params["pid"])
+        return JSONResponse({"id": request.path_params["pid"], "disabled": True})
+
+    return [
+        Route("/v1/tenants", tenants, methods=["GET", "POST"]),
+        Route("/v1/principals", principals, methods=["GET", "POST"]),
+        Route("/v1/principals/{pid}/disable", disable, methods=["POST"]),
+    ]
