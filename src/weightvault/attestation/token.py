@@ -72,7 +72,7 @@ class TokenIssuer:
         try:
             keyset = jwt.PyJWKSet.from_dict(dict(self.jwks))
         except jwt.PyJWTError as exc:
-            raise ConfigError(f"issuer {self.name}: bad JWKS ({exc})") from None
+            raise ConfigError(f"issuer {self.name}: bad JWKS ({exc})") from exc
         for key in keyset.keys:
             self._keys[key.key_id or ""] = key
 
@@ -92,7 +92,7 @@ class TokenIssuer:
                 device_claim=raw.get("device_claim"),
             )
         except (KeyError, OSError, ValueError, TypeError) as exc:
-            raise ConfigError(f"attestation-token issuer configuration: {exc}") from None
+            raise ConfigError(f"attestation-token issuer configuration: {exc}") from exc
 
     def key_for(self, kid: str | None) -> Any:
         if kid is not None and kid in self._keys:
@@ -122,8 +122,8 @@ def _decode_nonce(value: object, encoding: str) -> bytes:
         if encoding == "base64":
             return base64.b64decode(value, validate=True)
         return base64.urlsafe_b64decode(value + "=" * (-len(value) % 4))
-    except (ValueError, binascii.Error):
-        raise EvidenceError("token nonce claim is not validly encoded") from None
+    except (ValueError, binascii.Error) as exc:
+        raise EvidenceError("token nonce claim is not validly encoded") from exc
 
 
 def _flatten(doc: Mapping[str, Any], prefix: str, out: dict[str, ClaimValue], depth: int = 0) -> None:
@@ -164,8 +164,8 @@ class AttestationTokenVerifier(BaseVerifier):
                 token,
                 options={"verify_signature": False, "verify_exp": False, "verify_iat": False, "verify_nbf": False},
             )
-        except jwt.PyJWTError:
-            raise EvidenceError("malformed attestation token") from None
+        except jwt.PyJWTError as exc:
+            raise EvidenceError("malformed attestation token") from exc
         issuer = self._issuers.get(str(unverified.get("iss")))
         if issuer is None:
             raise EvidenceError("attestation token from an untrusted issuer")
@@ -190,7 +190,7 @@ class AttestationTokenVerifier(BaseVerifier):
                 },
             )
         except jwt.PyJWTError as exc:
-            raise EvidenceError(f"attestation token rejected ({type(exc).__name__})") from None
+            raise EvidenceError(f"attestation token rejected ({type(exc).__name__})") from exc
         times = [claims.get("iat"), claims.get("exp"), claims.get("nbf", claims.get("iat"))]
         if not all(isinstance(t, int) and not isinstance(t, bool) for t in times):
             raise EvidenceError("attestation token times must be integers")

@@ -56,8 +56,8 @@ class UnsafeSampleVerifier(BaseVerifier):
             raise EvidenceError("unknown fields in insecure-sample evidence")
         try:
             committed = base64.b64decode(str(evidence.get("report_data", "")), validate=True)
-        except (binascii.Error, ValueError):
-            raise EvidenceError("report_data is not base64") from None
+        except (binascii.Error, ValueError) as exc:
+            raise EvidenceError("report_data is not base64") from exc
         check_report_data(committed, context)
         raw_claims = evidence.get("claims", {})
         if not isinstance(raw_claims, dict):

@@ -36,8 +36,8 @@ _MAX_PROOF_LINES = 63
 def _b64(text: str, what: str) -> bytes:
     try:
         raw = base64.b64decode(text.encode("ascii"), validate=True)
-    except (binascii.Error, UnicodeEncodeError):
-        raise InclusionProofError(f"{what}: invalid base64") from None
+    except (binascii.Error, UnicodeEncodeError) as exc:
+        raise InclusionProofError(f"{what}: invalid base64") from exc
     if base64.b64encode(raw).decode() != text:
         raise InclusionProofError(f"{what}: non-canonical base64")
     return raw

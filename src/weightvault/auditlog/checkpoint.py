@@ -65,8 +65,8 @@ class Checkpoint:
             raise CheckpointError("checkpoint size must be decimal with no leading zeros")
         try:
             root = base64.b64decode(root_text.encode("ascii"), validate=True)
-        except (binascii.Error, UnicodeEncodeError):
-            raise CheckpointError("checkpoint root is not base64") from None
+        except (binascii.Error, UnicodeEncodeError) as exc:
+            raise CheckpointError("checkpoint root is not base64") from exc
         if base64.b64encode(root).decode() != root_text:
             raise CheckpointError("checkpoint root is not canonical base64")
         return cls(origin, int(size_text), root, tuple(extensions))

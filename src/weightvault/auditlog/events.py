@@ -211,7 +211,7 @@ class AuditEvent:
         try:
             data: bytes = rfc8785.dumps(self.to_json())
         except (rfc8785.CanonicalizationError, TypeError, ValueError) as exc:
-            raise AuditLogError(f"event cannot be canonicalised: {exc}") from None
+            raise AuditLogError(f"event cannot be canonicalised: {exc}") from exc
         if len(data) > MAX_EVENT_BYTES:
             raise AuditLogError(f"event of {len(data)} bytes exceeds the {MAX_EVENT_BYTES}-byte limit")
         return data
@@ -227,8 +227,8 @@ def decode_event(data: bytes) -> AuditEvent:
         raise AuditLogError("event exceeds the size limit")
     try:
         doc = json.loads(data)
-    except ValueError:
-        raise AuditLogError("event is not JSON") from None
+    except ValueError as exc:
+        raise AuditLogError("event is not JSON") from exc
     if not isinstance(doc, dict) or doc.get("v") != EVENT_VERSION:
         raise AuditLogError("event has an unknown version")
     try:
@@ -247,7 +247,7 @@ def decode_event(data: bytes) -> AuditEvent:
             ts=doc["ts"],
         )
     except (KeyError, TypeError) as exc:
-        raise AuditLogError(f"event is missing a field ({exc})") from None
+        raise AuditLogError(f"event is missing a field ({exc})") from exc
     if event.encode() != data:
         raise AuditLogError("event is not in canonical form")
     return event

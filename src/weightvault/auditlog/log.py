@@ -331,8 +331,8 @@ class AuditLog(LogReader):
         """
         try:
             return self.submit(event).result(timeout=timeout_s)
-        except FutureTimeoutError:
-            raise AuditLogError(f"the audit log did not commit within {timeout_s:g} s") from None
+        except FutureTimeoutError as exc:
+            raise AuditLogError(f"the audit log did not commit within {timeout_s:g} s") from exc
 
     def submit(self, event: AuditEvent) -> Pending:
         """Stamp, encode and queue ``event``; the returned future resolves once it is durable.

@@ -61,8 +61,8 @@ def _check_name(name: str) -> None:
 def _b64(text: str, what: str) -> bytes:
     try:
         raw = base64.b64decode(text.encode("ascii"), validate=True)
-    except (binascii.Error, UnicodeEncodeError):
-        raise CheckpointError(f"{what}: invalid base64") from None
+    except (binascii.Error, UnicodeEncodeError) as exc:
+        raise CheckpointError(f"{what}: invalid base64") from exc
     if base64.b64encode(raw).decode() != text:
         raise CheckpointError(f"{what}: non-canonical base64")
     return raw
@@ -112,8 +112,8 @@ def parse_note(data: bytes | str) -> Note:
             raise CheckpointError("note is too large")
         try:
             text = data.decode("utf-8")
-        except UnicodeDecodeError:
-            raise CheckpointError("note is not valid UTF-8") from None
+        except UnicodeDecodeError as exc:
+            raise CheckpointError("note is not valid UTF-8") from exc
     else:
         text = data
         if len(text.encode()) > MAX_NOTE_BYTES:
@@ -177,7 +177,7 @@ class NoteVerifier:
         try:
             verifier = cls(name, blob[1:], blob[0])
         except ValueError as exc:
-            raise CheckpointError(f"vkey: {exc}") from None
+            raise CheckpointError(f"vkey: {exc}") from exc
         if f"{verifier.key_id:08x}" != kid_hex.lower():
             raise CheckpointError("vkey key id does not match its key")
         return verifier

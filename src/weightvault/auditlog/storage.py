@@ -156,7 +156,7 @@ def read_origin(path: Path) -> str:
         finally:
             conn.close()
     except sqlite3.Error as exc:
-        raise AuditLogError(f"{path}: not an audit log database ({exc})") from None
+        raise AuditLogError(f"{path}: not an audit log database ({exc})") from exc
     if row is None:
         raise AuditLogError(f"{path}: not an audit log database")
     return str(row[0])

@@ -69,8 +69,8 @@ def parse_add_checkpoint(body: bytes) -> tuple[int, list[bytes], Note]:
         raise ValueError("request too large")
     try:
         text = body.decode("utf-8")
-    except UnicodeDecodeError:
-        raise ValueError("request is not UTF-8") from None
+    except UnicodeDecodeError as exc:
+        raise ValueError("request is not UTF-8") from exc
     head, sep, rest = text.partition("\n\n")
     if not sep:
         raise ValueError("missing blank line before the checkpoint")
@@ -87,15 +87,15 @@ def parse_add_checkpoint(body: bytes) -> tuple[int, list[bytes], Note]:
     for line in proof_lines:
         try:
             raw = base64.b64decode(line.encode("ascii"), validate=True)
-        except (binascii.Error, UnicodeEncodeError):
-            raise ValueError("proof line is not base64") from None
+        except (binascii.Error, UnicodeEncodeError) as exc:
+            raise ValueError("proof line is not base64") from exc
         if len(raw) != 32:
             raise ValueError("proof line is not a 32-byte hash")
         proof.append(raw)
     try:
         note = parse_note(rest)
     except AuditLogError as exc:
-        raise ValueError(f"malformed checkpoint: {exc}") from None
+        raise ValueError(f"malformed checkpoint: {exc}") from exc
     return int(size_text), proof, note
 
 
@@ -247,7 +247,7 @@ class HTTPWitness:
         try:
             reply = self._client.post(self._url, content=encode_add_checkpoint(old_size, proof, note))
         except httpx.HTTPError as exc:
-            raise TransportError(f"witness {self.name} unreachable: {exc}") from None
+            raise TransportError(f"witness {self.name} unreachable: {exc}") from exc
         response = WitnessResponse(reply.status_code, reply.content, reply.headers.get("content-type", ""))
         return _endpoint_result(self.name, response)
 

@@ -174,7 +174,7 @@ class CustodyService:
                 try:
                     check_parameters(threshold, people)
                 except ConfigError as exc:
-                    raise CeremonyError(str(exc)) from None
+                    raise CeremonyError(str(exc)) from exc
             elif params:
                 raise CeremonyError(f"{kind} ceremonies take no parameters")
             ceremony = Ceremony.open(self.broker_id, kind, share_set, params, now=now, ttl=ttl)

@@ -86,8 +86,8 @@ def unwrap_kek(root: RootKey, tenant: str, version: int, blob: bytes) -> bytes:
     aad = _aad(purpose="tenant-kek", tenant=tenant, version=version)
     try:
         return unwrap_with_secret(root.reveal(), salt, _INFO_KEK, wrapped, aad)
-    except InvalidTag:
-        raise KeyAccessError(f"tenant {tenant} KEK v{version} does not unwrap under this root key") from None
+    except InvalidTag as exc:
+        raise KeyAccessError(f"tenant {tenant} KEK v{version} does not unwrap under this root key") from exc
 
 
 def _model_aad(tenant: str, model: str, version: str, kek_version: int) -> bytes:
@@ -106,8 +106,8 @@ def unwrap_file_key(kek: bytes, *, tenant: str, model: str, version: str, kek_ve
     salt, wrapped = _split(blob)
     try:
         raw = unwrap_with_secret(kek, salt, _INFO_MODEL, wrapped, _model_aad(tenant, model, version, kek_version))
-    except InvalidTag:
-        raise KeyAccessError(f"model key of {tenant}/{model}@{version} does not unwrap") from None
+    except InvalidTag as exc:
+        raise KeyAccessError(f"model key of {tenant}/{model}@{version} does not unwrap") from exc
     return FileKey(raw)
 
 
@@ -121,5 +121,5 @@ def unwrap_signing_key(root: RootKey, purpose: str, kid: str, blob: bytes) -> by
     salt, wrapped = _split(blob)
     try:
         return unwrap_with_secret(root.reveal(), salt, _INFO_SIGNING, wrapped, _aad(purpose=purpose, kid=kid))
-    except InvalidTag:
-        raise KeyAccessError(f"signing key {purpose}/{kid} does not unwrap under this root key") from None
+    except InvalidTag as exc:
+        raise KeyAccessError(f"signing key {purpose}/{kid} does not unwrap under this root key") from exc

@@ -147,8 +147,8 @@ class TokenSigner:
             raise EvidenceError("result token too large")
         try:
             kid = jwt.get_unverified_header(token).get("kid")
-        except jwt.PyJWTError:
-            raise EvidenceError("invalid result token") from None
+        except jwt.PyJWTError as exc:
+            raise EvidenceError("invalid result token") from exc
         with self._lock:
             entry = self._keys.get(kid) if isinstance(kid, str) else None
         if entry is None:
@@ -163,10 +163,10 @@ class TokenSigner:
                 options={"require": ["iss", "aud", "iat", "exp", "jti", "tenant", "cnf", "wv"], "verify_iat": False},
                 leeway=0,
             )
-        except jwt.ExpiredSignatureError:
-            raise EvidenceError("result token expired") from None
-        except jwt.PyJWTError:
-            raise EvidenceError("invalid result token") from None
+        except jwt.ExpiredSignatureError as exc:
+            raise EvidenceError("result token expired") from exc
+        except jwt.PyJWTError as exc:
+            raise EvidenceError("invalid result token") from exc
         exp = int(claims["exp"])
         if exp <= now:
             raise EvidenceError("result token expired")
@@ -188,5 +188,5 @@ class TokenSigner:
                 result=result,
                 challenge_id=str(wv["challenge_id"]),
             )
-        except (KeyError, TypeError, ValueError):
-            raise EvidenceError("malformed result token") from None
+        except (KeyError, TypeError, ValueError) as exc:
+            raise EvidenceError("malformed result token") from exc

@@ -46,7 +46,7 @@ def read_signer(path: Path) -> NoteSigner:
     try:
         return NoteSigner.from_skey(text)
     except AuditLogError as exc:
-        raise ConfigError(f"{path}: {exc}") from None
+        raise ConfigError(f"{path}: {exc}") from exc
 
 
 def read_vkey(value: str) -> NoteVerifier:
@@ -56,7 +56,7 @@ def read_vkey(value: str) -> NoteVerifier:
     try:
         return NoteVerifier.from_vkey(text)
     except AuditLogError as exc:
-        raise ConfigError(f"not a verifier key: {exc}") from None
+        raise ConfigError(f"not a verifier key: {exc}") from exc
 
 
 def read_policy(path: Path | None, witnesses: Sequence[str], quorum: int) -> WitnessPolicy:
@@ -65,7 +65,7 @@ def read_policy(path: Path | None, witnesses: Sequence[str], quorum: int) -> Wit
         try:
             return WitnessPolicy.parse(path.read_text())
         except OSError as exc:
-            raise ConfigError(f"{path}: {exc.strerror}") from None
+            raise ConfigError(f"{path}: {exc.strerror}") from exc
     keys = [read_vkey(w) for w in witnesses]
     return WitnessPolicy.threshold(keys, quorum if keys else 0)
 
@@ -75,8 +75,8 @@ def _ms(value: str | None) -> int | None:
         return None
     try:
         moment = datetime.fromisoformat(value)
-    except ValueError:
-        raise ConfigError(f"not an ISO 8601 time: {value!r}") from None
+    except ValueError as exc:
+        raise ConfigError(f"not an ISO 8601 time: {value!r}") from exc
     if moment.tzinfo is None:
         moment = moment.replace(tzinfo=UTC)
     return int(moment.timestamp() * 1000)
@@ -86,7 +86,7 @@ def _origin_of(db: Path) -> str:
     try:
         return read_origin(db)
     except AuditLogError as exc:
-        raise ConfigError(str(exc)) from None
+        raise ConfigError(str(exc)) from exc
 
 
 def open_reader(db: Path) -> LogReader:
@@ -246,7 +246,7 @@ def _http_fetch(base: str, token: str | None, ca: Path | None) -> tuple[Any, Cal
                         raise InclusionProofError(f"{base}/{path} is larger than any tile")
                 return bytes(body)
         except httpx.HTTPError as exc:
-            raise TransportError(f"{base}/{path}: {type(exc).__name__}") from None
+            raise TransportError(f"{base}/{path}: {type(exc).__name__}") from exc
 
     return client, fetch
 

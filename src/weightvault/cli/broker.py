@@ -382,7 +382,7 @@ def admin_policy(
         try:
             doc = json.loads(document.read_text())
         except ValueError as exc:
-            raise ConfigError(f"{document}: not JSON ({exc})") from None
+            raise ConfigError(f"{document}: not JSON ({exc})") from exc
         version = client.put_policy(tenant, name, doc, approval)
         click.echo(f"policy {tenant}/{name} is now version {version}")
 

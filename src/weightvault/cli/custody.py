@@ -43,7 +43,7 @@ def load_person_public(path: Path) -> Any:
     try:
         doc = json.loads(path.read_text())
     except (OSError, ValueError) as exc:
-        raise ConfigError(f"{path}: not a public key file ({exc})") from None
+        raise ConfigError(f"{path}: not a public key file ({exc})") from exc
     if not isinstance(doc, dict):
         raise ConfigError(f"{path}: not a public key file")
     return PersonPublic.from_json(doc)
@@ -117,7 +117,7 @@ def _read_share_file(path: Path) -> tuple[str, str, bytes]:
             raise ValueError("not a weightvault share file")
         return str(doc["set"]), str(doc["custodian"]), base64.b64decode(doc["sealed"], validate=True)
     except (OSError, ValueError, KeyError, TypeError) as exc:
-        raise ConfigError(f"{path}: {exc}") from None
+        raise ConfigError(f"{path}: {exc}") from exc
 
 
 @custody.command("genesis")
@@ -330,7 +330,7 @@ def approval_policy(
         try:
             doc = json.loads(document.read_text())
         except ValueError as exc:
-            raise ConfigError(f"{document}: not JSON ({exc})") from None
+            raise ConfigError(f"{document}: not JSON ({exc})") from exc
         version = client.put_approval_policy(doc, approval_id)
     click.echo(f"approval policy is now version {version}")
 

@@ -85,8 +85,8 @@ class Session:
     def open(self, sealed: bytes, info: bytes) -> bytes:
         try:
             return hpke_open(self.kem, bytes(self._private), sealed, info)
-        except InvalidTag:
-            raise e.KeyAccessError("the release payload does not open with this session's key") from None
+        except InvalidTag as exc:
+            raise e.KeyAccessError("the release payload does not open with this session's key") from exc
 
     def close(self) -> None:
         for i in range(len(self._private)):
@@ -420,8 +420,8 @@ class BrokerClient:
             raw = hpke_open(
                 recipient.kem, recipient.reveal(), base64.b64decode(answer["sealed"]), export_info(tenant, resource)
             )
-        except InvalidTag:
-            raise e.KeyAccessError("the exported key does not open for this recipient and model") from None
+        except InvalidTag as exc:
+            raise e.KeyAccessError("the exported key does not open for this recipient and model") from exc
         return FileKey(raw)
 
     def audit_events(

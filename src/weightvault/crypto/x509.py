@@ -55,7 +55,7 @@ def verify_chain(
         pool = [c for blob in intermediates for c in load_certificates(blob)]
         anchors = [c for blob in roots for c in load_certificates(blob)]
     except ValueError as exc:
-        raise ChainError(f"malformed certificate: {exc}") from None
+        raise ChainError(f"malformed certificate: {exc}") from exc
     if not anchors:
         raise ChainError("no trust roots configured")
     anchor_der = {a.public_bytes(serialization.Encoding.DER) for a in anchors}

@@ -156,7 +156,7 @@ class ApprovalPolicy:
                 }
                 person = PersonPublic.from_json(fields)
             except ConfigError as exc:
-                raise InvalidRequestError(f"approver {approver_id}: {exc}") from None
+                raise InvalidRequestError(f"approver {approver_id}: {exc}") from exc
             principals = entry.get("principals", [])
             if not isinstance(principals, list) or not all(isinstance(p, str) for p in principals):
                 raise InvalidRequestError(f"approver {approver_id}: principals is a list of principal ids")
@@ -267,8 +267,8 @@ class ApprovalRequest:
                 int(doc["not_before"]),
                 int(doc["expires_at"]),
             )
-        except (KeyError, TypeError, ValueError):
-            raise InvalidRequestError("malformed approval request") from None
+        except (KeyError, TypeError, ValueError) as exc:
+            raise InvalidRequestError("malformed approval request") from exc
 
     def summary(self) -> str:
         """What an approver reads before signing: every parameter, and the hashes they sign."""

@@ -109,8 +109,8 @@ class CeremonyTerms:
                 int(doc["expires_at"]),
                 bytes.fromhex(str(doc["key"])),
             )
-        except (KeyError, TypeError, ValueError):
-            raise CeremonyError("malformed ceremony terms") from None
+        except (KeyError, TypeError, ValueError) as exc:
+            raise CeremonyError("malformed ceremony terms") from exc
         if terms.kind not in KINDS:
             raise CeremonyError(f"unknown ceremony kind {terms.kind!r}")
         if "id" in doc and not hmac.compare_digest(str(doc["id"]), terms.id):
@@ -125,8 +125,8 @@ def rekey_params(threshold: int, custodians: list[PersonPublic]) -> dict[str, An
 def parse_rekey_params(params: Mapping[str, Any]) -> tuple[int, list[PersonPublic]]:
     try:
         return int(params["threshold"]), [PersonPublic.from_json(c) for c in params["custodians"]]
-    except (KeyError, TypeError, ValueError):
-        raise CeremonyError("rekey parameters are {threshold, custodians}") from None
+    except (KeyError, TypeError, ValueError) as exc:
+        raise CeremonyError("rekey parameters are {threshold, custodians}") from exc
 
 
 def _bind(ceremony_id: str, custodian: str) -> bytes:
@@ -208,8 +208,8 @@ class Ceremony:
             raise ShareError(f"the submission of {custodian} is not signed by their key for this ceremony")
         try:
             share = hpke_open(KEM, self._private.reveal(), sealed, _SUBMIT + b"\x00" + _bind(self.id, custodian))
-        except InvalidTag:
-            raise ShareError(f"the share of {custodian} was not encrypted to this ceremony") from None
+        except InvalidTag as exc:
+            raise ShareError(f"the share of {custodian} was not encrypted to this ceremony") from exc
         self.share_set.check_share(custodian, share)
         if any(s.reveal()[-1] == share[-1] for s in self._shares.values()):
             raise ShareError("duplicate share x-coordinate")

@@ -55,8 +55,8 @@ def _b64(value: object, what: str, length: int | None = None) -> bytes:
         raise ConfigError(f"{what} must be base64")
     try:
         raw = base64.b64decode(value, validate=True)
-    except (binascii.Error, ValueError):
-        raise ConfigError(f"{what} is not base64") from None
+    except (binascii.Error, ValueError) as exc:
+        raise ConfigError(f"{what} is not base64") from exc
     if length is not None and len(raw) != length:
         raise ConfigError(f"{what} must be {length} bytes")
     return raw
@@ -176,7 +176,7 @@ class PersonKey:
         try:
             doc = parse_json(data.strip(), "person key")
         except WeightVaultError as exc:
-            raise ConfigError(f"person key is not valid JSON: {exc}") from None
+            raise ConfigError(f"person key is not valid JSON: {exc}") from exc
         if not isinstance(doc, dict) or doc.get("kind") != KIND or doc.get("version") != 1:
             raise ConfigError("not a weightvault person key (version 1)")
         person_id = check_person_id(doc.get("id"))
@@ -194,14 +194,14 @@ class PersonKey:
                     r=int(protected.get("r", 0)),
                     p=int(protected.get("p", 0)),
                 )
-            except (TypeError, ValueError):
-                raise ConfigError("key protection parameters out of range") from None
+            except (TypeError, ValueError) as exc:
+                raise ConfigError("key protection parameters out of range") from exc
             try:
                 inner = open_single_use(
                     AEADSuite.AES_256_GCM, key, _b64(protected.get("ciphertext"), "ciphertext"), _protect_aad(person_id)
                 )
-            except InvalidTag:
-                raise ConfigError(f"wrong passphrase for the key of {person_id}") from None
+            except InvalidTag as exc:
+                raise ConfigError(f"wrong passphrase for the key of {person_id}") from exc
             return cls.from_bytes(inner)
         return cls(
             person_id,

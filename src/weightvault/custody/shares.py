@@ -142,8 +142,8 @@ def open_delivered(key: PersonKey, set_id: str, delivered: bytes) -> bytes:
     """
     try:
         return key.open(delivered, delivery_info(set_id, key.id))
-    except InvalidTag:
-        raise ShareError(f"this share file is not {key.id}'s share of set {set_id}") from None
+    except InvalidTag as exc:
+        raise ShareError(f"this share file is not {key.id}'s share of set {set_id}") from exc
 
 
 def check_consistent(threshold: int, shares: Sequence[bytes]) -> None:

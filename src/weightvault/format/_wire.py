@@ -78,11 +78,11 @@ def parse_json(data: bytes | bytearray | memoryview, what: str, error: type[Form
         text = bytes(data).decode("utf-8", errors="strict")
         return json.loads(text, object_pairs_hook=_no_duplicates, parse_constant=_no_constant)
     except HeaderError as exc:
-        raise make(f"{what}: {exc}") from None
-    except RecursionError:
-        raise make(f"{what}: JSON nested too deeply") from None
+        raise make(f"{what}: {exc}") from exc
+    except RecursionError as exc:
+        raise make(f"{what}: JSON nested too deeply") from exc
     except (UnicodeDecodeError, ValueError) as exc:
-        raise make(f"{what}: not valid JSON ({type(exc).__name__})") from None
+        raise make(f"{what}: not valid JSON ({type(exc).__name__})") from exc
 
 
 def canonical_json(value: object) -> bytes:

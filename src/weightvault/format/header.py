@@ -169,8 +169,8 @@ class HeaderTable:
         kind_value = doc.get("kind")
         try:
             kind = HeaderKind(kind_value)
-        except ValueError:
-            raise UnsupportedError(f"unknown header kind {str(kind_value)[:32]!r}") from None
+        except ValueError as exc:
+            raise UnsupportedError(f"unknown header kind {str(kind_value)[:32]!r}") from exc
         metadata = doc.get("metadata")
         if not isinstance(metadata, dict) or not all(isinstance(v, str) for v in metadata.values()):
             raise HeaderError("header 'metadata' must map strings to strings")
@@ -215,8 +215,8 @@ def _parse_entry(index: int, raw: object) -> TensorEntry:
         raise HeaderError(f"tensor {name[:64]!r}: key_commitment must be 64 hex digits")
     try:
         commitment_bytes = bytes.fromhex(commitment)
-    except ValueError:
-        raise HeaderError(f"tensor {name[:64]!r}: key_commitment must be 64 hex digits") from None
+    except ValueError as exc:
+        raise HeaderError(f"tensor {name[:64]!r}: key_commitment must be 64 hex digits") from exc
     if commitment != commitment_bytes.hex():
         raise HeaderError(f"tensor {name[:64]!r}: key_commitment must be lower-case hex")
     return TensorEntry(index, name, dtype, shape, offset, nbytes, commitment_bytes)

@@ -136,8 +136,8 @@ class ModelManifest:
         """
         try:
             verify_hmac_sha256(mac_key, [self.body()], self.mac)
-        except InvalidSignature:
-            raise ManifestError("model manifest failed authentication") from None
+        except InvalidSignature as exc:
+            raise ManifestError("model manifest failed authentication") from exc
 
     def _check_unique(self) -> None:
         paths = [f.path for f in self.files]
@@ -203,8 +203,8 @@ def _parse_entry(raw: object) -> ManifestEntry:
         raise ManifestError(f"{path[:80]}: malformed sealed entry")
     try:
         header_kind = HeaderKind(kind)
-    except ValueError:
-        raise ManifestError(f"{path[:80]}: unknown kind") from None
+    except ValueError as exc:
+        raise ManifestError(f"{path[:80]}: unknown kind") from exc
     return ManifestEntry(
         path, FileRole.SEALED, kind=header_kind, source=str(source), file_id=str(file_id), header_mac=str(header_mac)
     )

@@ -86,8 +86,8 @@ def b64decode(text: object, what: str) -> bytes:
         raise HeaderError(f"{what} must be a base64 string")
     try:
         raw = base64.b64decode(text.encode("ascii"), validate=True)
-    except (binascii.Error, UnicodeEncodeError):
-        raise HeaderError(f"{what} is not valid base64") from None
+    except (binascii.Error, UnicodeEncodeError) as exc:
+        raise HeaderError(f"{what} is not valid base64") from exc
     if b64encode(raw) != text:
         raise HeaderError(f"{what} is not canonical base64")
     return raw
@@ -158,8 +158,8 @@ class RecipientsRegion:
         """
         try:
             verify_hmac_sha256(mac_key, [preamble, self.authenticated], self.mac)
-        except InvalidSignature:
-            raise HeaderAuthError("recipients region failed authentication") from None
+        except InvalidSignature as exc:
+            raise HeaderAuthError("recipients region failed authentication") from exc
 
 
 def encode_recipients_region(stanzas: Sequence[Stanza], capacity: int, mac_key: bytes, preamble: bytes) -> bytes:
@@ -379,8 +379,8 @@ class Passphrase:
             raise HeaderError("malformed scrypt stanza")
         try:
             secret = scrypt(self._passphrase.reveal(), salt, log_n=log_n, r=r, p=p)
-        except ValueError:
-            raise HeaderError("scrypt stanza parameters out of range") from None
+        except ValueError as exc:
+            raise HeaderError("scrypt stanza parameters out of range") from exc
         try:
             return _file_key(unwrap_with_secret(secret, salt, _INFO_SCRYPT, wrapped, context))
         except InvalidTag:

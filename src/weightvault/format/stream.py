@@ -110,9 +110,9 @@ class TensorStream:
         """
         try:
             self.cipher.decrypt_into(self._nonce(index), ciphertext_and_tag, self.aad, out)
-        except InvalidTag:
+        except InvalidTag as exc:
             out[:] = bytes(len(out))
-            raise PayloadError(f"tensor {self.name!r}: chunk {index} failed authentication") from None
+            raise PayloadError(f"tensor {self.name!r}: chunk {index} failed authentication") from exc
 
     def decrypt_chunk_in_place(self, index: int, region: memoryview, tag: bytes) -> None:
         """Decrypt chunk ``index`` held at the start of ``region`` in place.

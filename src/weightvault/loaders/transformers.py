@@ -48,8 +48,8 @@ def load_config(model: SealedModel) -> Any:
     raw = model.read_bytes("config.json")
     try:
         doc = json.loads(raw)
-    except ValueError:
-        raise ManifestError("config.json is not valid JSON") from None
+    except ValueError as exc:
+        raise ManifestError("config.json is not valid JSON") from exc
     if not isinstance(doc, dict) or "model_type" not in doc:
         raise ManifestError("config.json has no model_type")
     return transformers.AutoConfig.for_model(**doc)

@@ -128,8 +128,8 @@ def _link_into_place(fd: int, path: Path, overwrite: bool) -> None:
     if not overwrite:
         try:
             _link_unnamed(fd, path)  # fails if path appeared meanwhile: no clobbering
-        except FileExistsError:
-            raise ConfigError(f"{path} already exists (pass --force to replace it)") from None
+        except FileExistsError as exc:
+            raise ConfigError(f"{path} already exists (pass --force to replace it)") from exc
         return
     # link() cannot replace a file: link under a temporary name, then rename over the target.
     # A crash between the two leaves a complete (never a partial) file, swept like any temporary.
@@ -190,8 +190,8 @@ def _named_atomic_file(path: Path, *, overwrite: bool, mode: int) -> Iterator[Bi
             else:
                 try:
                     os.link(temp, path)  # no clobbering if path appeared meanwhile
-                except FileExistsError:
-                    raise ConfigError(f"{path} already exists (pass --force to replace it)") from None
+                except FileExistsError as exc:
+                    raise ConfigError(f"{path} already exists (pass --force to replace it)") from exc
                 temp.unlink()
         fsync_directory(path.parent)
     except BaseException:

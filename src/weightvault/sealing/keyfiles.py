@@ -82,11 +82,11 @@ def read_key_file(path: Path) -> KeyFileContent:
             raise ConfigError(f"{path}: not a weightvault key file (too large)")
         data = path.read_bytes()
     except OSError as exc:
-        raise ConfigError(f"{path}: cannot read key file ({exc.strerror})") from None
+        raise ConfigError(f"{path}: cannot read key file ({exc.strerror})") from exc
     try:
         doc = parse_json(data, str(path))
     except HeaderError as exc:
-        raise ConfigError(f"{path}: not a weightvault key file ({exc})") from None
+        raise ConfigError(f"{path}: not a weightvault key file ({exc})") from exc
     if not isinstance(doc, dict) or doc.get("version") != _VERSION or not isinstance(doc.get("kind"), str):
         raise ConfigError(f"{path}: not a weightvault key file")
     kind = doc["kind"]
@@ -103,7 +103,7 @@ def read_key_file(path: Path) -> KeyFileContent:
         if kind == "weightvault.file-key":
             return FileKey(raw)
     except (HeaderError, ValueError) as exc:
-        raise ConfigError(f"{path}: malformed {kind} ({exc})") from None
+        raise ConfigError(f"{path}: malformed {kind} ({exc})") from exc
     raise ConfigError(f"{path}: unknown key kind {kind[:40]!r}")
 
 
@@ -124,7 +124,7 @@ def read_private_file(path: Path, what: str = "secret key", *, max_bytes: int | 
                 raise ConfigError(f"{path}: not a {what} file (too large)")
             return handle.read()
     except OSError as exc:
-        raise ConfigError(f"{path}: cannot read {what} file ({exc.strerror})") from None
+        raise ConfigError(f"{path}: cannot read {what} file ({exc.strerror})") from exc
 
 
 def write_secret_file(path: Path, kind: str, raw: bytes, *, overwrite: bool = False) -> None:
@@ -148,4 +148,4 @@ def read_secret_file(path: Path, kind: str) -> bytes:
             raise ConfigError(f"{path}: not a {kind} file")
         return b64decode(doc.get("key"), "key")
     except HeaderError as exc:
-        raise ConfigError(f"{path}: malformed key file ({exc})") from None
+        raise ConfigError(f"{path}: malformed key file ({exc})") from exc

@@ -186,8 +186,8 @@ def read_manifest(path: Path) -> ModelManifest:
     """
     try:
         data = (Path(path) / MANIFEST_NAME).read_bytes()
-    except OSError:
-        raise ManifestError(f"{path} is not a sealed model directory (no {MANIFEST_NAME})") from None
+    except OSError as exc:
+        raise ManifestError(f"{path} is not a sealed model directory (no {MANIFEST_NAME})") from exc
     return ModelManifest.from_bytes(data)
 
 
@@ -236,8 +236,8 @@ class SealedModel:
         """The manifest entry of a file by its path in the plain model directory."""
         try:
             return self._by_logical[logical_path]
-        except KeyError:
-            raise ManifestError(f"the sealed model has no file {logical_path!r}") from None
+        except KeyError as exc:
+            raise ManifestError(f"the sealed model has no file {logical_path!r}") from exc
 
     def has_file(self, logical_path: str) -> bool:
         return logical_path in self._by_logical

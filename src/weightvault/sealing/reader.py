@@ -169,24 +169,24 @@ class SealedFile:
         core = p.authenticated_core()
         try:
             verify_hmac_sha256(unlocked.header.mac_key, [core, self.header_bytes, self.tag_bytes], self.header_mac)
-        except InvalidSignature:
-            raise HeaderAuthError("header MAC mismatch: the header or tag table was modified") from None
+        except InvalidSignature as exc:
+            raise HeaderAuthError("header MAC mismatch: the header or tag table was modified") from exc
         header_json = self.header_bytes
         if p.sealed_metadata:
             try:
                 header_json = open_single_use(p.suite, unlocked.header.metadata_key, self.header_bytes, core)
-            except InvalidTag:
-                raise HeaderAuthError("sealed header failed authentication") from None
+            except InvalidTag as exc:
+                raise HeaderAuthError("sealed header failed authentication") from exc
         table = HeaderTable.from_bytes(header_json)
         layout = SealedLayout.check(p, table)
         for entry in table.tensors:
             if unlocked.has_tensor(entry.index):
                 try:
                     unlocked.check_tensor_commitment(entry.index, entry.key_commitment)
-                except KeyMismatchError:
+                except KeyMismatchError as exc:
                     if unlocked.is_partial:
                         raise
-                    raise HeaderAuthError(f"tensor {entry.name!r}: key commitment does not match") from None
+                    raise HeaderAuthError(f"tensor {entry.name!r}: key commitment does not match") from exc
         self._check_gaps(layout)
         return OpenedFile(self, unlocked, layout, header_digest(core, self.header_bytes))
 

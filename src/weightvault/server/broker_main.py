@@ -109,7 +109,7 @@ def load_broker(config_path: Path, *, clock: Callable[[], float] | None = None) 
     try:
         log_signer = NoteSigner.from_skey(log_signer_text)
     except AuditLogError as exc:
-        raise ConfigError(f"{log_signer_path}: {exc}") from None
+        raise ConfigError(f"{log_signer_path}: {exc}") from exc
     witnesses = []
     verifiers = []
     for w in config.audit.witnesses:
@@ -117,7 +117,7 @@ def load_broker(config_path: Path, *, clock: Callable[[], float] | None = None) 
         try:
             verifiers.append(NoteVerifier.from_vkey(w.vkey))
         except AuditLogError as exc:
-            raise ConfigError(f"witness {w.name}: {exc}") from None
+            raise ConfigError(f"witness {w.name}: {exc}") from exc
     policy = WitnessPolicy.threshold(verifiers, config.audit.quorum) if verifiers else WitnessPolicy({}, {}, "none")
     audit = AuditLog(
         config.path(config.audit_db),

@@ -55,12 +55,12 @@ class TPMAttester:
         """
         try:
             import tpm2_pytss
-        except ImportError:
-            raise ConfigError("TPM support needs tpm2-pytss: pip install 'weightvault[tpm]'") from None
+        except ImportError as exc:
+            raise ConfigError("TPM support needs tpm2-pytss: pip install 'weightvault[tpm]'") from exc
         try:
             attester = cls(tpm2_pytss.ESAPI(tcti), event_logs)
         except Exception as exc:
-            raise ConfigError(f"cannot reach the TPM at {tcti!r}: {exc}") from None
+            raise ConfigError(f"cannot reach the TPM at {tcti!r}: {exc}") from exc
         attester._flush_stale()
         return attester
 
@@ -161,7 +161,7 @@ class TPMAttester:
                 self._ak, self._ek, blob, secret, session1=tpm2_pytss.ESYS_TR.PASSWORD, session2=session
             )
         except Exception as exc:
-            raise QuoteError(f"ActivateCredential failed: {exc}") from None
+            raise QuoteError(f"ActivateCredential failed: {exc}") from exc
         finally:
             self._e.flush_context(session)
         return bytes(out)
@@ -229,7 +229,7 @@ def _read_log(path: Path) -> bytes:
         with path.open("rb") as handle:
             blob = handle.read(MAX_LOG_BYTES + 1)
     except OSError as exc:
-        raise ConfigError(f"cannot read the event log {path}: {exc.strerror}") from None
+        raise ConfigError(f"cannot read the event log {path}: {exc.strerror}") from exc
     if len(blob) > MAX_LOG_BYTES:
         raise ConfigError(f"event log {path} is larger than {MAX_LOG_BYTES} bytes")
     return blob
@@ -265,5 +265,5 @@ def record_measurement(tpm: TPMAttester, log: Path, pcr: int, digest: bytes, des
         with atomic_file(log, overwrite=True) as handle:
             handle.write(encode_event_log([*events, event]))
     except OSError as exc:
-        raise ConfigError(f"PCR {pcr} was extended but {log} could not be written ({exc.strerror})") from None
+        raise ConfigError(f"PCR {pcr} was extended but {log} could not be written ({exc.strerror})") from exc
     return tpm.read_pcrs([pcr])[pcr]

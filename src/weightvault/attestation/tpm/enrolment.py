@@ -60,7 +60,7 @@ def check_enrolment(
     try:
         leaf = verify_chain(ek_cert, intermediates, roots, now)
     except ChainError as exc:
-        raise QuoteError(f"EK certificate rejected: {exc}") from None
+        raise QuoteError(f"EK certificate rejected: {exc}") from exc
     ek = parse_public(ek_public)
     if public_key_fingerprint(leaf) != _ek_numbers(ek):
         raise QuoteError("EK public key does not match the EK certificate")

@@ -55,8 +55,8 @@ def parse_public(blob: bytes) -> Any:
     tss = _tss()
     try:
         public, used = tss.TPM2B_PUBLIC.unmarshal(blob)
-    except Exception:
-        raise _reason("malformed", "malformed TPM2B_PUBLIC") from None
+    except Exception as exc:
+        raise _reason("malformed", "malformed TPM2B_PUBLIC") from exc
     if used != len(blob):
         raise _reason("malformed", "trailing bytes after TPM2B_PUBLIC")
     return public
@@ -133,8 +133,8 @@ def check_quote(
         attest, used = tss.TPMS_ATTEST.unmarshal(evidence.quote)
         if used != len(evidence.quote):
             raise ValueError("trailing bytes")
-    except Exception:
-        raise _reason("malformed", "malformed quote or signature") from None
+    except Exception as exc:
+        raise _reason("malformed", "malformed quote or signature") from exc
     alg = int(signature.sigAlg)
     schemes = {int(tss.TPM2_ALG.ECDSA): "ecdsa", int(tss.TPM2_ALG.RSASSA): "rsassa", int(tss.TPM2_ALG.RSAPSS): "rsapss"}
     scheme = schemes.get(alg)
@@ -146,8 +146,8 @@ def check_quote(
     try:
         signature_bytes = bytes(signature)
         pem = public.to_pem()
-    except Exception:
-        raise _reason("malformed", "signature or key cannot be encoded") from None
+    except Exception as exc:
+        raise _reason("malformed", "signature or key cannot be encoded") from exc
     if not verify_tpm_signature(pem, scheme, signature_bytes, evidence.quote):
         raise _reason("signature_invalid", "quote signature does not verify under the enrolled AK")
     if int(attest.magic) != TPM_GENERATED_VALUE or int(attest.type) != int(tss.TPM2_ST.ATTEST_QUOTE):

@@ -41,8 +41,8 @@ def _b64(value: object, what: str) -> bytes:
         raise EvidenceError(f"{what} must be base64")
     try:
         return base64.b64decode(value, validate=True)
-    except (binascii.Error, ValueError):
-        raise EvidenceError(f"{what} is not base64") from None
+    except (binascii.Error, ValueError) as exc:
+        raise EvidenceError(f"{what} is not base64") from exc
 
 
 class TPMVerifier(BaseVerifier):
@@ -85,7 +85,7 @@ class TPMVerifier(BaseVerifier):
             roots = [(base / p).read_bytes() for p in paths["ek_roots"]]
             intermediates = [(base / p).read_bytes() for p in paths["ek_intermediates"]]
         except OSError as exc:
-            raise ConfigError(f"tpm verifier: cannot read {exc.filename}") from None
+            raise ConfigError(f"tpm verifier: cannot read {exc.filename}") from exc
         return cls(roots, intermediates, pcrs)
 
     @property
@@ -122,8 +122,8 @@ class TPMVerifier(BaseVerifier):
                 raise EvidenceError("PCR indices are 0..23 with hex values")
             try:
                 pcrs[int(key)] = bytes.fromhex(value)
-            except ValueError:
-                raise EvidenceError("PCR values must be hex") from None
+            except ValueError as exc:
+                raise EvidenceError("PCR values must be hex") from exc
         quote = QuoteEvidence(_b64(evidence["quote"], "quote"), _b64(evidence["signature"], "signature"), pcrs)
         ak = _b64(device.identity.get("ak_public"), "enrolled AK")
         check = check_quote(
