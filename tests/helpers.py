@@ -15,11 +15,11 @@ from typing import Any
 
 from weightvault import KEK, AEADSuite, FileKey
 from weightvault.crypto.mac import hmac_sha256
-from weightvault.format._wire import ALIGNMENT, align_up
 from weightvault.format.hazmat import TensorStream, derive_header_keys, header_digest
 from weightvault.format.header import HeaderTable
 from weightvault.format.preamble import MAC_BYTES, Preamble
 from weightvault.format.recipients import encode_recipients_region
+from weightvault.format.wire import ALIGNMENT, align_up
 from weightvault.sealing import SealOptions, seal_safetensors
 from weightvault.sealing.reader import SealedFile
 

@@ -20,7 +20,7 @@ from weightvault.auditlog.merkle import verify_consistency
 from weightvault.auditlog.note import Note, NoteVerifier
 from weightvault.auditlog.policy import WitnessPolicy
 from weightvault.errors import CheckpointError, ConsistencyError
-from weightvault.sealing.atomic import atomic_file
+from weightvault.files import atomic_file
 
 __all__ = ["LogVerifier", "TrustedState"]
 

@@ -37,7 +37,7 @@ from weightvault.auditlog.note import Note, NoteVerifier, parse_note
 from weightvault.auditlog.policy import WitnessPolicy
 from weightvault.auditlog.storage import LogStorage
 from weightvault.errors import AuditLogError, InclusionProofError
-from weightvault.sealing.atomic import atomic_file
+from weightvault.files import atomic_file
 
 __all__ = [
     "TileExport",

@@ -24,8 +24,8 @@ from weightvault.broker.storage import BrokerStore, ShareSetRow
 from weightvault.custody.ceremony import Ceremony, CeremonyTerms, parse_rekey_params
 from weightvault.custody.person import PersonPublic
 from weightvault.custody.shares import ShareSet, check_parameters, deal
+from weightvault.encoding import canonical_json
 from weightvault.errors import AuditLogError, CeremonyError, ConfigError, ConflictError, NotFoundError, ShareError
-from weightvault.format._wire import canonical_json
 
 __all__ = ["CustodyService"]
 

@@ -91,6 +91,12 @@ class KeyBroker:
 
     # -- state, health, public keys ---------------------------------------------------------------
 
+    def close(self) -> None:
+        """Release the database; wipe the root key and open ceremonies."""
+        self.custody.wipe()
+        self.keyring.wipe()
+        self.store.close()
+
     @property
     def sealed(self) -> bool:
         """A sealed broker holds no root key: it serves custody ceremonies and nothing that needs keys."""
@@ -432,7 +438,7 @@ class BrokerServices:
 
 
 def open_broker(
-    store: BrokerStore,
+    database_url: str,
     root_key: RootKey | None,
     signer: TokenSigner,
     registry: VerifierRegistry,
@@ -443,13 +449,24 @@ def open_broker(
     clock: Callable[[], float] = time.time,
     reader: LogReader | None = None,
 ) -> KeyBroker:
-    """Wire the services over one store, audit sink and clock, and put the facade in front of them.
+    """Open (and migrate) the broker's database, wire the services over it, the audit sink and the
+    clock, and put the facade in front of them.
 
     ``reader`` reads the audit log back for auditors (the AuditLog itself, in a broker process).
+
+    Raises:
+        ConfigError: the database schema is newer than this release.
     """
 
     def now() -> int:
         return int(clock())
+
+    store = BrokerStore(database_url)
+    try:
+        store.migrate(now())
+    except BaseException:
+        store.close()
+        raise
 
     recorder = AuditRecorder(audit)
     keyring = Keyring(store, root_key, signer)

@@ -23,10 +23,10 @@ from weightvault.auditlog.policy import WitnessPolicy
 from weightvault.auditlog.storage import read_origin
 from weightvault.auditlog.tiles import export_tiles, read_export, verify_export, write_tarball
 from weightvault.auditlog.witness import Witness
+from weightvault.cli.options import parse_ms, read_token
 from weightvault.crypto.signing import Ed25519Signer
 from weightvault.errors import AuditLogError, ConfigError
-from weightvault.sealing.atomic import atomic_file
-from weightvault.sealing.keyfiles import read_private_file
+from weightvault.files import atomic_file, read_private_file
 
 __all__ = ["audit", "witness"]
 
@@ -70,18 +70,6 @@ def read_policy(path: Path | None, witnesses: Sequence[str], quorum: int) -> Wit
     return WitnessPolicy.threshold(keys, quorum if keys else 0)
 
 
-def _ms(value: str | None) -> int | None:
-    if value is None:
-        return None
-    try:
-        moment = datetime.fromisoformat(value)
-    except ValueError as exc:
-        raise ConfigError(f"not an ISO 8601 time: {value!r}") from exc
-    if moment.tzinfo is None:
-        moment = moment.replace(tzinfo=UTC)
-    return int(moment.timestamp() * 1000)
-
-
 def _origin_of(db: Path) -> str:
     try:
         return read_origin(db)
@@ -118,7 +106,7 @@ def audit_keygen(origin: str, out: Path, force: bool) -> None:
 def audit_show(db: Path, tenant: str | None, since: str | None, until: str | None, as_json: bool) -> None:
     """List events, optionally for one tenant and time range."""
     with open_reader(db) as log:
-        for index, event in log.events(tenant=tenant, since_ms=_ms(since), until_ms=_ms(until)):
+        for index, event in log.events(tenant=tenant, since_ms=parse_ms(since), until_ms=parse_ms(until)):
             if as_json:
                 click.echo(json.dumps({"index": index, **event.to_json()}, sort_keys=True))
             else:
@@ -224,10 +212,9 @@ def _http_fetch(base: str, token: str | None, ca: Path | None) -> tuple[Any, Cal
     """An httpx client and a tiles ``fetch`` over it (None for 404, bounded responses)."""
     import httpx
 
-    from weightvault.cli.broker import _read_token
     from weightvault.errors import InclusionProofError, TransportError
 
-    headers = {"authorization": f"Bearer {_read_token(token)}"} if token else {}
+    headers = {"authorization": f"Bearer {read_token(token)}"} if token else {}
     client = httpx.Client(
         base_url=base.rstrip("/") + "/", headers=headers, timeout=30.0, verify=str(ca) if ca else True
     )

@@ -17,10 +17,10 @@ from typing import Any, Final
 
 import click
 
-from weightvault.cli.broker import _client_options, make_anonymous_client, make_client
+from weightvault.cli.options import client_options, make_anonymous_client, make_client
 from weightvault.cli.prompts import ask_passphrase
 from weightvault.errors import ConfigError
-from weightvault.sealing.keyfiles import read_private_file
+from weightvault.files import read_private_file
 
 __all__ = ["approval", "custody", "person"]
 
@@ -50,7 +50,7 @@ def load_person_public(path: Path) -> Any:
 
 
 def _write(path: Path, data: bytes, mode: int, *, overwrite: bool = False) -> None:
-    from weightvault.sealing.atomic import atomic_file
+    from weightvault.files import atomic_file
 
     with atomic_file(path, mode=mode, overwrite=overwrite) as out:
         out.write(data)
@@ -169,7 +169,7 @@ def custody_genesis(config_path: Path, threshold: int, custodians: tuple[Path, .
 
 
 @custody.command("status")
-@_client_options
+@client_options
 def custody_status(url: str | None, token: str | None, ca: Path | None) -> None:
     """Sealed or not, the share sets and open ceremonies (operators)."""
     with make_client(url, token, ca) as client:
@@ -189,7 +189,7 @@ def custody_status(url: str | None, token: str | None, ca: Path | None) -> None:
     help="Rekey: a new custodian's public key file. Repeatable.",
 )
 @click.option("--approval", help='An approved custody.rekey request id, or "new" to open one.')
-@_client_options
+@client_options
 def custody_open(
     kind: str,
     ttl: int,
@@ -296,7 +296,7 @@ def custody_fetch(set_id: str, key_path: Path, out: Path, url: str | None, ca: P
 
 
 @custody.command("seal")
-@_client_options
+@client_options
 def custody_seal(url: str | None, token: str | None, ca: Path | None) -> None:
     """Seal the broker now: its root key is wiped from memory (any operator; break glass)."""
     with make_client(url, token, ca) as client:
@@ -316,7 +316,7 @@ def approval() -> None:
 @click.argument("action", type=click.Choice(["show", "put"]))
 @click.argument("document", type=click.Path(path_type=Path, exists=True), required=False)
 @click.option("--approval", "approval_id", help='An approved approval.policy.change request, or "new".')
-@_client_options
+@client_options
 def approval_policy(
     action: str, document: Path | None, approval_id: str | None, url: str | None, token: str | None, ca: Path | None
 ) -> None:
@@ -337,7 +337,7 @@ def approval_policy(
 
 @approval.command("list")
 @click.option("--status", type=click.Choice(["pending", "approved", "executed", "denied", "expired"]))
-@_client_options
+@client_options
 def approval_list(status: str | None, url: str | None, token: str | None, ca: Path | None) -> None:
     """List approval requests."""
     with make_client(url, token, ca) as client:
@@ -351,7 +351,7 @@ def approval_list(status: str | None, url: str | None, token: str | None, ca: Pa
 
 @approval.command("show")
 @click.argument("request_id")
-@_client_options
+@client_options
 def approval_show(request_id: str, url: str | None, token: str | None, ca: Path | None) -> None:
     """Show a request: every parameter, its hashes, its status and approvals."""
     with make_client(url, token, ca) as client:
@@ -366,7 +366,7 @@ def approval_show(request_id: str, url: str | None, token: str | None, ca: Path 
 @click.option("--deny", is_flag=True, help="Sign a denial instead of an approval.")
 @click.option("--ttl", type=int, default=3600, show_default=True, help="Seconds the approval stays valid.")
 @click.option("--yes", is_flag=True, help="Do not ask for confirmation after showing the summary.")
-@_client_options
+@client_options
 def approval_sign(
     request_id: str,
     key_path: Path,

@@ -18,7 +18,14 @@ from typing import Any, NoReturn
 import click
 
 from weightvault import __version__
+from weightvault.cli.admin import admin
+from weightvault.cli.audit import audit, witness
+from weightvault.cli.broker import broker
+from weightvault.cli.custody import approval, custody, person
+from weightvault.cli.device import device
 from weightvault.cli.exits import EXIT_INTERNAL, exit_code_for
+from weightvault.cli.models import load, publish
+from weightvault.cli.options import identities_from, recipients_from
 from weightvault.cli.prompts import PASSPHRASE_ENV, ask_passphrase
 from weightvault.crypto.aead import AEADSuite
 from weightvault.crypto.keywrap import HPKEKem
@@ -26,13 +33,12 @@ from weightvault.errors import ConfigError, WeightVaultError
 from weightvault.format.keys import FileKey
 from weightvault.format.manifest import FileRole
 from weightvault.format.preamble import CHUNK_LOG2_RANGE, DEFAULT_CHUNK_LOG2, FORMAT_VERSION
-from weightvault.format.recipients import KEK, HPKEIdentity, HPKERecipient, Identity, Passphrase, Recipient
+from weightvault.format.recipients import KEK, HPKEIdentity, Identity, Passphrase
 from weightvault.sealing import (
     SealedFile,
     SealedModel,
     SealOptions,
     is_sealed_model_dir,
-    read_key_file,
     rewrap_file,
     seal_model_dir,
     seal_safetensors,
@@ -78,39 +84,6 @@ def _size_of(path: Path) -> int:
     if path.is_file():
         return path.stat().st_size
     return sum(p.stat().st_size for p in path.rglob("*.safetensors*") if p.is_file())
-
-
-def _recipients(paths: Sequence[Path], passphrase: bool) -> list[Recipient]:
-    out: list[Recipient] = []
-    for path in paths:
-        key = read_key_file(path)
-        if isinstance(key, KEK | HPKERecipient):
-            out.append(key)
-        elif isinstance(key, HPKEIdentity):
-            out.append(key.recipient)
-        else:
-            raise ConfigError(f"{path}: a file key cannot be a recipient")
-    if passphrase:
-        out.append(Passphrase(ask_passphrase(confirm=True)))
-    return out
-
-
-def _identities(paths: Sequence[Path], passphrase: bool) -> FileKey | list[Identity]:
-    ids: list[Identity] = []
-    for path in paths:
-        key = read_key_file(path)
-        if isinstance(key, FileKey):
-            if len(paths) == 1 and not passphrase:
-                return key
-            raise ConfigError("a file key cannot be combined with other identities")
-        if isinstance(key, HPKERecipient):
-            raise ConfigError(f"{path} is a public key; pass the private key to open files")
-        ids.append(key)
-    if passphrase:
-        ids.append(Passphrase(ask_passphrase(confirm=False)))
-    if not ids:
-        raise ConfigError("no key given: pass -i/--identity KEYFILE or --passphrase")
-    return ids
 
 
 def _emit_json(doc: object) -> None:
@@ -235,33 +208,35 @@ def seal(
     force: bool,
 ) -> None:
     """Seal SRC (a .safetensors file or a model directory) into DST."""
-    wrapped = _recipients(recipients, passphrase)
+    wrapped = recipients_from(recipients, passphrase)
     if not wrapped and key_out is None:
         raise ConfigError("nobody could open the result: pass -r/--recipient, --passphrase or --key-out")
     options = SealOptions(AEADSuite.from_label(suite), chunk_log2, sealed_metadata)
     file_key = FileKey.generate()
-    if key_out is not None:
-        write_key_file(key_out, file_key, overwrite=force)
-    with _progress("sealing", _size_of(src)) as progress:
-        if src.is_dir():
-            result = seal_model_dir(
-                src,
-                dst,
-                file_key=file_key,
-                recipients=wrapped,
-                options=options,
-                seal_files=seal_files,
-                exclude=exclude,
-                overwrite=force,
-                progress=progress,
-            )
-            click.echo(f"sealed {len(result.sealed)} file(s) of {src} into {dst} ({options.suite.label})")
-        else:
-            one = seal_safetensors(
-                src, dst, file_key=file_key, recipients=wrapped, options=options, overwrite=force, progress=progress
-            )
-            click.echo(f"sealed {one.tensors} tensors of {src} into {dst} ({options.suite.label})")
-    file_key.wipe()
+    try:  # the key is wiped whatever happens, a failed seal included
+        if key_out is not None:
+            write_key_file(key_out, file_key, overwrite=force)
+        with _progress("sealing", _size_of(src)) as progress:
+            if src.is_dir():
+                result = seal_model_dir(
+                    src,
+                    dst,
+                    file_key=file_key,
+                    recipients=wrapped,
+                    options=options,
+                    seal_files=seal_files,
+                    exclude=exclude,
+                    overwrite=force,
+                    progress=progress,
+                )
+                click.echo(f"sealed {len(result.sealed)} file(s) of {src} into {dst} ({options.suite.label})")
+            else:
+                one = seal_safetensors(
+                    src, dst, file_key=file_key, recipients=wrapped, options=options, overwrite=force, progress=progress
+                )
+                click.echo(f"sealed {one.tensors} tensors of {src} into {dst} ({options.suite.label})")
+    finally:
+        file_key.wipe()
 
 
 @cli.command()
@@ -272,7 +247,7 @@ def seal(
 @click.option("--force", is_flag=True, help="Replace DST if it exists.")
 def unseal(src: Path, dst: Path, identities: tuple[Path, ...], passphrase: bool, force: bool) -> None:
     """Restore the original file or model directory from SRC into DST."""
-    keys = _identities(identities, passphrase)
+    keys = identities_from(identities, passphrase)
     with _progress("unsealing", _size_of(src)) as progress:
         if src.is_dir():
             unseal_model_dir(src, dst, keys, overwrite=force, progress=progress)
@@ -323,7 +298,7 @@ def inspect(path: Path, identities: tuple[Path, ...], passphrase: bool, as_json:
 
     Without a key the tensor table is shown unauthenticated (when it is public).
     """
-    keys = _identities(identities, passphrase) if identities or passphrase else None
+    keys = identities_from(identities, passphrase) if identities or passphrase else None
     if path.is_dir():
         from weightvault.sealing.model_dir import member_path, read_manifest
 
@@ -365,7 +340,7 @@ def inspect(path: Path, identities: tuple[Path, ...], passphrase: bool, as_json:
 @click.option("--json", "as_json", is_flag=True, help="Print a JSON report.")
 def verify(path: Path, identities: tuple[Path, ...], passphrase: bool, as_json: bool) -> None:
     """Check every tag of a sealed file or model directory, writing no plaintext."""
-    keys = _identities(identities, passphrase)
+    keys = identities_from(identities, passphrase)
     with _progress("verifying", _size_of(path)) as progress:
         if path.is_dir():
             model = SealedModel.open(path, keys)
@@ -405,8 +380,8 @@ def rewrap(
     replace_all: bool,
 ) -> None:
     """Add, remove or rotate recipients of PATH without re-encrypting the data."""
-    keys = _identities(identities, passphrase)
-    new = _recipients(add, False)
+    keys = identities_from(identities, passphrase)
+    new = recipients_from(add, False)
     if add_passphrase:
         new.append(Passphrase(ask_passphrase(confirm=True)))
     if path.is_dir():
@@ -450,38 +425,22 @@ def reseal(
     """Re-encrypt SRC under a new file key (new file id); plaintext never touches the disk."""
     from weightvault.sealing import reseal_file
 
-    keys = _identities(identities, passphrase)
-    wrapped = _recipients(recipients, False)
+    keys = identities_from(identities, passphrase)
+    wrapped = recipients_from(recipients, False)
     if not wrapped and key_out is None:
         raise ConfigError("nobody could open the result: pass -r/--recipient or --key-out")
     file_key = FileKey.generate()
-    if key_out is not None:
-        write_key_file(key_out, file_key, overwrite=force)
     try:
+        if key_out is not None:
+            write_key_file(key_out, file_key, overwrite=force)
         result = reseal_file(src, dst, keys, file_key=file_key, recipients=wrapped, overwrite=force)
     finally:
         file_key.wipe()
     click.echo(f"resealed {result.tensors} tensors of {src} into {dst} under a new file key")
 
 
-def _register() -> None:
-    from weightvault.cli.audit import audit, witness
-    from weightvault.cli.broker import admin, broker, device, load, publish
-    from weightvault.cli.custody import approval, custody, person
-
-    cli.add_command(audit)
-    cli.add_command(witness)
-    cli.add_command(broker)
-    cli.add_command(admin)
-    cli.add_command(publish)
-    cli.add_command(load)
-    cli.add_command(device)
-    cli.add_command(person)
-    cli.add_command(custody)
-    cli.add_command(approval)
-
-
-_register()
+for _command in (audit, witness, broker, admin, publish, load, device, person, custody, approval):
+    cli.add_command(_command)
 
 
 def main(argv: Sequence[str] | None = None) -> None:

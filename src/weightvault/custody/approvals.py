@@ -42,8 +42,8 @@ from dataclasses import dataclass
 from typing import Any, Final
 
 from weightvault.custody.person import PersonPublic, check_person_id
+from weightvault.encoding import canonical_json
 from weightvault.errors import ConfigError, InvalidRequestError
-from weightvault.format._wire import canonical_json
 
 __all__ = [
     "DECISIONS",

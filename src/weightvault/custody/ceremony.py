@@ -40,8 +40,8 @@ from weightvault.crypto.secret import SecretBytes, random_bytes
 from weightvault.custody import shamir
 from weightvault.custody.person import KEM, PersonKey, PersonPublic
 from weightvault.custody.shares import ShareSet, check_consistent, key_check_value
+from weightvault.encoding import canonical_json
 from weightvault.errors import CeremonyError, ShareError
-from weightvault.format._wire import canonical_json
 
 __all__ = [
     "KINDS",

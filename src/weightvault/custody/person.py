@@ -31,8 +31,8 @@ from weightvault.crypto.kdf import scrypt
 from weightvault.crypto.keywrap import HPKEKem, InvalidTag, hpke_generate, hpke_open, hpke_public_key, hpke_seal
 from weightvault.crypto.secret import SecretBytes, random_bytes
 from weightvault.crypto.signing import Ed25519Signer, verify_ed25519
+from weightvault.encoding import canonical_json, parse_json
 from weightvault.errors import ConfigError, WeightVaultError
-from weightvault.format._wire import canonical_json, parse_json
 
 __all__ = ["KEM", "PersonKey", "PersonPublic", "check_person_id"]
 

@@ -33,8 +33,8 @@ from weightvault.crypto.mac import hmac_sha256
 from weightvault.crypto.secret import random_bytes
 from weightvault.custody import shamir
 from weightvault.custody.person import PersonKey, PersonPublic
+from weightvault.encoding import canonical_json
 from weightvault.errors import ConfigError, ShareError
-from weightvault.format._wire import canonical_json
 
 __all__ = ["CustodianSlot", "ShareSet", "check_consistent", "deal", "key_check_value", "open_delivered"]
 

@@ -29,16 +29,15 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Final
 
+from weightvault.encoding import canonical_json, parse_json
 from weightvault.errors import HeaderError, UnsupportedError
-from weightvault.format._wire import (
+from weightvault.format.dtypes import DType, dtype_from_name
+from weightvault.format.wire import (
     MAX_JSON_INT,
     MAX_RANK,
     MAX_TENSORS,
     align_up,
-    canonical_json,
-    parse_json,
 )
-from weightvault.format.dtypes import DType, dtype_from_name
 
 __all__ = ["KNOWN_CRITICAL", "HeaderKind", "HeaderTable", "TensorEntry"]
 

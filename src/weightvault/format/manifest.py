@@ -29,8 +29,8 @@ from dataclasses import dataclass
 from typing import Final
 
 from weightvault.crypto.mac import InvalidSignature, hmac_sha256, verify_hmac_sha256
+from weightvault.encoding import canonical_json, parse_json
 from weightvault.errors import ManifestError
-from weightvault.format._wire import canonical_json, parse_json
 from weightvault.format.header import HeaderKind
 
 __all__ = ["MANIFEST_FORMAT", "MANIFEST_NAME", "FileRole", "ManifestEntry", "ModelManifest", "check_relative_path"]

@@ -35,7 +35,7 @@ from typing import Final
 
 from weightvault.crypto.aead import AEADSuite
 from weightvault.errors import HeaderError, UnsupportedError
-from weightvault.format._wire import (
+from weightvault.format.wire import (
     ALIGNMENT,
     MAX_HEADER_BYTES,
     MAX_JSON_INT,

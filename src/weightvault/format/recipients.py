@@ -45,9 +45,10 @@ from weightvault.crypto.keywrap import (
 )
 from weightvault.crypto.mac import InvalidSignature, hmac_sha256, verify_hmac_sha256
 from weightvault.crypto.secret import SecretBytes, random_bytes
+from weightvault.encoding import canonical_json, parse_json
 from weightvault.errors import HeaderAuthError, HeaderError
-from weightvault.format._wire import MAX_STANZAS, canonical_json, parse_json
 from weightvault.format.keys import FILE_KEY_BYTES, FileKey
+from weightvault.format.wire import MAX_STANZAS
 
 __all__ = [
     "KEK",

@@ -9,7 +9,6 @@ device, so a whole load uploads them once.
 
 from __future__ import annotations
 
-import os
 from typing import Final
 
 import torch
@@ -18,10 +17,17 @@ from weightvault.gpu.kernels import chacha20_xor_kernel, poly1305_kernel
 
 __all__ = ["chacha20_xor_", "key_words", "poly1305_tags"]
 
-#: The interpreter pays per program and per operation, not per element: big tiles keep CPU tests quick.
-_INTERPRET: Final = os.environ.get("TRITON_INTERPRET") == "1"
-_BLOCKS: Final = 1024 if _INTERPRET else 64
-_LANES, _LOG2_LANES = (64, 6) if _INTERPRET else (128, 7)
+#: Tile sizes per device kind. Triton runs kernels on CPU tensors only in its interpreter
+#: (TRITON_INTERPRET=1), which pays per program and per operation rather than per element,
+#: so big tiles keep CPU runs quick; CUDA devices get the sizes tuned for them.
+_BLOCKS: Final = {"cpu": 1024, "cuda": 64}
+_LANES: Final = {"cpu": (64, 6), "cuda": (128, 7)}
+
+
+def _tiles(device: torch.device) -> tuple[int, int, int]:
+    """(ChaCha20 blocks per program, Poly1305 lanes, log2 lanes) for ``device``."""
+    kind = "cpu" if device.type == "cpu" else "cuda"
+    return (_BLOCKS[kind], *_LANES[kind])
 
 
 def key_words(key: bytes, device: torch.device | str) -> torch.Tensor:
@@ -57,7 +63,8 @@ def chacha20_xor_(
     if n == 0:
         return
     blocks = -(-n // 64)
-    grid = (-(-blocks // _BLOCKS),)
+    per_program, _, _ = _tiles(buf.device)
+    grid = (-(-blocks // per_program),)
     chacha20_xor_kernel[grid](
         buf,
         n,
@@ -66,7 +73,7 @@ def chacha20_xor_(
         counter,
         chunk_log2 - 6,
         n_chunks,
-        BLOCKS=_BLOCKS,
+        BLOCKS=per_program,
         EXPLICIT_NONCE=nonce is not None,
     )
 
@@ -86,6 +93,7 @@ def poly1305_tags(
     ``aad`` is bytes, or a contiguous uint8 tensor already on ``buf``'s device.
     """
     device = buf.device
+    _, lanes, log2_lanes = _tiles(device)
     out = torch.empty(4 * n_chunks, dtype=torch.int32, device=device)
     if isinstance(aad, torch.Tensor):
         aad_len = aad.numel()
@@ -104,8 +112,8 @@ def poly1305_tags(
         chunk_log2,
         n_chunks,
         out,
-        LANES=_LANES,
-        LOG2_LANES=_LOG2_LANES,
+        LANES=lanes,
+        LOG2_LANES=log2_lanes,
         EXPLICIT_NONCE=nonce is not None,
         RAW_MAC=raw_mac,
     )

@@ -10,7 +10,9 @@ host (virtio-balloon ``VIRTIO_BALLOON_F_REPORTING``, e.g. Firecracker): the host
 drops free memory in 2 MiB blocks, so every huge-page fault waits for the host to
 back a whole block again (measured first touch: 0.4-0.7 GB/s against 1.8-2.0 GB/s
 with 4 KiB pages). There huge pages are not requested. ``WEIGHTVAULT_HUGEPAGES``
-(``auto``, ``1``, ``0``) overrides the choice.
+(``auto``, ``1``, ``0``) overrides the choice: the one environment variable a library
+module reads (docs/adr/0008), because it tunes how a process uses memory for every
+caller, CLI or Python, like ``OMP_NUM_THREADS``, and is read in one function below.
 
 Each buffer has 16 bytes of slack after the tensor, which the in-place decryption
 borrows for the last chunk's tag.

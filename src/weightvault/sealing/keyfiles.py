@@ -20,13 +20,13 @@ from pathlib import Path
 from typing import Final, TypeAlias
 
 from weightvault.crypto.keywrap import HPKEKem
+from weightvault.encoding import canonical_json, parse_json
 from weightvault.errors import ConfigError, HeaderError
-from weightvault.format._wire import canonical_json, parse_json
+from weightvault.files import atomic_file, read_private_file
 from weightvault.format.keys import FileKey
 from weightvault.format.recipients import KEK, HPKEIdentity, HPKERecipient, b64decode, b64encode
-from weightvault.sealing.atomic import atomic_file
 
-__all__ = ["KeyFileContent", "read_key_file", "read_private_file", "write_key_file"]
+__all__ = ["KeyFileContent", "read_key_file", "read_secret_file", "write_key_file", "write_secret_file"]
 
 KeyFileContent: TypeAlias = KEK | HPKEIdentity | HPKERecipient | FileKey
 _VERSION: Final = 1
@@ -105,26 +105,6 @@ def read_key_file(path: Path) -> KeyFileContent:
     except (HeaderError, ValueError) as exc:
         raise ConfigError(f"{path}: malformed {kind} ({exc})") from exc
     raise ConfigError(f"{path}: unknown key kind {kind[:40]!r}")
-
-
-def read_private_file(path: Path, what: str = "secret key", *, max_bytes: int | None = None) -> bytes:
-    """The bytes of a file that only its owner may read (no group or other permission bits).
-
-    Permissions and size are checked on the open file (no race with a rename), before reading.
-
-    Raises:
-        ConfigError: unreadable, larger than ``max_bytes``, or accessible by other users.
-    """
-    try:
-        with open(path, "rb") as handle:
-            info = os.fstat(handle.fileno())
-            if info.st_mode & (stat.S_IRWXG | stat.S_IRWXO):
-                raise ConfigError(f"{path}: {what} file is accessible by other users (chmod 600 it)")
-            if max_bytes is not None and info.st_size > max_bytes:
-                raise ConfigError(f"{path}: not a {what} file (too large)")
-            return handle.read()
-    except OSError as exc:
-        raise ConfigError(f"{path}: cannot read {what} file ({exc.strerror})") from exc
 
 
 def write_secret_file(path: Path, kind: str, raw: bytes, *, overwrite: bool = False) -> None:

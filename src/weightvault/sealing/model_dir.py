@@ -22,6 +22,7 @@ from pathlib import Path
 from typing import Final
 
 from weightvault.errors import ConfigError, KeyAccessError, ManifestError
+from weightvault.files import atomic_directory, atomic_file
 from weightvault.format.header import HeaderKind
 from weightvault.format.keys import FileKey
 from weightvault.format.manifest import (
@@ -32,7 +33,6 @@ from weightvault.format.manifest import (
     check_relative_path,
 )
 from weightvault.format.recipients import Recipient
-from weightvault.sealing.atomic import atomic_directory, atomic_file
 from weightvault.sealing.reader import KeySource, OpenedFile, SealedFile
 from weightvault.sealing.unseal import unseal_to
 from weightvault.sealing.writer import DEFAULT_OPTIONS, SealOptions, SealResult, seal_blob, seal_safetensors

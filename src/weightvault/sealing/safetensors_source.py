@@ -13,10 +13,11 @@ import struct
 from dataclasses import dataclass
 from pathlib import Path
 
+from weightvault.encoding import parse_json
 from weightvault.errors import HeaderError, UnsupportedError
-from weightvault.format._wire import MAX_HEADER_BYTES, MAX_TENSORS, parse_json
 from weightvault.format.container import TensorSpec
 from weightvault.format.dtypes import dtype_from_name
+from weightvault.format.wire import MAX_HEADER_BYTES, MAX_TENSORS
 
 __all__ = ["SafetensorsSource", "SourceTensor", "parse_safetensors_header", "read_safetensors_source"]
 

@@ -9,11 +9,11 @@ from pathlib import Path
 
 from weightvault.crypto.aead import TAG_BYTES
 from weightvault.errors import HeaderError, KeyAccessError
+from weightvault.files import atomic_file
 from weightvault.format.header import HeaderKind
 from weightvault.format.keys import FileKey, derive_header_keys
 from weightvault.format.preamble import MAC_BYTES, Preamble
 from weightvault.format.recipients import Recipient, Stanza, encode_recipients_region
-from weightvault.sealing.atomic import atomic_file
 from weightvault.sealing.reader import KeySource, OpenedFile, SealedFile
 from weightvault.sealing.safetensors_source import parse_safetensors_header
 from weightvault.sealing.writer import SealOptions, SealResult, recipients_capacity

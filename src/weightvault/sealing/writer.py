@@ -28,7 +28,7 @@ from weightvault.crypto.aead import TAG_BYTES, AEADSuite, seal_single_use
 from weightvault.crypto.mac import hmac_sha256
 from weightvault.crypto.secret import random_bytes
 from weightvault.errors import PayloadError
-from weightvault.format._wire import ALIGNMENT, align_up
+from weightvault.files import atomic_file
 from weightvault.format.container import TensorSpec, header_digest, plan_tensors
 from weightvault.format.dtypes import DTYPES
 from weightvault.format.header import HeaderKind, HeaderTable, TensorEntry
@@ -43,7 +43,7 @@ from weightvault.format.preamble import (
 )
 from weightvault.format.recipients import Recipient, Stanza, encode_recipients_region, region_bytes_needed
 from weightvault.format.stream import TensorStream
-from weightvault.sealing.atomic import atomic_file
+from weightvault.format.wire import ALIGNMENT, align_up
 from weightvault.sealing.safetensors_source import read_safetensors_source
 
 __all__ = [

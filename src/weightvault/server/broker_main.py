@@ -21,12 +21,12 @@ from weightvault.auditlog.witness import HTTPWitness
 from weightvault.broker.config import BrokerConfig
 from weightvault.broker.keystore import RootKey
 from weightvault.broker.service import KeyBroker, open_broker
-from weightvault.broker.storage import BrokerStore
 from weightvault.broker.tokens import TokenSigner
 from weightvault.crypto.signing import Ed25519Signer
 from weightvault.errors import AuditLogError, ConfigError
+from weightvault.files import read_private_file
 from weightvault.format.recipients import HPKEIdentity
-from weightvault.sealing.keyfiles import read_key_file, read_private_file, read_secret_file
+from weightvault.sealing.keyfiles import read_key_file, read_secret_file
 from weightvault.server.broker_app import ServerLimits, create_broker_app
 
 __all__ = ["BrokerRuntime", "load_broker"]
@@ -50,7 +50,7 @@ class BrokerRuntime:
 
     def close(self) -> None:
         self.audit.close()
-        self.broker.store.close()
+        self.broker.close()
 
 
 def _verifier_factories(config: BrokerConfig) -> dict[str, Callable[[], Verifier]]:
@@ -128,8 +128,6 @@ def load_broker(config_path: Path, *, clock: Callable[[], float] | None = None) 
         config=LogConfig(batch_delay_s=config.audit.batch_delay_s),
     )
     try:
-        store = BrokerStore(config.database_url)
-        store.migrate(int(now()))
         registry = VerifierRegistry.build(
             config.allow,
             _verifier_factories(config),
@@ -137,7 +135,15 @@ def load_broker(config_path: Path, *, clock: Callable[[], float] | None = None) 
         )
         signer = TokenSigner(config.broker_id, Ed25519Signer(token_seed), config.token_ttl_seconds)
         broker = open_broker(
-            store, root, signer, registry, audit, registration_key=registration, config=config, clock=now, reader=audit
+            config.database_url,
+            root,
+            signer,
+            registry,
+            audit,
+            registration_key=registration,
+            config=config,
+            clock=now,
+            reader=audit,
         )
         limits = ServerLimits(
             max_body_bytes=config.max_body_bytes,

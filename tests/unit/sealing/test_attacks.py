@@ -23,8 +23,8 @@ from weightvault.errors import (
     UnsupportedError,
     WeightVaultError,
 )
-from weightvault.format._wire import align_up
 from weightvault.format.preamble import Preamble
+from weightvault.format.wire import align_up
 from weightvault.loaders import numpy as wv_numpy
 from weightvault.sealing import seal_safetensors
 

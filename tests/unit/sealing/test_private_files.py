@@ -7,7 +7,8 @@ from pathlib import Path
 import pytest
 
 from weightvault.errors import ConfigError
-from weightvault.sealing.keyfiles import read_private_file, read_secret_file, write_secret_file
+from weightvault.files import read_private_file
+from weightvault.sealing.keyfiles import read_secret_file, write_secret_file
 
 
 def test_owner_only_files_are_read(tmp_path: Path) -> None:

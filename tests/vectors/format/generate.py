@@ -29,8 +29,8 @@ sys.path.insert(0, str(ROOT / "src"))
 
 from weightvault.crypto.aead import AEADSuite, seal_single_use  # noqa: E402
 from weightvault.crypto.mac import hmac_sha256  # noqa: E402
+from weightvault.encoding import canonical_json  # noqa: E402
 from weightvault.format import FileKey, Flags, HeaderKind, HeaderTable, Preamble  # noqa: E402
-from weightvault.format._wire import canonical_json  # noqa: E402
 from weightvault.format.dtypes import DTYPES  # noqa: E402
 from weightvault.format.hazmat import TensorStream, derive_header_keys, header_digest, tensor_commitment, unlock  # noqa: E402
 from weightvault.format.header import TensorEntry, canonical_offsets  # noqa: E402

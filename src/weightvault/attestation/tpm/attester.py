@@ -25,7 +25,7 @@ from weightvault.attestation.tpm.eventlog import (
 )
 from weightvault.attestation.tpm.quote import QuoteEvidence
 from weightvault.errors import ConfigError, QuoteError
-from weightvault.sealing.atomic import atomic_file
+from weightvault.files import atomic_file
 
 __all__ = ["TPMAttester", "record_measurement"]
 

@@ -1,56 +1,21 @@
-"""Byte-level helpers shared by the format codec: limits, integers and strict JSON.
+"""Strict JSON in and canonical JSON out: the one JSON codec of everything weightvault signs, MACs or parses.
 
 Every parser here treats its input as hostile. JSON is decoded with duplicate
-keys, NaN and Infinity rejected, and deep nesting turned into a
-:class:`~weightvault.errors.HeaderError` rather than a crash. JSON that we write
-is RFC 8785 canonical, so the same value always has the same bytes.
+keys, NaN and Infinity rejected, and deep nesting turned into an error rather
+than a crash. JSON that we write is RFC 8785 canonical, so the same value always
+has the same bytes (and the same MAC, digest or signature).
 """
 
 from __future__ import annotations
 
 import json
-from typing import Final, NoReturn
+from typing import NoReturn
 
 import rfc8785
 
 from weightvault.errors import FormatError, HeaderError
 
-__all__ = [
-    "ALIGNMENT",
-    "MAX_HEADER_BYTES",
-    "MAX_JSON_INT",
-    "MAX_RANK",
-    "MAX_RECIPIENTS_BYTES",
-    "MAX_STANZAS",
-    "MAX_TENSORS",
-    "align_up",
-    "canonical_json",
-    "parse_json",
-    "require",
-]
-
-#: Data-area alignment: every tensor starts on a 4 KiB boundary (O_DIRECT, GDS, mmap).
-ALIGNMENT: Final = 4096
-#: Header cap, as in safetensors.
-MAX_HEADER_BYTES: Final = 100_000_000
-MAX_TENSORS: Final = 1_000_000
-MAX_RANK: Final = 32
-#: The recipients region holds a handful of small stanzas; 1 MiB bounds a hostile file.
-MAX_RECIPIENTS_BYTES: Final = 1 << 20
-MAX_STANZAS: Final = 64
-#: Integers stay exactly representable as IEEE doubles, as RFC 8785 requires.
-MAX_JSON_INT: Final = (1 << 53) - 1
-
-
-def align_up(n: int, alignment: int = ALIGNMENT) -> int:
-    """Round ``n`` up to a multiple of ``alignment`` (a power of two)."""
-    return (n + alignment - 1) & ~(alignment - 1)
-
-
-def require(condition: bool, message: str, error: type[Exception] = HeaderError) -> None:
-    """Raise ``error(message)`` unless ``condition`` holds."""
-    if not condition:
-        raise error(message)
+__all__ = ["canonical_json", "parse_json"]
 
 
 def _no_duplicates(pairs: list[tuple[str, object]]) -> dict[str, object]:

@@ -1,4 +1,4 @@
-"""Atomic output that no crash can leave behind.
+"""Files that hold secrets: atomic output that no crash can leave behind, and owner-only input.
 
 A reader of the target path sees either the old file or the complete new one,
 never a partial write, and a failed, interrupted or killed operation leaves no
@@ -25,6 +25,7 @@ import os
 import re
 import secrets
 import shutil
+import stat
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -32,7 +33,7 @@ from typing import BinaryIO, Final
 
 from weightvault.errors import ConfigError
 
-__all__ = ["atomic_directory", "atomic_file", "fsync_directory", "remove_stale_partials"]
+__all__ = ["atomic_directory", "atomic_file", "fsync_directory", "read_private_file", "remove_stale_partials"]
 
 #: Names of the temporaries this module creates (and the only names it ever removes).
 _TEMP_NAME: Final = re.compile(r"\..+\.wv-[0-9a-f]{16}\.(partial|old)")
@@ -250,3 +251,23 @@ def _replace_directory(tmp: Path, path: Path) -> None:
         shutil.rmtree(old, ignore_errors=True)
     finally:
         os.close(old_fd)
+
+
+def read_private_file(path: Path, what: str = "secret key", *, max_bytes: int | None = None) -> bytes:
+    """The bytes of a file that only its owner may read (no group or other permission bits).
+
+    Permissions and size are checked on the open file (no race with a rename), before reading.
+
+    Raises:
+        ConfigError: unreadable, larger than ``max_bytes``, or accessible by other users.
+    """
+    try:
+        with open(path, "rb") as handle:
+            info = os.fstat(handle.fileno())
+            if info.st_mode & (stat.S_IRWXG | stat.S_IRWXO):
+                raise ConfigError(f"{path}: {what} file is accessible by other users (chmod 600 it)")
+            if max_bytes is not None and info.st_size > max_bytes:
+                raise ConfigError(f"{path}: not a {what} file (too large)")
+            return handle.read()
+    except OSError as exc:
+        raise ConfigError(f"{path}: cannot read {what} file ({exc.strerror})") from exc

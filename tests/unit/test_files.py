@@ -9,9 +9,9 @@ from pathlib import Path
 
 import pytest
 
+from weightvault import files as atomic
 from weightvault.errors import ConfigError
-from weightvault.sealing import atomic
-from weightvault.sealing.atomic import atomic_directory, atomic_file, remove_stale_partials
+from weightvault.files import atomic_directory, atomic_file, remove_stale_partials
 
 
 def test_unnamed_until_complete(tmp_path: Path) -> None:

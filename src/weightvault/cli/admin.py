@@ -1,0 +1,296 @@
+"""``weightvault admin``: tenants, principals, devices, policies, reference values, keys, audit."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import click
+
+from weightvault.cli.options import (
+    approval_option,
+    client_options,
+    make_client,
+    parse_ms,
+)
+from weightvault.errors import ConfigError
+
+__all__ = ["admin"]
+
+
+@click.group()
+def admin() -> None:
+    """Manage tenants, principals, devices, policies and reference values of a broker."""
+
+
+@admin.command("tenant")
+@click.argument("action", type=click.Choice(["create", "list"]))
+@click.argument("tenant", required=False)
+@client_options
+def admin_tenant(action: str, tenant: str | None, url: str | None, token: str | None, ca: Path | None) -> None:
+    """Create or list tenants (operators)."""
+    with make_client(url, token, ca) as client:
+        if action == "create":
+            if not tenant:
+                raise ConfigError("give the tenant id")
+            client.create_tenant(tenant)
+            click.echo(f"created tenant {tenant}")
+        else:
+            for t in client.request("GET", "/v1/tenants")["tenants"]:
+                click.echo(t)
+
+
+@admin.command("principal")
+@click.argument("principal_id")
+@click.option(
+    "--role",
+    type=click.Choice(["operator", "tenant-admin", "publisher", "auditor", "workload", "approver"]),
+    help="Create the principal with this role.",
+)
+@click.option("--tenant", help="The principal's tenant (all roles but operator and approver).")
+@click.option("--out", type=click.Path(path_type=Path), help="Write the API token here (mode 0600) instead of stdout.")
+@click.option("--disable", is_flag=True, help="Disable the principal instead: its API token stops working at once.")
+@client_options
+def admin_principal(
+    principal_id: str,
+    role: str | None,
+    tenant: str | None,
+    out: Path | None,
+    disable: bool,
+    url: str | None,
+    token: str | None,
+    ca: Path | None,
+) -> None:
+    """Create a principal and print (or save) its API token, shown only once; or --disable one."""
+    from weightvault.files import atomic_file
+
+    if disable == (role is not None):
+        raise ConfigError("give either --role (create a principal) or --disable")
+    with make_client(url, token, ca) as client:
+        if disable:
+            client.disable_principal(principal_id)
+            click.echo(f"disabled {principal_id}: its API token no longer authenticates")
+            return
+        assert role is not None
+        secret = client.create_principal(principal_id, role, tenant)
+    if out is None:
+        click.echo(secret)
+    else:
+        with atomic_file(out, mode=0o600) as handle:
+            handle.write((secret + "\n").encode())
+        click.echo(f"wrote the API token of {principal_id} to {out}")
+
+
+@admin.command("device")
+@click.argument("action", type=click.Choice(["add", "revoke", "activate", "bind", "list"]))
+@click.argument("device_id", required=False)
+@click.option(
+    "--kind",
+    type=click.Choice(["token", "insecure-sample"]),
+    default="token",
+    show_default=True,
+    help="Device kind (add): token for devices an attestation-token issuer names; TPM devices use device enroll.",
+)
+@click.option("--tenant", "tenants", multiple=True, help="Tenants the device serves (add, bind). Repeatable.")
+@approval_option
+@client_options
+def admin_device(
+    action: str,
+    device_id: str | None,
+    kind: str,
+    tenants: tuple[str, ...],
+    approval: str | None,
+    url: str | None,
+    token: str | None,
+    ca: Path | None,
+) -> None:
+    """Add, revoke, re-activate, bind or list devices (operators). TPM devices enrol with 'device enroll'."""
+    with make_client(url, token, ca) as client:
+        if action == "list":
+            for d in client.request("GET", "/v1/devices")["devices"]:
+                click.echo(f"{d['id']}  {d['kind']}  {d['status']}  {','.join(d['tenants'])}")
+            return
+        if not device_id:
+            raise ConfigError("give the device id")
+        if action == "add":
+            client.add_device(device_id, kind, tenants, approval=approval)
+        elif action == "bind":
+            client.device_action(device_id, "tenants", {"tenants": list(tenants)})
+        else:
+            client.device_action(device_id, action)
+        click.echo(f"device {device_id}: {action} done")
+
+
+@admin.command("policy")
+@click.argument("action", type=click.Choice(["put", "list"]))
+@click.argument("tenant")
+@click.argument("name", required=False)
+@click.argument("document", type=click.Path(path_type=Path, exists=True), required=False)
+@approval_option
+@client_options
+def admin_policy(
+    action: str,
+    tenant: str,
+    name: str | None,
+    document: Path | None,
+    approval: str | None,
+    url: str | None,
+    token: str | None,
+    ca: Path | None,
+) -> None:
+    """Store a new version of a release policy from a JSON file, or list a tenant's policies."""
+    with make_client(url, token, ca) as client:
+        if action == "list":
+            for p in client.request("GET", f"/v1/tenants/{tenant}/policies")["policies"]:
+                flag = " immutable" if p["immutable"] else ""
+                click.echo(f"{p['name']} v{p['version']} {p['digest']}{flag}")
+            return
+        if not name or document is None:
+            raise ConfigError("give the policy name and a JSON document")
+        try:
+            doc = json.loads(document.read_text())
+        except ValueError as exc:
+            raise ConfigError(f"{document}: not JSON ({exc})") from exc
+        version = client.put_policy(tenant, name, doc, approval)
+        click.echo(f"policy {tenant}/{name} is now version {version}")
+
+
+@admin.command("refset")
+@click.argument("tenant")
+@click.argument("name")
+@click.argument("values", nargs=-1, required=True)
+@client_options
+def admin_refset(
+    tenant: str, name: str, values: tuple[str, ...], url: str | None, token: str | None, ca: Path | None
+) -> None:
+    """Replace a tenant's named set of approved values (for example PCR digests)."""
+    with make_client(url, token, ca) as client:
+        client.put_refset(tenant, name, list(values))
+    click.echo(f"reference set {tenant}/{name} holds {len(set(values))} value(s)")
+
+
+@admin.command("refset-record")
+@click.argument("tenant")
+@click.argument("name")
+@click.option("--tcti", required=True, help="TPM of an approved machine, e.g. swtpm:host=127.0.0.1,port=2321.")
+@click.option(
+    "--pcr", "pcrs", multiple=True, type=click.IntRange(0, 23), required=True, help="PCR to record. Repeatable."
+)
+@click.option("--append", is_flag=True, help="Add to the set's current values instead of replacing them.")
+@client_options
+def admin_refset_record(
+    tenant: str,
+    name: str,
+    tcti: str,
+    pcrs: tuple[int, ...],
+    append: bool,
+    url: str | None,
+    token: str | None,
+    ca: Path | None,
+) -> None:
+    """Record the current SHA-256 PCR values of an approved machine into a reference set."""
+    from weightvault.attestation.tpm.attester import TPMAttester
+
+    with TPMAttester.open(tcti) as tpm:
+        values = sorted({v.hex() for v in tpm.read_pcrs(pcrs).values()})
+    with make_client(url, token, ca) as client:
+        if append:
+            for policy_set in client.request("GET", f"/v1/tenants/{tenant}/refsets").get("refsets", []):
+                if policy_set["name"] == name:
+                    values = sorted(set(values) | set(policy_set["items"]))
+        client.put_refset(tenant, name, values)
+    click.echo(f"reference set {tenant}/{name}: recorded PCRs {list(pcrs)} ({len(values)} value(s))")
+
+
+@admin.command("rotate")
+@click.argument("what", type=click.Choice(["kek", "token-key"]))
+@click.option("--tenant", help="The tenant whose KEK rotates (kek).")
+@click.option("--rewrap/--no-rewrap", default=True, show_default=True, help="Move the tenant's models to the new KEK.")
+@approval_option
+@client_options
+def admin_rotate(
+    what: str,
+    tenant: str | None,
+    rewrap: bool,
+    approval: str | None,
+    url: str | None,
+    token: str | None,
+    ca: Path | None,
+) -> None:
+    """Rotate a tenant's key-encryption key (and rewrap its models), or the result-token signing key."""
+    with make_client(url, token, ca) as client:
+        if what == "token-key":
+            click.echo(f"token signing key is now {client.rotate_token_key(approval)}")
+            return
+        if not tenant:
+            raise ConfigError("kek rotation needs --tenant")
+        version = client.rotate_kek(tenant, approval)
+        moved = client.rewrap(tenant) if rewrap else []
+    click.echo(f"{tenant}: KEK v{version}; {len(moved)} model(s) rewrapped")
+
+
+@admin.command("retire-kek")
+@click.argument("tenant")
+@click.argument("version", type=int)
+@client_options
+def admin_retire_kek(tenant: str, version: int, url: str | None, token: str | None, ca: Path | None) -> None:
+    """Refuse further use of an old KEK version (every model must have been rewrapped)."""
+    with make_client(url, token, ca) as client:
+        client.retire_kek(tenant, version)
+    click.echo(f"{tenant}: KEK v{version} retired")
+
+
+@admin.command("export")
+@click.argument("resource")
+@click.option(
+    "--recipient",
+    "identity_path",
+    type=click.Path(path_type=Path, exists=True),
+    required=True,
+    help="HPKE private key file the exported key is sealed to (kept by the escrow holder).",
+)
+@click.option("--out", type=click.Path(path_type=Path), required=True, help="Write the file key here (mode 0600).")
+@approval_option
+@client_options
+def admin_export(
+    resource: str,
+    identity_path: Path,
+    out: Path,
+    approval: str | None,
+    url: str | None,
+    token: str | None,
+    ca: Path | None,
+) -> None:
+    """Export a model's file key (escrow, migration): always needs an approved key.export request."""
+    from weightvault.format.recipients import HPKEIdentity
+    from weightvault.sealing.keyfiles import read_key_file, write_key_file
+
+    tenant, sep, rest = resource.partition("/models/")
+    name, at, version = rest.partition("@")
+    if not sep or not at:
+        raise ConfigError("RESOURCE is <tenant>/models/<name>@<version>")
+    recipient = read_key_file(identity_path)
+    if not isinstance(recipient, HPKEIdentity):
+        raise ConfigError(f"{identity_path} is not an HPKE private key")
+    with make_client(url, token, ca) as client:
+        file_key = client.export_key(tenant, name, version, recipient, approval)
+    try:
+        write_key_file(out, file_key)
+    finally:
+        file_key.wipe()
+    click.echo(f"file key of {resource} written to {out}")
+
+
+@admin.command("audit")
+@click.argument("tenant")
+@click.option("--since", help="ISO 8601 time (inclusive).")
+@click.option("--until", help="ISO 8601 time (exclusive).")
+@client_options
+def admin_audit(
+    tenant: str, since: str | None, until: str | None, url: str | None, token: str | None, ca: Path | None
+) -> None:
+    """Print a tenant's audit events (auditors, tenant admins, operators)."""
+
+    with make_client(url, token, ca) as client:
+        for event in client.audit_events(tenant, parse_ms(since), parse_ms(until)):
+            click.echo(json.dumps(event, sort_keys=True))

@@ -1,0 +1,170 @@
+"""``weightvault publish`` and ``load``: seal a model with its key held by the broker, and load it back."""
+
+from __future__ import annotations
+
+import json
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import click
+
+from weightvault.cli.options import (
+    approval_option,
+    client_options,
+    make_client,
+    recipients_from,
+)
+from weightvault.errors import ConfigError
+
+__all__ = ["load", "publish"]
+
+
+@click.command()
+@click.argument("src", type=click.Path(path_type=Path, exists=True))
+@click.argument("dst", type=click.Path(path_type=Path))
+@click.option("--tenant", required=True)
+@click.option("--name", required=True, help="Model name.")
+@click.option("--version", "model_version", required=True, help="Model version.")
+@click.option("--policy", required=True, help="Name of the tenant's release policy for this model.")
+@click.option(
+    "-r", "--recipient", "recipients", multiple=True, type=click.Path(path_type=Path), help="Extra recipient key file."
+)
+@click.option(
+    "--suite", type=click.Choice(["aes-256-gcm", "chacha20-poly1305"]), default="aes-256-gcm", show_default=True
+)
+@click.option("--sealed-metadata", is_flag=True, help="Encrypt the tensor table too.")
+@click.option("--tag", "tags", multiple=True, help="key=value tag (policies see model.tags.<key>). Repeatable.")
+@click.option("--force", is_flag=True, help="Replace DST.")
+@client_options
+def publish(
+    src: Path,
+    dst: Path,
+    tenant: str,
+    name: str,
+    model_version: str,
+    policy: str,
+    recipients: tuple[Path, ...],
+    suite: str,
+    sealed_metadata: bool,
+    tags: tuple[str, ...],
+    force: bool,
+    url: str | None,
+    token: str | None,
+    ca: Path | None,
+) -> None:
+    """Seal SRC into DST and register its key with the broker in one step."""
+    from weightvault.client.broker import BrokerRecipient
+    from weightvault.crypto.aead import AEADSuite
+    from weightvault.format.keys import FileKey
+    from weightvault.sealing import SealOptions, seal_model_dir, seal_safetensors
+
+    parsed_tags = dict(t.split("=", 1) for t in tags if "=" in t)
+    with make_client(url, token, ca) as client:
+        resource = f"{tenant}/models/{name}@{model_version}"
+        wrapped = [BrokerRecipient(client.url, resource), *recipients_from(recipients, False)]
+        options = SealOptions(AEADSuite.from_label(suite), sealed_metadata=sealed_metadata)
+        file_key = FileKey.generate()
+        try:
+            if src.is_dir():
+                result = seal_model_dir(
+                    src, dst, file_key=file_key, recipients=wrapped, options=options, overwrite=force
+                )
+                files = [
+                    {"file_id": f.file_id or "", "header_mac": f.header_mac or "", "path": f.path}
+                    for f in result.manifest.sealed()
+                ]
+            else:
+                one = seal_safetensors(
+                    src, dst, file_key=file_key, recipients=wrapped, options=options, overwrite=force
+                )
+                files = [{"file_id": one.file_id.hex(), "header_mac": one.header_mac.hex(), "path": dst.name}]
+            registered = client.register_model(
+                tenant, name, model_version, policy=policy, file_key=file_key, files=files, tags=parsed_tags
+            )
+        finally:
+            file_key.wipe()
+    click.echo(f"published {registered}: sealed into {dst}, key held by {client.url}")
+
+
+@click.command()
+@click.argument("src", type=click.Path(path_type=Path, exists=True))
+@click.option("--attester", type=click.Choice(["sample", "tpm"]), default="sample", show_default=True)
+@click.option("--device-id", help="The enrolled device this workload runs on.")
+@click.option("--tcti", help="TPM TCTI string (with --attester tpm), e.g. swtpm:host=127.0.0.1,port=2321.")
+@click.option(
+    "--event-log",
+    "event_logs",
+    multiple=True,
+    type=click.Path(path_type=Path),
+    help="TCG event log to send with the quote (repeatable; with --attester tpm), e.g. the firmware's "
+    "/sys/kernel/security/tpm0/binary_bios_measurements or a log kept by 'device extend --event-log'.",
+)
+@click.option("--kem", type=click.Choice(["mlkem768-x25519", "x25519"]), default="mlkem768-x25519", show_default=True)
+@click.option("--json", "as_json", is_flag=True, help="Print a JSON report.")
+@approval_option
+@client_options
+def load(
+    src: Path,
+    attester: str,
+    device_id: str | None,
+    tcti: str | None,
+    event_logs: tuple[Path, ...],
+    kem: str,
+    as_json: bool,
+    approval: str | None,
+    url: str | None,
+    token: str | None,
+    ca: Path | None,
+) -> None:
+    """Attest, obtain the key from the broker, and load SRC (a sealed file or model directory) into memory."""
+    from weightvault.client.broker import BrokerIdentity, SampleAttester
+    from weightvault.crypto.keywrap import HPKEKem
+    from weightvault.loaders import numpy as wv_numpy
+
+    with make_client(url, token, ca) as client:
+        chosen: Any
+        if attester == "tpm":
+            from weightvault.attestation.tpm.attester import TPMAttester
+
+            if not tcti or not device_id:
+                raise ConfigError("--attester tpm needs --tcti and --device-id")
+            chosen = TPMAttester.open(tcti, event_logs)
+        else:
+            if event_logs:
+                raise ConfigError("--event-log needs --attester tpm")
+            chosen = SampleAttester(device_id=device_id)
+        identity = BrokerIdentity(client, chosen, kem=HPKEKem(kem), device_id=device_id, approval=approval)
+        t0 = time.perf_counter()
+        try:
+            if src.is_dir():
+                from weightvault.sealing.model_dir import SealedModel
+
+                model = SealedModel.open(src, [identity])
+                count = nbytes = 0
+                for entry in model.weight_entries():
+                    with model.open_sealed(entry) as opened:
+                        arrays = wv_numpy.load_opened(opened)
+                    count += len(arrays)
+                    nbytes += sum(a.nbytes for a in arrays.values())
+                    del arrays
+            else:
+                arrays = wv_numpy.load_file(src, [identity])
+                count, nbytes = len(arrays), sum(a.nbytes for a in arrays.values())
+                del arrays
+        finally:
+            identity.wipe()
+            close = getattr(chosen, "close", None)
+            if close is not None:
+                close()
+        seconds = time.perf_counter() - t0
+    report = {"path": str(src), "tensors": count, "bytes": nbytes, "seconds": round(seconds, 3), "attester": attester}
+    if as_json:
+        click.echo(json.dumps(report, sort_keys=True))
+    else:
+        click.echo(
+            f"loaded {count} tensors ({nbytes / 1e6:.1f} MB) from {src} in {seconds:.2f} s; "
+            f"key released by {client.url}"
+        )
+    sys.stdout.flush()

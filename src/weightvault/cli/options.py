@@ -1,0 +1,124 @@
+"""What the command groups share: broker connection options, API tokens, key arguments, times.
+
+The command line only maps arguments: it reads the environment and files here, and
+everything else is a call into the library. No command module imports another,
+only this one (an import contract keeps it so).
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Callable, Sequence
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any, Final
+
+import click
+
+from weightvault.cli.prompts import ask_passphrase
+from weightvault.errors import ConfigError
+from weightvault.format.keys import FileKey
+from weightvault.format.recipients import KEK, HPKEIdentity, HPKERecipient, Identity, Passphrase, Recipient
+from weightvault.sealing import read_key_file
+
+__all__ = [
+    "BROKER_ENV",
+    "TOKEN_ENV",
+    "approval_option",
+    "client_options",
+    "identities_from",
+    "make_anonymous_client",
+    "make_client",
+    "parse_ms",
+    "read_token",
+    "recipients_from",
+]
+
+BROKER_ENV: Final = "WEIGHTVAULT_BROKER"
+TOKEN_ENV: Final = "WEIGHTVAULT_TOKEN"  # noqa: S105 - the name of a variable, not a secret
+
+
+def client_options(func: Callable[..., Any]) -> Callable[..., Any]:
+    func = click.option("--ca", type=click.Path(path_type=Path), help="CA bundle for a TLS broker.")(func)
+    func = click.option("--token", help=f"API token, or @FILE (default ${TOKEN_ENV}).")(func)
+    return click.option("--broker", "url", help=f"Broker URL (default ${BROKER_ENV}).")(func)
+
+
+def read_token(value: str | None) -> str:
+    value = value or os.environ.get(TOKEN_ENV)
+    if not value:
+        raise ConfigError(f"no API token: pass --token or set {TOKEN_ENV}")
+    if value.startswith("@"):
+        from weightvault.files import read_private_file
+
+        return read_private_file(Path(value[1:]), "token").decode("utf-8", "replace").strip()
+    return value
+
+
+def make_client(url: str | None, token: str | None, ca: Path | None) -> Any:
+    from weightvault.client.broker import BrokerClient
+
+    url = url or os.environ.get(BROKER_ENV)
+    if not url:
+        raise ConfigError(f"no broker URL: pass --broker or set {BROKER_ENV}")
+    return BrokerClient(url, read_token(token), verify=str(ca) if ca else True)
+
+
+def make_anonymous_client(url: str | None, ca: Path | None) -> Any:
+    """A client without an API token (custodians: their signatures authenticate them)."""
+    from weightvault.client.broker import BrokerClient
+
+    url = url or os.environ.get(BROKER_ENV)
+    if not url:
+        raise ConfigError(f"no broker URL: pass --broker or set {BROKER_ENV}")
+    return BrokerClient(url, None, verify=str(ca) if ca else True)
+
+
+approval_option = click.option(
+    "--approval", help='An approved request id for an operation the approval policy covers, or "new" to open one.'
+)
+
+
+def recipients_from(paths: Sequence[Path], passphrase: bool) -> list[Recipient]:
+    out: list[Recipient] = []
+    for path in paths:
+        key = read_key_file(path)
+        if isinstance(key, KEK | HPKERecipient):
+            out.append(key)
+        elif isinstance(key, HPKEIdentity):
+            out.append(key.recipient)
+        else:
+            raise ConfigError(f"{path}: a file key cannot be a recipient")
+    if passphrase:
+        out.append(Passphrase(ask_passphrase(confirm=True)))
+    return out
+
+
+def identities_from(paths: Sequence[Path], passphrase: bool) -> FileKey | list[Identity]:
+    ids: list[Identity] = []
+    for path in paths:
+        key = read_key_file(path)
+        if isinstance(key, FileKey):
+            if len(paths) == 1 and not passphrase:
+                return key
+            raise ConfigError("a file key cannot be combined with other identities")
+        if isinstance(key, HPKERecipient):
+            raise ConfigError(f"{path} is a public key; pass the private key to open files")
+        ids.append(key)
+    if passphrase:
+        ids.append(Passphrase(ask_passphrase(confirm=False)))
+    if not ids:
+        raise ConfigError("no key given: pass -i/--identity KEYFILE or --passphrase")
+    return ids
+
+
+def parse_ms(value: str | None) -> int | None:
+    if value is None:
+        return None
+    try:
+        moment = datetime.fromisoformat(value)
+    except ValueError as exc:
+        raise ConfigError(f"not an ISO 8601 time: {value!r}") from exc
+    if moment.tzinfo is None:
+        moment = moment.replace(tzinfo=UTC)
+    return int(moment.timestamp() * 1000)
