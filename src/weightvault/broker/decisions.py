@@ -29,7 +29,7 @@ device that the evidence authenticated, ``device.id``, ``device.kind``,
 from __future__ import annotations
 
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Final
 
 from weightvault.attestation.interfaces import ClaimValue
@@ -50,6 +50,10 @@ DEVICE_CODES: Final = frozenset(
         "device_rebooted_since_attestation",
     }
 )
+#: Claim names and prefixes only the broker sets. Verifiers are held to their own namespaces
+#: (attestation.interfaces.check_result); a claim here in a result token is ignored regardless.
+_BROKER_CLAIMS: Final = frozenset({"tenant", "resource", "verifier"})
+_BROKER_PREFIXES: Final = ("device.", "model.", "result.")
 _MAX_REASONS: Final = 32
 _MAX_REASON_CHARS: Final = 300
 
@@ -165,7 +169,11 @@ def decide_release(facts: ReleaseFacts) -> ReleaseDecision:
         codes.append("release_policy_invalid")
         reasons.append(f"stored policy invalid: {exc}")
         return ReleaseDecision(tuple(codes), _bounded(reasons), row.version, row.digest)
-    outcome = policy.evaluate(token.result, facts.resource, broker_claims(facts), facts.refsets)  # 7
+    attested = {
+        k: v for k, v in token.result.claims.items() if k not in _BROKER_CLAIMS and not k.startswith(_BROKER_PREFIXES)
+    }
+    result = replace(token.result, claims=attested)
+    outcome = policy.evaluate(result, facts.resource, broker_claims(facts), facts.refsets)  # 7
     codes.extend(outcome.codes)
     reasons.extend(outcome.failed)
     return ReleaseDecision(tuple(codes), _bounded(reasons), outcome.version, outcome.digest)

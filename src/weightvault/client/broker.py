@@ -110,7 +110,11 @@ class ReleasedKeys:
 
 
 class BrokerClient:
-    """HTTP client of the key broker. ``transport`` allows an in-process ASGI transport in tests."""
+    """HTTP client of the key broker.
+
+    ``transport`` replaces httpx's network transport; ``http`` replaces the whole
+    httpx client (tests pass Starlette's in-process TestClient, with the token header set).
+    """
 
     def __init__(
         self,
@@ -120,8 +124,12 @@ class BrokerClient:
         verify: bool | str = True,
         timeout_s: float = 30.0,
         transport: httpx.BaseTransport | None = None,
+        http: httpx.Client | None = None,
     ) -> None:
         self.url = url.rstrip("/")
+        if http is not None:
+            self._http = http
+            return
         if isinstance(verify, str):
             import ssl
 

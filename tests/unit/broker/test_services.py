@@ -1,0 +1,196 @@
+"""Each broker service through the facade, in process: who may do what, what is stored, what is logged."""
+
+from __future__ import annotations
+
+import pytest
+
+from tests.unit.broker.conftest import ADMIN, OPEN_POLICY, OPERATOR, PUBLISHER, InProcess
+from weightvault.broker.service import Principal, Role
+from weightvault.client.broker import SampleAttester
+from weightvault.crypto.keywrap import HPKEKem, hpke_generate
+from weightvault.errors import (
+    ApprovalRequiredError,
+    AuthenticationError,
+    ConflictError,
+    InvalidRequestError,
+    NotFoundError,
+    PermissionDeniedError,
+    SealedError,
+)
+from weightvault.format.keys import FileKey
+
+GLOBEX_ADMIN = Principal("globex-admin", "globex", Role.TENANT_ADMIN)
+AUDITOR = Principal("acme-auditor", "acme", Role.AUDITOR)
+
+
+# -- principals and tenants ----------------------------------------------------------------------
+
+
+def test_api_tokens_authenticate_until_disabled(in_process: InProcess) -> None:
+    """A token resolves to its principal; a wrong secret, a malformed token or a disabled principal do not."""
+    b = in_process.broker
+    token = in_process.tokens["acme-workload"]
+    assert Principal("acme-workload", "acme", Role.WORKLOAD) == b.authenticate(token)
+    for bad in ("", "wv1_acme-workload", token[:-2] + "xx", "wv1_nobody.secret", "x" * 300):
+        with pytest.raises(AuthenticationError):
+            b.authenticate(bad)
+    b.disable_principal(OPERATOR, "acme-workload")
+    with pytest.raises(AuthenticationError):
+        b.authenticate(token)
+
+
+def test_tenant_admins_manage_only_their_own_principals(in_process: InProcess) -> None:
+    """Tenant admins create publishers, workloads and auditors of their tenant, never admins or others' principals."""
+    b = in_process.broker
+    b.create_principal(ADMIN, "acme-wl3", "acme", "workload")
+    with pytest.raises(PermissionDeniedError):
+        b.create_principal(ADMIN, "acme-boss", "acme", "tenant-admin")
+    with pytest.raises(PermissionDeniedError):
+        b.create_principal(ADMIN, "globex-x", "globex", "workload")
+    with pytest.raises(NotFoundError):  # another tenant's principal is invisible, not forbidden
+        b.disable_principal(ADMIN, "globex-workload")
+    with pytest.raises(InvalidRequestError):
+        b.create_principal(OPERATOR, "x", "acme", "superuser")
+    assert {"acme-admin", "acme-auditor", "acme-publisher", "acme-workload", "acme-wl3"} == {
+        p.id
+        for p in b.list_principals(ADMIN, "globex")  # asking for globex still lists acme
+    }
+
+
+def test_tenants_need_the_root_key(in_process: InProcess) -> None:
+    """A sealed broker (no root key) cannot create a tenant: its KEK could not be wrapped."""
+    b = in_process.broker
+    b.keyring.wipe()
+    with pytest.raises(SealedError, match="custody open unseal"):
+        b.create_tenant(OPERATOR, "initech")
+    assert not b.principals.tenant_exists("initech")
+
+
+# -- devices ---------------------------------------------------------------------------------------
+
+
+def test_devices_are_registered_by_kind_and_seen_per_tenant(in_process: InProcess) -> None:
+    """Only token and insecure-sample devices are registered; TPMs enrol. Tenants see only their devices."""
+    b = in_process.broker
+    b.add_device(OPERATOR, "gpu-1", "token", ["acme"])
+    with pytest.raises(InvalidRequestError):
+        b.add_device(OPERATOR, "gpu-2", "tpm", ["acme"])
+    with pytest.raises(InvalidRequestError):
+        b.add_device(OPERATOR, "gpu-3", "whatever", ["acme"])
+    with pytest.raises(ConflictError):
+        b.add_device(OPERATOR, "gpu-1", "token", ["acme"])
+    with pytest.raises(PermissionDeniedError):
+        b.add_device(ADMIN, "gpu-4", "token", ["acme"])
+    assert ["gpu-1"] == [d.id for d in b.list_devices(AUDITOR, None)]
+    assert [] == b.list_devices(GLOBEX_ADMIN, "acme")
+    b.set_device_status(OPERATOR, "gpu-1", "revoked")
+    assert "revoked" == b.store.devices.by_id("gpu-1").status  # type: ignore[union-attr]
+    assert b.store.devices.in_tenant("globex", "gpu-1") is None
+
+
+# -- catalogue ---------------------------------------------------------------------------------------
+
+
+def test_policies_are_versioned_and_immutable_ones_stay(in_process: InProcess) -> None:
+    """Each put adds a version; an immutable policy refuses the next, and the refusal is logged."""
+    b = in_process.broker
+    assert 2 == b.put_policy(ADMIN, "acme", "open", {**OPEN_POLICY, "description": "v2"})
+    b.put_policy(ADMIN, "acme", "frozen", {**OPEN_POLICY, "immutable": True})
+    start = in_process.audit.size
+    with pytest.raises(ConflictError):
+        b.put_policy(ADMIN, "acme", "frozen", OPEN_POLICY)
+    assert ("immutable",) == in_process.last(start, "policy.change.fail").reasons
+    with pytest.raises(PermissionDeniedError):
+        b.put_policy(GLOBEX_ADMIN, "acme", "open", OPEN_POLICY)
+    assert [1, 2] == [p.version for p in b.list_policies(AUDITOR, "acme") if p.name == "open"]
+
+
+def test_models_register_once_and_are_read_per_tenant(in_process: InProcess) -> None:
+    """A model version registers once; another tenant's publisher cannot register into acme."""
+    b = in_process.broker
+    b.register_model(PUBLISHER, "acme", "m", "1", policy="open", file_key=FileKey.generate(), files=[])
+    with pytest.raises(ConflictError):
+        b.register_model(PUBLISHER, "acme", "m", "1", policy="open", file_key=FileKey.generate(), files=[])
+    with pytest.raises(PermissionDeniedError):
+        b.register_model(
+            Principal("gp", "globex", Role.PUBLISHER),
+            "acme",
+            "x",
+            "1",
+            policy="open",
+            file_key=FileKey.generate(),
+            files=[],
+        )
+    with pytest.raises(InvalidRequestError):
+        b.register_model(
+            PUBLISHER, "acme", "bad files", "1", policy="open", file_key=FileKey.generate(), files=[{"x": "y"}]
+        )
+    assert ["acme/models/m@1"] == [m.resource for m in b.list_models(PUBLISHER, "acme")]
+    with pytest.raises(PermissionDeniedError):
+        b.list_models(GLOBEX_ADMIN, "acme")
+
+
+def test_a_sealed_registration_opens_only_for_its_model(in_process: InProcess) -> None:
+    """The publisher's sealed file key is bound to tenant, name and version."""
+    from weightvault.broker.protocol import registration_info
+    from weightvault.crypto.keywrap import hpke_seal
+
+    b = in_process.broker
+    key = b.registration_key
+    fk = FileKey.generate()
+    sealed = hpke_seal(key.kem, key.recipient.public, fk.reveal(), registration_info("acme", "m", "1"))
+    with pytest.raises(InvalidRequestError):
+        b.register_sealed_model(
+            PUBLISHER, "acme", "m", "2", policy="open", kem=key.kem.value, sealed_key=sealed, files=[]
+        )
+    b.register_sealed_model(PUBLISHER, "acme", "m", "1", policy="open", kem=key.kem.value, sealed_key=sealed, files=[])
+    assert fk == b.keyring.file_key_of(b.store.catalogue.model("acme", "m", "1"))  # type: ignore[arg-type]
+
+
+# -- rotation and export -----------------------------------------------------------------------------
+
+
+def test_kek_rotation_rewrap_and_retirement(in_process: InProcess) -> None:
+    """A new KEK version, models moved to it with the same file key, then the old version retired."""
+    b = in_process.broker
+    fk = FileKey.generate()
+    b.register_model(PUBLISHER, "acme", "m", "1", policy="open", file_key=fk, files=[])
+    with pytest.raises(ConflictError):
+        b.retire_kek(ADMIN, "acme", 1)  # still the newest
+    assert 2 == b.rotate_kek(ADMIN, "acme")
+    with pytest.raises(ConflictError, match="rewrap"):
+        b.retire_kek(ADMIN, "acme", 1)
+    assert ["acme/models/m@1"] == b.rewrap_models(ADMIN, "acme")
+    model = b.store.catalogue.model("acme", "m", "1")
+    assert model is not None
+    assert (2, fk) == (model.kek_version, b.keyring.file_key_of(model))
+    b.retire_kek(ADMIN, "acme", 1)
+    assert [True, False] == [k.retired for k in b.store.keys.keks("acme")]
+
+
+def test_export_always_needs_an_approval_rule(in_process: InProcess) -> None:
+    """Without an approval policy covering key.export, an export is refused outright."""
+    b = in_process.broker
+    b.register_model(PUBLISHER, "acme", "m", "1", policy="open", file_key=FileKey.generate(), files=[])
+    _, public = hpke_generate(HPKEKem.X25519)
+    with pytest.raises(ApprovalRequiredError):
+        b.export_key(ADMIN, "acme", "m", "1", kem="x25519", public=public)
+
+
+# -- audit reads -----------------------------------------------------------------------------------
+
+
+def test_auditors_read_their_tenants_events_only(in_process: InProcess) -> None:
+    """An acme auditor reads acme's events; globex's are forbidden; operators read the tiles."""
+    b = in_process.broker
+    in_process.client("acme-workload").attest(SampleAttester())
+    events = b.audit_events(AUDITOR, "acme", since_ms=None, until_ms=None, limit=1000)
+    assert events
+    assert all(e["tenant"] == "acme" for e in events)
+    with pytest.raises(PermissionDeniedError):
+        b.audit_events(AUDITOR, "globex", since_ms=None, until_ms=None, limit=10)
+    with pytest.raises(PermissionDeniedError):
+        b.audit_resource(AUDITOR, "checkpoint")
+    status, body, _ = b.audit_resource(OPERATOR, "checkpoint")
+    assert 200 == status
+    assert body.startswith(b"broker.test/audit\n")
