@@ -1,27 +1,33 @@
-"""CPU load benchmark: plain safetensors against sealed loads, measured side by side in one run.
+"""CPU load benchmark: plain safetensors against sealed loads, interleaved in one run.
 
-Generates a safetensors file of --size-gib GiB (random bf16 tensors of 64 MiB),
-seals it with AES-256-GCM and with ChaCha20-Poly1305, makes sure all files are
-in the page cache, then measures in fresh subprocesses (so every run starts with
-the same allocator state and its peak memory can be read):
+Generates a safetensors file of --size-gib GiB (random bf16 tensors of 64 MiB), seals
+it with AES-256-GCM and with ChaCha20-Poly1305, keeps every file in the page cache,
+then loads each way in a fresh process, round after round in the same order (A B C
+... A B C ...), so slow phases of a noisy machine hit every method alike:
 
-* plain: ``safetensors.torch.load_file`` followed by ``clone()`` of each tensor,
-  so the result owns its memory like ours does;
-* sealed: ``weightvault.loaders.torch.load_file`` for each suite;
-* seal throughput for each suite.
+* ``plain``: ``safetensors.torch.load_file`` followed by ``clone()`` of each tensor, so
+  the result owns its memory like ours does;
+* ``<suite> xN``: ``weightvault.loaders.torch.load_file`` with N decrypting workers, for
+  N = 1 .. the usable CPUs (the scaling table), both suites. Each worker reads, takes
+  the page faults of fresh memory and decrypts, so x1 does all three on one core.
 
-Prints GB/s, the ratio to plain, and the peak memory beyond the loaded tensors.
+For each method it prints the min, median and spread ((max - min) / median) of the
+throughput, the ratio of its median and of its min to plain's, and the peak memory of
+the load as a multiple of the model size (VmHWM, reset in the fresh process just before
+the load, so the import of torch does not count). Then seal throughput with 1 and N
+workers (min and median of up to three interleaved rounds), and which CPU it ran on.
 
-On a virtual machine the first write to guest memory that the host never
-backed is very slow (measured here: about 0.5 GB/s), and which loader happens
-to receive such memory skews the comparison. The benchmark therefore first
-touches --warm-memory-gib GiB of memory in a throwaway process (default: most
-of the free memory), so every loader runs on memory the host already backs.
+On a virtual machine the first write to guest memory the host never backed is slow,
+and which loader happens to receive such memory skews the comparison: the benchmark
+first touches --warm-memory-gib GiB in a throwaway process (default: most of the free
+memory). Sealed loads put large tensors on 2 MiB huge pages unless the host reclaims
+free guest memory (``weightvault.loaders._host``); the run says which it used.
 
-Sealed loads put large tensors on 2 MiB huge pages unless the host reclaims free
-guest memory (``weightvault.loaders._host``); the run says which it used.
+With ``--baseline-src``, the loader of another source tree joins every round (its own
+sealer writes its own file), e.g. the commit before a change:
+``git worktree add /tmp/base <commit>`` then ``--baseline-src /tmp/base/src``.
 
-Usage: python bench/cpu_load.py [--size-gib 2] [--repeat 3] [--workdir DIR]
+Usage: python bench/cpu_load.py [--size-gib 2] [--rounds 5] [--workdir DIR] [--baseline-src DIR]
 """
 
 from __future__ import annotations
@@ -66,9 +72,17 @@ def warm(path: Path) -> None:
 
 
 CHILD = r"""
-import json, resource, sys, time
-mode, path, key = sys.argv[1], sys.argv[2], sys.argv[3]
+import json, sys, time
+mode, path, key, workers = sys.argv[1], sys.argv[2], sys.argv[3], sys.argv[4]
 import torch
+
+def status(field):
+    with open("/proc/self/status") as handle:
+        for line in handle:
+            if line.startswith(field + ":"):
+                return int(line.split()[1]) * 1024
+    return 0
+
 if mode == "plain":
     from safetensors.torch import load_file
     def run():
@@ -77,20 +91,33 @@ else:
     from weightvault import FileKey
     from weightvault.loaders.torch import load_file as wv_load
     fk = FileKey(bytes.fromhex(key))
+    kwargs = {} if workers == "-" else {"workers": int(workers)}  # "-": a tree from before the pool
     def run():
-        return wv_load(path, fk)
-base = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+        return wv_load(path, fk, **kwargs)
+with open("/proc/self/clear_refs", "w") as handle:
+    handle.write("5")  # reset VmHWM to the current RSS: the peak counts from here
+base = status("VmRSS")
 t0 = time.perf_counter()
 out = run()
-cold = time.perf_counter() - t0
+seconds = time.perf_counter() - t0
 nbytes = sum(t.numel() * t.element_size() for t in out.values())
-peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
-del out
-t0 = time.perf_counter()
-out = run()
-warm = time.perf_counter() - t0
-print(json.dumps({"cold": cold, "warm": warm, "bytes": nbytes, "extra": peak - base - nbytes}))
+print(json.dumps({"seconds": seconds, "bytes": nbytes, "peak": status("VmHWM") - base}))
 """
+
+
+SEAL = r"""
+import sys
+from weightvault import AEADSuite, FileKey, SealOptions, seal_safetensors
+suite = next(s for s in AEADSuite if s.label == sys.argv[3])
+key, options = FileKey(bytes.fromhex(sys.argv[4])), SealOptions(suite=suite)
+seal_safetensors(sys.argv[1], sys.argv[2], file_key=key, options=options, overwrite=True)
+"""
+
+
+def seal_with(tree: Path, plain: Path, out: Path, label: str, key: str) -> None:
+    """Seal ``plain`` with the weightvault of another source tree (a baseline)."""
+    env = {**os.environ, "PYTHONPATH": str(tree.resolve())}
+    subprocess.run([sys.executable, "-c", SEAL, str(plain), str(out), label, key], check=True, env=env)
 
 
 WARM = r"""
@@ -116,9 +143,22 @@ def free_gib() -> float:
     return info.get("MemFree", 0) / (1 << 20)
 
 
-def measure(mode: str, path: Path, key: str) -> dict[str, float]:
+def cpu_model() -> str:
+    with open("/proc/cpuinfo") as handle:
+        for line in handle:
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    return "unknown CPU"
+
+
+def measure(mode: str, path: Path, key: str, workers: str, src: Path) -> dict[str, float]:
+    env = {**os.environ, "PYTHONPATH": str(src)}
     proc = subprocess.run(
-        [sys.executable, "-c", CHILD, mode, str(path), key], capture_output=True, text=True, check=True
+        [sys.executable, "-c", CHILD, mode, str(path), key, workers],
+        capture_output=True,
+        text=True,
+        check=True,
+        env=env,
     )
     return json.loads(proc.stdout.strip().splitlines()[-1])  # type: ignore[no-any-return]
 
@@ -126,15 +166,24 @@ def measure(mode: str, path: Path, key: str) -> dict[str, float]:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--size-gib", type=float, default=2.0)
-    parser.add_argument("--repeat", type=int, default=3)
+    parser.add_argument("--rounds", type=int, default=5)
     parser.add_argument("--workdir", type=Path, default=None)
     parser.add_argument("--warm-memory-gib", type=float, default=None)
+    parser.add_argument(
+        "--baseline-src",
+        type=Path,
+        default=None,
+        help="the src/ of another weightvault tree (e.g. a git worktree of an older commit): its loader joins the run",
+    )
     args = parser.parse_args()
 
-    sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))
+    src = Path(__file__).resolve().parents[1] / "src"
+    sys.path.insert(0, str(src))
     from weightvault import AEADSuite, FileKey, SealOptions, seal_safetensors
     from weightvault.loaders._host import huge_pages_pay
+    from weightvault.sealing.workers import usable_cpus
 
+    cpus = usable_cpus()
     workdir = Path(args.workdir or tempfile.mkdtemp(prefix="wv-bench-"))
     workdir.mkdir(parents=True, exist_ok=True)
     plain = workdir / "plain.safetensors"
@@ -142,49 +191,66 @@ def main() -> None:
     if not plain.exists() or plain.stat().st_size < size:
         write_plain(plain, size)
     file_key = FileKey.generate()
-    sealed: dict[str, Path] = {}
-    seal_rates: dict[str, float] = {}
     data_bytes = plain.stat().st_size
-    for suite in AEADSuite:
-        out = workdir / f"sealed-{suite.label}.wvlt"
-        warm(plain)
-        t0 = time.perf_counter()
-        seal_safetensors(plain, out, file_key=file_key, options=SealOptions(suite=suite), overwrite=True)
-        seal_rates[suite.label] = data_bytes / (time.perf_counter() - t0) / 1e9
-        sealed[suite.label] = out
+    sealed = {suite.label: workdir / f"sealed-{suite.label}.wvlt" for suite in AEADSuite}
+    seal_rates: dict[tuple[str, int], list[float]] = {}
+    for _ in range(max(1, min(args.rounds, 3))):  # interleaved too; each seal writes and fsyncs the whole file
+        for suite in AEADSuite:
+            for workers in sorted({1, cpus}):
+                warm(plain)
+                t0 = time.perf_counter()
+                options = SealOptions(suite=suite, workers=workers)
+                seal_safetensors(plain, sealed[suite.label], file_key=file_key, options=options, overwrite=True)
+                rate = data_bytes / (time.perf_counter() - t0) / 1e9
+                seal_rates.setdefault((suite.label, workers), []).append(rate)
     key = file_key.reveal().hex()
     warm_memory(args.warm_memory_gib if args.warm_memory_gib is not None else max(0.0, free_gib() - 3.0))
-    rows: dict[str, list[dict[str, float]]] = {"plain safetensors + clone": []}
-    rows.update({f"weightvault {label}": [] for label in sealed})
-    for _ in range(args.repeat + 1):  # the first round warms the page cache and is discarded
-        for name, runs in rows.items():
-            path = plain if name.startswith("plain") else sealed[name.split()[1]]
+
+    methods: list[tuple[str, str, Path, str, Path]] = [("plain safetensors + clone", "plain", plain, "-", src)]
+    for label, path in sealed.items():
+        if args.baseline_src is not None:
+            old = workdir / f"baseline-{label}.wvlt"
+            seal_with(args.baseline_src, plain, old, label, key)  # its own format version, its own sealer
+            methods.append((f"{label} baseline", "sealed", old, "-", args.baseline_src.resolve()))
+        methods += [(f"{label} x{n}", "sealed", path, str(n), src) for n in range(1, cpus + 1)]
+    runs: dict[str, list[dict[str, float]]] = {name: [] for name, *_ in methods}
+    for round_ in range(args.rounds + 1):  # round 0 warms page cache and allocator paths; it is dropped
+        for name, mode, path, threads, tree in methods:
             warm(path)
-            runs.append(measure("plain" if name.startswith("plain") else "sealed", path, key))
+            result = measure(mode, path, key, threads, tree)
+            if round_:
+                runs[name].append(result)
+
     print(
-        f"\nCPU load, {data_bytes / 2**30:.2f} GiB in the page cache, {os.cpu_count()} CPUs, median of "
-        f"{args.repeat} fresh processes (loaders interleaved). cold = first load in the process, "
-        "warm = second load in the same process."
+        f"\nCPU load of {data_bytes / 2**30:.2f} GiB (bf16, in the page cache) on {cpu_model()}, "
+        f"{cpus} usable CPUs; {args.rounds} rounds, methods interleaved, each load in a fresh process."
     )
     print(
-        "tensor buffers use "
+        "tensor buffers: "
         + ("2 MiB huge pages" if huge_pages_pay() else "4 KiB pages (the host reclaims free memory, or disabled)")
-        + "; WEIGHTVAULT_HUGEPAGES=auto|1|0 chooses"
+        + " (WEIGHTVAULT_HUGEPAGES=auto|1|0 chooses)"
     )
-    print(f"{'loader':32} {'cold GB/s':>10} {'ratio':>6} {'warm GB/s':>10} {'ratio':>6} {'extra peak MiB':>15}")
-    base: dict[str, float] = {}
-    for name, runs in rows.items():
-        kept = runs[1:]
-        line = f"{name:32}"
-        for phase in ("cold", "warm"):
-            rate = statistics.median(r["bytes"] / r[phase] / 1e9 for r in kept)
-            base.setdefault(phase, rate)
-            line += f" {rate:10.2f} {rate / base[phase]:6.2f}"
-        extra = statistics.median(r["extra"] for r in kept) / 2**20
-        print(f"{line} {extra:15.0f}")
-    print("\nseal throughput (write to page cache, fsync included)")
-    for label, rate in seal_rates.items():
-        print(f"  {label:32} {rate:8.2f} GB/s")
+    header = f"{'loader':28} {'min GB/s':>9} {'median':>8} {'spread':>7} {'x plain':>8} {'(min)':>6} {'peak/model':>11}"
+    print(header)
+    rates = {name: [r["bytes"] / r["seconds"] / 1e9 for r in kept] for name, kept in runs.items()}
+    base_med = statistics.median(rates[methods[0][0]])
+    base_min = min(rates[methods[0][0]])
+    for name, values in rates.items():
+        med, low = statistics.median(values), min(values)
+        spread = (max(values) - low) / med
+        peak = statistics.median(r["peak"] / r["bytes"] for r in runs[name])
+        print(f"{name:28} {low:9.2f} {med:8.2f} {spread:7.0%} {med / base_med:8.2f} {low / base_min:6.2f} {peak:11.2f}")
+    print("\nscaling (median throughput with N workers / with 1):")
+    for label in sealed:
+        one = statistics.median(rates[f"{label} x1"])
+        steps = ", ".join(f"x{n}: {statistics.median(rates[f'{label} x{n}']) / one:.2f}" for n in range(1, cpus + 1))
+        print(f"  {label:20} {steps}")
+        if args.baseline_src is not None:
+            best = statistics.median(rates[f"{label} x{cpus}"])
+            print(f"  {'':20} x{cpus} / baseline: {best / statistics.median(rates[f'{label} baseline']):.2f}")
+    print(f"\nseal throughput, GB/s (source in the page cache; the output is fsynced once, in {workdir}):")
+    for (label, workers), values in seal_rates.items():
+        print(f"  {label:20} x{workers}: min {min(values):5.2f}  median {statistics.median(values):5.2f}")
 
 
 if __name__ == "__main__":

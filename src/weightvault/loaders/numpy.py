@@ -77,6 +77,8 @@ def load_opened(
     opened: OpenedFile,
     names: Iterable[str] | None = None,
     progress: Callable[[int], None] | None = None,
+    *,
+    workers: int | None = None,
 ) -> dict[str, npt.NDArray[Any]]:
     """Decrypt and verify the named tensors (all covered by the key, by default)."""
     if names is None:
@@ -92,27 +94,32 @@ def load_opened(
         owners.append(owner)
         return memoryview(owner)
 
-    for view in opened.decrypt_tensors(entries, allocate, progress):
+    for view in opened.decrypt_tensors(entries, allocate, progress, workers=workers):
         view.release()
     return {e.name: _as_array(owner, e) for e, owner in zip(entries, owners, strict=True)}
 
 
 def load_file(
-    path: str | Path, keys: KeySource, *, progress: Callable[[int], None] | None = None
+    path: str | Path,
+    keys: KeySource,
+    *,
+    progress: Callable[[int], None] | None = None,
+    workers: int | None = None,
 ) -> dict[str, npt.NDArray[Any]]:
-    """Load every tensor of a sealed file as NumPy arrays."""
+    """Load every tensor of a sealed file as NumPy arrays (``workers`` decrypting threads, default one per core)."""
     with SealedFile(Path(path)) as sealed:
         opened = sealed.unlock(keys)
         try:
-            return load_opened(opened, progress=progress)
+            return load_opened(opened, progress=progress, workers=workers)
         finally:
             opened.keys.forget()
 
 
 class _Slice:
-    def __init__(self, opened: OpenedFile, entry: TensorEntry) -> None:
+    def __init__(self, opened: OpenedFile, entry: TensorEntry, workers: int | None) -> None:
         self._opened = opened
         self._entry = entry
+        self._workers = workers
 
     def get_shape(self) -> list[int]:
         return list(self._entry.shape)
@@ -126,7 +133,7 @@ class _Slice:
         plan = plan_selection(entry.shape, entry.dtype.itemsize, index)
         if plan.empty:
             return np.empty(plan.sizes, dtype=dtype)
-        raw = self._opened.read_range(entry, plan.start, plan.stop)
+        raw = self._opened.read_range(entry, plan.start, plan.stop, workers=self._workers)
         flat = np.frombuffer(raw, dtype=dtype)
         strides = tuple(s * dtype.itemsize for s in plan.strides)
         picked = np.lib.stride_tricks.as_strided(flat, shape=plan.sizes, strides=strides).copy()
@@ -137,13 +144,14 @@ class _Slice:
 class SealedSafeOpen:
     """Lazy access to a sealed file, shaped like ``safetensors.safe_open(framework="np")``."""
 
-    def __init__(self, path: str | Path, keys: KeySource) -> None:
+    def __init__(self, path: str | Path, keys: KeySource, *, workers: int | None = None) -> None:
         self._sealed = SealedFile(Path(path))
         try:
             self._opened = self._sealed.unlock(keys)
         except BaseException:
             self._sealed.close()
             raise
+        self._workers = workers
 
     def __enter__(self) -> SealedSafeOpen:
         return self
@@ -166,12 +174,12 @@ class SealedSafeOpen:
         return dict(self._opened.table.metadata)
 
     def get_tensor(self, name: str) -> npt.NDArray[Any]:
-        return load_opened(self._opened, [name])[name]
+        return load_opened(self._opened, [name], workers=self._workers)[name]
 
     def get_slice(self, name: str) -> _Slice:
-        return _Slice(self._opened, self._opened.entry(name))
+        return _Slice(self._opened, self._opened.entry(name), self._workers)
 
 
-def safe_open(path: str | Path, keys: KeySource) -> SealedSafeOpen:
-    """Open a sealed file for lazy NumPy access."""
-    return SealedSafeOpen(path, keys)
+def safe_open(path: str | Path, keys: KeySource, *, workers: int | None = None) -> SealedSafeOpen:
+    """Open a sealed file for lazy NumPy access (``workers`` decrypting threads)."""
+    return SealedSafeOpen(path, keys, workers=workers)

@@ -97,6 +97,7 @@ def load_opened(
     progress: Callable[[int], None] | None = None,
     *,
     kernels: bool | None = None,
+    workers: int | None = None,
 ) -> dict[str, torch.Tensor]:
     """Decrypt and verify the named tensors (all covered by the key, by default).
 
@@ -124,7 +125,7 @@ def load_opened(
         owners.append(owner)
         return memoryview(owner)
 
-    views = opened.decrypt_tensors(entries, allocate, progress)
+    views = opened.decrypt_tensors(entries, allocate, progress, workers=workers)
     for view in views:
         view.release()
     out = {e.name: _as_tensor(owner, e) for e, owner in zip(entries, owners, strict=True)}
@@ -140,10 +141,12 @@ def load_file(
     *,
     progress: Callable[[int], None] | None = None,
     kernels: bool | None = None,
+    workers: int | None = None,
 ) -> dict[str, torch.Tensor]:
     """Load every tensor of a sealed file, like ``safetensors.torch.load_file``.
 
     ``device="cuda:0"`` decrypts ChaCha20-Poly1305 files on the GPU (see :func:`load_opened`).
+    On the CPU ``workers`` threads decrypt (default: one per usable core).
 
     Raises:
         FormatError: the file is malformed or fails authentication.
@@ -152,7 +155,7 @@ def load_file(
     with SealedFile(Path(path)) as sealed:
         opened = sealed.unlock(keys)
         try:
-            return load_opened(opened, device, progress=progress, kernels=kernels)
+            return load_opened(opened, device, progress=progress, kernels=kernels, workers=workers)
         finally:
             opened.keys.forget()
 
@@ -164,23 +167,25 @@ def load_model(
     *,
     progress: Callable[[int], None] | None = None,
     kernels: bool | None = None,
+    workers: int | None = None,
 ) -> dict[str, torch.Tensor]:
     """Load the merged state dict of a sealed model directory (all shards)."""
     model = SealedModel.open(Path(path), keys)
     state: dict[str, torch.Tensor] = {}
     for entry in model.weight_entries():
         with model.open_sealed(entry) as opened:
-            state.update(load_opened(opened, device, progress=progress, kernels=kernels))
+            state.update(load_opened(opened, device, progress=progress, kernels=kernels, workers=workers))
     return state
 
 
 class SealedSlice:
     """A lazy view of one tensor; indexing decrypts only the chunks the slice covers."""
 
-    def __init__(self, opened: OpenedFile, entry: TensorEntry, device: torch.device) -> None:
+    def __init__(self, opened: OpenedFile, entry: TensorEntry, device: torch.device, workers: int | None) -> None:
         self._opened = opened
         self._entry = entry
         self._device = device
+        self._workers = workers
 
     def get_shape(self) -> list[int]:
         return list(self._entry.shape)
@@ -194,7 +199,7 @@ class SealedSlice:
         plan = plan_selection(entry.shape, entry.dtype.itemsize, index)
         if plan.empty:
             return torch.empty(plan.sizes, dtype=dtype, device=self._device)
-        raw = self._opened.read_range(entry, plan.start, plan.stop)
+        raw = self._opened.read_range(entry, plan.start, plan.stop, workers=self._workers)
         flat = torch.frombuffer(raw, dtype=torch.uint8).view(dtype)
         picked = flat.as_strided(plan.sizes, plan.strides).clone()
         raw[:] = bytes(len(raw))
@@ -204,7 +209,15 @@ class SealedSlice:
 class SealedSafeOpen:
     """Lazy access to a sealed file, shaped like ``safetensors.safe_open``."""
 
-    def __init__(self, path: str | Path, keys: KeySource, framework: str = "pt", device: str = "cpu") -> None:
+    def __init__(
+        self,
+        path: str | Path,
+        keys: KeySource,
+        framework: str = "pt",
+        device: str = "cpu",
+        *,
+        workers: int | None = None,
+    ) -> None:
         if framework not in ("pt", "torch"):
             raise ValueError("weightvault.loaders.torch.safe_open serves framework='pt'")
         self._sealed = SealedFile(Path(path))
@@ -214,6 +227,7 @@ class SealedSafeOpen:
             self._sealed.close()
             raise
         self._device = torch.device(device)
+        self._workers = workers
 
     def __enter__(self) -> SealedSafeOpen:
         return self
@@ -238,16 +252,18 @@ class SealedSafeOpen:
 
     def get_tensor(self, name: str) -> torch.Tensor:
         """Decrypt and verify one whole tensor."""
-        return load_opened(self._opened, self._device, [name])[name]
+        return load_opened(self._opened, self._device, [name], workers=self._workers)[name]
 
     def get_tensors(self, names: Sequence[str]) -> dict[str, torch.Tensor]:
         """Decrypt several tensors with the pipelined reader."""
-        return load_opened(self._opened, self._device, names)
+        return load_opened(self._opened, self._device, names, workers=self._workers)
 
     def get_slice(self, name: str) -> SealedSlice:
-        return SealedSlice(self._opened, self._opened.entry(name), self._device)
+        return SealedSlice(self._opened, self._opened.entry(name), self._device, self._workers)
 
 
-def safe_open(path: str | Path, keys: KeySource, framework: str = "pt", device: str = "cpu") -> SealedSafeOpen:
-    """Open a sealed file for lazy, per-tensor and per-slice access."""
-    return SealedSafeOpen(path, keys, framework, device)
+def safe_open(
+    path: str | Path, keys: KeySource, framework: str = "pt", device: str = "cpu", *, workers: int | None = None
+) -> SealedSafeOpen:
+    """Open a sealed file for lazy, per-tensor and per-slice access (``workers`` decrypting threads)."""
+    return SealedSafeOpen(path, keys, framework, device, workers=workers)

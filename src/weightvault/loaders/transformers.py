@@ -70,14 +70,16 @@ def from_pretrained(
     *,
     device: str | torch.device | None = None,
     kernels: bool | None = None,
+    workers: int | None = None,
     **kwargs: Any,
 ) -> Any:
     """Load a sealed model directory into ``model_class`` (a transformers class, Auto* included).
 
     With ``device="cuda:0"`` the weights of a ChaCha20-Poly1305 model are decrypted on
     the GPU (no plaintext in host memory) and the model is placed there; ``kernels``
-    forces the device kernels on or off (see :func:`weightvault.loaders.torch.load_opened`).
-    Extra keyword arguments go to ``from_pretrained`` (``dtype``, ``device_map``, ...).
+    forces the device kernels on or off (see :func:`weightvault.loaders.torch.load_opened`);
+    on the CPU ``workers`` threads decrypt (default: one per usable core). Extra keyword
+    arguments go to ``from_pretrained`` (``dtype``, ``device_map``, ...).
 
     Raises:
         ManifestError: the directory or its config fails authentication.
@@ -89,7 +91,7 @@ def from_pretrained(
     state: dict[str, Any] = {}
     for entry in model.weight_entries():
         with model.open_sealed(entry) as opened:
-            state.update(load_opened(opened, device or "cpu", kernels=kernels))
+            state.update(load_opened(opened, device or "cpu", kernels=kernels, workers=workers))
     if device is not None and torch.device(device).type != "cpu":
         kwargs.setdefault("device_map", {"": str(device)})
     cls = _concrete_class(model_class, config)

@@ -16,12 +16,14 @@ next runs):
 
 from __future__ import annotations
 
+import contextlib
 import os
+import threading
 from collections.abc import Callable, Iterator, Sequence
-from concurrent.futures import Future, ThreadPoolExecutor
+from concurrent.futures import ThreadPoolExecutor, as_completed
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Final, TypeAlias
+from typing import Final, TypeAlias, TypeVar
 
 from weightvault.crypto.aead import TAG_BYTES, InvalidTag, open_single_use
 from weightvault.crypto.mac import InvalidSignature, verify_hmac_sha256
@@ -38,15 +40,17 @@ from weightvault.format.keys import FileKey, KeyMaterial, TensorKeys, UnlockedKe
 from weightvault.format.preamble import MAC_BYTES, PREAMBLE_BYTES, Preamble
 from weightvault.format.recipients import Identity, RecipientsRegion, decode_recipients_region
 from weightvault.format.stream import TensorStream, chunk_aad, chunk_count
+from weightvault.sealing.workers import resolve_workers
 
 __all__ = ["KeySource", "OpenedFile", "SealedFile", "open_sealed"]
 
 KeySource: TypeAlias = FileKey | TensorKeys | Identity | Sequence[Identity]
-_READ_BLOCK: Final = 4 << 20
-#: Two readers keep both cores of a small machine faulting in fresh pages while the
-#: decrypting thread (which holds the GIL inside pyca) stays a few blocks behind.
-_READERS: Final = 2
-_READ_AHEAD_BLOCKS: Final = 16
+_T = TypeVar("_T")
+_R = TypeVar("_R")
+#: Bytes a worker reads and then decrypts in one go: small enough to be decrypted while
+#: still in the cache it was read into, large enough that a run's last chunk (decrypted
+#: from a private copy) is a small share of the work.
+_RUN_BYTES: Final = 4 << 20
 _GAP_CHECK_MAX: Final = 1 << 20
 
 
@@ -286,8 +290,11 @@ class OpenedFile:
     def __exit__(self, *exc: object) -> None:
         self.close()
 
-    def read_range(self, entry: TensorEntry, start: int, stop: int) -> bytearray:
+    def read_range(self, entry: TensorEntry, start: int, stop: int, *, workers: int | None = None) -> bytearray:
         """Plaintext bytes [start, stop) of a tensor, decrypting only the chunks that cover them.
+
+        Chunks are verified and decrypted on ``workers`` threads (default: one per usable
+        core), each in a private scratch buffer; nothing is returned unless all verify.
 
         Raises:
             PayloadError: a covering chunk fails authentication.
@@ -297,139 +304,199 @@ class OpenedFile:
         out = bytearray(stop - start)
         if start == stop:
             return out
-        stream = self.stream(entry)
-        tags = self.tags(entry)
         chunk = self.layout.preamble.chunk_size
-        scratch = bytearray(chunk + TAG_BYTES)
-        view = memoryview(scratch)
-        base, _ = self.layout.data_range(entry)
+        first, last = start // chunk, (stop - 1) // chunk
+        job = _Job(entry, self.stream(entry), self.tags(entry))
+        target = memoryview(out)
+
+        def one(j: int) -> None:
+            c0, c1 = job.stream.chunk_bounds(j)
+            lo, hi = max(start, c0), min(stop, c1)
+            with self._verified_in_scratch(job, c0, c1) as plain:
+                target[lo - start : hi - start] = plain[lo - c0 : hi - c0]
+
         try:
-            for j in range(start // chunk, (stop - 1) // chunk + 1):
-                c0, c1 = stream.chunk_bounds(j)
-                size = c1 - c0
-                _pread_exact(self.sealed.fileno(), view[:size], base + c0, "tensor data")
-                view[size : size + TAG_BYTES] = tags[j * TAG_BYTES : (j + 1) * TAG_BYTES]
-                stream.decrypt_chunk_into(j, view[: size + TAG_BYTES], view[:size])
-                lo, hi = max(start, c0), min(stop, c1)
-                out[lo - start : hi - start] = view[lo - c0 : hi - c0]
+            self._map(one, range(first, last + 1), workers)
         except BaseException:
-            _zero_fill(memoryview(out))
+            _zero_fill(target)
             raise
-        finally:
-            _zero_fill(view)
         return out
 
-    def verify(self, progress: Callable[[int], None] | None = None) -> None:
+    def verify(self, progress: Callable[[int], None] | None = None, *, workers: int | None = None) -> None:
         """Check every chunk tag of every tensor the key covers, releasing no plaintext.
-
-        Plaintext exists only in a scratch buffer that is zeroed afterwards.
 
         Raises:
             PayloadError: a chunk fails authentication.
         """
-        chunk = self.layout.preamble.chunk_size
-        scratch = bytearray(max(chunk, _READ_BLOCK) + TAG_BYTES)
-        try:
-            for entry in self.entries:
-                if self.keys.has_tensor(entry.index):
-                    for _ in self._decrypt_streaming(entry, memoryview(scratch)):
-                        pass
-                    if progress is not None:
-                        progress(entry.nbytes)
-        finally:
-            _zero_fill(memoryview(scratch))
+        self.each_verified(lambda entry, start, plain: None, progress=progress, workers=workers)
 
-    def _decrypt_streaming(self, entry: TensorEntry, scratch: memoryview) -> Iterator[memoryview]:
-        """Decrypt a tensor block by block into ``scratch``, yielding each verified block."""
-        stream = self.stream(entry)
-        tags = self.tags(entry)
+    def each_verified(
+        self,
+        sink: Callable[[TensorEntry, int, memoryview], None],
+        *,
+        progress: Callable[[int], None] | None = None,
+        workers: int | None = None,
+    ) -> None:
+        """Call ``sink(entry, start, plaintext)`` for every run of verified chunks of every tensor the key covers.
+
+        Runs (about 4 MiB of whole chunks) are read, verified and decrypted on ``workers``
+        threads (default: one per usable core), in per-thread scratch buffers zeroed after
+        ``sink`` returns; ``sink`` runs on those threads, in no particular order (unsealing
+        writes each run at its own offset). On the first failure the remaining runs are
+        cancelled and the error propagates once every started run has finished.
+
+        Raises:
+            PayloadError: a chunk fails authentication.
+        """
+        jobs = [_Job(e, self.stream(e), self.tags(e)) for e in self.entries if self.keys.has_tensor(e.index)]
+        runs = [(jobs[k], a, b) for k, a, b in self._runs(jobs)]
+
+        def one(item: tuple[_Job, int, int]) -> int:
+            job, a, b = item
+            with self._verified_in_scratch(job, a, b) as plain:
+                sink(job.entry, a, plain)
+            return b - a
+
+        for done in self._map(one, runs, workers):
+            if progress is not None:
+                progress(done)
+
+    @contextlib.contextmanager
+    def _verified_in_scratch(self, job: _Job, a: int, b: int) -> Iterator[memoryview]:
+        """Bytes [a, b) of a tensor (whole chunks but for the tensor's end) verified and decrypted
+        in this thread's scratch buffer, which is zeroed when the block ends."""
+        stream, tags, entry = job.stream, job.tags, job.entry
         chunk = self.layout.preamble.chunk_size
-        block = (len(scratch) - TAG_BYTES) // chunk * chunk
-        if block == 0:
-            raise ValueError("scratch buffer smaller than one chunk")
+        scratch = _scratch(b - a)
         base, _ = self.layout.data_range(entry)
-        for a in range(0, max(entry.nbytes, 1), block):
-            b = min(entry.nbytes, a + block)
+        try:
             _pread_exact(self.sealed.fileno(), scratch[: b - a], base + a, "tensor data")
             for j in range(a // chunk, max(a // chunk + 1, -(-b // chunk))):
                 c0, _ = stream.chunk_bounds(j)
-                tag = tags[j * TAG_BYTES : (j + 1) * TAG_BYTES]
-                stream.decrypt_chunk_in_place(j, scratch[c0 - a :], tag)
+                stream.decrypt_chunk_in_place(j, scratch[c0 - a :], tags[j * TAG_BYTES : (j + 1) * TAG_BYTES])
             yield scratch[: b - a]
+        finally:
+            _zero_fill(scratch)
+
+    def _runs(self, jobs: Sequence[_Job]) -> list[tuple[int, int, int]]:
+        """Every run of every job, in file order: (job position, start, stop), whole chunks of about
+        ``_RUN_BYTES`` (an empty tensor is one empty run)."""
+        chunk = self.layout.preamble.chunk_size
+        run = max(chunk, _RUN_BYTES // chunk * chunk)
+        return [
+            (k, a, min(job.entry.nbytes, a + run))
+            for k, job in enumerate(jobs)
+            for a in range(0, max(job.entry.nbytes, 1), run)
+        ]
+
+    @staticmethod
+    def _map(fn: Callable[[_T], _R], items: Sequence[_T], workers: int | None) -> list[_R]:
+        """``fn`` over ``items`` on up to ``workers`` threads, results in order; on the first
+        failure the rest are cancelled and every started call finishes before the error propagates."""
+        count = min(resolve_workers(workers), max(1, len(items)))
+        if count == 1:
+            return [fn(item) for item in items]
+        with ThreadPoolExecutor(max_workers=count, thread_name_prefix="wv-verify") as pool:
+            futures = [pool.submit(fn, item) for item in items]
+            try:
+                return [f.result() for f in futures]
+            except BaseException:
+                for f in futures:
+                    f.cancel()
+                raise
 
     def decrypt_tensors(
         self,
         entries: Sequence[TensorEntry],
         allocate: Allocator,
         progress: Callable[[int], None] | None = None,
-        readers: int = _READERS,
+        workers: int | None = None,
     ) -> list[memoryview]:
-        """Decrypt whole tensors into buffers from ``allocate``, overlapping reads with decryption.
+        """Decrypt whole tensors into buffers from ``allocate``, on every core.
 
         ``allocate(entry)`` returns a writable buffer of at least ``entry.nbytes + 16``
-        bytes. Reader threads copy ciphertext straight into each buffer (the format
-        is length-preserving; ``preadv`` releases the GIL, and the first write to
-        fresh memory, its page faults, happens there too) while this thread decrypts
-        and verifies in place, block by block behind the readers. Returns the buffers
-        in order, each fully verified. If anything fails, every buffer is zeroed
-        before the error propagates, so no plaintext is released.
+        bytes. The tensors are cut into runs of whole chunks (about 4 MiB); each of
+        ``workers`` threads (default: one per usable core) takes the next run, reads its
+        ciphertext straight into the buffer (``preadv``, which also takes the page
+        faults of fresh memory) and verifies and decrypts it in place while it is still
+        in cache. Returns the buffers in order once every chunk of every tensor has
+        verified: no plaintext is handed out before the whole file is authenticated. If
+        anything fails, the other workers stop at their next chunk, every buffer is
+        zeroed, and the error propagates; no thread outlives the call.
 
         Raises:
             PayloadError: a chunk fails authentication, or the file is truncated.
+            ValueError: ``workers`` is below 1, or a buffer is too small.
         """
+        count = resolve_workers(workers)
         jobs = [_Job(e, self.stream(e), self.tags(e)) for e in entries]
         buffers: list[memoryview] = []
-        fd = self.sealed.fileno()
-        chunk = self.layout.preamble.chunk_size
-        block = max(chunk, _READ_BLOCK // chunk * chunk)
-        # Every block of every tensor, in file order: (job index, start, stop).
-        blocks = [
-            (k, a, min(j.entry.nbytes, a + block)) for k, j in enumerate(jobs) for a in range(0, j.entry.nbytes, block)
-        ]
-        pending: dict[int, Future[None]] = {}
-        pool = ThreadPoolExecutor(max_workers=max(1, readers), thread_name_prefix="wv-load-reader")
-        next_submit = 0
-
-        def submit_until(limit: int) -> None:
-            nonlocal next_submit
-            while next_submit < min(limit, len(blocks)):
-                k, a, b = blocks[next_submit]
-                base, _ = self.layout.data_range(jobs[k].entry)
-                pending[next_submit] = pool.submit(_pread_exact, fd, buffers[k][a:b], base + a, "tensor data")
-                next_submit += 1
-
+        runs = self._runs(jobs)
+        abort = threading.Event()
+        pool = ThreadPoolExecutor(max_workers=count, thread_name_prefix="wv-decrypt")
         try:
             for job in jobs:
                 buf = allocate(job.entry)
                 if len(buf) < job.entry.nbytes + TAG_BYTES:
                     raise ValueError("allocator returned a buffer that is too small")
                 buffers.append(buf)
-            cursor = 0
-            for k, job in enumerate(jobs):
-                stream, tags, buf = job.stream, job.tags, buffers[k]
-                if job.entry.nbytes == 0:
-                    stream.decrypt_chunk_in_place(0, buf, tags[:TAG_BYTES])
-                while cursor < len(blocks) and blocks[cursor][0] == k:
-                    _, a, b = blocks[cursor]
-                    submit_until(cursor + _READ_AHEAD_BLOCKS)
-                    pending.pop(cursor).result()
-                    # The last chunk of a block borrows the next block's first 16 bytes
-                    # for its tag, so that block must be in memory first.
-                    if b < job.entry.nbytes:
-                        pending[cursor + 1].result()
-                    for j in range(a // chunk, -(-b // chunk)):
-                        c0, _ = stream.chunk_bounds(j)
-                        stream.decrypt_chunk_in_place(j, buf[c0:], tags[j * TAG_BYTES : (j + 1) * TAG_BYTES])
-                    cursor += 1
+            futures = {pool.submit(self._decrypt_run, jobs[k], buffers[k], a, b, abort): b - a for k, a, b in runs}
+            for future in as_completed(futures):
+                future.result()  # the first failure raises here; the handler below stops the rest
                 if progress is not None:
-                    progress(job.entry.nbytes)
+                    progress(futures[future])
         except BaseException:
+            abort.set()
             pool.shutdown(wait=True, cancel_futures=True)
             for buf in buffers:
                 _zero_fill(buf)
             raise
         pool.shutdown(wait=True)
         return buffers
+
+    def _decrypt_run(self, job: _Job, buf: memoryview, a: int, b: int, abort: threading.Event) -> None:
+        """Read bytes [a, b) of one tensor into ``buf`` and verify-decrypt their chunks in place.
+
+        Each chunk borrows the 16 bytes after it for its tag (pyca needs ciphertext and
+        tag contiguous) and restores them. Inside the run those bytes are the run's own;
+        after the tensor they are the buffer's slack. Only the run's last chunk, when
+        another run follows, would borrow bytes another worker may be writing: it is
+        decrypted from a private copy instead.
+        """
+        stream, tags, entry = job.stream, job.tags, job.entry
+        if entry.nbytes == 0:
+            stream.decrypt_chunk_in_place(0, buf, tags[:TAG_BYTES])
+            return
+        base, _ = self.layout.data_range(entry)
+        _pread_exact(self.sealed.fileno(), buf[a:b], base + a, "tensor data")
+        chunk = self.layout.preamble.chunk_size
+        for j in range(a // chunk, -(-b // chunk)):
+            if abort.is_set():
+                return
+            c0, c1 = stream.chunk_bounds(j)
+            tag = tags[j * TAG_BYTES : (j + 1) * TAG_BYTES]
+            if c1 < b or b == entry.nbytes:
+                stream.decrypt_chunk_in_place(j, buf[c0:], tag)
+                continue
+            scratch = _scratch(chunk)
+            try:
+                scratch[: c1 - c0] = buf[c0:c1]
+                scratch[c1 - c0 : c1 - c0 + TAG_BYTES] = tag
+                stream.decrypt_chunk_into(j, scratch[: c1 - c0 + TAG_BYTES], buf[c0:c1])
+            finally:
+                _zero_fill(scratch)
+
+
+_SCRATCH = threading.local()
+
+
+def _scratch(chunk: int) -> memoryview:
+    """This thread's buffer of one chunk and a tag (allocated once per thread and chunk size)."""
+    held: bytearray | None = getattr(_SCRATCH, "buf", None)
+    if held is None or len(held) < chunk + TAG_BYTES:
+        held = bytearray(chunk + TAG_BYTES)
+        _SCRATCH.buf = held
+    return memoryview(held)
 
 
 _ZEROS: Final = bytes(1 << 20)

@@ -7,10 +7,9 @@ import struct
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
-from weightvault.crypto.aead import TAG_BYTES
 from weightvault.errors import HeaderError, KeyAccessError
 from weightvault.files import atomic_file
-from weightvault.format.header import HeaderKind
+from weightvault.format.header import HeaderKind, TensorEntry
 from weightvault.format.keys import FileKey, derive_header_keys
 from weightvault.format.preamble import MAC_BYTES, Preamble
 from weightvault.format.recipients import Recipient, Stanza, encode_recipients_region
@@ -19,8 +18,6 @@ from weightvault.sealing.safetensors_source import parse_safetensors_header
 from weightvault.sealing.writer import SealOptions, SealResult, recipients_capacity
 
 __all__ = ["RewrapResult", "reseal_file", "rewrap_file", "unseal_file", "unseal_to"]
-
-_SCRATCH_BYTES = 8 << 20
 
 
 def _check_source_header(opened: OpenedFile) -> bytes:
@@ -37,8 +34,13 @@ def _check_source_header(opened: OpenedFile) -> bytes:
     return raw
 
 
-def unseal_to(opened: OpenedFile, out_fd: int, progress: Callable[[int], None] | None = None) -> None:
-    """Write the original file's bytes to ``out_fd``, verifying every chunk on the way.
+def unseal_to(
+    opened: OpenedFile, out_fd: int, progress: Callable[[int], None] | None = None, *, workers: int | None = None
+) -> None:
+    """Write the original file's bytes to ``out_fd`` (from offset 0), verifying every chunk on the way.
+
+    Runs of chunks are verified and written at their own offsets on ``workers`` threads;
+    on failure the caller discards the output (the atomic writers do).
 
     Raises:
         KeyAccessError: the key is a partial grant.
@@ -46,22 +48,30 @@ def unseal_to(opened: OpenedFile, out_fd: int, progress: Callable[[int], None] |
     """
     if opened.keys.is_partial:
         raise KeyAccessError("unsealing needs the file key, not a partial grant")
-    scratch = memoryview(bytearray(max(_SCRATCH_BYTES, opened.layout.preamble.chunk_size) + TAG_BYTES))
+    head = b""
     if opened.table.kind is HeaderKind.SAFETENSORS:
         raw = _check_source_header(opened)
-        os.write(out_fd, struct.pack("<Q", len(raw)) + raw)
+        head = struct.pack("<Q", len(raw)) + raw
+    # The original's layout: the header, then every tensor's bytes back to back in table order.
+    where: dict[int, int] = {}
+    cursor = len(head)
     for entry in opened.entries:
-        for block in opened._decrypt_streaming(entry, scratch):
-            _write_all(out_fd, block)
-            if progress is not None:
-                progress(len(block))
-    scratch[:] = bytes(len(scratch))
+        where[entry.index] = cursor
+        cursor += entry.nbytes
+    _pwrite_all(out_fd, memoryview(head), 0)
+
+    def write(entry: TensorEntry, start: int, plain: memoryview) -> None:
+        _pwrite_all(out_fd, plain, where[entry.index] + start)
+
+    opened.each_verified(write, progress=progress, workers=workers)
+    os.ftruncate(out_fd, cursor)
+    os.lseek(out_fd, cursor, os.SEEK_SET)
 
 
-def _write_all(fd: int, data: memoryview) -> None:
+def _pwrite_all(fd: int, data: memoryview, offset: int) -> None:
     done = 0
     while done < len(data):
-        done += os.write(fd, data[done:])
+        done += os.pwrite(fd, data[done:], offset + done)
 
 
 def unseal_file(
@@ -71,12 +81,13 @@ def unseal_file(
     *,
     overwrite: bool = False,
     progress: Callable[[int], None] | None = None,
+    workers: int | None = None,
 ) -> None:
-    """Unseal ``src`` into ``dst`` atomically: on any failure no output remains."""
+    """Unseal ``src`` into ``dst`` atomically, on ``workers`` threads: on any failure no output remains."""
     with SealedFile(Path(src)) as sealed:
         opened = sealed.unlock(keys)
         with atomic_file(Path(dst), overwrite=overwrite, mode=0o600) as out:
-            unseal_to(opened, out.fileno(), progress)
+            unseal_to(opened, out.fileno(), progress, workers=workers)
         opened.keys.forget()
 
 

@@ -9,17 +9,18 @@ Order of operations (see docs/format.md):
 4. encrypt every chunk, writing ciphertext at its final offset and keeping tags;
 5. write the tag table and the header MAC, fsync, and rename into place.
 
-Reads, encryption and writes overlap: a small thread pool prefetches the next
-block of plaintext and writes the previous block of ciphertext while the
-calling thread encrypts (pyca/cryptography holds the GIL while encrypting, file
-I/O does not).
+Step 4 runs on every core (``SealOptions.workers``): each worker reads and encrypts
+runs of whole chunks (pyca/cryptography releases the GIL inside its AEAD calls), and
+the calling thread writes each finished run at its offset. The output is fsynced once,
+at the end.
 """
 
 from __future__ import annotations
 
 import os
+import queue
 from collections.abc import Callable, Sequence
-from concurrent.futures import Future, ThreadPoolExecutor
+from concurrent.futures import ThreadPoolExecutor, as_completed, wait
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Final
@@ -42,9 +43,10 @@ from weightvault.format.preamble import (
     Preamble,
 )
 from weightvault.format.recipients import Recipient, Stanza, encode_recipients_region, region_bytes_needed
-from weightvault.format.stream import TensorStream
+from weightvault.format.stream import TensorStream, chunk_count
 from weightvault.format.wire import ALIGNMENT, align_up
 from weightvault.sealing.safetensors_source import read_safetensors_source
+from weightvault.sealing.workers import resolve_workers
 
 __all__ = [
     "DEFAULT_RECIPIENTS_BYTES",
@@ -71,6 +73,8 @@ class SealOptions:
     suite: AEADSuite = AEADSuite.AES_256_GCM
     chunk_log2: int = DEFAULT_CHUNK_LOG2
     sealed_metadata: bool = False
+    #: Encrypting threads; None: one per usable core (the output is fsynced once, at the end).
+    workers: int | None = None
 
 
 DEFAULT_OPTIONS: Final = SealOptions()
@@ -256,7 +260,8 @@ def _seal(
                     chunk_log2=options.chunk_log2,
                 )
             )
-        with ThreadPoolExecutor(max_workers=2, thread_name_prefix="wv-seal-io") as pool:
+        workers = resolve_workers(options.workers)
+        with ThreadPoolExecutor(max_workers=workers, thread_name_prefix="wv-seal") as pool:
             tag_cursor = _encrypt_all(
                 src_fd=inp.fileno(),
                 dst_fd=out.fileno(),
@@ -266,6 +271,7 @@ def _seal(
                 streams=streams,
                 tags=tags,
                 pool=pool,
+                workers=workers,
                 progress=progress,
             )
         assert tag_cursor == len(tags)
@@ -302,52 +308,69 @@ def _encrypt_all(
     streams: Sequence[TensorStream],
     tags: bytearray,
     pool: ThreadPoolExecutor,
+    workers: int,
     progress: Progress | None,
 ) -> int:
-    """Encrypt every tensor block by block; returns the number of tag bytes written."""
+    """Encrypt every tensor on the pool's threads; returns the number of tag bytes written.
+
+    Each task takes a free pair of buffers, reads a run of whole chunks of one tensor
+    into the first, encrypts it chunk by chunk into the second (pyca releases the GIL
+    there) and stores the chunks' tags at their places in the tag table. The calling
+    thread alone writes each finished run at its offset and frees its pair: writers of
+    one file serialise on its inode lock in the kernel, and with several of them the
+    waiting costs more system time than the encryption saves. Runs are independent, so
+    threads share nothing but the tag table, where each writes only its own slots. On
+    failure the caller's atomic writer discards the output.
+    """
     chunk = preamble.chunk_size
     block = max(chunk, _BLOCK_BYTES // chunk * chunk)
-    # Blocks of work: (tensor position, byte start, byte stop) with stop - start <= block.
-    work = [
-        (i, start, min(e.nbytes, start + block))
-        for i, e in enumerate(entries)
-        for start in range(0, max(e.nbytes, 1), block)
-    ]
-    in_bufs = [bytearray(block), bytearray(block)]
-    out_bufs = [bytearray(block + TAG_BYTES), bytearray(block + TAG_BYTES)]
-    pending_reads: list[Future[None]] = []
-    pending_writes: list[Future[None] | None] = [None, None]
+    first_tag = 0
+    work = []
+    for i, e in enumerate(entries):
+        for start in range(0, max(e.nbytes, 1), block):
+            work.append((i, start, min(e.nbytes, start + block), first_tag + (start >> preamble.chunk_log2)))
+        first_tag += chunk_count(e.nbytes, preamble.chunk_log2)
 
-    def submit_read(k: int) -> None:
-        i, a, b = work[k]
-        view = memoryview(in_bufs[k % 2])[: b - a]
-        pending_reads.append(pool.submit(_pread_exact, src_fd, view, sources[i].offset + a))
+    # Two pairs of buffers per thread, so that threads encrypt while the caller writes;
+    # reused run after run and zeroed at the end. A pair is held by a running task or
+    # by a finished run waiting to be written, and the loop below frees the latter.
+    free: queue.SimpleQueue[tuple[bytearray, bytearray]] = queue.SimpleQueue()
+    pairs = [(bytearray(block), bytearray(block + TAG_BYTES)) for _ in range(2 * workers)]
+    for pair in pairs:
+        free.put(pair)
 
-    if work:
-        submit_read(0)
-    tag_cursor = 0
-    for k, (i, a, b) in enumerate(work):
-        pending_reads[k].result()
-        if k + 1 < len(work):
-            submit_read(k + 1)
-        slot = k % 2
-        previous = pending_writes[slot]
-        if previous is not None:
-            previous.result()
-        plain = memoryview(in_bufs[slot])
-        out = memoryview(out_bufs[slot])
-        stream = streams[i]
-        for j in range(a >> preamble.chunk_log2, max(1, -(-b >> preamble.chunk_log2))):
-            c0, c1 = stream.chunk_bounds(j)
-            lo, hi = c0 - a, c1 - a
-            stream.encrypt_chunk_into(j, plain[lo:hi], out[lo : hi + TAG_BYTES])
-            tags[tag_cursor : tag_cursor + TAG_BYTES] = out[hi : hi + TAG_BYTES]
-            tag_cursor += TAG_BYTES
-        start = preamble.data_offset + entries[i].offset + a
-        pending_writes[slot] = pool.submit(_pwrite_all, dst_fd, out[: b - a], start)
-        if progress is not None:
-            progress(b - a)
-    for w in pending_writes:
-        if w is not None:
-            w.result()
-    return tag_cursor
+    def encrypt(i: int, a: int, b: int, tag_index: int) -> tuple[tuple[bytearray, bytearray], int, int]:
+        pair = free.get()
+        try:
+            plain, out = memoryview(pair[0]), memoryview(pair[1])
+            _pread_exact(src_fd, plain[: b - a], sources[i].offset + a)
+            stream = streams[i]
+            at = tag_index * TAG_BYTES
+            for j in range(a >> preamble.chunk_log2, max(1, -(-b >> preamble.chunk_log2))):
+                c0, c1 = stream.chunk_bounds(j)
+                lo, hi = c0 - a, c1 - a
+                stream.encrypt_chunk_into(j, plain[lo:hi], out[lo : hi + TAG_BYTES])
+                tags[at : at + TAG_BYTES] = out[hi : hi + TAG_BYTES]
+                at += TAG_BYTES
+        except BaseException:
+            free.put(pair)
+            raise
+        return pair, b - a, preamble.data_offset + entries[i].offset + a
+
+    futures = [pool.submit(encrypt, *item) for item in work]
+    try:
+        for future in as_completed(futures):
+            pair, done, offset = future.result()
+            _pwrite_all(dst_fd, memoryview(pair[1])[:done], offset)
+            free.put(pair)
+            if progress is not None:
+                progress(done)
+    except BaseException:
+        for future in futures:
+            future.cancel()
+        wait(futures)
+        raise
+    finally:
+        for plain_buf, _ in pairs:
+            plain_buf[:] = bytes(len(plain_buf))
+    return first_tag * TAG_BYTES
