@@ -7,6 +7,7 @@ import re
 import socket
 import subprocess
 import sys
+import tempfile
 import time
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
@@ -36,9 +37,12 @@ def serve(
     """Run ``python -m weightvault <args>`` until the block ends; yields the base URL."""
     full_env = {k: v for k, v in os.environ.items() if not k.startswith("WEIGHTVAULT_")}
     full_env.update(env or {})
+    # The server's output goes to a file, never to a pipe nobody drains: once a pipe's
+    # 64 KiB fill up, the server's next log line blocks every thread that logs.
+    output = tempfile.TemporaryFile()  # noqa: SIM115 (closed in the finally below)
     proc = subprocess.Popen(
         [sys.executable, "-m", "weightvault", *args],
-        stdout=subprocess.PIPE,
+        stdout=output,
         stderr=subprocess.STDOUT,
         env=full_env,
     )
@@ -51,8 +55,8 @@ def serve(
     try:
         while True:
             if proc.poll() is not None:
-                output = proc.stdout.read().decode() if proc.stdout else ""
-                raise RuntimeError(f"server exited with {proc.returncode}: {output}")
+                output.seek(0)
+                raise RuntimeError(f"server exited with {proc.returncode}: {output.read().decode(errors='replace')}")
             try:
                 httpx.get(base + ready_path, timeout=1.0, verify=verify)  # type: ignore[arg-type]
                 break
@@ -68,8 +72,7 @@ def serve(
         except subprocess.TimeoutExpired:
             proc.kill()
             proc.wait()
-        if proc.stdout:
-            proc.stdout.close()
+        output.close()
 
 
 def set_rate_limit(base: Path, rate_per_second: float, burst: int) -> None:

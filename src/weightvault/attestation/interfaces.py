@@ -17,8 +17,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any, Protocol, TypeAlias
 
-import rfc8785
-
+from weightvault.encoding import canonical_json
 from weightvault.errors import EvidenceError
 
 __all__ = [
@@ -44,12 +43,12 @@ def report_data(challenge_id: str, nonce: bytes, tenant: str, kem: str, public: 
         "tenant": tenant,
         "hpke": {"kem": kem, "public": base64.b64encode(public).decode()},
     }
-    return hashlib.sha256(rfc8785.dumps(doc)).digest()  # type: ignore[arg-type]
+    return hashlib.sha256(canonical_json(doc)).digest()
 
 
 def evidence_digest(evidence: Mapping[str, Any]) -> str:
     """``sha256:<hex>`` of the canonical evidence, for the audit log."""
-    return "sha256:" + hashlib.sha256(rfc8785.dumps(dict(evidence))).hexdigest()
+    return "sha256:" + hashlib.sha256(canonical_json(dict(evidence))).hexdigest()
 
 
 @dataclass(frozen=True, slots=True)

@@ -29,9 +29,8 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Final
 
-import rfc8785
-
 from weightvault.attestation.interfaces import AttestationResult, ClaimValue
+from weightvault.encoding import canonical_json
 from weightvault.errors import PolicyViolationError
 
 __all__ = ["PolicyDecision", "ReleasePolicy"]
@@ -82,7 +81,7 @@ class ReleasePolicy:
 
     @property
     def digest(self) -> str:
-        return "sha256:" + hashlib.sha256(rfc8785.dumps(dict(self.document))).hexdigest()
+        return "sha256:" + hashlib.sha256(canonical_json(dict(self.document))).hexdigest()
 
     @classmethod
     def parse(cls, tenant: str, name: str, version: int, document: Mapping[str, Any]) -> ReleasePolicy:
@@ -92,7 +91,7 @@ class ReleasePolicy:
             PolicyViolationError: a malformed document, an unknown operator, a resource
                 outside the tenant, or no verifier listed.
         """
-        if len(rfc8785.dumps(dict(document))) > _MAX_BYTES:
+        if len(canonical_json(dict(document))) > _MAX_BYTES:
             raise PolicyViolationError("policy document too large")
         allowed_keys = {"verifiers", "resources", "rule", "immutable", "description"}
         unknown = set(document) - allowed_keys

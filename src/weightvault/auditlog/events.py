@@ -30,6 +30,7 @@ from typing import Any, Final
 import rfc8785
 
 from weightvault.auditlog.merkle import MAX_ENTRY_BYTES
+from weightvault.encoding import canonical_json
 from weightvault.errors import AuditLogError
 
 __all__ = [
@@ -209,7 +210,7 @@ class AuditEvent:
     def encode(self) -> bytes:
         """RFC 8785 canonical JSON; raises AuditLogError above :data:`MAX_EVENT_BYTES`."""
         try:
-            data: bytes = rfc8785.dumps(self.to_json())
+            data: bytes = canonical_json(self.to_json())
         except (rfc8785.CanonicalizationError, TypeError, ValueError) as exc:
             raise AuditLogError(f"event cannot be canonicalised: {exc}") from exc
         if len(data) > MAX_EVENT_BYTES:
@@ -279,7 +280,7 @@ def digest(data: bytes | str) -> str:
 
 def digest_json(value: object) -> str:
     """``sha256:<hex>`` of the RFC 8785 form of a JSON value."""
-    return digest(rfc8785.dumps(value))  # type: ignore[arg-type]
+    return digest(canonical_json(value))
 
 
 def bounded_list(values: Sequence[str], limit: int = 64) -> list[str] | dict[str, Any]:

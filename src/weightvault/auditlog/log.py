@@ -2,16 +2,21 @@
 
 Order of operations for every batch (the writer thread):
 
-1. take up to ``batch_max`` pending events (waiting at most ``batch_delay_s`` for more);
+1. take up to ``batch_max`` pending events: as soon as one of them has a caller
+   waiting for it (:meth:`AuditLog.append`), everything queued at that moment;
+   events only queued (:meth:`AuditLog.submit`) wait at most ``batch_delay_s`` for
+   company. Events queued while a batch commits form the next one (group commit);
 2. stamp each with the log's clock, encode it (canonical JSON), hash it into the tree;
 3. sign the new checkpoint with the log key (never a key-encryption key);
 4. in one durable transaction, compare-and-swap the head under this writer's
-   fencing token and write entries, new tree nodes and the checkpoint;
-5. advance the watermark kept in a separate file;
+   fencing token and write entries, new tree nodes and the checkpoint (and, when
+   the log has no witnesses to ask, mark it published in the same transaction);
+5. advance the watermark kept in a separate file (fsynced at most once a second:
+   see :class:`~weightvault.auditlog.storage.Watermark`);
 6. only then tell the appenders their index: an index is a promise that the event
    is on stable storage and in a signed checkpoint;
-7. hand the checkpoint to the publisher thread, which gathers witness cosignatures
-   and publishes it once the witness policy's quorum is met.
+7. with witnesses, hand the checkpoint to the publisher thread, which gathers
+   cosignatures and publishes it once the witness policy's quorum is met.
 
 If step 4 or 5 fails, every appender of the batch gets :class:`AuditLogError` and
 the log stops accepting events (fail closed): the write-ahead rule then refuses
@@ -21,6 +26,7 @@ every sensitive action.
 from __future__ import annotations
 
 import contextlib
+import sqlite3
 import threading
 import time
 from collections.abc import Callable, Iterator, Sequence
@@ -49,6 +55,8 @@ from weightvault.errors import AuditLogError, WeightVaultError
 __all__ = ["AuditLog", "AuditSink", "LogConfig", "LogReader", "Pending", "Receipt", "WitnessEndpoint", "write_ahead"]
 
 _STOP: Final = object()
+#: The watermark's commits are fsynced when this long has passed since the last fsynced one.
+WATERMARK_SYNC_S: Final = 1.0
 
 
 class Pending(Future["Receipt"]):
@@ -97,6 +105,7 @@ class LogConfig:
     """How the log commits and publishes."""
 
     batch_max: int = 512
+    #: How long events that nobody waits for may wait for company; a waiting append never waits.
     batch_delay_s: float = 0.002
     #: Raise instead of continuing when witnesses cannot be reached (strict deployments).
     require_witnesses: bool = False
@@ -252,7 +261,11 @@ class AuditLog(LogReader):
         self._storage = LogStorage(path, self.origin)
         self._watermark = Watermark(watermark_path or path.with_name(path.name + ".watermark"), self.origin)
         self._open_state()
-        self._queue: SimpleQueue[tuple[StoredEntry, Pending] | object] = SimpleQueue()
+        self._queue: SimpleQueue[tuple[StoredEntry, Pending, bool] | object] = SimpleQueue()
+        # Without witness endpoints, a checkpoint needs no cosignature to be published: the
+        # commit publishes it in its own transaction and the publisher thread has nothing to do.
+        self._publish_in_commit = not self._witnesses and self._policy.satisfied(set())
+        self._watermark_synced = float("-inf")
         self._submit_lock = threading.Lock()
         self._next_index = self._tree.size
         self._last_ts = 0
@@ -330,7 +343,7 @@ class AuditLog(LogReader):
                 the commit did not finish within ``timeout_s``.
         """
         try:
-            return self.submit(event).result(timeout=timeout_s)
+            return self._enqueue(event, waited=True).result(timeout=timeout_s)
         except FutureTimeoutError as exc:
             raise AuditLogError(f"the audit log did not commit within {timeout_s:g} s") from exc
 
@@ -341,7 +354,12 @@ class AuditLog(LogReader):
         the single writer commits in. A caller may therefore refer to an event it
         has submitted (``refs``) before that event is durable; both become durable in
         the same or consecutive batches, and a failed batch fails the whole log.
+        A submitted event is committed with the next appended one, or after
+        ``batch_delay_s`` at the latest.
         """
+        return self._enqueue(event, waited=False)
+
+    def _enqueue(self, event: AuditEvent, *, waited: bool) -> Pending:
         if self._failed is not None:
             raise AuditLogError(f"the audit log has failed and accepts no events: {self._failed}")
         if self._closing:
@@ -353,7 +371,8 @@ class AuditLog(LogReader):
             pending = Pending(self._next_index)
             self._next_index += 1
             self._last_ts = ts
-            self._queue.put((StoredEntry(pending.index, data, ts, stamped.tenant, stamped.type), pending))
+            entry = StoredEntry(pending.index, data, ts, stamped.tenant, stamped.type)
+            self._queue.put((entry, pending, waited))
         return pending
 
     def _run(self) -> None:
@@ -362,21 +381,26 @@ class AuditLog(LogReader):
             if item is _STOP:
                 return
             batch = [item]
+            waited = item[2]  # type: ignore[index]
             deadline = time.monotonic() + self._config.batch_delay_s
             while len(batch) < self._config.batch_max:
                 try:
-                    nxt = self._queue.get(timeout=max(0.0, deadline - time.monotonic()))
+                    if waited:  # someone waits: take what is queued now, and commit
+                        nxt = self._queue.get(block=False)
+                    else:
+                        nxt = self._queue.get(timeout=max(0.0, deadline - time.monotonic()))
                 except Empty:
                     break
                 if nxt is _STOP:
                     self._queue.put(_STOP)
                     break
                 batch.append(nxt)
+                waited = waited or nxt[2]  # type: ignore[index]
             self._commit(batch)  # type: ignore[arg-type]
 
-    def _commit(self, batch: list[tuple[StoredEntry, Pending]]) -> None:
+    def _commit(self, batch: list[tuple[StoredEntry, Pending, bool]]) -> None:
         if self._failed is not None:
-            for _, future in batch:
+            for _, future, _ in batch:
                 future.set_exception(AuditLogError(f"the audit log has failed: {self._failed}"))
             return
         tree = self._tree.copy()
@@ -384,7 +408,7 @@ class AuditLog(LogReader):
         entries: list[StoredEntry] = []
         nodes: list[tuple[int, int, bytes]] = []
         receipts = []
-        for entry, _ in batch:
+        for entry, _, _ in batch:
             assert entry.index == tree.size, "submission order is commit order"
             h = leaf_hash(entry.data)
             entries.append(entry)
@@ -393,21 +417,37 @@ class AuditLog(LogReader):
         note = self._sign(tree)
         try:
             self._storage.append_batch(
-                entries, nodes, fence=self._fence, old=old, new=(tree.size, tree.root()), checkpoint=note.to_text()
+                entries,
+                nodes,
+                fence=self._fence,
+                old=old,
+                new=(tree.size, tree.root()),
+                checkpoint=note.to_text(),
+                published=self._publish_in_commit,
             )
-            self._watermark.advance(tree.size, tree.root())
+            self._advance_watermark(tree)
         except BaseException as exc:  # storage or CAS failure: fail closed
             self._failed = exc if isinstance(exc, WeightVaultError) else AuditLogError(f"commit failed: {exc}")
-            for _, future in batch:
+            for _, future, _ in batch:
                 future.set_exception(AuditLogError(f"audit append failed: {self._failed}"))
             return
         self._tree = tree
         self._head_note = note
-        for (_, future), (index, h) in zip(batch, receipts, strict=True):
+        for (_, future, _), (index, h) in zip(batch, receipts, strict=True):
             future.set_result(Receipt(index, h, tree.size))
         with self._published_cond:
-            self._pending_publish = note
+            if self._publish_in_commit:
+                self._published = note
+            else:
+                self._pending_publish = note
             self._published_cond.notify_all()
+
+    def _advance_watermark(self, tree: CompactRange, *, sync: bool = False) -> None:
+        now = time.monotonic()
+        durable = sync or now - self._watermark_synced >= WATERMARK_SYNC_S
+        self._watermark.advance(tree.size, tree.root(), durable=durable)
+        if durable:
+            self._watermark_synced = now
 
     # -- publishing ----------------------------------------------------------------
 
@@ -496,6 +536,9 @@ class AuditLog(LogReader):
         self._closing = True
         self._queue.put(_STOP)
         self._writer.join()
+        if self._failed is None:
+            with contextlib.suppress(WeightVaultError, OSError, sqlite3.Error):
+                self._advance_watermark(self._tree, sync=True)  # an orderly stop leaves it on disk
         with self._published_cond:
             self._published_cond.notify_all()
         self._publisher.join()

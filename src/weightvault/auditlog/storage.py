@@ -15,8 +15,11 @@ restored from an older backup no longer reaches the watermark, so the log
 refuses to open. Restoring both files together is caught outside this machine
 by witnesses and clients, which remember larger checkpoints.
 
-Both databases run in WAL mode with ``synchronous=FULL``: a commit returns only
-after the data is on stable storage.
+Both databases run in WAL mode with ``synchronous=FULL``: a commit of the log
+returns only after the data is on stable storage. The watermark's commits may skip
+their fsync (:meth:`Watermark.advance`), because a watermark that lags only weakens
+the rollback check for the last moments before a power failure, and never makes it
+refuse a good log.
 """
 
 from __future__ import annotations
@@ -128,13 +131,25 @@ class Watermark:
         row = self._conn.execute("SELECT size, root FROM watermark WHERE id = 1").fetchone()
         return None if row is None else (row[0], bytes(row[1]))
 
-    def advance(self, size: int, root: bytes) -> None:
-        """Record (size, root) if it is larger than the stored watermark."""
-        self._conn.execute(
-            "INSERT INTO watermark (id, origin, size, root) VALUES (1, ?, ?, ?) "
-            "ON CONFLICT (id) DO UPDATE SET size = excluded.size, root = excluded.root WHERE excluded.size > size",
-            (self.origin, size, root),
-        )
+    def advance(self, size: int, root: bytes, *, durable: bool = True) -> None:
+        """Record (size, root) if it is larger than the stored watermark.
+
+        ``durable=False`` skips the fsync: the commit is atomic and ordered, and a
+        power failure can only take the watermark back to an earlier committed
+        (size, root), which the log still extends. The writer calls it after the
+        log's own durable commit, so the watermark is never ahead of the log.
+        """
+        if not durable:
+            self._conn.execute("PRAGMA synchronous=NORMAL")
+        try:
+            self._conn.execute(
+                "INSERT INTO watermark (id, origin, size, root) VALUES (1, ?, ?, ?) "
+                "ON CONFLICT (id) DO UPDATE SET size = excluded.size, root = excluded.root WHERE excluded.size > size",
+                (self.origin, size, root),
+            )
+        finally:
+            if not durable:
+                self._conn.execute("PRAGMA synchronous=FULL")
 
     def close(self) -> None:
         self._conn.close()
@@ -259,8 +274,12 @@ class LogStorage:
         old: tuple[int, bytes],
         new: tuple[int, bytes],
         checkpoint: str,
+        published: bool = False,
     ) -> None:
         """Advance the head by compare-and-swap and persist the batch, in one durable transaction.
+
+        ``published``: the checkpoint needs no cosignatures (a log without witnesses)
+        and is recorded as the newest published one in the same transaction.
 
         Raises:
             AuditLogError: the fence or head changed (this writer must stop); nothing is written.
@@ -283,6 +302,8 @@ class LogStorage:
                 self._conn.execute(
                     "INSERT OR REPLACE INTO checkpoints (size, note) VALUES (?, ?)", (new[0], checkpoint)
                 )
+                if published:
+                    self._mark_published(new[0])
                 self._conn.execute("COMMIT")
             except BaseException:
                 self._conn.execute("ROLLBACK")
@@ -298,15 +319,19 @@ class LogStorage:
             self._conn.execute("BEGIN IMMEDIATE")
             try:
                 self._conn.execute("INSERT OR REPLACE INTO checkpoints (size, note) VALUES (?, ?)", (size, note))
-                self._conn.execute(
-                    "INSERT INTO meta (k, v) VALUES ('published', ?) ON CONFLICT (k) DO UPDATE "
-                    "SET v = excluded.v WHERE CAST(meta.v AS INTEGER) < CAST(excluded.v AS INTEGER)",
-                    (str(size),),
-                )
+                self._mark_published(size)
                 self._conn.execute("COMMIT")
             except BaseException:
                 self._conn.execute("ROLLBACK")
                 raise
+
+    def _mark_published(self, size: int) -> None:
+        """Inside a transaction: ``size`` is the newest published checkpoint (it never moves back)."""
+        self._conn.execute(
+            "INSERT INTO meta (k, v) VALUES ('published', ?) ON CONFLICT (k) DO UPDATE "
+            "SET v = excluded.v WHERE CAST(meta.v AS INTEGER) < CAST(excluded.v AS INTEGER)",
+            (str(size),),
+        )
 
     def published_checkpoint(self) -> str | None:
         """The newest checkpoint that was published (met the witness policy), or None."""

@@ -46,7 +46,9 @@ class WitnessConfig:
 class AuditConfig:
     witnesses: tuple[WitnessConfig, ...] = ()
     quorum: int = 0
-    batch_delay_s: float = 0.0
+    #: How long events nobody waits for (a release's decision and done) wait to share a
+    #: commit; an append that someone waits for (an intent) commits at once.
+    batch_delay_s: float = 0.002
 
 
 @dataclass(frozen=True, slots=True)

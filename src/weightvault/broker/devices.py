@@ -16,8 +16,6 @@ import hmac
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any, Final
 
-import rfc8785
-
 from weightvault.attestation.registry import VerifierRegistry
 from weightvault.auditlog.events import AuditEvent, bounded_list
 from weightvault.broker.approvals import ApprovalService, Grant
@@ -25,6 +23,7 @@ from weightvault.broker.names import check_name
 from weightvault.broker.recording import AuditRecorder
 from weightvault.broker.storage import BrokerStore, DeviceRow
 from weightvault.crypto.secret import random_bytes
+from weightvault.encoding import canonical_json
 from weightvault.errors import (
     AttestationError,
     ConflictError,
@@ -86,7 +85,7 @@ class DeviceService:
             "device": device_id,
             "kind": kind,
             "tenants": sorted(tenants),
-            "identity_sha256": hashlib.sha256(rfc8785.dumps(dict(identity or {}))).hexdigest(),
+            "identity_sha256": hashlib.sha256(canonical_json(dict(identity or {}))).hexdigest(),
         }
         grant = self._approvals.gate(actor, "device.enrol", "-", params, approval=approval)
         self._insert(actor, DeviceRow(device_id, kind, "active", dict(identity or {}), {}, frozenset(tenants)), grant)

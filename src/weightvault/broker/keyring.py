@@ -75,15 +75,18 @@ class Keyring:
         """A fresh KEK for ``tenant``, returned wrapped under the root key (the plaintext is not kept)."""
         return wrap_kek(self.root(), tenant, version, random_bytes(32))
 
-    def kek(self, tenant: str, version: int) -> bytes:
+    def kek(self, tenant: str, version: int, *, refuse_retired: bool = False) -> bytes:
         """A tenant's KEK of ``version``, unwrapped.
 
         Raises:
             NotFoundError: no such KEK version.
+            KeyAccessError: ``refuse_retired`` and the version is retired (its models need a rewrap).
         """
         row = self._store.keys.kek(tenant, version)
         if row is None:
             raise NotFoundError(f"KEK v{version} of {tenant} is missing")
+        if refuse_retired and row.retired:
+            raise KeyAccessError(f"KEK v{version} of {tenant} is retired; rewrap the model")
         return unwrap_kek(self.root(), tenant, version, row.wrapped)
 
     def wrap_for_model(self, tenant: str, name: str, version: str, file_key: FileKey) -> tuple[int, bytes]:
@@ -108,9 +111,7 @@ class Keyring:
             NotFoundError: the KEK version is missing.
             KeyAccessError: ``refuse_retired`` and the KEK version is retired (the model needs a rewrap).
         """
-        if refuse_retired and self._store.keys.kek_retired(model.tenant_id, model.kek_version):
-            raise KeyAccessError(f"KEK v{model.kek_version} of {model.tenant_id} is retired; rewrap the model")
-        kek = self.kek(model.tenant_id, model.kek_version)
+        kek = self.kek(model.tenant_id, model.kek_version, refuse_retired=refuse_retired)
         return unwrap_file_key(
             kek,
             tenant=model.tenant_id,

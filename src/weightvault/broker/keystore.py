@@ -18,10 +18,9 @@ comes from a key file, or from an M-of-N unseal ceremony (docs/custody.md).
 
 from __future__ import annotations
 
-import rfc8785
-
 from weightvault.crypto.keywrap import WRAP_SALT_BYTES, InvalidTag, unwrap_with_secret, wrap_with_secret
 from weightvault.crypto.secret import SecretBytes, random_bytes
+from weightvault.encoding import canonical_json
 from weightvault.errors import ConfigError, KeyAccessError
 from weightvault.format.keys import FileKey
 
@@ -65,7 +64,7 @@ class RootKey:
 
 
 def _aad(**fields: object) -> bytes:
-    return rfc8785.dumps(fields)  # type: ignore[arg-type]
+    return canonical_json(fields)
 
 
 def _split(blob: bytes) -> tuple[bytes, bytes]:

@@ -28,9 +28,8 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Final
 
-import rfc8785
-
 from weightvault import errors as e
+from weightvault.encoding import canonical_json
 from weightvault.format.keys import FileKey, TensorKeys
 
 __all__ = [
@@ -51,17 +50,17 @@ RELEASE_PAYLOAD_VERSION: Final = 1
 
 def registration_info(tenant: str, name: str, version: str) -> bytes:
     """HPKE info binding a publisher's sealed file key to the model it registers."""
-    return b"weightvault/v1 register\x00" + rfc8785.dumps({"tenant": tenant, "name": name, "version": version})
+    return b"weightvault/v1 register\x00" + canonical_json({"tenant": tenant, "name": name, "version": version})
 
 
 def export_info(tenant: str, resource: str) -> bytes:
     """HPKE info binding an exported file key to its tenant and model."""
-    return b"weightvault/v1 export\x00" + rfc8785.dumps({"tenant": tenant, "resource": resource})
+    return b"weightvault/v1 export\x00" + canonical_json({"tenant": tenant, "resource": resource})
 
 
 def release_info(tenant: str, resource: str, jti: str) -> bytes:
     """HPKE info binding a released payload to its tenant, model and token."""
-    return b"weightvault/v1 release\x00" + rfc8785.dumps({"tenant": tenant, "resource": resource, "jti": jti})
+    return b"weightvault/v1 release\x00" + canonical_json({"tenant": tenant, "resource": resource, "jti": jti})
 
 
 @dataclass
@@ -95,7 +94,7 @@ class ReleasePayload:
                 }
                 for file_id, grant in sorted(self.grants.items())
             ]
-        out: bytes = rfc8785.dumps(doc)
+        out: bytes = canonical_json(doc)
         return out
 
     @classmethod

@@ -255,9 +255,10 @@ class ReleaseService:
             # One-shot: every path of the release below appends a durable event (its decision or
             # its intent), and the single writer commits in order, so this rides that commit.
             self._recorder.queue(passed)
-        if device_id is not None and result.device_state:
-            self._store.devices.update(device_id, now, state=result.device_state)
-        self._store.sessions.add_token(parsed.jti, tenant, device_id, parsed.expires_at)
+        # Durable, and with it the challenge's consumption above: before the token leaves.
+        self._store.sessions.record_attestation(
+            parsed.jti, tenant, device_id, parsed.expires_at, device_state=result.device_state or None, now=now
+        )
         released = None
         if release is not None:
             released = self._release(actor, parsed, release[0], release[1], approval)

@@ -92,6 +92,59 @@ def test_group_commit_from_many_threads(log: AuditLog) -> None:
     assert 400 == log.fsck()
 
 
+def test_an_awaited_append_commits_at_once_and_takes_queued_events_along(tmp_path: Path) -> None:
+    """Queued events wait (here up to a minute) for company; an append commits them with it, now."""
+    with AuditLog(tmp_path / "audit.db", LOG_KEY, clock=clock, config=LogConfig(batch_delay_s=60)) as log:
+        queued = [log.submit(ev(i)) for i in range(3)]
+        receipt = log.append(ev(3), timeout_s=10)  # would raise after 10 s if it waited for the delay
+        assert 4 == receipt.checkpoint_size
+        assert [4, 4, 4] == [q.result(timeout=0).checkpoint_size for q in queued]
+
+
+def test_queued_events_alone_commit_after_the_delay(tmp_path: Path) -> None:
+    with AuditLog(tmp_path / "audit.db", LOG_KEY, clock=clock, config=LogConfig(batch_delay_s=0.01)) as log:
+        assert 0 == log.submit(ev(0)).result(timeout=10).index
+
+
+def test_without_witnesses_the_commit_publishes_its_checkpoint(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """No publisher round trip: readers of the database see each commit's checkpoint as published."""
+    from weightvault.auditlog.log import LogReader
+    from weightvault.auditlog.storage import LogStorage
+
+    def no_second_write(*_: object) -> None:
+        raise AssertionError("the publisher stored a checkpoint the commit had published")
+
+    monkeypatch.setattr(LogStorage, "store_published", no_second_write)
+    path = tmp_path / "audit.db"
+    with AuditLog(path, LOG_KEY, clock=clock) as log:
+        for i in range(3):
+            log.append(ev(i))
+        assert log.published_checkpoint() == log.latest_checkpoint()
+        with LogReader.open(path, LOG_KEY.name) as reader:
+            served = reader.served_checkpoint()
+        assert 3 == Checkpoint.from_text(served.text).size
+        assert served.to_text() == log.latest_checkpoint().to_text()
+
+
+def test_the_watermark_is_on_disk_after_an_orderly_close(tmp_path: Path) -> None:
+    """Commits between fsyncs of the watermark still reach it; closing syncs the last one."""
+    from weightvault.auditlog.storage import Watermark
+
+    path = tmp_path / "audit.db"
+    with AuditLog(path, LOG_KEY, clock=clock) as log:
+        for i in range(20):
+            log.append(ev(i))
+        root = log.root_at(20)
+    mark = Watermark(path.with_name(path.name + ".watermark"), LOG_KEY.name)
+    try:
+        assert (20, root) == mark.read()
+        mark.advance(21, b"r" * 32, durable=False)
+        assert 2 == mark._conn.execute("PRAGMA synchronous").fetchone()[0]  # back to FULL after a relaxed commit
+        assert 21 == (mark.read() or (0, b""))[0]
+    finally:
+        mark.close()
+
+
 def test_events_are_canonical_and_queryable(log: AuditLog) -> None:
     """Entries are canonical JSON with the log's timestamp; queries filter by tenant and time."""
     log.append(ev(1, tenant="acme"))

@@ -13,6 +13,7 @@ from weightvault.errors import (
     AuthenticationError,
     ConflictError,
     InvalidRequestError,
+    KeyAccessError,
     NotFoundError,
     PermissionDeniedError,
     SealedError,
@@ -166,6 +167,21 @@ def test_kek_rotation_rewrap_and_retirement(in_process: InProcess) -> None:
     assert (2, fk) == (model.kek_version, b.keyring.file_key_of(model))
     b.retire_kek(ADMIN, "acme", 1)
     assert [True, False] == [k.retired for k in b.store.keys.keks("acme")]
+
+
+def test_a_key_under_a_retired_kek_is_never_released(in_process: InProcess) -> None:
+    """Defence in depth: should a model still point at a retired KEK version, its key stays put."""
+    b = in_process.broker
+    b.register_model(PUBLISHER, "acme", "m", "1", policy="open", file_key=FileKey.generate(), files=[])
+    b.rotate_kek(ADMIN, "acme")
+    b.store.keys.retire_kek("acme", 1, 5)  # behind the service's back: the model was not rewrapped
+    model = b.store.catalogue.model("acme", "m", "1")
+    assert model is not None
+    row = b.store.keys.kek("acme", 1)
+    assert row is not None
+    assert row.retired
+    with pytest.raises(KeyAccessError, match="retired"):
+        b.keyring.file_key_of(model, refuse_retired=True)
 
 
 def test_export_always_needs_an_approval_rule(in_process: InProcess) -> None:

@@ -52,5 +52,34 @@ def test_tenant_data_is_looked_up_within_its_tenant(store: BrokerStore) -> None:
 
 def test_a_token_this_broker_never_issued_counts_as_revoked(store: BrokerStore) -> None:
     assert store.sessions.token_revoked("never-issued")
-    store.sessions.add_token("j", "acme", None, 100)
+    store.sessions.record_attestation("j", "acme", None, 100)
     assert not store.sessions.token_revoked("j")
+
+
+def test_an_attestation_records_its_token_and_device_state_together(store: BrokerStore) -> None:
+    """One transaction: a duplicate token id leaves the device's state as it was."""
+    store.devices.create(DeviceRow("d", "tpm", "active", {}, {"reset": 1}, frozenset({"acme"})), 1)
+    store.sessions.record_attestation("j", "acme", "d", 100, device_state={"reset": 2}, now=5)
+    device = store.devices.by_id("d")
+    assert device is not None
+    assert {"reset": 2} == device.state
+    with pytest.raises(ConflictError):
+        store.sessions.record_attestation("j", "acme", "d", 100, device_state={"reset": 3}, now=6)
+    device = store.devices.by_id("d")
+    assert device is not None
+    assert {"reset": 2} == device.state
+
+
+@pytest.mark.parametrize("fails", [False, True])
+def test_a_write_without_fsync_leaves_the_connection_durable(store: BrokerStore, fails: bool) -> None:
+    """After a challenge is stored without fsync (or that write fails), later commits are FULL again."""
+    row = ChallengeRow("c1", "acme", "p", b"n" * 32, None, 100)
+    store.sessions.add_challenge(row)
+    if fails:
+        with pytest.raises(ConflictError):
+            store.sessions.add_challenge(row)
+    db = store.sessions._db
+    with db.engine.connect() as conn:
+        assert 2 == conn.exec_driver_sql("PRAGMA synchronous").scalar()  # 2 = FULL
+    with db.write() as conn:
+        assert 2 == conn.exec_driver_sql("PRAGMA synchronous").scalar()

@@ -5,6 +5,16 @@ Every repository of this package runs its statements through :class:`Database`:
 writers, which SQLite needs and other engines tolerate), ``read()`` a connection
 for queries. Integrity errors become :class:`~weightvault.errors.ConflictError`, so
 a duplicate insert that loses a race reads like any other "it exists".
+
+Durability. A write is durable when ``write()`` returns (SQLite: WAL with
+``synchronous=FULL``, one fsync per commit), unless the repository asks for
+``write(durable=False)``. Such a commit is atomic, isolated and ordered like any
+other but skips the fsync (SQLite: ``synchronous=NORMAL`` for that transaction;
+PostgreSQL would use ``SET LOCAL synchronous_commit = off``): a power failure may
+undo it, never half of it. And because the log is sequential, the next durable
+commit makes every earlier one durable too. Repositories use it only where losing
+the write fails closed (a challenge or token that vanishes is refused) or where a
+later durable commit always precedes anything that depends on it (docs/protocol.md).
 """
 
 from __future__ import annotations
@@ -72,11 +82,24 @@ class Database:
         return None
 
     @contextmanager
-    def write(self) -> Iterator[Connection]:
-        """One transaction; a unique-key violation inside it is a ConflictError."""
+    def write(self, *, durable: bool = True) -> Iterator[Connection]:
+        """One transaction; a unique-key violation inside it is a ConflictError.
+
+        ``durable=False``: the commit skips its fsync (see the module docstring).
+        """
         try:
-            with self._write_lock, self.engine.begin() as conn:
-                yield conn
+            with self._write_lock, self.engine.connect() as conn:
+                relaxed = not durable and self.engine.dialect.name == "sqlite"
+                if relaxed:
+                    # On the driver's connection, outside any transaction: SQLAlchemy would
+                    # begin one for a statement of its own, and the pragma applies per commit.
+                    conn.connection.driver_connection.execute("PRAGMA synchronous=NORMAL")  # type: ignore[union-attr]
+                try:
+                    with conn.begin():
+                        yield conn
+                finally:
+                    if relaxed:
+                        conn.connection.driver_connection.execute("PRAGMA synchronous=FULL")  # type: ignore[union-attr]
         except sa.exc.IntegrityError as exc:
             raise ConflictError("it exists already") from exc
 

@@ -58,8 +58,18 @@ _Q_LATEST_POLICY: Final = (
     .order_by(t.policies.c.version.desc())
     .limit(1)
 )
-_Q_KEK: Final = sa.select(t.keks).where(t.keks.c.tenant_id == _bp("tenant"), t.keks.c.version == _bp("version"))
+_Q_KEK: Final = sa.select(
+    t.keks,
+    sa.exists()
+    .where(t.kek_retirements.c.tenant_id == t.keks.c.tenant_id, t.kek_retirements.c.version == t.keks.c.version)
+    .label("retired"),
+).where(t.keks.c.tenant_id == _bp("tenant"), t.keks.c.version == _bp("version"))
 _Q_REFSETS: Final = sa.select(t.refsets.c.name, t.refsets.c.members).where(t.refsets.c.tenant_id == _bp("tenant"))
+_Q_APPROVAL_POLICY: Final = (
+    sa.select(t.approval_policies.c.version, t.approval_policies.c.document)
+    .order_by(t.approval_policies.c.version.desc())
+    .limit(1)
+)
 _Q_TOKEN_REVOKED: Final = sa.select(t.tokens.c.revoked).where(t.tokens.c.jti == _bp("jti"))
 _Q_CHALLENGE: Final = sa.select(t.challenges).where(
     t.challenges.c.id == _bp("id"), t.challenges.c.tenant_id == _bp("tenant")
@@ -102,9 +112,12 @@ class KeyRepository(_Repository):
     """Wrapped keys: tenants' KEK versions and their retirements, and result-token signing keys."""
 
     def kek(self, tenant: str, version: int) -> KEKRow | None:
+        """One KEK version with its retirement, in one query (every release reads it)."""
         with self._db.read() as conn:
             row = conn.execute(_Q_KEK, {"tenant": tenant, "version": version}).first()
-        return None if row is None else KEKRow(row.tenant_id, row.version, bytes(row.wrapped), row.created_at)
+        if row is None:
+            return None
+        return KEKRow(row.tenant_id, row.version, bytes(row.wrapped), row.created_at, bool(row.retired))
 
     def latest_kek(self, tenant: str) -> KEKRow | None:
         versions = self.keks(tenant)
@@ -121,15 +134,6 @@ class KeyRepository(_Repository):
                 )
             }
         return [KEKRow(r.tenant_id, r.version, bytes(r.wrapped), r.created_at, r.version in retired) for r in rows]
-
-    def kek_retired(self, tenant: str, version: int) -> bool:
-        with self._db.read() as conn:
-            row = conn.execute(
-                sa.select(t.kek_retirements.c.version).where(
-                    t.kek_retirements.c.tenant_id == tenant, t.kek_retirements.c.version == version
-                )
-            ).first()
-        return row is not None
 
     def add_kek(self, tenant: str, version: int, wrapped: bytes, now: int) -> None:
         with self._db.write() as conn:
@@ -402,7 +406,12 @@ class CatalogueRepository(_Repository):
 
 
 class SessionRepository(_Repository):
-    """Challenges and result tokens of attestation sessions."""
+    """Challenges and result tokens of attestation sessions.
+
+    Challenges are written without waiting for the disk (``durable=False``): a
+    challenge lost to a power failure is refused as unknown, and its consumption
+    becomes durable, before any token exists, with the attestation's record.
+    """
 
     def add_challenge(self, challenge: ChallengeRow) -> None:
         row = {
@@ -414,7 +423,7 @@ class SessionRepository(_Repository):
             "expires_at": challenge.expires_at,
             "used_at": None,
         }
-        with self._db.write() as conn:
+        with self._db.write(durable=False) as conn:
             _insert(conn, t.challenges, [row])
 
     def challenge(self, tenant: str, challenge_id: str) -> ChallengeRow | None:
@@ -425,8 +434,12 @@ class SessionRepository(_Repository):
         return ChallengeRow(row.id, row.tenant_id, row.principal_id, bytes(row.nonce), row.device_id, row.expires_at)
 
     def consume_challenge(self, tenant: str, challenge_id: str, now: int) -> bool:
-        """Mark a challenge used if it is unused and unexpired; exactly one caller can win."""
-        with self._db.write() as conn:
+        """Mark a challenge used if it is unused and unexpired; exactly one caller can win.
+
+        Not durable by itself: :meth:`record_attestation` (durable) commits after it
+        and before a token leaves, so a challenge that produced a token stays used.
+        """
+        with self._db.write(durable=False) as conn:
             result = conn.execute(
                 sa.update(t.challenges)
                 .where(
@@ -439,9 +452,27 @@ class SessionRepository(_Repository):
             )
         return result.rowcount == 1
 
-    def add_token(self, jti: str, tenant: str, device_id: str | None, expires_at: int) -> None:
+    def record_attestation(
+        self,
+        jti: str,
+        tenant: str,
+        device_id: str | None,
+        expires_at: int,
+        *,
+        device_state: Mapping[str, int] | None = None,
+        now: int | None = None,
+    ) -> None:
+        """A passed attestation, in one durable transaction: the result token's id and the
+        state the evidence advanced on its device (a TPM's counters), if any."""
         row = {"jti": jti, "tenant_id": tenant, "device_id": device_id, "expires_at": expires_at, "revoked": False}
         with self._db.write() as conn:
+            if device_id is not None and device_state is not None:
+                assert now is not None
+                conn.execute(
+                    sa.update(t.devices)
+                    .where(t.devices.c.id == device_id)
+                    .values(state=_json(dict(device_state)), updated_at=now)
+                )
             _insert(conn, t.tokens, [row])
 
     def token_revoked(self, jti: str) -> bool:
@@ -457,11 +488,7 @@ class ApprovalRepository(_Repository):
     def policy(self) -> tuple[int, dict[str, Any]] | None:
         """The latest approval policy as (version, document)."""
         with self._db.read() as conn:
-            row = conn.execute(
-                sa.select(t.approval_policies.c.version, t.approval_policies.c.document)
-                .order_by(t.approval_policies.c.version.desc())
-                .limit(1)
-            ).first()
+            row = conn.execute(_Q_APPROVAL_POLICY).first()
         return None if row is None else (int(row[0]), json.loads(row[1]))
 
     def add_policy(self, version: int, document: Mapping[str, Any], digest: str, created_by: str, now: int) -> None:
