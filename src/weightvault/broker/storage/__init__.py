@@ -7,11 +7,10 @@ transaction returning typed rows. The domain never sees a connection or a table.
 
 from __future__ import annotations
 
+from weightvault.broker.storage.controls import ApprovalRepository, CustodyRepository
 from weightvault.broker.storage.database import Database
 from weightvault.broker.storage.repositories import (
-    ApprovalRepository,
     CatalogueRepository,
-    CustodyRepository,
     DeviceRepository,
     KeyRepository,
     PrincipalRepository,

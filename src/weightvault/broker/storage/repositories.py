@@ -1,4 +1,4 @@
-"""One repository per aggregate: the broker's only SQL.
+"""One repository per aggregate (the two-person controls are in :mod:`.controls`): the broker's only SQL.
 
 Every method is one transaction and speaks in rows (:mod:`.rows`), never in SQL
 types. Lookups of tenant data take the tenant and filter by it, including lookups
@@ -14,28 +14,21 @@ from collections.abc import Mapping, Sequence
 from typing import Any, Final
 
 import sqlalchemy as sa
-from sqlalchemy.engine import Connection
 
 from weightvault.broker.storage import schema as t
-from weightvault.broker.storage.database import Database
+from weightvault.broker.storage.base import Repository, insert_rows, to_json
 from weightvault.broker.storage.rows import (
-    ApprovalRequestRow,
-    ApprovalRow,
-    CeremonyRow,
     ChallengeRow,
     DeviceRow,
     KEKRow,
     ModelRow,
     PolicyRow,
     PrincipalRow,
-    ShareSetRow,
     SigningKeyRow,
 )
 
 __all__ = [
-    "ApprovalRepository",
     "CatalogueRepository",
-    "CustodyRepository",
     "DeviceRepository",
     "KeyRepository",
     "PrincipalRepository",
@@ -65,32 +58,13 @@ _Q_KEK: Final = sa.select(
     .label("retired"),
 ).where(t.keks.c.tenant_id == _bp("tenant"), t.keks.c.version == _bp("version"))
 _Q_REFSETS: Final = sa.select(t.refsets.c.name, t.refsets.c.members).where(t.refsets.c.tenant_id == _bp("tenant"))
-_Q_APPROVAL_POLICY: Final = (
-    sa.select(t.approval_policies.c.version, t.approval_policies.c.document)
-    .order_by(t.approval_policies.c.version.desc())
-    .limit(1)
-)
 _Q_TOKEN_REVOKED: Final = sa.select(t.tokens.c.revoked).where(t.tokens.c.jti == _bp("jti"))
 _Q_CHALLENGE: Final = sa.select(t.challenges).where(
     t.challenges.c.id == _bp("id"), t.challenges.c.tenant_id == _bp("tenant")
 )
 
 
-def _json(value: object) -> str:
-    return json.dumps(value, sort_keys=True)
-
-
-def _insert(conn: Connection, table: sa.Table, rows: Sequence[Mapping[str, Any]]) -> None:
-    if rows:
-        conn.execute(sa.insert(table), [dict(r) for r in rows])
-
-
-class _Repository:
-    def __init__(self, db: Database) -> None:
-        self._db = db
-
-
-class TenantRepository(_Repository):
+class TenantRepository(Repository):
     """Tenants; a tenant is born with version 1 of its key-encryption key."""
 
     def exists(self, tenant: str) -> bool:
@@ -104,11 +78,11 @@ class TenantRepository(_Repository):
     def create(self, tenant: str, wrapped_kek: bytes, now: int) -> None:
         """Raises ConflictError if the tenant exists."""
         with self._db.write() as conn:
-            _insert(conn, t.tenants, [{"id": tenant, "created_at": now}])
-            _insert(conn, t.keks, [{"tenant_id": tenant, "version": 1, "wrapped": wrapped_kek, "created_at": now}])
+            insert_rows(conn, t.tenants, [{"id": tenant, "created_at": now}])
+            insert_rows(conn, t.keks, [{"tenant_id": tenant, "version": 1, "wrapped": wrapped_kek, "created_at": now}])
 
 
-class KeyRepository(_Repository):
+class KeyRepository(Repository):
     """Wrapped keys: tenants' KEK versions and their retirements, and result-token signing keys."""
 
     def kek(self, tenant: str, version: int) -> KEKRow | None:
@@ -137,11 +111,13 @@ class KeyRepository(_Repository):
 
     def add_kek(self, tenant: str, version: int, wrapped: bytes, now: int) -> None:
         with self._db.write() as conn:
-            _insert(conn, t.keks, [{"tenant_id": tenant, "version": version, "wrapped": wrapped, "created_at": now}])
+            insert_rows(
+                conn, t.keks, [{"tenant_id": tenant, "version": version, "wrapped": wrapped, "created_at": now}]
+            )
 
     def retire_kek(self, tenant: str, version: int, now: int) -> None:
         with self._db.write() as conn:
-            _insert(conn, t.kek_retirements, [{"tenant_id": tenant, "version": version, "retired_at": now}])
+            insert_rows(conn, t.kek_retirements, [{"tenant_id": tenant, "version": version, "retired_at": now}])
 
     def signing_keys(self, purpose: str) -> list[SigningKeyRow]:
         """Oldest first."""
@@ -156,7 +132,7 @@ class KeyRepository(_Repository):
     def add_signing_key(self, purpose: str, kid: str, wrapped: bytes, now: int) -> None:
         row = {"purpose": purpose, "kid": kid, "wrapped": wrapped, "created_at": now, "retired_at": None}
         with self._db.write() as conn:
-            _insert(conn, t.signing_keys, [row])
+            insert_rows(conn, t.signing_keys, [row])
 
     def retire_signing_key(self, purpose: str, kid: str, now: int) -> None:
         with self._db.write() as conn:
@@ -167,7 +143,7 @@ class KeyRepository(_Repository):
             )
 
 
-class PrincipalRepository(_Repository):
+class PrincipalRepository(Repository):
     """API principals. Authentication looks a principal up by id alone (its token names it)."""
 
     @staticmethod
@@ -195,7 +171,7 @@ class PrincipalRepository(_Repository):
     def create(self, principal: PrincipalRow, now: int) -> None:
         """Raises ConflictError if the id is taken."""
         with self._db.write() as conn:
-            _insert(
+            insert_rows(
                 conn,
                 t.principals,
                 [
@@ -215,7 +191,7 @@ class PrincipalRepository(_Repository):
             conn.execute(sa.update(t.principals).where(t.principals.c.id == principal_id).values(disabled=True))
 
 
-class DeviceRepository(_Repository):
+class DeviceRepository(Repository):
     """Devices, bound to one or more tenants."""
 
     def by_id(self, device_id: str) -> DeviceRow | None:
@@ -249,7 +225,7 @@ class DeviceRepository(_Repository):
     def create(self, device: DeviceRow, now: int) -> None:
         """Raises ConflictError if the id is taken."""
         with self._db.write() as conn:
-            _insert(
+            insert_rows(
                 conn,
                 t.devices,
                 [
@@ -257,19 +233,23 @@ class DeviceRepository(_Repository):
                         "id": device.id,
                         "kind": device.kind,
                         "status": device.status,
-                        "identity": _json(device.identity),
-                        "state": _json(device.state),
+                        "identity": to_json(device.identity),
+                        "state": to_json(device.state),
                         "created_at": now,
                         "updated_at": now,
                     }
                 ],
             )
-            _insert(conn, t.device_tenants, [{"device_id": device.id, "tenant_id": x} for x in sorted(device.tenants)])
+            insert_rows(
+                conn, t.device_tenants, [{"device_id": device.id, "tenant_id": x} for x in sorted(device.tenants)]
+            )
 
     def bind(self, device_id: str, tenants: Sequence[str]) -> None:
         with self._db.write() as conn:
             conn.execute(sa.delete(t.device_tenants).where(t.device_tenants.c.device_id == device_id))
-            _insert(conn, t.device_tenants, [{"device_id": device_id, "tenant_id": x} for x in sorted(set(tenants))])
+            insert_rows(
+                conn, t.device_tenants, [{"device_id": device_id, "tenant_id": x} for x in sorted(set(tenants))]
+            )
 
     def update(
         self,
@@ -284,14 +264,14 @@ class DeviceRepository(_Repository):
         if status is not None:
             values["status"] = status
         if identity is not None:
-            values["identity"] = _json(dict(identity))
+            values["identity"] = to_json(dict(identity))
         if state is not None:
-            values["state"] = _json(dict(state))
+            values["state"] = to_json(dict(state))
         with self._db.write() as conn:
             conn.execute(sa.update(t.devices).where(t.devices.c.id == device_id).values(**values))
 
 
-class CatalogueRepository(_Repository):
+class CatalogueRepository(Repository):
     """Each tenant's models, release policies (versioned) and reference sets."""
 
     @staticmethod
@@ -326,7 +306,7 @@ class CatalogueRepository(_Repository):
     def add_model(self, model: ModelRow, now: int) -> None:
         """Raises ConflictError if the model version exists."""
         with self._db.write() as conn:
-            _insert(
+            insert_rows(
                 conn,
                 t.models,
                 [
@@ -337,8 +317,8 @@ class CatalogueRepository(_Repository):
                         "policy": model.policy,
                         "kek_version": model.kek_version,
                         "wrapped_key": model.wrapped_key,
-                        "files": _json(model.files),
-                        "tags": _json(model.tags),
+                        "files": to_json(model.files),
+                        "tags": to_json(model.tags),
                         "created_at": now,
                     }
                 ],
@@ -376,7 +356,7 @@ class CatalogueRepository(_Repository):
     def add_policy(self, policy: PolicyRow, created_by: str, now: int) -> None:
         """Raises ConflictError if that version exists (a concurrent change won)."""
         with self._db.write() as conn:
-            _insert(
+            insert_rows(
                 conn,
                 t.policies,
                 [
@@ -384,7 +364,7 @@ class CatalogueRepository(_Repository):
                         "tenant_id": policy.tenant_id,
                         "name": policy.name,
                         "version": policy.version,
-                        "document": _json(policy.document),
+                        "document": to_json(policy.document),
                         "digest": policy.digest,
                         "immutable": policy.immutable,
                         "created_by": created_by,
@@ -402,10 +382,10 @@ class CatalogueRepository(_Repository):
         with self._db.write() as conn:
             conn.execute(sa.delete(t.refsets).where(t.refsets.c.tenant_id == tenant, t.refsets.c.name == name))
             row = {"tenant_id": tenant, "name": name, "members": json.dumps(sorted(set(members))), "updated_at": now}
-            _insert(conn, t.refsets, [row])
+            insert_rows(conn, t.refsets, [row])
 
 
-class SessionRepository(_Repository):
+class SessionRepository(Repository):
     """Challenges and result tokens of attestation sessions.
 
     Challenges are written without waiting for the disk (``durable=False``): a
@@ -424,7 +404,7 @@ class SessionRepository(_Repository):
             "used_at": None,
         }
         with self._db.write(durable=False) as conn:
-            _insert(conn, t.challenges, [row])
+            insert_rows(conn, t.challenges, [row])
 
     def challenge(self, tenant: str, challenge_id: str) -> ChallengeRow | None:
         with self._db.read() as conn:
@@ -471,204 +451,12 @@ class SessionRepository(_Repository):
                 conn.execute(
                     sa.update(t.devices)
                     .where(t.devices.c.id == device_id)
-                    .values(state=_json(dict(device_state)), updated_at=now)
+                    .values(state=to_json(dict(device_state)), updated_at=now)
                 )
-            _insert(conn, t.tokens, [row])
+            insert_rows(conn, t.tokens, [row])
 
     def token_revoked(self, jti: str) -> bool:
         """True for a revoked token and for one this broker never issued."""
         with self._db.read() as conn:
             row = conn.execute(_Q_TOKEN_REVOKED, {"jti": jti}).first()
         return row is None or bool(row[0])
-
-
-class ApprovalRepository(_Repository):
-    """Approval policies (versioned), requests and the signed approvals of each request."""
-
-    def policy(self) -> tuple[int, dict[str, Any]] | None:
-        """The latest approval policy as (version, document)."""
-        with self._db.read() as conn:
-            row = conn.execute(_Q_APPROVAL_POLICY).first()
-        return None if row is None else (int(row[0]), json.loads(row[1]))
-
-    def add_policy(self, version: int, document: Mapping[str, Any], digest: str, created_by: str, now: int) -> None:
-        row = {
-            "version": version,
-            "document": _json(dict(document)),
-            "digest": digest,
-            "created_by": created_by,
-            "created_at": now,
-        }
-        with self._db.write() as conn:
-            _insert(conn, t.approval_policies, [row])
-
-    def add_request(self, request_id: str, tenant: str, document: Mapping[str, Any], digest: str, now: int) -> None:
-        """Store a pending request; ``document`` is its canonical form, which names its operation."""
-        row = {
-            "id": request_id,
-            "tenant_id": tenant,
-            "op": str(document["op"]),
-            "document": _json(dict(document)),
-            "digest": digest,
-            "status": "pending",
-            "created_at": now,
-            "updated_at": now,
-        }
-        with self._db.write() as conn:
-            _insert(conn, t.approval_requests, [row])
-
-    def request(self, request_id: str) -> ApprovalRequestRow | None:
-        with self._db.read() as conn:
-            row = conn.execute(
-                sa.select(t.approval_requests.c.document, t.approval_requests.c.status).where(
-                    t.approval_requests.c.id == request_id
-                )
-            ).first()
-        return None if row is None else ApprovalRequestRow(json.loads(row[0]), str(row[1]))
-
-    def requests(self, tenant: str | None, status: str | None) -> list[ApprovalRequestRow]:
-        query = sa.select(t.approval_requests.c.document, t.approval_requests.c.status).order_by(
-            t.approval_requests.c.created_at
-        )
-        if tenant is not None:
-            query = query.where(t.approval_requests.c.tenant_id == tenant)
-        if status is not None:
-            query = query.where(t.approval_requests.c.status == status)
-        with self._db.read() as conn:
-            return [ApprovalRequestRow(json.loads(r[0]), str(r[1])) for r in conn.execute(query)]
-
-    def set_status(self, request_id: str, old: str, new: str, now: int) -> bool:
-        """Compare-and-swap the status of a request; exactly one caller can win."""
-        with self._db.write() as conn:
-            result = conn.execute(
-                sa.update(t.approval_requests)
-                .where(t.approval_requests.c.id == request_id, t.approval_requests.c.status == old)
-                .values(status=new, updated_at=now)
-            )
-        return result.rowcount == 1
-
-    def approvals(self, request_id: str) -> list[ApprovalRow]:
-        """In submission order."""
-        with self._db.read() as conn:
-            rows = conn.execute(
-                sa.select(t.approvals)
-                .where(t.approvals.c.request_id == request_id)
-                .order_by(t.approvals.c.created_at, t.approvals.c.approver_id)
-            ).all()
-        return [ApprovalRow(r.approver_id, r.decision, int(r.expires_at), bytes(r.signature)) for r in rows]
-
-    def add_approval(self, request_id: str, approval: ApprovalRow, now: int) -> None:
-        row = {
-            "request_id": request_id,
-            "approver_id": approval.approver,
-            "decision": approval.decision,
-            "expires_at": approval.expires_at,
-            "signature": approval.signature,
-            "created_at": now,
-        }
-        with self._db.write() as conn:
-            _insert(conn, t.approvals, [row])
-
-
-class CustodyRepository(_Repository):
-    """Share sets (pending, active, retired), their sealed deliveries, and ceremonies."""
-
-    def share_set(self, status: str) -> ShareSetRow | None:
-        """The newest share set with ``status``."""
-        with self._db.read() as conn:
-            row = conn.execute(
-                sa.select(t.custody_sets.c.id, t.custody_sets.c.status, t.custody_sets.c.document)
-                .where(t.custody_sets.c.status == status)
-                .order_by(t.custody_sets.c.created_at.desc())
-                .limit(1)
-            ).first()
-        return None if row is None else ShareSetRow(row[0], row[1], json.loads(row[2]))
-
-    def share_set_by_id(self, set_id: str) -> ShareSetRow | None:
-        with self._db.read() as conn:
-            row = conn.execute(
-                sa.select(t.custody_sets.c.id, t.custody_sets.c.status, t.custody_sets.c.document).where(
-                    t.custody_sets.c.id == set_id
-                )
-            ).first()
-        return None if row is None else ShareSetRow(row[0], row[1], json.loads(row[2]))
-
-    def add_share_set(self, row: ShareSetRow, deliveries: Mapping[str, bytes], now: int) -> None:
-        with self._db.write() as conn:
-            _insert(
-                conn,
-                t.custody_sets,
-                [
-                    {
-                        "id": row.id,
-                        "status": row.status,
-                        "document": _json(row.document),
-                        "created_at": now,
-                        "updated_at": now,
-                    }
-                ],
-            )
-            _insert(
-                conn,
-                t.custody_deliveries,
-                [{"set_id": row.id, "custodian_id": c, "sealed": s} for c, s in deliveries.items()],
-            )
-
-    def retire_pending(self, now: int) -> None:
-        with self._db.write() as conn:
-            conn.execute(
-                sa.update(t.custody_sets)
-                .where(t.custody_sets.c.status == "pending")
-                .values(status="retired", updated_at=now)
-            )
-
-    def promote(self, set_id: str, now: int) -> None:
-        """The given set becomes active; the active one retires. One transaction."""
-        with self._db.write() as conn:
-            conn.execute(
-                sa.update(t.custody_sets)
-                .where(t.custody_sets.c.status == "active")
-                .values(status="retired", updated_at=now)
-            )
-            conn.execute(
-                sa.update(t.custody_sets).where(t.custody_sets.c.id == set_id).values(status="active", updated_at=now)
-            )
-
-    def delivery(self, set_id: str, custodian: str) -> bytes | None:
-        with self._db.read() as conn:
-            row = conn.execute(
-                sa.select(t.custody_deliveries.c.sealed).where(
-                    t.custody_deliveries.c.set_id == set_id, t.custody_deliveries.c.custodian_id == custodian
-                )
-            ).first()
-        return None if row is None else bytes(row[0])
-
-    def add_ceremony(self, ceremony_id: str, kind: str, set_id: str, terms: Mapping[str, Any], now: int) -> None:
-        row = {
-            "id": ceremony_id,
-            "kind": kind,
-            "set_id": set_id,
-            "terms": _json(dict(terms)),
-            "status": "open",
-            "created_at": now,
-            "closed_at": None,
-        }
-        with self._db.write() as conn:
-            _insert(conn, t.custody_ceremonies, [row])
-
-    def close_ceremony(self, ceremony_id: str, status: str, now: int) -> None:
-        with self._db.write() as conn:
-            conn.execute(
-                sa.update(t.custody_ceremonies)
-                .where(t.custody_ceremonies.c.id == ceremony_id)
-                .values(status=status, closed_at=now)
-            )
-
-    def ceremony(self, ceremony_id: str) -> CeremonyRow | None:
-        with self._db.read() as conn:
-            row = conn.execute(
-                sa.select(t.custody_ceremonies.c.terms, t.custody_ceremonies.c.status).where(
-                    t.custody_ceremonies.c.id == ceremony_id
-                )
-            ).first()
-        return None if row is None else CeremonyRow(ceremony_id, json.loads(row[0]), str(row[1]))
