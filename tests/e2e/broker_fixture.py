@@ -6,6 +6,7 @@ import json
 import re
 import subprocess
 import sys
+import time
 from collections.abc import Iterator
 from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass, field
@@ -53,13 +54,32 @@ class Broker:
             client.close()
         self.clients.clear()
 
-    def events(self, start: int = 0) -> list[tuple[int, AuditEvent]]:
-        with LogReader.open(self.base / "data" / "audit.db", "weightvault-broker/audit") as log:
-            return list(log.events(start=start))
+    def events(self, start: int = 0, *, until: str | None = None) -> list[tuple[int, AuditEvent]]:
+        """Committed events from ``start``; with ``until``, first wait (up to 10 s) for an event of
+        that type: events nobody waits for (a release's done) commit a few milliseconds after
+        the response."""
+        deadline = time.monotonic() + 10
+        while True:
+            with LogReader.open(self.base / "data" / "audit.db", "weightvault-broker/audit") as log:
+                events = list(log.events(start=start))
+            if until is None or any(e.type == until for _, e in events) or time.monotonic() > deadline:
+                return events
+            time.sleep(0.01)
 
     def audit_size(self) -> int:
-        with LogReader.open(self.base / "data" / "audit.db", "weightvault-broker/audit") as log:
-            return log.size
+        """The log's size once it has stopped growing for 100 ms: a previous request's queued
+        events (a release's done) then belong to what came before, not to the next test's range."""
+        last, still_since = -1, time.monotonic()
+        deadline = still_since + 10
+        while True:
+            with LogReader.open(self.base / "data" / "audit.db", "weightvault-broker/audit") as log:
+                size = log.size
+            now = time.monotonic()
+            if size != last:
+                last, still_since = size, now
+            elif now - still_since >= 0.1 or now > deadline:
+                return size
+            time.sleep(0.02)
 
     def passport(self, report_data: bytes, *, now: int, **claims: Any) -> str:
         import base64
