@@ -44,6 +44,10 @@ _STALE_AFTER_SECONDS: Final = 10.0
 _NO_TMPFILE: Final = frozenset({errno.EOPNOTSUPP, errno.EISDIR, errno.EINVAL, errno.ENOENT})
 
 
+def _exists(path: Path) -> ConfigError:
+    return ConfigError(f"{path} already exists (pass --force to replace it)")
+
+
 def fsync_directory(path: Path) -> None:
     """Make a rename inside ``path`` durable."""
     fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
@@ -130,7 +134,7 @@ def _link_into_place(fd: int, path: Path, overwrite: bool) -> None:
         try:
             _link_unnamed(fd, path)  # fails if path appeared meanwhile: no clobbering
         except FileExistsError as exc:
-            raise ConfigError(f"{path} already exists (pass --force to replace it)") from exc
+            raise _exists(path) from exc
         return
     # link() cannot replace a file: link under a temporary name, then rename over the target.
     # A crash between the two leaves a complete (never a partial) file, swept like any temporary.
@@ -156,7 +160,7 @@ def atomic_file(path: Path, *, overwrite: bool = False, mode: int = 0o644) -> It
     """
     path = Path(path)
     if path.exists() and not overwrite:
-        raise ConfigError(f"{path} already exists (pass --force to replace it)")
+        raise _exists(path)
     directory = path.parent
     remove_stale_partials(directory)
     fd = _open_unnamed(directory)
@@ -192,7 +196,7 @@ def _named_atomic_file(path: Path, *, overwrite: bool, mode: int) -> Iterator[Bi
                 try:
                     os.link(temp, path)  # no clobbering if path appeared meanwhile
                 except FileExistsError as exc:
-                    raise ConfigError(f"{path} already exists (pass --force to replace it)") from exc
+                    raise _exists(path) from exc
                 temp.unlink()
         fsync_directory(path.parent)
     except BaseException:
@@ -216,7 +220,7 @@ def atomic_directory(path: Path, *, overwrite: bool = False) -> Iterator[Path]:
     """
     path = Path(path)
     if path.exists() and not overwrite:
-        raise ConfigError(f"{path} already exists (pass --force to replace it)")
+        raise _exists(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     remove_stale_partials(path.parent)
     tmp = _temp_name(path, "partial")

@@ -24,7 +24,6 @@ reader thread feeds the verifying thread through the same hand-off.
 from __future__ import annotations
 
 import contextlib
-import os
 import threading
 from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
@@ -37,21 +36,13 @@ from weightvault.errors import PayloadError, UnsupportedError
 from weightvault.format.header import TensorEntry
 from weightvault.format.stream import AAD_BYTES, chunk_count
 from weightvault.gpu.aead import chacha20_xor_, poly1305_tags
+from weightvault.sealing.fileio import pread_exact
 from weightvault.sealing.reader import OpenedFile
 
 __all__ = ["load_to_device"]
 
 _STAGE_BYTES: Final = 32 << 20
 _READERS: Final = 4
-
-
-def _pread_into(fd: int, view: memoryview, offset: int) -> None:
-    done = 0
-    while done < len(view):
-        got = os.preadv(fd, [view[done:]], offset + done)
-        if got <= 0:
-            raise PayloadError("sealed file truncated while reading tensor data")
-        done += got
 
 
 class _Stager:
@@ -71,7 +62,7 @@ class _Stager:
         if self.events[slot] is not None:
             self.events[slot].synchronize()  # the previous copy out of this buffer is done
         staging = self.buffers[slot][: dst.numel()]
-        _pread_into(fd, staging.numpy().data.cast("B"), offset)
+        pread_exact(fd, staging.numpy().data.cast("B"), offset, "sealed file truncated while reading tensor data")
         if self.stream is None:
             dst.copy_(staging)
             return None

@@ -40,6 +40,7 @@ from weightvault.format.keys import FileKey, KeyMaterial, TensorKeys, UnlockedKe
 from weightvault.format.preamble import MAC_BYTES, PREAMBLE_BYTES, Preamble
 from weightvault.format.recipients import Identity, RecipientsRegion, decode_recipients_region
 from weightvault.format.stream import TensorStream, chunk_aad, chunk_count
+from weightvault.sealing.fileio import pread_exact, zero_fill
 from weightvault.sealing.workers import resolve_workers
 
 __all__ = ["KeySource", "OpenedFile", "SealedFile", "open_sealed"]
@@ -54,18 +55,9 @@ _RUN_BYTES: Final = 4 << 20
 _GAP_CHECK_MAX: Final = 1 << 20
 
 
-def _pread_exact(fd: int, buf: memoryview, offset: int, what: str) -> None:
-    done = 0
-    while done < len(buf):
-        n = os.preadv(fd, [buf[done:]], offset + done)
-        if n == 0:
-            raise PayloadError(f"file is truncated ({what})")
-        done += n
-
-
 def _pread(fd: int, size: int, offset: int, what: str) -> bytes:
     buf = bytearray(size)
-    _pread_exact(fd, memoryview(buf), offset, what)
+    pread_exact(fd, memoryview(buf), offset, f"file is truncated ({what})")
     return bytes(buf)
 
 
@@ -318,7 +310,7 @@ class OpenedFile:
         try:
             self._map(one, range(first, last + 1), workers)
         except BaseException:
-            _zero_fill(target)
+            zero_fill(target)
             raise
         return out
 
@@ -370,13 +362,13 @@ class OpenedFile:
         scratch = _scratch(b - a)
         base, _ = self.layout.data_range(entry)
         try:
-            _pread_exact(self.sealed.fileno(), scratch[: b - a], base + a, "tensor data")
+            pread_exact(self.sealed.fileno(), scratch[: b - a], base + a, "file is truncated (tensor data)")
             for j in range(a // chunk, max(a // chunk + 1, -(-b // chunk))):
                 c0, _ = stream.chunk_bounds(j)
                 stream.decrypt_chunk_in_place(j, scratch[c0 - a :], tags[j * TAG_BYTES : (j + 1) * TAG_BYTES])
             yield scratch[: b - a]
         finally:
-            _zero_fill(scratch)
+            zero_fill(scratch)
 
     def _runs(self, jobs: Sequence[_Job]) -> list[tuple[int, int, int]]:
         """Every run of every job, in file order: (job position, start, stop), whole chunks of about
@@ -449,7 +441,7 @@ class OpenedFile:
             abort.set()
             pool.shutdown(wait=True, cancel_futures=True)
             for buf in buffers:
-                _zero_fill(buf)
+                zero_fill(buf)
             raise
         pool.shutdown(wait=True)
         return buffers
@@ -468,7 +460,7 @@ class OpenedFile:
             stream.decrypt_chunk_in_place(0, buf, tags[:TAG_BYTES])
             return
         base, _ = self.layout.data_range(entry)
-        _pread_exact(self.sealed.fileno(), buf[a:b], base + a, "tensor data")
+        pread_exact(self.sealed.fileno(), buf[a:b], base + a, "file is truncated (tensor data)")
         chunk = self.layout.preamble.chunk_size
         for j in range(a // chunk, -(-b // chunk)):
             if abort.is_set():
@@ -484,7 +476,7 @@ class OpenedFile:
                 scratch[c1 - c0 : c1 - c0 + TAG_BYTES] = tag
                 stream.decrypt_chunk_into(j, scratch[: c1 - c0 + TAG_BYTES], buf[c0:c1])
             finally:
-                _zero_fill(scratch)
+                zero_fill(scratch)
 
 
 _SCRATCH = threading.local()
@@ -497,13 +489,3 @@ def _scratch(chunk: int) -> memoryview:
         held = bytearray(chunk + TAG_BYTES)
         _SCRATCH.buf = held
     return memoryview(held)
-
-
-_ZEROS: Final = bytes(1 << 20)
-
-
-def _zero_fill(buf: memoryview) -> None:
-    """Zero a buffer of any size without allocating a same-sized bytes object."""
-    for a in range(0, len(buf), len(_ZEROS)):
-        b = min(len(buf), a + len(_ZEROS))
-        buf[a:b] = _ZEROS[: b - a]

@@ -13,6 +13,7 @@ from weightvault.format.header import HeaderKind, TensorEntry
 from weightvault.format.keys import FileKey, derive_header_keys
 from weightvault.format.preamble import MAC_BYTES, Preamble
 from weightvault.format.recipients import Recipient, Stanza, encode_recipients_region
+from weightvault.sealing.fileio import pwrite_all
 from weightvault.sealing.reader import KeySource, OpenedFile, SealedFile
 from weightvault.sealing.safetensors_source import parse_safetensors_header
 from weightvault.sealing.writer import SealOptions, SealResult, recipients_capacity
@@ -58,20 +59,14 @@ def unseal_to(
     for entry in opened.entries:
         where[entry.index] = cursor
         cursor += entry.nbytes
-    _pwrite_all(out_fd, memoryview(head), 0)
+    pwrite_all(out_fd, memoryview(head), 0)
 
     def write(entry: TensorEntry, start: int, plain: memoryview) -> None:
-        _pwrite_all(out_fd, plain, where[entry.index] + start)
+        pwrite_all(out_fd, plain, where[entry.index] + start)
 
     opened.each_verified(write, progress=progress, workers=workers)
     os.ftruncate(out_fd, cursor)
     os.lseek(out_fd, cursor, os.SEEK_SET)
-
-
-def _pwrite_all(fd: int, data: memoryview, offset: int) -> None:
-    done = 0
-    while done < len(data):
-        done += os.pwrite(fd, data[done:], offset + done)
 
 
 def unseal_file(

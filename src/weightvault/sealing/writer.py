@@ -28,7 +28,6 @@ from typing import Final
 from weightvault.crypto.aead import TAG_BYTES, AEADSuite, seal_single_use
 from weightvault.crypto.mac import hmac_sha256
 from weightvault.crypto.secret import random_bytes
-from weightvault.errors import PayloadError
 from weightvault.files import atomic_file
 from weightvault.format.container import TensorSpec, header_digest, plan_tensors
 from weightvault.format.dtypes import DTYPES
@@ -45,6 +44,7 @@ from weightvault.format.preamble import (
 from weightvault.format.recipients import Recipient, Stanza, encode_recipients_region, region_bytes_needed
 from weightvault.format.stream import TensorStream, chunk_count
 from weightvault.format.wire import ALIGNMENT, align_up
+from weightvault.sealing.fileio import pread_exact, pwrite_all, zero_fill
 from weightvault.sealing.safetensors_source import read_safetensors_source
 from weightvault.sealing.workers import resolve_workers
 
@@ -62,6 +62,7 @@ __all__ = [
 #: about four hybrid post-quantum stanzas. It grows (without re-encryption) when needed.
 DEFAULT_RECIPIENTS_BYTES: Final = 8192 - PREAMBLE_BYTES
 _BLOCK_BYTES: Final = 8 << 20
+_SOURCE_CHANGED: Final = "source file changed size while it was being sealed"
 
 Progress = Callable[[int], None]
 
@@ -283,21 +284,6 @@ def _seal(
     return SealResult(Path(dst), file_id, mac, len(entries), data_len)
 
 
-def _pread_exact(fd: int, buf: memoryview, offset: int) -> None:
-    done = 0
-    while done < len(buf):
-        n = os.preadv(fd, [buf[done:]], offset + done)
-        if n == 0:
-            raise PayloadError("source file changed size while it was being sealed")
-        done += n
-
-
-def _pwrite_all(fd: int, data: memoryview, offset: int) -> None:
-    done = 0
-    while done < len(data):
-        done += os.pwrite(fd, data[done:], offset + done)
-
-
 def _encrypt_all(
     *,
     src_fd: int,
@@ -343,7 +329,7 @@ def _encrypt_all(
         pair = free.get()
         try:
             plain, out = memoryview(pair[0]), memoryview(pair[1])
-            _pread_exact(src_fd, plain[: b - a], sources[i].offset + a)
+            pread_exact(src_fd, plain[: b - a], sources[i].offset + a, _SOURCE_CHANGED)
             stream = streams[i]
             at = tag_index * TAG_BYTES
             for j in range(a >> preamble.chunk_log2, max(1, -(-b >> preamble.chunk_log2))):
@@ -361,7 +347,7 @@ def _encrypt_all(
     try:
         for future in as_completed(futures):
             pair, done, offset = future.result()
-            _pwrite_all(dst_fd, memoryview(pair[1])[:done], offset)
+            pwrite_all(dst_fd, memoryview(pair[1])[:done], offset)
             free.put(pair)
             if progress is not None:
                 progress(done)
@@ -372,5 +358,5 @@ def _encrypt_all(
         raise
     finally:
         for plain_buf, _ in pairs:
-            plain_buf[:] = bytes(len(plain_buf))
+            zero_fill(memoryview(plain_buf))
     return first_tag * TAG_BYTES
