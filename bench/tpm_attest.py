@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import argparse
 import contextlib
-import hashlib
 import statistics
 import subprocess
 import sys
@@ -36,10 +35,10 @@ def main() -> None:
     sys.path.insert(0, str(root / "src"))
     sys.path.insert(0, str(root))
 
+    from bench._broker import SAMPLE_RULE, TPM_RULE, enrol_measured_tpm, publish, tenant_clients
     from tests.e2e.servers import serve_broker, set_rate_limit
     from tests.e2e.swtpm import SWTPM, make_template
 
-    from weightvault import FileKey
     from weightvault.attestation.tpm.attester import TPMAttester
     from weightvault.client.broker import BrokerClient, SampleAttester
     from weightvault.crypto.keywrap import HPKEKem
@@ -65,13 +64,9 @@ def main() -> None:
         capture_output=True,
     )
     set_rate_limit(base, 100_000, 100_000)
-    image = hashlib.sha256(b"bench serving image").digest()
     with contextlib.ExitStack() as stack:
         url = stack.enter_context(serve_broker(base))
-        op = BrokerClient(url, (base / "operator.token").read_text().strip())
-        op.create_tenant("bench")
-        admin = BrokerClient(url, op.create_principal("adm", "tenant-admin", "bench"))
-        pub = BrokerClient(url, op.create_principal("pub", "publisher", "bench"))
+        op, admin, pub = tenant_clients(url, base)
         tokens = [op.create_principal(f"wl{i}", "workload", "bench") for i in range(args.devices)]
         attesters: list[Any] = []
         enrol_times = []
@@ -80,24 +75,11 @@ def main() -> None:
             stack.callback(tpm.stop)
             attester = stack.enter_context(TPMAttester.open(tpm.tcti))
             t0 = time.perf_counter()
-            op.enrol_tpm_device(attester, f"dev{i}", ["bench"])
+            enrol_measured_tpm(op, attester, f"dev{i}")
             enrol_times.append(time.perf_counter() - t0)
-            attester.extend(23, image)
             attesters.append(attester)
-        pcr23 = hashlib.sha256(bytes(32) + image).hexdigest()
-        tpm_rule = {
-            "allOf": [{"claim": "device.kind", "equals": "tpm"}, {"claim": "tpm.pcr.sha256.23", "equals": pcr23}]
-        }
-        for name, verifier, rule in (
-            ("tpm", "tpm", tpm_rule),
-            ("sample", "insecure-sample", {"claim": "tenant", "equals": "bench"}),
-        ):
-            admin.put_policy(
-                "bench", name, {"verifiers": [verifier], "resources": [f"bench/models/{name}@*"], "rule": rule}
-            )
-            fk = FileKey.generate()
-            pub.register_model("bench", name, "1", policy=name, file_key=fk, files=[])
-            fk.wipe()
+        publish(admin, pub, "tpm", "tpm", TPM_RULE)
+        publish(admin, pub, "sample", "insecure-sample", SAMPLE_RULE)
 
         def run(kind: str, clients: int) -> tuple[list[float], float]:
             latencies: list[float] = []
