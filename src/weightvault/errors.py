@@ -49,7 +49,9 @@ program is wrong" never share an ``except`` clause.
     │  ├─ TransportError           it could not be reached or timed out
     │  └─ ServiceUnavailableError  it answered that it cannot serve now (HTTP 503)
     │     └─ AuditUnavailableError its audit log could not record the action, so nothing was done
+    ├─ IsolationError              the sandbox cannot isolate here (no privileges or tools); it never runs unisolated
     └─ ConfigError                 local configuration or key files are unusable
+       └─ EgressPolicyError        a sandbox egress rule is a wildcard, a range, a name, or malformed
 
 Two branches never overlap: "the data or the evidence is bad" (FormatError,
 AttestationError, AuditLogError, RequestError...) is never retried, while
@@ -86,6 +88,7 @@ __all__ = [
     "ConflictError",
     "ConsistencyError",
     "CustodyError",
+    "EgressPolicyError",
     "EnrolmentError",
     "EvidenceError",
     "FormatError",
@@ -93,6 +96,7 @@ __all__ = [
     "HeaderError",
     "InclusionProofError",
     "InvalidRequestError",
+    "IsolationError",
     "KeyAccessError",
     "KeyMismatchError",
     "ManifestError",
@@ -337,3 +341,19 @@ class AuditUnavailableError(ServiceUnavailableError):
 
 class ConfigError(WeightVaultError):
     """Local configuration, a key file or an option is unusable."""
+
+
+class EgressPolicyError(ConfigError):
+    """A sandbox egress rule is refused: a wildcard, a range, a name, or malformed."""
+
+    remedy = "allow one IP address and one port per rule (IP:PORT); the broker needs no rule"
+
+
+class IsolationError(WeightVaultError):
+    """The sandbox cannot isolate the command here (privileges or tools are missing); it never runs unisolated
+    unless told to with --unsafe-no-isolation."""
+
+    remedy = (
+        "run 'weightvault sandbox' as root on Linux with bubblewrap, nftables and iproute2 installed; "
+        "--unsafe-no-isolation runs the command without any isolation"
+    )

@@ -115,6 +115,15 @@ EVENT_TYPES: Final = frozenset(
         "custody.set.active",
         "custody.seal",
         "weight.access",
+        # serving (docs/serving.md): the gateway's requests, keys and budgets; the sandbox's egress
+        "gateway.request",
+        "gateway.key.create",
+        "gateway.key.revoke",
+        "gateway.budget.alert",
+        "egress.blocked",
+        "sandbox.start",
+        "sandbox.exit",
+        "outbox.reject",
         "test.event",
     }
 )

@@ -32,6 +32,7 @@ from weightvault.broker.keystore import RootKey
 from weightvault.broker.principals import GLOBAL_ROLES, Principal, PrincipalService, Role
 from weightvault.broker.recording import AuditRecorder
 from weightvault.broker.release import AttestOutcome, Challenge, ReleaseOutcome, ReleaseService
+from weightvault.broker.reports import ReportService
 from weightvault.broker.rotation import RotationService
 from weightvault.broker.storage import BrokerStore, DeviceRow, ModelRow, PolicyRow, PrincipalRow
 from weightvault.broker.tokens import TokenSigner
@@ -88,6 +89,7 @@ class KeyBroker:
         self.approvals, self.custody, self.principals = services.approvals, services.custody, services.principals
         self.devices, self.catalogue = services.devices, services.catalogue
         self.rotation, self.releases = services.rotation, services.releases
+        self.reports = services.reports
 
     # -- state, health, public keys ---------------------------------------------------------------
 
@@ -119,6 +121,18 @@ class KeyBroker:
     def token_keys(self) -> dict[str, bytes]:
         """Public keys that verify result tokens (kid -> raw Ed25519)."""
         return self.keyring.signer.public_keys()
+
+    # -- reports from sandboxes and the gateway ----------------------------------------------------
+
+    def report_events(self, actor: Principal, reports: Sequence[object]) -> int:
+        """A sandbox's reports (``egress.blocked``, ``sandbox.start``/``exit``), in the workload's tenant."""
+        actor.require(Role.WORKLOAD)
+        assert actor.tenant is not None  # workloads always belong to a tenant
+        return self.reports.report(actor.id, actor.tenant, reports)
+
+    def drain_outbox(self) -> int:
+        """Append what the gateway left in the outbox (the broker's own background task calls this)."""
+        return self.reports.drain_outbox()
 
     # -- principals and tenants -------------------------------------------------------------------
 
@@ -434,6 +448,7 @@ class BrokerServices:
     catalogue: CatalogueService
     rotation: RotationService
     releases: ReleaseService
+    reports: ReportService
     reader: LogReader | None
 
 
@@ -484,6 +499,7 @@ def open_broker(
             custody=custody,
             principals=PrincipalService(store, recorder, now, keyring=keyring),
             devices=DeviceService(store, recorder, now, approvals=approvals, registry=registry),
+            reports=ReportService(store, recorder),
             catalogue=CatalogueService(
                 store, recorder, now, approvals=approvals, keyring=keyring, registration_key=registration_key
             ),

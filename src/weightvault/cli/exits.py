@@ -60,6 +60,8 @@ EXIT_CODES: Final[dict[type[e.WeightVaultError], tuple[int, str]]] = {
     e.AuditUnavailableError: (53, "audit log unavailable"),
     e.ServerError: (79, "server error"),
     e.ConfigError: (60, "configuration error"),
+    e.EgressPolicyError: (61, "egress rule refused"),
+    e.IsolationError: (90, "isolation unavailable"),
 }
 
 

@@ -53,11 +53,23 @@ def create_broker_app(broker: KeyBroker, limits: ServerLimits | None = None) -> 
                 with contextlib.suppress(WeightVaultError):  # audited by the attempt itself; retried next round
                     await run_in_threadpool(broker.rotate_due)
 
-        task = asyncio.create_task(rotate_loop())
+        async def outbox_loop() -> None:
+            # The gateway's events wait in the database's outbox until the log's sequencer
+            # (this broker) appends them; a failed round is retried, never skipped.
+            while True:
+                await asyncio.sleep(limits.outbox_poll_seconds)
+                with contextlib.suppress(WeightVaultError):
+                    while await run_in_threadpool(broker.drain_outbox):
+                        pass
+
+        tasks = [asyncio.create_task(rotate_loop()), asyncio.create_task(outbox_loop())]
         try:
             yield
         finally:
-            task.cancel()
+            for task in tasks:
+                task.cancel()
+            with contextlib.suppress(WeightVaultError):
+                await run_in_threadpool(broker.drain_outbox)
             broker.custody.wipe()
 
     routes = [route for module in _ROUTE_MODULES for route in module.routes(http)]

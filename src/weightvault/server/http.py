@@ -39,6 +39,7 @@ class ServerLimits:
     rate_per_second: float = 200.0
     burst: int = 400
     rotation_check_seconds: float = 60.0
+    outbox_poll_seconds: float = 0.2
 
 
 class RateLimiter:

@@ -12,7 +12,7 @@ from starlette.responses import JSONResponse
 from weightvault import errors as e
 from weightvault.broker.protocol import ErrorCode, problem_of
 
-__all__ = ["PROBLEM_BASE", "problem", "problem_for"]
+__all__ = ["PROBLEM_BASE", "openai_problem", "problem", "problem_for"]
 
 PROBLEM_BASE: Final = "https://weightvault.dev/problems/"
 
@@ -35,3 +35,20 @@ def problem_for(error: e.WeightVaultError) -> JSONResponse:
     if isinstance(error, e.ApprovalRequiredError) and error.request is not None:
         extra["approval_request"] = error.request
     return problem(status, code, title, detail, **extra)
+
+
+def openai_problem(status: int, code: str, detail: str, headers: dict[str, str] | None = None) -> JSONResponse:
+    """An error of the OpenAI-compatible servers (``serve``, ``gateway``): RFC 7807 fields plus OpenAI's
+    ``{"error": {message, type, code}}``, so that OpenAI's clients raise their usual exceptions."""
+    kind = {401: "authentication_error", 404: "not_found_error", 429: "rate_limit_error"}.get(
+        status, "server_error" if status >= 500 else "invalid_request_error"
+    )
+    body = {
+        "type": PROBLEM_BASE + code,
+        "title": code.replace("_", " "),
+        "status": status,
+        "detail": detail,
+        "code": code,
+        "error": {"message": detail, "type": kind, "code": code},
+    }
+    return JSONResponse(body, status_code=status, media_type="application/problem+json", headers=headers)

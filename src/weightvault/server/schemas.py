@@ -27,6 +27,7 @@ __all__ = [
     "RefsetRequest",
     "ReleaseRequest",
     "ReleaseSpec",
+    "ReportRequest",
     "RetireRequest",
     "ShareSubmission",
     "TenantRequest",
@@ -67,6 +68,13 @@ class ReleaseRequest(BaseModel):
     resource: str = Field(max_length=256)
     tensors: dict[str, list[int]] | None = None
     approval: str | None = Field(default=None, max_length=64)
+
+
+class ReportRequest(BaseModel):
+    """A sandbox's reports; each event's own schema is checked by the broker (broker.reports)."""
+
+    model_config = _STRICT
+    events: list[dict[str, Any]] = Field(min_length=1, max_length=256)
 
 
 class TenantRequest(BaseModel):

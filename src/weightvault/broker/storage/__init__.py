@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from weightvault.broker.storage.controls import ApprovalRepository, CustodyRepository
 from weightvault.broker.storage.database import Database
+from weightvault.broker.storage.gateway import BucketRow, GatewayKeyRow, GatewayRepository, OutboxRepository, OutboxRow
 from weightvault.broker.storage.repositories import (
     CatalogueRepository,
     DeviceRepository,
@@ -35,11 +36,16 @@ __all__ = [
     "ApprovalRequestRow",
     "ApprovalRow",
     "BrokerStore",
+    "BucketRow",
     "CeremonyRow",
     "ChallengeRow",
     "DeviceRow",
+    "GatewayKeyRow",
+    "GatewayRepository",
     "KEKRow",
     "ModelRow",
+    "OutboxRepository",
+    "OutboxRow",
     "PolicyRow",
     "PrincipalRow",
     "ShareSetRow",
@@ -60,6 +66,8 @@ class BrokerStore:
         self.sessions = SessionRepository(self.db)
         self.approvals = ApprovalRepository(self.db)
         self.custody = CustodyRepository(self.db)
+        self.gateway = GatewayRepository(self.db)
+        self.outbox = OutboxRepository(self.db)
 
     def migrate(self, now: int) -> int:
         """Bring the schema up to date (see :mod:`.schema`)."""

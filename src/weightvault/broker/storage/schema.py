@@ -185,6 +185,35 @@ kek_retirements = sa.Table(
     sa.Column("retired_at", sa.BigInteger, nullable=False),
 )
 
+# -- migration 3: the serving gateway (API keys, output budgets) and the event outbox -------
+gateway_keys = sa.Table(
+    "gateway_keys",
+    metadata,
+    sa.Column("id", sa.String(32), primary_key=True),
+    sa.Column("tenant_id", sa.String(64), nullable=False),
+    sa.Column("principal_id", sa.String(64), nullable=False),
+    sa.Column("token_hash", sa.LargeBinary(32), nullable=False),
+    sa.Column("models", sa.Text, nullable=False),  # JSON list of resources; [] = every model of the tenant
+    sa.Column("created_at", sa.BigInteger, nullable=False),
+    sa.Column("revoked_at", sa.BigInteger, nullable=True),
+)
+budget_buckets = sa.Table(
+    "budget_buckets",
+    metadata,
+    sa.Column("id", sa.String(200), primary_key=True),  # scope:subject:window:unit
+    sa.Column("spent", sa.Float, nullable=False),  # leaky bucket: what is spent, draining at capacity/period
+    sa.Column("updated_ms", sa.BigInteger, nullable=False),
+    sa.Column("alerted", sa.Integer, nullable=False),  # the highest alert threshold (percent) raised so far
+)
+event_outbox = sa.Table(
+    "event_outbox",
+    metadata,
+    sa.Column("id", sa.Integer, primary_key=True, autoincrement=True),
+    sa.Column("source", sa.String(32), nullable=False),
+    sa.Column("event", sa.Text, nullable=False),  # an AuditEvent's JSON, appended by the broker's sequencer
+    sa.Column("created_at", sa.BigInteger, nullable=False),
+)
+
 schema_migrations = sa.Table(
     "schema_migrations",
     metadata,
@@ -209,4 +238,5 @@ MIGRATIONS: Final[tuple[tuple[int, tuple[sa.Table, ...]], ...]] = (
             kek_retirements,
         ),
     ),
+    (3, (gateway_keys, budget_buckets, event_outbox)),
 )

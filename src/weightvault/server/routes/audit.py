@@ -1,4 +1,5 @@
-"""The audit log: ``/v1/tenants/{t}/audit`` (a tenant's events) and ``/v1/audit/...`` (tlog-tiles, operators)."""
+"""The audit log: ``/v1/tenants/{t}/audit`` (a tenant's events), ``/v1/audit/...`` (tlog-tiles, operators),
+and ``POST /v1/reports`` (what a sandbox reports: blocked egress, start and exit)."""
 
 from __future__ import annotations
 
@@ -8,6 +9,7 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import BaseRoute, Mount, Route
 
+from weightvault.server import schemas
 from weightvault.server.http import HTTP, handler
 
 _DEFAULT_LIMIT: Final = 1000
@@ -41,7 +43,15 @@ def routes(http: HTTP) -> list[BaseRoute]:
         status, content, ctype = await http.call(broker.audit_resource, who, request.path_params["path"])
         return Response(content, status_code=status, media_type=ctype)
 
+    @handler
+    async def reports(request: Request) -> Response:
+        who = await http.principal(request)
+        req = await http.body(request, schemas.ReportRequest)
+        count = await http.call(broker.report_events, who, req.events)
+        return JSONResponse({"recorded": count}, status_code=201)
+
     return [
+        Route("/v1/reports", reports, methods=["POST"]),
         Route("/v1/tenants/{tenant}/audit", events, methods=["GET"]),
         Mount("/v1/audit", routes=[Route("/{path:path}", tiles, methods=["GET"])]),
     ]
