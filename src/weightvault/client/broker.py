@@ -480,6 +480,11 @@ class BrokerIdentity:
             self._cache[resource] = released
         return self._cache[resource]
 
+    @property
+    def resources(self) -> list[str]:
+        """The broker resources (``tenant/models/name@version``) released to this identity so far."""
+        return list(self._cache)
+
     def unwrap(self, stanza: Stanza, context: bytes) -> FileKey | None:
         if stanza.type != BROKER_STANZA:
             return None

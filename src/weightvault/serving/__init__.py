@@ -1,0 +1,1 @@
+"""``weightvault serve``: OpenAI-compatible inference for one sealed model (:mod:`.runtime`, :mod:`.app`)."""
