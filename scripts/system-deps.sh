@@ -2,11 +2,12 @@
 # System packages weightvault's TPM support and its tests need (Debian/Ubuntu):
 # swtpm (the software TPM the tests and demo start), tpm2-tools (interoperability
 # tests), the TSS headers tpm2-pytss builds against, and Node.js for the
-# differential test of Shamir sharing against an independent implementation. Installs what is missing
+# differential test of Shamir sharing against an independent implementation, and what
+# 'weightvault sandbox' isolates with (bubblewrap, nftables, iproute2). Installs what is missing
 # when run as root with apt-get; otherwise says what to install and carries on,
 # and the TPM parts skip locally (CI=true turns that into a failure).
 set -euo pipefail
-PACKAGES=(swtpm swtpm-tools tpm2-tools libtss2-dev pkg-config)
+PACKAGES=(swtpm swtpm-tools tpm2-tools libtss2-dev pkg-config bubblewrap nftables iproute2)
 missing=()
 for p in "${PACKAGES[@]}"; do
   dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")

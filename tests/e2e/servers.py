@@ -26,15 +26,20 @@ def free_port() -> int:
 @contextmanager
 def serve(
     args: Sequence[str],
-    port: int,
+    port: int | None,
     *,
     ready_path: str = "/",
     env: dict[str, str] | None = None,
     scheme: str = "http",
     verify: object = True,
     timeout_s: float = 30.0,
+    uds: Path | None = None,
 ) -> Iterator[str]:
-    """Run ``python -m weightvault <args>`` until the block ends; yields the base URL."""
+    """Run ``python -m weightvault <args>`` until the block ends; yields the base URL.
+
+    Ready once ``ready_path`` answers on ``port`` (or, with ``uds``, on that Unix socket;
+    the URL is then ``unix:<path>``).
+    """
     full_env = {k: v for k, v in os.environ.items() if not k.startswith("WEIGHTVAULT_")}
     full_env.update(env or {})
     # The server's output goes to a file, never to a pipe nobody drains: once a pipe's
@@ -46,7 +51,7 @@ def serve(
         stderr=subprocess.STDOUT,
         env=full_env,
     )
-    base = f"{scheme}://127.0.0.1:{port}"
+    base = f"unix:{uds}" if uds is not None else f"{scheme}://127.0.0.1:{port}"
     if isinstance(verify, str):
         import ssl
 
@@ -58,11 +63,17 @@ def serve(
                 output.seek(0)
                 raise RuntimeError(f"server exited with {proc.returncode}: {output.read().decode(errors='replace')}")
             try:
-                httpx.get(base + ready_path, timeout=1.0, verify=verify)  # type: ignore[arg-type]
+                if uds is not None:
+                    _get_unix(uds, ready_path)
+                else:
+                    httpx.get(base + ready_path, timeout=1.0, verify=verify)  # type: ignore[arg-type]
                 break
             except httpx.HTTPError:
                 if time.monotonic() > deadline:
-                    raise
+                    output.seek(0)
+                    raise RuntimeError(
+                        f"not ready in {timeout_s} s: {output.read().decode(errors='replace')}"
+                    ) from None
                 time.sleep(0.1)
         yield base
     finally:
@@ -73,6 +84,21 @@ def serve(
             proc.kill()
             proc.wait()
         output.close()
+
+
+def _get_unix(path: Path, target: str) -> None:
+    """GET over a Unix socket with a plain socket (httpx leaks one per refused connection);
+    raises httpx.ConnectError unless the answer is 200."""
+    try:
+        with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as sock:
+            sock.settimeout(2.0)
+            sock.connect(str(path))
+            sock.sendall(f"GET {target} HTTP/1.0\r\nHost: sandbox\r\n\r\n".encode())
+            status = sock.recv(64)
+    except OSError as exc:
+        raise httpx.ConnectError(str(exc)) from exc
+    if not status.startswith((b"HTTP/1.0 200", b"HTTP/1.1 200")):
+        raise httpx.ConnectError(f"not ready: {status[:40]!r}")
 
 
 def set_rate_limit(base: Path, rate_per_second: float, burst: int) -> None:

@@ -27,6 +27,7 @@ from weightvault.cli.exits import EXIT_INTERNAL, exit_code_for
 from weightvault.cli.models import load, publish
 from weightvault.cli.options import identities_from, recipients_from
 from weightvault.cli.prompts import PASSPHRASE_ENV, ask_passphrase
+from weightvault.cli.serving import gateway, sandbox, serve
 from weightvault.crypto.aead import AEADSuite
 from weightvault.crypto.keywrap import HPKEKem
 from weightvault.errors import ConfigError, WeightVaultError
@@ -439,7 +440,21 @@ def reseal(
     click.echo(f"resealed {result.tensors} tensors of {src} into {dst} under a new file key")
 
 
-for _command in (audit, witness, broker, admin, publish, load, device, person, custody, approval):
+for _command in (
+    audit,
+    witness,
+    broker,
+    admin,
+    publish,
+    load,
+    device,
+    person,
+    custody,
+    approval,
+    serve,
+    sandbox,
+    gateway,
+):
     cli.add_command(_command)
 
 
