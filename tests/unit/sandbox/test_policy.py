@@ -94,3 +94,13 @@ def test_publish_syntax(tmp_path: Path) -> None:
     for bad in ("8000", "=8000", f"{tmp_path}/s.sock=0", f"{tmp_path}/s.sock=http"):
         with pytest.raises(ConfigError):
             parse_publish(bad)
+
+
+def test_without_root_the_sandbox_refuses_and_names_the_only_way_round(monkeypatch: pytest.MonkeyPatch) -> None:
+    from weightvault.errors import IsolationError
+    from weightvault.sandbox import launcher
+
+    monkeypatch.setattr("os.geteuid", lambda: 1000)
+    with pytest.raises(IsolationError, match="needs root") as caught:
+        launcher.preflight()
+    assert "--unsafe-no-isolation" in caught.value.diagnostics()
