@@ -241,10 +241,10 @@ def main() -> None:
 
         def sandboxed(resource: str) -> Any:
             return serve(
-                ["sandbox", "--broker", url, "--token", workload, "--model", str(sealed[resource]),
+                ["sandbox", "--broker", url, "--model", str(sealed[resource]),
                  "--publish", f"{sockets[resource]}=8000", *isolation, *threads, "--",
                  sys.executable, "-m", "weightvault", "serve", str(sealed[resource]), "--port", "8000"],
-                None, uds=sockets[resource], ready_path="/health", timeout_s=180,
+                None, uds=sockets[resource], ready_path="/health", timeout_s=180, env={"WEIGHTVAULT_TOKEN": workload},
             )  # fmt: skip
 
         from weightvault.broker.storage import BrokerStore

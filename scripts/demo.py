@@ -20,6 +20,7 @@ import base64
 import contextlib
 import hashlib
 import json
+import os
 import shutil
 import subprocess
 import sys
@@ -92,6 +93,7 @@ def serve_demo(
     for path in [sealed, *sealed.rglob("*")]:  # the server runs as nobody; the weights are encrypted
         path.chmod(0o755 if path.is_dir() else 0o644)
     socket_path = OUT / "minilm.sock"
+    secret = {"WEIGHTVAULT_TOKEN": workload_token}  # in the environment: command lines are public on a host
     attest: list[str] = []
     allow: list[str] = []
     if tpm is not None:
@@ -101,7 +103,7 @@ def serve_demo(
         attest = ["--attester", "tpm", "--tcti", tcti, "--device-id", str(device_id)]
         attest += ["--event-log", str(base / "measurements.log")]
     sandbox_args = [
-        "sandbox", "--broker", url, "--token", workload_token, "--model", str(sealed),
+        "sandbox", "--broker", url, "--model", str(sealed),
         "--publish", f"{socket_path}=8000", "--report-interval", "0.2", *allow, *isolation,
         "--", sys.executable, "-m", "weightvault", "serve", str(sealed), "--port", "8000", *attest,
     ]  # fmt: skip
@@ -118,7 +120,7 @@ def serve_demo(
     ]  # fmt: skip
     t0 = time.perf_counter()
     with (
-        serve(sandbox_args, None, uds=socket_path, ready_path="/health", timeout_s=180),
+        serve(sandbox_args, None, uds=socket_path, ready_path="/health", timeout_s=180, env=secret),
         serve(gateway_args, gateway_port, ready_path="/health", timeout_s=60) as gateway,
     ):
         how = "isolated" if not isolation else "NOT isolated"
@@ -140,9 +142,9 @@ def serve_demo(
             "except OSError as e:\n    print('refused:', type(e).__name__)"
         )
         attempt = subprocess.run(
-            [sys.executable, "-m", "weightvault", "sandbox", "--broker", url, "--token", workload_token,
+            [sys.executable, "-m", "weightvault", "sandbox", "--broker", url,
              "--report-interval", "0.2", *isolation, "--", sys.executable, "-c", escape],
-            capture_output=True, text=True, timeout=120, check=False,
+            capture_output=True, text=True, timeout=120, check=False, env={**os.environ, **secret},
         )  # fmt: skip
         console.print(
             f"   from inside a sandbox, a connection to 127.0.0.1:{gateway_port}: {attempt.stdout.strip()} "

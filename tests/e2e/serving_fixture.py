@@ -74,7 +74,6 @@ def sandboxed_server(broker: Broker, token: str, model: Path, socket: Path, *ext
         [
             "sandbox",
             "--broker", broker.url,
-            "--token", token,
             "--model", str(model),
             "--publish", f"{socket}={port}",
             "--report-interval", "0.2",
@@ -85,6 +84,7 @@ def sandboxed_server(broker: Broker, token: str, model: Path, socket: Path, *ext
         uds=socket,
         ready_path="/health",
         timeout_s=120,
+        env={"WEIGHTVAULT_TOKEN": token},  # never on a command line
     )  # fmt: skip
 
 

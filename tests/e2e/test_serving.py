@@ -229,6 +229,20 @@ def test_sandboxed_server_runs_unprivileged_and_read_only(stack: Stack) -> None:
     assert pid < 10  # its own PID namespace
 
 
+def test_no_command_line_on_the_host_shows_the_workload_token(stack: Stack) -> None:
+    """The sandboxes got the token from the environment and hand it on the same way (bwrap's command
+    line is readable by every user of the host)."""
+    token = stack.broker.tokens["acme-wl"].encode()
+    seen = []
+    for cmdline in Path("/proc").glob("[0-9]*/cmdline"):
+        try:
+            if token in cmdline.read_bytes():
+                seen.append(cmdline)
+        except OSError:
+            continue
+    assert [] == seen
+
+
 # -- the gateway ------------------------------------------------------------------------------
 
 
@@ -381,6 +395,8 @@ def test_a_revoked_key_fails_at_its_next_request(stack: Stack) -> None:
     assert "invalid_api_key" == again.json()["code"]
     events = stack.broker.events(0, until="gateway.key.revoke")
     assert any(e.type == "gateway.key.revoke" and e.details["key_id"] == key_id for _, e in events)
+    attempts = _requests(stack, 0, key_id, 2)  # the revoked key's attempt is audited under its principal
+    assert [200, 401] == [e.details["status"] for e in attempts]
 
 
 def test_another_tenants_model_is_not_found(stack: Stack) -> None:

@@ -265,6 +265,9 @@ def create_gateway_app(
             try:
                 caller = state.authenticate(_bearer(request))
             except AuthenticationError as exc:
+                # A known key that failed (revoked, wrong secret) is audited under its principal;
+                # strangers' guesses are counted in the metrics only, so they cannot flood the log.
+                caller = getattr(exc, "caller", None)
                 raise _RefusedError(401, "invalid_api_key", str(exc)) from exc
             declared = request.headers.get("content-length")
             if declared is not None and (not declared.isdigit() or int(declared) > config.max_body_bytes):
@@ -326,7 +329,7 @@ def create_gateway_app(
             )
         try:
             content = bytearray()
-            async for chunk in upstream.aiter_raw():
+            async for chunk in upstream.aiter_bytes():
                 content += chunk
                 if len(content) > _MAX_RESPONSE_BYTES:
                     break
@@ -376,7 +379,7 @@ def create_gateway_app(
         alert_events: list[AuditEvent] = []
         pending = b""
         try:
-            async for chunk in upstream.aiter_raw():
+            async for chunk in upstream.aiter_bytes():
                 pending += chunk
                 while b"\n\n" in pending:
                     event, pending = pending.split(b"\n\n", 1)

@@ -158,7 +158,10 @@ class GatewayState:
         expected = row.token_hash if row is not None else bytes(32)
         ok = hmac.compare_digest(expected, _hash(m[2] if m else ""))
         if row is None or not ok or row.revoked_at is not None:
-            raise AuthenticationError("invalid or revoked API key")
+            error = AuthenticationError("invalid or revoked API key")
+            if row is not None:
+                error.caller = Caller(row.id, row.tenant, row.principal, row.models)  # type: ignore[attr-defined]
+            raise error
         return Caller(row.id, row.tenant, row.principal, row.models)
 
     def buckets_for(self, caller: Caller, model: str) -> list[str]:

@@ -222,13 +222,17 @@ class Sandbox:
                 env=env,
                 devices=devices if o.gpu else (),
             )
-            argv = ["ip", "netns", "exec", ns.name, *bwrap_argv(spec, o.command)]
-            return asyncio.run(self._main(ns, argv))
+            # Absolute paths: the command's environment, which these run in, has its own PATH.
+            bwrap = bwrap_argv(spec, o.command)
+            argv = [_tool("ip"), "netns", "exec", ns.name, _tool("bwrap"), *bwrap[1:]]
+            return asyncio.run(self._main(ns, argv, spec.env))
         finally:
             ns.delete()
             shutil.rmtree(scratch, ignore_errors=True)
 
-    async def _main(self, ns: NetworkNamespace | None, argv: Sequence[str] | None = None) -> int:
+    async def _main(
+        self, ns: NetworkNamespace | None, argv: Sequence[str] | None = None, env: dict[str, str] | None = None
+    ) -> int:
         o = self.options
         loop = asyncio.get_running_loop()
         servers: list[asyncio.AbstractServer] = []
@@ -249,7 +253,9 @@ class Sandbox:
         if argv is None:
             proc = await asyncio.create_subprocess_exec(*o.command, env={**os.environ, **o.env})
         else:
-            proc = await asyncio.create_subprocess_exec(*argv, env={"PATH": os.environ.get("PATH", "/usr/bin:/bin")})
+            # The environment (the token among it) is inherited through ip, bwrap and setpriv,
+            # exactly this and nothing else of ours; the command line carries no secret.
+            proc = await asyncio.create_subprocess_exec(*argv, env=env)
         print(f"weightvault sandbox {self.id}: started {command} (pid {proc.pid})", file=sys.stderr, flush=True)
         for sig in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(sig, proc.terminate)
@@ -327,6 +333,13 @@ class Sandbox:
         finally:
             os.umask(old)
         return server
+
+
+def _tool(name: str) -> str:
+    found = shutil.which(name)
+    if found is None:
+        raise IsolationError(f"cannot isolate: {name} ({_TOOLS[name]}) is missing")
+    return found
 
 
 def _new_socket() -> socket.socket:

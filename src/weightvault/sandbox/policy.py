@@ -160,7 +160,12 @@ def nft_ruleset(relays: Iterable[Destination], inner_ports: Iterable[int]) -> st
 
 @dataclass(frozen=True, slots=True)
 class BwrapSpec:
-    """The mount view and identity of the sandboxed process."""
+    """The mount view, identity and environment of the sandboxed process.
+
+    ``env`` is the command's whole environment. It is handed to bubblewrap as its own
+    environment, never on its command line, where every user of the host could read it
+    (it holds the workload's API token).
+    """
 
     ro_paths: Sequence[Path]
     model: Path | None
@@ -220,10 +225,7 @@ def bwrap_argv(spec: BwrapSpec, command: Sequence[str]) -> list[str]:
         "CAP_SETUID",
         "--cap-add",
         "CAP_SETGID",
-        "--clearenv",
     ]
-    for name, value in sorted(spec.env.items()):
-        argv += ["--setenv", name, value]
     # System paths, read-only; Debian's merged /usr makes /bin, /lib... symlinks.
     argv += ["--ro-bind", "/usr", "/usr", "--ro-bind", "/etc", "/etc"]
     for name in ("bin", "sbin", "lib", "lib32", "lib64", "libx32"):

@@ -61,8 +61,9 @@ def test_bubblewrap_drops_privileges_and_mounts_only_what_it_needs(tmp_path: Pat
     )
     argv = bwrap_argv(spec, ["serve", "x"])
     joined = " ".join(argv)
-    for flag in ("--unshare-pid", "--unshare-ipc", "--die-with-parent", "--new-session", "--clearenv"):
+    for flag in ("--unshare-pid", "--unshare-ipc", "--die-with-parent", "--new-session"):
         assert flag in argv
+    assert "--setenv" not in argv  # the environment (a token) never goes on a command line
     assert "--unshare-net" not in argv  # the network namespace is the launcher's, with its firewall
     assert "--cap-drop ALL --cap-add CAP_SETUID --cap-add CAP_SETGID" in joined
     assert argv[-9:] == [
