@@ -12,8 +12,9 @@ both. Reports, per round and as min and median over rounds:
 
 * /v1/embeddings latency p50 and p99 and requests per second with 1 and with 16 clients;
 * time to first token of a streamed completion (the tiny LM), 1 client;
-* the same embeddings load against a null model server (a fixed 2 KB answer, no model,
-  not sandboxed), direct and through the gateway: what the gateway itself adds;
+* the same embeddings load, and a stream's first token, against a null model server (a
+  fixed 2 KB answer; five events 3 ms apart; no model, not sandboxed), direct and through
+  the gateway: what the gateway itself adds;
 * the cost of the gateway's own steps per request, in process: key lookup, budget
   buckets and charge, fingerprints, event queueing.
 
@@ -26,6 +27,7 @@ Usage: python bench/serve.py [--rounds 3] [--requests 200]
 from __future__ import annotations
 
 import argparse
+import asyncio
 import contextlib
 import json
 import statistics
@@ -34,7 +36,7 @@ import sys
 import tempfile
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import AsyncIterator, Callable
 from pathlib import Path
 from typing import Any
 
@@ -91,7 +93,9 @@ def ttft(make: Callable[[], httpx.Client], body: dict[str, Any], n: int) -> floa
                 for chunk in r.iter_raw():
                     if first is None and b'"text"' in chunk:
                         first = time.perf_counter() - t0
-                times.append(first if first is not None else float("nan"))
+                if first is None:
+                    raise RuntimeError(f"no token event in the answer (HTTP {r.status_code})")
+                times.append(first)
     return statistics.median(times) * 1e3
 
 
@@ -100,7 +104,7 @@ def null_server(path: str) -> None:
     import uvicorn
     from starlette.applications import Starlette
     from starlette.requests import Request
-    from starlette.responses import JSONResponse, Response
+    from starlette.responses import JSONResponse, Response, StreamingResponse
     from starlette.routing import Route
 
     answer = json.dumps(
@@ -112,6 +116,18 @@ def null_server(path: str) -> None:
         await request.body()
         return Response(answer, media_type="application/json")
 
+    async def completions(request: Request) -> Response:
+        # A first token after 3 ms, then four more 3 ms apart: time to first token without a model.
+        await request.body()
+
+        async def events() -> AsyncIterator[bytes]:
+            for _ in range(5):
+                await asyncio.sleep(0.003)
+                yield b'data: {"choices":[{"index":0,"text":"tok","finish_reason":null}]}\n\n'
+            yield b"data: [DONE]\n\n"
+
+        return StreamingResponse(events(), media_type="text/event-stream")
+
     async def models(request: Request) -> Response:
         return JSONResponse({"data": [{"id": NULL_MODEL, "weightvault": {"parameters": 10**9}}]})
 
@@ -120,6 +136,7 @@ def null_server(path: str) -> None:
 
     routes = [
         Route("/v1/embeddings", embeddings, methods=["POST"]),
+        Route("/v1/completions", completions, methods=["POST"]),
         Route("/v1/models", models),
         Route("/health", health),
     ]
@@ -321,6 +338,12 @@ def main() -> None:
                         print(
                             f"{rnd:>5} {label:<34} {d[metric]:>10.2f} {g[metric]:>10.2f} {g[metric] / d[metric]:>7.3f}"
                         )
+                null_stream = {**complete, "model": NULL_MODEL}
+                d_t = ttft(direct(NULL_MODEL), null_stream, 30)
+                g_t = ttft(via_gateway, null_stream, 30)
+                note("null model time to first token ms direct", d_t)
+                note("null model time to first token ms gateway", g_t)
+                print(f"{rnd:>5} {'null model time to first token ms':<34} {d_t:>10.2f} {g_t:>10.2f} {g_t / d_t:>7.3f}")
                 d_t = ttft(direct("bench/models/tiny@1"), complete, 30)
                 g_t = ttft(via_gateway, complete, 30)
                 note("stream time to first token ms direct", d_t)
