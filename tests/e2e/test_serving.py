@@ -215,7 +215,7 @@ def test_sandboxed_server_runs_unprivileged_and_read_only(stack: Stack) -> None:
         "f = lambda k: s.split(k + ':')[1].split()[0];"
         "w = os.access(os.environ['M'], os.W_OK);"
         "print(json.dumps([os.getuid(), f('CapEff'), f('NoNewPrivs'), w, os.path.exists('/root/.ssh'), os.getpid(),"
-        " os.path.exists(os.environ['C'])]))"
+        " os.path.exists(os.environ['C']), os.path.exists('/etc/shadow'), os.path.exists('/etc/passwd')]))"
     )
     model = stack.tmp / "tiny-sealed"
     here = Path.cwd() / "tests"  # the launcher's working directory (a checkout) stays outside
@@ -223,8 +223,9 @@ def test_sandboxed_server_runs_unprivileged_and_read_only(stack: Stack) -> None:
         stack, "--model", str(model), "--env", f"M={model}", "--env", f"C={here}", "--", sys.executable, "-c", code
     )
     assert 0 == done.returncode, done.stderr
-    uid, caps, nnp, writable, ssh, pid, cwd_visible = json.loads(done.stdout.strip().splitlines()[-1])
+    uid, caps, nnp, writable, ssh, pid, cwd_visible, shadow, passwd = json.loads(done.stdout.strip().splitlines()[-1])
     assert not cwd_visible
+    assert (False, True) == (shadow, passwd)  # chosen entries of the host's /etc only
     assert (65534, "0000000000000000", "1", False, False) == (uid, caps, nnp, writable, ssh)
     assert pid < 10  # its own PID namespace
 

@@ -45,6 +45,13 @@ __all__ = [
 ]
 
 SANDBOX_SCRATCH: Final = "/scratch"
+#: What of the host's /etc the sandbox sees (each only if it exists); ``--ro-bind`` adds more.
+ETC_ENTRIES: Final = (
+    "passwd", "group", "nsswitch.conf", "hosts", "host.conf", "gai.conf", "resolv.conf", "protocols",
+    "services", "ld.so.cache", "ld.so.conf", "ld.so.conf.d", "localtime", "timezone", "ssl",
+    "ca-certificates", "ca-certificates.conf", "alternatives", "mime.types", "magic", "magic.mime",
+    "os-release", "debian_version", "tpm2-tss", "glvnd", "OpenCL", "vulkan", "nvidia",
+)  # fmt: skip
 NFT_TABLE: Final = "weightvault"
 #: The sandbox's own addresses, on lo: the source of packets sent towards the default route.
 INNER_V4: Final = "10.255.255.1"
@@ -227,7 +234,12 @@ def bwrap_argv(spec: BwrapSpec, command: Sequence[str]) -> list[str]:
         "CAP_SETGID",
     ]
     # System paths, read-only; Debian's merged /usr makes /bin, /lib... symlinks.
-    argv += ["--ro-bind", "/usr", "/usr", "--ro-bind", "/etc", "/etc"]
+    argv += ["--ro-bind", "/usr", "/usr", "--perms", "0755", "--dir", "/etc"]
+    # Of the host's /etc, only what programs need to run: users and groups, the dynamic
+    # linker, name service switches, CA certificates, time zone. Not the rest, where
+    # operators keep credentials and service configurations.
+    for name in ETC_ENTRIES:
+        argv += ["--ro-bind-try", f"/etc/{name}", f"/etc/{name}"]
     for name in ("bin", "sbin", "lib", "lib32", "lib64", "libx32"):
         top = Path("/") / name
         if top.is_symlink():
@@ -237,7 +249,7 @@ def bwrap_argv(spec: BwrapSpec, command: Sequence[str]) -> list[str]:
     # A private /tmp first: binds below it (a model under /tmp) must land on top of it, not under it.
     argv += ["--perms", "1777", "--tmpfs", "/tmp"]  # noqa: S108 - the sandbox's own tmpfs
     made: set[Path] = {Path("/usr"), Path("/etc"), Path("/tmp")}  # noqa: S108
-    bound: list[Path] = [Path("/usr"), Path("/etc")]
+    bound: list[Path] = [Path("/usr")]
     wanted = {p.resolve() for p in spec.ro_paths if p.exists()} | ({spec.model.resolve()} if spec.model else set())
     for path in sorted(wanted):
         if any(path == b or b in path.parents for b in bound):

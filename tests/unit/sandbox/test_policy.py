@@ -64,6 +64,9 @@ def test_bubblewrap_drops_privileges_and_mounts_only_what_it_needs(tmp_path: Pat
     for flag in ("--unshare-pid", "--unshare-ipc", "--die-with-parent", "--new-session"):
         assert flag in argv
     assert "--setenv" not in argv  # the environment (a token) never goes on a command line
+    assert "--ro-bind /etc /etc" not in joined  # only chosen entries of the host's /etc
+    assert "--ro-bind-try /etc/passwd /etc/passwd" in joined
+    assert "/etc/shadow" not in joined
     assert "--unshare-net" not in argv  # the network namespace is the launcher's, with its firewall
     assert "--cap-drop ALL --cap-add CAP_SETUID --cap-add CAP_SETGID" in joined
     assert argv[-9:] == [
