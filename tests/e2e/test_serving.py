@@ -208,6 +208,18 @@ def test_sandbox_refuses_to_run_unisolated_without_privileges(stack: Stack) -> N
     assert not marker.exists()
 
 
+def test_a_namespace_left_by_a_killed_launcher_is_removed_by_the_next(stack: Stack) -> None:
+    stale = "wv-999999999-abcdef"  # no such pid
+    subprocess.run(["ip", "netns", "add", stale], check=True)
+    try:
+        done = _sandbox(stack, "--", "/bin/true")
+        assert 0 == done.returncode, done.stderr
+        assert f"removed {stale}" in done.stderr
+        assert not Path("/run/netns", stale).exists()
+    finally:
+        subprocess.run(["ip", "netns", "del", stale], capture_output=True, check=False)
+
+
 def test_sandboxed_server_runs_unprivileged_and_read_only(stack: Stack) -> None:
     """The served process: uid nobody, no capabilities, no_new_privs, the model read-only, the host's home hidden."""
     code = (

@@ -30,7 +30,7 @@ from typing import Any, Final
 
 from weightvault.crypto.secret import random_bytes
 from weightvault.errors import ConfigError, IsolationError, WeightVaultError
-from weightvault.sandbox.netns import Blocked, NetworkNamespace
+from weightvault.sandbox.netns import Blocked, NetworkNamespace, namespace_name, remove_stale
 from weightvault.sandbox.policy import (
     SANDBOX_SCRATCH,
     BwrapSpec,
@@ -195,7 +195,9 @@ class Sandbox:
                 )
         inner_ports = [p.port for p in o.publish] + list(o.loopback_ports)
         ruleset = nft_ruleset(self.relays, inner_ports)
-        ns = NetworkNamespace.create(f"wv-{self.id}", self.relays, inner_ports, ruleset)
+        for name in remove_stale():
+            print(f"weightvault sandbox: removed {name}, left by a launcher that was killed", file=sys.stderr)
+        ns = NetworkNamespace.create(namespace_name(self.id), self.relays, inner_ports, ruleset)
         scratch = Path(tempfile.mkdtemp(prefix=f"weightvault-sandbox-{self.id}-"))
         try:
             os.chown(scratch, user.pw_uid, user.pw_gid)

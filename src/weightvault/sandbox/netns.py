@@ -9,6 +9,7 @@ from __future__ import annotations
 import ctypes
 import json
 import os
+import re
 import subprocess
 from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
@@ -18,7 +19,7 @@ from typing import Final
 from weightvault.errors import IsolationError
 from weightvault.sandbox.policy import INNER_V4, INNER_V6, NFT_TABLE, Destination
 
-__all__ = ["Blocked", "NetworkNamespace"]
+__all__ = ["Blocked", "NetworkNamespace", "namespace_name", "remove_stale"]
 
 _CLONE_NEWNET: Final = 0x40000000
 #: (family, protocol, destination, port) -> packets
@@ -35,6 +36,31 @@ def _run(argv: Sequence[str], stdin: str | None = None) -> str:
     if done.returncode != 0:
         raise IsolationError(f"'{' '.join(argv[:4])}' failed: {done.stderr.strip()[:300]}")
     return done.stdout
+
+
+_NAME_RE: Final = re.compile(r"wv-(\d+)-[0-9a-f]+")
+
+
+def namespace_name(sandbox_id: str) -> str:
+    """``wv-<launcher pid>-<id>``: the pid tells a later launcher whether this one still runs."""
+    return f"wv-{os.getpid()}-{sandbox_id}"
+
+
+def remove_stale() -> list[str]:
+    """Delete the namespaces of launchers that died without cleaning up (SIGKILL); returns their names."""
+    removed = []
+    for entry in sorted(Path("/run/netns").glob("wv-*")) if Path("/run/netns").is_dir() else []:
+        m = _NAME_RE.fullmatch(entry.name)
+        if m is None:
+            continue
+        try:
+            os.kill(int(m[1]), 0)
+        except ProcessLookupError:
+            NetworkNamespace(entry.name).delete()
+            removed.append(entry.name)
+        except PermissionError:
+            continue  # alive, another user's
+    return removed
 
 
 class NetworkNamespace:
