@@ -41,6 +41,7 @@ from weightvault.errors import AuthenticationError
 from weightvault.gateway.budgets import Unit
 from weightvault.gateway.sketch import PromptFingerprint
 from weightvault.gateway.state import Caller, GatewayState
+from weightvault.server.http import read_bounded
 from weightvault.server.problems import openai_problem as problem
 
 __all__ = ["GatewayConfig", "Upstream", "create_gateway_app"]
@@ -269,17 +270,12 @@ def create_gateway_app(
                 # strangers' guesses are counted in the metrics only, so they cannot flood the log.
                 caller = getattr(exc, "caller", None)
                 raise _RefusedError(401, "invalid_api_key", str(exc)) from exc
-            declared = request.headers.get("content-length")
-            if declared is not None and (not declared.isdigit() or int(declared) > config.max_body_bytes):
-                raise _RefusedError(413, "body_too_large", f"bodies are at most {config.max_body_bytes} bytes")
-            raw = bytearray()
             try:
-                async for chunk in request.stream():
-                    raw += chunk
-                    if len(raw) > config.max_body_bytes:
-                        raise _RefusedError(413, "body_too_large", f"bodies are at most {config.max_body_bytes} bytes")
+                raw = await read_bounded(request, config.max_body_bytes)
             except ClientDisconnect as exc:
                 raise _RefusedError(400, "client_disconnected", "the request body was not completed") from exc
+            if raw is None:
+                raise _RefusedError(413, "body_too_large", f"bodies are at most {config.max_body_bytes} bytes")
             try:
                 parsed = json.loads(raw)
             except ValueError as exc:
@@ -307,7 +303,7 @@ def create_gateway_app(
             )  # fmt: skip
 
         client = clients[model]
-        upstream_request = client.build_request("POST", path, content=bytes(raw), headers={"content-type": _JSON})
+        upstream_request = client.build_request("POST", path, content=raw, headers={"content-type": _JSON})
         try:
             upstream = await client.send(upstream_request, stream=True)
         except httpx.HTTPError:

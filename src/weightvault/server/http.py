@@ -97,6 +97,20 @@ def handler(func: Handler) -> Handler:
     return wrapped
 
 
+async def read_bounded(request: Request, limit: int) -> bytes | None:
+    """The request's body, or None as soon as it is known to exceed ``limit`` bytes (by its declared
+    length, before reading, or while reading): an oversized body is never buffered whole."""
+    declared = request.headers.get("content-length")
+    if declared is not None and (not declared.isdigit() or int(declared) > limit):
+        return None
+    raw = bytearray()
+    async for chunk in request.stream():
+        raw += chunk
+        if len(raw) > limit:
+            return None
+    return bytes(raw)
+
+
 @dataclass
 class HTTP:
     """The broker and the request helpers its routes share."""
@@ -113,14 +127,9 @@ class HTTP:
         ctype = request.headers.get("content-type", "")
         if ctype.split(";")[0].strip().lower() != "application/json":
             raise HTTPProblemError(415, ErrorCode.UNSUPPORTED_MEDIA_TYPE, "Send application/json")
-        declared = request.headers.get("content-length")
-        if declared is not None and (not declared.isdigit() or int(declared) > self.limits.max_body_bytes):
+        raw = await read_bounded(request, self.limits.max_body_bytes)
+        if raw is None:
             raise HTTPProblemError(413, ErrorCode.PAYLOAD_TOO_LARGE, "Request body too large")
-        raw = bytearray()
-        async for chunk in request.stream():
-            raw += chunk
-            if len(raw) > self.limits.max_body_bytes:
-                raise HTTPProblemError(413, ErrorCode.PAYLOAD_TOO_LARGE, "Request body too large")
         try:
             doc = json.loads(raw)
         except ValueError as exc:

@@ -26,6 +26,7 @@ from starlette.responses import JSONResponse, Response, StreamingResponse
 from starlette.routing import Route
 
 from weightvault.errors import InvalidRequestError
+from weightvault.server.http import read_bounded
 from weightvault.server.problems import openai_problem
 from weightvault.serving.runtime import Generated, ModelRuntime, Step
 
@@ -106,14 +107,9 @@ class _RefusedError(Exception):
 
 
 async def _parse(request: Request, model: type[BaseModel], limits: ServeLimits) -> Any:
-    declared = request.headers.get("content-length")
-    if declared is not None and (not declared.isdigit() or int(declared) > limits.max_body_bytes):
+    raw = await read_bounded(request, limits.max_body_bytes)
+    if raw is None:
         raise _RefusedError(413, "body_too_large", f"bodies are at most {limits.max_body_bytes} bytes")
-    raw = bytearray()
-    async for chunk in request.stream():
-        raw += chunk
-        if len(raw) > limits.max_body_bytes:
-            raise _RefusedError(413, "body_too_large", f"bodies are at most {limits.max_body_bytes} bytes")
     try:
         doc = json.loads(raw)
     except ValueError as exc:
