@@ -7,7 +7,7 @@ there) and so that every service applies the write-ahead rule the same way.
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from contextlib import ExitStack, contextmanager
 
 from weightvault.auditlog.events import AuditEvent
@@ -36,6 +36,13 @@ class AuditRecorder:
         if submit is not None:
             return int(submit(event).index)
         return self.sink.append(event).index
+
+    def append_all(self, events: Sequence[AuditEvent]) -> Receipt:
+        """Append ``events`` in order and wait until all are durable: every one but the last is queued,
+        and the last one's durable commit carries them (the single writer commits in order)."""
+        for event in events[:-1]:
+            self.queue(event)
+        return self.append(events[-1])
 
     @contextmanager
     def write_ahead(self, *intents: AuditEvent, wait_done: bool = True) -> Iterator[None]:

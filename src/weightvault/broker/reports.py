@@ -99,9 +99,7 @@ class ReportService:
             AuditEvent(kind, tenant, actor, resource=f"sandbox:{details['sandbox']}", details=details)
             for kind, details in map(_checked, reports)
         ]
-        for event in events[:-1]:
-            self.recorder.queue(event)
-        self.recorder.append(events[-1])
+        self.recorder.append_all(events)
         return len(events)
 
     def drain_outbox(self, limit: int = 500) -> int:
@@ -129,8 +127,6 @@ class ReportService:
                         details={"outbox_id": row.id, "digest": digest(row.event), "reason": str(exc)[:200]},
                     )
                 )
-        for event in events[:-1]:
-            self.recorder.queue(event)
-        self.recorder.append(events[-1])
+        self.recorder.append_all(events)
         self.store.outbox.delete([r.id for r in rows])
         return len(events)
