@@ -120,6 +120,10 @@ class Caller:
     principal: str
     models: tuple[str, ...]
 
+    @classmethod
+    def of(cls, row: GatewayKeyRow) -> Caller:
+        return cls(row.id, row.tenant, row.principal, row.models)
+
     def may_use(self, model: str) -> bool:
         """Models of the key's own tenant only, and of its list when it has one."""
         return model.startswith(self.tenant + "/") and (not self.models or model in self.models)
@@ -160,9 +164,9 @@ class GatewayState:
         if row is None or not ok or row.revoked_at is not None:
             error = AuthenticationError("invalid or revoked API key")
             if row is not None:
-                error.caller = Caller(row.id, row.tenant, row.principal, row.models)  # type: ignore[attr-defined]
+                error.caller = Caller.of(row)  # type: ignore[attr-defined]
             raise error
-        return Caller(row.id, row.tenant, row.principal, row.models)
+        return Caller.of(row)
 
     def buckets_for(self, caller: Caller, model: str) -> list[str]:
         """The ids of every bucket a request of ``caller`` for ``model`` charges; loads unseen ones."""
