@@ -6,17 +6,17 @@ import json
 import sys
 import time
 from pathlib import Path
-from typing import Any
 
 import click
 
 from weightvault.cli.options import (
     approval_option,
+    attester_options,
     client_options,
     make_client,
+    open_attester,
     recipients_from,
 )
-from weightvault.errors import ConfigError
 
 __all__ = ["load", "publish"]
 
@@ -90,17 +90,7 @@ def publish(
 
 @click.command()
 @click.argument("src", type=click.Path(path_type=Path, exists=True))
-@click.option("--attester", type=click.Choice(["sample", "tpm"]), default="sample", show_default=True)
-@click.option("--device-id", help="The enrolled device this workload runs on.")
-@click.option("--tcti", help="TPM TCTI string (with --attester tpm), e.g. swtpm:host=127.0.0.1,port=2321.")
-@click.option(
-    "--event-log",
-    "event_logs",
-    multiple=True,
-    type=click.Path(path_type=Path),
-    help="TCG event log to send with the quote (repeatable; with --attester tpm), e.g. the firmware's "
-    "/sys/kernel/security/tpm0/binary_bios_measurements or a log kept by 'device extend --event-log'.",
-)
+@attester_options
 @click.option("--kem", type=click.Choice(["mlkem768-x25519", "x25519"]), default="mlkem768-x25519", show_default=True)
 @click.option("--json", "as_json", is_flag=True, help="Print a JSON report.")
 @approval_option
@@ -119,22 +109,12 @@ def load(
     ca: Path | None,
 ) -> None:
     """Attest, obtain the key from the broker, and load SRC (a sealed file or model directory) into memory."""
-    from weightvault.client.broker import BrokerIdentity, SampleAttester
+    from weightvault.client.broker import BrokerIdentity
     from weightvault.crypto.keywrap import HPKEKem
     from weightvault.loaders import numpy as wv_numpy
 
     with make_client(url, token, ca) as client:
-        chosen: Any
-        if attester == "tpm":
-            from weightvault.attestation.tpm.attester import TPMAttester
-
-            if not tcti or not device_id:
-                raise ConfigError("--attester tpm needs --tcti and --device-id")
-            chosen = TPMAttester.open(tcti, event_logs)
-        else:
-            if event_logs:
-                raise ConfigError("--event-log needs --attester tpm")
-            chosen = SampleAttester(device_id=device_id)
+        chosen = open_attester(attester, tcti, device_id, event_logs)
         identity = BrokerIdentity(client, chosen, kem=HPKEKem(kem), device_id=device_id, approval=approval)
         t0 = time.perf_counter()
         try:

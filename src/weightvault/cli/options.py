@@ -25,10 +25,12 @@ __all__ = [
     "BROKER_ENV",
     "TOKEN_ENV",
     "approval_option",
+    "attester_options",
     "client_options",
     "identities_from",
     "make_anonymous_client",
     "make_client",
+    "open_attester",
     "parse_ms",
     "read_token",
     "recipients_from",
@@ -72,6 +74,42 @@ def make_anonymous_client(url: str | None, ca: Path | None) -> Any:
     if not url:
         raise ConfigError(f"no broker URL: pass --broker or set {BROKER_ENV}")
     return BrokerClient(url, None, verify=str(ca) if ca else True)
+
+
+def attester_options(func: Callable[..., Any]) -> Callable[..., Any]:
+    """``--attester``, ``--device-id``, ``--tcti`` and ``--event-log``: how a workload attests (see open_attester)."""
+    func = click.option(
+        "--event-log",
+        "event_logs",
+        multiple=True,
+        type=click.Path(path_type=Path),
+        help="TCG event log to send with the quote (repeatable; with --attester tpm), e.g. the firmware's "
+        "/sys/kernel/security/tpm0/binary_bios_measurements or a log kept by 'device extend --event-log'.",
+    )(func)
+    func = click.option("--tcti", help="TPM TCTI string (with --attester tpm), e.g. swtpm:host=127.0.0.1,port=2321.")(
+        func
+    )
+    func = click.option("--device-id", help="The enrolled device this workload runs on.")(func)
+    return click.option("--attester", type=click.Choice(["sample", "tpm"]), default="sample", show_default=True)(func)
+
+
+def open_attester(attester: str, tcti: str | None, device_id: str | None, event_logs: Sequence[Path]) -> Any:
+    """The attester the options name (close it after use if it has ``close``).
+
+    Raises:
+        ConfigError: ``tpm`` without a TCTI or a device id, or event logs without ``tpm``.
+    """
+    from weightvault.client.broker import SampleAttester
+
+    if attester == "tpm":
+        from weightvault.attestation.tpm.attester import TPMAttester
+
+        if not tcti or not device_id:
+            raise ConfigError("--attester tpm needs --tcti and --device-id")
+        return TPMAttester.open(tcti, event_logs)
+    if event_logs:
+        raise ConfigError("--event-log needs --attester tpm")
+    return SampleAttester(device_id=device_id)
 
 
 approval_option = click.option(

@@ -9,7 +9,7 @@ from typing import Any
 
 import click
 
-from weightvault.cli.options import client_options, make_client, read_token
+from weightvault.cli.options import attester_options, client_options, make_client, open_attester, read_token
 from weightvault.errors import ConfigError
 
 __all__ = ["gateway", "sandbox", "serve"]
@@ -26,16 +26,7 @@ __all__ = ["gateway", "sandbox", "serve"]
 @click.option("--max-tokens", type=click.IntRange(1, 1 << 16), default=1024, show_default=True)
 @click.option("--max-input-tokens", type=click.IntRange(1, 1 << 20), default=512, show_default=True)
 @click.option("--max-logprobs", type=click.IntRange(0, 20), default=0, show_default=True, help="0: none returned.")
-@click.option("--attester", type=click.Choice(["sample", "tpm"]), default="sample", show_default=True)
-@click.option("--device-id", help="The enrolled device this server runs on.")
-@click.option("--tcti", help="TPM TCTI string (with --attester tpm).")
-@click.option(
-    "--event-log",
-    "event_logs",
-    multiple=True,
-    type=click.Path(path_type=Path),
-    help="TCG event log to send with the quote (repeatable; with --attester tpm).",
-)
+@attester_options
 @client_options
 def serve(
     sealed: Path,
@@ -59,22 +50,12 @@ def serve(
     """Serve SEALED (a sealed model directory) with OpenAI's API; its keys come from the broker by attestation."""
     import uvicorn
 
-    from weightvault.client.broker import BrokerIdentity, SampleAttester
+    from weightvault.client.broker import BrokerIdentity
     from weightvault.serving.app import ServeLimits, create_serving_app
     from weightvault.serving.runtime import ModelRuntime
 
     client = make_client(url, token, ca)
-    chosen: Any
-    if attester == "tpm":
-        from weightvault.attestation.tpm.attester import TPMAttester
-
-        if not tcti or not device_id:
-            raise ConfigError("--attester tpm needs --tcti and --device-id")
-        chosen = TPMAttester.open(tcti, event_logs)
-    else:
-        if event_logs:
-            raise ConfigError("--event-log needs --attester tpm")
-        chosen = SampleAttester(device_id=device_id)
+    chosen = open_attester(attester, tcti, device_id, event_logs)
     identity = BrokerIdentity(client, chosen, device_id=device_id)
     try:
         runtime = ModelRuntime.load(
@@ -206,14 +187,17 @@ def _pairs(values: tuple[str, ...], what: str) -> dict[str, str]:
     return out
 
 
-@gateway.command("serve")
-@click.option(
+_config_option = click.option(
     "--config",
     "config_path",
     type=click.Path(path_type=Path, exists=True),
     required=True,
     help="The broker's broker.toml (its database and keys).",
 )
+
+
+@gateway.command("serve")
+@_config_option
 @click.option(
     "--route",
     "routes",
@@ -295,15 +279,6 @@ def gateway_serve(
 @gateway.group("key")
 def key() -> None:
     """API keys of the gateway (stored hashed in the broker's database)."""
-
-
-_config_option = click.option(
-    "--config",
-    "config_path",
-    type=click.Path(path_type=Path, exists=True),
-    required=True,
-    help="The broker's broker.toml.",
-)
 
 
 @key.command("create")
