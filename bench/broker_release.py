@@ -38,7 +38,13 @@ def main() -> None:
     from tests.e2e.servers import serve_broker, set_rate_limit
 
     from weightvault import KEK, FileKey
-    from weightvault.client.broker import BrokerClient, BrokerIdentity, BrokerRecipient, SampleAttester
+    from weightvault.client.broker import (
+        BrokerClient,
+        BrokerIdentity,
+        BrokerRecipient,
+        SampleAttester,
+        registration_files,
+    )
     from weightvault.crypto.keywrap import HPKEKem
     from weightvault.loaders import torch as wv_torch
     from weightvault.sealing import seal_model_dir
@@ -73,11 +79,9 @@ def main() -> None:
             file_key=fk,
             recipients=[BrokerRecipient(url, resource), kek],
         )
-        files = [
-            {"file_id": f.file_id or "", "header_mac": f.header_mac or "", "path": f.path}
-            for f in result.manifest.sealed()
-        ]
-        pub.register_model("bench", "minilm", "1", policy="open", file_key=fk, files=files)
+        pub.register_model(
+            "bench", "minilm", "1", policy="open", file_key=fk, files=registration_files(result.manifest)
+        )
 
         def run(clients: int) -> tuple[list[float], float]:
             latencies: list[float] = []

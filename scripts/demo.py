@@ -77,6 +77,7 @@ def serve_demo(
     """Step 6: MiniLM in a sandbox behind the gateway; OpenAI's client; a blocked escape; a budget cut-off."""
     import openai
     from tests.e2e.servers import free_port, serve
+    from tests.serving_models import readable_by_all
 
     from weightvault.errors import IsolationError
     from weightvault.sandbox.launcher import preflight
@@ -90,8 +91,7 @@ def serve_demo(
             "nothing (run the demo as root with bubblewrap and nftables installed)[/yellow]"
         )
         isolation = ["--unsafe-no-isolation"]
-    for path in [sealed, *sealed.rglob("*")]:  # the server runs as nobody; the weights are encrypted
-        path.chmod(0o755 if path.is_dir() else 0o644)
+    readable_by_all(sealed)  # the server runs as nobody; the weights are encrypted
     socket_path = OUT / "minilm.sock"
     secret = {"WEIGHTVAULT_TOKEN": workload_token}  # in the environment: command lines are public on a host
     attest: list[str] = []
@@ -175,7 +175,13 @@ def main() -> int:
     from weightvault.auditlog.note import NoteVerifier
     from weightvault.auditlog.policy import WitnessPolicy
     from weightvault.auditlog.tiles import export_tiles, read_export, verify_export, write_tarball
-    from weightvault.client.broker import BrokerClient, BrokerIdentity, BrokerRecipient, SampleAttester
+    from weightvault.client.broker import (
+        BrokerClient,
+        BrokerIdentity,
+        BrokerRecipient,
+        SampleAttester,
+        registration_files,
+    )
     from weightvault.errors import FormatError
     from weightvault.format.keys import FileKey
     from weightvault.loaders import transformers as wv_transformers
@@ -293,10 +299,7 @@ def main() -> int:
         file_key = FileKey.generate()
         t0 = time.perf_counter()
         result = seal_model_dir(source, sealed, file_key=file_key, recipients=[BrokerRecipient(url, resource)])
-        files = [
-            {"file_id": f.file_id or "", "header_mac": f.header_mac or "", "path": f.path}
-            for f in result.manifest.sealed()
-        ]
+        files = registration_files(result.manifest)
         publisher.register_model("demo", "minilm", "1", policy="embeddings", file_key=file_key, files=files)
         file_key.wipe()
         console.print(

@@ -16,6 +16,13 @@ CHAT_TEMPLATE = (
 )
 
 
+def readable_by_all(root: Path) -> None:
+    """Let every user read a sealed model directory: a sandboxed server runs as nobody, and sealed weights
+    are encrypted, so this exposes nothing (``weightvault sandbox`` refuses a model its user cannot read)."""
+    for path in [root, *root.rglob("*")]:
+        path.chmod(0o755 if path.is_dir() else 0o644)
+
+
 def build_tiny_lm(dst: Path, tokenizer_dir: Path, *, seed: int = 0) -> Path:
     import torch
     import transformers

@@ -19,9 +19,9 @@ import pytest
 
 from tests.e2e.broker_fixture import Broker, running_broker
 from tests.e2e.servers import free_port, serve
-from tests.serving_models import build_tiny_lm
+from tests.serving_models import build_tiny_lm, readable_by_all
 from weightvault.broker.storage import BrokerStore
-from weightvault.client.broker import BrokerRecipient
+from weightvault.client.broker import BrokerRecipient, registration_files
 from weightvault.errors import IsolationError
 from weightvault.format.keys import FileKey
 from weightvault.gateway.state import KeyAdmin
@@ -56,14 +56,10 @@ def publish(broker: Broker, tenant: str, name: str, plain: Path, out: Path) -> P
     resource = f"{tenant}/models/{name}@1"
     fk = FileKey.generate()
     result = seal_model_dir(plain, out, file_key=fk, recipients=[BrokerRecipient(broker.url, resource)])
-    files = [
-        {"file_id": f.file_id or "", "header_mac": f.header_mac or "", "path": f.path} for f in result.manifest.sealed()
-    ]
+    files = registration_files(result.manifest)
     broker.client(f"{tenant}-pub").register_model(tenant, name, "1", policy="open", file_key=fk, files=files)
     fk.wipe()
-    # The sandboxed server runs as nobody; sealed weights are encrypted, so readable by all is fine.
-    for path in [out, *out.rglob("*")]:
-        path.chmod(0o755 if path.is_dir() else 0o644)
+    readable_by_all(out)  # the sandboxed server runs as nobody
     return out
 
 

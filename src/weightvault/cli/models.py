@@ -55,7 +55,7 @@ def publish(
     ca: Path | None,
 ) -> None:
     """Seal SRC into DST and register its key with the broker in one step."""
-    from weightvault.client.broker import BrokerRecipient
+    from weightvault.client.broker import BrokerRecipient, registration_files
     from weightvault.crypto.aead import AEADSuite
     from weightvault.format.keys import FileKey
     from weightvault.sealing import SealOptions, seal_model_dir, seal_safetensors
@@ -71,10 +71,7 @@ def publish(
                 result = seal_model_dir(
                     src, dst, file_key=file_key, recipients=wrapped, options=options, overwrite=force
                 )
-                files = [
-                    {"file_id": f.file_id or "", "header_mac": f.header_mac or "", "path": f.path}
-                    for f in result.manifest.sealed()
-                ]
+                files = registration_files(result.manifest)
             else:
                 one = seal_safetensors(
                     src, dst, file_key=file_key, recipients=wrapped, options=options, overwrite=force

@@ -27,6 +27,7 @@ from weightvault.custody.approvals import ApprovalRequest, approval_message
 from weightvault.custody.ceremony import CeremonyTerms, cancel_message, prepare_submission
 from weightvault.custody.person import PersonKey
 from weightvault.format.keys import FileKey, TensorKeys
+from weightvault.format.manifest import ModelManifest
 from weightvault.format.recipients import HPKEIdentity, Stanza
 
 __all__ = [
@@ -39,6 +40,7 @@ __all__ = [
     "SampleAttester",
     "Session",
     "TokenAttester",
+    "registration_files",
 ]
 
 BROKER_STANZA: Final = "broker"
@@ -437,6 +439,11 @@ class BrokerClient:
     ) -> list[dict[str, Any]]:
         params = {k: str(v) for k, v in (("since_ms", since_ms), ("until_ms", until_ms)) if v is not None}
         return list(self.request("GET", f"/v1/tenants/{tenant}/audit", params=params)["events"])
+
+
+def registration_files(manifest: ModelManifest) -> list[dict[str, str]]:
+    """``register_model``'s ``files`` for a sealed model directory: each sealed file's id, header MAC and path."""
+    return [{"file_id": f.file_id or "", "header_mac": f.header_mac or "", "path": f.path} for f in manifest.sealed()]
 
 
 class BrokerRecipient:
