@@ -31,6 +31,7 @@ program is wrong" never share an ``except`` clause.
     ├─ RequestError                a service refused a request for a reason other than the above
     │  ├─ AuthenticationError      no or an invalid credential
     │  ├─ PermissionDeniedError    the credential may not do this (role, tenant)
+    │  │  └─ ContainedError        a containment hold (sentinel or operator) stops this principal, key or device
     │  ├─ NotFoundError            no such resource in the caller's tenant
     │  ├─ ConflictError            a state conflict (immutable policy, existing resource)
     │  ├─ ChallengeUsedError       a challenge was already consumed
@@ -51,7 +52,8 @@ program is wrong" never share an ``except`` clause.
     │     └─ AuditUnavailableError its audit log could not record the action, so nothing was done
     ├─ IsolationError              the sandbox cannot isolate here (no privileges or tools); it never runs unisolated
     └─ ConfigError                 local configuration or key files are unusable
-       └─ EgressPolicyError        a sandbox egress rule is a wildcard, a range, a name, or malformed
+       ├─ EgressPolicyError        a sandbox egress rule is a wildcard, a range, a name, or malformed
+       └─ RuleError                a sentinel rule file or configuration does not parse
 
 Two branches never overlap: "the data or the evidence is bad" (FormatError,
 AttestationError, AuditLogError, RequestError...) is never retried, while
@@ -250,6 +252,12 @@ class PermissionDeniedError(RequestError):
     """The credential is valid but may not perform this action (role or tenant)."""
 
 
+class ContainedError(PermissionDeniedError):
+    """A containment hold stops this principal, API key or device until an operator lifts it."""
+
+    remedy = "an operator reviews the alert and lifts the hold: weightvault sentinel holds, then sentinel lift ID"
+
+
 class NotFoundError(RequestError):
     """No such resource in the caller's tenant."""
 
@@ -347,6 +355,12 @@ class EgressPolicyError(ConfigError):
     """A sandbox egress rule is refused: a wildcard, a range, a name, or malformed."""
 
     remedy = "allow one IP address and one port per rule (IP:PORT); the broker needs no rule"
+
+
+class RuleError(ConfigError):
+    """A sentinel rule file or sentinel configuration does not parse or names something unknown."""
+
+    remedy = "see docs/sentinel.md for the rule format; 'weightvault sentinel rules --check FILE' explains"
 
 
 class IsolationError(WeightVaultError):

@@ -507,5 +507,14 @@ def test_a_locked_audit_log_answers_503_and_readiness_says_so(tmp_path: Path) ->
         assert any("audit log failed" in p for p in ready.json()["problems"])
         assert 503 == httpx.get(b.url + "/v1/health").status_code
         assert 200 == httpx.get(b.url + "/v1/health/live").status_code
-        listed = b.client("acme-admin").request("GET", "/v1/tenants/acme/policies")
-        assert "p2" not in {p["name"] for p in listed["policies"]}  # nothing changed without its audit record
+        # Reads of sensitive objects are recorded too (object.read), so they are refused as well.
+        listing = httpx.get(
+            b.url + "/v1/tenants/acme/policies", headers={"authorization": f"Bearer {b.tokens['acme-admin']}"}
+        )
+        assert (503, "audit_unavailable") == (listing.status_code, listing.json()["code"])
+        db = sqlite3.connect(b.base / "data" / "broker.db")
+        try:
+            names = {row[0] for row in db.execute("SELECT name FROM policies WHERE tenant_id = 'acme'")}
+        finally:
+            db.close()
+        assert "p2" not in names  # nothing changed without its audit record

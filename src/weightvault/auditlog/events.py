@@ -67,6 +67,8 @@ WRITE_AHEAD_ACTIONS: Final = frozenset(
         "device.revoke",
         "device.activate",
         "key.retire",
+        "containment.hold",
+        "containment.lift",
     }
 )
 
@@ -124,6 +126,11 @@ EVENT_TYPES: Final = frozenset(
         "sandbox.start",
         "sandbox.exit",
         "outbox.reject",
+        # detection (docs/sentinel.md): what the broker records for it, and what the sentinel raises
+        "auth.fail",
+        "rate.limit",
+        "object.read",
+        "sentinel.alert",
         "test.event",
     }
 )

@@ -29,6 +29,7 @@ from weightvault.broker.storage import ApprovalRow, BrokerStore
 from weightvault.crypto.secret import random_bytes
 from weightvault.custody.approvals import (
     DECISIONS,
+    HOLD_FACT,
     POLICY_CHANGE_OP,
     ApprovalPolicy,
     ApprovalRequest,
@@ -352,6 +353,11 @@ class ApprovalService:
         policy = self.policy()
         rule = None if policy is None else policy.rule_for(op, tenant, facts)
         if rule is None:
+            if str(facts.get(HOLD_FACT)) == "true":
+                raise ApprovalRequiredError(
+                    f"{op}: the model is held by containment and no approval policy can approve it; "
+                    "an operator must review the alert and lift the hold"
+                )
             if op in ALWAYS_GATED:
                 raise ApprovalRequiredError(f"{op} is refused unless an approval policy rule covers it")
             return None

@@ -21,6 +21,7 @@ from weightvault.broker.protocol import registration_info
 from weightvault.broker.recording import AuditRecorder
 from weightvault.broker.storage import BrokerStore, ModelRow, PolicyRow
 from weightvault.crypto.keywrap import InvalidTag, hpke_open
+from weightvault.custody.approvals import HOLD_FACT
 from weightvault.errors import ConflictError, InvalidRequestError, NotFoundError
 from weightvault.format.keys import FileKey
 from weightvault.format.recipients import HPKEIdentity
@@ -67,13 +68,19 @@ class CatalogueService:
         return self._store.catalogue.refsets(tenant)
 
     def facts(self, tenant: str, params: Mapping[str, Any]) -> dict[str, Any]:
-        """Facts approval rules may test: the tags of the model an operation names."""
+        """Facts approval rules may test: the tags of the model an operation names, and whether
+        containment holds it (:data:`~weightvault.custody.approvals.HOLD_FACT`)."""
         resource = params.get("resource")
         target = parse_resource(resource) if isinstance(resource, str) else None
         if target is None:
             return {}
         model = self._store.catalogue.model(tenant, target[1], target[2])
-        return {} if model is None else {f"model.tags.{k}": v for k, v in model.tags.items()}
+        if model is None:
+            return {}
+        facts: dict[str, Any] = {f"model.tags.{k}": v for k, v in model.tags.items()}
+        if self._store.holds.active("model", f"{tenant}/models/{target[1]}") is not None:
+            facts[HOLD_FACT] = "true"
+        return facts
 
     # -- changes ----------------------------------------------------------------------------------
 
@@ -159,6 +166,12 @@ class CatalogueService:
         check_name(name, "model name", 128)
         check_name(version, "model version")
         check_name(policy, "policy name")
+        tags = dict(tags or {})
+        pairs: list[tuple[object, object]] = list(tags.items())  # typed, but arrives from JSON
+        if len(pairs) > 16 or not all(
+            isinstance(k, str) and isinstance(v, str) and 0 < len(k) <= 64 and len(v) <= 128 for k, v in pairs
+        ):
+            raise InvalidRequestError("tags: at most 16, names of at most 64 characters, values of at most 128")
         if not self._store.tenants.exists(tenant):
             raise NotFoundError("no such tenant")
         for f in files:
@@ -181,6 +194,9 @@ class CatalogueService:
                 "file_count": len(file_ids),
                 "files_digest": digest_json(file_ids),
                 "tags_digest": digest_json(dict(tags or {})),
+                # Tags are how a decoy (honeypot=true) or a tier is told apart by the sentinel;
+                # few and short by validation, so they are recorded whole.
+                "tags": dict(tags or {}),
             },
         )
         row = ModelRow(tenant, name, version, policy, kek_version, wrapped, [dict(f) for f in files], dict(tags or {}))

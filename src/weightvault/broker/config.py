@@ -64,6 +64,8 @@ class BrokerConfig:
     max_body_bytes: int = 256 << 10
     rate_per_second: float = 200.0
     burst: int = 400
+    #: The most containment holds a sentinel principal may place in an hour (docs/sentinel.md).
+    containment_max_holds_per_hour: int = 20
     storage_url: str = "sqlite:///data/broker.db"
     audit_db: str = "data/audit.db"
     keys: KeyPaths = field(default_factory=KeyPaths)
@@ -113,6 +115,7 @@ class BrokerConfig:
                 "max_body_bytes",
                 "rate_per_second",
                 "burst",
+                "containment_max_holds_per_hour",
             },
         )
         storage = r.section(doc, "storage", required=True)
@@ -157,6 +160,9 @@ class BrokerConfig:
             max_body_bytes=r.integer(broker, "broker", "max_body_bytes", d.max_body_bytes, (1024, 16 << 20)),
             rate_per_second=r.number(broker, "broker", "rate_per_second", d.rate_per_second, (0.001, 1e6)),
             burst=r.integer(broker, "broker", "burst", d.burst, (1, 1_000_000)),
+            containment_max_holds_per_hour=r.integer(
+                broker, "broker", "containment_max_holds_per_hour", d.containment_max_holds_per_hour, (0, 10_000)
+            ),
             storage_url=r.string(storage, "storage", "url", d.storage_url),
             audit_db=r.string(storage, "storage", "audit_db", d.audit_db),
             keys=KeyPaths(

@@ -22,7 +22,7 @@ from weightvault.broker.keyring import Keyring
 from weightvault.broker.names import check_name
 from weightvault.broker.recording import AuditRecorder
 from weightvault.broker.storage import BrokerStore, PrincipalRow
-from weightvault.errors import AuthenticationError, ConflictError, PermissionDeniedError
+from weightvault.errors import AuthenticationError, ConflictError, ContainedError, PermissionDeniedError
 
 __all__ = ["TOKEN_PREFIX", "Principal", "PrincipalService", "Role"]
 
@@ -37,10 +37,11 @@ class Role(enum.Enum):
     AUDITOR = "auditor"
     WORKLOAD = "workload"
     APPROVER = "approver"
+    SENTINEL = "sentinel"
 
 
 #: Roles that belong to no tenant.
-GLOBAL_ROLES: Final = frozenset({Role.OPERATOR, Role.APPROVER})
+GLOBAL_ROLES: Final = frozenset({Role.OPERATOR, Role.APPROVER, Role.SENTINEL})
 
 
 @dataclass(frozen=True, slots=True)
@@ -79,6 +80,7 @@ class PrincipalService:
 
         Raises:
             AuthenticationError: missing, malformed, unknown, wrong or disabled.
+            ContainedError: the principal is held by containment.
         """
         if not bearer or not bearer.startswith(TOKEN_PREFIX) or "." not in bearer or len(bearer) > _MAX_TOKEN_CHARS:
             raise AuthenticationError("missing or malformed API token")
@@ -89,6 +91,9 @@ class PrincipalService:
         ok = hmac.compare_digest(expected, _hash_token(secret))
         if row is None or not ok or row.disabled:
             raise AuthenticationError("invalid API token")
+        # A containment hold stops the principal at once, on every replica, until an operator lifts it.
+        if self._store.holds.active("principal", row.id) is not None:
+            raise ContainedError(f"principal {row.id} is held by containment")
         return Principal(row.id, row.tenant_id, Role(row.role))
 
     def get(self, principal_id: str) -> PrincipalRow | None:

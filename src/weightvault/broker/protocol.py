@@ -140,6 +140,7 @@ class ErrorCode(enum.StrEnum):
     UNAUTHENTICATED = "unauthenticated"
     ATTESTATION_FAILED = "attestation_failed"
     FORBIDDEN = "forbidden"
+    CONTAINED = "contained"
     RELEASE_DENIED = "release_denied"
     KEY_UNAVAILABLE = "key_unavailable"
     APPROVAL_REQUIRED = "approval_required"
@@ -170,6 +171,7 @@ SERVER_ERRORS: Final[Mapping[type[e.WeightVaultError], tuple[ErrorCode, int, str
     e.WeightVaultError: (ErrorCode.BAD_REQUEST, 400, "The request was refused"),
     e.AuthenticationError: (ErrorCode.UNAUTHENTICATED, 401, "Authentication required"),
     e.PermissionDeniedError: (ErrorCode.FORBIDDEN, 403, "Not allowed"),
+    e.ContainedError: (ErrorCode.CONTAINED, 403, "Held by containment: an operator must lift the hold"),
     e.NotFoundError: (ErrorCode.NOT_FOUND, 404, "Not found"),
     e.ConflictError: (ErrorCode.CONFLICT, 409, "Conflict with the current state"),
     e.ChallengeUsedError: (ErrorCode.CHALLENGE_USED, 409, "Challenge already used"),
@@ -200,6 +202,7 @@ CLIENT_ERRORS: Final[Mapping[ErrorCode, type[e.WeightVaultError]]] = {
     ErrorCode.UNAUTHENTICATED: e.AuthenticationError,
     ErrorCode.ATTESTATION_FAILED: e.EvidenceError,
     ErrorCode.FORBIDDEN: e.PermissionDeniedError,
+    ErrorCode.CONTAINED: e.ContainedError,
     ErrorCode.RELEASE_DENIED: e.ReleaseDeniedError,
     ErrorCode.KEY_UNAVAILABLE: e.KeyAccessError,
     ErrorCode.APPROVAL_REQUIRED: e.ApprovalRequiredError,

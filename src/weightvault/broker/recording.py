@@ -9,22 +9,38 @@ from __future__ import annotations
 
 from collections.abc import Iterator, Sequence
 from contextlib import ExitStack, contextmanager
+from contextvars import ContextVar
+from dataclasses import replace
 
-from weightvault.auditlog.events import AuditEvent
+from weightvault.auditlog.events import AuditEvent, SensitiveHasher
 from weightvault.auditlog.log import AuditSink, Receipt, write_ahead
 
-__all__ = ["AuditRecorder"]
+__all__ = ["AuditRecorder", "client_address"]
+
+#: The network address of the client whose request is being served, set by the HTTP layer
+#: for the request's task (thread-pool calls inherit it). Recorded only as a keyed hash.
+client_address: ContextVar[str | None] = ContextVar("weightvault_client_address", default=None)
 
 
 class AuditRecorder:
     """Appends events durably, queues them where the sink can, and runs changes under their intents."""
 
-    def __init__(self, sink: AuditSink) -> None:
+    def __init__(self, sink: AuditSink, *, hasher: SensitiveHasher | None = None) -> None:
         self.sink = sink
+        self._hasher = hasher
+
+    def _stamp(self, event: AuditEvent) -> AuditEvent:
+        """Add ``hmac.client``, the keyed hash of the caller's address, when serving a request."""
+        if self._hasher is None or "client" in event.hmac:
+            return event
+        address = client_address.get()
+        if address is None:
+            return event
+        return replace(event, hmac={**event.hmac, "client": self._hasher.hash(address)})
 
     def append(self, event: AuditEvent) -> Receipt:
         """Append ``event`` and wait until it is durable."""
-        return self.sink.append(event)
+        return self.sink.append(self._stamp(event))
 
     def queue(self, event: AuditEvent) -> int:
         """Queue ``event`` without waiting when the sink can; returns its index.
@@ -32,6 +48,7 @@ class AuditRecorder:
         The event becomes durable with the next durable append of the same single
         writer, which commits in submission order.
         """
+        event = self._stamp(event)
         submit = getattr(self.sink, "submit", None)
         if submit is not None:
             return int(submit(event).index)
@@ -51,7 +68,7 @@ class AuditRecorder:
         appended, the block never runs (AuditLogError): nothing changes without its record."""
         with ExitStack() as stack:
             for intent in intents:
-                stack.enter_context(write_ahead(self.sink, intent, wait_done=wait_done))
+                stack.enter_context(write_ahead(self.sink, self._stamp(intent), wait_done=wait_done))
             yield
 
     @property

@@ -35,6 +35,7 @@ from weightvault.attestation.interfaces import (
 from weightvault.attestation.registry import VerifierRegistry
 from weightvault.auditlog.events import AuditEvent
 from weightvault.broker.approvals import ApprovalService
+from weightvault.broker.containment import held_model
 from weightvault.broker.decisions import ReleaseDecision, ReleaseFacts, decide_release, parse_resource
 from weightvault.broker.keyring import Keyring
 from weightvault.broker.principals import Principal
@@ -44,6 +45,7 @@ from weightvault.broker.storage import BrokerStore, ChallengeRow, DeviceRow, Mod
 from weightvault.broker.tokens import ResultToken, TokenSigner
 from weightvault.crypto.keywrap import HPKEKem, hpke_seal
 from weightvault.crypto.secret import random_bytes
+from weightvault.custody.approvals import HOLD_FACT
 from weightvault.errors import (
     ApprovalError,
     ApprovalRequiredError,
@@ -51,6 +53,7 @@ from weightvault.errors import (
     AuthenticationError,
     ChallengeExpiredError,
     ChallengeUsedError,
+    ContainedError,
     EvidenceError,
     InvalidRequestError,
     NotFoundError,
@@ -229,13 +232,13 @@ class ReleaseService:
             result = verifier.verify(evidence, context)
             check_result(verifier, result)
         except AttestationError as exc:
-            self._fail_attest(actor, challenge_id, f"{type(exc).__name__}: {exc}", evidence)
+            self._fail_attest(actor, challenge_id, f"{type(exc).__name__}: {exc}", evidence, challenge.device_id)
             raise
         # The device is the one the evidence authenticated, never merely the one the challenge named.
         device_id = result.device_id
         problem = self._device_binding(verifier.device_kinds, device_id, challenge.device_id, tenant)
         if problem:
-            self._fail_attest(actor, challenge_id, problem, evidence)
+            self._fail_attest(actor, challenge_id, problem, evidence, challenge.device_id)
             raise PermissionDeniedError(f"the evidence does not establish an allowed device ({problem})")
         token, parsed = self._signer.issue(
             tenant=tenant, principal=actor.id, result=result, kem=kem, public=public, challenge_id=challenge_id, now=now
@@ -264,7 +267,9 @@ class ReleaseService:
             released = self._release(actor, parsed, release[0], release[1], approval)
         return AttestOutcome(token, parsed.expires_at, parsed.jti, result.verifier, device_id, released)
 
-    def _fail_attest(self, actor: Principal, challenge_id: str, reason: str, evidence: Mapping[str, Any]) -> None:
+    def _fail_attest(
+        self, actor: Principal, challenge_id: str, reason: str, evidence: Mapping[str, Any], device: str | None = None
+    ) -> None:
         try:
             digest = evidence_digest(evidence)
         except (TypeError, ValueError):
@@ -278,6 +283,9 @@ class ReleaseService:
                 decision="fail",
                 reasons=(reason[:_MAX_REASON_CHARS],),
                 evidence_digest=digest,
+                # The device the challenge named (never one the evidence merely claims): what the
+                # sentinel correlates failed attempts by.
+                details={"device": device[:256]} if device else {},
             )
         )
 
@@ -416,6 +424,12 @@ class ReleaseService:
         if self._keyring.sealed:
             self._deny(actor, resource, ("broker_sealed",), ("broker_sealed",), token=token)
             self._keyring.root()
+        if token.device_id and self._store.holds.active("device", token.device_id) is not None:
+            self._deny(actor, resource, ("device_held",), ("the device is held by containment",), token=token)
+            raise ContainedError(f"device {token.device_id} is held by containment")
+        gate_facts: dict[str, Any] = {f"model.tags.{k}": v for k, v in model.tags.items()}
+        if self._store.holds.active("model", held_model(resource) or resource) is not None:
+            gate_facts[HOLD_FACT] = "true"
         try:
             grant = self._approvals.gate(
                 actor.id,
@@ -423,7 +437,7 @@ class ReleaseService:
                 tenant,
                 {"resource": resource, "principal": actor.id},
                 approval=approval,
-                facts={f"model.tags.{k}": v for k, v in model.tags.items()},
+                facts=gate_facts,
             )
         except ApprovalError as exc:
             code = "approval_required" if isinstance(exc, ApprovalRequiredError) else "approval_invalid"

@@ -20,11 +20,13 @@ from dataclasses import dataclass
 from typing import Any
 
 from weightvault.attestation.registry import VerifierRegistry
+from weightvault.auditlog.events import AuditEvent, SensitiveHasher
 from weightvault.auditlog.log import AuditSink, LogReader
 from weightvault.auditlog.tiles import tile_resource
 from weightvault.broker.approvals import ApprovalService
 from weightvault.broker.catalogue import CatalogueService
 from weightvault.broker.config import DEFAULTS, BrokerConfig
+from weightvault.broker.containment import ContainmentService
 from weightvault.broker.custody import CustodyService
 from weightvault.broker.devices import DeviceService
 from weightvault.broker.keyring import Keyring
@@ -34,7 +36,7 @@ from weightvault.broker.recording import AuditRecorder
 from weightvault.broker.release import AttestOutcome, Challenge, ReleaseOutcome, ReleaseService
 from weightvault.broker.reports import ReportService
 from weightvault.broker.rotation import RotationService
-from weightvault.broker.storage import BrokerStore, DeviceRow, ModelRow, PolicyRow, PrincipalRow
+from weightvault.broker.storage import BrokerStore, DeviceRow, HoldRow, ModelRow, PolicyRow, PrincipalRow
 from weightvault.broker.tokens import TokenSigner
 from weightvault.custody.approvals import ApprovalRequest
 from weightvault.errors import ConflictError, InvalidRequestError, NotFoundError, PermissionDeniedError
@@ -90,6 +92,7 @@ class KeyBroker:
         self.devices, self.catalogue = services.devices, services.catalogue
         self.rotation, self.releases = services.rotation, services.releases
         self.reports = services.reports
+        self.containment = services.containment
 
     # -- state, health, public keys ---------------------------------------------------------------
 
@@ -180,7 +183,9 @@ class KeyBroker:
         self.principals.disable(actor.id, row)
 
     def list_principals(self, actor: Principal, tenant: str | None) -> list[PrincipalRow]:
-        return self.principals.list_for(_tenant_scope(actor, tenant, Role.TENANT_ADMIN))
+        scope = _tenant_scope(actor, tenant, Role.TENANT_ADMIN)
+        self._read(actor, scope, "principals")
+        return self.principals.list_for(scope)
 
     # -- devices ----------------------------------------------------------------------------------
 
@@ -218,7 +223,9 @@ class KeyBroker:
         self.devices.set_status(actor.id, device_id, status)
 
     def list_devices(self, actor: Principal, tenant: str | None) -> list[DeviceRow]:
-        return self.devices.list_for(_tenant_scope(actor, tenant, Role.TENANT_ADMIN, Role.AUDITOR))
+        scope = _tenant_scope(actor, tenant, Role.TENANT_ADMIN, Role.AUDITOR)
+        self._read(actor, scope, "devices")
+        return self.devices.list_for(scope)
 
     # -- catalogue --------------------------------------------------------------------------------
 
@@ -230,6 +237,7 @@ class KeyBroker:
 
     def list_policies(self, actor: Principal, tenant: str) -> list[PolicyRow]:
         _in_tenant(actor, tenant, *_ADMINS, Role.AUDITOR, Role.PUBLISHER)
+        self._read(actor, tenant, "policies")
         return self.catalogue.policies(tenant)
 
     def put_refset(self, actor: Principal, tenant: str, name: str, items: Sequence[str]) -> None:
@@ -238,6 +246,7 @@ class KeyBroker:
 
     def list_refsets(self, actor: Principal, tenant: str) -> dict[str, frozenset[str]]:
         _in_tenant(actor, tenant, *_ADMINS, Role.AUDITOR)
+        self._read(actor, tenant, "refsets")
         return self.catalogue.refsets(tenant)
 
     def register_model(self, actor: Principal, tenant: str, name: str, version: str, **kw: Any) -> str:
@@ -256,6 +265,7 @@ class KeyBroker:
 
     def list_models(self, actor: Principal, tenant: str) -> list[ModelRow]:
         actor.require_tenant(tenant)
+        self._read(actor, tenant, "models")
         return self.catalogue.models(tenant)
 
     # -- keys ---------------------------------------------------------------------------------------
@@ -330,6 +340,7 @@ class KeyBroker:
         current = self.store.approvals.policy()
         if current is None:
             raise NotFoundError("no approval policy")
+        self._read(actor, None, "approval-policy")
         return current
 
     def request_approval(
@@ -401,6 +412,7 @@ class KeyBroker:
 
     def custody_status(self, actor: Principal) -> dict[str, Any]:
         actor.require(Role.OPERATOR)
+        self._read(actor, None, "custody")
         return self.custody.status()
 
     # -- audit ----------------------------------------------------------------------------------------
@@ -418,6 +430,7 @@ class KeyBroker:
         self.check_audit_access(actor, tenant)
         if self.reader is None:
             raise NotFoundError("this broker has no audit log reader")
+        self._read(actor, tenant, "audit")
         out = []
         for index, event in self.reader.events(tenant=tenant, since_ms=since_ms, until_ms=until_ms):
             out.append({"index": index, **event.to_json()})
@@ -426,11 +439,85 @@ class KeyBroker:
         return out
 
     def audit_resource(self, actor: Principal, path: str) -> tuple[int, bytes, str]:
-        """A tlog-tiles resource of the whole log (operators): status, body, content type."""
-        actor.require(Role.OPERATOR)
+        """A tlog-tiles resource of the whole log (operators and sentinels): status, body, content type."""
+        actor.require(Role.OPERATOR, Role.SENTINEL)
         if self.reader is None:
             raise NotFoundError("this broker has no audit log reader")
         return tile_resource(self.reader, path)
+
+    # -- detection and containment (docs/sentinel.md) -------------------------------------------------
+
+    def record_alert(self, actor: Principal, alert: Mapping[str, Any]) -> int:
+        """A sentinel's alert, appended as ``sentinel.alert``; returns its log index."""
+        actor.require(Role.SENTINEL)
+        return self.containment.record_alert(actor.id, alert)
+
+    def sentinel_alerts(
+        self, actor: Principal, tenant: str | None, *, since_index: int = 0, limit: int = 1000
+    ) -> list[dict[str, Any]]:
+        """Alerts from the log: all for operators and sentinels, one tenant's for its auditors and admins."""
+        if actor.role not in (Role.OPERATOR, Role.SENTINEL):
+            self.check_audit_access(actor, tenant)
+        return self.containment.alerts(tenant, since_index=since_index, limit=limit)
+
+    def hold(self, actor: Principal, kind: str, target: str, *, alert_index: int | None, rule: str) -> str:
+        """Place a containment hold (sentinels, with an alert in the log that names the target; operators)."""
+        actor.require(Role.SENTINEL, Role.OPERATOR)
+        return self.containment.hold(
+            actor.id, actor.role.value, kind=kind, target=target, alert_index=alert_index, rule=rule
+        )
+
+    def lift_hold(self, actor: Principal, hold_id: str) -> None:
+        """Lift a hold: an operator's decision, never a sentinel's."""
+        actor.require(Role.OPERATOR)
+        self.containment.lift(actor.id, hold_id)
+
+    def list_holds(self, actor: Principal, tenant: str | None, *, active_only: bool) -> list[HoldRow]:
+        if actor.role not in (Role.OPERATOR, Role.SENTINEL):
+            actor.require(Role.TENANT_ADMIN, Role.AUDITOR)
+            tenant = actor.tenant
+        return self.containment.holds(tenant, active_only=active_only)
+
+    def record_auth_failure(self, claimed: str, path: str) -> None:
+        """An API token that did not authenticate: recorded (the caller's address by keyed hash, by the recorder)."""
+        principal = claimed if 0 < len(claimed) <= 64 and claimed.isprintable() else "-"
+        row = self.store.principals.by_id(principal) if principal != "-" else None
+        self.recorder.queue(
+            AuditEvent(
+                type="auth.fail",
+                tenant=(row.tenant_id or "-") if row is not None else "-",
+                actor=principal if row is not None else "-",
+                resource=path[:128],
+                decision="deny",
+                reasons=("invalid API token",) if row is not None else ("unknown principal",),
+                details={} if row is not None else {"claimed": principal[:64]},
+            )
+        )
+
+    def record_rate_limit(self, principal: Principal | None, key: str, path: str, refused: int) -> None:
+        """A caller over its rate limit (recorded at most once a minute per caller by the HTTP layer)."""
+        self.recorder.queue(
+            AuditEvent(
+                type="rate.limit",
+                tenant=(principal.tenant or "-") if principal is not None else "-",
+                actor=principal.id if principal is not None else "-",
+                resource=path[:128],
+                decision="deny",
+                details={"limiter": key[:80], "refused": refused},
+            )
+        )
+
+    def _read(self, actor: Principal, tenant: str | None, what: str) -> None:
+        """A read of a sensitive object list: queued, not awaited (the read does not wait for the log)."""
+        self.recorder.queue(
+            AuditEvent(
+                type="object.read",
+                tenant=tenant or actor.tenant or "-",
+                actor=actor.id,
+                resource=f"{tenant or actor.tenant or '*'}/{what}",
+                details={"what": what},
+            )
+        )
 
 
 @dataclass(frozen=True, slots=True)
@@ -449,6 +536,7 @@ class BrokerServices:
     rotation: RotationService
     releases: ReleaseService
     reports: ReportService
+    containment: ContainmentService
     reader: LogReader | None
 
 
@@ -463,11 +551,14 @@ def open_broker(
     config: BrokerConfig = DEFAULTS,
     clock: Callable[[], float] = time.time,
     reader: LogReader | None = None,
+    hasher: SensitiveHasher | None = None,
 ) -> KeyBroker:
     """Open (and migrate) the broker's database, wire the services over it, the audit sink and the
     clock, and put the facade in front of them.
 
     ``reader`` reads the audit log back for auditors (the AuditLog itself, in a broker process).
+    ``hasher`` fills the keyed hash of the caller's address (``hmac.client``) of events recorded
+    while serving a request.
 
     Raises:
         ConfigError: the database schema is newer than this release.
@@ -483,7 +574,7 @@ def open_broker(
         store.close()
         raise
 
-    recorder = AuditRecorder(audit)
+    recorder = AuditRecorder(audit, hasher=hasher)
     keyring = Keyring(store, root_key, signer)
     approvals = ApprovalService(store, recorder, config.broker_id, now)
     custody = CustodyService(
@@ -523,6 +614,19 @@ def open_broker(
                 signer=signer,
                 challenge_ttl_seconds=config.challenge_ttl_seconds,
             ),
+            containment=ContainmentService(
+                store,
+                recorder,
+                reader,
+                now,
+                max_holds_per_hour=config.containment_max_holds_per_hour,
+                principal_role=lambda pid: _principal_role(store, pid),
+            ),
             reader=reader,
         )
     )
+
+
+def _principal_role(store: BrokerStore, principal_id: str) -> tuple[str | None, str] | None:
+    row = store.principals.by_id(principal_id)
+    return None if row is None else (row.tenant_id, row.role)

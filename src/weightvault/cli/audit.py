@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 import sys
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, TypeVar
@@ -16,14 +16,11 @@ from weightvault.auditlog.bundle import ProofBundle, verify_bundle
 from weightvault.auditlog.checkpoint import Checkpoint
 from weightvault.auditlog.client import LogVerifier, TrustedState
 from weightvault.auditlog.events import decode_event
-from weightvault.auditlog.log import LogReader
 from weightvault.auditlog.monitor import Monitor
 from weightvault.auditlog.note import TYPE_COSIGNATURE, NoteSigner, NoteVerifier
-from weightvault.auditlog.policy import WitnessPolicy
-from weightvault.auditlog.storage import read_origin
 from weightvault.auditlog.tiles import export_tiles, read_export, verify_export, write_tarball
 from weightvault.auditlog.witness import Witness
-from weightvault.cli.options import parse_ms, read_token
+from weightvault.cli.options import http_fetch, open_reader, parse_ms, read_policy, read_vkey
 from weightvault.crypto.signing import Ed25519Signer
 from weightvault.errors import AuditLogError, ConfigError
 from weightvault.files import atomic_file, read_private_file
@@ -47,40 +44,6 @@ def read_signer(path: Path) -> NoteSigner:
         return NoteSigner.from_skey(text)
     except AuditLogError as exc:
         raise ConfigError(f"{path}: {exc}") from exc
-
-
-def read_vkey(value: str) -> NoteVerifier:
-    """A verifier key given inline or as a file path."""
-    path = Path(value)
-    text = path.read_text().strip() if path.is_file() else value
-    try:
-        return NoteVerifier.from_vkey(text)
-    except AuditLogError as exc:
-        raise ConfigError(f"not a verifier key: {exc}") from exc
-
-
-def read_policy(path: Path | None, witnesses: Sequence[str], quorum: int) -> WitnessPolicy:
-    """A tlog-policy file, or a threshold over ``--witness`` keys."""
-    if path is not None:
-        try:
-            return WitnessPolicy.parse(path.read_text())
-        except OSError as exc:
-            raise ConfigError(f"{path}: {exc.strerror}") from exc
-    keys = [read_vkey(w) for w in witnesses]
-    return WitnessPolicy.threshold(keys, quorum if keys else 0)
-
-
-def _origin_of(db: Path) -> str:
-    try:
-        return read_origin(db)
-    except AuditLogError as exc:
-        raise ConfigError(str(exc)) from exc
-
-
-def open_reader(db: Path) -> LogReader:
-    if not db.is_file():
-        raise ConfigError(f"{db}: no such audit log database")
-    return LogReader.open(db, _origin_of(db))
 
 
 @click.group()
@@ -119,10 +82,28 @@ def audit_show(db: Path, tenant: str | None, since: str | None, until: str | Non
 @click.option("--db", type=click.Path(path_type=Path), required=True, help="The log database.")
 @click.option("--out", type=click.Path(path_type=Path), required=True, help="Output file.")
 @click.option("--index", type=int, help="Export one entry as a proof bundle instead of the whole log as tiles.")
+@click.option(
+    "--format",
+    "fmt",
+    type=click.Choice(["tiles", "jsonl"]),
+    default="tiles",
+    show_default=True,
+    help="tiles: a verifiable tiles tarball; jsonl: one event per line with its log index (docs/sentinel.md).",
+)
+@click.option("--tenant", help="With --format jsonl: only this tenant's events.")
 @click.option("--force", is_flag=True, help="Replace OUT.")
-def audit_export(db: Path, out: Path, index: int | None, force: bool) -> None:
-    """Export the log as a tiles tarball, or one entry as a c2sp.org/tlog-proof bundle."""
+def audit_export(db: Path, out: Path, index: int | None, fmt: str, tenant: str | None, force: bool) -> None:
+    """Export the log as a tiles tarball or as JSON Lines, or one entry as a c2sp.org/tlog-proof bundle."""
     with open_reader(db) as log:
+        if fmt == "jsonl":
+            count = 0
+            with atomic_file(out, overwrite=force) as handle:
+                for i, event in log.events(tenant=tenant):
+                    line = json.dumps({"index": i, **event.to_json()}, sort_keys=True, separators=(",", ":"))
+                    handle.write(line.encode() + b"\n")
+                    count += 1
+            click.echo(f"wrote {count} events to {out}")
+            return
         if index is not None:
             bundle = log.proof_bundle(index)
             with atomic_file(out, overwrite=force) as handle:
@@ -205,39 +186,6 @@ def audit_verify(
         )
 
 
-_MAX_TILE_BYTES = 17 << 20  # a full entry bundle: 256 entries of at most 64 KiB, with length prefixes
-
-
-def _http_fetch(base: str, token: str | None, ca: Path | None) -> tuple[Any, Callable[[str], bytes | None]]:
-    """An httpx client and a tiles ``fetch`` over it (None for 404, bounded responses)."""
-    import httpx
-
-    from weightvault.errors import InclusionProofError, TransportError
-
-    headers = {"authorization": f"Bearer {read_token(token)}"} if token else {}
-    client = httpx.Client(
-        base_url=base.rstrip("/") + "/", headers=headers, timeout=30.0, verify=str(ca) if ca else True
-    )
-
-    def fetch(path: str) -> bytes | None:
-        try:
-            with client.stream("GET", path) as reply:
-                if reply.status_code == 404:
-                    return None
-                if reply.status_code != 200:
-                    raise TransportError(f"{base}/{path}: HTTP {reply.status_code}")
-                body = bytearray()
-                for chunk in reply.iter_bytes():
-                    body += chunk
-                    if len(body) > _MAX_TILE_BYTES:
-                        raise InclusionProofError(f"{base}/{path} is larger than any tile")
-                return bytes(body)
-        except httpx.HTTPError as exc:
-            raise TransportError(f"{base}/{path}: {type(exc).__name__}") from exc
-
-    return client, fetch
-
-
 @audit.command("monitor")
 @click.option("--db", type=click.Path(path_type=Path), help="Read a log database directly.")
 @click.option("--export", "export_path", type=click.Path(path_type=Path), help="Read a verified tiles export.")
@@ -303,7 +251,7 @@ def audit_monitor(
         from weightvault.auditlog.follower import TileFollower
 
         policy = read_policy(policy_file, witnesses, quorum)
-        client, fetch = _http_fetch(url, token, ca)
+        client, fetch = http_fetch(url, token, ca)
         with client:
             follower = TileFollower(
                 fetch,

@@ -41,6 +41,7 @@ EXIT_CODES: Final[dict[type[e.WeightVaultError], tuple[int, str]]] = {
     e.RequestError: (70, "request refused"),
     e.AuthenticationError: (71, "authentication failed"),
     e.PermissionDeniedError: (72, "permission denied"),
+    e.ContainedError: (83, "contained"),
     e.NotFoundError: (73, "not found"),
     e.ConflictError: (74, "conflict"),
     e.ChallengeUsedError: (75, "challenge already used"),
@@ -61,6 +62,7 @@ EXIT_CODES: Final[dict[type[e.WeightVaultError], tuple[int, str]]] = {
     e.ServerError: (79, "server error"),
     e.ConfigError: (60, "configuration error"),
     e.EgressPolicyError: (61, "egress rule refused"),
+    e.RuleError: (62, "sentinel rules invalid"),
     e.IsolationError: (90, "isolation unavailable"),
 }
 

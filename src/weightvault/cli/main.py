@@ -27,6 +27,7 @@ from weightvault.cli.exits import EXIT_INTERNAL, exit_code_for
 from weightvault.cli.models import load, publish
 from weightvault.cli.options import identities_from, recipients_from
 from weightvault.cli.prompts import PASSPHRASE_ENV, ask_passphrase
+from weightvault.cli.sentinel import sentinel
 from weightvault.cli.serving import gateway, sandbox, serve
 from weightvault.crypto.aead import AEADSuite
 from weightvault.crypto.keywrap import HPKEKem
@@ -454,6 +455,7 @@ for _command in (
     serve,
     sandbox,
     gateway,
+    sentinel,
 ):
     cli.add_command(_command)
 

@@ -15,8 +15,12 @@ from typing import Any, Final
 
 import click
 
+from weightvault.auditlog.log import LogReader
+from weightvault.auditlog.note import NoteVerifier
+from weightvault.auditlog.policy import WitnessPolicy
+from weightvault.auditlog.storage import read_origin
 from weightvault.cli.prompts import ask_passphrase
-from weightvault.errors import ConfigError
+from weightvault.errors import AuditLogError, ConfigError
 from weightvault.format.keys import FileKey
 from weightvault.format.recipients import KEK, HPKEIdentity, HPKERecipient, Identity, Passphrase, Recipient
 from weightvault.sealing import read_key_file
@@ -27,12 +31,16 @@ __all__ = [
     "approval_option",
     "attester_options",
     "client_options",
+    "http_fetch",
     "identities_from",
     "make_anonymous_client",
     "make_client",
     "open_attester",
+    "open_reader",
     "parse_ms",
+    "read_policy",
     "read_token",
+    "read_vkey",
     "recipients_from",
 ]
 
@@ -160,3 +168,73 @@ def parse_ms(value: str | None) -> int | None:
     if moment.tzinfo is None:
         moment = moment.replace(tzinfo=UTC)
     return int(moment.timestamp() * 1000)
+
+
+# -- the audit log: verifier keys, witness policies, local databases, the tiles API -----------------
+
+
+def read_vkey(value: str) -> NoteVerifier:
+    """A verifier key given inline or as a file path."""
+    path = Path(value)
+    text = path.read_text().strip() if path.is_file() else value
+    try:
+        return NoteVerifier.from_vkey(text)
+    except AuditLogError as exc:
+        raise ConfigError(f"not a verifier key: {exc}") from exc
+
+
+def read_policy(path: Path | None, witnesses: Sequence[str], quorum: int) -> WitnessPolicy:
+    """A tlog-policy file, or a threshold over ``--witness`` keys."""
+    if path is not None:
+        try:
+            return WitnessPolicy.parse(path.read_text())
+        except OSError as exc:
+            raise ConfigError(f"{path}: {exc.strerror}") from exc
+    keys = [read_vkey(w) for w in witnesses]
+    return WitnessPolicy.threshold(keys, quorum if keys else 0)
+
+
+def _origin_of(db: Path) -> str:
+    try:
+        return read_origin(db)
+    except AuditLogError as exc:
+        raise ConfigError(str(exc)) from exc
+
+
+def open_reader(db: Path) -> LogReader:
+    if not db.is_file():
+        raise ConfigError(f"{db}: no such audit log database")
+    return LogReader.open(db, _origin_of(db))
+
+
+_MAX_TILE_BYTES = 17 << 20  # a full entry bundle: 256 entries of at most 64 KiB, with length prefixes
+
+
+def http_fetch(base: str, token: str | None, ca: Path | None) -> tuple[Any, Callable[[str], bytes | None]]:
+    """An httpx client and a tiles ``fetch`` over it (None for 404, bounded responses)."""
+    import httpx
+
+    from weightvault.errors import InclusionProofError, TransportError
+
+    headers = {"authorization": f"Bearer {read_token(token)}"} if token else {}
+    client = httpx.Client(
+        base_url=base.rstrip("/") + "/", headers=headers, timeout=30.0, verify=str(ca) if ca else True
+    )
+
+    def fetch(path: str) -> bytes | None:
+        try:
+            with client.stream("GET", path) as reply:
+                if reply.status_code == 404:
+                    return None
+                if reply.status_code != 200:
+                    raise TransportError(f"{base}/{path}: HTTP {reply.status_code}")
+                body = bytearray()
+                for chunk in reply.iter_bytes():
+                    body += chunk
+                    if len(body) > _MAX_TILE_BYTES:
+                        raise InclusionProofError(f"{base}/{path} is larger than any tile")
+                return bytes(body)
+        except httpx.HTTPError as exc:
+            raise TransportError(f"{base}/{path}: {type(exc).__name__}") from exc
+
+    return client, fetch

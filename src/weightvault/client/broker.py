@@ -440,6 +440,28 @@ class BrokerClient:
         params = {k: str(v) for k, v in (("since_ms", since_ms), ("until_ms", until_ms)) if v is not None}
         return list(self.request("GET", f"/v1/tenants/{tenant}/audit", params=params)["events"])
 
+    # -- detection and containment (docs/sentinel.md) --------------------------------------------
+
+    def post_alert(self, alert: Mapping[str, Any]) -> int:
+        """Record a sentinel's alert as ``sentinel.alert``; returns its log index."""
+        return int(self.request("POST", "/v1/sentinel/alerts", dict(alert))["index"])
+
+    def sentinel_alerts(self, tenant: str | None = None, since_index: int = 0) -> list[dict[str, Any]]:
+        params = {"since_index": str(since_index), **({"tenant": tenant} if tenant else {})}
+        return list(self.request("GET", "/v1/sentinel/alerts", params=params)["alerts"])
+
+    def hold(self, kind: str, target: str, *, rule: str, alert_index: int | None = None) -> str:
+        """Place a containment hold; returns its id (the active one's, if the target is held already)."""
+        body = {"kind": kind, "target": target, "rule": rule, "alert_index": alert_index}
+        return str(self.request("POST", "/v1/containment/holds", body)["id"])
+
+    def holds(self, tenant: str | None = None, *, include_lifted: bool = False) -> list[dict[str, Any]]:
+        params = {**({"tenant": tenant} if tenant else {}), **({"all": "1"} if include_lifted else {})}
+        return list(self.request("GET", "/v1/containment/holds", params=params)["holds"])
+
+    def lift(self, hold_id: str) -> None:
+        self.request("POST", f"/v1/containment/holds/{hold_id}/lift", {})
+
 
 def registration_files(manifest: ModelManifest) -> list[dict[str, str]]:
     """``register_model``'s ``files`` for a sealed model directory: each sealed file's id, header MAC and path."""

@@ -12,7 +12,9 @@ Ed25519 keys, groups of approvers, and rules::
        {"op": "approval.policy.change", "require": [{"group": "security", "count": 2}]}]}
 
 A rule matches an operation by ``op``, tenant glob and ``when`` facts (all must
-be equal); the first match applies. Every policy must have a rule for
+be equal); the first match applies. A release of a model held by containment carries
+the fact ``containment.hold = "true"``: a rule may name it, and when none matches, the
+policy's ``approval.policy.change`` rule applies to the release. Every policy must have a rule for
 ``approval.policy.change``, so the policy can change only through approval.
 
 A request fixes everything about the operation::
@@ -47,6 +49,7 @@ from weightvault.errors import ConfigError, InvalidRequestError
 
 __all__ = [
     "DECISIONS",
+    "HOLD_FACT",
     "POLICY_CHANGE_OP",
     "ApprovalPolicy",
     "ApprovalRequest",
@@ -58,6 +61,8 @@ __all__ = [
 ]
 
 POLICY_CHANGE_OP: Final = "approval.policy.change"
+#: The fact a release carries while its model is held by containment (docs/sentinel.md).
+HOLD_FACT: Final = "containment.hold"
 DECISIONS: Final = ("approve", "deny")
 _APPROVAL: Final = b"weightvault/v1 approval"
 _MAX_TTL: Final = 7 * 86400
@@ -183,7 +188,14 @@ class ApprovalPolicy:
         return cls(version, approvers, groups, rules, dict(document))
 
     def rule_for(self, op: str, tenant: str, facts: Mapping[str, Any]) -> Rule | None:
-        return next((r for r in self.rules if r.matches(op, tenant, facts)), None)
+        """The first rule that matches; for a release of a model held by containment with no rule of its
+        own, the rule for changing this policy (which every policy has, and which is its strictest by intent)."""
+        rule = next((r for r in self.rules if r.matches(op, tenant, facts)), None)
+        if rule is None and op == "key.release" and str(facts.get(HOLD_FACT)) == "true":
+            strict = next((r for r in self.rules if r.op == POLICY_CHANGE_OP), None)
+            if strict is not None:
+                return Rule("key.release", ("*",), {}, strict.require, strict.ttl_seconds)
+        return rule
 
 
 def _parse_rule(raw: object, groups: Mapping[str, frozenset[str]]) -> Rule:

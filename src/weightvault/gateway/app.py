@@ -37,7 +37,7 @@ from starlette.responses import JSONResponse, Response, StreamingResponse
 from starlette.routing import Route
 
 from weightvault.auditlog.events import AuditEvent
-from weightvault.errors import AuthenticationError
+from weightvault.errors import AuthenticationError, ContainedError
 from weightvault.gateway.budgets import Unit
 from weightvault.gateway.sketch import PromptFingerprint
 from weightvault.gateway.state import Caller, GatewayState
@@ -270,6 +270,9 @@ def create_gateway_app(
                 # strangers' guesses are counted in the metrics only, so they cannot flood the log.
                 caller = getattr(exc, "caller", None)
                 raise _RefusedError(401, "invalid_api_key", str(exc)) from exc
+            except ContainedError as exc:
+                caller = getattr(exc, "caller", None)
+                raise _RefusedError(403, "key_suspended", str(exc)) from exc
             try:
                 raw = await read_bounded(request, config.max_body_bytes)
             except ClientDisconnect as exc:

@@ -27,7 +27,7 @@ from typing import Final
 from weightvault.auditlog.events import AuditEvent
 from weightvault.broker.storage import BrokerStore, BucketRow, GatewayKeyRow
 from weightvault.crypto.secret import random_bytes
-from weightvault.errors import AuthenticationError, InvalidRequestError, NotFoundError
+from weightvault.errors import AuthenticationError, ContainedError, InvalidRequestError, NotFoundError
 from weightvault.gateway.budgets import Alert, BucketState, Budget, Ledger, Scope
 
 __all__ = ["TOKEN_PREFIX", "GatewayState", "KeyAdmin"]
@@ -156,6 +156,7 @@ class GatewayState:
 
         Raises:
             AuthenticationError: no token, a malformed one, an unknown or revoked key, a wrong secret.
+            ContainedError: the key, or its principal, is held by containment.
         """
         m = _TOKEN_RE.fullmatch(bearer or "")
         row = self.store.gateway.key(m[1]) if m else None
@@ -166,6 +167,11 @@ class GatewayState:
             if row is not None:
                 error.caller = Caller.of(row)  # type: ignore[attr-defined]
             raise error
+        # A containment hold suspends the key (and a held principal all of its keys) at once.
+        if self.store.holds.active("gateway_key", row.id) or self.store.holds.active("principal", row.principal):
+            held = ContainedError("this API key is suspended by containment")
+            held.caller = Caller.of(row)  # type: ignore[attr-defined]
+            raise held
         return Caller.of(row)
 
     def buckets_for(self, caller: Caller, model: str) -> list[str]:

@@ -25,11 +25,22 @@ from weightvault.broker.service import KeyBroker
 from weightvault.errors import WeightVaultError
 from weightvault.server.http import HTTP, ServerLimits
 from weightvault.server.problems import problem
-from weightvault.server.routes import approvals, audit, catalogue, custody, devices, directory, health, keys, sessions
+from weightvault.server.routes import (
+    approvals,
+    audit,
+    catalogue,
+    custody,
+    devices,
+    directory,
+    health,
+    keys,
+    sentinel,
+    sessions,
+)
 
 __all__ = ["ServerLimits", "create_broker_app"]
 
-_ROUTE_MODULES = (health, sessions, directory, devices, catalogue, keys, approvals, custody, audit)
+_ROUTE_MODULES = (health, sessions, directory, devices, catalogue, keys, approvals, custody, audit, sentinel)
 
 
 async def _not_found(request: Request, exc: Exception) -> Response:

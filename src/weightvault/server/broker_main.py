@@ -14,6 +14,7 @@ from typing import Any
 
 from weightvault.attestation.interfaces import Verifier
 from weightvault.attestation.registry import VerifierRegistry
+from weightvault.auditlog.events import SensitiveHasher
 from weightvault.auditlog.log import AuditLog, LogConfig
 from weightvault.auditlog.note import NoteSigner, NoteVerifier
 from weightvault.auditlog.policy import WitnessPolicy
@@ -22,6 +23,7 @@ from weightvault.broker.config import BrokerConfig
 from weightvault.broker.keystore import RootKey
 from weightvault.broker.service import KeyBroker, open_broker
 from weightvault.broker.tokens import TokenSigner
+from weightvault.crypto.kdf import hkdf_expand, hkdf_extract
 from weightvault.crypto.signing import Ed25519Signer
 from weightvault.errors import AuditLogError, ConfigError
 from weightvault.files import read_private_file
@@ -85,6 +87,17 @@ def read_config(config_path: Path) -> BrokerConfig:
     return BrokerConfig.from_mapping(doc, config_path)
 
 
+def _client_hasher(config: BrokerConfig) -> SensitiveHasher | None:
+    """Keyed hashes of client addresses, under a subkey of ``keys/audit-hash.key`` (None when absent:
+    brokers initialised before it existed record no client hash)."""
+    path = config.path(config.keys.audit_hash)
+    if not path.exists():
+        return None
+    key = read_secret_file(path, "weightvault.hash-key")
+    subkey = hkdf_expand(hkdf_extract(b"weightvault client address v1", key), b"client")
+    return SensitiveHasher(subkey, Path(config.keys.audit_hash).stem)
+
+
 def load_broker(config_path: Path, *, clock: Callable[[], float] | None = None) -> BrokerRuntime:
     """Read ``broker.toml`` and everything it points to; build the broker.
 
@@ -144,6 +157,7 @@ def load_broker(config_path: Path, *, clock: Callable[[], float] | None = None) 
             config=config,
             clock=now,
             reader=audit,
+            hasher=_client_hasher(config),
         )
         limits = ServerLimits(
             max_body_bytes=config.max_body_bytes,

@@ -22,8 +22,9 @@ from starlette.requests import Request
 from starlette.responses import Response
 
 from weightvault.broker.protocol import ErrorCode
+from weightvault.broker.recording import client_address
 from weightvault.broker.service import KeyBroker, Principal
-from weightvault.errors import InvalidRequestError, RateLimitedError, WeightVaultError
+from weightvault.errors import AuthenticationError, InvalidRequestError, RateLimitedError, WeightVaultError
 from weightvault.server.problems import problem, problem_for
 
 __all__ = ["HTTP", "HTTPProblemError", "RateLimiter", "ServerLimits", "b64", "handler"]
@@ -118,9 +119,14 @@ class HTTP:
     broker: KeyBroker
     limits: ServerLimits
     limiter: RateLimiter = field(init=False)
+    auth_failures: RateLimiter = field(init=False)
+    _noted: dict[str, tuple[float, int]] = field(init=False, default_factory=dict)
+    _noted_lock: threading.Lock = field(init=False, default_factory=threading.Lock)
 
     def __post_init__(self) -> None:
         self.limiter = RateLimiter(self.limits.rate_per_second, self.limits.burst)
+        # Failed authentications: a burst of 20 per client address, then one a second.
+        self.auth_failures = RateLimiter(1.0, 20)
 
     async def body(self, request: Request, model: type[_B]) -> _B:
         """The request body, parsed strictly into ``model`` (unknown fields are refused)."""
@@ -143,18 +149,50 @@ class HTTP:
             ) from exc
 
     async def principal(self, request: Request) -> Principal:
-        """The caller, from its API token; every principal has its own rate limit."""
+        """The caller, from its API token; every principal has its own rate limit.
+
+        A token that fails is recorded (``auth.fail``); failures are themselves rate-limited per
+        client address, so guessing is slow and cannot flood the log. A caller over its limit is
+        recorded (``rate.limit``) at most once a minute.
+        """
+        host = request.client.host if request.client else "-"
+        client_address.set(host)
         header = request.headers.get("authorization", "")
         scheme, _, credential = header.partition(" ")
         if scheme.lower() != "bearer":
             credential = ""
-        who = await run_in_threadpool(self.broker.authenticate, credential.strip())
-        self.limiter.take(who.id)
+        credential = credential.strip()
+        try:
+            who = await run_in_threadpool(self.broker.authenticate, credential)
+        except AuthenticationError:
+            self._limited(request, None, "auth-fail:" + host, self.auth_failures)
+            claimed = credential[4:].partition(".")[0] if credential.startswith("wv1_") else "-"
+            await run_in_threadpool(self.broker.record_auth_failure, claimed, request.url.path)
+            raise
+        self._limited(request, who, who.id, self.limiter)
         return who
+
+    def _limited(self, request: Request, who: Principal | None, key: str, limiter: RateLimiter) -> None:
+        try:
+            limiter.take(key)
+        except RateLimitedError:
+            now = time.monotonic()
+            with self._noted_lock:
+                last, refused = self._noted.get(key, (0.0, 0))
+                refused += 1
+                due = now - last >= 60.0
+                self._noted[key] = (now if due else last, 0 if due else refused)
+                if len(self._noted) > 10_000:
+                    self._noted = {k: v for k, v in self._noted.items() if now - v[0] < 60.0}
+            if due:
+                self.broker.record_rate_limit(who, key, request.url.path, refused)
+            raise
 
     def anonymous(self, request: Request) -> None:
         """Rate limiting for the endpoints custodians reach without an API token."""
-        self.limiter.take("anonymous:" + (request.client.host if request.client else "-"))
+        host = request.client.host if request.client else "-"
+        client_address.set(host)
+        self._limited(request, None, "anonymous:" + host, self.limiter)
 
     @staticmethod
     def call(fn: Callable[..., Any], *args: Any, **kwargs: Any) -> Awaitable[Any]:

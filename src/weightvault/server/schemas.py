@@ -7,6 +7,7 @@ from typing import Any
 from pydantic import BaseModel, ConfigDict, Field
 
 __all__ = [
+    "AlertRequest",
     "ApprovalOnly",
     "ApprovalPolicyRequest",
     "ApprovalRequestBody",
@@ -21,6 +22,7 @@ __all__ = [
     "EnrolRequest",
     "ExportRequest",
     "HPKEKey",
+    "HoldRequest",
     "ModelRequest",
     "PolicyRequest",
     "PrincipalRequest",
@@ -75,6 +77,35 @@ class ReportRequest(BaseModel):
 
     model_config = _STRICT
     events: list[dict[str, Any]] = Field(min_length=1, max_length=256)
+
+
+class AlertRequest(BaseModel):
+    """A sentinel's alert (docs/sentinel.md): the broker checks the evidence is in the log."""
+
+    model_config = ConfigDict(strict=False, extra="forbid", frozen=True)
+    ts: int = Field(ge=0)
+    detector: str = Field(min_length=1, max_length=32)
+    rule: str = Field(min_length=1, max_length=64)
+    family: str = Field(min_length=1, max_length=32, pattern=r"^[a-z_]+$")
+    severity: str = Field(pattern=r"^(low|medium|high|critical)$")
+    score: float = Field(ge=0, le=1)
+    tenant: str = Field(min_length=1, max_length=64)
+    actors: list[str] = Field(default_factory=list, max_length=32)
+    devices: list[str] = Field(default_factory=list, max_length=32)
+    keys: list[str] = Field(default_factory=list, max_length=32)
+    resources: list[str] = Field(default_factory=list, max_length=32)
+    evidence: list[int] = Field(max_length=64)
+    summary: str = Field(default="", max_length=300)
+
+
+class HoldRequest(BaseModel):
+    """A containment hold: a sentinel cites the alert (by log index) whose evidence names the target."""
+
+    model_config = _STRICT
+    kind: str = Field(pattern=r"^(principal|gateway_key|device|model)$")
+    target: str = Field(min_length=1, max_length=256)
+    alert_index: int | None = Field(default=None, ge=0)
+    rule: str = Field(min_length=1, max_length=64)
 
 
 class TenantRequest(BaseModel):

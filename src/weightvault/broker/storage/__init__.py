@@ -7,6 +7,7 @@ transaction returning typed rows. The domain never sees a connection or a table.
 
 from __future__ import annotations
 
+from weightvault.broker.storage.containment import HoldRepository, HoldRow
 from weightvault.broker.storage.controls import ApprovalRepository, CustodyRepository
 from weightvault.broker.storage.database import Database
 from weightvault.broker.storage.gateway import BucketRow, GatewayKeyRow, GatewayRepository, OutboxRepository, OutboxRow
@@ -42,6 +43,8 @@ __all__ = [
     "DeviceRow",
     "GatewayKeyRow",
     "GatewayRepository",
+    "HoldRepository",
+    "HoldRow",
     "KEKRow",
     "ModelRow",
     "OutboxRepository",
@@ -68,6 +71,7 @@ class BrokerStore:
         self.custody = CustodyRepository(self.db)
         self.gateway = GatewayRepository(self.db)
         self.outbox = OutboxRepository(self.db)
+        self.holds = HoldRepository(self.db)
 
     def migrate(self, now: int) -> int:
         """Bring the schema up to date (see :mod:`.schema`)."""

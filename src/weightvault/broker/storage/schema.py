@@ -214,6 +214,23 @@ event_outbox = sa.Table(
     sa.Column("created_at", sa.BigInteger, nullable=False),
 )
 
+# -- migration 4: containment holds (the sentinel's and operators' reversible stops) ------------
+containment_holds = sa.Table(
+    "containment_holds",
+    metadata,
+    sa.Column("id", sa.String(32), primary_key=True),
+    sa.Column("kind", sa.String(16), nullable=False),  # principal | gateway_key | device | model
+    sa.Column("target", sa.String(256), nullable=False),
+    sa.Column("tenant_id", sa.String(64), nullable=False),
+    sa.Column("alert_index", sa.BigInteger, nullable=True),  # the sentinel.alert it answers, in the log
+    sa.Column("rule", sa.String(64), nullable=False),
+    sa.Column("created_by", sa.String(64), nullable=False),
+    sa.Column("created_at", sa.BigInteger, nullable=False),
+    sa.Column("lifted_at", sa.BigInteger, nullable=True),
+    sa.Column("lifted_by", sa.String(64), nullable=True),
+    sa.Index("ix_containment_active", "kind", "target", "lifted_at"),
+)
+
 schema_migrations = sa.Table(
     "schema_migrations",
     metadata,
@@ -239,4 +256,5 @@ MIGRATIONS: Final[tuple[tuple[int, tuple[sa.Table, ...]], ...]] = (
         ),
     ),
     (3, (gateway_keys, budget_buckets, event_outbox)),
+    (4, (containment_holds,)),
 )
