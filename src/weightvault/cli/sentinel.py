@@ -86,13 +86,19 @@ def sentinel() -> None:
 @sentinel.command("scan")
 @click.option("--events", "events_path", type=click.Path(path_type=Path, exists=True), required=True)
 @click.option("--alerts-out", type=click.Path(path_type=Path), required=True, help="Alerts, one JSON per line.")
-@click.option("--state-out", type=click.Path(path_type=Path), help="Write the engine's state here at the end.")
+@click.option(
+    "--jobs",
+    type=int,
+    default=1,
+    show_default=True,
+    help="Processes: tenants are split among them (the learned model then trains per process).",
+)
 @click.option("--force", is_flag=True, help="Replace existing outputs.")
 @_config_options
 def sentinel_scan(
     events_path: Path,
     alerts_out: Path,
-    state_out: Path | None,
+    jobs: int,
     force: bool,
     config_path: Path | None,
     rules: tuple[Path, ...],
@@ -103,28 +109,23 @@ def sentinel_scan(
     Each alert is decided from the events up to its own time only. Malformed lines,
     unknown event types, late events and gaps are counted and reported, never fatal.
     """
-    from weightvault.sentinel.engine import Sentinel
+    from weightvault.sentinel.parallel import scan_file
 
     config, _ = _config(config_path, rules, not no_learned)
-    engine = Sentinel(config)
+    if jobs < 1:
+        raise ConfigError("--jobs is at least 1")
+    _prepare()
     started = time.perf_counter()
-    count = 0
-    with atomic_file(alerts_out, overwrite=force) as out, events_path.open("rb") as lines:
-        for line in lines:
-            if not line.strip():
-                continue
-            count += 1
-            for alert in engine.feed_line(line):
-                out.write(json.dumps(alert.to_json(), sort_keys=True).encode() + b"\n")
-        for alert in engine.finish():
-            out.write(json.dumps(alert.to_json(), sort_keys=True).encode() + b"\n")
+    alerts, c = scan_file(events_path, config, jobs=jobs, prepare=_prepare)
     elapsed = time.perf_counter() - started
-    if state_out is not None:
-        with atomic_file(state_out, overwrite=force, mode=0o600) as handle:
-            handle.write(json.dumps(engine.to_state(), separators=(",", ":")).encode())
-    c = engine.counters
+    with atomic_file(alerts_out, overwrite=force) as out:
+        for alert in alerts:
+            out.write(json.dumps(alert, sort_keys=True).encode() + b"\n")
+    with events_path.open("rb") as handle:
+        count = sum(1 for line in handle if line.strip())
     click.echo(
-        f"{count} events in {elapsed:.1f} s ({count / max(elapsed, 1e-9):,.0f}/s): {c.alerts} alerts "
+        f"{count} events in {elapsed:.1f} s ({count / max(elapsed, 1e-9):,.0f}/s, {jobs} process"
+        f"{'es' if jobs > 1 else ''}): {len(alerts)} alerts "
         f"({', '.join(f'{k} {v}' for k, v in sorted(c.by_detector.items())) or 'none'}), {c.suppressed} suppressed"
     )
     click.echo(
@@ -132,6 +133,12 @@ def sentinel_scan(
         f"{c.clock_jump} clock jumps, {c.index_gap} index gaps, {c.index_reorder} out of order, "
         f"{c.planted_text} with planted text"
     )
+
+
+def _prepare() -> None:
+    """Import the learned model's libraries once (before worker processes fork, and outside any timing)."""
+    import scipy.stats  # noqa: F401
+    import sklearn.ensemble  # noqa: F401
 
 
 @sentinel.command("simulate")

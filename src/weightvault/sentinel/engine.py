@@ -134,6 +134,8 @@ class Sentinel:
         self.watermark = 0
         self.next_index: int | None = None
         self.contiguous = 0
+        #: False in the other engines of a partitioned replay: one engine checks every line's index.
+        self.check_indexes = True
         self.watchlists: dict[str, set[str]] = {w.name: set() for w in config.rules.watchlists}
         self._by_type, self._any_type = config.rules.by_type()
         self._corr: dict[str, dict[str, deque[_Link]]] = {}
@@ -174,6 +176,11 @@ class Sentinel:
             return []
         return self._feed(ev)
 
+    def note_index(self, index: int, ts: int) -> list[Alert]:
+        """Check the log index of an event that another engine reads (a partitioned replay)."""
+        self.watermark = max(self.watermark, ts)
+        return self._check_index(index, {"tenant": "*"}, self.watermark)
+
     def finish(self) -> list[Alert]:
         """The end of the stream: close the learned model's last windows (decided at the last event's time)."""
         if self.learned is None or self.learned.hour is None:
@@ -197,9 +204,13 @@ class Sentinel:
         self.watermark = t
         alerts: list[Alert] = []
         index = ev.get("index")
-        if index is not None:
-            alerts.extend(self._check_index(index, ev, t))
-        if _planted(ev):
+        if index is not None and self.check_indexes:
+            if index == self.next_index:  # the common case, inline
+                self.next_index = index + 1
+                self.contiguous += 1
+            else:
+                alerts.extend(self._check_index(index, ev, t))
+        if (ev.get("reasons") or "prompt_text" in ev["details"]) and _planted(ev):
             c.planted_text += 1
         ctx = self.state.context(ev, t)
         ev["ctx"] = ctx
@@ -325,9 +336,12 @@ class Sentinel:
     def _rule_alert(
         self, rule: CompiledRule, ents: Entities, evidence: tuple[int, ...], t: int, summary: str
     ) -> Alert | None:
+        # Suppression is per rule and entities: the same principal on another model or device
+        # is another alert (an on-call engineer's false alarm must not hide an attack that night).
         key = f"{rule.id}|{ents.tenant}|{','.join(ents.actors)}|{','.join(ents.keys)}"
-        if not ents.actors and not ents.keys:
-            key += "|" + ",".join(ents.devices + ents.resources)
+        if rule.correlation is None or not (ents.actors or ents.keys):
+            models = sorted({r.split("@", 1)[0] for r in ents.resources})
+            key += "|" + ",".join(list(ents.devices) + models)
         return self._alert(
             "rules", rule.id, rule.family, rule.severity, SEVERITIES[rule.severity], ents, evidence, t, summary,
             suppress_key=key, suppress_ms=rule.suppress_ms,

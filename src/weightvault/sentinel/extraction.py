@@ -68,7 +68,7 @@ class PradaTest:
             h.distances.append(min(map(int.bit_count, map(sketch.__xor__, h.sketches))))
         h.sketches.append(sketch)
         h.since_test += 1
-        if h.alerted or len(h.distances) < self.min_queries or h.since_test < self.step:
+        if len(h.distances) < self.min_queries or h.since_test < self.step:
             return None
         h.since_test = 0
         values = list(h.distances)
@@ -78,10 +78,14 @@ class PradaTest:
             from scipy.stats import shapiro
 
             w = float(shapiro(values).statistic)
-        if w < self.delta:
-            h.alerted = True
-            return w
-        return None
+        # One alert per episode: the key re-arms once its queries look natural again.
+        if w >= self.delta:
+            h.alerted = False
+            return None
+        if h.alerted:
+            return None
+        h.alerted = True
+        return w
 
     def to_state(self) -> dict[str, Any]:
         return {k: [list(h.sketches), list(h.distances), h.since_test, h.alerted] for k, h in self.keys.items()}

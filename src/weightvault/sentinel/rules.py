@@ -196,7 +196,7 @@ class Selection:
     types: frozenset[str] | None  # the event types it can match (None: any), for dispatch
 
     def __call__(self, ev: Mapping[str, Any], lists: Mapping[str, set[str]]) -> bool:
-        return all(t(ev, lists) for t in self.tests)
+        return all(test(ev, lists) for test in self.tests)
 
 
 def _selection(rule: str, name: str, raw: object) -> Selection:
