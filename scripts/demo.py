@@ -26,6 +26,7 @@ import subprocess
 import sys
 import time
 from pathlib import Path
+from typing import Any
 
 import torch
 import transformers
@@ -163,6 +164,55 @@ def serve_demo(
             )
     time.sleep(0.5)  # the broker drains the gateway's outbox every 0.2 s
     return cosine > 0.999999 and "refused" in attempt.stdout if not isolation else cosine > 0.999999
+
+
+def sentinel_demo(
+    url: str, base: Path, *, operator: Any, publisher: Any, attester: object, device_id: str | None
+) -> bool:
+    """Step 7: a decoy model, a workload that touches it, the sentinel that freezes the workload."""
+    from weightvault.client.broker import BrokerClient, BrokerIdentity
+    from weightvault.errors import ContainedError
+    from weightvault.format.keys import FileKey
+
+    decoy_key = FileKey.generate()
+    publisher.register_model(
+        "demo", "finance-forecast", "1", policy="embeddings", file_key=decoy_key, files=[], tags={"honeypot": "true"}
+    )
+    decoy_key.wipe()
+    token_file = OUT / "sentinel.token"
+    token_file.write_text(operator.create_principal("demo-sentinel", "sentinel"))
+    token_file.chmod(0o600)
+    intruder = BrokerClient(url, operator.create_principal("demo-intruder", "workload", "demo"))
+    identity = BrokerIdentity(intruder, attester, device_id=device_id)  # type: ignore[arg-type]
+    identity.keys_for("demo/models/finance-forecast@1")  # nobody has a reason to open a decoy
+    identity.wipe()
+    run = subprocess.run(
+        [sys.executable, "-m", "weightvault", "sentinel", "run", "--once", "--broker", url, "--token",
+         f"@{token_file}", "--log-key", str(base / "keys" / "audit-log.key.vkey"), "--state",
+         str(OUT / "sentinel.state")],
+        capture_output=True, text=True, check=False,
+    )  # fmt: skip
+    alerts = [line for line in run.stdout.splitlines() if line.startswith("ALERT")]
+    holds = [h for h in operator.holds() if h["created_by"] == "demo-sentinel"]
+    console.print(
+        f"7. sentinel read the verified log (rules, per-entity baselines, IsolationForest): {len(alerts)} alert(s)"
+    )
+    for line in alerts:
+        console.print(f"   {line}")
+    for hold in holds:
+        console.print(f"   hold on {hold['kind']} {hold['target']} citing log entry {hold['alert_index']}")
+    try:
+        intruder.challenge()
+    except ContainedError as error:
+        console.print(f"   the frozen workload's next call: [red]{type(error).__name__}: {error}[/red] (exit 83)")
+        frozen = True
+    else:
+        frozen = False
+    for hold in holds:
+        operator.lift(hold["id"])
+    console.print(f"   an operator reviewed and lifted {len(holds)} hold(s); every step is in the log")
+    intruder.close()
+    return run.returncode == 0 and bool(alerts) and frozen
 
 
 def main() -> int:
@@ -355,6 +405,15 @@ def main() -> int:
             device_id=device_id,
             plain=theirs,
         )
+        with contextlib.ExitStack() as intruder_tpm:
+            if use_tpm:
+                intruder_attester: object = intruder_tpm.enter_context(TPMAttester.open(tpm.tcti))
+                intruder_attester.event_logs = [base / "measurements.log"]  # type: ignore[attr-defined]
+            else:
+                intruder_attester = SampleAttester()
+            watched = sentinel_demo(
+                url, base, operator=operator, publisher=publisher, attester=intruder_attester, device_id=device_id
+            )
         for client in (operator, admin, publisher, workload):
             client.close()
 
@@ -369,7 +428,7 @@ def main() -> int:
         monitor.feed(index, decode_event(data_))
     monitor.finish()
     console.print(
-        f"7. audit log verified offline from {export.name}: {len(verified.entries)} entries under "
+        f"8. audit log verified offline from {export.name}: {len(verified.entries)} entries under "
         f"{vkey.name}, root matches the signed checkpoint; monitor violations: {len(monitor.violations)}"
     )
     log_table = Table("#")
@@ -379,7 +438,7 @@ def main() -> int:
     for index, event in events:
         log_table.add_row(str(index), event.type, event.tenant, event.actor, event.resource, event.decision or "")
     console.print(log_table)
-    ok = identical and served and not monitor.violations and not sealed_now
+    ok = identical and served and watched and not monitor.violations and not sealed_now
     console.rule("[bold green]done" if ok else "[bold red]failed")
     return 0 if ok else 1
 

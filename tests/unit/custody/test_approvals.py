@@ -172,3 +172,20 @@ def test_digest_covers_every_field() -> None:
 def test_invalid_policies(changes: dict[str, Any], message: str) -> None:
     with pytest.raises(InvalidRequestError, match=message):
         ApprovalPolicy.parse(policy_doc(**changes), 1)
+
+
+def test_a_held_models_release_falls_back_to_the_policy_change_rule() -> None:
+    """Containment (docs/sentinel.md): a release of a held model needs approvals even where no
+    key.release rule matches: the policy's own change rule applies; a matching rule still wins."""
+    from weightvault.custody.approvals import HOLD_FACT
+
+    standard = {"model.tags.tier": "standard"}
+    assert POLICY.rule_for("key.release", "acme", standard) is None
+    held = POLICY.rule_for("key.release", "acme", {**standard, HOLD_FACT: "true"})
+    assert held is not None
+    assert (held.op, held.describe()) == ("key.release", "2 of all")
+    high = {"model.tags.tier": "high-value"}
+    assert POLICY.rule_for("key.release", "acme", {**high, HOLD_FACT: "true"}) == POLICY.rule_for(
+        "key.release", "acme", high
+    )
+    assert POLICY.rule_for("key.rotate", "acme", {HOLD_FACT: "true"}) is None

@@ -26,7 +26,7 @@ def test_the_packaged_rules_compile() -> None:
     config = default_config()
     ids = {r.id for r in config.rules.rules}
     assert {"honeypot-touch", "new-device-for-principal", "bulk-release", "escalation-then-key-access"} <= ids
-    assert [w.name for w in config.rules.watchlists] == ["honeypot"]
+    assert [w.name for w in config.rules.watchlists] == ["honeypot", "decoy", "canary"]
 
 
 @pytest.mark.parametrize(
