@@ -5,7 +5,7 @@ Every event is an object::
     {"v": 1, "ts": <ms since epoch>, "type": "key.release.intent", "tenant": "acme",
      "actor": "wl:42", "resource": "acme/models/llama", "decision": "allow",
      "reasons": [...], "policy_version": 3, "evidence_digest": "sha256:...",
-     "refs": {"intent": 17}, "details": {...}, "hmac": {"client_ip": "hmac-sha256:<kid>:<b64>"}}
+     "refs": {"intent": 17}, "details": {...}, "hmac": {"client": "hmac-sha256:<kid>:<b64>"}}
 
 Events never carry secrets. Values that are sensitive but must be correlatable
 (an IP address, a token id) are stored only as keyed hashes made by

@@ -33,8 +33,19 @@ _TS: Final = re.compile(rb'"ts"\s*:\s*(\d+)')
 _SHARED: Final = frozenset({b"-", b"*", b""})
 
 
+_COMPACT: Final = b'"tenant":"'
+
+
 def _tenant(line: bytes) -> bytes | None:
     """A line's tenant, from a look at the text when it is unambiguous, else by parsing (None: malformed)."""
+    # The export's compact form, with one "tenant" key and no escapes in its value: two C-speed scans.
+    if line.count(b'"tenant"') == 1:
+        start = line.find(_COMPACT)
+        if start >= 0:
+            start += len(_COMPACT)
+            end = line.find(b'"', start)
+            if end > 0 and b"\\" not in line[start:end]:
+                return line[start:end]
     found = _TENANT.findall(line)
     if len(found) == 1:
         return bytes(found[0])
@@ -68,6 +79,28 @@ def _partition(line: bytes, plan: dict[bytes, int], jobs: int) -> int | None:
     return plan.get(tenant, zlib.crc32(tenant) % jobs)
 
 
+def _field(line: bytes, name: bytes) -> int | None:
+    start = line.find(name)
+    if start < 0 or line.count(name) != 1:
+        return None
+    start += len(name)
+    end = start
+    while end < len(line) and 48 <= line[end] <= 57:
+        end += 1
+    return int(line[start:end]) if end > start else None
+
+
+def _numbers(line: bytes) -> tuple[int, int] | None:
+    """(index, ts) of a line another partition reads, for the index check."""
+    index, ts = _field(line, b'"index":'), _field(line, b'"ts":')
+    if index is None or ts is None:
+        found_index, found_ts = _INDEX.search(line), _TS.search(line)
+        if found_index is None or found_ts is None:
+            return None
+        return int(found_index.group(1)), int(found_ts.group(1))
+    return index, ts
+
+
 def _scan(
     path: Path, part: int, jobs: int, config: SentinelConfig, plan: dict[bytes, int]
 ) -> tuple[list[dict[str, Any]], dict[str, Any]]:
@@ -84,9 +117,9 @@ def _scan(
                 mine += 1
                 out.extend(a.to_json() for a in engine.feed_line(line))
             elif part == 0:
-                index, ts = _INDEX.search(line), _TS.search(line)
-                if index is not None and ts is not None:
-                    out.extend(a.to_json() for a in engine.note_index(int(index.group(1)), int(ts.group(1))))
+                numbers = _numbers(line)
+                if numbers is not None:
+                    out.extend(a.to_json() for a in engine.note_index(*numbers))
     out.extend(a.to_json() for a in engine.finish())
     return out, engine.counters.to_json()
 

@@ -150,7 +150,13 @@ def _field_test(rule: str, key: str, raw: object) -> tuple[tuple[str, ...], Pred
 
         def test(ev: Mapping[str, Any], lists: Mapping[str, set[str]]) -> bool:
             actual = get(ev)
-            return isinstance(actual, str) and any(actual in lists.get(n, ()) for n in names)
+            if not isinstance(actual, str):
+                return False
+            for name in names:
+                values = lists.get(name)
+                if values and actual in values:
+                    return True
+            return False
 
     elif modifier in ("gt", "gte", "lt", "lte"):
         bounds = [_number(v) for v in values]
