@@ -163,6 +163,9 @@ def test_the_sentinel_cannot_hold_what_its_evidence_does_not_name(
     # A principal the alert's evidence does not name (text in an event cannot steer this).
     with pytest.raises(PermissionDeniedError):
         sentinel.hold("principal", "acme-wl", rule="honeypot-touch", alert_index=alert["index"])
+    # The right target under another rule than the alert's.
+    with pytest.raises(PermissionDeniedError):
+        sentinel.hold("principal", "acme-wl2", rule="bulk-release", alert_index=alert["index"])
     # An entry that is not a sentinel alert, and no alert at all.
     with pytest.raises(PermissionDeniedError):
         sentinel.hold("principal", "acme-wl2", rule="x", alert_index=0)
@@ -177,6 +180,7 @@ def test_the_sentinel_cannot_hold_what_its_evidence_does_not_name(
     assert any("not a sentinel.alert" in r for r in reasons)
     assert any("cites the sentinel.alert" in r for r in reasons)
     assert any("role operator" in r for r in reasons)
+    assert any("another rule" in r for r in reasons)
     # A sentinel cannot record an alert about evidence that is not (yet) in the log.
     with pytest.raises(Exception, match="evidence"):
         sentinel.post_alert(

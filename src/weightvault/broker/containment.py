@@ -189,7 +189,11 @@ class ContainmentService:
         tenant = self._tenant_of(kind, target)
         refused: str | None = None
         if role == "sentinel":
-            refused = self._sentinel_problem(actor, kind, target, alert_index)
+            refused = self._sentinel_problem(actor, kind, target, alert_index, rule)
+        if refused is None:
+            existing = self._store.holds.active(kind, target)
+            if existing is not None:
+                return existing  # already held: nothing changes, nothing to record
         if refused is not None:
             self._recorder.append(
                 AuditEvent(
@@ -219,7 +223,7 @@ class ContainmentService:
             return self._store.holds.add(row)
 
     def _sentinel_problem(  # noqa: PLR0911 - one return per check, in order
-        self, actor: str, kind: str, target: str, alert_index: int | None
+        self, actor: str, kind: str, target: str, alert_index: int | None, rule: str
     ) -> str | None:
         since = self._now() - 3600
         if self._store.holds.created_since(actor, since) >= self.max_holds_per_hour:
@@ -239,6 +243,8 @@ class ContainmentService:
             return "the cited alert does not decode"
         if alert.type != "sentinel.alert" or alert.actor != actor:
             return "the cited entry is not a sentinel.alert of this sentinel"
+        if alert.details.get("rule") != rule:
+            return "the hold names another rule than the cited alert"
         field = _ENTITY_OF[kind]
         named = alert.details.get(field, [])
         if kind == "model":
