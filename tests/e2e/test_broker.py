@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import base64
+import json
 import threading
 import time
 from collections.abc import Iterator
@@ -371,7 +372,23 @@ def test_rate_limit_per_principal(tmp_path: Path) -> None:
 
         with pytest.raises(RateLimitedError):
             exhaust()
+        with pytest.raises(RateLimitedError):
+            exhaust()  # refused again within the minute: recorded once
         limited.client("globex-wl").challenge()
+        # Guessing tokens is slowed too: after a burst of failures, 429 (and no more auth.fail records).
+        statuses = [
+            httpx.get(limited.url + "/v1/keys", headers={"authorization": f"Bearer wv1_acme-wl.guess{i}"}).status_code
+            for i in range(30)
+        ]
+        assert statuses[:20] == [401] * 20
+        assert 429 in statuses[20:]
+        events = limited.events(0, until="rate.limit")
+        limits = [e for _, e in events if e.type == "rate.limit"]
+        assert [(e.actor, e.details["limiter"]) for e in limits if e.actor == "acme-wl"] == [("acme-wl", "principal")]
+        assert any(e.details["limiter"] == "auth-fail" for e in limits)
+        assert len([e for _, e in events if e.type == "auth.fail"]) <= 21
+        assert all(e.hmac["client"].startswith("hmac-sha256:") for e in limits)
+        assert "127.0.0.1" not in json.dumps([e.to_json() for _, e in events])
 
 
 def test_tls_once(tmp_path: Path) -> None:

@@ -494,7 +494,7 @@ class KeyBroker:
             )
         )
 
-    def record_rate_limit(self, principal: Principal | None, key: str, path: str, refused: int) -> None:
+    def record_rate_limit(self, principal: Principal | None, limiter: str, path: str, refused: int) -> None:
         """A caller over its rate limit (recorded at most once a minute per caller by the HTTP layer)."""
         self.recorder.queue(
             AuditEvent(
@@ -503,7 +503,7 @@ class KeyBroker:
                 actor=principal.id if principal is not None else "-",
                 resource=path[:128],
                 decision="deny",
-                details={"limiter": key[:80], "refused": refused},
+                details={"limiter": limiter[:32], "refused": refused},
             )
         )
 

@@ -165,14 +165,17 @@ class HTTP:
         try:
             who = await run_in_threadpool(self.broker.authenticate, credential)
         except AuthenticationError:
-            self._limited(request, None, "auth-fail:" + host, self.auth_failures)
+            self._limited(request, None, ("auth-fail", host), self.auth_failures)
             claimed = credential[4:].partition(".")[0] if credential.startswith("wv1_") else "-"
             await run_in_threadpool(self.broker.record_auth_failure, claimed, request.url.path)
             raise
-        self._limited(request, who, who.id, self.limiter)
+        self._limited(request, who, ("principal", who.id), self.limiter)
         return who
 
-    def _limited(self, request: Request, who: Principal | None, key: str, limiter: RateLimiter) -> None:
+    def _limited(self, request: Request, who: Principal | None, bucket: tuple[str, str], limiter: RateLimiter) -> None:
+        """Take from ``bucket`` (kind, subject); over the limit, record it (the kind only: the client's
+        address reaches the log as the recorder's keyed hash) at most once a minute, and refuse."""
+        key = f"{bucket[0]}:{bucket[1]}"
         try:
             limiter.take(key)
         except RateLimitedError:
@@ -185,14 +188,14 @@ class HTTP:
                 if len(self._noted) > 10_000:
                     self._noted = {k: v for k, v in self._noted.items() if now - v[0] < 60.0}
             if due:
-                self.broker.record_rate_limit(who, key, request.url.path, refused)
+                self.broker.record_rate_limit(who, bucket[0], request.url.path, refused)
             raise
 
     def anonymous(self, request: Request) -> None:
         """Rate limiting for the endpoints custodians reach without an API token."""
         host = request.client.host if request.client else "-"
         client_address.set(host)
-        self._limited(request, None, "anonymous:" + host, self.limiter)
+        self._limited(request, None, ("anonymous", host), self.limiter)
 
     @staticmethod
     def call(fn: Callable[..., Any], *args: Any, **kwargs: Any) -> Awaitable[Any]:
