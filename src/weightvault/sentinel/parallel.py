@@ -1,14 +1,16 @@
 """Replay on several cores: one engine per partition of the tenants, each reading the whole file.
 
 Every detector keys its state by tenant (or by entities within a tenant), so a replay
-can be split by tenant: a first pass counts each tenant's lines, and tenants are dealt,
-largest first, to the least loaded partition. Events of no tenant
+can be split by tenant: a first pass reads each line's tenant (a look at the text, a
+parse only when that is ambiguous), counts each tenant's lines and deals tenants,
+largest first, to the least loaded partition, one byte per line. Events of no tenant
 (``-`` or ``*``, such as failed authentications by unknown principals or enrolments of
-shared devices) go to every partition; alerts they raise twice are merged. Partition 0
-also checks the log indexes of every line, so gaps are found as in one pass.
+shared devices) go to every partition; alerts they raise twice are merged. The parent
+process checks the log indexes of every line while the workers run, so gaps are found
+as in one pass.
 
-Each process reads the file itself and skips other partitions' lines after a cheap
-look at the tenant field, so nothing is serialised between processes but the alerts.
+Each worker reads the file itself and skips other partitions' lines by their byte, so
+nothing is serialised between processes but the alerts.
 What differs from ``jobs=1``: the learned model is trained per partition (on its
 tenants' windows); rules, baselines and the extraction tests give the same alerts.
 """
@@ -18,7 +20,6 @@ from __future__ import annotations
 import json
 import multiprocessing
 import re
-import zlib
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any, Final
@@ -69,65 +70,77 @@ def assign(counts: dict[bytes, int], jobs: int) -> dict[bytes, int]:
     return out
 
 
-def _partition(line: bytes, plan: dict[bytes, int], jobs: int) -> int | None:
-    """The partition of a line; None for every partition (events of no tenant)."""
-    tenant = _tenant(line)
-    if tenant is None:
-        return 0  # a malformed line: partition 0 counts it
-    if tenant in _SHARED:
-        return None
-    return plan.get(tenant, zlib.crc32(tenant) % jobs)
+#: A line every partition reads (an event of no tenant).
+_EVERY: Final = 255
 
 
-def _field(line: bytes, name: bytes) -> int | None:
-    start = line.find(name)
-    if start < 0 or line.count(name) != 1:
-        return None
-    start += len(name)
-    end = start
-    while end < len(line) and 48 <= line[end] <= 57:
-        end += 1
-    return int(line[start:end]) if end > start else None
-
-
-def _numbers(line: bytes) -> tuple[int, int] | None:
-    """(index, ts) of a line another partition reads, for the index check."""
-    index, ts = _field(line, b'"index":'), _field(line, b'"ts":')
-    if index is None or ts is None:
-        found_index, found_ts = _INDEX.search(line), _TS.search(line)
-        if found_index is None or found_ts is None:
-            return None
-        return int(found_index.group(1)), int(found_ts.group(1))
-    return index, ts
-
-
-def _scan(
-    path: Path, part: int, jobs: int, config: SentinelConfig, plan: dict[bytes, int]
-) -> tuple[list[dict[str, Any]], dict[str, Any]]:
-    engine = Sentinel(config)
-    engine.check_indexes = part == 0
-    out: list[dict[str, Any]] = []
-    mine = 0
+def _routes(path: Path, jobs: int) -> bytearray:
+    """Each non-empty line's partition (or :data:`_EVERY`), one byte per line, from one pass that
+    first counts each tenant's lines and then deals tenants to partitions."""
+    tenants: list[bytes | None] = []
+    counts: dict[bytes, int] = {}
     with path.open("rb") as lines:
         for line in lines:
             if not line.strip():
                 continue
-            where = _partition(line, plan, jobs) if jobs > 1 else part
-            if where is None or where == part:
-                mine += 1
+            tenant = _tenant(line)
+            tenants.append(tenant)
+            if tenant is not None and tenant not in _SHARED:
+                counts[tenant] = counts.get(tenant, 0) + 1
+    plan = assign(counts, jobs)
+    # A malformed line goes to partition 0, which counts it.
+    return bytearray(0 if t is None else _EVERY if t in _SHARED else plan[t] for t in tenants)
+
+
+def _numbers(line: bytes) -> tuple[int, int] | None:
+    """(index, ts) of a line, for the index check."""
+    index, ts = _INDEX.search(line), _TS.search(line)
+    if index is None or ts is None:
+        return None
+    return int(index.group(1)), int(ts.group(1))
+
+
+def _scan(path: Path, part: int, config: SentinelConfig, routes: bytearray | None) -> tuple[list[Any], dict[str, Any]]:
+    """One partition's replay (``routes`` None: every line, indexes checked too)."""
+    engine = Sentinel(config)
+    engine.check_indexes = routes is None
+    out: list[dict[str, Any]] = []
+    position = 0
+    with path.open("rb") as lines:
+        for line in lines:
+            if not line.strip():
+                continue
+            route = part if routes is None else routes[position]
+            position += 1
+            if route in (part, _EVERY):
                 out.extend(a.to_json() for a in engine.feed_line(line))
-            elif part == 0:
-                numbers = _numbers(line)
-                if numbers is not None:
-                    out.extend(a.to_json() for a in engine.note_index(*numbers))
     out.extend(a.to_json() for a in engine.finish())
     return out, engine.counters.to_json()
 
 
-def _worker(job: tuple[Path, int, int, SentinelConfig, dict[bytes, int]], send: Any) -> None:
-    path, part, jobs, config, plan = job
+def _indexes(path: Path, config: SentinelConfig) -> tuple[list[Any], dict[str, Any]]:
+    """The index check over every line, for a partitioned replay (the workers skip it)."""
+    engine = Sentinel(config)
+    out: list[dict[str, Any]] = []
+    with path.open("rb") as lines:
+        for line in lines:
+            numbers = _numbers(line) if line.strip() else None
+            if numbers is not None:
+                out.extend(a.to_json() for a in engine.note_index(*numbers))
+    c = engine.counters
+    counters = {
+        "index_gap": c.index_gap,
+        "index_reorder": c.index_reorder,
+        "alerts": c.alerts,
+        "by_detector": dict(c.by_detector),
+    }
+    return out, counters
+
+
+def _worker(job: tuple[Path, int, SentinelConfig, bytearray], send: Any) -> None:
+    path, part, config, routes = job
     try:
-        send.send(_scan(path, part, jobs, config, plan))
+        send.send(_scan(path, part, config, routes))
     except BaseException as exc:
         send.send(RuntimeError(f"sentinel worker {part}: {type(exc).__name__}: {exc}"))
     finally:
@@ -142,30 +155,26 @@ def scan_file(
     ``prepare`` runs before the worker processes start (to import what they share).
     """
     if jobs <= 1:
-        alerts, counters = _scan(path, 0, 1, config, {})
+        alerts, counters = _scan(path, 0, config, None)
         return alerts, _counters([counters])
-    counts: dict[bytes, int] = {}
-    with path.open("rb") as lines:
-        for line in lines:
-            tenant = _tenant(line)
-            if tenant is not None:
-                counts[tenant] = counts.get(tenant, 0) + 1
-    plan = assign(counts, jobs)
     if prepare is not None:
         prepare()
-    # Forked workers inherit the compiled configuration (rules are closures, which do not pickle);
-    # only the alerts come back, through a pipe each.
+    routes = _routes(path, jobs)
+    # Forked workers inherit the compiled configuration (rules are closures, which do not pickle)
+    # and the routes; only the alerts come back, through a pipe each. Meanwhile this process
+    # checks the log indexes of every line.
     context = multiprocessing.get_context("fork")
     pipes, workers = [], []
     for part in range(jobs):
         receive, send = context.Pipe(duplex=False)
-        worker = context.Process(target=_worker, args=((path, part, jobs, config, plan), send), daemon=True)
+        worker = context.Process(target=_worker, args=((path, part, config, routes), send), daemon=True)
         worker.start()
         send.close()
         pipes.append(receive)
         workers.append(worker)
     results = []
     try:
+        results.append(_indexes(path, config))
         for receive in pipes:
             outcome = receive.recv()
             if isinstance(outcome, BaseException):

