@@ -18,7 +18,15 @@ from typing import Any
 
 import click
 
-from weightvault.cli.options import client_options, http_fetch, make_client, open_reader, read_policy, read_vkey
+from weightvault.cli.options import (
+    client_options,
+    http_fetch,
+    make_client,
+    open_reader,
+    read_policy,
+    read_token,
+    read_vkey,
+)
 from weightvault.errors import ConfigError, RuleError
 from weightvault.files import atomic_file
 
@@ -310,7 +318,7 @@ def sentinel_run(
 
         fetch = fetch_local
     else:
-        http_client, fetch = http_fetch(client.url + "/v1/audit", token, ca)
+        http_client, fetch = http_fetch(client.url + "/v1/audit", read_token(token), ca)
 
     def show(alert: Any, index: int | None) -> None:
         where = f"entry {index}" if index is not None else "not recorded"

@@ -171,6 +171,7 @@ class LiveSentinel:
         self._stalled = False
         self._actions: list[float] = []
         self._skip_below = 0
+        self._unsent: list[Alert] = []
 
     def load_state(self) -> None:
         """Continue from the state file, if there is one: the engine's state and the log position.
@@ -238,13 +239,21 @@ class LiveSentinel:
         )
 
     def _respond(self, alerts: list[Alert]) -> None:
-        for alert in alerts:
+        # Alerts the broker could not take last time go first, in order: none is dropped
+        # because the broker was briefly unreachable (they are kept in memory, at most 10,000).
+        waiting, self._unsent = self._unsent, []
+        for alert in [*waiting, *alerts]:
             index = None
             if self.responder is not None:
                 try:
                     index = self.responder.post_alert(alert.to_json())
                     self.counters.alerts_posted += 1
                     self.counters.event_to_alert_s.append(max(0.0, self.clock() - alert.ts / 1000))
+                except UnavailableError:
+                    self.counters.alert_errors += 1
+                    if len(self._unsent) < 10_000:
+                        self._unsent.append(alert)
+                    continue
                 except WeightVaultError:
                     self.counters.alert_errors += 1
             if self.on_alert is not None:

@@ -9,7 +9,7 @@ from typing import Any
 from tests.unit.auditlog.test_follower import LOG_KEY, NO_WITNESS, fill, served
 from weightvault.auditlog import AuditEvent, AuditLog
 from weightvault.auditlog.follower import TileFollower
-from weightvault.errors import PermissionDeniedError
+from weightvault.errors import PermissionDeniedError, TransportError
 from weightvault.sentinel.engine import Sentinel, default_config
 from weightvault.sentinel.live import ContainmentPolicy, LiveSentinel
 
@@ -113,3 +113,31 @@ def test_a_split_view_is_alerted_and_nothing_unverified_is_read(tmp_path: Path) 
         assert live.counters.verify_failures == 1
         assert live.counters.entries == 4  # the forked entries (with a decoy touch) were never fed
         assert broker.holds == []
+
+
+class FlakyBroker(FakeBroker):
+    """Unreachable for its first ``down`` calls."""
+
+    def __init__(self, down: int) -> None:
+        super().__init__()
+        self.down = down
+
+    def post_alert(self, alert: Mapping[str, Any]) -> int:
+        if self.down:
+            self.down -= 1
+            raise TransportError("broker unreachable")
+        return super().post_alert(alert)
+
+
+def test_alerts_wait_for_an_unreachable_broker(tmp_path: Path) -> None:
+    now = [1_800_000_000.0]
+    broker = FlakyBroker(down=1)
+    with AuditLog(tmp_path / "audit.db", LOG_KEY, clock=lambda: now[0]) as log:
+        _decoy(log, 1)
+        live = _live(served(log), broker, now, tmp_path)
+        assert [a.rule for a in live.poll()] == ["honeypot-touch"]
+        assert broker.alerts == []
+        assert live.counters.alert_errors == 1
+        live.poll()  # nothing new in the log: the waiting alert goes now
+        assert [a["rule"] for a in broker.alerts] == ["honeypot-touch"]
+        assert broker.holds == [("principal", "wl-0", 1001)]
