@@ -44,10 +44,10 @@ def admin_tenant(action: str, tenant: str | None, url: str | None, token: str | 
 @click.argument("principal_id")
 @click.option(
     "--role",
-    type=click.Choice(["operator", "tenant-admin", "publisher", "auditor", "workload", "approver"]),
+    type=click.Choice(["operator", "tenant-admin", "publisher", "auditor", "workload", "approver", "sentinel"]),
     help="Create the principal with this role.",
 )
-@click.option("--tenant", help="The principal's tenant (all roles but operator and approver).")
+@click.option("--tenant", help="The principal's tenant (all roles but operator, approver and sentinel).")
 @click.option("--out", type=click.Path(path_type=Path), help="Write the API token here (mode 0600) instead of stdout.")
 @click.option("--disable", is_flag=True, help="Disable the principal instead: its API token stops working at once.")
 @client_options

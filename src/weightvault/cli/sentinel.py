@@ -292,7 +292,7 @@ def sentinel_run(
 ) -> None:
     """Follow the live log, verifying every checkpoint; record alerts and contain through the broker.
 
-    Needs a principal of role sentinel (weightvault admin principal create --role sentinel):
+    Needs a principal of role sentinel (weightvault admin principal ID --role sentinel):
     it reads the log's tiles, records sentinel.alert events and places holds, nothing else.
     """
     from weightvault.auditlog.follower import TileFollower
