@@ -12,7 +12,9 @@ around the broker, and the sentinel's principal can only place holds.
 A verification failure is counted and alerted (``log-verification``); the follower
 keeps its verified position, so nothing unverified is ever read. A log that does not
 grow for ``max_quiet_s`` is alerted as ``log-stalled``. The engine's state and the
-follower's position are written atomically after every poll that changed them.
+log position are written atomically after a poll that read something (at most every
+``save_every_s``) and on exit: after a clean exit no entry is fed twice; after a crash,
+the entries since the last write are read again and their alerts may repeat.
 """
 
 from __future__ import annotations
@@ -155,6 +157,7 @@ class LiveSentinel:
         *,
         state_path: Path | None = None,
         max_quiet_s: float = 3600.0,
+        save_every_s: float = 30.0,
         clock: Callable[[], float] = time.time,
         on_alert: Callable[[Alert, int | None], None] | None = None,
     ) -> None:
@@ -164,7 +167,9 @@ class LiveSentinel:
         self.policy = policy
         self.state_path = state_path
         self.max_quiet_s = max_quiet_s
+        self.save_every_s = save_every_s
         self.clock = clock
+        self._saved = float("-inf")
         self.on_alert = on_alert
         self.counters = LiveCounters()
         self._last_growth = clock()
@@ -189,6 +194,7 @@ class LiveSentinel:
         self._skip_below = int(doc.get("next_index") or 0)
 
     def save_state(self) -> None:
+        self._saved = self.clock()
         if self.state_path is None:
             return
         with atomic_file(self.state_path, overwrite=True, mode=0o600) as handle:
@@ -229,7 +235,9 @@ class LiveSentinel:
                 doc["index"] = index
             alerts.extend(self.engine.feed(doc))
         self._respond(alerts)
-        if polled.entries:
+        # The state holds the learned model's data (megabytes): written when something was
+        # read, at most every save_every_s, and on exit.
+        if polled.entries and now - self._saved >= self.save_every_s:
             self.save_state()
         return alerts
 
