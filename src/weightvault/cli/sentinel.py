@@ -139,7 +139,7 @@ def sentinel_scan(
     click.echo(
         f"input: {c.bad_event} malformed, {c.unknown_type} of unknown type, {c.late} late, "
         f"{c.clock_jump} clock jumps, {c.index_gap} index gaps, {c.index_reorder} out of order, "
-        f"{c.planted_text} with planted text"
+        f"{c.planted_text} with planted text, {c.dangling_refs} refs to entries not in the file"
     )
 
 

@@ -21,7 +21,9 @@ JSON: a restarted sentinel continues where it stopped.
 
 from __future__ import annotations
 
+import base64
 import re
+import zlib
 from collections import deque
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
@@ -44,6 +46,7 @@ __all__ = ["STATE_VERSION", "Sentinel", "SentinelConfig", "default_config"]
 STATE_VERSION: Final = 1
 _PLANTED: Final = re.compile(r"(?i)(ignore (all |any )?(previous|prior)|disregard|system prompt|you are now|sentinel)")
 _TEXT_LIMIT: Final = 512
+_SEEN_LIMIT: Final = 1 << 27  # indexes remembered past the first (16 MiB of bits at most)
 
 
 @dataclass(frozen=True)
@@ -116,6 +119,7 @@ class Counters:
     index_gap: int = 0
     index_reorder: int = 0
     planted_text: int = 0
+    dangling_refs: int = 0
     alerts: int = 0
     suppressed: int = 0
     by_detector: dict[str, int] = field(default_factory=dict)
@@ -136,6 +140,8 @@ class Sentinel:
         self.contiguous = 0
         #: False in the other engines of a partitioned replay: one engine checks every line's index.
         self.check_indexes = True
+        self._base: int | None = None
+        self._bits = bytearray()
         self.watchlists: dict[str, set[str]] = {w.name: set() for w in config.rules.watchlists}
         self._by_type, self._any_type = config.rules.by_type()
         self._corr: dict[str, dict[str, deque[_Link]]] = {}
@@ -176,6 +182,26 @@ class Sentinel:
             return []
         return self._feed(ev)
 
+    def _seen(self, index: int) -> None:
+        """Remember that ``index`` was read: one bit per index, for at most 2**27 indexes past the first."""
+        if self._base is None:
+            self._base = index
+        offset = index - self._base
+        if 0 <= offset < _SEEN_LIMIT:
+            byte = offset >> 3
+            if byte >= len(self._bits):
+                self._bits.extend(bytes(byte + 1 - len(self._bits) + 4096))
+            self._bits[byte] |= 1 << (offset & 7)
+
+    def _has_seen(self, index: object) -> bool:
+        """Whether a ``refs`` target was read (a partial export points outside itself: counted, not fatal)."""
+        if not isinstance(index, int) or self._base is None:
+            return False
+        offset = index - self._base
+        if not 0 <= offset < len(self._bits) * 8:
+            return False
+        return bool(self._bits[offset >> 3] & (1 << (offset & 7)))
+
     def note_index(self, index: int, ts: int) -> list[Alert]:
         """Check the log index of an event that another engine reads (a partitioned replay)."""
         self.watermark = max(self.watermark, ts)
@@ -212,6 +238,18 @@ class Sentinel:
                 alerts.extend(self._check_index(index, ev, t))
         if (ev.get("reasons") or "prompt_text" in ev["details"]) and _planted(ev):
             c.planted_text += 1
+        if index is not None:
+            offset = index - self._base if self._base is not None else -1
+            bits = self._bits
+            if 0 <= offset < len(bits) * 8:  # the common case, inline
+                bits[offset >> 3] |= 1 << (offset & 7)
+            else:
+                self._seen(index)
+        refs = ev["refs"]
+        if refs:
+            for target in refs.values():
+                if not self._has_seen(target):
+                    c.dangling_refs += 1
         ctx = self.state.context(ev, t)
         ev["ctx"] = ctx
         for watch in self._watch_types.values():
@@ -485,6 +523,7 @@ class Sentinel:
             "watermark": self.watermark,
             "next_index": self.next_index,
             "contiguous": self.contiguous,
+            "seen": [self._base, base64.b64encode(zlib.compress(bytes(self._bits))).decode()],
             "watchlists": {k: sorted(v) for k, v in self.watchlists.items()},
             "entities": self.state.to_state(),
             "corr": {r: {g: [link(x) for x in w] for g, w in groups.items()} for r, groups in self._corr.items()},
@@ -523,6 +562,10 @@ class Sentinel:
         self.watermark = int(doc["watermark"])
         self.next_index = doc["next_index"]
         self.contiguous = int(doc["contiguous"])
+        base, bits = doc["seen"]
+        self._base = None if base is None else int(base)
+        inflate = zlib.decompressobj()
+        self._bits = bytearray(inflate.decompress(base64.b64decode(bits), _SEEN_LIMIT // 8 + 8192))
         for name, values in doc["watchlists"].items():
             self.watchlists.setdefault(name, set()).update(values)
         self.state.load(doc["entities"])

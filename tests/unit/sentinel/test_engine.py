@@ -101,3 +101,17 @@ def test_alerts_never_look_ahead_and_state_survives_a_restart() -> None:
     got += [a.to_json() for line in lines[len(lines) // 2 :] for a in second.feed_line(line)]
     got += [a.to_json() for a in second.finish()]
     assert got == expected
+
+
+def test_refs_outside_a_partial_export_are_counted() -> None:
+    engine = Sentinel(default_config(learned=False))
+    engine.feed(_ev(10, "policy.decision", resource="acme/models/m@1"))
+    engine.feed(_ev(11, "key.release.intent", resource="acme/models/m@1", refs={"decision": 10}))
+    engine.feed(_ev(14, "key.release.done", resource="acme/models/m@1", refs={"intent": 12}))  # removed line
+    engine.feed(_ev(15, "key.release.done", resource="acme/models/m@1", refs={"intent": 3}))  # before the file
+    engine.feed(_ev(16, "key.release.done", resource="acme/models/m@1", refs={"intent": "x"}))
+    assert engine.counters.dangling_refs == 3
+    restored = Sentinel(default_config(learned=False))
+    restored.load(json.loads(json.dumps(engine.to_state())))
+    restored.feed(_ev(17, "key.release.done", resource="acme/models/m@1", refs={"intent": 11}))
+    assert restored.counters.dangling_refs == 3
