@@ -286,9 +286,6 @@ class ContainmentService:
     def holds(self, tenant: str | None, *, active_only: bool) -> list[HoldRow]:
         return self._store.holds.list(tenant, active_only=active_only)
 
-    def active(self, kind: str, target: str) -> bool:
-        return self._store.holds.active(kind, target) is not None
-
     # -- helpers ----------------------------------------------------------------------------------
 
     def _tenant_of(self, kind: str, target: str) -> str:

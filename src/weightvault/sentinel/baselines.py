@@ -20,9 +20,6 @@ from typing import Any, Final
 
 __all__ = ["BaselineMetric", "DailyCusum", "HourlyRate"]
 
-HOUR_MS: Final = 3_600_000
-DAY_MS: Final = 86_400_000
-
 
 @dataclass(frozen=True, slots=True)
 class BaselineMetric:

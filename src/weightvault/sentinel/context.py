@@ -212,12 +212,6 @@ class EntityState:
             pair = f"{name}|{ctx['requester']}"
             self.pairs[pair] = self.pairs.get(pair, 0) + 1
 
-    def forget_before(self, t: int) -> None:
-        """Drop approval requests older than a week (they expire long before)."""
-        stale = [r for r, (ts, _) in self.requests.items() if ts < t - 7 * DAY_MS]
-        for r in stale:
-            del self.requests[r]
-
     def to_state(self) -> dict[str, Any]:
         return {
             "actors": {k: v.to_state() for k, v in self.actors.items()},

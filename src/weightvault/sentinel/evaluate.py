@@ -20,16 +20,17 @@ Malformed label or alert lines are counted and skipped, never fatal.
 from __future__ import annotations
 
 import json
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Final
 
+from weightvault.sentinel.context import DAY_MS
 from weightvault.sentinel.stream import BadEventError, entities_of, parse_line
 
 __all__ = ["GRACE_MS", "Incident", "Report", "evaluate", "parse_alerts", "parse_labels"]
 
 GRACE_MS: Final = 3_600_000
-DAY_MS: Final = 86_400_000
+_MALFORMED: Final = object()
 _KINDS: Final = ("actors", "devices", "keys", "resources")
 
 
@@ -51,14 +52,25 @@ def _entity_set(doc: Mapping[str, Any]) -> frozenset[tuple[str, str]]:
     return frozenset((kind, v) for kind in _KINDS for v in _strings(doc.get(kind)))
 
 
-def parse_labels(lines: Iterable[str]) -> tuple[list[Incident], int]:
-    """Incidents from label lines, and the number of malformed lines skipped."""
-    out, bad = [], 0
+def _json_lines(lines: Iterable[str]) -> Iterator[object]:
+    """The JSON value of each non-blank line, or :data:`_MALFORMED` for a line that is not JSON."""
     for line in lines:
         if not line.strip():
             continue
         try:
-            doc = json.loads(line)
+            yield json.loads(line)
+        except ValueError:
+            yield _MALFORMED
+
+
+def parse_labels(lines: Iterable[str]) -> tuple[list[Incident], int]:
+    """Incidents from label lines, and the number of malformed lines skipped."""
+    out, bad = [], 0
+    for doc in _json_lines(lines):
+        if not isinstance(doc, dict):
+            bad += 1
+            continue
+        try:
             incident = Incident(
                 str(doc["incident"]),
                 str(doc["family"]),
@@ -77,14 +89,8 @@ def parse_labels(lines: Iterable[str]) -> tuple[list[Incident], int]:
 def parse_alerts(lines: Iterable[str]) -> tuple[list[dict[str, Any]], int]:
     """Alerts (``ts``, ``family``, entities) from alert lines, and the number of malformed lines skipped."""
     out, bad = [], 0
-    for line in lines:
-        if not line.strip():
-            continue
-        try:
-            doc = json.loads(line)
-            if not isinstance(doc, dict) or not isinstance(doc.get("ts"), int):
-                raise ValueError("no ts")
-        except ValueError:
+    for doc in _json_lines(lines):
+        if not isinstance(doc, dict) or not isinstance(doc.get("ts"), int):
             bad += 1
             continue
         out.append(doc)

@@ -22,10 +22,10 @@ from typing import Any, Final
 
 import numpy as np
 
+from weightvault.sentinel.context import HOUR_MS
+
 __all__ = ["FEATURES", "LearnedConfig", "LearnedDetector", "WindowScore"]
 
-HOUR_MS: Final = 3_600_000
-DAY_MS: Final = 86_400_000
 FEATURES: Final = (
     "releases",
     "models",
@@ -276,10 +276,6 @@ class LearnedDetector:
         if self._trees is not None:
             return self._trees.score(matrix)
         return np.asarray(self._forest.score_samples(matrix))
-
-    @property
-    def trained(self) -> bool:
-        return self._forest is not None
 
     def to_state(self) -> dict[str, Any]:
         return {

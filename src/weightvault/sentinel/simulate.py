@@ -37,6 +37,8 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any, Final
 
+from weightvault.sentinel.alerts import FAMILIES as ALERT_FAMILIES
+
 __all__ = ["PROFILES", "Scenario", "simulate"]
 
 DAY: Final = 86_400_000
@@ -80,19 +82,8 @@ PROFILES: Final = {
     ),
 }  # fmt: skip
 
-FAMILIES: Final = (
-    "stolen_token",
-    "bulk_release",
-    "after_hours",
-    "leaver",
-    "slow_drip",
-    "approval_collusion",
-    "privilege_escalation",
-    "distillation_swarm",
-    "extraction",
-    "honeypot",
-    "log_tamper",
-)
+#: The attack families the simulator injects: every family an alert can suspect but "anomaly".
+FAMILIES: Final = tuple(f for f in ALERT_FAMILIES if f != "anomaly")
 
 
 @dataclass
