@@ -129,8 +129,7 @@ def sentinel_scan(
     with atomic_file(alerts_out, overwrite=force) as out:
         for alert in alerts:
             out.write(json.dumps(alert, sort_keys=True).encode() + b"\n")
-    with events_path.open("rb") as handle:
-        count = sum(1 for line in handle if line.strip())
+    count = c.events + c.bad_event
     click.echo(
         f"{count} events in {elapsed:.1f} s ({count / max(elapsed, 1e-9):,.0f}/s, {jobs} process"
         f"{'es' if jobs > 1 else ''}): {len(alerts)} alerts "
@@ -195,21 +194,15 @@ def sentinel_eval(
 ) -> None:
     """Score alerts against labelled incidents: recall, false alerts per 1,000 benign entity-days,
     precision and time to detect, overall and per family (scans EVENTS first without --alerts)."""
-    from weightvault.sentinel.engine import Sentinel
     from weightvault.sentinel.evaluate import benign_entity_days, evaluate, parse_alerts, parse_labels
+    from weightvault.sentinel.parallel import scan_file
 
     incidents, bad_labels = parse_labels(_lines(labels_path))
     if alerts_path is not None:
         alerts, bad_alerts = parse_alerts(_lines(alerts_path))
     else:
         config, _ = _config(config_path, rules, not no_learned)
-        engine = Sentinel(config)
-        found = []
-        with events_path.open("rb") as lines:
-            for line in lines:
-                found.extend(engine.feed_line(line))
-        found.extend(engine.finish())
-        alerts, bad_alerts = [a.to_json() for a in found], 0
+        alerts, bad_alerts = scan_file(events_path, config)[0], 0
     days, bad_events = benign_entity_days(_lines(events_path), incidents)
     report = evaluate(
         alerts,

@@ -150,7 +150,8 @@ def _worker(job: tuple[Path, int, SentinelConfig, bytearray], send: Any) -> None
 def scan_file(
     path: Path, config: SentinelConfig, *, jobs: int = 1, prepare: Callable[[], None] | None = None
 ) -> tuple[list[dict[str, Any]], Counters]:
-    """Replay a JSON Lines file; returns its alerts (in time order) and the summed counters.
+    """Replay a JSON Lines file; returns its alerts (in time order) and the summed counters
+    (``events + bad_event`` is the number of non-blank lines).
 
     ``prepare`` runs before the worker processes start (to import what they share).
     """
@@ -194,7 +195,10 @@ def scan_file(
                 seen.add(key)
                 merged.append(alert)
     merged.sort(key=lambda a: (a["ts"], a["detector"], a["rule"], a["evidence"]))
-    return merged, _counters([c for _, c in results])
+    total = _counters([c for _, c in results])
+    # Events of no tenant were read by every worker: count each line once.
+    total.events = len(routes) - total.bad_event
+    return merged, total
 
 
 def _counters(parts: list[dict[str, Any]]) -> Counters:

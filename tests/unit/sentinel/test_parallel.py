@@ -20,6 +20,8 @@ def test_two_processes_find_what_one_finds(tmp_path: Path) -> None:
     assert sorted(map(str, one)) == sorted(map(str, two))
     assert c1.index_gap == c2.index_gap > 0  # the removed lines are found by partition 0 alone
     assert c1.bad_event == c2.bad_event == 1
+    lines = len(events.read_text().splitlines())
+    assert c1.events + c1.bad_event == c2.events + c2.bad_event == lines
 
 
 def test_assignment_is_deterministic_and_balanced() -> None:
