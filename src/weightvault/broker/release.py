@@ -424,11 +424,15 @@ class ReleaseService:
         if self._keyring.sealed:
             self._deny(actor, resource, ("broker_sealed",), ("broker_sealed",), token=token)
             self._keyring.root()
-        if token.device_id and self._store.holds.active("device", token.device_id) is not None:
+        targets = [("model", held_model(resource) or resource)]
+        if token.device_id:
+            targets.append(("device", token.device_id))
+        held = self._store.holds.held_kinds(targets)
+        if "device" in held:
             self._deny(actor, resource, ("device_held",), ("the device is held by containment",), token=token)
             raise ContainedError(f"device {token.device_id} is held by containment")
         gate_facts: dict[str, Any] = {f"model.tags.{k}": v for k, v in model.tags.items()}
-        if self._store.holds.active("model", held_model(resource) or resource) is not None:
+        if "model" in held:
             gate_facts[HOLD_FACT] = "true"
         try:
             grant = self._approvals.gate(

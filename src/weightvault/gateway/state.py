@@ -168,7 +168,7 @@ class GatewayState:
                 error.caller = Caller.of(row)  # type: ignore[attr-defined]
             raise error
         # A containment hold suspends the key (and a held principal all of its keys) at once.
-        if self.store.holds.active("gateway_key", row.id) or self.store.holds.active("principal", row.principal):
+        if self.store.holds.held_kinds([("gateway_key", row.id), ("principal", row.principal)]):
             held = ContainedError("this API key is suspended by containment")
             held.caller = Caller.of(row)  # type: ignore[attr-defined]
             raise held

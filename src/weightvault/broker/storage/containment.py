@@ -7,6 +7,7 @@ transaction that checks. Lifting is a compare-and-swap on ``lifted_at``.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Final
 
@@ -22,6 +23,10 @@ _Q_ACTIVE: Final = (
     sa.select(_h.c.id)
     .where(_h.c.kind == sa.bindparam("kind"), _h.c.target == sa.bindparam("target"), _h.c.lifted_at.is_(None))
     .limit(1)
+)
+
+_Q_HELD_KINDS: Final = sa.select(_h.c.kind).where(
+    sa.tuple_(_h.c.kind, _h.c.target).in_(sa.bindparam("pairs", expanding=True)), _h.c.lifted_at.is_(None)
 )
 
 
@@ -61,6 +66,14 @@ class HoldRepository(Repository):
         with self._db.read() as conn:
             found = conn.execute(_Q_ACTIVE, {"kind": kind, "target": target}).scalar()
         return None if found is None else str(found)
+
+    def held_kinds(self, targets: Sequence[tuple[str, str]]) -> frozenset[str]:
+        """The kinds among ``targets`` (kind, target) that an active hold covers, in one query: what a
+        gateway request (its key and principal) and a release (its device and model) read."""
+        if not targets:
+            return frozenset()
+        with self._db.read() as conn:
+            return frozenset(str(r[0]) for r in conn.execute(_Q_HELD_KINDS, {"pairs": list(targets)}))
 
     def add(self, row: HoldRow) -> str:
         """Store a hold, or return the id of the active hold that already covers its target."""
