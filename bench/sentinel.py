@@ -18,12 +18,19 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import statistics
 import sys
 import tempfile
 import threading
 import time
 from pathlib import Path
+
+
+def _p90(values: list[float]) -> float:
+    """The 90th percentile by nearest rank (of at least one value)."""
+    ordered = sorted(values)
+    return ordered[math.ceil(0.9 * len(ordered)) - 1]
 
 
 def replay(days: int, rounds: int) -> None:
@@ -138,12 +145,8 @@ def live(touches: int) -> None:
         e2a = sorted(c.event_to_alert_s)
         a2h = sorted(c.alert_to_hold_s)
         print(f"live: {touches} honeypot touches, {c.alerts_posted} alerts recorded, {c.holds} holds placed")
-        print(
-            f"  event to alert recorded: p50 {statistics.median(e2a):.3f} s  p90 {e2a[int(0.9 * (len(e2a) - 1))]:.3f} s"
-        )
-        print(
-            f"  alert to hold placed:    p50 {statistics.median(a2h):.3f} s  p90 {a2h[int(0.9 * (len(a2h) - 1))]:.3f} s"
-        )
+        print(f"  event to alert recorded: p50 {statistics.median(e2a):.3f} s  p90 {_p90(e2a):.3f} s")
+        print(f"  alert to hold placed:    p50 {statistics.median(a2h):.3f} s  p90 {_p90(a2h):.3f} s")
         print(f"  frozen principals refused on their next call: {refused}/{touches}")
         for client in (op, admin, pub, sentinel, *workloads):
             client.close()
