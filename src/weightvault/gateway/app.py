@@ -41,7 +41,8 @@ from weightvault.errors import AuthenticationError, ContainedError
 from weightvault.gateway.budgets import Unit
 from weightvault.gateway.sketch import PromptFingerprint
 from weightvault.gateway.state import Caller, GatewayState
-from weightvault.server.http import read_bounded
+from weightvault.server.http import read_json
+from weightvault.server.problems import OpenAIRefusalError
 from weightvault.server.problems import openai_problem as problem
 
 __all__ = ["GatewayConfig", "Upstream", "create_gateway_app"]
@@ -100,12 +101,6 @@ class GatewayConfig:
     extra: Mapping[str, Any] = field(default_factory=dict)
 
 
-class _RefusedError(Exception):
-    def __init__(self, status: int, code: str, detail: str, headers: Mapping[str, str] | None = None) -> None:
-        super().__init__(detail)
-        self.status, self.code, self.detail, self.headers = status, code, detail, headers or {}
-
-
 class _Metrics:
     def __init__(self) -> None:
         self.registry = CollectorRegistry()
@@ -142,35 +137,37 @@ def _int_field(body: Mapping[str, Any], name: str) -> int | None:
     if value is None:
         return None
     if isinstance(value, bool) or not isinstance(value, int):
-        raise _RefusedError(400, "invalid_field", f"{name} must be an integer")
+        raise OpenAIRefusalError(400, "invalid_field", f"{name} must be an integer")
     return value
 
 
 def _check_body(path: str, body: object, config: GatewayConfig) -> dict[str, Any]:
     if not isinstance(body, dict):
-        raise _RefusedError(400, "invalid_json", "the body must be a JSON object")
+        raise OpenAIRefusalError(400, "invalid_json", "the body must be a JSON object")
     unknown = set(body) - _FIELDS[path]
     if unknown:
-        raise _RefusedError(400, "unknown_field", f"unknown fields: {', '.join(sorted(unknown))}")
+        raise OpenAIRefusalError(400, "unknown_field", f"unknown fields: {', '.join(sorted(unknown))}")
     if not isinstance(body.get("model"), str):
-        raise _RefusedError(400, "invalid_field", "model must be a string")
+        raise OpenAIRefusalError(400, "invalid_field", "model must be a string")
     n = _int_field(body, "n")
     if n is not None and not 1 <= n <= config.max_n:
-        raise _RefusedError(400, "limit_exceeded", f"n must be between 1 and {config.max_n}")
+        raise OpenAIRefusalError(400, "limit_exceeded", f"n must be between 1 and {config.max_n}")
     best_of = _int_field(body, "best_of")
     if best_of is not None and best_of != 1:
-        raise _RefusedError(400, "limit_exceeded", "best_of must be 1")
+        raise OpenAIRefusalError(400, "limit_exceeded", "best_of must be 1")
     for name in ("max_tokens", "max_completion_tokens"):
         value = _int_field(body, name)
         if value is not None and not 1 <= value <= config.max_tokens:
-            raise _RefusedError(400, "limit_exceeded", f"{name} must be between 1 and {config.max_tokens}")
+            raise OpenAIRefusalError(400, "limit_exceeded", f"{name} must be between 1 and {config.max_tokens}")
     logprobs = body.get("logprobs")
     top = _int_field(body, "top_logprobs") or 0
     wanted = (1 if logprobs is True else 0) if path == "/v1/chat/completions" else (_int_field(body, "logprobs") or 0)
     if logprobs not in (None, False) and (wanted > config.max_logprobs or top > config.max_logprobs or wanted < 0):
-        raise _RefusedError(400, "limit_exceeded", f"logprobs are limited to {config.max_logprobs} on this gateway")
+        raise OpenAIRefusalError(
+            400, "limit_exceeded", f"logprobs are limited to {config.max_logprobs} on this gateway"
+        )
     if body.get("echo") not in (None, False):
-        raise _RefusedError(400, "limit_exceeded", "echo is not served")
+        raise OpenAIRefusalError(400, "limit_exceeded", "echo is not served")
     return body
 
 
@@ -269,28 +266,22 @@ def create_gateway_app(
                 # A known key that failed (revoked, wrong secret) is audited under its principal;
                 # strangers' guesses are counted in the metrics only, so they cannot flood the log.
                 caller = getattr(exc, "caller", None)
-                raise _RefusedError(401, "invalid_api_key", str(exc)) from exc
+                raise OpenAIRefusalError(401, "invalid_api_key", str(exc)) from exc
             except ContainedError as exc:
                 caller = getattr(exc, "caller", None)
-                raise _RefusedError(403, "key_suspended", str(exc)) from exc
+                raise OpenAIRefusalError(403, "key_suspended", str(exc)) from exc
             try:
-                raw = await read_bounded(request, config.max_body_bytes)
+                raw, parsed = await read_json(request, config.max_body_bytes)
             except ClientDisconnect as exc:
-                raise _RefusedError(400, "client_disconnected", "the request body was not completed") from exc
-            if raw is None:
-                raise _RefusedError(413, "body_too_large", f"bodies are at most {config.max_body_bytes} bytes")
-            try:
-                parsed = json.loads(raw)
-            except ValueError as exc:
-                raise _RefusedError(400, "invalid_json", "the body is not JSON") from exc
+                raise OpenAIRefusalError(400, "client_disconnected", "the request body was not completed") from exc
             body = _check_body(path, parsed, config)
             model = body["model"]
             prompt = _prompt_text(path, body)
             if model not in config.routes or not caller.may_use(model):
                 model_seen, model = model, ""
-                raise _RefusedError(404, "model_not_found", f"no model {model_seen[:200]!r} for this key")
+                raise OpenAIRefusalError(404, "model_not_found", f"no model {model_seen[:200]!r} for this key")
             buckets = state.buckets_for(caller, model)
-        except _RefusedError as refused:
+        except OpenAIRefusalError as refused:
             return later(
                 problem(refused.status, refused.code, refused.detail, dict(refused.headers)),
                 caller, model, path, refused.status, started, prompt=prompt, tokens_in=0, tokens_out=0, bytes_out=0,

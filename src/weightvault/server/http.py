@@ -25,9 +25,9 @@ from weightvault.broker.protocol import ErrorCode
 from weightvault.broker.recording import client_address
 from weightvault.broker.service import KeyBroker, Principal
 from weightvault.errors import AuthenticationError, InvalidRequestError, RateLimitedError, WeightVaultError
-from weightvault.server.problems import problem, problem_for
+from weightvault.server.problems import OpenAIRefusalError, problem, problem_for
 
-__all__ = ["HTTP", "HTTPProblemError", "RateLimiter", "ServerLimits", "b64", "handler"]
+__all__ = ["HTTP", "HTTPProblemError", "RateLimiter", "ServerLimits", "b64", "handler", "read_bounded", "read_json"]
 
 _log = logging.getLogger("weightvault.server")
 _B = TypeVar("_B", bound=BaseModel)
@@ -110,6 +110,22 @@ async def read_bounded(request: Request, limit: int) -> bytes | None:
         if len(raw) > limit:
             return None
     return bytes(raw)
+
+
+async def read_json(request: Request, limit: int) -> tuple[bytes, Any]:
+    """The body of a request to the OpenAI-compatible servers, as its bytes and their JSON value:
+    at most ``limit`` bytes (:func:`read_bounded`).
+
+    Raises:
+        OpenAIRefusalError: 413 ``body_too_large``, or 400 ``invalid_json``.
+    """
+    raw = await read_bounded(request, limit)
+    if raw is None:
+        raise OpenAIRefusalError(413, "body_too_large", f"bodies are at most {limit} bytes")
+    try:
+        return raw, json.loads(raw)
+    except ValueError as exc:
+        raise OpenAIRefusalError(400, "invalid_json", "the body is not JSON") from exc
 
 
 @dataclass

@@ -37,6 +37,14 @@ def problem_for(error: e.WeightVaultError) -> JSONResponse:
     return problem(status, code, title, detail, **extra)
 
 
+class OpenAIRefusalError(Exception):
+    """A refusal of the OpenAI-compatible servers, answered by :func:`openai_problem`."""
+
+    def __init__(self, status: int, code: str, detail: str, headers: dict[str, str] | None = None) -> None:
+        super().__init__(detail)
+        self.status, self.code, self.detail, self.headers = status, code, detail, headers or {}
+
+
 def openai_problem(status: int, code: str, detail: str, headers: dict[str, str] | None = None) -> JSONResponse:
     """An error of the OpenAI-compatible servers (``serve``, ``gateway``): RFC 7807 fields plus OpenAI's
     ``{"error": {message, type, code}}``, so that OpenAI's clients raise their usual exceptions."""

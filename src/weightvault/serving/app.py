@@ -26,8 +26,8 @@ from starlette.responses import JSONResponse, Response, StreamingResponse
 from starlette.routing import Route
 
 from weightvault.errors import InvalidRequestError
-from weightvault.server.http import read_bounded
-from weightvault.server.problems import openai_problem
+from weightvault.server.http import read_json
+from weightvault.server.problems import OpenAIRefusalError, openai_problem
 from weightvault.serving.runtime import Generated, ModelRuntime, Step
 
 __all__ = ["ServeLimits", "create_serving_app"]
@@ -100,26 +100,14 @@ class ChatRequest(_Generation):
     response_format: dict[str, str] | None = None
 
 
-class _RefusedError(Exception):
-    def __init__(self, status: int, code: str, detail: str) -> None:
-        super().__init__(detail)
-        self.status, self.code, self.detail = status, code, detail
-
-
 async def _parse(request: Request, model: type[BaseModel], limits: ServeLimits) -> Any:
-    raw = await read_bounded(request, limits.max_body_bytes)
-    if raw is None:
-        raise _RefusedError(413, "body_too_large", f"bodies are at most {limits.max_body_bytes} bytes")
-    try:
-        doc = json.loads(raw)
-    except ValueError as exc:
-        raise _RefusedError(400, "invalid_json", "the body is not JSON") from exc
+    _, doc = await read_json(request, limits.max_body_bytes)
     try:
         return model.model_validate(doc)
     except ValidationError as exc:
         first = exc.errors()[0]
         where = ".".join(str(p) for p in first["loc"]) or "body"
-        raise _RefusedError(400, "invalid_request", f"{where}: {first['msg']}") from exc
+        raise OpenAIRefusalError(400, "invalid_request", f"{where}: {first['msg']}") from exc
 
 
 def create_serving_app(runtime: ModelRuntime, limits: ServeLimits | None = None) -> Starlette:
@@ -127,27 +115,29 @@ def create_serving_app(runtime: ModelRuntime, limits: ServeLimits | None = None)
 
     def check_model(name: str) -> None:
         if name != runtime.name:
-            raise _RefusedError(404, "model_not_found", f"this server serves {runtime.name!r}")
+            raise OpenAIRefusalError(404, "model_not_found", f"this server serves {runtime.name!r}")
 
     def check_task(task: str) -> None:
         if runtime.task != task:
-            raise _RefusedError(400, "unsupported_endpoint", f"{runtime.name} does not support this endpoint")
+            raise OpenAIRefusalError(400, "unsupported_endpoint", f"{runtime.name} does not support this endpoint")
 
     def max_new(req: _Generation, override: int | None = None) -> int:
         wanted = override or req.max_tokens or 16
         if wanted > limits.max_tokens:
-            raise _RefusedError(400, "limit_exceeded", f"max_tokens is at most {limits.max_tokens}")
+            raise OpenAIRefusalError(400, "limit_exceeded", f"max_tokens is at most {limits.max_tokens}")
         return wanted
 
     def check_logprobs(n: int | None) -> None:
         if n is not None and n > limits.max_logprobs:
-            raise _RefusedError(400, "limit_exceeded", f"logprobs are limited to {limits.max_logprobs} on this server")
+            raise OpenAIRefusalError(
+                400, "limit_exceeded", f"logprobs are limited to {limits.max_logprobs} on this server"
+            )
 
     async def guarded(request: Request, body: Any) -> Response:
         try:
             answer: Response = await body(request)
             return answer
-        except _RefusedError as r:
+        except OpenAIRefusalError as r:
             return openai_problem(r.status, r.code, r.detail)
         except InvalidRequestError as exc:
             return openai_problem(400, "invalid_request", str(exc))
@@ -159,12 +149,12 @@ def create_serving_app(runtime: ModelRuntime, limits: ServeLimits | None = None)
             check_task("embed")
             texts = [req.input] if isinstance(req.input, str) else req.input
             if not 1 <= len(texts) <= limits.max_inputs:
-                raise _RefusedError(400, "limit_exceeded", f"input takes 1 to {limits.max_inputs} strings")
+                raise OpenAIRefusalError(400, "limit_exceeded", f"input takes 1 to {limits.max_inputs} strings")
             if any(not t for t in texts):
-                raise _RefusedError(400, "invalid_request", "inputs must not be empty")
+                raise OpenAIRefusalError(400, "invalid_request", "inputs must not be empty")
             vectors, tokens = await run_in_threadpool(runtime.embed, texts, limits.max_input_tokens)
             if req.dimensions is not None and req.dimensions != len(vectors[0]):
-                raise _RefusedError(
+                raise OpenAIRefusalError(
                     400, "invalid_request", f"this model's embeddings have {len(vectors[0])} dimensions"
                 )
             data = [
@@ -185,7 +175,7 @@ def create_serving_app(runtime: ModelRuntime, limits: ServeLimits | None = None)
     def stops(value: str | list[str] | None) -> list[str]:
         listed = [value] if isinstance(value, str) else list(value or [])
         if len(listed) > 4:
-            raise _RefusedError(400, "limit_exceeded", "at most 4 stop sequences")
+            raise OpenAIRefusalError(400, "limit_exceeded", "at most 4 stop sequences")
         return listed
 
     async def completions(request: Request) -> Response:
@@ -195,10 +185,10 @@ def create_serving_app(runtime: ModelRuntime, limits: ServeLimits | None = None)
             check_task("generate")
             check_logprobs(req.logprobs)
             if req.logit_bias:
-                raise _RefusedError(400, "unsupported", "logit_bias is not supported")
+                raise OpenAIRefusalError(400, "unsupported", "logit_bias is not supported")
             prompts = [req.prompt] if isinstance(req.prompt, str) else req.prompt
             if len(prompts) != 1:
-                raise _RefusedError(400, "limit_exceeded", "one prompt per request")
+                raise OpenAIRefusalError(400, "limit_exceeded", "one prompt per request")
             new = max_new(req)
             ids = await run_in_threadpool(runtime.encode, prompts[0], new)
             return _answer(runtime, req, ids=ids, new=new, stop=stops(req.stop), logprobs=req.logprobs, chat=False)
@@ -213,9 +203,9 @@ def create_serving_app(runtime: ModelRuntime, limits: ServeLimits | None = None)
             wanted = (req.top_logprobs or 0) if req.logprobs else None
             check_logprobs(wanted if req.logprobs else None)
             if req.logit_bias:
-                raise _RefusedError(400, "unsupported", "logit_bias is not supported")
+                raise OpenAIRefusalError(400, "unsupported", "logit_bias is not supported")
             if req.response_format not in (None, {"type": "text"}):
-                raise _RefusedError(400, "unsupported", "only text responses are supported")
+                raise OpenAIRefusalError(400, "unsupported", "only text responses are supported")
             messages = []
             for m in req.messages:
                 content = m.content if isinstance(m.content, str) else "".join(p.get("text", "") for p in m.content)
