@@ -12,7 +12,6 @@ import json
 import statistics
 import time
 from collections.abc import Callable, Iterator
-from importlib import resources
 from pathlib import Path
 from typing import Any
 
@@ -44,11 +43,10 @@ def _config(config_path: Path | None, rules: tuple[Path, ...], learned: bool) ->
     """The engine configuration and the raw sentinel configuration (with its containment section)."""
     import yaml
 
-    from weightvault.sentinel.engine import config_from
+    from weightvault.sentinel.engine import config_from, packaged
 
-    data = resources.files("weightvault.sentinel") / "data"
-    doc: dict[str, Any] = yaml.safe_load((data / "baselines.yaml").read_text())
-    doc["containment"] = yaml.safe_load((data / "containment.yaml").read_text())
+    doc: dict[str, Any] = yaml.safe_load(packaged("baselines.yaml"))
+    doc["containment"] = yaml.safe_load(packaged("containment.yaml"))
     if config_path is not None:
         try:
             user = yaml.safe_load(_read_text(config_path, "sentinel configuration")) or {}
@@ -64,7 +62,7 @@ def _config(config_path: Path | None, rules: tuple[Path, ...], learned: bool) ->
         }:
             raise RuleError(f"{config_path}: keys are baselines, cusums, learned, prada, swarm and containment")
         doc.update(user)
-    base = (data / "rules.yaml").read_text()
+    base = packaged("rules.yaml")
     extra = [_read_text(p, "rule file") for p in rules]
     return config_from(base, doc, extra_rules=extra, learned=learned), doc
 
@@ -243,10 +241,10 @@ def sentinel_eval(
 @click.option("--check", "check", type=click.Path(path_type=Path, exists=True), multiple=True, help="A rule file.")
 def sentinel_rules(check: tuple[Path, ...]) -> None:
     """List the packaged rules, with any --check files compiled after them (errors exit 62)."""
+    from weightvault.sentinel.engine import packaged
     from weightvault.sentinel.rules import load_rules
 
-    data = resources.files("weightvault.sentinel") / "data"
-    ruleset = load_rules((data / "rules.yaml").read_text(), [_read_text(p, "rule file") for p in check])
+    ruleset = load_rules(packaged("rules.yaml"), [_read_text(p, "rule file") for p in check])
     for rule in ruleset.rules:
         click.echo(f"{rule.id:<32} {rule.family:<22} {rule.severity:<9} {rule.title}")
     click.echo(f"{len(ruleset.rules)} rules, {len(ruleset.watchlists)} watchlists ({ruleset.source_digest})")

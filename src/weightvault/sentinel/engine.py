@@ -41,7 +41,7 @@ from weightvault.sentinel.learned import LearnedConfig, LearnedDetector
 from weightvault.sentinel.rules import CompiledRule, RuleSet, load_rules, lookup
 from weightvault.sentinel.stream import KNOWN_TYPES, BadEventError, Entities, entities_of, parse_event, parse_line
 
-__all__ = ["STATE_VERSION", "Sentinel", "SentinelConfig", "default_config"]
+__all__ = ["STATE_VERSION", "Sentinel", "SentinelConfig", "default_config", "packaged"]
 
 STATE_VERSION: Final = 1
 _PLANTED: Final = re.compile(r"(?i)(ignore (all |any )?(previous|prior)|disregard|system prompt|you are now|sentinel)")
@@ -66,13 +66,18 @@ class SentinelConfig:
     learned_suppress_ms: int = DAY_MS
 
 
+def packaged(name: str) -> str:
+    """A file shipped with the sentinel (``weightvault/sentinel/data``): ``rules.yaml``,
+    ``baselines.yaml`` or ``containment.yaml``."""
+    return (resources.files("weightvault.sentinel") / "data" / name).read_text()
+
+
 def default_config(
     rules_text: str | None = None, *, extra_rules: Iterable[str] = (), learned: bool = True
 ) -> SentinelConfig:
     """The packaged rules and baselines (``weightvault/sentinel/data``), optionally other rules instead."""
-    data = resources.files("weightvault.sentinel") / "data"
-    text = rules_text if rules_text is not None else (data / "rules.yaml").read_text()
-    doc = yaml.safe_load((data / "baselines.yaml").read_text())
+    text = rules_text if rules_text is not None else packaged("rules.yaml")
+    doc = yaml.safe_load(packaged("baselines.yaml"))
     return config_from(text, doc, extra_rules=extra_rules, learned=learned)
 
 
