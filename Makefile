@@ -8,7 +8,7 @@ STAMP := $(VENV)/.installed
 # torch the extras allow works elsewhere.
 TORCH_SPEC ?= torch==2.13.0
 
-.PHONY: all venv demo test lint typecheck unit vectors vectors-check bench clean
+.PHONY: all venv demo test lint typecheck unit unit-postgresql vectors vectors-check bench clean
 
 all: test
 
@@ -17,7 +17,7 @@ $(STAMP): pyproject.toml scripts/system-deps.sh tests/differential/shamir/packag
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet --upgrade pip
 	$(BIN)/python -m pip install --quiet "$(TORCH_SPEC)"
-	$(BIN)/python -m pip install --quiet -e '.[torch,transformers,gpu,dev]'
+	$(BIN)/python -m pip install --quiet -e '.[torch,transformers,gpu,postgresql,dev]'
 	# The TPM extra compiles against libtss2; without it the TPM parts skip (and fail under CI=true).
 	if pkg-config --exists tss2-esys 2>/dev/null; then \
 		$(BIN)/python -m pip install --quiet -e '.[tpm]'; \
@@ -52,7 +52,11 @@ vectors-check: $(STAMP)
 unit: $(STAMP)
 	HF_HUB_OFFLINE=1 TRANSFORMERS_OFFLINE=1 $(BIN)/python -m pytest -q -p no:cacheprovider
 
-test: lint typecheck vectors-check unit
+# The whole suite again with the broker on PostgreSQL (a server the run starts itself).
+unit-postgresql: $(STAMP)
+	HF_HUB_OFFLINE=1 TRANSFORMERS_OFFLINE=1 $(BIN)/python -m pytest -q -p no:cacheprovider --database postgresql
+
+test: lint typecheck vectors-check unit unit-postgresql
 
 bench: $(STAMP)
 	$(BIN)/python bench/cpu_load.py

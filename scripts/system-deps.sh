@@ -3,11 +3,12 @@
 # swtpm (the software TPM the tests and demo start), tpm2-tools (interoperability
 # tests), the TSS headers tpm2-pytss builds against, and Node.js for the
 # differential test of Shamir sharing against an independent implementation, and what
-# 'weightvault sandbox' isolates with (bubblewrap, nftables, iproute2). Installs what is missing
+# 'weightvault sandbox' isolates with (bubblewrap, nftables, iproute2), and PostgreSQL's server
+# (the suite runs a second time with the broker on it; tests start their own cluster). Installs what is missing
 # when run as root with apt-get; otherwise says what to install and carries on,
 # and the TPM parts skip locally (CI=true turns that into a failure).
 set -euo pipefail
-PACKAGES=(swtpm swtpm-tools tpm2-tools libtss2-dev pkg-config bubblewrap nftables iproute2)
+PACKAGES=(swtpm swtpm-tools tpm2-tools libtss2-dev pkg-config bubblewrap nftables iproute2 postgresql)
 missing=()
 for p in "${PACKAGES[@]}"; do
   dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")

@@ -10,8 +10,31 @@ import numpy as np
 import pytest
 from safetensors.numpy import save_file
 
+from tests import databases
 from tests.helpers import SealedCase, make_sealed_case
 from weightvault import KEK, AEADSuite, FileKey
+
+
+def pytest_addoption(parser: pytest.Parser) -> None:
+    parser.addoption(
+        "--database",
+        choices=databases.BACKENDS,
+        default="sqlite",
+        help="the broker's storage engine under test (PostgreSQL: a server this run starts)",
+    )
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    databases.select(config.getoption("--database"))
+
+
+def pytest_report_header(config: pytest.Config) -> str:
+    return f"broker database: {databases.backend()}"
+
+
+def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
+    databases.shutdown()
+
 
 #: Environment variables that could change behaviour under test are removed.
 _ENV_PREFIXES = ("WEIGHTVAULT_",)

@@ -49,7 +49,8 @@ program is wrong" never share an ``except`` clause.
     ├─ UnavailableError            the service cannot serve now: the only retryable branch
     │  ├─ TransportError           it could not be reached or timed out
     │  └─ ServiceUnavailableError  it answered that it cannot serve now (HTTP 503)
-    │     └─ AuditUnavailableError its audit log could not record the action, so nothing was done
+    │     ├─ AuditUnavailableError its audit log could not record the action, so nothing was done
+    │     └─ StorageUnavailableError its database could not be read or written, so nothing was done
     ├─ IsolationError              the sandbox cannot isolate here (no privileges or tools); it never runs unisolated
     └─ ConfigError                 local configuration or key files are unusable
        ├─ EgressPolicyError        a sandbox egress rule is a wildcard, a range, a name, or malformed
@@ -115,6 +116,7 @@ __all__ = [
     "ServerError",
     "ServiceUnavailableError",
     "ShareError",
+    "StorageUnavailableError",
     "TransportError",
     "UnavailableError",
     "UnsupportedError",
@@ -343,6 +345,13 @@ class ServiceUnavailableError(UnavailableError):
 
 class AuditUnavailableError(ServiceUnavailableError):
     """The broker's audit log could not record the action, so the broker did nothing (write-ahead rule)."""
+
+    remedy = "retry later; the broker's operator sees the cause at GET /v1/health/ready"
+
+
+class StorageUnavailableError(ServiceUnavailableError):
+    """The broker's database could not be read or written (down, failing over, full or read-only);
+    the transaction rolled back whole, so nothing was done."""
 
     remedy = "retry later; the broker's operator sees the cause at GET /v1/health/ready"
 

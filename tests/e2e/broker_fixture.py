@@ -16,6 +16,7 @@ from typing import Any
 import jwt
 from cryptography.hazmat.primitives.asymmetric import ec
 
+from tests.databases import init_options
 from tests.e2e.servers import serve_broker, set_rate_limit
 from weightvault.auditlog.events import AuditEvent
 from weightvault.auditlog.log import LogReader
@@ -117,9 +118,15 @@ def running_broker(
     rate: tuple[float, int] = (200.0, 400),
     extra_config: str = "",
     allow: list[str] | None = None,
+    database_url: str | None = None,
 ) -> Iterator[Broker]:
+    """A broker process with tenants acme and globex, their principals, an open policy and a model.
+
+    ``database_url``: a database of the test's own (default: this run's backend, a fresh one).
+    """
     base = tmp / "broker"
-    wv("broker", "init", base, "--insecure-sample")
+    storage = init_options() if database_url is None else ["--database-url", database_url]
+    wv("broker", "init", base, "--insecure-sample", *storage)
     key = ec.generate_private_key(ec.SECP256R1())
     jwk = json.loads(jwt.algorithms.ECAlgorithm.to_jwk(key.public_key()))
     jwk["kid"] = "as-1"

@@ -26,6 +26,7 @@ from weightvault.errors import IsolationError
 from weightvault.format.keys import FileKey
 from weightvault.gateway.state import KeyAdmin
 from weightvault.sealing import seal_model_dir
+from weightvault.server.broker_main import read_config
 
 MINILM = "acme/models/minilm@1"
 TINY = "acme/models/tiny@1"
@@ -139,6 +140,6 @@ def serving_stack(tmp: Path, minilm_dir: Path, plain_model: Path) -> Iterator[St
         stack.enter_context(sandboxed_server(broker, token, tiny, sockets[TINY]))  # type: ignore[arg-type]
         routes = {**sockets, GLOBEX_TINY: sockets[TINY]}
         url: str = stack.enter_context(gateway_process(broker, routes, *GATEWAY_BUDGETS))  # type: ignore[arg-type]
-        store = BrokerStore(f"sqlite:///{broker.base / 'data' / 'broker.db'}")
+        store = BrokerStore(read_config(broker.base / "broker.toml").database_url)
         stack.callback(store.close)
         yield Stack(broker, sockets, str(url), tmp, KeyAdmin(store))

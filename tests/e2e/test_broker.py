@@ -15,6 +15,7 @@ import pytest
 
 from tests.e2e.broker_fixture import Broker, _policy, running_broker
 from weightvault.attestation.interfaces import report_data
+from weightvault.broker.storage import BrokerStore
 from weightvault.client.broker import BrokerClient, BrokerIdentity, SampleAttester, TokenAttester
 from weightvault.crypto.keywrap import HPKEKem, hpke_generate
 from weightvault.errors import (
@@ -31,6 +32,7 @@ from weightvault.errors import (
     ReleaseDeniedError,
 )
 from weightvault.loaders import numpy as wv_numpy
+from weightvault.server.broker_main import read_config
 
 pytestmark = pytest.mark.e2e
 
@@ -529,9 +531,9 @@ def test_a_locked_audit_log_answers_503_and_readiness_says_so(tmp_path: Path) ->
             b.url + "/v1/tenants/acme/policies", headers={"authorization": f"Bearer {b.tokens['acme-admin']}"}
         )
         assert (503, "audit_unavailable") == (listing.status_code, listing.json()["code"])
-        db = sqlite3.connect(b.base / "data" / "broker.db")
+        store = BrokerStore(read_config(b.base / "broker.toml").database_url)
         try:
-            names = {row[0] for row in db.execute("SELECT name FROM policies WHERE tenant_id = 'acme'")}
+            names = {row.name for row in store.catalogue.policies("acme")}
         finally:
-            db.close()
+            store.close()
         assert "p2" not in names  # nothing changed without its audit record

@@ -13,6 +13,7 @@ import numpy as np
 import pytest
 from safetensors.numpy import save_file
 
+from tests.databases import init_options
 from tests.e2e.servers import serve_broker
 from weightvault.cli.exits import EXIT_CODES
 from weightvault.errors import ManifestError
@@ -120,7 +121,7 @@ def test_a_safetensors_file_of_no_tensors_seals_and_unseals(tmp_path: Path) -> N
 def test_bad_broker_settings_are_one_line_errors(tmp_path: Path, edit: tuple[str, str], names: str) -> None:
     """A bad value in broker.toml names the file, the key and what is allowed; exit 60, no traceback."""
     base = tmp_path / "b"
-    wv("broker", "init", base)
+    wv("broker", "init", base, *init_options())
     config = base / "broker.toml"
     text = config.read_text()
     assert edit[0] in text
@@ -133,7 +134,7 @@ def test_bad_broker_settings_are_one_line_errors(tmp_path: Path, edit: tuple[str
 def test_disabling_a_principal_from_the_command_line(tmp_path: Path) -> None:
     """admin principal --disable stops the principal's token at once."""
     base = tmp_path / "b"
-    wv("broker", "init", base)
+    wv("broker", "init", base, *init_options())
     with serve_broker(base) as url:
         op = ["--broker", url, "--token", f"@{base / 'operator.token'}"]
         wv("admin", "tenant", "create", "acme", *op)
@@ -184,7 +185,7 @@ def test_broker_init_takes_ek_intermediates(tmp_path: Path) -> None:
     root, middle = tmp_path / "root.pem", tmp_path / "int.pem"
     root.write_text("root")
     middle.write_text("intermediate")
-    wv("broker", "init", tmp_path / "b", "--tpm-roots", root, "--tpm-intermediates", middle)
+    wv("broker", "init", tmp_path / "b", "--tpm-roots", root, "--tpm-intermediates", middle, *init_options())
     config = read_config(tmp_path / "b" / "broker.toml")
     assert config.tpm is not None
     assert [str(middle.resolve())] == config.tpm["ek_intermediates"]

@@ -19,6 +19,7 @@ from typing import Any
 import numpy as np
 import pytest
 
+from tests.databases import init_options
 from tests.e2e.broker_fixture import wv
 from tests.e2e.servers import serve_broker, set_rate_limit
 from weightvault.auditlog.events import AuditEvent
@@ -128,7 +129,7 @@ def vault(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Vault]:
     for name, key in keys.items():
         _write_key(tmp / f"{name}.key", key)
     base = tmp / "broker"
-    args: list[str | Path] = ["broker", "init", base, "--insecure-sample", "--threshold", "2"]
+    args: list[str | Path] = ["broker", "init", base, "--insecure-sample", "--threshold", "2", *init_options()]
     for c in CUSTODIANS:
         args += ["--custodian", tmp / f"{c}.key.pub"]
     out = wv(*args)

@@ -10,6 +10,7 @@ from typing import Any
 
 import pytest
 
+from tests.databases import init_options
 from tests.e2e.broker_fixture import wv
 from tests.e2e.servers import serve_broker
 
@@ -33,7 +34,7 @@ def test_migrate_to_custody_unseal_and_approve_from_the_command_line(
         assert "passphrase-protected" in wv("person", "keygen", name, "--out", tmp_path / f"{name}.key")
     assert b"signing" not in (tmp_path / "ann.key").read_bytes().replace(b'"kind"', b"")
     base = tmp_path / "broker"
-    wv("broker", "init", base, "--insecure-sample")
+    wv("broker", "init", base, "--insecure-sample", *init_options())
     out = wv(
         "custody",
         "genesis",

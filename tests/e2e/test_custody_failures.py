@@ -9,6 +9,7 @@ from typing import Any
 
 import pytest
 
+from tests.databases import init_options
 from tests.e2e.broker_fixture import wv
 from tests.e2e.servers import serve_broker
 from weightvault.attestation.interfaces import AttestationResult
@@ -46,7 +47,7 @@ class FailingSink:
 
 @pytest.fixture
 def runtime(tmp_path: Path) -> Iterator[BrokerRuntime]:
-    wv("broker", "init", tmp_path / "b", "--insecure-sample")
+    wv("broker", "init", tmp_path / "b", "--insecure-sample", *init_options())
     rt = load_broker(tmp_path / "b" / "broker.toml")
     yield rt
     rt.close()
@@ -148,7 +149,7 @@ def test_an_audit_failure_refuses_custody_and_approval_changes(runtime: BrokerRu
 
 def test_scheduled_rotation_runs_in_the_server(tmp_path: Path) -> None:
     base = tmp_path / "b"
-    wv("broker", "init", base, "--insecure-sample")
+    wv("broker", "init", base, "--insecure-sample", *init_options())
     config = (base / "broker.toml").read_text()
     # KEKs older than ~1.7 s rotate; the server checks twice a second.
     (base / "broker.toml").write_text(config + "\n[rotation]\nkek_max_age_days = 0.00002\ncheck_seconds = 0.5\n")

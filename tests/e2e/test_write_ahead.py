@@ -14,6 +14,7 @@ from typing import Any
 
 import pytest
 
+from tests.databases import init_options
 from tests.e2e.broker_fixture import wv
 from tests.e2e.test_custody_failures import FailingSink
 from weightvault.auditlog.log import LogReader
@@ -36,7 +37,7 @@ POLICY = {
 
 @pytest.fixture
 def runtime(tmp_path: Path) -> Iterator[BrokerRuntime]:
-    wv("broker", "init", tmp_path / "b", "--insecure-sample")
+    wv("broker", "init", tmp_path / "b", "--insecure-sample", *init_options())
     rt = load_broker(tmp_path / "b" / "broker.toml")
     b = rt.broker
     b.create_tenant(OP, "acme")

@@ -163,7 +163,7 @@ class BrokerConfig:
             containment_max_holds_per_hour=r.integer(
                 broker, "broker", "containment_max_holds_per_hour", d.containment_max_holds_per_hour, (0, 10_000)
             ),
-            storage_url=r.string(storage, "storage", "url", d.storage_url),
+            storage_url=_storage_url(r.string(storage, "storage", "url", d.storage_url), config_path),
             audit_db=r.string(storage, "storage", "audit_db", d.audit_db),
             keys=KeyPaths(
                 root=r.string(keys, "keys", "root", d.keys.root),
@@ -194,6 +194,27 @@ class BrokerConfig:
 
 
 DEFAULTS: Final = BrokerConfig()
+
+#: The storage URL schemes a broker opens (weightvault.broker.storage.database checks the rest).
+_STORAGE_SCHEMES: Final = ("sqlite:///", "postgresql://", "postgresql+psycopg://")
+
+
+def check_storage_url(url: str) -> str:
+    """``url`` if it names a supported engine: SQLite or PostgreSQL (psycopg 3).
+
+    Raises:
+        ConfigError: any other scheme, or a URL with control characters.
+    """
+    if not url.startswith(_STORAGE_SCHEMES) or any(ord(c) < 0x20 for c in url):
+        raise ConfigError("the storage URL must start with sqlite:/// or postgresql:// (postgresql+psycopg://)")
+    return url
+
+
+def _storage_url(url: str, config_path: Path) -> str:
+    try:
+        return check_storage_url(url)
+    except ConfigError as exc:
+        raise ConfigError(f"{config_path}: [storage] url: {exc}") from None
 
 
 class _Reader:

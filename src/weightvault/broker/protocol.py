@@ -163,6 +163,7 @@ class ErrorCode(enum.StrEnum):
     AUDIT_UNAVAILABLE = "audit_unavailable"
     SEALED = "sealed"
     SERVICE_UNAVAILABLE = "service_unavailable"
+    STORAGE_UNAVAILABLE = "storage_unavailable"
 
 
 #: Server side: error class -> (code, HTTP status, title). The most specific class in an
@@ -192,6 +193,8 @@ SERVER_ERRORS: Final[Mapping[type[e.WeightVaultError], tuple[ErrorCode, int, str
     e.ShareError: (ErrorCode.SHARE_REJECTED, 422, "Share rejected"),
     e.CeremonyError: (ErrorCode.CEREMONY_REFUSED, 409, "Ceremony refused"),
     e.SealedError: (ErrorCode.SEALED, 503, "The broker is sealed"),
+    e.UnavailableError: (ErrorCode.SERVICE_UNAVAILABLE, 503, "The service cannot serve now"),
+    e.StorageUnavailableError: (ErrorCode.STORAGE_UNAVAILABLE, 503, "The broker's database is unavailable"),
 }
 
 #: Client side: code -> the error raised. Bad data and refusals are never retryable;
@@ -225,6 +228,7 @@ CLIENT_ERRORS: Final[Mapping[ErrorCode, type[e.WeightVaultError]]] = {
     ErrorCode.AUDIT_UNAVAILABLE: e.AuditUnavailableError,
     ErrorCode.SEALED: e.SealedError,
     ErrorCode.SERVICE_UNAVAILABLE: e.ServiceUnavailableError,
+    ErrorCode.STORAGE_UNAVAILABLE: e.StorageUnavailableError,
 }
 
 #: Errors whose message the server may show: they describe the caller's own request,

@@ -8,7 +8,7 @@ from typing import Any, Final
 
 import click
 
-from weightvault.broker.config import DEFAULTS
+from weightvault.broker.config import DEFAULTS, check_storage_url
 from weightvault.cli.custody import load_person_public, share_file_bytes
 from weightvault.errors import ConfigError
 
@@ -26,7 +26,9 @@ rate_per_second = {d.rate_per_second:g}  # per principal
 burst = {d.burst}
 
 [storage]
-url = "{d.storage_url}"
+# sqlite:///PATH (embedded, one broker process) or postgresql://USER@HOST:PORT/DB (replicas;
+# put the password in ~/.pgpass or PGPASSFILE rather than here). docs/operations.md.
+url = {storage_url}
 audit_db = "{d.audit_db}"  # the tamper-evident audit log (weightvault audit ... --db)
 
 [keys]
@@ -78,6 +80,12 @@ def broker() -> None:
     help="Put the root key under M-of-N custody from the start: a custodian's public key file. Repeatable.",
 )
 @click.option("--threshold", type=int, help="With --custodian: shares needed to unseal.")
+@click.option(
+    "--database-url",
+    default=DEFAULTS.storage_url,
+    show_default=True,
+    help="Where the broker keeps its state: sqlite:///PATH (relative to DIRECTORY) or postgresql://USER@HOST/DB.",
+)
 def broker_init(
     directory: Path,
     broker_id: str,
@@ -87,6 +95,7 @@ def broker_init(
     tpm_intermediates: tuple[Path, ...],
     custodians: tuple[Path, ...],
     threshold: int | None,
+    database_url: str,
 ) -> None:
     """Create a broker configuration, its keys and the first operator's API token in DIRECTORY.
 
@@ -107,6 +116,7 @@ def broker_init(
         raise ConfigError(f"{directory} already holds a broker")
     if bool(custodians) != (threshold is not None):
         raise ConfigError("--custodian and --threshold go together")
+    check_storage_url(database_url)
 
     people = [load_person_public(p) for p in custodians]
     (directory / "keys").mkdir(parents=True, exist_ok=True, mode=0o700)
@@ -142,6 +152,7 @@ def broker_init(
         allow=json.dumps(allow),
         sample="true" if insecure_sample else "false",
         extra=extra,
+        storage_url=json.dumps(database_url),
     )
     with atomic_file(directory / "broker.toml", mode=0o600) as out:
         out.write(text.encode())
@@ -178,7 +189,7 @@ def broker_init(
 @click.option("--host", help="Override the configured host.")
 @click.option("--port", type=int, help="Override the configured port.")
 def broker_serve(config_path: Path, host: str | None, port: int | None) -> None:
-    """Serve the broker API (uvicorn, one process: SQLite has one writer)."""
+    """Serve the broker API (uvicorn, one process per broker; several over one PostgreSQL database)."""
     import uvicorn
 
     from weightvault.server.broker_main import load_broker

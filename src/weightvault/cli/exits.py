@@ -59,6 +59,7 @@ EXIT_CODES: Final[dict[type[e.WeightVaultError], tuple[int, str]]] = {
     e.UnavailableError: (51, "unavailable"),
     e.ServiceUnavailableError: (52, "service unavailable"),
     e.AuditUnavailableError: (53, "audit log unavailable"),
+    e.StorageUnavailableError: (54, "broker database unavailable"),
     e.ServerError: (79, "server error"),
     e.ConfigError: (60, "configuration error"),
     e.EgressPolicyError: (61, "egress rule refused"),

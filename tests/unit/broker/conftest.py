@@ -13,6 +13,7 @@ import httpx
 import pytest
 from starlette.testclient import TestClient
 
+from tests.databases import fresh_url
 from weightvault.attestation.registry import VerifierRegistry
 from weightvault.attestation.unsafe import UnsafeSampleVerifier
 from weightvault.auditlog import AuditEvent, AuditLog, NoteSigner
@@ -82,7 +83,7 @@ def in_process(tmp_path: Path, clock: Clock) -> Iterator[InProcess]:
     audit = AuditLog(tmp_path / "audit.db", NoteSigner("broker.test/audit", Ed25519Signer.generate()), clock=clock)
     registry = VerifierRegistry({"insecure-sample": UnsafeSampleVerifier()})
     broker = open_broker(
-        f"sqlite:///{tmp_path / 'broker.db'}",
+        fresh_url(tmp_path),
         RootKey.generate(),
         TokenSigner("broker.test", Ed25519Signer.generate()),
         registry,

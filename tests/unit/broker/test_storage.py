@@ -2,27 +2,97 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
+from tests.databases import free_port, fresh_url
 from weightvault.broker.storage import BrokerStore, ChallengeRow, DeviceRow, PrincipalRow
-from weightvault.errors import ConflictError
+from weightvault.broker.storage.database import engine_url
+from weightvault.errors import (
+    ConfigError,
+    ConflictError,
+    InvalidRequestError,
+    StorageUnavailableError,
+)
 
 
 @pytest.fixture
-def store(tmp_path: Path) -> BrokerStore:
-    s = BrokerStore(f"sqlite:///{tmp_path / 'b.db'}")
+def store(tmp_path: Path) -> Iterator[BrokerStore]:
+    s = BrokerStore(fresh_url(tmp_path))
     s.migrate(1)
     s.tenants.create("acme", b"wrapped-kek-1", 1)
     s.tenants.create("globex", b"wrapped-kek-1", 1)
-    return s
+    yield s
+    s.close()
 
 
 def test_a_migrated_database_is_at_the_latest_version(tmp_path: Path) -> None:
-    s = BrokerStore(f"sqlite:///{tmp_path / 'b.db'}")
+    s = BrokerStore(fresh_url(tmp_path))
     assert s.migrate(1) == s.migrate(2)  # idempotent
     assert s.ping() is None
+    s.close()
+
+
+@pytest.mark.parametrize(
+    "url",
+    [
+        "mysql://u@h/db",
+        "postgresql+psycopg2://u@h/db",
+        "postgresql+asyncpg://u@h/db",
+        "oracle://u@h/db",
+        "not a url",
+    ],
+)
+def test_only_sqlite_and_postgresql_with_psycopg_are_opened(url: str) -> None:
+    with pytest.raises(ConfigError):
+        BrokerStore(url)
+
+
+def test_plain_postgresql_urls_mean_psycopg_3() -> None:
+    assert "postgresql+psycopg" == engine_url("postgresql://u@h/db").drivername
+    assert "postgresql+psycopg" == engine_url("postgresql+psycopg://u@h/db").drivername
+
+
+def test_a_database_that_cannot_be_reached_is_a_retryable_storage_error_without_secrets() -> None:
+    """Nothing listens on the port: reads and writes raise StorageUnavailableError (503), and
+    the message names neither the password nor the host's reply."""
+    store = BrokerStore(f"postgresql://wv:hunter2secret@127.0.0.1:{free_port()}/nothing")
+    try:
+        with pytest.raises(StorageUnavailableError) as caught:
+            store.tenants.names()
+        with pytest.raises(StorageUnavailableError):
+            store.tenants.create("acme", b"k", 1)
+        assert "hunter2secret" not in str(caught.value)
+        assert store.ping() is not None
+    finally:
+        store.close()
+
+
+def test_a_read_only_sqlite_database_fails_writes_closed_and_keeps_reads(tmp_path: Path) -> None:
+    """SQLite's 'attempt to write a readonly database' is an outage (503), not a bug (500)."""
+    url = f"sqlite:///{tmp_path / 'b.db'}"
+    writable = BrokerStore(url)
+    writable.migrate(1)
+    writable.tenants.create("acme", b"k", 1)
+    writable.close()
+    store = BrokerStore(f"sqlite:///file:{tmp_path / 'b.db'}?mode=ro&uri=true")
+    try:
+        with pytest.raises(StorageUnavailableError):
+            store.tenants.create("globex", b"k", 2)
+        assert ["acme"] == store.tenants.names()
+    finally:
+        store.close()
+
+
+def test_a_value_too_large_for_its_column_is_an_invalid_request(store: BrokerStore) -> None:
+    """PostgreSQL enforces column sizes (SQLite does not): the request is refused, nothing is written."""
+    if "postgresql" != store.db.backend:
+        pytest.skip("SQLite does not enforce VARCHAR sizes; names are validated before storage")
+    with pytest.raises(InvalidRequestError):
+        store.tenants.create("t" * 65, b"k", 1)
+    assert ["acme", "globex"] == store.tenants.names()
 
 
 def test_duplicates_are_conflicts_and_change_nothing(store: BrokerStore) -> None:
@@ -72,13 +142,22 @@ def test_an_attestation_records_its_token_and_device_state_together(store: Broke
 
 @pytest.mark.parametrize("fails", [False, True])
 def test_a_write_without_fsync_leaves_the_connection_durable(store: BrokerStore, fails: bool) -> None:
-    """After a challenge is stored without fsync (or that write fails), later commits are FULL again."""
+    """After a challenge is stored without fsync (or that write fails), later commits are durable again
+    (SQLite: synchronous=FULL on the connection; PostgreSQL: the relaxation was SET LOCAL, for one
+    transaction)."""
     row = ChallengeRow("c1", "acme", "p", b"n" * 32, None, 100)
     store.sessions.add_challenge(row)
     if fails:
         with pytest.raises(ConflictError):
             store.sessions.add_challenge(row)
     db = store.sessions._db
+    if "postgresql" == db.backend:
+        for _ in range(3):  # every pooled connection the writes may have used
+            with db.write() as conn:
+                assert "on" == conn.exec_driver_sql("SHOW synchronous_commit").scalar()
+        with db.write(durable=False) as conn:
+            assert "off" == conn.exec_driver_sql("SHOW synchronous_commit").scalar()
+        return
     with db.engine.connect() as conn:
         assert 2 == conn.exec_driver_sql("PRAGMA synchronous").scalar()  # 2 = FULL
     with db.write() as conn:

@@ -19,6 +19,7 @@ from starlette.responses import Response, StreamingResponse
 from starlette.routing import Route
 from starlette.testclient import TestClient
 
+from tests.databases import fresh_url
 from weightvault.broker.storage import BrokerStore, PrincipalRow
 from weightvault.gateway.app import GatewayConfig, Upstream, create_gateway_app
 from weightvault.gateway.budgets import Budget, Scope, Unit
@@ -48,7 +49,7 @@ async def _chat(request: Request) -> Response:
 
 @pytest.fixture
 def gateway(tmp_path: Path) -> Iterator[tuple[TestClient, str, GatewayState]]:
-    store = BrokerStore(f"sqlite:///{tmp_path / 'broker.db'}")
+    store = BrokerStore(fresh_url(tmp_path))
     store.migrate(0)
     store.tenants.create("acme", b"", 0)
     store.principals.create(PrincipalRow("acme-wl", "acme", "workload", bytes(32), False), 0)

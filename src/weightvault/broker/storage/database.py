@@ -1,16 +1,24 @@
 """The database connection: one engine, one writer at a time, versioned migrations.
 
+Two engines are supported: SQLite (the embedded default, ``sqlite:///PATH``) and
+PostgreSQL through psycopg 3 (``postgresql://`` or ``postgresql+psycopg://``; the
+``postgresql`` extra installs the driver). Any other URL is a ConfigError.
+
 Every repository of this package runs its statements through :class:`Database`:
 ``write()`` opens a transaction that commits when the block ends (and serialises
-writers, which SQLite needs and other engines tolerate), ``read()`` a connection
-for queries. Integrity errors become :class:`~weightvault.errors.ConflictError`, so
-a duplicate insert that loses a race reads like any other "it exists".
+this process's writers, which SQLite needs and PostgreSQL tolerates), ``read()`` a
+connection for queries. Integrity errors become :class:`~weightvault.errors.ConflictError`,
+so a duplicate insert that loses a race reads like any other "it exists"; a database
+that cannot be reached or written (down, disk full, read-only, failing over) becomes
+:class:`~weightvault.errors.StorageUnavailableError`, the retryable 503, and the
+transaction rolls back whole, so nothing that depended on it happens.
 
 Durability. A write is durable when ``write()`` returns (SQLite: WAL with
 ``synchronous=FULL``, one fsync per commit), unless the repository asks for
 ``write(durable=False)``. Such a commit is atomic, isolated and ordered like any
 other but skips the fsync (SQLite: ``synchronous=NORMAL`` for that transaction;
-PostgreSQL would use ``SET LOCAL synchronous_commit = off``): a power failure may
+PostgreSQL: ``SET LOCAL synchronous_commit = off``, which also skips waiting for a
+synchronous standby): a power failure may
 undo it, never half of it. And because the log is sequential, the next durable
 commit makes every earlier one durable too. Repositories use it only where losing
 the write fails closed (a challenge or token that vanishes is refused) or where a
@@ -22,15 +30,45 @@ from __future__ import annotations
 import threading
 from collections.abc import Iterator
 from contextlib import contextmanager
-from typing import Any
+from typing import Any, Final
 
 import sqlalchemy as sa
 from sqlalchemy.engine import Connection, Engine
 
 from weightvault.broker.storage.schema import MIGRATIONS, schema_migrations
-from weightvault.errors import ConfigError, ConflictError
+from weightvault.errors import ConfigError, ConflictError, InvalidRequestError, StorageUnavailableError
 
-__all__ = ["Database"]
+__all__ = ["Database", "engine_url"]
+
+#: Connections a PostgreSQL engine keeps open, and how many more it may open under load.
+#: The broker's request threads share them; a request waits for a free one.
+_PG_POOL_SIZE: Final = 8
+_PG_MAX_OVERFLOW: Final = 24
+#: Seconds to wait for a PostgreSQL server to accept a connection before the request fails
+#: (503): during a failover the next request finds the new primary.
+_PG_CONNECT_TIMEOUT_S: Final = 5
+
+
+def engine_url(url: str) -> sa.URL:
+    """The SQLAlchemy URL of a configured database URL, with PostgreSQL bound to psycopg 3.
+
+    Raises:
+        ConfigError: the URL does not parse, or names an engine or driver other than
+            SQLite (pysqlite) and PostgreSQL (psycopg).
+    """
+    try:
+        parsed = sa.make_url(url)
+    except sa.exc.ArgumentError as exc:
+        raise ConfigError("the storage URL does not parse (sqlite:///PATH or postgresql://...)") from exc
+    backend, driver = parsed.get_backend_name(), parsed.get_driver_name()
+    if backend == "sqlite" and driver in ("pysqlite", "sqlite"):
+        return parsed
+    if backend == "postgresql" and driver in ("psycopg", "psycopg2", "postgresql"):
+        # Plain postgresql:// means psycopg2 to SQLAlchemy; weightvault supports psycopg 3 only.
+        if driver == "psycopg2":
+            raise ConfigError("PostgreSQL storage uses psycopg 3: write postgresql+psycopg:// or postgresql://")
+        return parsed.set(drivername="postgresql+psycopg")
+    raise ConfigError(f"unsupported storage engine {parsed.drivername!r}: use sqlite:/// or postgresql://")
 
 
 def _enable_sqlite_pragmas(dbapi_conn: Any, _record: Any) -> None:
@@ -41,12 +79,57 @@ def _enable_sqlite_pragmas(dbapi_conn: Any, _record: Any) -> None:
     cur.close()
 
 
+_Q_READ_ONLY: Final = sa.text("SELECT pg_is_in_recovery() OR current_setting('transaction_read_only') = 'on'")
+#: The advisory lock that serialises migrations across replicas ("wv-migr" in ASCII).
+_MIGRATION_LOCK: Final = 0x77762D6D69677200
+
+
+@contextmanager
+def _unavailable_as_error() -> Iterator[None]:
+    """The database's own failures as weightvault errors; a constraint violation passes through.
+
+    OperationalError is the driver saying the server is unreachable, shutting down, out of
+    disk, read-only (a standby, or SQLite's ``readonly database``) or locked too long: all
+    retryable. DataError is a value the schema cannot hold (too long for its column),
+    which a request caused.
+    """
+    try:
+        yield
+    except (sa.exc.OperationalError, sa.exc.InternalError) as exc:
+        raise StorageUnavailableError(f"the broker's database is unavailable: {_reason(exc)}") from exc
+    except sa.exc.DataError as exc:
+        raise InvalidRequestError("a value is too large or malformed for storage") from exc
+
+
+def _reason(exc: sa.exc.DBAPIError) -> str:
+    """A short, secret-free cause: the driver's error class, and SQLSTATE where it has one."""
+    orig = exc.orig
+    state = getattr(orig, "sqlstate", None)
+    return type(orig).__name__ + (f" (SQLSTATE {state})" if state else "")
+
+
 class Database:
-    """An SQLAlchemy engine with a write lock; SQLite by default."""
+    """An SQLAlchemy engine with a write lock; SQLite by default, or PostgreSQL."""
 
     def __init__(self, url: str) -> None:
-        self.engine: Engine = sa.create_engine(url, future=True)
-        if self.engine.dialect.name == "sqlite":
+        parsed = engine_url(url)
+        self.backend: Final = parsed.get_backend_name()
+        if self.backend == "postgresql":
+            try:
+                import psycopg  # noqa: F401  (the driver SQLAlchemy loads by name)
+            except ImportError as exc:
+                raise ConfigError("PostgreSQL storage needs psycopg: pip install 'weightvault[postgresql]'") from exc
+            self.engine: Engine = sa.create_engine(
+                parsed,
+                pool_size=_PG_POOL_SIZE,
+                max_overflow=_PG_MAX_OVERFLOW,
+                # A connection the server closed (a restart, a failover) is replaced before use
+                # instead of failing the request that drew it from the pool.
+                pool_pre_ping=True,
+                connect_args={"connect_timeout": _PG_CONNECT_TIMEOUT_S, "application_name": "weightvault-broker"},
+            )
+        else:
+            self.engine = sa.create_engine(parsed)
             sa.event.listen(self.engine, "connect", _enable_sqlite_pragmas)
         self._write_lock = threading.Lock()
 
@@ -56,18 +139,23 @@ class Database:
         Raises:
             ConfigError: the database is at a version this release does not know.
         """
-        schema_migrations.create(self.engine, checkfirst=True)
-        with self.engine.begin() as conn:
-            done = {r[0] for r in conn.execute(sa.select(schema_migrations.c.version))}
-            for version, tables in MIGRATIONS:
-                if version in done:
-                    continue
-                for table in tables:
-                    table.create(conn, checkfirst=True)
-                conn.execute(sa.insert(schema_migrations).values(version=version, applied_at=now))
-        latest = max(v for v, _ in MIGRATIONS)
-        with self.engine.connect() as conn:
-            current = conn.execute(sa.select(sa.func.max(schema_migrations.c.version))).scalar_one()
+        with _unavailable_as_error():
+            with self.engine.begin() as conn:
+                if self.backend == "postgresql":
+                    # Replicas starting together migrate one at a time: the lock is held to
+                    # the end of this transaction, and the next one finds the work done.
+                    conn.execute(sa.text("SELECT pg_advisory_xact_lock(:k)"), {"k": _MIGRATION_LOCK})
+                schema_migrations.create(conn, checkfirst=True)
+                done = {r[0] for r in conn.execute(sa.select(schema_migrations.c.version))}
+                for version, tables in MIGRATIONS:
+                    if version in done:
+                        continue
+                    for table in tables:
+                        table.create(conn, checkfirst=True)
+                    conn.execute(sa.insert(schema_migrations).values(version=version, applied_at=now))
+            latest = max(v for v, _ in MIGRATIONS)
+            with self.engine.connect() as conn:
+                current = conn.execute(sa.select(sa.func.max(schema_migrations.c.version))).scalar_one()
         if current != latest:
             raise ConfigError(f"database schema is at version {current}, this release needs {latest}")
         return int(current)
@@ -76,7 +164,13 @@ class Database:
         """None if the database answers a query, else why not (for readiness checks)."""
         try:
             with self.engine.connect() as conn:
-                conn.execute(sa.select(sa.literal(1))).scalar_one()
+                if self.backend != "postgresql":
+                    conn.execute(sa.select(sa.literal(1))).scalar_one()
+                    return None
+                # A standby (or a primary switched to read-only) answers queries but refuses
+                # every write: a broker on it cannot serve, so it is not ready.
+                if conn.execute(_Q_READ_ONLY).scalar_one():
+                    return "database is read-only (a standby, or default_transaction_read_only is on)"
         except sa.exc.SQLAlchemyError as exc:
             return f"database unavailable: {type(exc).__name__}"
         return None
@@ -88,8 +182,14 @@ class Database:
         ``durable=False``: the commit skips its fsync (see the module docstring).
         """
         try:
-            with self._write_lock, self.engine.connect() as conn:
-                relaxed = not durable and self.engine.dialect.name == "sqlite"
+            with _unavailable_as_error(), self._write_lock, self.engine.connect() as conn:
+                if self.backend == "postgresql":
+                    with conn.begin():
+                        if not durable:
+                            conn.exec_driver_sql("SET LOCAL synchronous_commit = off")
+                        yield conn
+                    return
+                relaxed = not durable
                 if relaxed:
                     # On the driver's connection, outside any transaction: SQLAlchemy would
                     # begin one for a statement of its own, and the pragma applies per commit.
@@ -105,7 +205,7 @@ class Database:
 
     @contextmanager
     def read(self) -> Iterator[Connection]:
-        with self.engine.connect() as conn:
+        with _unavailable_as_error(), self.engine.connect() as conn:
             yield conn
 
     def close(self) -> None:

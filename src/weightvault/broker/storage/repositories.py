@@ -58,7 +58,13 @@ _Q_KEK: Final = sa.select(
     .label("retired"),
 ).where(t.keks.c.tenant_id == _bp("tenant"), t.keks.c.version == _bp("version"))
 _Q_REFSETS: Final = sa.select(t.refsets.c.name, t.refsets.c.members).where(t.refsets.c.tenant_id == _bp("tenant"))
-_Q_TOKEN_REVOKED: Final = sa.select(t.tokens.c.revoked).where(t.tokens.c.jti == _bp("jti"))
+# FOR KEY SHARE (PostgreSQL; SQLite has no row locks and compiles it away): the weakest row lock,
+# which blocks nothing a release or a revocation does, but which a read-only transaction refuses.
+# Every release reads here first, so a broker connected to a standby or to a primary switched to
+# read-only, whose revocation state may lag, fails the release closed instead of trusting it.
+_Q_TOKEN_REVOKED: Final = (
+    sa.select(t.tokens.c.revoked).where(t.tokens.c.jti == _bp("jti")).with_for_update(read=True, key_share=True)
+)
 _Q_CHALLENGE: Final = sa.select(t.challenges).where(
     t.challenges.c.id == _bp("id"), t.challenges.c.tenant_id == _bp("tenant")
 )
@@ -456,7 +462,11 @@ class SessionRepository(Repository):
             insert_rows(conn, t.tokens, [row])
 
     def token_revoked(self, jti: str) -> bool:
-        """True for a revoked token and for one this broker never issued."""
+        """True for a revoked token and for one this broker never issued.
+
+        Raises:
+            StorageUnavailableError: the database is down or read-only (see ``_Q_TOKEN_REVOKED``).
+        """
         with self._db.read() as conn:
             row = conn.execute(_Q_TOKEN_REVOKED, {"jti": jti}).first()
         return row is None or bool(row[0])

@@ -1,0 +1,99 @@
+"""Drills: the broker's PostgreSQL database goes read-only, then down, under a running broker process.
+
+Each time releases fail closed (503 ``storage_unavailable``, no key in any answer, no
+``key.release.done`` in the log), readiness says why, and once the database is back the
+same broker process serves again by itself: no restart, no lost state.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from pathlib import Path
+
+import httpx
+import numpy as np
+import pytest
+from safetensors.numpy import save_file
+
+from tests.databases import PostgresCluster, require_postgres
+from tests.e2e.broker_fixture import Broker, running_broker
+from weightvault.client.broker import SampleAttester
+from weightvault.errors import StorageUnavailableError
+
+pytestmark = [pytest.mark.e2e, pytest.mark.slow]
+
+RESOURCE = "acme/models/small@1"
+
+
+@pytest.fixture
+def cluster(tmp_path: Path) -> Iterator[PostgresCluster]:
+    """A PostgreSQL server of this test's own (it is stopped and made read-only here), fsync on."""
+    require_postgres()
+    server = PostgresCluster(durable=True).init().start()
+    yield server
+    server.destroy()
+
+
+def _release(broker: Broker) -> bytes:
+    client = broker.client("acme-wl")
+    session, _ = client.attest(SampleAttester())
+    keys = client.release(session, RESOURCE)
+    assert keys.file_key is not None
+    return keys.file_key.reveal()
+
+
+def _ready(broker: Broker) -> tuple[int, list[str]]:
+    reply = httpx.get(broker.url + "/v1/health/ready", timeout=30)
+    return reply.status_code, list(reply.json().get("problems", []))
+
+
+def _set_read_only(cluster: PostgresCluster, on: bool) -> None:
+    cluster.execute(f"ALTER SYSTEM SET default_transaction_read_only = {'on' if on else 'off'}")
+    cluster.execute("SELECT pg_reload_conf()")
+
+
+def _no_release_done_since(broker: Broker, start: int) -> None:
+    types = [e.type for _, e in broker.events(start)]
+    assert "key.release.done" not in types, types
+
+
+def test_a_read_only_or_stopped_database_fails_releases_closed_and_the_broker_recovers(
+    tmp_path: Path, cluster: PostgresCluster
+) -> None:
+    plain = tmp_path / "small.safetensors"
+    save_file({"w": np.arange(64, dtype=np.float32)}, str(plain))
+    with running_broker(tmp_path, plain, database_url=cluster.create_database()) as b:
+        expected = b.file_keys["acme"].reveal()
+        assert expected == _release(b)
+        assert (200, []) == _ready(b)
+
+        # 1. Read-only: a demoted primary, or an operator stopping writes in an emergency.
+        client = b.client("acme-wl")
+        session, _ = client.attest(SampleAttester())
+        _set_read_only(cluster, True)
+        start = b.audit_size()
+        with pytest.raises(StorageUnavailableError):
+            client.release(session, RESOURCE)
+        with pytest.raises(StorageUnavailableError):
+            _release(b)
+        _no_release_done_since(b, start)
+        status, problems = _ready(b)
+        assert 503 == status
+        assert any("read-only" in p for p in problems), problems
+        _set_read_only(cluster, False)
+        assert expected == _release(b)
+        assert (200, []) == _ready(b)
+
+        # 2. Down: the server stops hard (kill -9 of a database host looks the same to the broker).
+        cluster.stop("immediate")
+        start = b.audit_size()
+        with pytest.raises(StorageUnavailableError) as caught:
+            _release(b)
+        assert cluster.password not in str(caught.value)
+        _no_release_done_since(b, start)
+        status, problems = _ready(b)
+        assert 503 == status
+        assert any("database unavailable" in p for p in problems), problems
+        cluster.start()
+        assert expected == _release(b)  # pooled connections were replaced, no restart
+        assert (200, []) == _ready(b)
