@@ -13,10 +13,13 @@ from weightvault.cli.options import (
     approval_option,
     attester_options,
     client_options,
+    local_or_remote,
     make_client,
     open_attester,
     recipients_from,
 )
+from weightvault.sealing.model_dir import SealedModel, is_sealed_model_dir
+from weightvault.sealing.sources import display
 
 __all__ = ["load", "publish"]
 
@@ -86,14 +89,14 @@ def publish(
 
 
 @click.command()
-@click.argument("src", type=click.Path(path_type=Path, exists=True))
+@click.argument("src", callback=local_or_remote)
 @attester_options
 @click.option("--kem", type=click.Choice(["mlkem768-x25519", "x25519"]), default="mlkem768-x25519", show_default=True)
 @click.option("--json", "as_json", is_flag=True, help="Print a JSON report.")
 @approval_option
 @client_options
 def load(
-    src: Path,
+    src: str | Path,
     attester: str,
     device_id: str | None,
     tcti: str | None,
@@ -105,7 +108,12 @@ def load(
     token: str | None,
     ca: Path | None,
 ) -> None:
-    """Attest, obtain the key from the broker, and load SRC (a sealed file or model directory) into memory."""
+    """Attest, obtain the key from the broker, and load SRC (a sealed file or model directory) into memory.
+
+    SRC may also be an http://, https:// or s3:// URL: only the ranges needed are fetched,
+    in parallel and with retries, and every byte is verified as on local disk. S3 takes the
+    usual AWS_* variables (AWS_ENDPOINT_URL for S3-compatible servers).
+    """
     from weightvault.client.broker import BrokerIdentity
     from weightvault.crypto.keywrap import HPKEKem
     from weightvault.loaders import numpy as wv_numpy
@@ -115,9 +123,7 @@ def load(
         identity = BrokerIdentity(client, chosen, kem=HPKEKem(kem), device_id=device_id, approval=approval)
         t0 = time.perf_counter()
         try:
-            if src.is_dir():
-                from weightvault.sealing.model_dir import SealedModel
-
+            if is_sealed_model_dir(src):
                 model = SealedModel.open(src, [identity])
                 count = nbytes = 0
                 for entry in model.weight_entries():
@@ -136,12 +142,18 @@ def load(
             if close is not None:
                 close()
         seconds = time.perf_counter() - t0
-    report = {"path": str(src), "tensors": count, "bytes": nbytes, "seconds": round(seconds, 3), "attester": attester}
+    report = {
+        "path": display(src),
+        "tensors": count,
+        "bytes": nbytes,
+        "seconds": round(seconds, 3),
+        "attester": attester,
+    }
     if as_json:
         click.echo(json.dumps(report, sort_keys=True))
     else:
         click.echo(
-            f"loaded {count} tensors ({nbytes / 1e6:.1f} MB) from {src} in {seconds:.2f} s; "
+            f"loaded {count} tensors ({nbytes / 1e6:.1f} MB) from {display(src)} in {seconds:.2f} s; "
             f"key released by {client.url}"
         )
     sys.stdout.flush()

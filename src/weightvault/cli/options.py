@@ -24,6 +24,7 @@ from weightvault.errors import AuditLogError, ConfigError
 from weightvault.format.keys import FileKey
 from weightvault.format.recipients import KEK, HPKEIdentity, HPKERecipient, Identity, Passphrase, Recipient
 from weightvault.sealing import read_key_file
+from weightvault.sealing.sources import is_remote
 
 __all__ = [
     "BROKER_ENV",
@@ -52,6 +53,16 @@ def client_options(func: Callable[..., Any]) -> Callable[..., Any]:
     func = click.option("--ca", type=click.Path(path_type=Path), help="CA bundle for a TLS broker.")(func)
     func = click.option("--token", help=f"API token, or @FILE (default ${TOKEN_ENV}).")(func)
     return click.option("--broker", "url", help=f"Broker URL (default ${BROKER_ENV}).")(func)
+
+
+def local_or_remote(_ctx: click.Context, _param: click.Parameter, value: str) -> str | Path:
+    """A click callback: an http(s):// or s3:// URL as given, else a path that must exist."""
+    if is_remote(value):
+        return value
+    path = Path(value)
+    if not path.exists():
+        raise click.BadParameter(f"{value}: no such file or directory (or an http://, https:// or s3:// URL)")
+    return path
 
 
 def read_token(value: str | None) -> str:

@@ -3,7 +3,8 @@
 Data path for a ChaCha20-Poly1305 file and ``device="cuda:N"``::
 
     file (page cache or disk) --preadv--> pinned staging buffer --async H2D--> destination tensor
-        (R reader threads, 2 buffers each, one copy stream each; the GIL is released in preadv)
+        (R reader threads, 2 buffers each, one copy stream each; the GIL is released in preadv;
+        a remote file's ranges arrive the same way, through its source's read_into)
     destination (ciphertext) --Poly1305 kernel--> tags, compared on the device with the tag table
         (on a compute stream, launched for tensor k as soon as its last piece is copied,
         so MACs overlap the reads and copies of the tensors after it)
@@ -36,8 +37,7 @@ from weightvault.errors import PayloadError, UnsupportedError
 from weightvault.format.header import TensorEntry
 from weightvault.format.stream import AAD_BYTES, chunk_count
 from weightvault.gpu.aead import chacha20_xor_, poly1305_tags
-from weightvault.sealing.fileio import pread_exact
-from weightvault.sealing.reader import OpenedFile
+from weightvault.sealing.reader import OpenedFile, SealedFile
 
 __all__ = ["load_to_device"]
 
@@ -55,14 +55,14 @@ class _Stager:
         self.events: list[Any] = [None, None]
         self.turn = 0
 
-    def copy(self, fd: int, offset: int, dst: torch.Tensor) -> Any:
+    def copy(self, sealed: SealedFile, offset: int, dst: torch.Tensor) -> Any:
         """Read ``len(dst)`` bytes at ``offset`` into ``dst``; on CUDA asynchronously, returning the copy's event."""
         slot = self.turn
         self.turn ^= 1
         if self.events[slot] is not None:
             self.events[slot].synchronize()  # the previous copy out of this buffer is done
         staging = self.buffers[slot][: dst.numel()]
-        pread_exact(fd, staging.numpy().data.cast("B"), offset, "sealed file truncated while reading tensor data")
+        sealed.read_into(staging.numpy().data.cast("B"), offset, "sealed file truncated while reading tensor data")
         if self.stream is None:
             dst.copy_(staging)
             return None
@@ -212,7 +212,7 @@ def _copy_and_verify(
     copies are enqueued, after making that stream wait on their events. Returns,
     per tensor, a device boolean per chunk: True where the tag did not match.
     """
-    fd = opened.sealed.fileno()
+    sealed = opened.sealed
     chunk_log2 = opened.layout.preamble.chunk_log2
     pieces: list[tuple[int, int, torch.Tensor]] = []
     per_tensor = [0] * len(entries)
@@ -235,7 +235,7 @@ def _copy_and_verify(
             for k, offset, dst in pieces[r::readers]:
                 if arrivals.error is not None:
                     return
-                arrivals.arrived(k, stagers[r].copy(fd, offset, dst))
+                arrivals.arrived(k, stagers[r].copy(sealed, offset, dst))
                 if progress is not None:
                     with lock:
                         progress(dst.numel())

@@ -107,7 +107,7 @@ def load_file(
     workers: int | None = None,
 ) -> dict[str, npt.NDArray[Any]]:
     """Load every tensor of a sealed file as NumPy arrays (``workers`` decrypting threads, default one per core)."""
-    with SealedFile(Path(path)) as sealed:
+    with SealedFile(path) as sealed:
         opened = sealed.unlock(keys)
         try:
             return load_opened(opened, progress=progress, workers=workers)
@@ -145,7 +145,7 @@ class SealedSafeOpen:
     """Lazy access to a sealed file, shaped like ``safetensors.safe_open(framework="np")``."""
 
     def __init__(self, path: str | Path, keys: KeySource, *, workers: int | None = None) -> None:
-        self._sealed = SealedFile(Path(path))
+        self._sealed = SealedFile(path)
         try:
             self._opened = self._sealed.unlock(keys)
         except BaseException:

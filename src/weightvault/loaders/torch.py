@@ -152,7 +152,7 @@ def load_file(
         FormatError: the file is malformed or fails authentication.
         KeyAccessError: ``keys`` do not open the file.
     """
-    with SealedFile(Path(path)) as sealed:
+    with SealedFile(path) as sealed:
         opened = sealed.unlock(keys)
         try:
             return load_opened(opened, device, progress=progress, kernels=kernels, workers=workers)
@@ -170,7 +170,7 @@ def load_model(
     workers: int | None = None,
 ) -> dict[str, torch.Tensor]:
     """Load the merged state dict of a sealed model directory (all shards)."""
-    model = SealedModel.open(Path(path), keys)
+    model = SealedModel.open(path, keys)
     state: dict[str, torch.Tensor] = {}
     for entry in model.weight_entries():
         with model.open_sealed(entry) as opened:
@@ -220,7 +220,7 @@ class SealedSafeOpen:
     ) -> None:
         if framework not in ("pt", "torch"):
             raise ValueError("weightvault.loaders.torch.safe_open serves framework='pt'")
-        self._sealed = SealedFile(Path(path))
+        self._sealed = SealedFile(path)
         try:
             self._opened = self._sealed.unlock(keys)
         except BaseException:

@@ -86,7 +86,7 @@ def from_pretrained(
         FormatError: a weight shard fails authentication.
         KeyAccessError: ``keys`` do not open the model.
     """
-    model = SealedModel.open(Path(path), keys)
+    model = SealedModel.open(path, keys)
     config = load_config(model)
     state: dict[str, Any] = {}
     for entry in model.weight_entries():
@@ -106,7 +106,7 @@ def load_tokenizer(path: str | Path, keys: KeySource, **kwargs: Any) -> Any:
     Tokenizer files are authenticated (and decrypted, when sealed) into a private
     temporary directory that is removed right after transformers has read them.
     """
-    model = SealedModel.open(Path(path), keys)
+    model = SealedModel.open(path, keys)
     with tempfile.TemporaryDirectory(prefix="weightvault-tok-") as tmp:
         os.chmod(tmp, 0o700)
         for name in _TOKENIZER_FILES:

@@ -21,7 +21,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Final
 
-from weightvault.errors import ConfigError, KeyAccessError, ManifestError
+from weightvault.errors import ConfigError, KeyAccessError, ManifestError, PayloadError
 from weightvault.files import atomic_directory, atomic_file
 from weightvault.format.header import HeaderKind
 from weightvault.format.keys import FileKey
@@ -34,6 +34,7 @@ from weightvault.format.manifest import (
 )
 from weightvault.format.recipients import Recipient
 from weightvault.sealing.reader import KeySource, OpenedFile, SealedFile
+from weightvault.sealing.sources import Location, display, fetch_small, is_remote, join_location, open_source
 from weightvault.sealing.unseal import unseal_to
 from weightvault.sealing.writer import DEFAULT_OPTIONS, SealOptions, SealResult, seal_blob, seal_safetensors
 
@@ -70,11 +71,24 @@ UNSAFE_WEIGHT_SUFFIXES: Final = (
 )
 _SKIP_DIRS: Final = frozenset({".git", ".cache", "__pycache__"})
 _HASH_BLOCK: Final = 1 << 20
+#: The largest manifest read: a model of a hundred thousand files stays well below it.
+_MANIFEST_LIMIT: Final = 64 << 20
 
 
-def is_sealed_model_dir(path: Path) -> bool:
-    """Whether ``path`` is a directory with a weightvault model manifest."""
-    return (Path(path) / MANIFEST_NAME).is_file()
+def is_sealed_model_dir(path: Location) -> bool:
+    """Whether ``path`` is a directory (or, remote, a URL prefix) with a weightvault model manifest.
+
+    Raises:
+        TransportError: a remote server cannot be reached or keeps failing.
+    """
+    if not is_remote(path):
+        return (Path(path) / MANIFEST_NAME).is_file()
+    try:
+        source = open_source(join_location(path, MANIFEST_NAME))
+    except FileNotFoundError:
+        return False
+    source.close()
+    return True
 
 
 def _walk(src: Path, exclude: Sequence[str]) -> Iterator[str]:
@@ -178,17 +192,25 @@ def seal_model_dir(
     return ModelSealResult(dst, manifest, tuple(results))
 
 
-def read_manifest(path: Path) -> ModelManifest:
+def read_manifest(path: Location) -> ModelManifest:
     """The manifest of a sealed model directory, parsed but not yet authenticated (no key needed).
 
     Raises:
         ManifestError: no manifest, or a malformed one.
+        TransportError: a remote server cannot be reached or keeps failing.
     """
     try:
-        data = (Path(path) / MANIFEST_NAME).read_bytes()
+        data = fetch_small(join_location(path, MANIFEST_NAME), _MANIFEST_LIMIT)
     except OSError as exc:
-        raise ManifestError(f"{path} is not a sealed model directory (no {MANIFEST_NAME})") from exc
+        raise ManifestError(f"{display(path)} is not a sealed model directory (no {MANIFEST_NAME})") from exc
     return ModelManifest.from_bytes(data)
+
+
+def member_location(model_dir: Location, entry: ManifestEntry) -> Location:
+    """Where a file the manifest lists lies: a path, or a URL (whose presence its first read shows)."""
+    if is_remote(model_dir):
+        return join_location(model_dir, entry.path)
+    return member_path(Path(model_dir), entry)
 
 
 def member_path(model_dir: Path, entry: ManifestEntry) -> Path:
@@ -204,28 +226,32 @@ def member_path(model_dir: Path, entry: ManifestEntry) -> Path:
 
 
 class SealedModel:
-    """An opened sealed model directory whose manifest has been authenticated."""
+    """An opened sealed model directory whose manifest has been authenticated.
 
-    def __init__(self, path: Path, manifest: ModelManifest, file_key: FileKey) -> None:
-        self.path = Path(path)
+    ``path`` may be a local directory or a remote prefix (``https://host/models/m``,
+    ``s3://bucket/models/m``): members are then fetched by range, and verified alike.
+    """
+
+    def __init__(self, path: Location, manifest: ModelManifest, file_key: FileKey) -> None:
+        self.path: Location = path if is_remote(path) else Path(path)
         self.manifest = manifest
         self.file_key = file_key
         self._by_logical = {f.logical_path: f for f in manifest.files}
 
     @classmethod
-    def open(cls, path: Path, keys: KeySource) -> SealedModel:
+    def open(cls, path: Location, keys: KeySource) -> SealedModel:
         """Read and authenticate the manifest of ``path``.
 
         Raises:
             ManifestError: no manifest, or it fails authentication.
             KeyAccessError: ``keys`` do not yield the model's file key.
         """
-        path = Path(path)
+        path = path if is_remote(path) else Path(path)
         manifest = read_manifest(path)
         sealed = manifest.sealed()
         if not sealed:
             raise ManifestError("the model manifest lists no sealed file")
-        with SealedFile(member_path(path, sealed[0])) as first:
+        with _open_member(path, sealed[0]) as first:
             material = first.resolve(keys)
         if not isinstance(material, FileKey):
             raise KeyAccessError("a sealed model directory needs the file key, not a partial grant")
@@ -252,7 +278,7 @@ class SealedModel:
         Raises:
             ManifestError: the file's id or header MAC differ from the manifest.
         """
-        sealed = SealedFile(member_path(self.path, entry))
+        sealed = _open_member(self.path, entry)
         try:
             opened = sealed.unlock(self.file_key)
             assert entry.file_id is not None
@@ -277,7 +303,7 @@ class SealedModel:
         """
         entry = self.entry(logical_path)
         if entry.role is FileRole.PUBLIC:
-            data = member_path(self.path, entry).read_bytes()
+            data = self._fetch_public(entry)
             if len(data) != entry.size or not hmac.compare_digest(hashlib.sha256(data).hexdigest(), entry.sha256 or ""):
                 raise ManifestError(f"{entry.path} does not match the model manifest")
             return data
@@ -287,27 +313,52 @@ class SealedModel:
             blob = opened.entries[0]
             return bytes(opened.read_range(blob, 0, blob.nbytes))
 
+    def _fetch_public(self, entry: ManifestEntry) -> bytes:
+        try:
+            return fetch_small(member_location(self.path, entry), max(entry.size or 0, 0))
+        except FileNotFoundError as exc:
+            raise ManifestError(f"{entry.path} is listed in the model manifest but missing") from exc
+        except PayloadError as exc:  # larger than the manifest says
+            raise ManifestError(f"{entry.path} does not match the model manifest") from exc
+
     def verify(self, progress: Callable[[int], None] | None = None) -> None:
-        """Check every public file's hash and every chunk tag of every sealed file."""
+        """Check every public file's hash and every chunk tag of every sealed file (and, locally,
+        that the directory holds nothing the manifest does not list)."""
         for entry in self.manifest.files:
             if entry.role is FileRole.PUBLIC:
-                size, digest = _sha256_file(member_path(self.path, entry))
+                if is_remote(self.path):
+                    data = self._fetch_public(entry)
+                    size, digest = len(data), hashlib.sha256(data).hexdigest()
+                else:
+                    size, digest = _sha256_file(member_path(Path(self.path), entry))
                 if size != entry.size or not hmac.compare_digest(digest, entry.sha256 or ""):
                     raise ManifestError(f"{entry.path} does not match the model manifest")
             else:
                 with self.open_sealed(entry) as opened:
                     opened.verify(progress)
-        self._check_no_extra_files()
+        if not is_remote(self.path):  # a remote prefix cannot be listed; extra objects there are never read
+            self._check_no_extra_files(Path(self.path))
 
-    def _check_no_extra_files(self) -> None:
+    def _check_no_extra_files(self, root: Path) -> None:
         listed = {f.path for f in self.manifest.files} | {MANIFEST_NAME}
-        for rel in _walk(self.path, ()):
+        for rel in _walk(root, ()):
             if rel not in listed:
                 raise ManifestError(f"{rel} is in the sealed model directory but not in its manifest")
 
 
+def _open_member(model_dir: Location, entry: ManifestEntry) -> SealedFile:
+    """A sealed member opened for reading; a missing one is a damaged model (ManifestError)."""
+    location = member_location(model_dir, entry)
+    try:
+        return SealedFile(location)
+    except FileNotFoundError as exc:
+        raise ManifestError(
+            f"{entry.path} is listed in the model manifest but missing from {display(model_dir)}"
+        ) from exc
+
+
 def unseal_model_dir(
-    src: Path,
+    src: Location,
     dst: Path,
     keys: KeySource,
     *,
@@ -315,7 +366,7 @@ def unseal_model_dir(
     progress: Callable[[int], None] | None = None,
 ) -> None:
     """Restore the plain model directory byte for byte, atomically."""
-    model = SealedModel.open(Path(src), keys)
+    model = SealedModel.open(src, keys)
     with atomic_directory(Path(dst), overwrite=overwrite) as out:
         for entry in model.manifest.files:
             target = out / entry.logical_path

@@ -40,7 +40,8 @@ from weightvault.format.keys import FileKey, KeyMaterial, TensorKeys, UnlockedKe
 from weightvault.format.preamble import MAC_BYTES, PREAMBLE_BYTES, Preamble
 from weightvault.format.recipients import Identity, RecipientsRegion, decode_recipients_region
 from weightvault.format.stream import TensorStream, chunk_aad, chunk_count
-from weightvault.sealing.fileio import pread_exact, zero_fill
+from weightvault.sealing.fileio import zero_fill
+from weightvault.sealing.sources import ByteSource, LocalSource, Location, display, is_remote, open_source
 from weightvault.sealing.workers import resolve_workers
 
 __all__ = ["KeySource", "OpenedFile", "SealedFile", "open_sealed"]
@@ -55,30 +56,36 @@ _RUN_BYTES: Final = 4 << 20
 _GAP_CHECK_MAX: Final = 1 << 20
 
 
-def _pread(fd: int, size: int, offset: int, what: str) -> bytes:
-    buf = bytearray(size)
-    pread_exact(fd, memoryview(buf), offset, f"file is truncated ({what})")
-    return bytes(buf)
-
-
 class SealedFile:
-    """A sealed file opened for reading, not yet unlocked.
+    """A sealed file opened for reading, not yet unlocked: a local path, or an HTTP(S) or S3 URL.
 
-    Everything read here is unauthenticated until :meth:`unlock` succeeds.
+    Everything read here is unauthenticated until :meth:`unlock` succeeds, wherever it
+    comes from (:mod:`weightvault.sealing.sources`).
     """
 
-    def __init__(self, path: Path) -> None:
-        self.path = Path(path)
-        self._fd = os.open(self.path, os.O_RDONLY | getattr(os, "O_CLOEXEC", 0))
+    def __init__(self, location: Location) -> None:
+        self.location = location
+        self.path = Path(location) if not is_remote(location) else Path(display(location))
+        self.source: ByteSource = open_source(location)
         try:
             self._load()
         except BaseException:
-            os.close(self._fd)
+            self.source.close()
             raise
 
+    def read(self, size: int, offset: int, what: str) -> bytes:
+        """``size`` bytes at ``offset`` (unauthenticated); PayloadError if the file ends first."""
+        buf = bytearray(size)
+        self.source.read_into(memoryview(buf), offset, f"file is truncated ({what})")
+        return bytes(buf)
+
+    def read_into(self, buf: memoryview, offset: int, short: str) -> None:
+        """Fill ``buf`` from ``offset`` (unauthenticated): safe from several threads at once."""
+        self.source.read_into(buf, offset, short)
+
     def _load(self) -> None:
-        size = os.fstat(self._fd).st_size
-        head = os.pread(self._fd, PREAMBLE_BYTES, 0)
+        size = self.source.size
+        head = self.read(min(PREAMBLE_BYTES, size), 0, "preamble")
         self.preamble = p = Preamble.from_bytes(head)
         if size < p.data_offset:
             raise HeaderError("file is truncated (before the data area)")
@@ -86,22 +93,27 @@ class SealedFile:
             raise PayloadError(f"file is truncated: {p.file_size - size} bytes of the data area are missing")
         if size > p.file_size:
             raise PayloadError(f"{size - p.file_size} unexpected bytes after the data area")
-        self._region_bytes = _pread(self._fd, p.recipients_len, p.recipients_offset, "recipients")
-        self.header_bytes = _pread(self._fd, p.header_len, p.header_offset, "header")
-        self.tag_bytes = _pread(self._fd, p.tags_len, p.tags_offset, "tag table")
-        self.header_mac = _pread(self._fd, MAC_BYTES, p.mac_offset, "header MAC")
-        pad = _pread(self._fd, p.data_offset - p.mac_offset - MAC_BYTES, p.mac_offset + MAC_BYTES, "padding")
+        self._region_bytes = self.read(p.recipients_len, p.recipients_offset, "recipients")
+        self.header_bytes = self.read(p.header_len, p.header_offset, "header")
+        self.tag_bytes = self.read(p.tags_len, p.tags_offset, "tag table")
+        self.header_mac = self.read(MAC_BYTES, p.mac_offset, "header MAC")
+        pad = self.read(p.data_offset - p.mac_offset - MAC_BYTES, p.mac_offset + MAC_BYTES, "padding")
         if any(pad):
             raise PayloadError("padding before the data area is not zero")
         self.recipients: RecipientsRegion = decode_recipients_region(self._region_bytes)
 
     def fileno(self) -> int:
-        return self._fd
+        """The descriptor of a local file (the GPU pipeline reads it directly).
+
+        Raises:
+            TypeError: the file is remote.
+        """
+        if not isinstance(self.source, LocalSource):
+            raise TypeError(f"{self.source.name} is remote: read it with read_into()")
+        return self.source.fileno()
 
     def close(self) -> None:
-        if self._fd >= 0:
-            os.close(self._fd)
-            self._fd = -1
+        self.source.close()
 
     def __enter__(self) -> SealedFile:
         return self
@@ -189,7 +201,7 @@ class SealedFile:
     def _check_gaps(self, layout: SealedLayout) -> None:
         for start, stop in layout.gaps():
             for at in range(start, stop, _GAP_CHECK_MAX):
-                if any(_pread(self._fd, min(stop - at, _GAP_CHECK_MAX), at, "data")):
+                if any(self.read(min(stop - at, _GAP_CHECK_MAX), at, "data")):
                     raise PayloadError("non-zero bytes between tensors")
 
 
@@ -211,9 +223,9 @@ def _identities(keys: object) -> Sequence[Identity]:
     return candidates  # type: ignore[return-value]
 
 
-def open_sealed(path: Path | str) -> SealedFile:
+def open_sealed(path: Location) -> SealedFile:
     """Open a sealed file (the caller closes it, or uses ``with``)."""
-    return SealedFile(Path(path))
+    return SealedFile(path)
 
 
 Allocator: TypeAlias = Callable[[TensorEntry], memoryview]
@@ -362,7 +374,7 @@ class OpenedFile:
         scratch = _scratch(b - a)
         base, _ = self.layout.data_range(entry)
         try:
-            pread_exact(self.sealed.fileno(), scratch[: b - a], base + a, "file is truncated (tensor data)")
+            self.sealed.read_into(scratch[: b - a], base + a, "file is truncated (tensor data)")
             for j in range(a // chunk, max(a // chunk + 1, -(-b // chunk))):
                 c0, _ = stream.chunk_bounds(j)
                 stream.decrypt_chunk_in_place(j, scratch[c0 - a :], tags[j * TAG_BYTES : (j + 1) * TAG_BYTES])
@@ -420,7 +432,9 @@ class OpenedFile:
             PayloadError: a chunk fails authentication, or the file is truncated.
             ValueError: ``workers`` is below 1, or a buffer is too small.
         """
-        count = resolve_workers(workers)
+        # A remote source's threads spend most of their time waiting on the network: more of
+        # them keep ranges in flight while the others decrypt (ByteSource.overlap).
+        count = resolve_workers(workers) * self.sealed.source.overlap
         jobs = [_Job(e, self.stream(e), self.tags(e)) for e in entries]
         buffers: list[memoryview] = []
         runs = self._runs(jobs)
@@ -460,7 +474,7 @@ class OpenedFile:
             stream.decrypt_chunk_in_place(0, buf, tags[:TAG_BYTES])
             return
         base, _ = self.layout.data_range(entry)
-        pread_exact(self.sealed.fileno(), buf[a:b], base + a, "file is truncated (tensor data)")
+        self.sealed.read_into(buf[a:b], base + a, "file is truncated (tensor data)")
         chunk = self.layout.preamble.chunk_size
         for j in range(a // chunk, -(-b // chunk)):
             if abort.is_set():

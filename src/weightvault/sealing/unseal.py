@@ -79,7 +79,7 @@ def unseal_file(
     workers: int | None = None,
 ) -> None:
     """Unseal ``src`` into ``dst`` atomically, on ``workers`` threads: on any failure no output remains."""
-    with SealedFile(Path(src)) as sealed:
+    with SealedFile(src) as sealed:
         opened = sealed.unlock(keys)
         with atomic_file(Path(dst), overwrite=overwrite, mode=0o600) as out:
             unseal_to(opened, out.fileno(), progress, workers=workers)
@@ -107,7 +107,7 @@ def reseal_file(
     """
     from weightvault.sealing.writer import seal_blob, seal_safetensors
 
-    with SealedFile(Path(src)) as sealed:
+    with SealedFile(src) as sealed:
         opened = sealed.unlock(keys)
         kind, table = opened.table.kind, opened.table
         fd = os.memfd_create("weightvault-reseal", os.MFD_CLOEXEC)

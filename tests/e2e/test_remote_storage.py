@@ -1,0 +1,230 @@
+"""Sealed weights streamed from nginx, from an S3 server (moto), and from a server that lies.
+
+Every byte read remotely is verified exactly as on local disk, so a server that lies gets
+the errors a tampered file gets; a flaky one costs retries, never correctness.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+import subprocess
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+
+import httpx
+import numpy as np
+import pytest
+
+from tests.e2e.broker_fixture import Broker, running_broker
+from tests.remote_servers import lying_server, moto_s3, nginx
+from weightvault.errors import FormatError, ManifestError, PayloadError, TransportError, WeightVaultError
+from weightvault.format.keys import FileKey
+from weightvault.loaders import numpy as wv_numpy
+from weightvault.sealing import SealedModel, seal_model_dir, seal_safetensors
+from weightvault.sealing import sources as src_mod
+
+pytestmark = [pytest.mark.e2e]
+
+
+@pytest.fixture(scope="module")
+def served(tmp_path_factory: pytest.TempPathFactory, minilm_dir: Path) -> tuple[Path, FileKey]:
+    """A directory to serve: MiniLM sealed (``minilm/``) and one multi-chunk sealed file (``one.wvlt``)."""
+    root = tmp_path_factory.mktemp("served")
+    key = FileKey.generate()
+    seal_model_dir(minilm_dir, root / "minilm", file_key=key)
+    rng = np.random.default_rng(11)
+    from safetensors.numpy import save_file
+
+    plain = tmp_path_factory.mktemp("plain") / "p.safetensors"
+    save_file({"w": rng.standard_normal((256, 1024), dtype=np.float32), "b": np.arange(7)}, str(plain))
+    seal_safetensors(plain, root / "one.wvlt", file_key=key)
+    return root, key
+
+
+@pytest.fixture(scope="module")
+def http_base(served: tuple[Path, FileKey]) -> Iterator[str]:
+    with nginx(served[0]) as base:
+        yield base
+
+
+def _same(a: dict[str, np.ndarray], b: dict[str, np.ndarray]) -> None:
+    assert set(a) == set(b)
+    for name, value in a.items():
+        assert value.dtype == b[name].dtype
+        assert np.array_equal(value, b[name]), name
+
+
+def test_a_sealed_file_over_http_loads_exactly_as_from_disk(served: tuple[Path, FileKey], http_base: str) -> None:
+    root, key = served
+    _same(wv_numpy.load_file(root / "one.wvlt", key), wv_numpy.load_file(f"{http_base}/one.wvlt", key))
+
+
+def test_a_sealed_model_over_http_loads_into_transformers_and_verifies(
+    served: tuple[Path, FileKey], http_base: str
+) -> None:
+    """The whole model directory, public files (config, tokenizer) included, from URLs only."""
+    import torch
+    import transformers
+
+    from weightvault.loaders import torch as wv_torch
+    from weightvault.loaders import transformers as wv_tf
+
+    root, key = served
+    url = f"{http_base}/minilm"
+    local, remote = wv_torch.load_model(root / "minilm", key), wv_torch.load_model(url, key)
+    assert set(local) == set(remote)
+    assert all(torch.equal(local[n], remote[n]) for n in local)
+    model = wv_tf.from_pretrained(transformers.AutoModel, url, key)
+    tokenizer = wv_tf.load_tokenizer(url, key)
+    with torch.no_grad():
+        out = model(**tokenizer(["sealed weights over HTTP"], return_tensors="pt"))
+    assert out.last_hidden_state.shape[-1] == model.config.hidden_size
+    SealedModel.open(url, key).verify()
+
+
+def test_a_tampered_file_fails_over_http_exactly_as_on_disk(
+    served: tuple[Path, FileKey], http_base: str, tmp_path: Path
+) -> None:
+    root, key = served
+    bad = root / "bad.wvlt"
+    shutil.copy(root / "one.wvlt", bad)
+    data = bytearray(bad.read_bytes())
+    data[len(data) - 5000] ^= 0x40  # a byte of tensor data
+    bad.write_bytes(bytes(data))
+    with pytest.raises(WeightVaultError) as on_disk:
+        wv_numpy.load_file(bad, key)
+    with pytest.raises(WeightVaultError) as over_http:
+        wv_numpy.load_file(f"{http_base}/bad.wvlt", key)
+    assert isinstance(on_disk.value, PayloadError)
+    assert (type(on_disk.value), str(on_disk.value)) == (type(over_http.value), str(over_http.value))
+
+
+def test_a_member_missing_on_the_server_is_a_damaged_model(served: tuple[Path, FileKey], http_base: str) -> None:
+    root, key = served
+    partial = root / "partial"
+    shutil.copytree(root / "minilm", partial)
+    (partial / "model.safetensors.wvlt").unlink()
+    with pytest.raises(FileNotFoundError):  # a lone file: what a missing local path raises
+        wv_numpy.load_file(f"{http_base}/partial/model.safetensors.wvlt", key)
+    with pytest.raises(ManifestError, match="missing"):
+        SealedModel.open(f"{http_base}/partial", key)
+
+
+@pytest.mark.parametrize(
+    ("mode", "error", "match"),
+    [
+        ("truncate", TransportError, "closed"),  # every attempt cut short: give up, retryable
+        ("shift", PayloadError, "answered bytes"),  # another range, announced
+        ("lie", FormatError, "magic"),  # other bytes claimed to be ours: the magic, then everything, fails
+        ("flip", PayloadError, "authentication|tag"),  # altered bytes
+        ("no-range", TransportError, "range requests"),  # whole file, 200
+        ("grow", PayloadError, "changed size"),  # the object grew between reads
+        ("swap", PayloadError, "changed while being read"),  # replaced (ETag) between reads
+    ],
+)
+def test_a_server_that_lies_or_fails_gets_a_clear_error_and_no_tensor(
+    served: tuple[Path, FileKey], mode: str, error: type[Exception], match: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(src_mod, "BACKOFF_S", 0.001)
+    root, key = served
+    with lying_server(root) as base, pytest.raises(error, match=match):
+        wv_numpy.load_file(f"{base}/{mode}/one.wvlt", key)
+
+
+def test_connections_dropped_halfway_are_resumed_and_lose_nothing(
+    served: tuple[Path, FileKey], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Every range is cut off halfway the first time: the loader resumes after the bytes it has."""
+    monkeypatch.setattr(src_mod, "BACKOFF_S", 0.001)
+    root, key = served
+    with lying_server(root) as base:
+        _same(wv_numpy.load_file(root / "one.wvlt", key), wv_numpy.load_file(f"{base}/drop-once/one.wvlt", key))
+        stats = httpx.get(f"{base}/stats").json()
+    assert stats["drop-once"] >= 4  # the first answer of each range was cut, then resumed
+
+
+@pytest.fixture(scope="module")
+def s3(served: tuple[Path, FileKey]) -> Iterator[str]:
+    """moto's S3 server holding ``served`` under s3://weights/models/; yields the endpoint."""
+    boto3 = pytest.importorskip("boto3")
+    with moto_s3() as endpoint:
+        client = boto3.client(
+            "s3", endpoint_url=endpoint, region_name="us-east-1", aws_access_key_id="k", aws_secret_access_key="s"
+        )
+        client.create_bucket(Bucket="weights")
+        root = served[0]
+        for path in sorted(p for p in root.rglob("*") if p.is_file()):
+            client.put_object(
+                Bucket="weights", Key=f"models/{path.relative_to(root).as_posix()}", Body=path.read_bytes()
+            )
+        yield endpoint
+
+
+@pytest.fixture
+def s3_env(s3: str, monkeypatch: pytest.MonkeyPatch) -> str:
+    for name, value in {
+        "AWS_ENDPOINT_URL": s3,
+        "AWS_ACCESS_KEY_ID": "k",
+        "AWS_SECRET_ACCESS_KEY": "s",
+        "AWS_REGION": "us-east-1",
+        "AWS_ALLOW_HTTP": "true",
+    }.items():
+        monkeypatch.setenv(name, value)
+    return s3
+
+
+def test_a_sealed_model_in_s3_loads_exactly_as_from_disk(served: tuple[Path, FileKey], s3_env: str) -> None:
+    import torch
+
+    from weightvault.loaders import torch as wv_torch
+
+    root, key = served
+    local, remote = wv_torch.load_model(root / "minilm", key), wv_torch.load_model("s3://weights/models/minilm", key)
+    assert set(local) == set(remote)
+    assert all(torch.equal(local[n], remote[n]) for n in local)
+    _same(wv_numpy.load_file(root / "one.wvlt", key), wv_numpy.load_file("s3://weights/models/one.wvlt", key))
+    SealedModel.open("s3://weights/models/minilm", key).verify()
+
+
+def test_a_tampered_or_missing_object_in_s3_is_refused(served: tuple[Path, FileKey], s3_env: str) -> None:
+    import boto3
+
+    root, key = served
+    client = boto3.client("s3", endpoint_url=s3_env, region_name="us-east-1")
+    data = bytearray((root / "one.wvlt").read_bytes())
+    data[len(data) - 5000] ^= 0x40
+    client.put_object(Bucket="weights", Key="tampered/one.wvlt", Body=bytes(data))
+    with pytest.raises(PayloadError):
+        wv_numpy.load_file("s3://weights/tampered/one.wvlt", key)
+    with pytest.raises(ManifestError, match="not a sealed model directory"):
+        SealedModel.open("s3://weights/nothing-here", key)
+
+
+def test_weightvault_load_takes_a_url_and_gets_the_key_by_attestation(tmp_path: Path) -> None:
+    """The CLI end to end: a broker releases the key of a model that nginx serves."""
+    from safetensors.numpy import save_file
+
+    plain = tmp_path / "p.safetensors"
+    save_file({"w": np.arange(50_000, dtype=np.float32)}, str(plain))
+    with running_broker(tmp_path, plain) as broker:
+        model: Path = broker.models["acme"]
+        with nginx(model.parent) as base:
+            url = f"{base}/{model.name}"
+            out = _wv_load(broker, url)
+    report = json.loads(out)
+    assert (1, url) == (report["tensors"], report["path"])
+
+
+def _wv_load(broker: Broker, url: str) -> str:
+    broker_options = ["--broker", broker.url, "--token", broker.tokens["acme-wl"]]
+    result = subprocess.run(
+        [sys.executable, "-m", "weightvault", "load", url, "--attester", "sample", "--json", *broker_options],
+        check=False,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert 0 == result.returncode, result.stderr
+    return result.stdout
