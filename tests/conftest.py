@@ -28,6 +28,17 @@ def pytest_configure(config: pytest.Config) -> None:
     databases.select(config.getoption("--database"))
 
 
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    """Failure drills start their own PostgreSQL servers whatever the backend: they run once,
+    in the PostgreSQL pass, unless asked for by name (``-m drill``)."""
+    if databases.backend() == "postgresql" or "drill" in (config.getoption("-m") or ""):
+        return
+    skip = pytest.mark.skip(reason="a drill: runs in the --database postgresql pass (or with -m drill)")
+    for item in items:
+        if item.get_closest_marker("drill") is not None:
+            item.add_marker(skip)
+
+
 def pytest_report_header(config: pytest.Config) -> str:
     return f"broker database: {databases.backend()}"
 

@@ -20,7 +20,7 @@ from tests.e2e.broker_fixture import Broker, running_broker
 from weightvault.client.broker import SampleAttester
 from weightvault.errors import StorageUnavailableError
 
-pytestmark = [pytest.mark.e2e, pytest.mark.slow]
+pytestmark = [pytest.mark.e2e, pytest.mark.slow, pytest.mark.drill]
 
 RESOURCE = "acme/models/small@1"
 
