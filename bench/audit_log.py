@@ -14,6 +14,8 @@ Usage: python bench/audit_log.py [--entries 1000000] [--workdir DIR]
 from __future__ import annotations
 
 import argparse
+import atexit
+import shutil
 import statistics
 import sys
 import tempfile
@@ -34,6 +36,8 @@ def main() -> None:
     from weightvault.crypto.signing import Ed25519Signer
 
     workdir = Path(args.workdir or tempfile.mkdtemp(prefix="wv-audit-bench-"))
+    if args.workdir is None:  # a scratch directory of this run's own: removed at exit
+        atexit.register(shutil.rmtree, workdir, ignore_errors=True)
     workdir.mkdir(parents=True, exist_ok=True)
     signer = NoteSigner("bench.weightvault/audit", Ed25519Signer.generate())
 

@@ -15,6 +15,8 @@ Usage: python bench/broker_release.py [--seconds 5] [--workdir DIR]
 from __future__ import annotations
 
 import argparse
+import atexit
+import shutil
 import statistics
 import sys
 import tempfile
@@ -49,6 +51,8 @@ def main() -> None:
     from weightvault.sealing import seal_model_dir
 
     work = Path(args.workdir or tempfile.mkdtemp(prefix="wv-broker-bench-"))
+    if args.workdir is None:  # a scratch directory of this run's own: removed at exit
+        atexit.register(shutil.rmtree, work, ignore_errors=True)
     base = work / "broker"
     init_broker(base, "--insecure-sample")
     set_rate_limit(base, 100_000, 100_000)

@@ -22,6 +22,7 @@ Usage: python bench/broker_steps.py [--calls 300] [--workdir DIR]
 from __future__ import annotations
 
 import argparse
+import atexit
 import contextlib
 import functools
 import shutil
@@ -117,6 +118,8 @@ def main() -> None:
     from weightvault.server.broker_main import load_broker
 
     work = Path(args.workdir or tempfile.mkdtemp(prefix="wv-broker-steps-"))
+    if args.workdir is None:  # a scratch directory of this run's own: removed at exit
+        atexit.register(shutil.rmtree, work, ignore_errors=True)
     base = work / "broker"
     init = [sys.executable, "-m", "weightvault", "broker", "init", str(base), "--insecure-sample"]
     have_tpm = all(shutil.which(t) for t in ("swtpm", "swtpm_setup", "swtpm_localca"))

@@ -33,8 +33,10 @@ Usage: python bench/cpu_load.py [--size-gib 2] [--rounds 5] [--workdir DIR] [--b
 from __future__ import annotations
 
 import argparse
+import atexit
 import json
 import os
+import shutil
 import statistics
 import struct
 import subprocess
@@ -185,6 +187,8 @@ def main() -> None:
 
     cpus = usable_cpus()
     workdir = Path(args.workdir or tempfile.mkdtemp(prefix="wv-bench-"))
+    if args.workdir is None:  # a scratch directory of this run's own: removed at exit
+        atexit.register(shutil.rmtree, workdir, ignore_errors=True)
     workdir.mkdir(parents=True, exist_ok=True)
     plain = workdir / "plain.safetensors"
     size = int(args.size_gib * (1 << 30))

@@ -16,6 +16,8 @@ Usage: python bench/custody.py [--rounds 30]
 from __future__ import annotations
 
 import argparse
+import atexit
+import shutil
 import statistics
 import sys
 import tempfile
@@ -61,6 +63,7 @@ def main() -> None:
         full.append(time.perf_counter() - t0)
 
     work = Path(tempfile.mkdtemp(prefix="wv-custody-bench-"))
+    atexit.register(shutil.rmtree, work, ignore_errors=True)  # this run's scratch directory
     base = work / "broker"
     init_broker(base)
     set_rate_limit(base, 100_000, 100_000)

@@ -17,7 +17,9 @@ Usage: python bench/gpu_load.py [--size-gib 4] [--repeat 3] [--workdir DIR]
 from __future__ import annotations
 
 import argparse
+import atexit
 import os
+import shutil
 import statistics
 import sys
 import tempfile
@@ -48,6 +50,8 @@ def main() -> int:
     from weightvault.sealing import SealOptions, seal_safetensors
 
     work = Path(args.workdir or tempfile.mkdtemp(prefix="wv-gpu-bench-"))
+    if args.workdir is None:  # a scratch directory of this run's own: removed at exit
+        atexit.register(shutil.rmtree, work, ignore_errors=True)
     plain = work / "model.safetensors"
     total = int(args.size_gib * (1 << 30))
     if not plain.exists():

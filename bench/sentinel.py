@@ -17,8 +17,10 @@ to the broker's hold on the principal, p50 and p90.
 from __future__ import annotations
 
 import argparse
+import atexit
 import json
 import math
+import shutil
 import statistics
 import sys
 import tempfile
@@ -42,7 +44,9 @@ def replay(days: int, rounds: int) -> None:
     from weightvault.sentinel.simulate import simulate
 
     text = simulate(1, days=days).events_jsonl()
-    path = Path(tempfile.mkdtemp(prefix="wv-bench-sentinel-")) / "events.jsonl"
+    scratch = Path(tempfile.mkdtemp(prefix="wv-bench-sentinel-"))
+    atexit.register(shutil.rmtree, scratch, ignore_errors=True)
+    path = scratch / "events.jsonl"
     path.write_text(text)
     lines = text.encode().splitlines()
     config = default_config()
@@ -84,6 +88,7 @@ def live(touches: int) -> None:
     from weightvault.sentinel.live import ContainmentPolicy, LiveSentinel
 
     tmp = Path(tempfile.mkdtemp(prefix="wv-bench-sentinel-"))
+    atexit.register(shutil.rmtree, tmp, ignore_errors=True)
     base = tmp / "broker"
     init_broker(base, "--insecure-sample")
     with serve_broker(base) as url:

@@ -28,8 +28,10 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import atexit
 import contextlib
 import json
+import shutil
 import statistics
 import subprocess
 import sys
@@ -219,6 +221,7 @@ def main() -> None:
         isolation = ["--unsafe-no-isolation"]
         mode = f"NOT isolated ({exc})"
     work = Path(tempfile.mkdtemp(prefix="wv-serve-bench-"))
+    atexit.register(shutil.rmtree, work, ignore_errors=True)  # this run's scratch directory
     base = work / "broker"
     init_broker(base, "--insecure-sample")
     set_rate_limit(base, 100_000, 100_000)

@@ -15,7 +15,9 @@ Usage: python bench/tpm_attest.py [--seconds 5] [--devices 8]
 from __future__ import annotations
 
 import argparse
+import atexit
 import contextlib
+import shutil
 import statistics
 import subprocess
 import sys
@@ -44,6 +46,7 @@ def main() -> None:
     from weightvault.crypto.keywrap import HPKEKem
 
     work = Path(tempfile.mkdtemp(prefix="wv-tpm-bench-"))
+    atexit.register(shutil.rmtree, work, ignore_errors=True)  # this run's scratch directory
     template = make_template(work, "manufacturer")
     base = work / "broker"
     subprocess.run(
