@@ -131,6 +131,36 @@ def test_bad_broker_settings_are_one_line_errors(tmp_path: Path, edit: tuple[str
     assert str(config) in err
 
 
+@pytest.mark.parametrize("existing", [False, True])
+def test_broker_init_against_an_unreachable_database_leaves_nothing_behind(tmp_path: Path, existing: bool) -> None:
+    """Exit 54 in one line, the password nowhere; what init created is gone (and only that), so
+    the same command works once the database does."""
+    from tests.databases import free_port
+
+    base = tmp_path / "b"
+    if existing:
+        base.mkdir()
+        (base / "notes.txt").write_text("the operator's own file")
+    url = f"postgresql://wv:s3cret-pw@127.0.0.1:{free_port()}/weightvault"
+    proc = wv("broker", "init", base, "--database-url", url, check=False)
+    err = _one_line(proc, 54)
+    assert "s3cret-pw" not in proc.stderr + proc.stdout
+    assert "database" in err
+    if existing:
+        assert [base / "notes.txt"] == sorted(base.rglob("*"))
+    else:
+        assert not base.exists()
+    wv("broker", "init", base, *init_options())
+    assert (base / "operator.token").is_file()
+
+
+@pytest.mark.parametrize("url", ["mysql://u@h/db", "postgresql+psycopg2://u@h/db", "file:///etc/passwd"])
+def test_broker_init_refuses_other_database_engines(tmp_path: Path, url: str) -> None:
+    err = _one_line(wv("broker", "init", tmp_path / "b", "--database-url", url, check=False), 60)
+    assert "storage URL" in err
+    assert not (tmp_path / "b").exists()
+
+
 def test_disabling_a_principal_from_the_command_line(tmp_path: Path) -> None:
     """admin principal --disable stops the principal's token at once."""
     base = tmp_path / "b"

@@ -119,61 +119,68 @@ def broker_init(
     check_storage_url(database_url)
 
     people = [load_person_public(p) for p in custodians]
-    (directory / "keys").mkdir(parents=True, exist_ok=True, mode=0o700)
-    (directory / "data").mkdir(parents=True, exist_ok=True, mode=0o700)
-    if not people:
-        write_secret_file(directory / "keys/root.key", "weightvault.root-key", RootKey.generate().reveal())
-    write_secret_file(
-        directory / "keys/token-signing.key", "weightvault.signing-key", Ed25519Signer.generate().reveal_seed()
-    )
-    write_secret_file(directory / "keys/audit-hash.key", "weightvault.hash-key", random_bytes(32))
-    write_key_file(directory / "keys/registration.key", HPKEIdentity.generate(HPKEKem.MLKEM768_X25519))
-    log_signer = NoteSigner(f"{broker_id}/audit", Ed25519Signer.generate())
-    with atomic_file(directory / "keys/audit-log.key", mode=0o600) as out:
-        out.write((log_signer.skey() + "\n").encode())
-    with atomic_file(directory / "keys/audit-log.key.vkey", mode=0o644) as out:
-        out.write((log_signer.verifier.vkey() + "\n").encode())
-    allow = []
-    extra = ""
-    if tpm_intermediates and not tpm_roots:
-        raise ConfigError("--tpm-intermediates needs --tpm-roots")
-    if tpm_roots:
-        allow.append("tpm")
-        roots = ", ".join(json.dumps(str(p.resolve())) for p in tpm_roots)
-        middle = ", ".join(json.dumps(str(p.resolve())) for p in tpm_intermediates)
-        extra += f"\n[verifiers.tpm]\nek_roots = [{roots}]\nek_intermediates = [{middle}]\n"
-    if insecure_sample:
-        allow.append("insecure-sample")
-    text = _CONFIG_TEMPLATE.format(
-        d=DEFAULTS,
-        broker_id=broker_id,
-        port=port,
-        root="custody" if people else DEFAULTS.keys.root,
-        allow=json.dumps(allow),
-        sample="true" if insecure_sample else "false",
-        extra=extra,
-        storage_url=json.dumps(database_url),
-    )
-    with atomic_file(directory / "broker.toml", mode=0o600) as out:
-        out.write(text.encode())
-    runtime = load_broker(directory / "broker.toml")
-    share_files = None
+    # Whatever this command creates goes again if it fails (a database it cannot reach, a
+    # full disk): a second try must not find "already holds a broker" and half the keys.
+    before = _paths_under(directory)
     try:
-        token = runtime.broker.bootstrap_operator()
-        if people:
-            assert threshold is not None
-            share_set = runtime.broker.custody_genesis("init", RootKey.generate(), threshold, people)
-            share_files = directory / "custody" / share_set.id
-            share_files.mkdir(parents=True)
+        (directory / "keys").mkdir(parents=True, exist_ok=True, mode=0o700)
+        (directory / "data").mkdir(parents=True, exist_ok=True, mode=0o700)
+        if not people:
+            write_secret_file(directory / "keys/root.key", "weightvault.root-key", RootKey.generate().reveal())
+        write_secret_file(
+            directory / "keys/token-signing.key", "weightvault.signing-key", Ed25519Signer.generate().reveal_seed()
+        )
+        write_secret_file(directory / "keys/audit-hash.key", "weightvault.hash-key", random_bytes(32))
+        write_key_file(directory / "keys/registration.key", HPKEIdentity.generate(HPKEKem.MLKEM768_X25519))
+        log_signer = NoteSigner(f"{broker_id}/audit", Ed25519Signer.generate())
+        with atomic_file(directory / "keys/audit-log.key", mode=0o600) as out:
+            out.write((log_signer.skey() + "\n").encode())
+        with atomic_file(directory / "keys/audit-log.key.vkey", mode=0o644) as out:
+            out.write((log_signer.verifier.vkey() + "\n").encode())
+        allow = []
+        extra = ""
+        if tpm_intermediates and not tpm_roots:
+            raise ConfigError("--tpm-intermediates needs --tpm-roots")
+        if tpm_roots:
+            allow.append("tpm")
+            roots = ", ".join(json.dumps(str(p.resolve())) for p in tpm_roots)
+            middle = ", ".join(json.dumps(str(p.resolve())) for p in tpm_intermediates)
+            extra += f"\n[verifiers.tpm]\nek_roots = [{roots}]\nek_intermediates = [{middle}]\n"
+        if insecure_sample:
+            allow.append("insecure-sample")
+        text = _CONFIG_TEMPLATE.format(
+            d=DEFAULTS,
+            broker_id=broker_id,
+            port=port,
+            root="custody" if people else DEFAULTS.keys.root,
+            allow=json.dumps(allow),
+            sample="true" if insecure_sample else "false",
+            extra=extra,
+            storage_url=json.dumps(database_url),
+        )
+        with atomic_file(directory / "broker.toml", mode=0o600) as out:
+            out.write(text.encode())
+        runtime = load_broker(directory / "broker.toml")
+        share_files = None
+        try:
+            token = runtime.broker.bootstrap_operator()
+            if people:
+                assert threshold is not None
+                share_set = runtime.broker.custody_genesis("init", RootKey.generate(), threshold, people)
+                share_files = directory / "custody" / share_set.id
+                share_files.mkdir(parents=True)
 
-            for c in share_set.custodians:
-                sealed = runtime.broker.custody.delivery(share_set.id, c.id)
-                with atomic_file(share_files / f"{c.id}.share", mode=0o600) as out:
-                    out.write(share_file_bytes(share_set.id, c.id, sealed))
-    finally:
-        runtime.close()
-    with atomic_file(directory / "operator.token", mode=0o600) as out:
-        out.write((token + "\n").encode())
+                for c in share_set.custodians:
+                    sealed = runtime.broker.custody.delivery(share_set.id, c.id)
+                    with atomic_file(share_files / f"{c.id}.share", mode=0o600) as out:
+                        out.write(share_file_bytes(share_set.id, c.id, sealed))
+        finally:
+            runtime.close()
+        with atomic_file(directory / "operator.token", mode=0o600) as out:
+            out.write((token + "\n").encode())
+    except BaseException:
+        _remove_partial(directory, before)
+        raise
     click.echo(f"broker initialised in {directory}")
     click.echo(f"  operator API token: {directory / 'operator.token'} (mode 0600)")
     click.echo(f"  audit log key:      {log_signer.verifier.vkey()}")
@@ -182,6 +189,29 @@ def broker_init(
         click.echo("  the broker starts sealed: custodians unseal it with 'weightvault custody submit'")
     if insecure_sample:
         click.echo("  WARNING: insecure-sample is enabled; policies that list it accept evidence that proves nothing")
+
+
+def _paths_under(directory: Path) -> set[Path] | None:
+    """Every path under ``directory``, or None if it does not exist yet."""
+    if not directory.exists():
+        return None
+    return {directory, *directory.rglob("*")}
+
+
+def _remove_partial(directory: Path, before: set[Path] | None) -> None:
+    """Undo a failed ``broker init``: remove what it created, and nothing that was there before."""
+    import shutil
+
+    if before is None:
+        shutil.rmtree(directory, ignore_errors=True)
+        return
+    for path in sorted(_paths_under(directory) or set(), key=lambda p: len(p.parts), reverse=True):
+        if path in before:
+            continue
+        if path.is_dir() and not path.is_symlink():
+            shutil.rmtree(path, ignore_errors=True)
+        else:
+            path.unlink(missing_ok=True)
 
 
 @broker.command("serve")
