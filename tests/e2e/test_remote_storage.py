@@ -202,6 +202,35 @@ def test_a_tampered_or_missing_object_in_s3_is_refused(served: tuple[Path, FileK
         SealedModel.open("s3://weights/nothing-here", key)
 
 
+def test_weightvault_verify_checks_a_remote_model_and_names_a_tampered_one(
+    served: tuple[Path, FileKey], http_base: str, tmp_path: Path
+) -> None:
+    """The CLI over HTTP: exit 0 for the intact model, 14 (data authentication) for the changed file."""
+    from weightvault.sealing import write_key_file
+
+    root, key = served
+    key_file = tmp_path / "model.key"
+    write_key_file(key_file, key)
+    ok = _wv("verify", f"{http_base}/minilm", "-i", key_file, "--json")
+    assert 0 == ok.returncode, ok.stderr
+    assert {"ok": True, "files": len(SealedModel.open(root / "minilm", key).manifest.files)}.items() <= json.loads(
+        ok.stdout
+    ).items()
+    bad = root / "bad-cli.wvlt"
+    data = bytearray((root / "one.wvlt").read_bytes())
+    data[len(data) - 5000] ^= 0x40
+    bad.write_bytes(bytes(data))
+    refused = _wv("verify", f"{http_base}/bad-cli.wvlt", "-i", key_file)
+    assert 14 == refused.returncode, refused.stderr
+    assert 1 <= len(refused.stderr.strip().splitlines()) <= 2
+
+
+def _wv(*args: str | Path) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "weightvault", *map(str, args)], check=False, capture_output=True, text=True, timeout=120
+    )
+
+
 def test_weightvault_load_takes_a_url_and_gets_the_key_by_attestation(tmp_path: Path) -> None:
     """The CLI end to end: a broker releases the key of a model that nginx serves."""
     from safetensors.numpy import save_file

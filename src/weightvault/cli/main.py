@@ -25,7 +25,7 @@ from weightvault.cli.custody import approval, custody, person
 from weightvault.cli.device import device
 from weightvault.cli.exits import EXIT_INTERNAL, exit_code_for
 from weightvault.cli.models import load, publish
-from weightvault.cli.options import identities_from, recipients_from
+from weightvault.cli.options import identities_from, local_or_remote, recipients_from
 from weightvault.cli.prompts import PASSPHRASE_ENV, ask_passphrase
 from weightvault.cli.sentinel import sentinel
 from weightvault.cli.serving import gateway, sandbox, serve
@@ -336,15 +336,21 @@ def inspect(path: Path, identities: tuple[Path, ...], passphrase: bool, as_json:
 
 
 @cli.command()
-@click.argument("path", type=click.Path(path_type=Path, exists=True))
+@click.argument("path", callback=local_or_remote)
 @_identity_option
 @_passphrase_option
 @click.option("--json", "as_json", is_flag=True, help="Print a JSON report.")
-def verify(path: Path, identities: tuple[Path, ...], passphrase: bool, as_json: bool) -> None:
-    """Check every tag of a sealed file or model directory, writing no plaintext."""
+def verify(path: str | Path, identities: tuple[Path, ...], passphrase: bool, as_json: bool) -> None:
+    """Check every tag of a sealed file or model directory, writing no plaintext.
+
+    PATH may be an http://, https:// or s3:// URL: the check then reads every byte from there.
+    """
+    from weightvault.sealing.model_dir import names_model_dir
+    from weightvault.sealing.sources import display, is_remote
+
     keys = identities_from(identities, passphrase)
-    with _progress("verifying", _size_of(path)) as progress:
-        if path.is_dir():
+    with _progress("verifying", 0 if is_remote(path) else _size_of(Path(path))) as progress:
+        if names_model_dir(path):
             model = SealedModel.open(path, keys)
             model.verify(progress)
             files = len(model.manifest.files)
@@ -353,9 +359,9 @@ def verify(path: Path, identities: tuple[Path, ...], passphrase: bool, as_json: 
                 opened.verify(progress)
             files = 1
     if as_json:
-        _emit_json({"path": str(path), "ok": True, "files": files})
+        _emit_json({"path": display(path), "ok": True, "files": files})
     else:
-        click.echo(f"OK: {path} verified ({files} file(s), every chunk authenticated)")
+        click.echo(f"OK: {display(path)} verified ({files} file(s), every chunk authenticated)")
 
 
 @cli.command()

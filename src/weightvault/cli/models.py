@@ -18,7 +18,7 @@ from weightvault.cli.options import (
     open_attester,
     recipients_from,
 )
-from weightvault.sealing.model_dir import SealedModel, is_sealed_model_dir
+from weightvault.sealing.model_dir import SealedModel, names_model_dir
 from weightvault.sealing.sources import display
 
 __all__ = ["load", "publish"]
@@ -123,7 +123,7 @@ def load(
         identity = BrokerIdentity(client, chosen, kem=HPKEKem(kem), device_id=device_id, approval=approval)
         t0 = time.perf_counter()
         try:
-            if is_sealed_model_dir(src):
+            if names_model_dir(src):
                 model = SealedModel.open(src, [identity])
                 count = nbytes = 0
                 for entry in model.weight_entries():

@@ -42,6 +42,7 @@ __all__ = [
     "SEALED_SUFFIX",
     "SealedModel",
     "is_sealed_model_dir",
+    "names_model_dir",
     "seal_model_dir",
     "unseal_model_dir",
 ]
@@ -89,6 +90,12 @@ def is_sealed_model_dir(path: Location) -> bool:
         return False
     source.close()
     return True
+
+
+def names_model_dir(location: Location) -> bool:
+    """Whether ``location`` is meant as a model directory rather than one sealed file: a local
+    directory (whose manifest is then required), or a remote prefix that has a manifest."""
+    return is_sealed_model_dir(location) if is_remote(location) else Path(location).is_dir()
 
 
 def _walk(src: Path, exclude: Sequence[str]) -> Iterator[str]:
