@@ -1,4 +1,4 @@
-"""Drills: the broker's PostgreSQL database goes read-only, then down, under a running broker process.
+"""Drills: the broker's database goes read-only, down, or out of disk under a running broker process.
 
 Each time releases fail closed (503 ``storage_unavailable``, no key in any answer, no
 ``key.release.done`` in the log), readiness says why, and once the database is back the
@@ -97,3 +97,56 @@ def test_a_read_only_or_stopped_database_fails_releases_closed_and_the_broker_re
         cluster.start()
         assert expected == _release(b)  # pooled connections were replaced, no restart
         assert (200, []) == _ready(b)
+
+
+@pytest.fixture
+def small_disk(tmp_path: Path) -> Iterator[Path]:
+    """A 4 MiB tmpfs of the test's own (root only), unmounted afterwards."""
+    import os
+    import subprocess
+
+    if os.geteuid() != 0:
+        pytest.skip("mounting a small tmpfs needs root")
+    mount = tmp_path / "small-disk"
+    mount.mkdir()
+    subprocess.run(["mount", "-t", "tmpfs", "-o", "size=4m,mode=0700", "tmpfs", str(mount)], check=True)
+    yield mount
+    subprocess.run(["umount", "-l", str(mount)], check=False)
+
+
+def _fill(disk: Path) -> Path:
+    """Write zeros until the disk is full; returns the filler file."""
+    filler = disk / "filler"
+    block = bytes(4 << 10)
+    with filler.open("wb", buffering=0) as out:  # unbuffered: closing has nothing left to write
+        try:
+            while True:
+                out.write(block)
+        except OSError:
+            pass
+    return filler
+
+
+def test_a_full_disk_under_sqlite_fails_writes_closed_and_recovers_when_space_returns(
+    tmp_path: Path, small_disk: Path
+) -> None:
+    """The broker database's disk fills up: attests (which write) get 503 storage_unavailable with
+    nothing half-done; releases of existing sessions, which only read, still work; freeing space
+    brings writes back without a restart. (The audit log is on another disk here; a full disk
+    under the log fails it closed until a restart: docs/operations.md.)"""
+    plain = tmp_path / "small.safetensors"
+    save_file({"w": np.arange(64, dtype=np.float32)}, str(plain))
+    with running_broker(tmp_path, plain, database_url=f"sqlite:///{small_disk / 'broker.db'}") as b:
+        expected = b.file_keys["acme"].reveal()
+        client = b.client("acme-wl")
+        session, _ = client.attest(SampleAttester())
+        filler = _fill(small_disk)
+        start = b.audit_size()
+        with pytest.raises(StorageUnavailableError):
+            client.attest(SampleAttester())
+        keys = client.release(session, RESOURCE)  # reads only: the state on disk is current
+        assert keys.file_key is not None
+        assert expected == keys.file_key.reveal()
+        assert [] == [e.type for _, e in b.events(start) if e.type == "attest.pass"]
+        filler.unlink()
+        assert expected == _release(b)
