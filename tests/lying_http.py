@@ -14,7 +14,8 @@ The first path segment picks the behaviour, the rest names a file under ROOT:
 * ``/swap/F``: changes its ETag after the first answer and honours If-Match (412);
 * ``/slow/F``: honest, but every answer waits 20 ms first (a distant server).
 
-``GET /stats`` returns how many range requests each mode served, as JSON.
+``GET /stats`` returns how many requests each mode served, and how many body bytes
+(``bytes:MODE``), as JSON.
 """
 
 from __future__ import annotations
@@ -97,6 +98,9 @@ class Handler(BaseHTTPRequestHandler):
         self._send(206, bytes(body), headers)
 
     def _send(self, status: int, body: bytes, headers: dict[str, str]) -> None:
+        mode = self.path.split("/")[1] if self.path.count("/") >= 2 else "-"
+        with _lock:
+            _stats[f"bytes:{mode}"] += len(body)
         self.send_response(status)
         for name, value in {**headers, "content-length": str(len(body))}.items():
             self.send_header(name, value)

@@ -38,7 +38,7 @@ def _wait_http(url: str, proc: subprocess.Popen[bytes], log: Path, timeout_s: fl
                 f"{proc.args!r} exited with {proc.returncode}: {log.read_text(errors='replace')[-2000:]}"
             )
         with contextlib.suppress(httpx.TransportError):
-            httpx.get(url, timeout=2)
+            httpx.get(url, timeout=2, verify=False)  # readiness only; the tests check certificates
             return
         time.sleep(0.05)
     raise RuntimeError(f"{url} did not answer within {timeout_s} s")
@@ -83,7 +83,8 @@ http {{
     scgi_temp_path {prefix}/scgi;
     types {{ application/octet-stream wvlt; application/json json; }}
     server {{
-        listen 127.0.0.1:{port};
+        listen 127.0.0.1:{port}{ssl};
+        {tls}
         root {root};
         location / {{ }}
     }}
@@ -91,22 +92,61 @@ http {{
 """
 
 
+def self_signed(directory: Path) -> tuple[Path, Path]:
+    """A certificate for 127.0.0.1 and its key, as PEM files in ``directory`` (cert, key)."""
+    import datetime
+    import ipaddress
+
+    from cryptography import x509
+    from cryptography.hazmat.primitives import hashes, serialization
+    from cryptography.hazmat.primitives.asymmetric import ec
+    from cryptography.x509.oid import NameOID
+
+    key = ec.generate_private_key(ec.SECP256R1())
+    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "127.0.0.1")])
+    now = datetime.datetime.now(datetime.UTC)
+    cert = (
+        x509.CertificateBuilder()
+        .subject_name(name)
+        .issuer_name(name)
+        .public_key(key.public_key())
+        .serial_number(x509.random_serial_number())
+        .not_valid_before(now - datetime.timedelta(minutes=1))
+        .not_valid_after(now + datetime.timedelta(days=1))
+        .add_extension(x509.SubjectAlternativeName([x509.IPAddress(ipaddress.ip_address("127.0.0.1"))]), critical=False)
+        .add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True)
+        .sign(key, hashes.SHA256())
+    )
+    cert_path, key_path = directory / "cert.pem", directory / "key.pem"
+    cert_path.write_bytes(cert.public_bytes(serialization.Encoding.PEM))
+    key_path.write_bytes(
+        key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption())
+    )
+    return cert_path, key_path
+
+
 @contextlib.contextmanager
-def nginx(root: Path) -> Iterator[str]:
-    """nginx serving ``root`` (range requests, ETags) on a loopback port; yields ``http://127.0.0.1:PORT``."""
+def nginx(root: Path, tls: tuple[Path, Path] | None = None) -> Iterator[str]:
+    """nginx serving ``root`` (range requests, ETags) on a loopback port; yields ``http://127.0.0.1:PORT``
+    (``https://`` with ``tls``: a certificate and its key)."""
     binary = require_nginx()
     prefix = Path(tempfile.mkdtemp(prefix="wv-nginx-"))
     port = _free_port()
     # As root, nginx's workers would drop to nobody, who may not read the test's files.
     user = "user root;" if os.geteuid() == 0 else ""
     conf = prefix / "nginx.conf"
-    conf.write_text(_NGINX_CONF.format(prefix=prefix, port=port, root=root.resolve(), user=user))
+    ssl = " ssl" if tls else ""
+    directives = f"ssl_certificate {tls[0].resolve()}; ssl_certificate_key {tls[1].resolve()};" if tls else ""
+    conf.write_text(
+        _NGINX_CONF.format(prefix=prefix, port=port, root=root.resolve(), user=user, ssl=ssl, tls=directives)
+    )
     log = prefix / "stderr.log"
     with log.open("wb") as out:
         proc = subprocess.Popen([binary, "-c", str(conf), "-p", str(prefix)], stdout=out, stderr=subprocess.STDOUT)
+    scheme = "https" if tls else "http"
     try:
-        _wait_http(f"http://127.0.0.1:{port}/", proc, log)
-        yield f"http://127.0.0.1:{port}"
+        _wait_http(f"{scheme}://127.0.0.1:{port}/", proc, log)
+        yield f"{scheme}://127.0.0.1:{port}"
     finally:
         _stop(proc)
         shutil.rmtree(prefix, ignore_errors=True)

@@ -145,6 +145,46 @@ def test_connections_dropped_halfway_are_resumed_and_lose_nothing(
     assert stats["drop-once"] >= 4  # the first answer of each range was cut, then resumed
 
 
+def test_lazy_access_fetches_only_the_chunks_it_needs(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """safe_open over HTTP reads the header, then only the ranges of the tensor asked for."""
+    from safetensors.numpy import save_file
+
+    root = tmp_path / "lazy"
+    root.mkdir()
+    key = FileKey.generate()
+    rng = np.random.default_rng(2)
+    big = {f"big{i}": rng.standard_normal(1 << 20, dtype=np.float32) for i in range(4)}  # 4 x 4 MiB
+    plain = tmp_path / "p.safetensors"
+    save_file({**big, "small": np.arange(1000, dtype=np.float32)}, str(plain))
+    seal_safetensors(plain, root / "m.wvlt", file_key=key)
+    size = (root / "m.wvlt").stat().st_size
+    with lying_server(root) as base:
+        with wv_numpy.safe_open(f"{base}/ok/m.wvlt", key) as f:
+            assert np.array_equal(np.arange(1000, dtype=np.float32), f.get_tensor("small"))
+            rows = f.get_slice("big2")[1000:1010]
+        served_bytes = httpx.get(f"{base}/stats").json()["bytes:ok"]
+    assert np.array_equal(big["big2"][1000:1010], rows)
+    assert served_bytes < size // 10, (served_bytes, size)
+
+
+def test_https_certificates_are_verified(
+    served: tuple[Path, FileKey], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A server whose certificate no trusted CA signed is refused at once (no retries); trusting it
+    through SSL_CERT_FILE, as for any TLS client here, makes the same load work."""
+    from tests.remote_servers import self_signed
+
+    root, key = served
+    cert, tls_key = self_signed(tmp_path)
+    monkeypatch.delenv("SSL_CERT_FILE", raising=False)
+    with nginx(root, tls=(cert, tls_key)) as base:
+        assert base.startswith("https://")
+        with pytest.raises(TransportError, match="certificate verify failed"):
+            wv_numpy.load_file(f"{base}/one.wvlt", key)
+        monkeypatch.setenv("SSL_CERT_FILE", str(cert))
+        _same(wv_numpy.load_file(root / "one.wvlt", key), wv_numpy.load_file(f"{base}/one.wvlt", key))
+
+
 @pytest.fixture(scope="module")
 def s3(served: tuple[Path, FileKey]) -> Iterator[str]:
     """moto's S3 server holding ``served`` under s3://weights/models/; yields the endpoint."""

@@ -220,6 +220,7 @@ class HTTPSource:
                     r.close()
                     r.release_conn()
             except _retryable() as exc:
+                _raise_if_permanent(self.name, exc)
                 attempt += 1
                 if attempt > RETRIES:
                     raise TransportError(f"{self.name}: {_why(exc)} (after {RETRIES} retries)") from exc
@@ -290,6 +291,7 @@ class HTTPSource:
                 if done + got[0] < n:
                     raise _RetryableError("the connection closed early")
             except _retryable() as exc:
+                _raise_if_permanent(self.name, exc)
                 if got[0]:  # progress: a later drop starts a fresh series of retries
                     attempt = 0
                 attempt += 1
@@ -309,6 +311,20 @@ def _retryable() -> tuple[type[Exception], ...]:
     import urllib3
 
     return (_RetryableError, urllib3.exceptions.HTTPError)
+
+
+def _raise_if_permanent(name: str, exc: BaseException) -> None:
+    """A certificate that does not verify will not verify on the next try either."""
+    import urllib3.exceptions as ue
+
+    reason = exc.reason if isinstance(exc, ue.MaxRetryError) else exc
+    if isinstance(reason, ue.SSLError):
+        raise TransportError(f"{name}: TLS failed ({_ssl_reason(reason)})") from exc
+
+
+def _ssl_reason(exc: BaseException) -> str:
+    text = str(exc)
+    return "certificate verify failed" if "CERTIFICATE_VERIFY_FAILED" in text else type(exc).__name__
 
 
 def _why(exc: BaseException) -> str:

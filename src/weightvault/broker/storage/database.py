@@ -210,9 +210,7 @@ class Database:
         COMMITTED a transaction would give each statement its own snapshot anyway, and BEGIN and
         ROLLBACK would cost two more round trips per read."""
         with _unavailable_as_error(), self.engine.connect() as conn:
-            if self.backend == "postgresql":
-                conn = conn.execution_options(isolation_level="AUTOCOMMIT")
-            yield conn
+            yield conn.execution_options(isolation_level="AUTOCOMMIT") if self.backend == "postgresql" else conn
 
     def close(self) -> None:
         self.engine.dispose()
