@@ -20,7 +20,6 @@ from __future__ import annotations
 import argparse
 import gc
 import os
-import platform
 import shutil
 import statistics
 import sys
@@ -31,18 +30,12 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 
-def _cpu() -> str:
-    for line in Path("/proc/cpuinfo").read_text().splitlines():
-        if line.startswith("model name"):
-            return line.split(":", 1)[1].strip()
-    return platform.processor() or "unknown"
-
-
 def main() -> None:
     root = Path(__file__).resolve().parents[1]
     sys.path.insert(0, str(root / "src"))
     sys.path.insert(0, str(root))
     import numpy as np
+    from bench.cpu_load import cpu_model
     from safetensors.numpy import save_file
     from tests.remote_servers import lying_server, nginx
 
@@ -116,7 +109,7 @@ def main() -> None:
                     times.append(time.perf_counter() - t0)
                     del out
         HTTPSource.overlap = default_overlap
-        print(f"CPU: {_cpu()}, {os.cpu_count()} logical CPUs; {args.rounds} interleaved rounds")
+        print(f"CPU: {cpu_model()}, {os.cpu_count()} logical CPUs; {args.rounds} interleaved rounds")
         print(f"sealed file {big_bytes / 2**20:.0f} MiB, MiniLM sealed {minilm_bytes / 2**20:.1f} MiB")
         print(f"{'method':<24} {'min MB/s':>10} {'median MB/s':>12}")
         rate: dict[str, tuple[float, float]] = {}

@@ -15,7 +15,6 @@ Usage: python bench/storage_backends.py [--seconds 4] [--rounds 3]
 from __future__ import annotations
 
 import argparse
-import platform
 import shutil
 import statistics
 import sys
@@ -25,13 +24,6 @@ import time
 from collections.abc import Callable
 from contextlib import ExitStack
 from pathlib import Path
-
-
-def _cpu() -> str:
-    for line in Path("/proc/cpuinfo").read_text().splitlines():
-        if line.startswith("model name"):
-            return line.split(":", 1)[1].strip()
-    return platform.processor() or "unknown"
 
 
 def main() -> None:
@@ -44,6 +36,7 @@ def main() -> None:
     sys.path.insert(0, str(root))
 
     from bench._broker import init_broker, tenant_clients
+    from bench.cpu_load import cpu_model
     from tests.databases import PostgresCluster
     from tests.e2e.servers import serve_broker, set_rate_limit
 
@@ -126,7 +119,7 @@ def main() -> None:
         cluster.destroy()
         shutil.rmtree(work, ignore_errors=True)
 
-    print(f"\nCPU: {_cpu()}; brokers and PostgreSQL on one machine; {args.rounds} rounds of {args.seconds:g} s")
+    print(f"\nCPU: {cpu_model()}; brokers and PostgreSQL on one machine; {args.rounds} rounds of {args.seconds:g} s")
     print(f"{'case':<12} {'backend':<11} {'per second':>11} {'p50':>9} {'p99':>9}")
     for case in cases:
         rates = {}

@@ -10,7 +10,6 @@ import contextlib
 import os
 import shutil
 import signal
-import socket
 import subprocess
 import sys
 import tempfile
@@ -21,13 +20,9 @@ from pathlib import Path
 import httpx
 import pytest
 
+from tests.databases import free_port
+
 __all__ = ["lying_server", "moto_s3", "nginx", "require_nginx"]
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 def _wait_http(url: str, proc: subprocess.Popen[bytes], log: Path, timeout_s: float = 30.0) -> None:
@@ -42,6 +37,21 @@ def _wait_http(url: str, proc: subprocess.Popen[bytes], log: Path, timeout_s: fl
             return
         time.sleep(0.05)
     raise RuntimeError(f"{url} did not answer within {timeout_s} s")
+
+
+@contextlib.contextmanager
+def _process(cmd: list[str], workdir: Path, ready_url: str) -> Iterator[None]:
+    """Run ``cmd`` (output to ``workdir``/out.log) until the block ends; ready once ``ready_url`` answers.
+    ``workdir`` is removed afterwards."""
+    log = workdir / "out.log"
+    with log.open("wb") as out:
+        proc = subprocess.Popen(cmd, stdout=out, stderr=subprocess.STDOUT)
+    try:
+        _wait_http(ready_url, proc, log)
+        yield
+    finally:
+        _stop(proc)
+        shutil.rmtree(workdir, ignore_errors=True)
 
 
 def _stop(proc: subprocess.Popen[bytes]) -> None:
@@ -92,46 +102,13 @@ http {{
 """
 
 
-def self_signed(directory: Path) -> tuple[Path, Path]:
-    """A certificate for 127.0.0.1 and its key, as PEM files in ``directory`` (cert, key)."""
-    import datetime
-    import ipaddress
-
-    from cryptography import x509
-    from cryptography.hazmat.primitives import hashes, serialization
-    from cryptography.hazmat.primitives.asymmetric import ec
-    from cryptography.x509.oid import NameOID
-
-    key = ec.generate_private_key(ec.SECP256R1())
-    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "127.0.0.1")])
-    now = datetime.datetime.now(datetime.UTC)
-    cert = (
-        x509.CertificateBuilder()
-        .subject_name(name)
-        .issuer_name(name)
-        .public_key(key.public_key())
-        .serial_number(x509.random_serial_number())
-        .not_valid_before(now - datetime.timedelta(minutes=1))
-        .not_valid_after(now + datetime.timedelta(days=1))
-        .add_extension(x509.SubjectAlternativeName([x509.IPAddress(ipaddress.ip_address("127.0.0.1"))]), critical=False)
-        .add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True)
-        .sign(key, hashes.SHA256())
-    )
-    cert_path, key_path = directory / "cert.pem", directory / "key.pem"
-    cert_path.write_bytes(cert.public_bytes(serialization.Encoding.PEM))
-    key_path.write_bytes(
-        key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption())
-    )
-    return cert_path, key_path
-
-
 @contextlib.contextmanager
 def nginx(root: Path, tls: tuple[Path, Path] | None = None) -> Iterator[str]:
     """nginx serving ``root`` (range requests, ETags) on a loopback port; yields ``http://127.0.0.1:PORT``
     (``https://`` with ``tls``: a certificate and its key)."""
     binary = require_nginx()
     prefix = Path(tempfile.mkdtemp(prefix="wv-nginx-"))
-    port = _free_port()
+    port = free_port()
     # As root, nginx's workers would drop to nobody, who may not read the test's files.
     user = "user root;" if os.geteuid() == 0 else ""
     conf = prefix / "nginx.conf"
@@ -140,53 +117,28 @@ def nginx(root: Path, tls: tuple[Path, Path] | None = None) -> Iterator[str]:
     conf.write_text(
         _NGINX_CONF.format(prefix=prefix, port=port, root=root.resolve(), user=user, ssl=ssl, tls=directives)
     )
-    log = prefix / "stderr.log"
-    with log.open("wb") as out:
-        proc = subprocess.Popen([binary, "-c", str(conf), "-p", str(prefix)], stdout=out, stderr=subprocess.STDOUT)
     scheme = "https" if tls else "http"
-    try:
-        _wait_http(f"{scheme}://127.0.0.1:{port}/", proc, log)
+    with _process([binary, "-c", str(conf), "-p", str(prefix)], prefix, f"{scheme}://127.0.0.1:{port}/"):
         yield f"{scheme}://127.0.0.1:{port}"
-    finally:
-        _stop(proc)
-        shutil.rmtree(prefix, ignore_errors=True)
 
 
 @contextlib.contextmanager
 def moto_s3() -> Iterator[str]:
     """An S3-compatible server (moto in server mode); yields its endpoint URL."""
     pytest.importorskip("moto")
-    port = _free_port()
+    port = free_port()
     workdir = Path(tempfile.mkdtemp(prefix="wv-moto-"))
-    log = workdir / "moto.log"
-    with log.open("wb") as out:
-        proc = subprocess.Popen(
-            [sys.executable, "-m", "moto.server", "-H", "127.0.0.1", "-p", str(port)],
-            stdout=out,
-            stderr=subprocess.STDOUT,
-        )
-    try:
-        _wait_http(f"http://127.0.0.1:{port}/", proc, log)
+    cmd = [sys.executable, "-m", "moto.server", "-H", "127.0.0.1", "-p", str(port)]
+    with _process(cmd, workdir, f"http://127.0.0.1:{port}/"):
         yield f"http://127.0.0.1:{port}"
-    finally:
-        _stop(proc)
-        shutil.rmtree(workdir, ignore_errors=True)
 
 
 @contextlib.contextmanager
 def lying_server(root: Path) -> Iterator[str]:
     """tests/lying_http.py serving ``root``; yields its base URL (modes are the first path segment)."""
-    port = _free_port()
+    port = free_port()
     workdir = Path(tempfile.mkdtemp(prefix="wv-lying-"))
-    log = workdir / "server.log"
     script = Path(__file__).with_name("lying_http.py")
-    with log.open("wb") as out:
-        proc = subprocess.Popen(
-            [sys.executable, str(script), str(root.resolve()), str(port)], stdout=out, stderr=subprocess.STDOUT
-        )
-    try:
-        _wait_http(f"http://127.0.0.1:{port}/stats", proc, log)
+    cmd = [sys.executable, str(script), str(root.resolve()), str(port)]
+    with _process(cmd, workdir, f"http://127.0.0.1:{port}/stats"):
         yield f"http://127.0.0.1:{port}"
-    finally:
-        _stop(proc)
-        shutil.rmtree(workdir, ignore_errors=True)

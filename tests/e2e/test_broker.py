@@ -395,36 +395,12 @@ def test_rate_limit_per_principal(tmp_path: Path) -> None:
 
 def test_tls_once(tmp_path: Path) -> None:
     """The broker serves TLS when configured; the client verifies the certificate against a CA file."""
-    import datetime
-    import ipaddress
-
     import numpy as np
-    from cryptography import x509
-    from cryptography.hazmat.primitives import hashes, serialization
-    from cryptography.hazmat.primitives.asymmetric import ec
-    from cryptography.x509.oid import NameOID
     from safetensors.numpy import save_file
 
-    key = ec.generate_private_key(ec.SECP256R1())
-    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "127.0.0.1")])
-    now = datetime.datetime.now(datetime.UTC)
-    cert = (
-        x509.CertificateBuilder()
-        .subject_name(name)
-        .issuer_name(name)
-        .public_key(key.public_key())
-        .serial_number(x509.random_serial_number())
-        .not_valid_before(now - datetime.timedelta(minutes=1))
-        .not_valid_after(now + datetime.timedelta(days=1))
-        .add_extension(x509.SubjectAlternativeName([x509.IPAddress(ipaddress.ip_address("127.0.0.1"))]), critical=False)
-        .add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True)
-        .sign(key, hashes.SHA256())
-    )
-    cert_path, key_path = tmp_path / "cert.pem", tmp_path / "key.pem"
-    cert_path.write_bytes(cert.public_bytes(serialization.Encoding.PEM))
-    key_path.write_bytes(
-        key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption())
-    )
+    from tests.helpers import self_signed
+
+    cert_path, key_path = self_signed(tmp_path)
     plain = tmp_path / "p.safetensors"
     save_file({"x": np.zeros(4, np.float32)}, str(plain))
     with running_broker(tmp_path, plain, tls=(cert_path, key_path)) as tls_broker:

@@ -172,7 +172,7 @@ def test_https_certificates_are_verified(
 ) -> None:
     """A server whose certificate no trusted CA signed is refused at once (no retries); trusting it
     through SSL_CERT_FILE, as for any TLS client here, makes the same load work."""
-    from tests.remote_servers import self_signed
+    from tests.helpers import self_signed
 
     root, key = served
     cert, tls_key = self_signed(tmp_path)

@@ -135,6 +135,19 @@ class LocalSource:
             self._fd = -1
 
 
+def _wanted(n: int, offset: int, size: int, short: str) -> bool:
+    """Whether a read of ``n`` bytes at ``offset`` needs fetching (False: nothing to read).
+
+    Raises:
+        PayloadError: ``short``, the read runs past the object's end (as a short local read).
+    """
+    if n == 0:
+        return False
+    if offset < 0 or offset + n > size:
+        raise PayloadError(short)
+    return True
+
+
 class _RetryableError(Exception):
     """A failure worth another attempt (the server or the network, not the bytes)."""
 
@@ -258,10 +271,8 @@ class HTTPSource:
 
     def read_into(self, buf: memoryview, offset: int, short: str) -> None:
         n = len(buf)
-        if n == 0:
+        if not _wanted(n, offset, self.size, short):
             return
-        if offset < 0 or offset + n > self.size:
-            raise PayloadError(short)
         if offset + n <= len(self._head):
             buf[:] = self._head[offset : offset + n]
             return
@@ -404,10 +415,8 @@ class S3Source:
         import obstore
 
         n = len(buf)
-        if n == 0:
+        if not _wanted(n, offset, self.size, short):
             return
-        if offset < 0 or offset + n > self.size:
-            raise PayloadError(short)
         options: dict[str, Any] = {"range": (offset, offset + n)}
         if self._etag is not None:
             options["if_match"] = self._etag
