@@ -12,7 +12,8 @@ The first path segment picks the behaviour, the rest names a file under ROOT:
 * ``/no-range/F``: ignores Range and sends the whole file with 200;
 * ``/grow/F``: claims a total size one byte larger on every answer after the first;
 * ``/swap/F``: changes its ETag after the first answer and honours If-Match (412);
-* ``/slow/F``: honest, but every answer waits 20 ms first (a distant server).
+* ``/slow/F``: honest, but every answer waits 20 ms first (a distant server);
+* ``/weak/F``: honest, with a weak ETag (and If-Match compared strongly: it never matches).
 
 ``GET /stats`` returns how many requests each mode served, and how many body bytes
 (``bytes:MODE``), as JSON.
@@ -56,13 +57,16 @@ class Handler(BaseHTTPRequestHandler):
             first_answer = _stats[mode] == 0
             _stats[mode] += 1
         etag = '"v1"' if mode != "swap" or first_answer else '"v2"'
+        if mode == "weak":
+            etag = 'W/"v1"'
         if mode == "slow":
             time.sleep(0.02)
         match = _RANGE.fullmatch(self.headers.get("range", ""))
         if mode == "no-range" or match is None:
             self._send(200, path.read_bytes(), {"etag": etag})
             return
-        if self.headers.get("if-match") not in (None, etag):
+        if_match = self.headers.get("if-match")
+        if if_match is not None and (if_match != etag or etag.startswith("W/")):
             self._send(412, b"precondition failed", {})
             return
         start, end = int(match.group(1)), min(int(match.group(2)), size - 1)

@@ -133,6 +133,13 @@ def test_a_server_that_lies_or_fails_gets_a_clear_error_and_no_tensor(
         wv_numpy.load_file(f"{base}/{mode}/one.wvlt", key)
 
 
+def test_a_server_with_weak_etags_is_read_without_if_match(served: tuple[Path, FileKey]) -> None:
+    """A weak ETag never matches If-Match (strong comparison): the loader does not send it back."""
+    root, key = served
+    with lying_server(root) as base:
+        _same(wv_numpy.load_file(root / "one.wvlt", key), wv_numpy.load_file(f"{base}/weak/one.wvlt", key))
+
+
 def test_connections_dropped_halfway_are_resumed_and_lose_nothing(
     served: tuple[Path, FileKey], monkeypatch: pytest.MonkeyPatch
 ) -> None:

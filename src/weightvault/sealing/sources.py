@@ -227,7 +227,10 @@ class HTTPSource:
                     self._fill(r, memoryview(head), got)
                     if got[0] < len(head):
                         raise _RetryableError("the connection closed early")
-                    self.size, self._etag = total, r.headers.get("etag")
+                    # If-Match compares strongly (RFC 9110 13.1.1): a weak ETag never matches,
+                    # so only a strong one is sent back; the size check and the tags remain.
+                    etag = r.headers.get("etag")
+                    self.size, self._etag = total, etag if etag and not etag.startswith("W/") else None
                     return bytes(head)
                 finally:
                     r.close()
