@@ -14,7 +14,8 @@ program is wrong" never share an ``except`` clause.
     │  │  └─ UnsupportedError      a version, suite, flag, dtype or critical field we do not know
     │  ├─ HeaderAuthError          the header MAC or a per-tensor key commitment does not verify
     │  ├─ PayloadError             a chunk tag fails, data is truncated, extended or has non-zero padding
-    │  └─ ManifestError            a sealed model directory does not match its authenticated manifest
+    │  ├─ ManifestError            a sealed model directory does not match its authenticated manifest
+    │  └─ BackupError              a broker backup is malformed, fails its signature or encryption, or is not ours
     ├─ KeyAccessError              the caller cannot obtain the right key
     │  ├─ NoMatchingRecipientError no identity opens any recipient stanza of the file
     │  ├─ KeyMismatchError         a key was supplied but it is not this file's key (key commitment)
@@ -27,7 +28,8 @@ program is wrong" never share an ``except`` clause.
     ├─ AuditLogError               the tamper-evident log or a proof does not verify
     │  ├─ InclusionProofError
     │  ├─ ConsistencyError
-    │  └─ CheckpointError
+    │  ├─ CheckpointError
+    │  └─ RollbackError            a restore would take the log back behind a checkpoint already seen
     ├─ RequestError                a service refused a request for a reason other than the above
     │  ├─ AuthenticationError      no or an invalid credential
     │  ├─ PermissionDeniedError    the credential may not do this (role, tenant)
@@ -83,6 +85,7 @@ __all__ = [
     "AuditLogError",
     "AuditUnavailableError",
     "AuthenticationError",
+    "BackupError",
     "CeremonyError",
     "ChallengeExpiredError",
     "ChallengeUsedError",
@@ -112,6 +115,7 @@ __all__ = [
     "RateLimitedError",
     "ReleaseDeniedError",
     "RequestError",
+    "RollbackError",
     "SealedError",
     "ServerError",
     "ServiceUnavailableError",
@@ -164,6 +168,12 @@ class PayloadError(FormatError):
 
 class ManifestError(FormatError):
     """A sealed model directory does not match its authenticated manifest."""
+
+
+class BackupError(FormatError):
+    """A broker backup is malformed, fails its signature or its encryption, or belongs to another broker."""
+
+    remedy = "use a backup this broker wrote, with its keys/audit-log.key.vkey and root key; never edit one"
 
 
 class KeyAccessError(WeightVaultError):
@@ -238,6 +248,14 @@ class ConsistencyError(AuditLogError):
 
 class CheckpointError(AuditLogError):
     """A signed checkpoint is malformed, unsigned by a trusted key, or stale."""
+
+
+class RollbackError(AuditLogError):
+    """Restoring a backup would take the audit log back behind a checkpoint already seen (by this
+    broker's log, a witness or a given checkpoint): revocations and policy changes after it would
+    silently come undone."""
+
+    remedy = "restore a backup at least as new as the newest checkpoint; docs/operations.md (backups)"
 
 
 class RequestError(WeightVaultError):

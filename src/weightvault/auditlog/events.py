@@ -80,6 +80,7 @@ EVENT_TYPES: Final = frozenset(
     | {
         "audit.config",
         "log.handover",
+        "broker.restore",
         "challenge.issued",
         "attest.pass",
         "attest.fail",

@@ -35,7 +35,7 @@ from typing import Final
 from weightvault.auditlog.merkle import EMPTY_ROOT, CompactRange
 from weightvault.errors import AuditLogError
 
-__all__ = ["Head", "LogStorage", "StoredEntry", "Watermark"]
+__all__ = ["Head", "LogStorage", "StoredEntry", "Watermark", "copy_log"]
 
 SCHEMA_VERSION: Final = 1
 
@@ -175,6 +175,25 @@ def read_origin(path: Path) -> str:
     if row is None:
         raise AuditLogError(f"{path}: not an audit log database")
     return str(row[0])
+
+
+def copy_log(src: Path, dst: Path) -> str:
+    """Copy a log database consistently while its writer may be running (SQLite's online backup,
+    which copies one commit point); returns its origin. ``dst`` must not exist.
+
+    Raises:
+        AuditLogError: ``src`` is not a log database.
+    """
+    origin = read_origin(src)
+    uri = "file:" + urllib.parse.quote(str(Path(src).resolve())) + "?mode=ro"
+    source = sqlite3.connect(uri, uri=True)
+    target = sqlite3.connect(dst)
+    try:
+        source.backup(target)
+    finally:
+        target.close()
+        source.close()
+    return origin
 
 
 class LogStorage:

@@ -12,7 +12,9 @@ Each wrap derives a fresh single-use key from a 256-bit random salt, so the
 AEAD nonce can be fixed. The associated data binds every wrapped key to its
 tenant, model and version: a wrapped key copied to another tenant's row, or to
 another model, does not unwrap. Rotated signing keys are wrapped the same way
-(info "weightvault/v1 signing-key", aad = JCS({"purpose", "kid"})). The root key
+(info "weightvault/v1 signing-key", aad = JCS({"purpose", "kid"})), and so is a backup's
+file key (info "weightvault/v1 backup-key", aad = JCS({"purpose", "broker", "created_at"})).
+The root key
 comes from a key file, or from an M-of-N unseal ceremony (docs/custody.md).
 """
 
@@ -26,9 +28,11 @@ from weightvault.format.keys import FileKey
 
 __all__ = [
     "RootKey",
+    "unwrap_backup_key",
     "unwrap_file_key",
     "unwrap_kek",
     "unwrap_signing_key",
+    "wrap_backup_key",
     "wrap_file_key",
     "wrap_kek",
     "wrap_signing_key",
@@ -37,6 +41,7 @@ __all__ = [
 _INFO_KEK = b"weightvault/v1 tenant-kek"
 _INFO_MODEL = b"weightvault/v1 model-key"
 _INFO_SIGNING = b"weightvault/v1 signing-key"
+_INFO_BACKUP = b"weightvault/v1 backup-key"
 
 
 class RootKey:
@@ -122,3 +127,20 @@ def unwrap_signing_key(root: RootKey, purpose: str, kid: str, blob: bytes) -> by
         return unwrap_with_secret(root.reveal(), salt, _INFO_SIGNING, wrapped, _aad(purpose=purpose, kid=kid))
     except InvalidTag as exc:
         raise KeyAccessError(f"signing key {purpose}/{kid} does not unwrap under this root key") from exc
+
+
+def wrap_backup_key(root: RootKey, broker: str, created_at: int, file_key: FileKey) -> bytes:
+    """The file key of a backup's sealed payload, wrapped under the root key for this broker and time."""
+    salt = random_bytes(WRAP_SALT_BYTES)
+    aad = _aad(purpose="backup-key", broker=broker, created_at=created_at)
+    return salt + wrap_with_secret(root.reveal(), salt, _INFO_BACKUP, file_key.reveal(), aad)
+
+
+def unwrap_backup_key(root: RootKey, broker: str, created_at: int, blob: bytes) -> FileKey:
+    """Raises KeyAccessError if the blob was not wrapped under this root key for (broker, created_at)."""
+    salt, wrapped = _split(blob)
+    aad = _aad(purpose="backup-key", broker=broker, created_at=created_at)
+    try:
+        return FileKey(unwrap_with_secret(root.reveal(), salt, _INFO_BACKUP, wrapped, aad))
+    except InvalidTag as exc:
+        raise KeyAccessError("the backup's key does not unwrap under this root key") from exc

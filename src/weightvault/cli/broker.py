@@ -240,3 +240,198 @@ def broker_serve(config_path: Path, host: str | None, port: int | None) -> None:
         )
     finally:
         runtime.close()
+
+
+_BACKED_UP_KEYS: Final = ("token_signing", "registration", "audit_log", "audit_hash")
+
+
+@broker.command("backup")
+@click.option("--config", "config_path", type=click.Path(path_type=Path, exists=True, dir_okay=False), required=True)
+@click.option("--out", type=click.Path(path_type=Path, dir_okay=False), required=True, help="The backup file to write.")
+def broker_backup(config_path: Path, out: Path) -> None:
+    """Back up the broker: its database (one snapshot), audit log, configuration and keys.
+
+    Safe while the broker runs. Encrypted under the root key (which is not in the backup:
+    keep it apart) and signed with the audit log's key. Restore with 'broker restore'.
+    """
+    import time
+
+    from weightvault.auditlog.note import NoteSigner
+    from weightvault.broker.backup import create_backup
+    from weightvault.broker.keystore import RootKey
+    from weightvault.broker.storage import BrokerStore
+    from weightvault.files import read_private_file
+    from weightvault.sealing.keyfiles import read_secret_file
+    from weightvault.server.broker_main import read_config
+
+    config = read_config(config_path)
+    if config.keys.root == "custody":
+        raise ConfigError("this broker's root key is under custody: 'broker backup' needs a root key file (for now)")
+    root = RootKey(read_secret_file(config.path(config.keys.root), "weightvault.root-key"))
+    signer = NoteSigner.from_skey(read_private_file(config.path(config.keys.audit_log), "signing key").decode())
+    keys = [(Path(getattr(config.keys, k)).name, config.path(getattr(config.keys, k))) for k in _BACKED_UP_KEYS]
+    keys.append((Path(config.keys.audit_log).name + ".vkey", config.path(config.keys.audit_log + ".vkey")))
+    store = BrokerStore(config.database_url)
+    try:
+        manifest = create_backup(
+            out,
+            store=store,
+            log_db=config.path(config.audit_db),
+            config_file=config_path,
+            key_files=keys,
+            root=root,
+            signer=signer,
+            broker=config.broker_id,
+            now=int(time.time()),
+        )
+    finally:
+        store.close()
+        root.wipe()
+    click.echo(
+        f"backup written to {out}: log size {manifest.log_size}, {manifest.backend} database, "
+        f"{manifest.payload_bytes} bytes encrypted under the root key"
+    )
+
+
+@broker.command("restore")
+@click.argument("backup", type=click.Path(path_type=Path, exists=True, dir_okay=False))
+@click.option("--into", type=click.Path(path_type=Path, file_okay=False), required=True, help="A new broker directory.")
+@click.option("--root-key", type=click.Path(path_type=Path, exists=True, dir_okay=False), required=True)
+@click.option("--vkey", required=True, help="The audit log's verifier key (or a file holding it), as auditors pin it.")
+@click.option(
+    "--checkpoint",
+    "checkpoints",
+    multiple=True,
+    type=click.Path(path_type=Path, exists=True, dir_okay=False),
+    help="The newest checkpoint a witness, monitor or client holds (a signed note). Repeatable.",
+)
+@click.option(
+    "--old-log", type=click.Path(path_type=Path, exists=True, dir_okay=False), help="The old broker's audit log."
+)
+@click.option("--database-url", default=DEFAULTS.storage_url, show_default=True, help="Where to restore the database.")
+@click.option("--unchecked", is_flag=True, help="Restore with no checkpoint to compare against (recorded in the log).")
+def broker_restore(
+    backup: Path,
+    into: Path,
+    root_key: Path,
+    vkey: str,
+    checkpoints: tuple[Path, ...],
+    old_log: Path | None,
+    database_url: str,
+    unchecked: bool,
+) -> None:
+    """Restore a backup into a new broker directory, refusing to roll the audit log back.
+
+    The backup must be at least as new as every checkpoint given (--checkpoint: the
+    witnesses' latest cosigned checkpoints; --old-log: the old log if it survived), and the
+    same history: otherwise events after it (revoked devices, disabled principals, newer
+    policies) would silently come undone, and the restore is refused (exit 44).
+    """
+    import tempfile
+    import time
+
+    from weightvault.auditlog.events import AuditEvent
+    from weightvault.auditlog.log import AuditLog, LogReader
+    from weightvault.auditlog.note import NoteSigner
+    from weightvault.broker.backup import (
+        KnownCheckpoint,
+        checkpoint_of,
+        open_backup,
+        read_manifest,
+        restore_database_from,
+        rollback_check,
+    )
+    from weightvault.broker.keystore import RootKey
+    from weightvault.broker.storage import BrokerStore
+    from weightvault.cli.options import read_vkey
+    from weightvault.files import read_private_file
+    from weightvault.sealing.keyfiles import read_secret_file, write_secret_file
+    from weightvault.server.broker_main import read_config
+
+    check_storage_url(database_url)
+    if into.exists() and any(into.iterdir()):
+        raise ConfigError(f"{into} is not empty: restore into a new directory")
+    if not checkpoints and old_log is None and not unchecked:
+        raise ConfigError(
+            "name the newest checkpoint the witnesses hold (--checkpoint) or the old log (--old-log), "
+            "so that an old backup cannot roll the log back; or pass --unchecked"
+        )
+    verifier = read_vkey(vkey)
+    manifest, payload = read_manifest(backup, verifier)
+    known = [checkpoint_of(p.read_text(), verifier, str(p)) for p in checkpoints]
+    if old_log is not None:
+        with LogReader.open(old_log, verifier.name) as log:
+            known.append(KnownCheckpoint(log.size, log.root_at(log.size), str(old_log)))
+    root = RootKey(read_secret_file(root_key, "weightvault.root-key"))
+    before = _paths_under(into)
+    try:
+        with tempfile.TemporaryDirectory(prefix="wv-restore-") as tmp:
+            unpacked = open_backup(manifest, payload, root, Path(tmp))
+            with LogReader.open(unpacked / "audit.db", manifest.origin) as log:
+                rollback_check(manifest, log, known)
+            (into / "keys").mkdir(parents=True, exist_ok=True, mode=0o700)
+            (into / "data").mkdir(parents=True, exist_ok=True, mode=0o700)
+            for path in sorted((unpacked / "keys").iterdir()):
+                target = into / "keys" / path.name
+                target.write_bytes(path.read_bytes())
+                target.chmod(0o644 if path.name.endswith(".vkey") else 0o600)
+            write_secret_file(into / "keys/root.key", "weightvault.root-key", root.reveal())
+            config_text = _restored_config((unpacked / "broker.toml").read_text(), database_url)
+            (into / "broker.toml").write_text(config_text)
+            (into / "broker.toml").chmod(0o600)
+            config = read_config(into / "broker.toml")
+            log_path = config.path(config.audit_db)
+            log_path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
+            log_path.write_bytes((unpacked / "audit.db").read_bytes())
+            store = BrokerStore(config.database_url)
+            try:
+                counts = restore_database_from(unpacked, store, int(time.time()))
+            finally:
+                store.close()
+        signer = NoteSigner.from_skey(read_private_file(config.path(config.keys.audit_log), "signing key").decode())
+        details = {
+            "backup_created_at": manifest.created_at,
+            "backup_log_size": manifest.log_size,
+            "checked_against": [{"size": k.size, "source": Path(k.source).name} for k in known],
+            "unchecked": unchecked,
+        }
+        with AuditLog(log_path, signer) as log:
+            log.append(AuditEvent(type="broker.restore", tenant="-", actor="operator", details=details))
+    except BaseException:
+        _remove_partial(into, before)
+        raise
+    finally:
+        root.wipe()
+    serve = f"weightvault broker serve --config {into / 'broker.toml'}"
+    click.echo(
+        f"restored into {into}: log size {manifest.log_size} (+1 broker.restore event), "
+        f"{sum(counts.values())} database rows; start it with '{serve}'"
+    )
+    if unchecked:
+        click.echo("  WARNING: restored without a checkpoint to compare against (--unchecked); the log records it")
+
+
+def _restored_config(text: str, database_url: str) -> str:
+    """The backed-up broker.toml with the restore's database, and every key file in keys/ (where the
+    restore put them, under the names they had)."""
+    import tomllib
+
+    try:
+        key_names = {k: Path(v).name for k, v in tomllib.loads(text).get("keys", {}).items() if isinstance(v, str)}
+    except tomllib.TOMLDecodeError as exc:
+        raise ConfigError(f"the backup's broker.toml does not parse: {exc}") from exc
+    out, section = [], ""
+    for line in text.splitlines():
+        stripped = line.strip()
+        if stripped.startswith("[") and stripped.endswith("]"):
+            section = stripped.strip("[]").strip()
+        key = stripped.split("=", 1)[0].strip() if "=" in stripped and not stripped.startswith("#") else ""
+        if section == "storage" and key == "url":
+            out.append(f"url = {json.dumps(database_url)}")
+        elif section == "keys" and key == "root":
+            out.append('root = "keys/root.key"')
+        elif section == "keys" and key in _BACKED_UP_KEYS:
+            out.append(f"{key} = {json.dumps('keys/' + key_names[key])}")
+        else:
+            out.append(line)
+    return "\n".join(out) + "\n"

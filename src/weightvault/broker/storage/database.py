@@ -212,5 +212,27 @@ class Database:
         with _unavailable_as_error(), self.engine.connect() as conn:
             yield conn.execution_options(isolation_level="AUTOCOMMIT") if self.backend == "postgresql" else conn
 
+    @contextmanager
+    def snapshot(self) -> Iterator[Connection]:
+        """A connection whose queries all see one commit point (for a consistent export).
+
+        PostgreSQL: a REPEATABLE READ, READ ONLY transaction. SQLite: an explicit BEGIN on the
+        WAL database (pysqlite sends none before a SELECT, so each query would see its own state).
+        """
+        with _unavailable_as_error(), self.engine.connect() as conn:
+            if self.backend == "postgresql":
+                conn.execution_options(isolation_level="REPEATABLE READ", postgresql_readonly=True)
+                with conn.begin() as transaction:
+                    yield conn
+                    transaction.rollback()
+                return
+            raw = conn.connection.driver_connection
+            assert raw is not None
+            raw.execute("BEGIN")
+            try:
+                yield conn
+            finally:
+                raw.execute("ROLLBACK")
+
     def close(self) -> None:
         self.engine.dispose()

@@ -1,0 +1,364 @@
+"""Broker backups: a consistent snapshot, encrypted under the root key, signed with the log's key.
+
+A backup is a tar file of exactly two members:
+
+``manifest.note``
+    A signed note (C2SP signed-note format) by the broker's audit-log key. Its text is
+    the line ``weightvault broker backup v1`` and one line of canonical JSON: broker id,
+    creation time, the log's origin, size, root and checkpoint at the snapshot, the
+    database engine, the payload's size and SHA-256, and the payload's file key wrapped
+    under the root key (``keystore.wrap_backup_key``). A checkpoint's second line is a
+    decimal size, so this note can never pass for a checkpoint signed by the same key.
+``payload.wvlt``
+    A sealed blob (docs/format.md) of a tar: ``database.json`` (every row, one snapshot:
+    ``storage.snapshot``), ``audit.db`` (SQLite's online backup of the log), ``broker.toml``
+    and the broker's keys but the root key.
+
+Restoring verifies the note with a pinned verifier key, the payload's digest against
+the note, unwraps the file key with the root key, and opens the blob, whose every chunk
+is authenticated. The log in the payload is re-verified (every leaf re-hashed) and must
+reach the size and root the note states. Whether it may be restored at all, given the
+checkpoints already seen, is :func:`rollback_check`'s question.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+import io
+import json
+import tarfile
+import tempfile
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Final
+
+from weightvault.auditlog.checkpoint import Checkpoint
+from weightvault.auditlog.log import LogReader
+from weightvault.auditlog.note import Note, NoteSigner, NoteVerifier, parse_note
+from weightvault.auditlog.storage import copy_log
+from weightvault.broker.keystore import RootKey, unwrap_backup_key, wrap_backup_key
+from weightvault.broker.storage import BrokerStore
+from weightvault.broker.storage.snapshot import export_database, restore_database
+from weightvault.encoding import canonical_json
+from weightvault.errors import (
+    AuditLogError,
+    BackupError,
+    CheckpointError,
+    KeyAccessError,
+    RollbackError,
+    WeightVaultError,
+)
+from weightvault.files import atomic_file
+from weightvault.format.keys import FileKey
+from weightvault.sealing import seal_blob
+from weightvault.sealing.reader import SealedFile
+from weightvault.sealing.unseal import unseal_to
+
+__all__ = [
+    "BackupManifest",
+    "KnownCheckpoint",
+    "checkpoint_of",
+    "create_backup",
+    "open_backup",
+    "read_manifest",
+    "restore_database_from",
+    "rollback_check",
+]
+
+HEADER: Final = "weightvault broker backup v1"
+_MEMBERS: Final = ("manifest.note", "payload.wvlt")
+_MAX_MANIFEST: Final = 64 << 10
+
+
+@dataclass(frozen=True, slots=True)
+class BackupManifest:
+    """What a backup's signed note states."""
+
+    broker: str
+    created_at: int
+    origin: str
+    log_size: int
+    log_root: bytes
+    checkpoint: str
+    backend: str
+    payload_bytes: int
+    payload_sha256: str
+    wrapped_key: bytes
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "broker": self.broker,
+            "created_at": self.created_at,
+            "log": {
+                "origin": self.origin,
+                "size": self.log_size,
+                "root": self.log_root.hex(),
+                "checkpoint": self.checkpoint,
+            },
+            "database": self.backend,
+            "payload": {"bytes": self.payload_bytes, "sha256": self.payload_sha256},
+            "wrapped_key": self.wrapped_key.hex(),
+        }
+
+    @classmethod
+    def from_json(cls, doc: Any) -> BackupManifest:
+        try:
+            log, payload = doc["log"], doc["payload"]
+            manifest = cls(
+                broker=str(doc["broker"]),
+                created_at=int(doc["created_at"]),
+                origin=str(log["origin"]),
+                log_size=int(log["size"]),
+                log_root=bytes.fromhex(log["root"]),
+                checkpoint=str(log["checkpoint"]),
+                backend=str(doc["database"]),
+                payload_bytes=int(payload["bytes"]),
+                payload_sha256=str(payload["sha256"]),
+                wrapped_key=bytes.fromhex(doc["wrapped_key"]),
+            )
+        except (KeyError, TypeError, ValueError) as exc:
+            raise BackupError("the backup manifest is malformed") from exc
+        if manifest.log_size < 0 or len(manifest.log_root) != 32 or manifest.payload_bytes < 0:
+            raise BackupError("the backup manifest is malformed")
+        return manifest
+
+
+def create_backup(
+    out: Path,
+    *,
+    store: BrokerStore,
+    log_db: Path,
+    config_file: Path,
+    key_files: Iterable[tuple[str, Path]],
+    root: RootKey,
+    signer: NoteSigner,
+    broker: str,
+    now: int,
+) -> BackupManifest:
+    """Write a backup of the running (or stopped) broker to ``out`` atomically.
+
+    The log is copied first and the database exported after, so the database is never
+    older than the log: every state change the log shows is in it (write-ahead rule).
+
+    Raises:
+        AuditLogError: the log does not verify (a damaged log is not backed up silently).
+        StorageUnavailableError: the database cannot be read.
+    """
+    with tempfile.TemporaryDirectory(prefix="wv-backup-") as tmp:
+        work = Path(tmp)
+        origin = copy_log(log_db, work / "audit.db")
+        with LogReader.open(work / "audit.db", origin) as log:
+            size = log.fsck()
+            root_hash = log.root_at(size)
+            checkpoint = log.latest_checkpoint().to_text()
+        database = json.dumps(export_database(store.db), sort_keys=True).encode()
+        inner = work / "payload.tar"
+        with tarfile.open(inner, "w") as tar:
+            _add(tar, "database.json", database)
+            tar.add(work / "audit.db", "audit.db")
+            tar.add(config_file, "broker.toml")
+            for name, path in key_files:
+                tar.add(path, f"keys/{name}")
+        file_key = FileKey.generate()
+        try:
+            seal_blob(inner, work / "payload.wvlt", name="weightvault-broker-backup", file_key=file_key)
+            wrapped = wrap_backup_key(root, broker, now, file_key)
+        finally:
+            file_key.wipe()
+        payload = (work / "payload.wvlt").read_bytes()
+        manifest = BackupManifest(
+            broker=broker,
+            created_at=now,
+            origin=origin,
+            log_size=size,
+            log_root=root_hash,
+            checkpoint=checkpoint,
+            backend=store.db.backend,
+            payload_bytes=len(payload),
+            payload_sha256=hashlib.sha256(payload).hexdigest(),
+            wrapped_key=wrapped,
+        )
+        text = f"{HEADER}\n{canonical_json(manifest.to_json()).decode()}\n"
+        note = Note(text, (signer.sign(text),)).to_text().encode()
+        with atomic_file(out, mode=0o600) as handle, tarfile.open(fileobj=handle, mode="w") as tar:
+            _add(tar, "manifest.note", note)
+            _add(tar, "payload.wvlt", payload)
+    return manifest
+
+
+def _add(tar: tarfile.TarFile, name: str, data: bytes) -> None:
+    info = tarfile.TarInfo(name)
+    info.size = len(data)
+    info.mode = 0o600
+    tar.addfile(info, io.BytesIO(data))
+
+
+def _members(path: Path) -> dict[str, bytes]:
+    """The backup's two members, read with their sizes bounded; anything else is refused."""
+    try:
+        with tarfile.open(path, "r:") as tar:
+            found: dict[str, bytes] = {}
+            for info in tar:
+                if info.name not in _MEMBERS or not info.isfile() or info.name in found:
+                    raise BackupError(f"{path}: unexpected member {info.name!r}")
+                if info.name == "manifest.note" and info.size > _MAX_MANIFEST:
+                    raise BackupError(f"{path}: the manifest is too large")
+                handle = tar.extractfile(info)
+                assert handle is not None
+                found[info.name] = handle.read()
+    except (tarfile.TarError, EOFError) as exc:
+        raise BackupError(f"{path}: not a weightvault backup ({type(exc).__name__})") from exc
+    if set(found) != set(_MEMBERS):
+        raise BackupError(f"{path}: not a weightvault backup (members missing)")
+    return found
+
+
+def read_manifest(path: Path, verifier: NoteVerifier) -> tuple[BackupManifest, bytes]:
+    """The backup's manifest, verified with ``verifier`` (the log's key), and its payload bytes.
+
+    Raises:
+        BackupError: malformed, not signed by ``verifier``, or the payload differs from the manifest.
+    """
+    members = _members(path)
+    try:
+        note = parse_note(members["manifest.note"])
+    except CheckpointError as exc:
+        raise BackupError(f"{path}: the manifest is not a signed note ({exc})") from exc
+    if not _signed_by(note, verifier):
+        raise BackupError(f"{path}: the manifest is not signed by {verifier.name}")
+    lines = note.text.split("\n")
+    if len(lines) != 3 or lines[0] != HEADER or lines[2] != "":
+        raise BackupError(f"{path}: not a weightvault broker backup")
+    try:
+        manifest = BackupManifest.from_json(json.loads(lines[1]))
+    except json.JSONDecodeError as exc:
+        raise BackupError(f"{path}: the backup manifest is malformed") from exc
+    payload = members["payload.wvlt"]
+    digest = hashlib.sha256(payload).hexdigest()
+    if len(payload) != manifest.payload_bytes or not hmac.compare_digest(digest, manifest.payload_sha256):
+        raise BackupError(f"{path}: the payload is not the one the manifest names")
+    if manifest.origin != verifier.name:
+        raise BackupError(f"{path}: a backup of the log {manifest.origin!r}, not {verifier.name!r}")
+    return manifest, payload
+
+
+def _signed_by(note: Note, verifier: NoteVerifier) -> bool:
+    """Whether a signature of ``verifier``'s key on ``note`` verifies."""
+    for sig in note.signatures:
+        if verifier.matches(sig):
+            try:
+                verifier.verify(note.text, sig)
+            except CheckpointError:
+                return False
+            return True
+    return False
+
+
+@dataclass(frozen=True, slots=True)
+class KnownCheckpoint:
+    """A tree head the world may already have seen: from a checkpoint, a log or a watermark."""
+
+    size: int
+    root: bytes
+    source: str
+
+
+def checkpoint_of(text: str, verifier: NoteVerifier, source: str) -> KnownCheckpoint:
+    """A checkpoint note signed by the log's key (witness cosignatures are welcome, not needed).
+
+    Raises:
+        CheckpointError: not a checkpoint of this log, or its signature fails.
+    """
+    note = parse_note(text)
+    if not _signed_by(note, verifier):
+        raise CheckpointError(f"{source}: not signed by {verifier.name}")
+    checkpoint = Checkpoint.from_text(note.text)
+    if checkpoint.origin != verifier.name:
+        raise CheckpointError(f"{source}: a checkpoint of {checkpoint.origin!r}, not {verifier.name!r}")
+    return KnownCheckpoint(checkpoint.size, checkpoint.root, source)
+
+
+def rollback_check(manifest: BackupManifest, log: LogReader, known: Sequence[KnownCheckpoint]) -> None:
+    """Refuse a backup whose log is older than, or not an extension of, any known tree head.
+
+    ``log`` is the backup's own log (verified). A known head larger than the backup's means
+    events after the backup were seen (a revocation, a policy change): restoring would
+    undo them silently. A head of the same or a smaller size must be the backup's tree at
+    that size, else the backup is of another history.
+
+    Raises:
+        RollbackError: the backup is behind, or off, a known head.
+    """
+    for head in known:
+        if head.size > manifest.log_size:
+            raise RollbackError(
+                f"the backup's log ends at size {manifest.log_size}, but {head.source} has seen size "
+                f"{head.size}: restoring it would undo what happened since"
+            )
+        if not hmac.compare_digest(log.root_at(head.size), head.root):
+            raise RollbackError(f"the backup's log is not the history {head.source} has seen (size {head.size})")
+
+
+def open_backup(manifest: BackupManifest, payload: bytes, root: RootKey, into: Path) -> Path:
+    """Decrypt and unpack the payload into the directory ``into``; returns it. Verifies the log inside.
+
+    Raises:
+        KeyAccessError: ``root`` is not the key the backup was made under.
+        BackupError: the payload does not decrypt, unpack or verify.
+    """
+    file_key = unwrap_backup_key(root, manifest.broker, manifest.created_at, manifest.wrapped_key)
+    sealed_path, tar_path = into / "payload.wvlt", into / "payload.tar"
+    sealed_path.write_bytes(payload)
+    try:
+        with (
+            SealedFile(sealed_path) as sealed,
+            sealed.unlock(file_key) as opened,
+            atomic_file(tar_path, mode=0o600) as out,
+        ):
+            unseal_to(opened, out.fileno())
+    except KeyAccessError:
+        raise
+    except WeightVaultError as exc:
+        raise BackupError(f"the backup's payload does not open: {exc}") from exc
+    finally:
+        file_key.wipe()
+        sealed_path.unlink()
+    names = {"database.json", "audit.db", "broker.toml"}
+    try:
+        with tarfile.open(tar_path, "r:") as tar:
+            for info in tar:
+                name = info.name
+                if not info.isfile() or not (name in names or _key_member(name)):
+                    raise BackupError(f"the backup's payload has an unexpected member {name!r}")
+                tar.extract(info, into, filter="data")
+    except tarfile.TarError as exc:
+        raise BackupError(f"the backup's payload does not unpack ({type(exc).__name__})") from exc
+    finally:
+        tar_path.unlink()
+    missing = sorted(n for n in names if not (into / n).is_file())
+    if missing:
+        raise BackupError(f"the backup's payload lacks {', '.join(missing)}")
+    try:
+        with LogReader.open(into / "audit.db", manifest.origin) as log:
+            size = log.fsck()
+            if size != manifest.log_size or log.root_at(size) != manifest.log_root:
+                raise BackupError("the backup's log is not the one its manifest states")
+    except AuditLogError as exc:
+        raise BackupError(f"the backup's log does not verify: {exc}") from exc
+    return into
+
+
+def _key_member(name: str) -> bool:
+    parts = name.split("/")
+    return len(parts) == 2 and parts[0] == "keys" and parts[1] not in ("", ".", "..")
+
+
+def restore_database_from(into: Path, store: BrokerStore, now: int) -> dict[str, int]:
+    """Load ``into/database.json`` into ``store`` (which must be empty)."""
+    try:
+        doc = json.loads((into / "database.json").read_bytes())
+    except (OSError, json.JSONDecodeError) as exc:
+        raise BackupError("the backup's database export is malformed") from exc
+    return restore_database(store.db, doc, now)

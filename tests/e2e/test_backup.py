@@ -1,0 +1,149 @@
+"""Backups of a running broker, restored into a new directory, and the rollback they must never cause.
+
+The hazard: a restored backup that silently brings back a disabled principal, a revoked
+device or an older policy. A restore is compared with the checkpoints already seen (the
+witnesses', the old log) and refused when the log moved on after the backup.
+"""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+
+import numpy as np
+import pytest
+from safetensors.numpy import save_file
+
+from tests.e2e.broker_fixture import Broker, running_broker
+from tests.e2e.servers import serve_broker
+from weightvault.auditlog.log import LogReader
+from weightvault.client.broker import BrokerClient, SampleAttester
+from weightvault.errors import AuthenticationError
+
+pytestmark = [pytest.mark.e2e, pytest.mark.slow]
+
+RESOURCE = "acme/models/small@1"
+ORIGIN = "weightvault-broker/audit"
+
+
+def wv(*args: str | Path) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "weightvault", *map(str, args)], check=False, capture_output=True, text=True, timeout=180
+    )
+
+
+def _checkpoint(broker: Broker, out: Path) -> Path:
+    """The log's newest checkpoint, as a witness or a monitor would hold it."""
+    broker.audit_size()  # let queued events commit
+    with LogReader.open(broker.base / "data" / "audit.db", ORIGIN) as log:
+        out.write_text(log.latest_checkpoint().to_text())
+    return out
+
+
+def _release(url: str, token: str) -> bytes:
+    with BrokerClient(url, token) as client:
+        session, _ = client.attest(SampleAttester())
+        keys = client.release(session, RESOURCE)
+    assert keys.file_key is not None
+    return keys.file_key.reveal()
+
+
+@pytest.fixture
+def backed_up(tmp_path: Path) -> Iterator[tuple[Broker, Path, Path]]:
+    """A running broker with a release in its log, a backup taken while it runs, and the checkpoint then."""
+    plain = tmp_path / "small.safetensors"
+    save_file({"w": np.arange(256, dtype=np.float32)}, str(plain))
+    with running_broker(tmp_path, plain) as broker:
+        _release(broker.url, broker.tokens["acme-wl"])
+        backup = tmp_path / "broker.wvbackup"
+        made = wv("broker", "backup", "--config", broker.base / "broker.toml", "--out", backup)
+        assert 0 == made.returncode, made.stderr
+        assert (backup.stat().st_mode & 0o777) == 0o600
+        yield broker, backup, _checkpoint(broker, tmp_path / "at-backup.note")
+
+
+def _restore(broker: Broker, backup: Path, into: Path, *options: str | Path) -> subprocess.CompletedProcess[str]:
+    keys = broker.base / "keys"
+    done = wv(
+        "broker", "restore", backup, "--into", into, "--root-key", keys / "root.key",
+        "--vkey", keys / "audit-log.key.vkey", *options,
+    )  # fmt: skip
+    if done.returncode == 0:
+        # Files the configuration names besides its keys (here the token verifier's JWKS) are
+        # the operator's to put back, as they would TLS certificates or TPM roots.
+        (into / "jwks.json").write_bytes((broker.base / "jwks.json").read_bytes())
+    return done
+
+
+def test_a_backup_restores_into_a_new_broker_that_serves_the_same_keys(
+    backed_up: tuple[Broker, Path, Path], tmp_path: Path
+) -> None:
+    broker, backup, at_backup = backed_up
+    expected = broker.file_keys["acme"].reveal()
+    into = tmp_path / "restored"
+    done = _restore(broker, backup, into, "--checkpoint", at_backup)
+    assert 0 == done.returncode, done.stderr
+    assert "restored into" in done.stdout
+    assert (into / "keys" / "root.key").stat().st_mode & 0o777 == 0o600
+    with serve_broker(into) as url:
+        assert expected == _release(url, broker.tokens["acme-wl"])  # principals, models, policies, keys
+    with LogReader.open(into / "data" / "audit.db", ORIGIN) as log:
+        log.fsck()
+        events = [e for _, e in log.events()]
+        restores = [e for e in events if e.type == "broker.restore"]
+    assert 1 == len(restores)
+    assert [at_backup.name] == [c["source"] for c in restores[0].details["checked_against"]]
+
+
+def test_an_old_backup_is_refused_once_the_log_has_moved_on(
+    backed_up: tuple[Broker, Path, Path], tmp_path: Path
+) -> None:
+    """After the backup, a principal is disabled. A witness's checkpoint, or the old log, shows it:
+    the restore is refused (exit 44) and writes nothing. Unchecked, the principal would be back."""
+    broker, backup, _ = backed_up
+    broker.client("operator").disable_principal("acme-wl2")
+    with pytest.raises(AuthenticationError):
+        _release(broker.url, broker.tokens["acme-wl2"])
+    later = _checkpoint(broker, tmp_path / "later.note")
+    for options in (("--checkpoint", later), ("--old-log", broker.base / "data" / "audit.db")):
+        into = tmp_path / f"refused-{options[0].strip('-')}"
+        refused = _restore(broker, backup, into, *options)
+        assert 44 == refused.returncode, refused.stderr
+        assert "roll" in refused.stderr
+        assert not into.exists()
+    # What the check prevents: the same backup restored blind brings the principal back.
+    into = tmp_path / "blind"
+    blind = _restore(broker, backup, into, "--unchecked")
+    assert 0 == blind.returncode, blind.stderr
+    assert "WARNING" in blind.stdout
+    with serve_broker(into) as url:
+        assert broker.file_keys["acme"].reveal() == _release(url, broker.tokens["acme-wl2"])
+
+
+def test_a_tampered_backup_or_the_wrong_keys_are_refused(backed_up: tuple[Broker, Path, Path], tmp_path: Path) -> None:
+    broker, backup, at_backup = backed_up
+    data = bytearray(backup.read_bytes())
+    data[len(data) // 2] ^= 0x01  # inside the sealed payload
+    tampered = tmp_path / "tampered.wvbackup"
+    tampered.write_bytes(bytes(data))
+    assert 16 == _restore(broker, tampered, tmp_path / "t", "--checkpoint", at_backup).returncode
+    other = tmp_path / "other"
+    assert 0 == wv("broker", "init", other).returncode
+    keys = broker.base / "keys"
+    wrong_vkey = wv(
+        "broker", "restore", backup, "--into", tmp_path / "v", "--root-key", keys / "root.key",
+        "--vkey", other / "keys" / "audit-log.key.vkey", "--unchecked",
+    )  # fmt: skip
+    assert 16 == wrong_vkey.returncode, wrong_vkey.stderr
+    wrong_root = wv(
+        "broker", "restore", backup, "--into", tmp_path / "r", "--root-key", other / "keys" / "root.key",
+        "--vkey", keys / "audit-log.key.vkey", "--checkpoint", at_backup,
+    )  # fmt: skip
+    assert 20 == wrong_root.returncode, wrong_root.stderr
+    for name in ("t", "v", "r"):
+        assert not (tmp_path / name).exists()
+    no_check = _restore(broker, backup, tmp_path / "n")
+    assert 60 == no_check.returncode
+    assert "--checkpoint" in no_check.stderr
