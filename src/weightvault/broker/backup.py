@@ -332,6 +332,7 @@ def open_backup(manifest: BackupManifest, payload: bytes, root: RootKey, into: P
                 name = info.name
                 if not info.isfile() or not (name in names or _key_member(name)):
                     raise BackupError(f"the backup's payload has an unexpected member {name!r}")
+                # Names were checked above; the "data" filter also refuses links, devices and odd modes.
                 tar.extract(info, into, filter="data")
     except tarfile.TarError as exc:
         raise BackupError(f"the backup's payload does not unpack ({type(exc).__name__})") from exc
