@@ -147,3 +147,73 @@ def test_a_tampered_backup_or_the_wrong_keys_are_refused(backed_up: tuple[Broker
     no_check = _restore(broker, backup, tmp_path / "n")
     assert 60 == no_check.returncode
     assert "--checkpoint" in no_check.stderr
+
+
+def test_an_approved_rollback_keeps_the_newer_log_and_holds_what_changed_since(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The issue's override: two approvers of the approval policy sign the rollback offline; the
+    restore keeps the old broker's (newer) log, and the principal disabled after the backup is
+    held, so it stays out although the restored database says it is enabled. One approval is
+    not enough; the request binds this backup and that log head."""
+    import json
+
+    from weightvault.errors import ContainedError
+
+    monkeypatch.setenv("WEIGHTVAULT_PASSPHRASE", "correct horse battery staple")
+    for name in ("alice", "bob"):
+        assert 0 == wv("person", "keygen", name, "--out", tmp_path / f"{name}.key").returncode
+    approvers = {
+        n: {k: v for k, v in json.loads((tmp_path / f"{n}.key.pub").read_text()).items() if k in ("signing", "hpke")}
+        for n in ("alice", "bob")
+    }
+    policy = {
+        "approvers": approvers,
+        "groups": {"sec": ["alice", "bob"]},
+        "rules": [{"op": "approval.policy.change", "require": [{"group": "sec", "count": 2}]}],
+    }
+    plain = tmp_path / "small.safetensors"
+    save_file({"w": np.arange(256, dtype=np.float32)}, str(plain))
+    backup = tmp_path / "broker.wvbackup"
+    with running_broker(tmp_path, plain) as broker:
+        broker.client("operator").put_approval_policy(policy)
+        assert 0 == wv("broker", "backup", "--config", broker.base / "broker.toml", "--out", backup).returncode
+        broker.client("operator").disable_principal("acme-wl2")
+        old_size = broker.audit_size()
+    old_log, request = broker.base / "data" / "audit.db", tmp_path / "restore-request.json"
+    into = tmp_path / "restored"
+    override = ("--old-log", old_log, "--approval-request", request)
+    refused = _restore(broker, backup, into, *override)
+    assert 44 == refused.returncode, refused.stderr
+    assert "approval sign-file" in refused.stderr
+    assert "broker.restore" in request.read_text()
+    for name in ("alice", "bob"):
+        signed = wv(
+            "approval",
+            "sign-file",
+            request,
+            "--key",
+            tmp_path / f"{name}.key",
+            "--out",
+            tmp_path / f"{name}.ok",
+            "--yes",
+        )
+        assert 0 == signed.returncode, signed.stderr
+    one = _restore(broker, backup, into, *override, "--approval", tmp_path / "alice.ok")
+    assert 81 == one.returncode, one.stderr  # approval required: 2 of sec
+    assert not into.exists()
+    done = _restore(
+        broker, backup, into, *override, "--approval", tmp_path / "alice.ok", "--approval", tmp_path / "bob.ok"
+    )
+    assert 0 == done.returncode, done.stderr
+    assert "ROLLBACK approved by alice, bob" in done.stdout
+    with serve_broker(into) as url:
+        assert broker.file_keys["acme"].reveal() == _release(url, broker.tokens["acme-wl"])
+        with pytest.raises(ContainedError):
+            _release(url, broker.tokens["acme-wl2"])
+    with LogReader.open(into / "data" / "audit.db", ORIGIN) as log:
+        log.fsck()
+        assert log.size > old_size  # the old log went on, plus the restore and what the test did
+        restore = next(e for _, e in log.events(start=old_size) if e.type == "broker.restore")
+    assert ["alice", "bob"] == restore.details["rollback"]["approved_by"]
+    assert 1 <= restore.details["rollback"]["holds"]

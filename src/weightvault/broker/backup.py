@@ -27,22 +27,29 @@ import hashlib
 import hmac
 import io
 import json
+import secrets
 import tarfile
 import tempfile
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Final
 
 from weightvault.auditlog.checkpoint import Checkpoint
+from weightvault.auditlog.entities import entities_of
+from weightvault.auditlog.events import WRITE_AHEAD_ACTIONS
 from weightvault.auditlog.log import LogReader
 from weightvault.auditlog.note import Note, NoteSigner, NoteVerifier, parse_note
 from weightvault.auditlog.storage import copy_log
+from weightvault.broker.containment import held_model
 from weightvault.broker.keystore import RootKey, unwrap_backup_key, wrap_backup_key
 from weightvault.broker.storage import BrokerStore
 from weightvault.broker.storage.snapshot import export_database, restore_database
+from weightvault.custody.approvals import RESTORE_OP, ApprovalPolicy, ApprovalRequest, SignedApproval, evaluate
 from weightvault.encoding import canonical_json
 from weightvault.errors import (
+    ApprovalInvalidError,
+    ApprovalRequiredError,
     AuditLogError,
     BackupError,
     CheckpointError,
@@ -59,11 +66,16 @@ from weightvault.sealing.unseal import unseal_to
 __all__ = [
     "BackupManifest",
     "KnownCheckpoint",
+    "approval_policy_of",
+    "changes_after",
+    "check_override",
     "checkpoint_of",
     "create_backup",
+    "hold_targets",
     "open_backup",
     "read_manifest",
     "restore_database_from",
+    "restore_request",
     "rollback_check",
 ]
 
@@ -349,6 +361,148 @@ def open_backup(manifest: BackupManifest, payload: bytes, root: RootKey, into: P
     except AuditLogError as exc:
         raise BackupError(f"the backup's log does not verify: {exc}") from exc
     return into
+
+
+# -- the approved override of a refused restore ------------------------------------------------
+
+#: State changes that restore cannot make safe with holds: they would revive old custody
+#: shares or old approvers, the very people who approve the restore.
+_UNHOLDABLE: Final = ("custody.", "approval.policy.change")
+#: Custody events that change who holds shares (not ceremonies, unseals or seals, which a restart brings).
+_CUSTODY_CHANGES: Final = ("custody.genesis", "custody.set.active")
+#: Write-ahead actions that change no state the broker keeps.
+_NO_STATE: Final = frozenset({"key.release", "key.export"})
+
+
+def _action(event_type: str) -> str | None:
+    """The state-changing action an event records (a ``.done``, or a single legacy event), or None."""
+    action = event_type.removesuffix(".done")
+    if event_type.endswith((".intent", ".fail")):
+        return None
+    if action in WRITE_AHEAD_ACTIONS and action not in _NO_STATE:
+        return action
+    if event_type in ("gateway.key.create", "gateway.key.revoke", *_CUSTODY_CHANGES):
+        return event_type
+    return None
+
+
+def changes_after(old_log: LogReader, start: int) -> list[dict[str, Any]]:
+    """The state-changing events of ``old_log`` from index ``start`` on, as JSON objects.
+
+    Raises:
+        RollbackError: one of them changed custody or the approval policy (no hold can undo that).
+    """
+    found = []
+    for _, event in old_log.events(start=start):
+        action = _action(event.type)
+        if action is None:
+            continue
+        if action.startswith(_UNHOLDABLE):
+            raise RollbackError(
+                f"the log changed {action} after the backup: restoring it would bring old custody shares "
+                "or approvers back, which no approval can make safe"
+            )
+        found.append(event.to_json())
+    return found
+
+
+def hold_targets(events: Sequence[Mapping[str, Any]], models_of: Any) -> list[tuple[str, str, str]]:
+    """(kind, target, tenant) for every entity the events name, each once, in a stable order.
+
+    An event about a model holds the model; about a device, principal or gateway key,
+    that; about anything else of a tenant (a policy, a key, the tenant itself), every
+    model of the tenant (``models_of(tenant)``: their hold targets), because the restored
+    state of that thing is older than what the log says.
+    """
+    targets: dict[tuple[str, str], str] = {}
+    for ev in events:
+        entities = entities_of(ev)
+        tenant = str(ev.get("tenant", "-"))
+        resource = str(ev.get("resource", ""))
+        for device in entities.devices:
+            targets.setdefault(("device", device), tenant)
+        for key in entities.keys:
+            targets.setdefault(("gateway_key", key), tenant)
+        if resource.startswith("principal:"):
+            targets.setdefault(("principal", resource[len("principal:") :]), tenant)
+        for res in entities.resources:
+            model = held_model(res)
+            if model is not None:
+                targets.setdefault(("model", model), tenant)
+            elif tenant != "-":
+                for target in models_of(tenant):
+                    targets.setdefault(("model", target), tenant)
+    return [(kind, target, tenant) for (kind, target), tenant in sorted(targets.items())]
+
+
+def restore_request(
+    manifest: BackupManifest, newer: KnownCheckpoint, policy_version: int, now: int, ttl_s: int = 86400
+) -> ApprovalRequest:
+    """The approval request for restoring ``manifest``'s backup behind ``newer`` (the old log's head)."""
+    params = {
+        "backup_sha256": manifest.payload_sha256,
+        "backup_created_at": manifest.created_at,
+        "backup_log_size": manifest.log_size,
+        "backup_log_root": manifest.log_root.hex(),
+        "newer_log_size": newer.size,
+        "newer_log_root": newer.root.hex(),
+    }
+    return ApprovalRequest(
+        id="restore-" + secrets.token_hex(8),
+        broker=manifest.broker,
+        op=RESTORE_OP,
+        tenant="-",
+        params=params,
+        requester="operator",
+        policy_version=policy_version,
+        nonce=secrets.token_hex(16),
+        not_before=now,
+        expires_at=now + ttl_s,
+    )
+
+
+def approval_policy_of(unpacked: Path) -> ApprovalPolicy | None:
+    """The newest approval policy in an unpacked backup's database, or None."""
+    doc = json.loads((unpacked / "database.json").read_bytes())
+    rows = doc.get("tables", {}).get("approval_policies", [])
+    if not rows:
+        return None
+    newest = max(rows, key=lambda r: int(r["version"]))
+    return ApprovalPolicy.parse(json.loads(newest["document"]), int(newest["version"]))
+
+
+def check_override(
+    request: ApprovalRequest,
+    manifest: BackupManifest,
+    newer: KnownCheckpoint,
+    policy: ApprovalPolicy,
+    *,
+    approvals: Sequence[SignedApproval],
+    now: int,
+) -> tuple[str, ...]:
+    """The approvers who approved this very rollback under ``policy``; raises unless enough did.
+
+    Raises:
+        ApprovalInvalidError: the request is for another backup or log head, or a denial counts.
+        ApprovalRequiredError: the approvals that count do not meet the rule.
+    """
+    expected = restore_request(manifest, newer, policy.version, now)
+    if (request.op, request.broker, dict(request.params)) != (expected.op, expected.broker, dict(expected.params)):
+        raise ApprovalInvalidError("the approval request is for another backup or another log head")
+    if request.policy_version != policy.version:
+        raise ApprovalInvalidError(
+            f"the request names approval policy v{request.policy_version}, not v{policy.version}"
+        )
+    result = evaluate(policy, request, approvals, {}, now)
+    if result.status == "denied":
+        raise ApprovalInvalidError(f"the rollback was denied by {', '.join(result.counted)}")
+    if result.status != "approved":
+        problems = "; ".join(result.problems)
+        raise ApprovalRequiredError(
+            f"the rollback needs {result.needed}; counted: {', '.join(result.counted) or 'none'}"
+            + (f" ({problems})" if problems else "")
+        )
+    return result.counted
 
 
 def _key_member(name: str) -> bool:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Final
 
@@ -310,6 +311,18 @@ def broker_backup(config_path: Path, out: Path) -> None:
 )
 @click.option("--database-url", default=DEFAULTS.storage_url, show_default=True, help="Where to restore the database.")
 @click.option("--unchecked", is_flag=True, help="Restore with no checkpoint to compare against (recorded in the log).")
+@click.option(
+    "--approval-request",
+    type=click.Path(path_type=Path, dir_okay=False),
+    help="With --old-log: where the request to approve a rollback is written (and read back).",
+)
+@click.option(
+    "--approval",
+    "approval_files",
+    multiple=True,
+    type=click.Path(path_type=Path, exists=True, dir_okay=False),
+    help="An approval of that request ('weightvault approval sign-file'). Repeatable.",
+)
 def broker_restore(
     backup: Path,
     into: Path,
@@ -319,6 +332,8 @@ def broker_restore(
     old_log: Path | None,
     database_url: str,
     unchecked: bool,
+    approval_request: Path | None,
+    approval_files: tuple[Path, ...],
 ) -> None:
     """Restore a backup into a new broker directory, refusing to roll the audit log back.
 
@@ -326,6 +341,12 @@ def broker_restore(
     witnesses' latest cosigned checkpoints; --old-log: the old log if it survived), and the
     same history: otherwise events after it (revoked devices, disabled principals, newer
     policies) would silently come undone, and the restore is refused (exit 44).
+
+    With --old-log and --approval-request, a refused restore writes a request that the
+    approval policy's approvers sign ('weightvault approval sign-file'); given their
+    --approval files, the restore goes ahead: the old log is kept (append-only) and every
+    principal, device, gateway key and model that a change after the backup touched is
+    held until an operator lifts it.
     """
     import tempfile
     import time
@@ -333,6 +354,7 @@ def broker_restore(
     from weightvault.auditlog.events import AuditEvent
     from weightvault.auditlog.log import AuditLog, LogReader
     from weightvault.auditlog.note import NoteSigner
+    from weightvault.auditlog.storage import copy_log
     from weightvault.broker.backup import (
         KnownCheckpoint,
         checkpoint_of,
@@ -344,6 +366,7 @@ def broker_restore(
     from weightvault.broker.keystore import RootKey
     from weightvault.broker.storage import BrokerStore
     from weightvault.cli.options import read_vkey
+    from weightvault.errors import RollbackError
     from weightvault.files import read_private_file
     from weightvault.sealing.keyfiles import read_secret_file, write_secret_file
     from weightvault.server.broker_main import read_config
@@ -363,12 +386,22 @@ def broker_restore(
         with LogReader.open(old_log, verifier.name) as log:
             known.append(KnownCheckpoint(log.size, log.root_at(log.size), str(old_log)))
     root = RootKey(read_secret_file(root_key, "weightvault.root-key"))
+    approvals = [_read_approval(p) for p in approval_files]
     before = _paths_under(into)
+    now = int(time.time())
+    override: _Override | None = None
     try:
         with tempfile.TemporaryDirectory(prefix="wv-restore-") as tmp:
             unpacked = open_backup(manifest, payload, root, Path(tmp))
             with LogReader.open(unpacked / "audit.db", manifest.origin) as log:
-                rollback_check(manifest, log, known)
+                try:
+                    rollback_check(manifest, log, known)
+                except RollbackError:
+                    if old_log is None or approval_request is None:
+                        raise
+                    override = _approve_rollback(
+                        manifest, unpacked, old_log, known, approval_request, approvals, verifier.name, now
+                    )
             (into / "keys").mkdir(parents=True, exist_ok=True, mode=0o700)
             (into / "data").mkdir(parents=True, exist_ok=True, mode=0o700)
             for path in sorted((unpacked / "keys").iterdir()):
@@ -382,19 +415,32 @@ def broker_restore(
             config = read_config(into / "broker.toml")
             log_path = config.path(config.audit_db)
             log_path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
-            log_path.write_bytes((unpacked / "audit.db").read_bytes())
+            if override is None:
+                log_path.write_bytes((unpacked / "audit.db").read_bytes())
+            else:  # the newer log goes on: append-only, whatever the database's age
+                assert old_log is not None
+                copy_log(old_log, log_path)
             store = BrokerStore(config.database_url)
             try:
-                counts = restore_database_from(unpacked, store, int(time.time()))
+                counts = restore_database_from(unpacked, store, now)
+                held = [] if override is None else _hold(store, override, now)
             finally:
                 store.close()
         signer = NoteSigner.from_skey(read_private_file(config.path(config.keys.audit_log), "signing key").decode())
-        details = {
+        details: dict[str, Any] = {
             "backup_created_at": manifest.created_at,
             "backup_log_size": manifest.log_size,
             "checked_against": [{"size": k.size, "source": Path(k.source).name} for k in known],
             "unchecked": unchecked,
         }
+        if override is not None:
+            details["rollback"] = {
+                "approval_request": override.request_id,
+                "approved_by": list(override.approvers),
+                "log_size": override.log_size,
+                "changes_after_backup": override.changes,
+                "holds": len(held),
+            }
         with AuditLog(log_path, signer) as log:
             log.append(AuditEvent(type="broker.restore", tenant="-", actor="operator", details=details))
     except BaseException:
@@ -404,11 +450,118 @@ def broker_restore(
         root.wipe()
     serve = f"weightvault broker serve --config {into / 'broker.toml'}"
     click.echo(
-        f"restored into {into}: log size {manifest.log_size} (+1 broker.restore event), "
-        f"{sum(counts.values())} database rows; start it with '{serve}'"
+        f"restored into {into}: database as of the backup ({sum(counts.values())} rows), "
+        f"log size {manifest.log_size if override is None else override.log_size} (+1 broker.restore event); "
+        f"start it with '{serve}'"
     )
+    if override is not None:
+        click.echo(
+            f"  ROLLBACK approved by {', '.join(override.approvers)}: the log keeps the {override.changes} state "
+            f"changes made after the backup, and {len(held)} things they touched are held until an operator "
+            "lifts them ('weightvault sentinel holds')"
+        )
     if unchecked:
         click.echo("  WARNING: restored without a checkpoint to compare against (--unchecked); the log records it")
+
+
+@dataclass(frozen=True)
+class _Override:
+    request_id: str
+    approvers: tuple[str, ...]
+    log_size: int
+    changes: int
+    events: list[dict[str, Any]]
+
+
+def _read_approval(path: Path) -> tuple[str, Any]:
+    """(request digest, SignedApproval) from a file 'approval sign-file' wrote."""
+    import base64
+    import binascii
+
+    from weightvault.custody.approvals import SignedApproval
+
+    try:
+        doc = json.loads(path.read_text())
+        approval = SignedApproval(
+            str(doc["approver"]), str(doc["decision"]), int(doc["expires_at"]), base64.b64decode(doc["signature"])
+        )
+        return str(doc["request_digest"]), approval
+    except (OSError, ValueError, KeyError, TypeError, binascii.Error) as exc:
+        raise ConfigError(f"{path}: not an approval written by 'weightvault approval sign-file'") from exc
+
+
+def _approve_rollback(
+    manifest: Any,
+    unpacked: Path,
+    old_log: Path,
+    known: list[Any],
+    request_path: Path,
+    approvals: list[tuple[str, Any]],
+    origin: str,
+    now: int,
+) -> _Override:
+    """Decide whether an approved rollback may go ahead (raises if not); writes the request when no
+    approval was given yet."""
+    from weightvault.auditlog.log import LogReader
+    from weightvault.broker.backup import (
+        KnownCheckpoint,
+        approval_policy_of,
+        changes_after,
+        check_override,
+        restore_request,
+    )
+    from weightvault.custody.approvals import ApprovalRequest
+    from weightvault.errors import RollbackError
+    from weightvault.files import atomic_file
+
+    with LogReader.open(old_log, origin) as old:
+        head = KnownCheckpoint(old.size, old.root_at(old.size), str(old_log))
+        if old.size < manifest.log_size or old.root_at(manifest.log_size) != manifest.log_root:
+            raise RollbackError("the old log does not extend the backup's: nothing can approve another history")
+        for k in known:
+            if k.size > old.size or old.root_at(k.size) != k.root:
+                raise RollbackError(
+                    f"{k.source} has seen a log head the old log does not hold: what followed is unknown"
+                )
+        events = changes_after(old, manifest.log_size)
+    policy = approval_policy_of(unpacked)
+    if policy is None:
+        raise RollbackError("the backup has no approval policy: nobody can approve rolling the log back")
+    if not approvals:
+        if not request_path.exists():
+            request = restore_request(manifest, head, policy.version, now)
+            with atomic_file(request_path, mode=0o644) as out:
+                out.write((json.dumps(request.to_json(), sort_keys=True, indent=1) + "\n").encode())
+        raise RollbackError(
+            f"the backup is behind the old log ({manifest.log_size} < {head.size} entries, {len(events)} state "
+            f"changes after it); to restore it anyway, approvers sign {request_path} with 'weightvault approval "
+            "sign-file', then run this again with --approval FILE for each"
+        )
+    try:
+        request = ApprovalRequest.from_json(json.loads(request_path.read_text()))
+    except (OSError, ValueError) as exc:
+        raise ConfigError(f"{request_path}: not an approval request") from exc
+    signed = [a for digest, a in approvals if digest == request.digest]
+    approvers = check_override(request, manifest, head, policy, approvals=signed, now=now)
+    return _Override(request.id, approvers, head.size, len(events), events)
+
+
+def _hold(store: Any, override: _Override, now: int) -> list[tuple[str, str, str]]:
+    """Hold everything the changes after the backup touched (operators lift holds after review)."""
+    import secrets
+
+    from weightvault.broker.backup import hold_targets
+    from weightvault.broker.containment import held_model
+    from weightvault.broker.storage import HoldRow
+
+    def models_of(tenant: str) -> list[str]:
+        return sorted({held_model(f"{tenant}/models/{m.name}") or "" for m in store.catalogue.models(tenant)} - {""})
+
+    targets = hold_targets(override.events, models_of)
+    for kind, target, tenant in targets:
+        row = HoldRow(secrets.token_hex(8), kind, target, tenant, None, "broker.restore", "operator", now)
+        store.holds.add(row)
+    return targets
 
 
 def _restored_config(text: str, database_url: str) -> str:

@@ -360,6 +360,44 @@ def approval_show(request_id: str, url: str | None, token: str | None, ca: Path 
     click.echo(f"status: {doc['status']}; needs {doc['needs']}; counted: {', '.join(doc['counted']) or 'none'}")
 
 
+@approval.command("sign-file")
+@click.argument("request_file", type=click.Path(path_type=Path, exists=True, dir_okay=False))
+@click.option("--key", "key_path", type=click.Path(path_type=Path, exists=True), required=True)
+@click.option("--out", type=click.Path(path_type=Path, dir_okay=False), required=True, help="The approval to write.")
+@click.option("--deny", is_flag=True, help="Sign a denial instead of an approval.")
+@click.option("--ttl", type=int, default=3600, show_default=True, help="Seconds the approval stays valid.")
+@click.option("--yes", is_flag=True, help="Do not ask for confirmation after showing the summary.")
+def approval_sign_file(request_file: Path, key_path: Path, deny: bool, ttl: int, yes: bool, out: Path) -> None:
+    """Sign a request given as a file, offline (a broker restore asks this way); shows it first.
+
+    The digest signed is recomputed here from the request's fields.
+    """
+    import time
+
+    from weightvault.custody.approvals import ApprovalRequest, approval_message
+    from weightvault.files import atomic_file
+
+    try:
+        request = ApprovalRequest.from_json(json.loads(request_file.read_text()))
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise ConfigError(f"{request_file}: not an approval request") from exc
+    key = load_person_key(key_path)
+    decision = "deny" if deny else "approve"
+    _confirm(request.summary() + f"\nyou sign as {key.id}: {decision.upper()}", yes)
+    expires_at = min(int(time.time()) + ttl, request.expires_at)
+    signature = key.sign(approval_message(request.digest, decision, expires_at, key.id))
+    doc = {
+        "request_digest": request.digest,
+        "approver": key.id,
+        "decision": decision,
+        "expires_at": expires_at,
+        "signature": base64.b64encode(signature).decode(),
+    }
+    with atomic_file(out, mode=0o644) as handle:
+        handle.write((json.dumps(doc, sort_keys=True) + "\n").encode())
+    click.echo(f"signed ({decision}) as {key.id}: {out}")
+
+
 @approval.command("sign")
 @click.argument("request_id")
 @click.option("--key", "key_path", type=click.Path(path_type=Path, exists=True), required=True)

@@ -51,6 +51,7 @@ __all__ = [
     "DECISIONS",
     "HOLD_FACT",
     "POLICY_CHANGE_OP",
+    "RESTORE_OP",
     "ApprovalPolicy",
     "ApprovalRequest",
     "Evaluation",
@@ -61,6 +62,9 @@ __all__ = [
 ]
 
 POLICY_CHANGE_OP: Final = "approval.policy.change"
+#: Restoring a backup behind a checkpoint already seen (docs/operations.md): without a rule of
+#: its own, it needs what changing the approval policy needs.
+RESTORE_OP: Final = "broker.restore"
 #: The fact a release carries while its model is held by containment (docs/sentinel.md).
 HOLD_FACT: Final = "containment.hold"
 DECISIONS: Final = ("approve", "deny")
@@ -77,6 +81,7 @@ _OPS: Final = frozenset(
         "custody.rekey",
         "limits.change",
         POLICY_CHANGE_OP,
+        RESTORE_OP,
     }
 )
 
@@ -191,10 +196,11 @@ class ApprovalPolicy:
         """The first rule that matches; for a release of a model held by containment with no rule of its
         own, the rule for changing this policy (which every policy has, and which is its strictest by intent)."""
         rule = next((r for r in self.rules if r.matches(op, tenant, facts)), None)
-        if rule is None and op == "key.release" and str(facts.get(HOLD_FACT)) == "true":
+        held_release = op == "key.release" and str(facts.get(HOLD_FACT)) == "true"
+        if rule is None and (held_release or op == RESTORE_OP):
             strict = next((r for r in self.rules if r.op == POLICY_CHANGE_OP), None)
             if strict is not None:
-                return Rule("key.release", ("*",), {}, strict.require, strict.ttl_seconds)
+                return Rule(op, ("*",), {}, strict.require, strict.ttl_seconds)
         return rule
 
 
