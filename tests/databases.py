@@ -74,7 +74,8 @@ class PostgresCluster:
         cmd = [str(a) for a in args]
         if self._user is not None:
             cmd = ["runuser", "-u", self._user, "--", *cmd]
-        return subprocess.run(cmd, check=True, capture_output=True, text=True, timeout=120, **kwargs)  # type: ignore[call-overload, no-any-return]
+        # cwd: a directory the server's user may enter (the caller's may be a 0700 temporary one).
+        return subprocess.run(cmd, check=True, capture_output=True, text=True, timeout=120, cwd=self.root, **kwargs)  # type: ignore[call-overload, no-any-return]
 
     def init(self) -> PostgresCluster:
         self.root.mkdir(parents=True, exist_ok=True)

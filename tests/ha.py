@@ -170,6 +170,9 @@ postgresql:
                 user=self.user,
                 group=self.user,
                 env={**os.environ, "HOME": str(self.root)},
+                # Not the caller's directory, which the postgres user may not enter (a clone under
+                # a 0700 temporary directory): Patroni's worker processes chdir to it and fail.
+                cwd=self.root,
             )
 
     def _create_broker_role(self) -> None:
@@ -229,17 +232,19 @@ postgresql:
                 self.etcd.wait(10)
         shutil.rmtree(self.root, ignore_errors=True)
 
-    @staticmethod
-    def _wait(ready: object, timeout_s: float, what: str) -> None:
+    def _wait(self, ready: object, timeout_s: float, what: str) -> None:
         deadline = time.monotonic() + timeout_s
         while time.monotonic() < deadline:
             if ready():  # type: ignore[operator]
                 return
             time.sleep(0.2)
-        raise RuntimeError(f"{what} not ready within {timeout_s} s")
+        raise RuntimeError(f"{what} not ready within {timeout_s} s\n{self.logs()}")
 
     def logs(self) -> str:
+        """The tails of etcd's and each node's log (for a failure message)."""
         parts = []
+        with contextlib.suppress(OSError):
+            parts.append("--- etcd\n" + (self.root / "etcd.log").read_text(errors="replace")[-2000:])
         for node in self.nodes:
             with contextlib.suppress(OSError):
                 parts.append(f"--- {node.name}\n" + node.log.read_text(errors="replace")[-3000:])
