@@ -420,6 +420,10 @@ def broker_restore(
             else:  # the newer log goes on: append-only, whatever the database's age
                 assert old_log is not None
                 copy_log(old_log, log_path)
+                with LogReader.open(log_path, manifest.origin) as copied:
+                    if copied.size != override.log_size:
+                        # What was held is what the approvers saw: a log still growing is not that.
+                        raise RollbackError("the old log grew during the restore: stop the old broker, then retry")
             store = BrokerStore(config.database_url)
             try:
                 counts = restore_database_from(unpacked, store, now)
