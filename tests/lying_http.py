@@ -15,8 +15,8 @@ The first path segment picks the behaviour, the rest names a file under ROOT:
 * ``/slow/F``: honest, but every answer waits 20 ms first (a distant server);
 * ``/weak/F``: honest, with a weak ETag (and If-Match compared strongly: it never matches).
 
-``GET /stats`` returns how many requests each mode served, and how many body bytes
-(``bytes:MODE``), as JSON.
+``GET /stats`` returns how many requests each mode served, how many body bytes
+(``bytes:MODE``) and how many connections were opened (``connections``), as JSON.
 """
 
 from __future__ import annotations
@@ -42,6 +42,11 @@ class Handler(BaseHTTPRequestHandler):
 
     def log_message(self, format: str, *args: object) -> None:
         pass
+
+    def setup(self) -> None:
+        super().setup()
+        with _lock:
+            _stats["connections"] += 1
 
     def do_GET(self) -> None:
         if self.path == "/stats":

@@ -133,6 +133,24 @@ def test_a_server_that_lies_or_fails_gets_a_clear_error_and_no_tensor(
         wv_numpy.load_file(f"{base}/{mode}/one.wvlt", key)
 
 
+def test_connections_are_kept_alive_between_ranges(tmp_path: Path) -> None:
+    """Ranges reuse their connections (no TCP or TLS handshake per 4 MiB) once an answer is read whole."""
+    from safetensors.numpy import save_file
+
+    root = tmp_path / "keepalive"
+    root.mkdir()
+    key = FileKey.generate()
+    rng = np.random.default_rng(4)
+    save_file({f"t{i}": rng.standard_normal(1 << 20, dtype=np.float32) for i in range(6)}, str(tmp_path / "p.st"))
+    seal_safetensors(tmp_path / "p.st", root / "m.wvlt", file_key=key)
+    with lying_server(root) as base:
+        wv_numpy.load_file(f"{base}/ok/m.wvlt", key, workers=1)
+        stats = httpx.get(f"{base}/stats").json()
+    loads = stats["connections"] - 2  # less the server's readiness probe and this stats request
+    assert stats["ok"] >= 6  # the header, then a range per 4 MiB run
+    assert loads <= 3 < stats["ok"], stats  # one connection per loading thread, reused across ranges
+
+
 def test_a_server_with_weak_etags_is_read_without_if_match(served: tuple[Path, FileKey]) -> None:
     """A weak ETag never matches If-Match (strong comparison): the loader does not send it back."""
     root, key = served
