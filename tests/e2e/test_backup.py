@@ -217,3 +217,71 @@ def test_an_approved_rollback_keeps_the_newer_log_and_holds_what_changed_since(
         restore = next(e for _, e in log.events(start=old_size) if e.type == "broker.restore")
     assert ["alice", "bob"] == restore.details["rollback"]["approved_by"]
     assert 1 <= restore.details["rollback"]["holds"]
+
+
+def test_restore_asks_the_witnesses_and_refuses_what_they_have_seen_past(tmp_path: Path) -> None:
+    """--witnesses: each configured witness's newest cosigned checkpoint (GET /latest/<origin>) is a
+    head the backup must reach. A witness that saw more refuses the restore; one that cannot be
+    reached refuses it too, with the way out (--checkpoint)."""
+    import time
+
+    from tests.databases import init_options
+    from tests.e2e.servers import free_port, serve
+    from weightvault.auditlog.checkpoint import Checkpoint
+    from weightvault.auditlog.note import parse_note
+    from weightvault.auditlog.witness import HTTPWitness
+
+    base = tmp_path / "b"
+    assert 0 == wv("broker", "init", base, "--insecure-sample", *init_options()).returncode
+    assert 0 == wv("witness", "keygen", "w1.test", tmp_path / "w1.key").returncode
+    port = free_port()
+    witness_args = ["witness", "serve", "--key", str(tmp_path / "w1.key"), "--state", str(tmp_path / "w1.db")]
+    witness_args += ["--log", str(base / "keys" / "audit-log.key.vkey"), "--port", str(port)]
+    backup, op_token = tmp_path / "b.wvbackup", (base / "operator.token").read_text().strip()
+
+    def witnessed(url: str) -> int:
+        w = HTTPWitness("w1.test", url)
+        try:
+            text = w.latest(ORIGIN)
+        finally:
+            w.close()
+        return -1 if text is None else Checkpoint.from_text(parse_note(text).text).size
+
+    def caught_up(url: str) -> None:
+        deadline = time.monotonic() + 20
+        while time.monotonic() < deadline:
+            with LogReader.open(base / "data" / "audit.db", ORIGIN) as log:
+                size = log.size
+            if witnessed(url) == size:
+                return
+            time.sleep(0.1)
+        raise AssertionError("the witness did not catch up")
+
+    def restore(into: str) -> subprocess.CompletedProcess[str]:
+        return wv(
+            "broker", "restore", backup, "--into", tmp_path / into, "--root-key", base / "keys" / "root.key",
+            "--vkey", base / "keys" / "audit-log.key.vkey", "--witnesses",
+        )  # fmt: skip
+
+    with serve(witness_args, port) as witness_url:
+        vkey = (tmp_path / "w1.key.vkey").read_text().strip()
+        config = (base / "broker.toml").read_text()
+        entry = f'witnesses = [{{ name = "w1.test", url = "{witness_url}", vkey = "{vkey}" }}]\nquorum = 1'
+        (base / "broker.toml").write_text(config.replace("quorum = 0", entry))
+        with serve_broker(base) as url, BrokerClient(url, op_token) as op:
+            op.create_tenant("acme")
+            caught_up(witness_url)
+            assert 0 == wv("broker", "backup", "--config", base / "broker.toml", "--out", backup).returncode
+        at_backup = restore("restored-a")
+        assert 0 == at_backup.returncode, at_backup.stderr
+        with serve_broker(base) as url, BrokerClient(url, op_token) as op:
+            op.create_tenant("globex")  # after the backup, and the witness sees it
+            caught_up(witness_url)
+        behind = restore("restored-b")
+        assert 44 == behind.returncode, behind.stderr
+        assert "witness w1.test" in behind.stderr
+    unreachable = restore("restored-c")
+    assert 50 == unreachable.returncode, unreachable.stderr
+    assert "--checkpoint" in unreachable.stderr
+    assert not (tmp_path / "restored-b").exists()
+    assert not (tmp_path / "restored-c").exists()

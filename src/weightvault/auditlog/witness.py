@@ -30,7 +30,7 @@ from typing import Final
 from weightvault.auditlog.checkpoint import Checkpoint
 from weightvault.auditlog.log import WitnessConflictError
 from weightvault.auditlog.merkle import verify_consistency
-from weightvault.auditlog.note import TYPE_COSIGNATURE, Note, NoteSigner, NoteVerifier, parse_note
+from weightvault.auditlog.note import MAX_NOTE_BYTES, TYPE_COSIGNATURE, Note, NoteSigner, NoteVerifier, parse_note
 from weightvault.errors import AuditLogError, ConsistencyError, TransportError
 
 __all__ = [
@@ -131,6 +131,16 @@ class Witness:
     def latest(self, origin: str) -> tuple[int, bytes] | None:
         row = self._conn.execute("SELECT size, root FROM latest WHERE origin = ?", (origin,)).fetchone()
         return None if row is None else (row[0], bytes(row[1]))
+
+    def latest_note(self, origin: str) -> str | None:
+        """The newest checkpoint of ``origin`` this witness accepted, with the log's signature and a
+        cosignature made now: "at this time, this is the largest tree I have seen" (an extension
+        of tlog-witness, which a restore uses to refuse rolling the log back)."""
+        row = self._conn.execute("SELECT note FROM latest WHERE origin = ?", (origin,)).fetchone()
+        if row is None:
+            return None
+        note = parse_note(str(row[0]))
+        return note.with_signatures([self.signer.sign(note.text, timestamp=int(self._clock()))]).to_text()
 
     def evidence(self) -> list[tuple[str, str]]:
         """(origin, reason) of every refused but validly signed request, oldest first."""
@@ -250,6 +260,27 @@ class HTTPWitness:
             raise TransportError(f"witness {self.name} unreachable: {exc}") from exc
         response = WitnessResponse(reply.status_code, reply.content, reply.headers.get("content-type", ""))
         return _endpoint_result(self.name, response)
+
+    def latest(self, origin: str) -> str | None:
+        """The witness's newest cosigned checkpoint of ``origin`` (``GET /latest/<origin>``), unverified.
+
+        Raises:
+            TransportError: the witness cannot be reached or answers neither 200 nor 404.
+        """
+        import urllib.parse
+
+        import httpx
+
+        url = self._url.removesuffix("/add-checkpoint") + "/latest/" + urllib.parse.quote(origin, safe="")
+        try:
+            reply = self._client.get(url)
+        except httpx.HTTPError as exc:
+            raise TransportError(f"witness {self.name} unreachable: {type(exc).__name__}") from exc
+        if reply.status_code == 404:
+            return None
+        if reply.status_code != 200 or len(reply.content) > MAX_NOTE_BYTES:
+            raise TransportError(f"witness {self.name} answered HTTP {reply.status_code} for its latest checkpoint")
+        return reply.text
 
     def close(self) -> None:
         self._client.close()

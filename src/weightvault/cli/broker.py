@@ -310,6 +310,12 @@ def broker_backup(config_path: Path, out: Path) -> None:
     "--old-log", type=click.Path(path_type=Path, exists=True, dir_okay=False), help="The old broker's audit log."
 )
 @click.option("--database-url", default=DEFAULTS.storage_url, show_default=True, help="Where to restore the database.")
+@click.option(
+    "--witnesses",
+    "ask_witnesses",
+    is_flag=True,
+    help="Ask every witness the backed-up configuration names for its newest cosigned checkpoint.",
+)
 @click.option("--unchecked", is_flag=True, help="Restore with no checkpoint to compare against (recorded in the log).")
 @click.option(
     "--approval-request",
@@ -331,6 +337,7 @@ def broker_restore(
     checkpoints: tuple[Path, ...],
     old_log: Path | None,
     database_url: str,
+    ask_witnesses: bool,
     unchecked: bool,
     approval_request: Path | None,
     approval_files: tuple[Path, ...],
@@ -374,10 +381,10 @@ def broker_restore(
     check_storage_url(database_url)
     if into.exists() and any(into.iterdir()):
         raise ConfigError(f"{into} is not empty: restore into a new directory")
-    if not checkpoints and old_log is None and not unchecked:
+    if not checkpoints and old_log is None and not ask_witnesses and not unchecked:
         raise ConfigError(
-            "name the newest checkpoint the witnesses hold (--checkpoint) or the old log (--old-log), "
-            "so that an old backup cannot roll the log back; or pass --unchecked"
+            "ask the witnesses (--witnesses), name the newest checkpoint they hold (--checkpoint) or the old "
+            "log (--old-log), so that an old backup cannot roll the log back; or pass --unchecked"
         )
     verifier = read_vkey(vkey)
     manifest, payload = read_manifest(backup, verifier)
@@ -393,6 +400,8 @@ def broker_restore(
     try:
         with tempfile.TemporaryDirectory(prefix="wv-restore-") as tmp:
             unpacked = open_backup(manifest, payload, root, Path(tmp))
+            if ask_witnesses:
+                known += _witness_heads((unpacked / "broker.toml").read_text(), verifier)
             with LogReader.open(unpacked / "audit.db", manifest.origin) as log:
                 try:
                     rollback_check(manifest, log, known)
@@ -466,6 +475,47 @@ def broker_restore(
         )
     if unchecked:
         click.echo("  WARNING: restored without a checkpoint to compare against (--unchecked); the log records it")
+
+
+def _witness_heads(config_text: str, verifier: Any) -> list[Any]:
+    """The newest checkpoint each configured witness cosigned, verified: the log's signature and the
+    witness's own cosignature. A witness that has seen nothing of the log adds nothing.
+
+    Raises:
+        ConfigError: the configuration names no witness.
+        TransportError: a witness cannot be reached (its checkpoint may be the newest).
+        CheckpointError: an answer is not signed by the log and by that witness.
+    """
+    import tomllib
+
+    from weightvault.auditlog.note import NoteVerifier, parse_note
+    from weightvault.auditlog.witness import HTTPWitness
+    from weightvault.broker.backup import checkpoint_of
+    from weightvault.errors import CheckpointError, TransportError
+
+    witnesses = tomllib.loads(config_text).get("audit", {}).get("witnesses", [])
+    if not witnesses:
+        raise ConfigError("the backed-up configuration names no witnesses: use --checkpoint or --old-log")
+    heads = []
+    for entry in witnesses:
+        name, url, witness_key = str(entry["name"]), str(entry["url"]), NoteVerifier.from_vkey(str(entry["vkey"]))
+        client = HTTPWitness(name, url)
+        try:
+            text = client.latest(verifier.name)
+        except TransportError as exc:
+            raise TransportError(f"{exc}; pass its newest checkpoint with --checkpoint instead") from exc
+        finally:
+            client.close()
+        if text is None:
+            continue
+        note = parse_note(text)
+        mine = [sig for sig in note.signatures if witness_key.matches(sig)]
+        if not mine:
+            raise CheckpointError(f"witness {name}'s answer carries no cosignature of its own")
+        for sig in mine:
+            witness_key.verify(note.text, sig)
+        heads.append(checkpoint_of(text, verifier, f"witness {name}"))
+    return heads
 
 
 @dataclass(frozen=True)

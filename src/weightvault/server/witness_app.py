@@ -18,7 +18,7 @@ _MAX_BODY: Final = 128 << 10
 
 
 def create_witness_app(witness: Witness) -> Starlette:
-    """``POST /add-checkpoint`` with the protocol's exact status codes."""
+    """``POST /add-checkpoint`` with the protocol's exact status codes; ``GET /latest/<origin>``."""
 
     async def add_checkpoint(request: Request) -> Response:
         body = bytearray()
@@ -32,9 +32,17 @@ def create_witness_app(witness: Witness) -> Starlette:
     async def health(request: Request) -> Response:
         return PlainTextResponse(f"{witness.signer.verifier.vkey()}\n")
 
+    async def latest(request: Request) -> Response:
+        note = await run_in_threadpool(witness.latest_note, request.path_params["origin"])
+        if note is None:
+            return PlainTextResponse("no checkpoint of this log\n", status_code=404)
+        return PlainTextResponse(note)
+
     return Starlette(
         routes=[
             Route("/add-checkpoint", add_checkpoint, methods=["POST"]),
+            # An extension of tlog-witness: the newest checkpoint it cosigned, cosigned again now.
+            Route("/latest/{origin:path}", latest, methods=["GET"]),
             Route("/", health, methods=["GET"]),
         ]
     )

@@ -26,6 +26,7 @@ from weightvault.auditlog import (
     verify_bundle,
     write_ahead,
 )
+from weightvault.auditlog.checkpoint import verify_checkpoint
 from weightvault.auditlog.events import SensitiveHasher, decode_event
 from weightvault.auditlog.log import LogConfig, Receipt
 from weightvault.auditlog.tiles import export_tiles, read_export, verify_export, write_tarball
@@ -372,6 +373,22 @@ def test_witnesses_cosign_and_clients_verify_bundles(tmp_path: Path) -> None:
     assert "op:17" == decode_event(verified.entry).actor
     assert 3 == len(verified.checkpoint.cosignatures)
     assert all(w.latest(LOG_KEY.name) == (40, Checkpoint.from_text(later.text).root) for w in ws)
+
+
+def test_a_witness_tells_its_newest_checkpoint_cosigned_now(tmp_path: Path) -> None:
+    """latest_note: the newest checkpoint the witness accepted, the log's signature and a fresh
+    cosignature that verifies under the witness's key; nothing for a log it never saw."""
+    w = witness(tmp_path, 0)
+    assert w.latest_note(LOG_KEY.name) is None
+    with _witnessed_log(tmp_path, [w], 1) as log:
+        for i in range(5):
+            log.append(ev(i))
+        log.publish_now()
+    note = parse_note(w.latest_note(LOG_KEY.name) or "")
+    assert 5 == Checkpoint.from_text(note.text).size
+    verified = verify_checkpoint(note, LOG_KEY.verifier, WitnessPolicy.threshold([w.signer.verifier], 1), now=int(NOW))
+    assert 5 == verified.checkpoint.size
+    assert w.latest_note("other.test/audit") is None
 
 
 def test_client_rejects_stale_and_forked_checkpoints(tmp_path: Path) -> None:
