@@ -283,5 +283,14 @@ def test_restore_asks_the_witnesses_and_refuses_what_they_have_seen_past(tmp_pat
     unreachable = restore("restored-c")
     assert 50 == unreachable.returncode, unreachable.stderr
     assert "--checkpoint" in unreachable.stderr
+    # A witness that answers "nothing of this log" (unsigned) cannot vouch: refused, not skipped.
+    assert 0 == wv("audit", "keygen", "other.test/audit", tmp_path / "other.key").returncode
+    witness_args[witness_args.index("--log") + 1] = str(tmp_path / "other.key.vkey")
+    witness_args[witness_args.index("--state") + 1] = str(tmp_path / "w1-other.db")
+    with serve(witness_args, port):
+        blind = restore("restored-d")
+    assert 43 == blind.returncode, blind.stderr
+    assert "cannot vouch" in blind.stderr
+    assert not (tmp_path / "restored-d").exists()
     assert not (tmp_path / "restored-b").exists()
     assert not (tmp_path / "restored-c").exists()

@@ -479,12 +479,13 @@ def broker_restore(
 
 def _witness_heads(config_text: str, verifier: Any) -> list[Any]:
     """The newest checkpoint each configured witness cosigned, verified: the log's signature and the
-    witness's own cosignature. A witness that has seen nothing of the log adds nothing.
+    witness's own cosignature.
 
     Raises:
         ConfigError: the configuration names no witness.
         TransportError: a witness cannot be reached (its checkpoint may be the newest).
-        CheckpointError: an answer is not signed by the log and by that witness.
+        CheckpointError: an answer is not signed by the log and by that witness, or a witness has
+            no checkpoint of the log (an unsigned "nothing" could hide a newer head: fail closed).
     """
     import tomllib
 
@@ -507,7 +508,10 @@ def _witness_heads(config_text: str, verifier: Any) -> list[Any]:
         finally:
             client.close()
         if text is None:
-            continue
+            raise CheckpointError(
+                f"witness {name} has no checkpoint of {verifier.name}, so it cannot vouch for the backup; "
+                "use --checkpoint, --old-log or --unchecked"
+            )
         note = parse_note(text)
         mine = [sig for sig in note.signatures if witness_key.matches(sig)]
         if not mine:
