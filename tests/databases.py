@@ -13,7 +13,6 @@ import os
 import pwd
 import secrets
 import shutil
-import socket
 import subprocess
 import tempfile
 import time
@@ -22,6 +21,8 @@ from pathlib import Path
 from typing import Final
 
 import pytest
+
+from tests.e2e.servers import free_port
 
 __all__ = ["PostgresCluster", "backend", "fresh_url", "init_options", "select", "shutdown"]
 
@@ -44,12 +45,6 @@ def require_postgres() -> Path:
             pytest.fail(message)
         pytest.skip(message)
     return bindir
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 class PostgresCluster:

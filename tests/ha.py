@@ -24,7 +24,8 @@ from pathlib import Path
 import httpx
 import pytest
 
-from tests.databases import free_port, require_postgres
+from tests.databases import require_postgres
+from tests.e2e.servers import free_port
 
 __all__ = ["PatroniCluster", "require_patroni"]
 

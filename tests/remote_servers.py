@@ -20,7 +20,7 @@ from pathlib import Path
 import httpx
 import pytest
 
-from tests.databases import free_port
+from tests.e2e.servers import free_port
 
 __all__ = ["lying_server", "moto_s3", "nginx", "require_nginx"]
 

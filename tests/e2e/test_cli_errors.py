@@ -135,7 +135,7 @@ def test_bad_broker_settings_are_one_line_errors(tmp_path: Path, edit: tuple[str
 def test_broker_init_against_an_unreachable_database_leaves_nothing_behind(tmp_path: Path, existing: bool) -> None:
     """Exit 54 in one line, the password nowhere; what init created is gone (and only that), so
     the same command works once the database does."""
-    from tests.databases import free_port
+    from tests.e2e.servers import free_port
 
     base = tmp_path / "b"
     if existing:

@@ -7,7 +7,8 @@ from pathlib import Path
 
 import pytest
 
-from tests.databases import free_port, fresh_url
+from tests.databases import fresh_url
+from tests.e2e.servers import free_port
 from weightvault.broker.storage import BrokerStore, ChallengeRow, DeviceRow, PrincipalRow
 from weightvault.broker.storage.database import engine_url
 from weightvault.errors import (
