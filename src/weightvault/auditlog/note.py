@@ -37,6 +37,7 @@ __all__ = [
     "format_signature_line",
     "key_id",
     "parse_note",
+    "signed_by",
 ]
 
 EM_DASH: Final = "\u2014"
@@ -204,6 +205,21 @@ class NoteVerifier:
         if len(sig.signature) != 64 or not verify_ed25519(self.public, sig.signature, message):
             raise CheckpointError(f"signature by {self.name} does not verify")
         return None
+
+
+def signed_by(note: Note, keys: Sequence[NoteVerifier]) -> bool:
+    """Whether ``note`` carries a verifying signature by one of ``keys``, and no failing one: a
+    signature that claims a trusted key (its name and key id) but does not verify makes it False."""
+    ok = False
+    for sig in note.signatures:
+        for key in keys:
+            if key.matches(sig):
+                try:
+                    key.verify(note.text, sig)
+                except CheckpointError:
+                    return False
+                ok = True
+    return ok
 
 
 class NoteSigner:

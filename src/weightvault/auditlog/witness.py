@@ -30,7 +30,15 @@ from typing import Final
 from weightvault.auditlog.checkpoint import Checkpoint
 from weightvault.auditlog.log import WitnessConflictError
 from weightvault.auditlog.merkle import verify_consistency
-from weightvault.auditlog.note import MAX_NOTE_BYTES, TYPE_COSIGNATURE, Note, NoteSigner, NoteVerifier, parse_note
+from weightvault.auditlog.note import (
+    MAX_NOTE_BYTES,
+    TYPE_COSIGNATURE,
+    Note,
+    NoteSigner,
+    NoteVerifier,
+    parse_note,
+    signed_by,
+)
 from weightvault.errors import AuditLogError, ConsistencyError, TransportError
 
 __all__ = [
@@ -162,7 +170,7 @@ class Witness:
         keys = self._logs.get(checkpoint.origin)
         if keys is None:
             return WitnessResponse(404, b"unknown log origin\n")
-        if not self._log_signed(note, keys):
+        if not signed_by(note, keys):
             return WitnessResponse(403, b"no valid signature by a trusted log key\n")
         if old_size > checkpoint.size:
             return WitnessResponse(400, b"old size is larger than the checkpoint size\n")
@@ -175,18 +183,6 @@ class Witness:
                 raise
             self._conn.execute("COMMIT")
         return response
-
-    def _log_signed(self, note: Note, keys: Sequence[NoteVerifier]) -> bool:
-        ok = False
-        for sig in note.signatures:
-            for key in keys:
-                if key.matches(sig):
-                    try:
-                        key.verify(note.text, sig)
-                    except AuditLogError:
-                        return False
-                    ok = True
-        return ok
 
     def _check_and_store(
         self, old_size: int, proof: list[bytes], note: Note, checkpoint: Checkpoint, body: bytes
