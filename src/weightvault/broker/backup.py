@@ -30,21 +30,24 @@ import json
 import secrets
 import tarfile
 import tempfile
+import tomllib
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Final
 
-from weightvault.auditlog.checkpoint import Checkpoint
+from weightvault.auditlog.checkpoint import verify_checkpoint
 from weightvault.auditlog.entities import entities_of
 from weightvault.auditlog.events import WRITE_AHEAD_ACTIONS
 from weightvault.auditlog.log import LogReader
-from weightvault.auditlog.note import Note, NoteSigner, NoteVerifier, parse_note
+from weightvault.auditlog.note import Note, NoteSigner, NoteVerifier, parse_note, signed_by
+from weightvault.auditlog.policy import WitnessPolicy
 from weightvault.auditlog.storage import copy_log
+from weightvault.auditlog.witness import HTTPWitness
 from weightvault.broker.containment import held_model
 from weightvault.broker.keystore import RootKey, unwrap_backup_key, wrap_backup_key
-from weightvault.broker.storage import BrokerStore
-from weightvault.broker.storage.snapshot import export_database, restore_database
+from weightvault.broker.storage import BrokerStore, HoldRow
+from weightvault.broker.storage.snapshot import export_database
 from weightvault.custody.approvals import RESTORE_OP, ApprovalPolicy, ApprovalRequest, SignedApproval, evaluate
 from weightvault.encoding import canonical_json
 from weightvault.errors import (
@@ -53,8 +56,10 @@ from weightvault.errors import (
     AuditLogError,
     BackupError,
     CheckpointError,
+    ConfigError,
     KeyAccessError,
     RollbackError,
+    TransportError,
     WeightVaultError,
 )
 from weightvault.files import atomic_file
@@ -71,12 +76,14 @@ __all__ = [
     "check_override",
     "checkpoint_of",
     "create_backup",
+    "database_export",
+    "hold_changes",
     "hold_targets",
     "open_backup",
     "read_manifest",
-    "restore_database_from",
     "restore_request",
     "rollback_check",
+    "witness_heads",
 ]
 
 HEADER: Final = "weightvault broker backup v1"
@@ -238,7 +245,7 @@ def read_manifest(path: Path, verifier: NoteVerifier) -> tuple[BackupManifest, b
         note = parse_note(members["manifest.note"])
     except CheckpointError as exc:
         raise BackupError(f"{path}: the manifest is not a signed note ({exc})") from exc
-    if not _signed_by(note, verifier):
+    if not signed_by(note, [verifier]):
         raise BackupError(f"{path}: the manifest is not signed by {verifier.name}")
     lines = note.text.split("\n")
     if len(lines) != 3 or lines[0] != HEADER or lines[2] != "":
@@ -256,18 +263,6 @@ def read_manifest(path: Path, verifier: NoteVerifier) -> tuple[BackupManifest, b
     return manifest, payload
 
 
-def _signed_by(note: Note, verifier: NoteVerifier) -> bool:
-    """Whether a signature of ``verifier``'s key on ``note`` verifies."""
-    for sig in note.signatures:
-        if verifier.matches(sig):
-            try:
-                verifier.verify(note.text, sig)
-            except CheckpointError:
-                return False
-            return True
-    return False
-
-
 @dataclass(frozen=True, slots=True)
 class KnownCheckpoint:
     """A tree head the world may already have seen: from a checkpoint, a log or a watermark."""
@@ -277,19 +272,52 @@ class KnownCheckpoint:
     source: str
 
 
-def checkpoint_of(text: str, verifier: NoteVerifier, source: str) -> KnownCheckpoint:
-    """A checkpoint note signed by the log's key (witness cosignatures are welcome, not needed).
+def checkpoint_of(
+    text: str, verifier: NoteVerifier, source: str, *, now: int, witnesses: Sequence[NoteVerifier] = ()
+) -> KnownCheckpoint:
+    """A checkpoint of this log, signed by its key and, for each of ``witnesses``, cosigned by it.
 
     Raises:
-        CheckpointError: not a checkpoint of this log, or its signature fails.
+        CheckpointError: not a checkpoint of this log, or a signature fails or is missing.
     """
-    note = parse_note(text)
-    if not _signed_by(note, verifier):
-        raise CheckpointError(f"{source}: not signed by {verifier.name}")
-    checkpoint = Checkpoint.from_text(note.text)
-    if checkpoint.origin != verifier.name:
-        raise CheckpointError(f"{source}: a checkpoint of {checkpoint.origin!r}, not {verifier.name!r}")
-    return KnownCheckpoint(checkpoint.size, checkpoint.root, source)
+    policy = WitnessPolicy.threshold(list(witnesses), len(witnesses))
+    try:
+        verified = verify_checkpoint(text, verifier, policy, now=now)
+    except CheckpointError as exc:
+        raise CheckpointError(f"{source}: {exc}") from exc
+    return KnownCheckpoint(verified.checkpoint.size, verified.checkpoint.root, source)
+
+
+def witness_heads(config_text: str, verifier: NoteVerifier, now: int) -> list[KnownCheckpoint]:
+    """The newest checkpoint each witness a broker configuration names has cosigned, verified: the
+    log's signature and that witness's own cosignature.
+
+    Raises:
+        ConfigError: the configuration names no witness.
+        TransportError: a witness cannot be reached (its checkpoint may be the newest).
+        CheckpointError: an answer is not signed by the log and by that witness, or a witness has
+            no checkpoint of the log (an unsigned "nothing" could hide a newer head: fail closed).
+    """
+    witnesses = tomllib.loads(config_text).get("audit", {}).get("witnesses", [])
+    if not witnesses:
+        raise ConfigError("the backed-up configuration names no witnesses: use --checkpoint or --old-log")
+    heads = []
+    for entry in witnesses:
+        name, url, witness_key = str(entry["name"]), str(entry["url"]), NoteVerifier.from_vkey(str(entry["vkey"]))
+        client = HTTPWitness(name, url)
+        try:
+            text = client.latest(verifier.name)
+        except TransportError as exc:
+            raise TransportError(f"{exc}; pass its newest checkpoint with --checkpoint instead") from exc
+        finally:
+            client.close()
+        if text is None:
+            raise CheckpointError(
+                f"witness {name} has no checkpoint of {verifier.name}, so it cannot vouch for the backup; "
+                "use --checkpoint, --old-log or --unchecked"
+            )
+        heads.append(checkpoint_of(text, verifier, f"witness {name}", now=now, witnesses=[witness_key]))
+    return heads
 
 
 def rollback_check(manifest: BackupManifest, log: LogReader, known: Sequence[KnownCheckpoint]) -> None:
@@ -435,6 +463,19 @@ def hold_targets(events: Sequence[Mapping[str, Any]], models_of: Any) -> list[tu
     return [(kind, target, tenant) for (kind, target), tenant in sorted(targets.items())]
 
 
+def hold_changes(store: BrokerStore, events: Sequence[Mapping[str, Any]], now: int) -> list[tuple[str, str, str]]:
+    """Put every entity ``events`` name under a containment hold (rule ``broker.restore``, by the
+    operator, lifted by operators after review); returns the (kind, target, tenant) held."""
+
+    def models_of(tenant: str) -> list[str]:
+        return sorted({held_model(f"{tenant}/models/{m.name}") or "" for m in store.catalogue.models(tenant)} - {""})
+
+    targets = hold_targets(events, models_of)
+    for kind, target, tenant in targets:
+        store.holds.add(HoldRow(secrets.token_hex(8), kind, target, tenant, None, RESTORE_OP, "operator", now))
+    return targets
+
+
 def restore_request(
     manifest: BackupManifest, newer: KnownCheckpoint, policy_version: int, now: int, ttl_s: int = 86400
 ) -> ApprovalRequest:
@@ -461,10 +502,24 @@ def restore_request(
     )
 
 
-def approval_policy_of(unpacked: Path) -> ApprovalPolicy | None:
-    """The newest approval policy in an unpacked backup's database, or None."""
-    doc = json.loads((unpacked / "database.json").read_bytes())
-    rows = doc.get("tables", {}).get("approval_policies", [])
+def database_export(unpacked: Path) -> dict[str, Any]:
+    """The database export of an unpacked backup (``storage.snapshot``'s document).
+
+    Raises:
+        BackupError: it does not parse.
+    """
+    try:
+        doc = json.loads((unpacked / "database.json").read_bytes())
+    except (OSError, json.JSONDecodeError) as exc:
+        raise BackupError("the backup's database export is malformed") from exc
+    if not isinstance(doc, dict):
+        raise BackupError("the backup's database export is malformed")
+    return doc
+
+
+def approval_policy_of(export: Mapping[str, Any]) -> ApprovalPolicy | None:
+    """The newest approval policy in a database export, or None."""
+    rows = export.get("tables", {}).get("approval_policies", [])
     if not rows:
         return None
     newest = max(rows, key=lambda r: int(r["version"]))
@@ -508,12 +563,3 @@ def check_override(
 def _key_member(name: str) -> bool:
     parts = name.split("/")
     return len(parts) == 2 and parts[0] == "keys" and parts[1] not in ("", ".", "..")
-
-
-def restore_database_from(into: Path, store: BrokerStore, now: int) -> dict[str, int]:
-    """Load ``into/database.json`` into ``store`` (which must be empty)."""
-    try:
-        doc = json.loads((into / "database.json").read_bytes())
-    except (OSError, json.JSONDecodeError) as exc:
-        raise BackupError("the backup's database export is malformed") from exc
-    return restore_database(store.db, doc, now)

@@ -365,13 +365,16 @@ def broker_restore(
     from weightvault.broker.backup import (
         KnownCheckpoint,
         checkpoint_of,
+        database_export,
+        hold_changes,
         open_backup,
         read_manifest,
-        restore_database_from,
         rollback_check,
+        witness_heads,
     )
     from weightvault.broker.keystore import RootKey
     from weightvault.broker.storage import BrokerStore
+    from weightvault.broker.storage.snapshot import restore_database
     from weightvault.cli.options import read_vkey
     from weightvault.errors import RollbackError
     from weightvault.files import read_private_file
@@ -388,20 +391,21 @@ def broker_restore(
         )
     verifier = read_vkey(vkey)
     manifest, payload = read_manifest(backup, verifier)
-    known = [checkpoint_of(p.read_text(), verifier, str(p)) for p in checkpoints]
+    now = int(time.time())
+    known = [checkpoint_of(p.read_text(), verifier, str(p), now=now) for p in checkpoints]
     if old_log is not None:
         with LogReader.open(old_log, verifier.name) as log:
             known.append(KnownCheckpoint(log.size, log.root_at(log.size), str(old_log)))
     root = RootKey(read_secret_file(root_key, "weightvault.root-key"))
     approvals = [_read_approval(p) for p in approval_files]
     before = _paths_under(into)
-    now = int(time.time())
     override: _Override | None = None
     try:
         with tempfile.TemporaryDirectory(prefix="wv-restore-") as tmp:
             unpacked = open_backup(manifest, payload, root, Path(tmp))
             if ask_witnesses:
-                known += _witness_heads((unpacked / "broker.toml").read_text(), verifier)
+                known += witness_heads((unpacked / "broker.toml").read_text(), verifier, now)
+            export = database_export(unpacked)
             with LogReader.open(unpacked / "audit.db", manifest.origin) as log:
                 try:
                     rollback_check(manifest, log, known)
@@ -409,7 +413,7 @@ def broker_restore(
                     if old_log is None or approval_request is None:
                         raise
                     override = _approve_rollback(
-                        manifest, unpacked, old_log, known, approval_request, approvals, verifier.name, now
+                        manifest, export, old_log, known, approval_request, approvals, verifier.name, now
                     )
             (into / "keys").mkdir(parents=True, exist_ok=True, mode=0o700)
             (into / "data").mkdir(parents=True, exist_ok=True, mode=0o700)
@@ -435,8 +439,8 @@ def broker_restore(
                         raise RollbackError("the old log grew during the restore: stop the old broker, then retry")
             store = BrokerStore(config.database_url)
             try:
-                counts = restore_database_from(unpacked, store, now)
-                held = [] if override is None else _hold(store, override, now)
+                counts = restore_database(store.db, export, now)
+                held = [] if override is None else hold_changes(store, override.events, now)
             finally:
                 store.close()
         signer = NoteSigner.from_skey(read_private_file(config.path(config.keys.audit_log), "signing key").decode())
@@ -477,51 +481,6 @@ def broker_restore(
         click.echo("  WARNING: restored without a checkpoint to compare against (--unchecked); the log records it")
 
 
-def _witness_heads(config_text: str, verifier: Any) -> list[Any]:
-    """The newest checkpoint each configured witness cosigned, verified: the log's signature and the
-    witness's own cosignature.
-
-    Raises:
-        ConfigError: the configuration names no witness.
-        TransportError: a witness cannot be reached (its checkpoint may be the newest).
-        CheckpointError: an answer is not signed by the log and by that witness, or a witness has
-            no checkpoint of the log (an unsigned "nothing" could hide a newer head: fail closed).
-    """
-    import tomllib
-
-    from weightvault.auditlog.note import NoteVerifier, parse_note
-    from weightvault.auditlog.witness import HTTPWitness
-    from weightvault.broker.backup import checkpoint_of
-    from weightvault.errors import CheckpointError, TransportError
-
-    witnesses = tomllib.loads(config_text).get("audit", {}).get("witnesses", [])
-    if not witnesses:
-        raise ConfigError("the backed-up configuration names no witnesses: use --checkpoint or --old-log")
-    heads = []
-    for entry in witnesses:
-        name, url, witness_key = str(entry["name"]), str(entry["url"]), NoteVerifier.from_vkey(str(entry["vkey"]))
-        client = HTTPWitness(name, url)
-        try:
-            text = client.latest(verifier.name)
-        except TransportError as exc:
-            raise TransportError(f"{exc}; pass its newest checkpoint with --checkpoint instead") from exc
-        finally:
-            client.close()
-        if text is None:
-            raise CheckpointError(
-                f"witness {name} has no checkpoint of {verifier.name}, so it cannot vouch for the backup; "
-                "use --checkpoint, --old-log or --unchecked"
-            )
-        note = parse_note(text)
-        mine = [sig for sig in note.signatures if witness_key.matches(sig)]
-        if not mine:
-            raise CheckpointError(f"witness {name}'s answer carries no cosignature of its own")
-        for sig in mine:
-            witness_key.verify(note.text, sig)
-        heads.append(checkpoint_of(text, verifier, f"witness {name}"))
-    return heads
-
-
 @dataclass(frozen=True)
 class _Override:
     request_id: str
@@ -550,7 +509,7 @@ def _read_approval(path: Path) -> tuple[str, Any]:
 
 def _approve_rollback(
     manifest: Any,
-    unpacked: Path,
+    export: dict[str, Any],
     old_log: Path,
     known: list[Any],
     request_path: Path,
@@ -582,7 +541,7 @@ def _approve_rollback(
                     f"{k.source} has seen a log head the old log does not hold: what followed is unknown"
                 )
         events = changes_after(old, manifest.log_size)
-    policy = approval_policy_of(unpacked)
+    policy = approval_policy_of(export)
     if policy is None:
         raise RollbackError("the backup has no approval policy: nobody can approve rolling the log back")
     if not approvals:
@@ -602,24 +561,6 @@ def _approve_rollback(
     signed = [a for digest, a in approvals if digest == request.digest]
     approvers = check_override(request, manifest, head, policy, approvals=signed, now=now)
     return _Override(request.id, approvers, head.size, len(events), events)
-
-
-def _hold(store: Any, override: _Override, now: int) -> list[tuple[str, str, str]]:
-    """Hold everything the changes after the backup touched (operators lift holds after review)."""
-    import secrets
-
-    from weightvault.broker.backup import hold_targets
-    from weightvault.broker.containment import held_model
-    from weightvault.broker.storage import HoldRow
-
-    def models_of(tenant: str) -> list[str]:
-        return sorted({held_model(f"{tenant}/models/{m.name}") or "" for m in store.catalogue.models(tenant)} - {""})
-
-    targets = hold_targets(override.events, models_of)
-    for kind, target, tenant in targets:
-        row = HoldRow(secrets.token_hex(8), kind, target, tenant, None, "broker.restore", "operator", now)
-        store.holds.add(row)
-    return targets
 
 
 def _restored_config(text: str, database_url: str) -> str:
