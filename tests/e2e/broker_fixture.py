@@ -119,14 +119,17 @@ def running_broker(
     extra_config: str = "",
     allow: list[str] | None = None,
     database_url: str | None = None,
+    replicated: bool = False,
+    challenge_ttl_seconds: int = 3,
 ) -> Iterator[Broker]:
     """A broker process with tenants acme and globex, their principals, an open policy and a model.
 
     ``database_url``: a database of the test's own (default: this run's backend, a fresh one).
+    ``replicated``: the audit log lives in that (PostgreSQL) database; this process is replica "r1".
     """
     base = tmp / "broker"
     storage = init_options() if database_url is None else ["--database-url", database_url]
-    wv("broker", "init", base, "--insecure-sample", *storage)
+    wv("broker", "init", base, "--insecure-sample", *storage, *(["--replicated"] if replicated else []))
     key = ec.generate_private_key(ec.SECP256R1())
     jwk = json.loads(jwt.algorithms.ECAlgorithm.to_jwk(key.public_key()))
     jwk["kid"] = "as-1"
@@ -134,7 +137,7 @@ def running_broker(
     config = (base / "broker.toml").read_text()
     allowed = json.dumps(allow or ["insecure-sample", "attestation-token"])
     config = config.replace('allow = ["insecure-sample"]', f"allow = {allowed}")
-    config = re.sub(r"challenge_ttl_seconds = \d+", "challenge_ttl_seconds = 3", config)
+    config = re.sub(r"challenge_ttl_seconds = \d+", f"challenge_ttl_seconds = {challenge_ttl_seconds}", config)
     config = config.replace(
         "[audit]",
         '[[verifiers.attestation_token]]\nname = "test-as"\nissuer = "https://attestation.test"\n'
@@ -151,7 +154,9 @@ def running_broker(
         (base / "broker.toml").write_text(config)
     set_rate_limit(base, *rate)
     with ExitStack() as stack:
-        url = stack.enter_context(serve_broker(base, scheme=scheme, verify=str(tls[0]) if tls else True))
+        url = stack.enter_context(
+            serve_broker(base, scheme=scheme, verify=str(tls[0]) if tls else True, replica="r1" if replicated else None)
+        )
         tokens = {"operator": (base / "operator.token").read_text().strip()}
         broker = Broker(url, base, tokens, key)
         stack.callback(broker.close_clients)

@@ -52,6 +52,7 @@ def serve(
         env=full_env,
     )
     base = f"unix:{uds}" if uds is not None else f"{scheme}://127.0.0.1:{port}"
+    PROCESSES[base] = proc
     if isinstance(verify, str):
         import ssl
 
@@ -77,6 +78,7 @@ def serve(
                 time.sleep(0.1)
         yield base
     finally:
+        PROCESSES.pop(base, None)
         proc.terminate()
         try:
             proc.wait(timeout=10)
@@ -84,6 +86,10 @@ def serve(
             proc.kill()
             proc.wait()
         output.close()
+
+
+#: The process behind each URL ``serve`` is running (drills kill them).
+PROCESSES: dict[str, subprocess.Popen[bytes]] = {}
 
 
 def _get_unix(path: Path, target: str) -> None:
@@ -108,11 +114,12 @@ def set_rate_limit(base: Path, rate_per_second: float, burst: int) -> None:
     config.write_text(re.sub(r"(?m)^burst = \d+", f"burst = {burst}", text))
 
 
-def serve_broker(base: Path, **kwargs: Any) -> Any:
+def serve_broker(base: Path, *, replica: str | None = None, **kwargs: Any) -> Any:
     """``serve`` for ``weightvault broker serve --config base/broker.toml`` on a free port, ready at /v1/health."""
     port = free_port()
+    named = ["--replica", replica] if replica is not None else []
     return serve(
-        ["broker", "serve", "--config", str(base / "broker.toml"), "--port", str(port)],
+        ["broker", "serve", "--config", str(base / "broker.toml"), "--port", str(port), *named],
         port,
         ready_path="/v1/health",
         **kwargs,

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import subprocess
 import sys
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -294,3 +295,44 @@ def test_restore_asks_the_witnesses_and_refuses_what_they_have_seen_past(tmp_pat
     assert not (tmp_path / "restored-d").exists()
     assert not (tmp_path / "restored-b").exists()
     assert not (tmp_path / "restored-c").exists()
+
+
+def test_a_replicated_brokers_log_is_backed_up_from_the_database_and_restored_into_the_new_one(
+    tmp_path: Path,
+) -> None:
+    """With ``[audit] storage = "database"`` the log lives in PostgreSQL: the backup cuts it at its
+    head into the archive, and the restore loads it (with its broker.restore event) into the
+    new database, where the new broker's replicas carry it on."""
+    from tests import databases
+    from weightvault.auditlog.pgstorage import PostgresLogStorage
+
+    if databases.backend() != "postgresql":
+        pytest.skip("a replicated log needs PostgreSQL: runs in the --database postgresql pass")
+    plain = tmp_path / "small.safetensors"
+    save_file({"w": np.arange(256, dtype=np.float32)}, str(plain))
+    database = databases.fresh_url(tmp_path)
+    with running_broker(tmp_path, plain, database_url=database, replicated=True) as broker:
+        expected = _release(broker.url, broker.tokens["acme-wl"])
+        with LogReader(PostgresLogStorage(database, ORIGIN)) as log:
+            size = -1
+            while size != log.size:  # the release's queued done event commits a moment later
+                size = log.size
+                time.sleep(0.2)
+            backup = tmp_path / "broker.wvbackup"
+            made = wv("broker", "backup", "--config", broker.base / "broker.toml", "--out", backup)
+            assert 0 == made.returncode, made.stderr
+            at_backup = tmp_path / "at-backup.note"
+            at_backup.write_text(log.latest_checkpoint().to_text())
+            assert size == log.size
+    into = tmp_path / "restored"
+    target = databases.fresh_url(tmp_path)
+    done = _restore(broker, backup, into, "--checkpoint", at_backup, "--database-url", target)
+    assert 0 == done.returncode, done.stderr
+    assert not (into / "data" / "audit.db").exists()  # the log went into the database
+    with serve_broker(into, replica="restored-1") as url:
+        assert expected == _release(url, broker.tokens["acme-wl"])
+    with LogReader(PostgresLogStorage(target, ORIGIN)) as log:
+        assert log.fsck() > size
+        events = [e for _, e in log.events()]
+    assert [e.type for e in events[size : size + 1]] == ["broker.restore"]
+    assert events[size + 1].type == "log.handover"

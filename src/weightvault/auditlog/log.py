@@ -49,8 +49,8 @@ from weightvault.auditlog.merkle import (
 )
 from weightvault.auditlog.note import Note, NoteSignature, NoteSigner, parse_note
 from weightvault.auditlog.policy import WitnessPolicy
-from weightvault.auditlog.storage import LogStorage, StoredEntry, Watermark
-from weightvault.errors import AuditLogError, WeightVaultError
+from weightvault.auditlog.storage import LogStorage, LogStore, StoredEntry, Watermark
+from weightvault.errors import AuditLogError, AuditUnavailableError, WeightVaultError
 
 __all__ = ["AuditLog", "AuditSink", "LogConfig", "LogReader", "Pending", "Receipt", "WitnessEndpoint", "write_ahead"]
 
@@ -118,8 +118,8 @@ class LogReader:
     (:class:`AuditLog`) extends it.
     """
 
-    def __init__(self, storage: LogStorage) -> None:
-        self._storage = storage
+    def __init__(self, storage: LogStore) -> None:
+        self._storage: LogStore = storage
         head = storage.head()
         if head is None:
             raise AuditLogError("the log database has no head")
@@ -221,7 +221,7 @@ class LogReader:
         return size
 
     @property
-    def storage(self) -> LogStorage:
+    def storage(self) -> LogStore:
         return self._storage
 
     def close(self) -> None:
@@ -235,14 +235,15 @@ class LogReader:
 
 
 class AuditLog(LogReader):
-    """A tamper-evident log over SQLite with a single writer.
+    """A tamper-evident log with a single writer: over SQLite (a path), or over a storage it is
+    given (a replica's PostgreSQL storage, whose lease the caller took: ``fence``).
 
     Use as a context manager, or call :meth:`close`.
     """
 
     def __init__(
         self,
-        path: Path,
+        path: Path | LogStore,
         signer: NoteSigner,
         *,
         witnesses: Sequence[WitnessEndpoint] = (),
@@ -250,6 +251,7 @@ class AuditLog(LogReader):
         config: LogConfig = LogConfig(),
         clock: Callable[[], float] = time.time,
         watermark_path: Path | None = None,
+        fence: int | None = None,
     ) -> None:
         self.origin = signer.name
         self._signer = signer
@@ -257,10 +259,18 @@ class AuditLog(LogReader):
         self._config = config
         self._witnesses = list(witnesses)
         self._policy = policy or WitnessPolicy({}, {}, "none")
-        path = Path(path)
-        self._storage = LogStorage(path, self.origin)
-        self._watermark = Watermark(watermark_path or path.with_name(path.name + ".watermark"), self.origin)
-        self._open_state()
+        if isinstance(path, str | Path):
+            path = Path(path)
+            self._storage = LogStorage(path, self.origin)
+            self._owns_storage = True
+            watermark_path = watermark_path or path.with_name(path.name + ".watermark")
+        else:
+            if watermark_path is None or fence is None:
+                raise AuditLogError("a log over a given storage needs a watermark path and its fence")
+            self._storage = path
+            self._owns_storage = False
+        self._watermark = Watermark(watermark_path, self.origin)
+        self._open_state(fence)
         self._queue: SimpleQueue[tuple[StoredEntry, Pending, bool] | object] = SimpleQueue()
         # Without witness endpoints, a checkpoint needs no cosignature to be published: the
         # commit publishes it in its own transaction and the publisher thread has nothing to do.
@@ -299,7 +309,12 @@ class AuditLog(LogReader):
     def failed(self) -> BaseException | None:
         return self._failed
 
-    def _open_state(self) -> None:
+    @property
+    def fence(self) -> int:
+        """This writer's fencing token."""
+        return self._fence
+
+    def _open_state(self, fence: int | None) -> None:
         head = self._storage.head()
         mark = self._watermark.read()
         if head is None:
@@ -324,7 +339,12 @@ class AuditLog(LogReader):
         if self._tree.root() != head.root:
             raise AuditLogError("the log database root does not match its head: history was rewritten")
         self._watermark.advance(head.size, head.root)
-        self._fence = self._storage.take_fence(head.fence)
+        if fence is None:
+            self._fence = self._storage.take_fence(head.fence)
+        elif head.fence != fence:
+            raise AuditLogError("another writer took the audit log while this one opened it")
+        else:
+            self._fence = fence
         self._head_note = parse_note(head.checkpoint)
 
     def _sign(self, tree: CompactRange) -> Note:
@@ -359,7 +379,12 @@ class AuditLog(LogReader):
         """
         return self._enqueue(event, waited=False)
 
-    def _enqueue(self, event: AuditEvent, *, waited: bool) -> Pending:
+    def enqueue_handoff(self, handoff: int, event: AuditEvent) -> Pending:
+        """Queue an event another replica handed off (hand-off id ``handoff``); it is committed in
+        the same transaction that deletes it from the hand-off queue."""
+        return self._enqueue(event, waited=True, handoff=handoff)
+
+    def _enqueue(self, event: AuditEvent, *, waited: bool, handoff: int | None = None) -> Pending:
         if self._failed is not None:
             raise AuditLogError(f"the audit log has failed and accepts no events: {self._failed}")
         if self._closing:
@@ -371,7 +396,7 @@ class AuditLog(LogReader):
             pending = Pending(self._next_index)
             self._next_index += 1
             self._last_ts = ts
-            entry = StoredEntry(pending.index, data, ts, stamped.tenant, stamped.type)
+            entry = StoredEntry(pending.index, data, ts, stamped.tenant, stamped.type, handoff)
             self._queue.put((entry, pending, waited))
         return pending
 
@@ -425,11 +450,19 @@ class AuditLog(LogReader):
                 checkpoint=note.to_text(),
                 published=self._publish_in_commit,
             )
-            self._advance_watermark(tree)
+        except AuditUnavailableError as exc:
+            # The database failed during the commit, which may have happened anyway (its
+            # acknowledgement lost): the head under this writer's fence says which.
+            if not self._landed(tree):
+                self._fail(batch, exc)
+                return
         except BaseException as exc:  # storage or CAS failure: fail closed
-            self._failed = exc if isinstance(exc, WeightVaultError) else AuditLogError(f"commit failed: {exc}")
-            for _, future, _ in batch:
-                future.set_exception(AuditLogError(f"audit append failed: {self._failed}"))
+            self._fail(batch, exc)
+            return
+        try:
+            self._advance_watermark(tree)
+        except BaseException as exc:
+            self._fail(batch, exc)
             return
         self._tree = tree
         self._head_note = note
@@ -441,6 +474,21 @@ class AuditLog(LogReader):
             else:
                 self._pending_publish = note
             self._published_cond.notify_all()
+
+    def _landed(self, tree: CompactRange) -> bool:
+        """Whether a commit whose outcome is unknown advanced the head to ``tree`` under our fence."""
+        try:
+            head = self._storage.head()
+        except WeightVaultError:
+            return False
+        return head is not None and head.fence == self._fence and (head.size, head.root) == (tree.size, tree.root())
+
+    def _fail(self, batch: list[tuple[StoredEntry, Pending, bool]], exc: BaseException) -> None:
+        """Fail closed: the batch is refused and so is everything after it (the log is stuck until
+        reopened, which re-reads the head: a replica does that by taking the lease again)."""
+        self._failed = exc if isinstance(exc, WeightVaultError) else AuditLogError(f"commit failed: {exc}")
+        for _, future, _ in batch:
+            future.set_exception(AuditLogError(f"audit append failed: {self._failed}"))
 
     def _advance_watermark(self, tree: CompactRange, *, sync: bool = False) -> None:
         now = time.monotonic()
@@ -542,7 +590,8 @@ class AuditLog(LogReader):
         with self._published_cond:
             self._published_cond.notify_all()
         self._publisher.join()
-        self._storage.close()
+        if self._owns_storage:
+            self._storage.close()
         self._watermark.close()
 
     def __enter__(self) -> AuditLog:

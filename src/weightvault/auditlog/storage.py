@@ -30,16 +30,16 @@ import urllib.parse
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Final
+from typing import Final, Protocol
 
 from weightvault.auditlog.merkle import EMPTY_ROOT, CompactRange
 from weightvault.errors import AuditLogError
 
-__all__ = ["Head", "LogStorage", "StoredEntry", "Watermark", "copy_log"]
+__all__ = ["Head", "LogStorage", "LogStore", "StoredEntry", "Watermark", "copy_log"]
 
 SCHEMA_VERSION: Final = 1
 
-_LOG_SCHEMA: Final = """
+SQLITE_LOG_SCHEMA: Final = """
 CREATE TABLE IF NOT EXISTS meta (k TEXT PRIMARY KEY, v TEXT NOT NULL);
 CREATE TABLE IF NOT EXISTS entries (
     idx INTEGER PRIMARY KEY,
@@ -105,6 +105,8 @@ class StoredEntry:
     ts: int
     tenant: str
     type: str
+    #: The hand-off id of an event another replica queued (PostgreSQL storage only).
+    handoff: int | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -113,6 +115,45 @@ class Head:
     root: bytes
     fence: int
     checkpoint: str
+
+
+class LogStore(Protocol):
+    """What the log needs from its storage: :class:`LogStorage` (SQLite, one broker) or
+    :class:`~weightvault.auditlog.pgstorage.PostgresLogStorage` (PostgreSQL, replicas)."""
+
+    def size(self) -> int: ...
+    def count(self) -> int: ...
+    def node(self, level: int, index: int) -> bytes: ...
+    def nodes(self, level: int, start: int, stop: int) -> list[bytes]: ...
+    def compact_range(self, size: int) -> CompactRange: ...
+    def head(self) -> Head | None: ...
+    def initialise_head(self, checkpoint: str) -> Head: ...
+    def take_fence(self, expected: int) -> int: ...
+    def append_batch(
+        self,
+        entries: Sequence[StoredEntry],
+        nodes: Sequence[tuple[int, int, bytes]],
+        *,
+        fence: int,
+        old: tuple[int, bytes],
+        new: tuple[int, bytes],
+        checkpoint: str,
+        published: bool = False,
+    ) -> None: ...
+    def store_published(self, size: int, note: str) -> None: ...
+    def published_checkpoint(self) -> str | None: ...
+    def checkpoint(self, size: int) -> str | None: ...
+    def entry(self, index: int) -> StoredEntry: ...
+    def entries(
+        self,
+        start: int = 0,
+        stop: int | None = None,
+        *,
+        tenant: str | None = None,
+        since_ms: int | None = None,
+        until_ms: int | None = None,
+    ) -> Iterator[StoredEntry]: ...
+    def close(self) -> None: ...
 
 
 class Watermark:
@@ -205,7 +246,7 @@ class LogStorage:
         self._lock = threading.Lock()
         self._local = threading.local()
         self._readers: list[sqlite3.Connection] = []
-        self._conn.executescript(_LOG_SCHEMA)
+        self._conn.executescript(SQLITE_LOG_SCHEMA)
         with self._lock:
             row = self._conn.execute("SELECT v FROM meta WHERE k = 'origin'").fetchone()
             if row is None:
@@ -303,6 +344,8 @@ class LogStorage:
         Raises:
             AuditLogError: the fence or head changed (this writer must stop); nothing is written.
         """
+        if any(e.handoff is not None for e in entries):
+            raise AuditLogError("a log on SQLite has no replicas to hand events off")
         with self._lock:
             self._conn.execute("BEGIN IMMEDIATE")
             try:

@@ -35,7 +35,7 @@ from weightvault.auditlog.merkle import (
 )
 from weightvault.auditlog.note import Note, NoteVerifier, parse_note
 from weightvault.auditlog.policy import WitnessPolicy
-from weightvault.auditlog.storage import LogStorage
+from weightvault.auditlog.storage import LogStore
 from weightvault.errors import AuditLogError, InclusionProofError
 from weightvault.files import atomic_file
 
@@ -51,7 +51,7 @@ __all__ = [
 ]
 
 
-def export_tiles(storage: LogStorage, checkpoint: Note) -> dict[str, bytes]:
+def export_tiles(storage: LogStore, checkpoint: Note) -> dict[str, bytes]:
     """Every resource of the tiles API for ``checkpoint``, as path -> bytes."""
     cp = Checkpoint.from_text(checkpoint.text)
     files: dict[str, bytes] = {"checkpoint": checkpoint.to_text().encode()}

@@ -49,6 +49,12 @@ class AuditConfig:
     #: How long events nobody waits for (a release's decision and done) wait to share a
     #: commit; an append that someone waits for (an intent) commits at once.
     batch_delay_s: float = 0.002
+    #: "file": the log is the SQLite file ``[storage] audit_db`` (one broker process).
+    #: "database": the log lives in the PostgreSQL database of ``[storage] url``, shared by
+    #: replicas, one of which sequences it under a lease (docs/operations.md).
+    storage: str = "file"
+    #: How long the sequencer's lease lasts unrenewed: the longest a dead sequencer stalls the log.
+    lease_ttl_s: float = 5.0
 
 
 @dataclass(frozen=True, slots=True)
@@ -125,7 +131,7 @@ class BrokerConfig:
         verifiers = r.section(doc, "verifiers")
         r.known(verifiers, "verifiers", {"allow", "insecure_sample_enabled", "tpm", "attestation_token"})
         audit = r.section(doc, "audit")
-        r.known(audit, "audit", {"witnesses", "quorum", "batch_delay_s"})
+        r.known(audit, "audit", {"witnesses", "quorum", "batch_delay_s", "storage", "lease_ttl_s"})
         rotation = r.section(doc, "rotation")
         r.known(rotation, "rotation", {"kek_max_age_days", "token_key_max_age_days", "check_seconds"})
         tls = r.section(doc, "tls")
@@ -140,6 +146,12 @@ class BrokerConfig:
             for w in r.tables(audit, "audit", "witnesses")
         )
         quorum = r.integer(audit, "audit", "quorum", d.audit.quorum, (0, len(witnesses)))
+        storage_url = _storage_url(r.string(storage, "storage", "url", d.storage_url), config_path)
+        log_storage = r.string(audit, "audit", "storage", d.audit.storage)
+        if log_storage not in ("file", "database"):
+            raise ConfigError(f'{config_path}: [audit] storage is "file" or "database"')
+        if log_storage == "database" and not storage_url.startswith("postgresql"):
+            raise ConfigError(f'{config_path}: [audit] storage = "database" needs a postgresql:// [storage] url')
         cert, key = r.optional_string(tls, "tls", "cert"), r.optional_string(tls, "tls", "key")
         if (cert is None) != (key is None):
             raise ConfigError(f"{config_path}: [tls] needs both cert and key")
@@ -163,7 +175,7 @@ class BrokerConfig:
             containment_max_holds_per_hour=r.integer(
                 broker, "broker", "containment_max_holds_per_hour", d.containment_max_holds_per_hour, (0, 10_000)
             ),
-            storage_url=_storage_url(r.string(storage, "storage", "url", d.storage_url), config_path),
+            storage_url=storage_url,
             audit_db=r.string(storage, "storage", "audit_db", d.audit_db),
             keys=KeyPaths(
                 root=r.string(keys, "keys", "root", d.keys.root),
@@ -179,7 +191,11 @@ class BrokerConfig:
             tpm=tpm,
             attestation_token=tuple(r.tables(verifiers, "verifiers", "attestation_token")),
             audit=AuditConfig(
-                witnesses, quorum, r.number(audit, "audit", "batch_delay_s", d.audit.batch_delay_s, (0.0, 1.0))
+                witnesses,
+                quorum,
+                r.number(audit, "audit", "batch_delay_s", d.audit.batch_delay_s, (0.0, 1.0)),
+                log_storage,
+                r.number(audit, "audit", "lease_ttl_s", d.audit.lease_ttl_s, (0.5, 300.0)),
             ),
             kek_max_age_days=r.number(rotation, "rotation", "kek_max_age_days", d.kek_max_age_days, (0.0, 36_500.0)),
             token_key_max_age_days=r.number(

@@ -71,6 +71,30 @@ class Keyring:
         if live:
             self.signer.current_kid = live[-1].kid
 
+    @property
+    def shared(self) -> bool:
+        """Whether other broker processes (replicas) may change the keys in the database."""
+        return self._store.db.backend == "postgresql"
+
+    def sync_signing_keys(self) -> None:
+        """Bring the token signer in line with the database, where another replica may have rotated
+        or retired a key since this one loaded them: retired keys stop verifying here too, new ones
+        verify, and the newest live key signs. One query; a key is unwrapped only when new here.
+
+        Keys the database never held (the configured key of a broker not yet rotated) are kept.
+        """
+        root = self._root
+        if root is None:
+            return
+        rows = self._store.keys.signing_keys("token")
+        known = self.signer.public_keys()
+        live = [k for k in rows if k.retired_at is None]
+        for key in live:
+            if key.kid not in known:
+                signer = Ed25519Signer(unwrap_signing_key(root, "token", key.kid, key.wrapped))
+                self.signer.add_key(signer, current=False)
+        self.signer.sync({k.kid for k in rows if k.retired_at is not None}, live[-1].kid if live else None)
+
     def new_kek(self, tenant: str, version: int) -> bytes:
         """A fresh KEK for ``tenant``, returned wrapped under the root key (the plaintext is not kept)."""
         return wrap_kek(self.root(), tenant, version, random_bytes(32))

@@ -240,6 +240,8 @@ class ReleaseService:
         if problem:
             self._fail_attest(actor, challenge_id, problem, evidence, challenge.device_id)
             raise PermissionDeniedError(f"the evidence does not establish an allowed device ({problem})")
+        if self._keyring.shared:  # another replica may have rotated or retired the signing key
+            self._keyring.sync_signing_keys()
         token, parsed = self._signer.issue(
             tenant=tenant, principal=actor.id, result=result, kem=kem, public=public, challenge_id=challenge_id, now=now
         )
@@ -334,6 +336,8 @@ class ReleaseService:
             AuditLogError: the intent could not be recorded; nothing is released.
         """
         try:
+            if self._keyring.shared:  # a key another replica retired stops verifying here too
+                self._keyring.sync_signing_keys()
             parsed = self._signer.verify(token, now=self._now())
             if self._store.sessions.token_revoked(parsed.jti):
                 raise EvidenceError("result token revoked")

@@ -133,6 +133,21 @@ class KeyBroker:
         assert actor.tenant is not None  # workloads always belong to a tenant
         return self.reports.report(actor.id, actor.tenant, reports)
 
+    @property
+    def shares_state(self) -> bool:
+        """Whether replicas may share this broker's database (PostgreSQL): then rate limits live there."""
+        return self.store.db.backend == "postgresql"
+
+    def take_rate(self, key: str, rate: float, burst: int) -> bool:
+        """Take one request from the shared token bucket ``key``; False when it is empty."""
+        return self.store.rate_limits.take(key, rate, burst)
+
+    @property
+    def runs_singleton_jobs(self) -> bool:
+        """Whether this process runs the once-per-deployment jobs (outbox, scheduled rotation): the
+        audit log's sequencer among replicas, or the only broker."""
+        return bool(getattr(self.recorder.sink, "is_sequencer", True))
+
     def drain_outbox(self) -> int:
         """Append what the gateway left in the outbox (the broker's own background task calls this)."""
         return self.reports.drain_outbox()

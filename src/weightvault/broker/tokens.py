@@ -87,6 +87,15 @@ class TokenSigner:
                 raise ValueError("cannot retire the current signing key")
             self._keys.pop(kid, None)
 
+    def sync(self, retired: set[str], current: str | None) -> None:
+        """Drop the ``retired`` keys and make ``current`` (a key held here) the signing key."""
+        with self._lock:
+            if current is not None and current in self._keys:
+                self.current_kid = current
+            for kid in retired:
+                if kid != self.current_kid:
+                    self._keys.pop(kid, None)
+
     def public_keys(self) -> dict[str, bytes]:
         """kid -> raw Ed25519 public key of every key that verifies tokens."""
         with self._lock:

@@ -47,6 +47,9 @@ insecure_sample_enabled = {sample}
 [audit]
 # witnesses = [{{ name = "w1.example", url = "http://127.0.0.1:8471", vkey = "w1.example+...+..." }}]
 quorum = 0
+# "file": the SQLite file audit_db; "database": in the PostgreSQL database, for replicas.
+storage = "{log_storage}"
+lease_ttl_s = {d.audit.lease_ttl_s:g}  # a dead sequencer stalls the log this long at most
 
 # [tls]
 # cert = "tls/cert.pem"
@@ -87,6 +90,11 @@ def broker() -> None:
     show_default=True,
     help="Where the broker keeps its state: sqlite:///PATH (relative to DIRECTORY) or postgresql://USER@HOST/DB.",
 )
+@click.option(
+    "--replicated",
+    is_flag=True,
+    help="Keep the audit log in the PostgreSQL database too, so that several replicas serve this broker.",
+)
 def broker_init(
     directory: Path,
     broker_id: str,
@@ -97,6 +105,7 @@ def broker_init(
     custodians: tuple[Path, ...],
     threshold: int | None,
     database_url: str,
+    replicated: bool,
 ) -> None:
     """Create a broker configuration, its keys and the first operator's API token in DIRECTORY.
 
@@ -118,6 +127,8 @@ def broker_init(
     if bool(custodians) != (threshold is not None):
         raise ConfigError("--custodian and --threshold go together")
     check_storage_url(database_url)
+    if replicated and not database_url.startswith("postgresql"):
+        raise ConfigError("--replicated needs a postgresql:// --database-url")
 
     people = [load_person_public(p) for p in custodians]
     # Whatever this command creates goes again if it fails (a database it cannot reach, a
@@ -158,6 +169,7 @@ def broker_init(
             sample="true" if insecure_sample else "false",
             extra=extra,
             storage_url=json.dumps(database_url),
+            log_storage="database" if replicated else "file",
         )
         with atomic_file(directory / "broker.toml", mode=0o600) as out:
             out.write(text.encode())
@@ -219,13 +231,21 @@ def _remove_partial(directory: Path, before: set[Path] | None) -> None:
 @click.option("--config", "config_path", type=click.Path(path_type=Path, exists=True), required=True)
 @click.option("--host", help="Override the configured host.")
 @click.option("--port", type=int, help="Override the configured port.")
-def broker_serve(config_path: Path, host: str | None, port: int | None) -> None:
+@click.option(
+    "--replica",
+    help="This replica's name, when the audit log is in the database (default: HOSTNAME:PORT). Unique per replica.",
+)
+def broker_serve(config_path: Path, host: str | None, port: int | None, replica: str | None) -> None:
     """Serve the broker API (uvicorn, one process per broker; several over one PostgreSQL database)."""
+    import socket
+
     import uvicorn
 
     from weightvault.server.broker_main import load_broker
 
-    runtime = load_broker(config_path)
+    if replica is None and port is not None:
+        replica = f"{socket.gethostname()}:{port}"
+    runtime = load_broker(config_path, replica=replica)
     cfg = runtime.config
     kwargs: dict[str, Any] = {}
     if cfg.tls_cert is not None and cfg.tls_key is not None:
@@ -273,11 +293,25 @@ def broker_backup(config_path: Path, out: Path) -> None:
     keys = [(Path(getattr(config.keys, k)).name, config.path(getattr(config.keys, k))) for k in _BACKED_UP_KEYS]
     keys.append((Path(config.keys.audit_log).name + ".vkey", config.path(config.keys.audit_log + ".vkey")))
     store = BrokerStore(config.database_url)
+    scratch = None
+    log_db = config.path(config.audit_db)
     try:
+        if config.audit.storage == "database":  # the replicas' log, cut at its head into a file
+            import tempfile
+
+            from weightvault.auditlog.pgstorage import PostgresLogStorage
+
+            scratch = tempfile.TemporaryDirectory(prefix="wv-backup-log-")
+            log_db = Path(scratch.name) / "audit.db"
+            pg_log = PostgresLogStorage(config.database_url, signer.name)
+            try:
+                pg_log.export_sqlite(log_db)
+            finally:
+                pg_log.close()
         manifest = create_backup(
             out,
             store=store,
-            log_db=config.path(config.audit_db),
+            log_db=log_db,
             config_file=config_path,
             key_files=keys,
             root=root,
@@ -286,6 +320,8 @@ def broker_backup(config_path: Path, out: Path) -> None:
             now=int(time.time()),
         )
     finally:
+        if scratch is not None:
+            scratch.cleanup()
         store.close()
         root.wipe()
     click.echo(
@@ -460,6 +496,16 @@ def broker_restore(
             }
         with AuditLog(log_path, signer) as log:
             log.append(AuditEvent(type="broker.restore", tenant="-", actor="operator", details=details))
+        if config.audit.storage == "database":  # the replicas' log goes into the new database
+            from weightvault.auditlog.pgstorage import PostgresLogStorage
+
+            pg_log = PostgresLogStorage(config.database_url, signer.name)
+            try:
+                pg_log.import_sqlite(log_path)
+            finally:
+                pg_log.close()
+            log_path.unlink()
+            log_path.with_name(log_path.name + ".watermark").unlink(missing_ok=True)
     except BaseException:
         _remove_partial(into, before)
         raise

@@ -58,9 +58,13 @@ def create_broker_app(broker: KeyBroker, limits: ServerLimits | None = None) -> 
 
     @contextlib.asynccontextmanager
     async def lifespan(app: Starlette) -> AsyncIterator[None]:
+        # Jobs that run once per deployment run on the audit log's sequencer (the only broker, or
+        # the replica holding the lease): two replicas must not rotate, or drain the outbox, twice.
         async def rotate_loop() -> None:
             while True:
                 await asyncio.sleep(limits.rotation_check_seconds)
+                if not broker.runs_singleton_jobs:
+                    continue
                 with contextlib.suppress(WeightVaultError):  # audited by the attempt itself; retried next round
                     await run_in_threadpool(broker.rotate_due)
 
@@ -69,6 +73,8 @@ def create_broker_app(broker: KeyBroker, limits: ServerLimits | None = None) -> 
             # (this broker) appends them; a failed round is retried, never skipped.
             while True:
                 await asyncio.sleep(limits.outbox_poll_seconds)
+                if not broker.runs_singleton_jobs:
+                    continue
                 with contextlib.suppress(WeightVaultError):
                     while await run_in_threadpool(broker.drain_outbox):
                         pass
@@ -79,8 +85,9 @@ def create_broker_app(broker: KeyBroker, limits: ServerLimits | None = None) -> 
         finally:
             for task in tasks:
                 task.cancel()
-            with contextlib.suppress(WeightVaultError):
-                await run_in_threadpool(broker.drain_outbox)
+            if broker.runs_singleton_jobs:
+                with contextlib.suppress(WeightVaultError):
+                    await run_in_threadpool(broker.drain_outbox)
             broker.custody.wipe()
 
     routes = [route for module in _ROUTE_MODULES for route in module.routes(http)]

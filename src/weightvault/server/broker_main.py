@@ -6,6 +6,8 @@ files and JWKS files. Everything it builds is passed to constructors.
 
 from __future__ import annotations
 
+import re
+import socket
 import tomllib
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -18,6 +20,7 @@ from weightvault.auditlog.events import SensitiveHasher
 from weightvault.auditlog.log import AuditLog, LogConfig
 from weightvault.auditlog.note import NoteSigner, NoteVerifier
 from weightvault.auditlog.policy import WitnessPolicy
+from weightvault.auditlog.replica import ReplicatedAuditLog
 from weightvault.auditlog.witness import HTTPWitness
 from weightvault.broker.config import BrokerConfig
 from weightvault.broker.keystore import RootKey
@@ -33,13 +36,15 @@ from weightvault.server.broker_app import ServerLimits, create_broker_app
 
 __all__ = ["BrokerRuntime", "load_broker"]
 
+_REPLICA_NAME = re.compile(r"[A-Za-z0-9._:-]{1,64}")
+
 
 @dataclass
 class BrokerRuntime:
     """Everything a running broker holds; ``close`` releases it."""
 
     broker: KeyBroker
-    audit: AuditLog
+    audit: AuditLog | ReplicatedAuditLog
     config: BrokerConfig
     limits: ServerLimits
 
@@ -98,8 +103,13 @@ def _client_hasher(config: BrokerConfig) -> SensitiveHasher | None:
     return SensitiveHasher(subkey, Path(config.keys.audit_hash).stem)
 
 
-def load_broker(config_path: Path, *, clock: Callable[[], float] | None = None) -> BrokerRuntime:
+def load_broker(
+    config_path: Path, *, clock: Callable[[], float] | None = None, replica: str | None = None
+) -> BrokerRuntime:
     """Read ``broker.toml`` and everything it points to; build the broker.
+
+    ``replica`` names this process among the replicas of a broker whose log is in the database
+    (``[audit] storage = "database"``); its watermark file is ``<audit_db>.<replica>.watermark``.
 
     Raises:
         ConfigError: a missing or malformed setting or key file.
@@ -132,14 +142,31 @@ def load_broker(config_path: Path, *, clock: Callable[[], float] | None = None) 
         except AuditLogError as exc:
             raise ConfigError(f"witness {w.name}: {exc}") from exc
     policy = WitnessPolicy.threshold(verifiers, config.audit.quorum) if verifiers else WitnessPolicy({}, {}, "none")
-    audit = AuditLog(
-        config.path(config.audit_db),
-        log_signer,
-        witnesses=witnesses,
-        policy=policy,
-        clock=now,
-        config=LogConfig(batch_delay_s=config.audit.batch_delay_s),
-    )
+    log_config = LogConfig(batch_delay_s=config.audit.batch_delay_s)
+    audit: AuditLog | ReplicatedAuditLog
+    if config.audit.storage == "database":
+        from weightvault.auditlog.pgstorage import PostgresLogStorage
+
+        name = replica or f"{socket.gethostname()}:{config.port}"
+        if not _REPLICA_NAME.fullmatch(name):
+            raise ConfigError("a replica name is 1 to 64 letters, digits and . _ : -")
+        watermark = config.path(config.audit_db).with_name(f"{Path(config.audit_db).name}.{name}.watermark")
+        watermark.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
+        audit = ReplicatedAuditLog(
+            PostgresLogStorage(config.database_url, log_signer.name),
+            log_signer,
+            replica=name,
+            watermark_path=watermark,
+            witnesses=witnesses,
+            policy=policy,
+            clock=now,
+            config=log_config,
+            lease_ttl_s=config.audit.lease_ttl_s,
+        )
+    else:
+        audit = AuditLog(
+            config.path(config.audit_db), log_signer, witnesses=witnesses, policy=policy, clock=now, config=log_config
+        )
     try:
         registry = VerifierRegistry.build(
             config.allow,

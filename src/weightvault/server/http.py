@@ -27,7 +27,17 @@ from weightvault.broker.service import KeyBroker, Principal
 from weightvault.errors import AuthenticationError, InvalidRequestError, RateLimitedError, WeightVaultError
 from weightvault.server.problems import OpenAIRefusalError, problem, problem_for
 
-__all__ = ["HTTP", "HTTPProblemError", "RateLimiter", "ServerLimits", "b64", "handler", "read_bounded", "read_json"]
+__all__ = [
+    "HTTP",
+    "HTTPProblemError",
+    "RateLimiter",
+    "ServerLimits",
+    "SharedRateLimiter",
+    "b64",
+    "handler",
+    "read_bounded",
+    "read_json",
+]
 
 _log = logging.getLogger("weightvault.server")
 _B = TypeVar("_B", bound=BaseModel)
@@ -62,6 +72,19 @@ class RateLimiter:
                 self._buckets[key] = (tokens, now)
                 raise RateLimitedError("rate limit exceeded")
             self._buckets[key] = (tokens - 1.0, now)
+
+
+class SharedRateLimiter:
+    """Token buckets in the broker's database, shared by its replicas (``take`` is a statement)."""
+
+    def __init__(self, take: Callable[[str, float, int], bool], rate: float, burst: int) -> None:
+        self._take = take
+        self._rate = rate
+        self._burst = burst
+
+    def take(self, key: str) -> None:
+        if not self._take(key, self._rate, self._burst):
+            raise RateLimitedError("rate limit exceeded")
 
 
 class HTTPProblemError(Exception):
@@ -134,15 +157,18 @@ class HTTP:
 
     broker: KeyBroker
     limits: ServerLimits
-    limiter: RateLimiter = field(init=False)
-    auth_failures: RateLimiter = field(init=False)
+    limiter: RateLimiter | SharedRateLimiter = field(init=False)
+    auth_failures: RateLimiter | SharedRateLimiter = field(init=False)
     _noted: dict[str, tuple[float, int]] = field(init=False, default_factory=dict)
     _noted_lock: threading.Lock = field(init=False, default_factory=threading.Lock)
 
     def __post_init__(self) -> None:
-        self.limiter = RateLimiter(self.limits.rate_per_second, self.limits.burst)
+        # Replicas share their buckets through the database, or each would allow the whole rate.
+        shared = self.broker.shares_state
+        make = (lambda r, b: SharedRateLimiter(self.broker.take_rate, r, b)) if shared else RateLimiter
+        self.limiter = make(self.limits.rate_per_second, self.limits.burst)
         # Failed authentications: a burst of 20 per client address, then one a second.
-        self.auth_failures = RateLimiter(1.0, 20)
+        self.auth_failures = make(1.0, 20)
 
     async def body(self, request: Request, model: type[_B]) -> _B:
         """The request body, parsed strictly into ``model`` (unknown fields are refused)."""
@@ -181,16 +207,21 @@ class HTTP:
         try:
             who = await run_in_threadpool(self.broker.authenticate, credential)
         except AuthenticationError:
-            self._limited(request, None, ("auth-fail", host), self.auth_failures)
+            await run_in_threadpool(self._limited, request, None, ("auth-fail", host), self.auth_failures)
             claimed = credential[4:].partition(".")[0] if credential.startswith("wv1_") else "-"
             await run_in_threadpool(self.broker.record_auth_failure, claimed, request.url.path)
             raise
-        self._limited(request, who, ("principal", who.id), self.limiter)
+        await run_in_threadpool(self._limited, request, who, ("principal", who.id), self.limiter)
         return who
 
-    def _limited(self, request: Request, who: Principal | None, bucket: tuple[str, str], limiter: RateLimiter) -> None:
+    def _limited(
+        self, request: Request, who: Principal | None, bucket: tuple[str, str], limiter: RateLimiter | SharedRateLimiter
+    ) -> None:
         """Take from ``bucket`` (kind, subject); over the limit, record it (the kind only: the client's
-        address reaches the log as the recorder's keyed hash) at most once a minute, and refuse."""
+        address reaches the log as the recorder's keyed hash) at most once a minute, and refuse.
+
+        Blocking (a shared bucket is a database statement; the record is an audit append): the
+        async callers run it in the thread pool."""
         key = f"{bucket[0]}:{bucket[1]}"
         try:
             limiter.take(key)
@@ -207,11 +238,11 @@ class HTTP:
                 self.broker.record_rate_limit(who, bucket[0], request.url.path, refused)
             raise
 
-    def anonymous(self, request: Request) -> None:
+    async def anonymous(self, request: Request) -> None:
         """Rate limiting for the endpoints custodians reach without an API token."""
         host = request.client.host if request.client else "-"
         client_address.set(host)
-        self._limited(request, None, ("anonymous", host), self.limiter)
+        await run_in_threadpool(self._limited, request, None, ("anonymous", host), self.limiter)
 
     @staticmethod
     def call(fn: Callable[..., Any], *args: Any, **kwargs: Any) -> Awaitable[Any]:

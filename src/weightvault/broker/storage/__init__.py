@@ -11,6 +11,7 @@ from weightvault.broker.storage.containment import HoldRepository, HoldRow
 from weightvault.broker.storage.controls import ApprovalRepository, CustodyRepository
 from weightvault.broker.storage.database import Database
 from weightvault.broker.storage.gateway import BucketRow, GatewayKeyRow, GatewayRepository, OutboxRepository, OutboxRow
+from weightvault.broker.storage.limits import RateLimitRepository
 from weightvault.broker.storage.repositories import (
     CatalogueRepository,
     DeviceRepository,
@@ -72,6 +73,7 @@ class BrokerStore:
         self.gateway = GatewayRepository(self.db)
         self.outbox = OutboxRepository(self.db)
         self.holds = HoldRepository(self.db)
+        self.rate_limits = RateLimitRepository(self.db)
 
     def migrate(self, now: int) -> int:
         """Bring the schema up to date (see :mod:`.schema`)."""

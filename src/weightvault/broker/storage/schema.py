@@ -231,6 +231,16 @@ containment_holds = sa.Table(
     sa.Index("ix_containment_active", "kind", "target", "lifted_at"),
 )
 
+# -- migration 5: rate limits shared by replicas (token buckets; PostgreSQL only uses them) ------
+rate_buckets = sa.Table(
+    "rate_buckets",
+    metadata,
+    sa.Column("key", sa.String(300), primary_key=True),  # kind:subject (principal id, client address)
+    sa.Column("tokens", sa.Float, nullable=False),
+    sa.Column("updated_ms", sa.BigInteger, nullable=False),  # the database's clock
+    sa.Column("allowed", sa.Boolean, nullable=False),  # whether the latest take found a token
+)
+
 schema_migrations = sa.Table(
     "schema_migrations",
     metadata,
@@ -257,4 +267,5 @@ MIGRATIONS: Final[tuple[tuple[int, tuple[sa.Table, ...]], ...]] = (
     ),
     (3, (gateway_keys, budget_buckets, event_outbox)),
     (4, (containment_holds,)),
+    (5, (rate_buckets,)),
 )

@@ -44,12 +44,12 @@ def routes(http: HTTP) -> list[BaseRoute]:
 
     @handler
     async def ceremony(request: Request) -> Response:
-        http.anonymous(request)
+        await http.anonymous(request)
         return JSONResponse(await http.call(custody.ceremony, request.path_params["cid"]))
 
     @handler
     async def submit(request: Request) -> Response:
-        http.anonymous(request)
+        await http.anonymous(request)
         req = await http.body(request, schemas.ShareSubmission)
         result = await http.call(
             custody.submit,
@@ -62,14 +62,14 @@ def routes(http: HTTP) -> list[BaseRoute]:
 
     @handler
     async def cancel(request: Request) -> Response:
-        http.anonymous(request)
+        await http.anonymous(request)
         req = await http.body(request, schemas.CeremonyCancel)
         await http.call(custody.cancel, request.path_params["cid"], req.custodian, b64(req.signature, "signature"))
         return JSONResponse({"id": request.path_params["cid"], "status": "cancelled"})
 
     @handler
     async def delivery(request: Request) -> Response:
-        http.anonymous(request)
+        await http.anonymous(request)
         sealed = await http.call(custody.delivery, request.path_params["sid"], request.path_params["custodian"])
         return JSONResponse({"set": request.path_params["sid"], "sealed": base64.b64encode(sealed).decode()})
 

@@ -1,0 +1,372 @@
+"""The audit log of one broker replica among several: one sequencer by lease, hand-off for the rest.
+
+Every replica opens a :class:`ReplicatedAuditLog` over the same PostgreSQL storage
+(:mod:`weightvault.auditlog.pgstorage`). At any moment at most one of them can
+write: the **sequencer**, which holds the lease and the fencing token that the
+lease acquisition incremented. It runs an ordinary :class:`~weightvault.auditlog.log.AuditLog`
+(group commit, signed checkpoints, witnesses) over the shared storage.
+
+The others are **followers**. ``append`` on a follower encodes the event, inserts it
+into the hand-off queue and commits (the event is now durable), then waits for the
+sequencer to append it and returns the entry's receipt, after checking that the
+committed entry is its event (only the log's timestamp may differ). The sequencer
+pulls hand-offs in id order and appends them like its own events; each batch
+deletes the hand-offs it appends in the same transaction.
+
+Takeover. A lease thread renews the sequencer's lease every ``lease_ttl_s / 4``; a
+follower tries to take an expired lease as often. The new sequencer re-reads the
+head from storage (the same checks as opening a log: entry count, root, this
+replica's watermark), then appends ``log.handover`` naming the previous holder,
+the new one and the new fence, before anything else. Hand-offs that the dead
+sequencer had pulled but not committed are still in the queue, so the new one
+appends them; events the dead sequencer had only in memory were never
+acknowledged (their appends fail, and the write-ahead rule refused their actions).
+
+A sequencer that loses its lease (paused, partitioned, or its database connection
+broken) learns it at its next commit, whose compare-and-swap fails: its batch and
+queue are refused (AuditLogError), it steps down, and from then on it hands off.
+Checkpoints are therefore signed and stored only under the current fence.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import functools
+import os
+import secrets
+import threading
+import time
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Final
+
+from weightvault.auditlog.checkpoint import Checkpoint
+from weightvault.auditlog.events import AuditEvent, decode_event, digest
+from weightvault.auditlog.log import AuditLog, LogConfig, LogReader, Pending, Receipt, WitnessEndpoint
+from weightvault.auditlog.merkle import CompactRange, leaf_hash
+from weightvault.auditlog.note import Note, NoteSigner
+from weightvault.auditlog.pgstorage import COMMIT_CHANNEL, HANDOFF_CHANNEL, PostgresLogStorage
+from weightvault.auditlog.policy import WitnessPolicy
+from weightvault.errors import AuditLogError, AuditUnavailableError, WeightVaultError
+
+__all__ = ["DEFAULT_LEASE_TTL_S", "ReplicatedAuditLog"]
+
+#: How long a sequencer's lease lasts without renewal: the longest a dead sequencer stalls the log.
+DEFAULT_LEASE_TTL_S: Final = 5.0
+#: How often a waiting follower or the sequencer looks without a notification (a lost NOTIFY costs this).
+_POLL_S: Final = 0.2
+_DEFAULT_CONFIG: Final = LogConfig()
+
+
+class ReplicatedAuditLog(LogReader):
+    """One replica's view of a shared log: the sequencer's writer when it holds the lease, a
+    hand-off client otherwise. Use as a context manager, or call :meth:`close`."""
+
+    def __init__(
+        self,
+        storage: PostgresLogStorage,
+        signer: NoteSigner,
+        *,
+        replica: str,
+        watermark_path: Path,
+        witnesses: Sequence[WitnessEndpoint] = (),
+        policy: WitnessPolicy | None = None,
+        config: LogConfig = _DEFAULT_CONFIG,
+        clock: Callable[[], float] = time.time,
+        lease_ttl_s: float = DEFAULT_LEASE_TTL_S,
+    ) -> None:
+        if not 0.5 <= lease_ttl_s <= 300:
+            raise AuditLogError("the sequencer lease lasts 0.5 to 300 seconds")
+        self.origin = signer.name
+        self.replica = replica
+        #: Unique per process: a restarted replica is a new holder and waits for the old lease to expire.
+        self.holder = f"{replica}/{os.getpid()}/{secrets.token_hex(4)}"
+        self._signer = signer
+        self._make_log: Callable[[int], AuditLog] = lambda fence: AuditLog(
+            storage,
+            signer,
+            witnesses=witnesses,
+            policy=policy,
+            config=config,
+            clock=clock,
+            watermark_path=watermark_path,
+            fence=fence,
+        )
+        self._clock = clock
+        self._ttl = lease_ttl_s
+        self._batch_max = config.batch_max
+        if storage.head() is None:
+            storage.initialise_head(_empty_checkpoint(signer))
+        super().__init__(storage)
+        self._pg = storage
+        self._role = threading.Lock()
+        self._sequencer: AuditLog | None = None
+        self._in_flight: set[int] = set()
+        self._in_flight_lock = threading.Lock()
+        self._last_ts = 0
+        self._ts_lock = threading.Lock()
+        self._closing = threading.Event()
+        self._wake = threading.Event()
+        self._handovers = 0
+        self._threads = [
+            threading.Thread(target=self._lease_loop, name="wv-audit-lease", daemon=True),
+            threading.Thread(target=self._listen_loop, name="wv-audit-listen", daemon=True),
+        ]
+        for thread in self._threads:
+            thread.start()
+
+    # -- state -------------------------------------------------------------------------------
+
+    @property
+    def is_sequencer(self) -> bool:
+        log = self._sequencer
+        return log is not None and log.failed is None
+
+    @property
+    def handovers(self) -> int:
+        """How many times this replica has taken the lease."""
+        return self._handovers
+
+    @property
+    def failed(self) -> BaseException | None:
+        """Always None: a replica's failed commit makes it step down, not stop (appends report errors)."""
+        return None
+
+    def _current_size(self) -> int:
+        log = self._sequencer
+        if log is not None and log.failed is None:
+            return log.size
+        return super()._current_size()
+
+    def latest_checkpoint(self) -> Note:
+        log = self._sequencer
+        return log.latest_checkpoint() if log is not None and log.failed is None else super().latest_checkpoint()
+
+    def wait_sequencer(self, timeout_s: float) -> bool:
+        """Wait until this replica is the sequencer (tests and single-replica start-up)."""
+        deadline = time.monotonic() + timeout_s
+        while not self.is_sequencer:
+            if time.monotonic() >= deadline:
+                return False
+            time.sleep(0.02)
+        return True
+
+    # -- appending -----------------------------------------------------------------------------
+
+    def append(self, event: AuditEvent, timeout_s: float = 15.0) -> Receipt:
+        """Append ``event`` and wait until it is durable in the log (through the sequencer).
+
+        Raises:
+            AuditLogError: the event is invalid; this replica lost the lease during the commit;
+                or the event was not in the log within ``timeout_s`` (it may still be appended
+                later: a hand-off is durable once queued).
+            AuditUnavailableError: the database is unreachable.
+        """
+        if self._closing.is_set():
+            raise AuditLogError("the audit log is closed")
+        log = self._sequencer
+        if log is not None and log.failed is None:
+            return log.append(event, timeout_s)
+        return self._hand_off(event, timeout_s)
+
+    def submit(self, event: AuditEvent) -> Pending:
+        """Queue ``event`` (the sequencer), or hand it off and wait (a follower, which cannot
+        reserve an index before the sequencer assigns one)."""
+        log = self._sequencer
+        if log is not None and log.failed is None:
+            return log.submit(event)
+        receipt = self._hand_off(event, 15.0)
+        pending = Pending(receipt.index)
+        pending.set_result(receipt)
+        return pending
+
+    def _hand_off(self, event: AuditEvent, timeout_s: float) -> Receipt:
+        with self._ts_lock:
+            ts = max(self._last_ts, int(self._clock() * 1000))
+            self._last_ts = ts
+        data = event.with_ts(ts).encode()  # validates size and form before anything is queued
+        handoff = self._pg.hand_off(self.replica, data)
+        deadline = time.monotonic() + timeout_s
+        while True:
+            found = self._pg.handed_off([handoff]).get(handoff)
+            if found is not None:
+                committed = decode_event(found.data)
+                if committed.with_ts(0).encode() != event.with_ts(0).encode():
+                    raise AuditLogError(f"hand-off {handoff} was committed as another event ({committed.type})")
+                head = self._pg.head()
+                size = head.size if head is not None else found.index + 1
+                return Receipt(found.index, leaf_hash(found.data), max(size, found.index + 1))
+            remaining = deadline - time.monotonic()
+            if remaining <= 0:
+                raise AuditLogError(
+                    f"the sequencer did not append hand-off {handoff} within {timeout_s:g} s (it stays queued)"
+                )
+            self._wake.wait(min(_POLL_S, remaining))
+
+    # -- the sequencer's side -------------------------------------------------------------------
+
+    def _pump(self, log: AuditLog) -> None:
+        """Queue hand-offs not yet queued into the sequencer's writer, in id order."""
+        with self._in_flight_lock:
+            skip = sorted(self._in_flight)
+        for row in self._pg.handoffs(skip, self._batch_max):
+            try:
+                event = decode_event(row.data)
+            except AuditLogError as exc:
+                # Only a process with the database's credentials writes the queue; what it wrote
+                # is consumed and recorded (by digest), never dropped silently.
+                event = AuditEvent(
+                    "outbox.reject",
+                    "",
+                    f"replica:{row.replica}"[:64],
+                    details={"handoff": row.id, "digest": digest(row.data), "reason": str(exc)[:200]},
+                )
+            with self._in_flight_lock:
+                self._in_flight.add(row.id)
+            pending = log.enqueue_handoff(row.id, event)
+            pending.add_done_callback(functools.partial(self._landed, row.id))
+
+    def _landed(self, handoff: int, _done: object) -> None:
+        with self._in_flight_lock:
+            self._in_flight.discard(handoff)
+
+    def _promote(self) -> None:
+        lease = self._pg.acquire(self.holder, self._ttl)
+        if lease is None:
+            return
+        try:
+            log = self._make_log(lease.head.fence)
+        except WeightVaultError:
+            with contextlib.suppress(WeightVaultError):
+                self._pg.release(lease.head.fence)
+            raise
+        with self._in_flight_lock:
+            self._in_flight.clear()
+        try:
+            log.append(
+                AuditEvent(
+                    "log.handover",
+                    "",
+                    f"replica:{self.replica}"[:64],
+                    details={
+                        "previous": lease.previous_holder,
+                        "holder": self.holder,
+                        "fence": lease.head.fence,
+                        "size": lease.head.size,
+                    },
+                )
+            )
+        except WeightVaultError:
+            log.close()
+            raise
+        self._handovers += 1
+        self._sequencer = log
+
+    def _demote(self) -> None:
+        log, self._sequencer = self._sequencer, None
+        if log is not None:
+            log.close()
+
+    def _lease_loop(self) -> None:
+        interval = self._ttl / 4
+        while True:
+            with self._role, contextlib.suppress(WeightVaultError):
+                log = self._sequencer
+                if log is None:
+                    self._promote()
+                elif log.failed is not None or not self._pg.renew(log.fence, self._ttl):
+                    self._demote()
+            if self._closing.wait(interval):
+                return
+
+    def _listen_loop(self) -> None:
+        conn = None
+        while not self._closing.is_set():
+            try:
+                if conn is None:
+                    conn = self._pg.listener(HANDOFF_CHANNEL, COMMIT_CHANNEL)
+                notified = False
+                for _ in conn.notifies(timeout=_POLL_S, stop_after=1):
+                    notified = True
+                if notified:
+                    self._wake.set()
+                    self._wake.clear()
+                log = self._sequencer
+                if log is not None and log.failed is None:
+                    self._pump(log)
+            except WeightVaultError:
+                time.sleep(_POLL_S)
+            except Exception:  # the driver's connection errors: reconnect
+                with contextlib.suppress(Exception):
+                    if conn is not None:
+                        conn.close()
+                conn = None
+                time.sleep(_POLL_S)
+        if conn is not None:
+            with contextlib.suppress(Exception):
+                conn.close()
+
+    # -- reading and publishing ------------------------------------------------------------------
+
+    def published_checkpoint(self) -> Note | None:
+        log = self._sequencer
+        return log.published_checkpoint() if log is not None else super().published_checkpoint()
+
+    def wait_published(self, size: int, timeout_s: float = 10.0) -> Note:
+        """A published checkpoint of at least ``size`` (the sequencer publishes; followers read it)."""
+        deadline = time.monotonic() + timeout_s
+        while True:
+            log = self._sequencer
+            if log is not None and log.failed is None:
+                return log.wait_published(size, max(0.0, deadline - time.monotonic()))
+            note = super().published_checkpoint()
+            if note is not None and Checkpoint.from_text(note.text).size >= size:
+                return note
+            if time.monotonic() >= deadline:
+                raise AuditLogError(f"no witnessed checkpoint covering size {size} within {timeout_s} s")
+            time.sleep(_POLL_S / 4)
+
+    def publish_now(self, timeout_s: float = 10.0) -> Note:
+        log = self._sequencer
+        if log is None or log.failed is not None:
+            raise AuditUnavailableError("this replica is not the audit log's sequencer")
+        return log.publish_now(timeout_s)
+
+    # -- lifecycle -------------------------------------------------------------------------------
+
+    def close(self) -> None:
+        """Stop; a sequencer commits what it queued, then releases its lease for the next one."""
+        if self._closing.is_set():
+            return
+        self._closing.set()
+        self._wake.set()
+        for thread in self._threads:
+            thread.join()
+        with self._role:
+            log, self._sequencer = self._sequencer, None
+            if log is not None:
+                log.close()
+                if log.failed is None:
+                    with contextlib.suppress(WeightVaultError):
+                        self._pg.release(log.fence)
+        self._pg.close()
+
+    def abandon(self) -> None:
+        """Stop every thread without committing, releasing or closing anything: what ``kill -9``
+        leaves behind, for drills run in one process."""
+        self._closing.set()
+        log = self._sequencer
+        if log is not None:
+            log._failed = AuditLogError("abandoned")  # simulating a crash
+
+    def __enter__(self) -> ReplicatedAuditLog:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+
+def _empty_checkpoint(signer: NoteSigner) -> str:
+    from weightvault.auditlog.checkpoint import sign_checkpoint
+
+    return sign_checkpoint(Checkpoint(signer.name, 0, CompactRange().root()), signer).to_text()

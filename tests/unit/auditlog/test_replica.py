@@ -1,0 +1,242 @@
+"""The audit log shared by broker replicas on PostgreSQL: one sequencer by lease, hand-off for the rest.
+
+These run in the ``--database postgresql`` pass (each test gets a database of its own on
+the run's PostgreSQL server); the SQLite pass skips them.
+"""
+
+from __future__ import annotations
+
+import os
+import threading
+import time
+from collections.abc import Iterator
+from contextlib import ExitStack
+from pathlib import Path
+
+import psycopg
+import pytest
+
+from tests import databases
+from weightvault.auditlog.checkpoint import Checkpoint
+from weightvault.auditlog.events import AuditEvent
+from weightvault.auditlog.log import AuditLog, LogReader
+from weightvault.auditlog.merkle import verify_consistency
+from weightvault.auditlog.note import NoteSigner
+from weightvault.auditlog.pgstorage import PostgresLogStorage, libpq_url
+from weightvault.auditlog.replica import ReplicatedAuditLog
+from weightvault.crypto.signing import Ed25519Signer
+from weightvault.errors import AuditLogError, ConfigError
+
+TTL = 1.0
+
+
+@pytest.fixture
+def url(tmp_path: Path) -> str:
+    if databases.backend() != "postgresql":
+        pytest.skip("needs PostgreSQL: runs in the --database postgresql pass")
+    return databases.fresh_url(tmp_path)
+
+
+@pytest.fixture
+def signer() -> NoteSigner:
+    return NoteSigner("test.example/log", Ed25519Signer(os.urandom(32)))
+
+
+@pytest.fixture
+def replicas(url: str, signer: NoteSigner, tmp_path: Path) -> Iterator[list[ReplicatedAuditLog]]:
+    """Two replicas; the first is the sequencer when the test starts."""
+    with ExitStack() as stack:
+        a = stack.enter_context(_replica(url, signer, tmp_path, "a"))
+        assert a.wait_sequencer(10)
+        b = stack.enter_context(_replica(url, signer, tmp_path, "b"))
+        yield [a, b]
+
+
+def _replica(url: str, signer: NoteSigner, tmp: Path, name: str) -> ReplicatedAuditLog:
+    return ReplicatedAuditLog(
+        PostgresLogStorage(url, signer.name),
+        signer,
+        replica=name,
+        watermark_path=tmp / f"{name}.watermark",
+        lease_ttl_s=TTL,
+    )
+
+
+def ev(i: int, tenant: str = "acme") -> AuditEvent:
+    return AuditEvent("test.event", tenant, "tester", details={"i": i})
+
+
+def _reader(url: str, signer: NoteSigner) -> LogReader:
+    return LogReader(PostgresLogStorage(url, signer.name))
+
+
+def test_one_sequencer_and_a_follower_share_one_log(
+    replicas: list[ReplicatedAuditLog], url: str, signer: NoteSigner
+) -> None:
+    a, b = replicas
+    time.sleep(TTL)  # b has had every chance to take the lease, and must not have
+    assert a.is_sequencer
+    assert not b.is_sequencer
+    receipts = []
+    errors: list[BaseException] = []
+
+    def work(log: ReplicatedAuditLog, base: int) -> None:
+        try:
+            for i in range(40):
+                receipts.append((base + i, log.append(ev(base + i))))
+        except BaseException as exc:
+            errors.append(exc)
+
+    threads = [threading.Thread(target=work, args=(log, k * 1000)) for k, log in enumerate([a, b, a, b, b])]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert not errors
+    with _reader(url, signer) as reader:
+        assert reader.fsck() == reader.size
+        # Every receipt names the entry holding exactly its event, once.
+        assert len({r.index for _, r in receipts}) == len(receipts) == 200
+        for i, receipt in receipts:
+            assert reader.event(receipt.index).details["i"] == i
+            assert reader.size >= receipt.checkpoint_size > receipt.index
+        handovers = [e for _, e in reader.events() if e.type == "log.handover"]
+        assert len(handovers) == 1
+        assert handovers[0].details["holder"] == a.holder
+        assert handovers[0].details["previous"] == ""
+        # Timestamps never go back, whoever stamped the event first.
+        stamps = [e.ts for _, e in reader.events()]
+        assert stamps == sorted(stamps)
+
+
+def test_a_dead_sequencer_is_replaced_and_the_log_stays_append_only(
+    replicas: list[ReplicatedAuditLog], url: str, signer: NoteSigner
+) -> None:
+    a, b = replicas
+    for i in range(10):
+        a.append(ev(i))
+    before = a.latest_checkpoint()
+    a.abandon()  # kill -9: no release of the lease, nothing more committed
+    started = time.monotonic()
+    receipt = b.append(ev(99))  # handed off: waits for a sequencer, then b becomes it
+    took = time.monotonic() - started
+    assert b.is_sequencer
+    assert took < TTL * 3, took
+    with _reader(url, signer) as reader:
+        assert reader.event(receipt.index).details["i"] == 99
+        handovers = [e for _, e in reader.events() if e.type == "log.handover"]
+        assert [h.details["holder"] for h in handovers] == [a.holder, b.holder]
+        assert handovers[1].details["previous"] == a.holder
+        assert handovers[1].details["fence"] > handovers[0].details["fence"]
+        # The new sequencer's checkpoints extend the dead one's.
+        old = Checkpoint.from_text(before.text)
+        new = Checkpoint.from_text(reader.latest_checkpoint().text)
+        proof = reader.consistency_proof(old.size, new.size)
+        verify_consistency(old.size, new.size, old.root, new.root, proof)  # raises if not
+        assert reader.fsck() == new.size
+
+
+def test_a_deposed_sequencer_cannot_commit_and_steps_down(
+    replicas: list[ReplicatedAuditLog], url: str, signer: NoteSigner
+) -> None:
+    a, _b = replicas
+    a.append(ev(1))
+    inner = a._sequencer
+    assert inner is not None
+    # Another writer takes the lease as if a had paused past it: the fence moves on.
+    with psycopg.connect(libpq_url(url), autocommit=True) as conn:
+        conn.execute("UPDATE audit_head SET lease_until = '-infinity'")
+    intruder = PostgresLogStorage(url, signer.name)
+    try:
+        assert intruder.acquire("intruder", TTL) is not None
+    finally:
+        intruder.close()
+    with _reader(url, signer) as reader:
+        size = reader.size
+    # a's writer still holds the old fence: its commit fails, and nothing is written.
+    with pytest.raises(AuditLogError):
+        inner.append(ev(2), timeout_s=5)
+    with _reader(url, signer) as reader:
+        assert reader.size == size
+        assert all(e.details.get("i") != 2 for _, e in reader.events())
+    # a steps down; once the intruder's lease expires a replica takes over, and a's appends land.
+    assert not a.is_sequencer
+    receipt = a.append(ev(3))
+    with _reader(url, signer) as reader:
+        assert reader.event(receipt.index).details["i"] == 3
+        assert reader.fsck() == reader.size
+
+
+def test_a_forged_handoff_row_is_consumed_as_a_rejection(
+    replicas: list[ReplicatedAuditLog], url: str, signer: NoteSigner
+) -> None:
+    a, _ = replicas
+    with psycopg.connect(libpq_url(url), autocommit=True) as conn:
+        conn.execute("INSERT INTO audit_handoff (replica, data) VALUES ('mallory', %s)", (b'{"not":"an event"}',))
+    a.append(ev(1))
+    deadline = time.monotonic() + 5
+    while time.monotonic() < deadline:
+        with _reader(url, signer) as reader:
+            rejected = [e for _, e in reader.events() if e.type == "outbox.reject"]
+        if rejected:
+            break
+        time.sleep(0.05)
+    assert len(rejected) == 1
+    assert rejected[0].actor == "replica:mallory"
+    assert rejected[0].details["digest"].startswith("sha256:")
+    with psycopg.connect(libpq_url(url), autocommit=True) as conn:
+        assert conn.execute("SELECT COUNT(*) FROM audit_handoff").fetchone() == (0,)
+
+
+def test_a_handoff_waits_durably_while_no_sequencer_lives(url: str, signer: NoteSigner, tmp_path: Path) -> None:
+    """A follower's event is in the queue (committed) before any sequencer exists; the one that
+    takes the lease later appends it, and the follower's wait returns its entry."""
+    with _replica(url, signer, tmp_path, "a") as a:
+        assert a.wait_sequencer(10)
+        a.abandon()
+        with _replica(url, signer, tmp_path, "b") as b:
+            receipt = b.append(ev(7))
+            assert b.is_sequencer
+            assert b.event(receipt.index).details["i"] == 7
+
+
+def test_an_orderly_close_hands_the_lease_over_at_once(url: str, signer: NoteSigner, tmp_path: Path) -> None:
+    with _replica(url, signer, tmp_path, "a") as a:
+        assert a.wait_sequencer(10)
+        a.append(ev(1))
+        with _replica(url, signer, tmp_path, "b") as b:
+            a.close()
+            assert b.wait_sequencer(TTL)  # no wait for the lease to expire
+            b.append(ev(2))
+            assert b.fsck() == b.size
+
+
+def test_the_log_refuses_another_origin_and_a_rolled_back_database(
+    url: str, signer: NoteSigner, tmp_path: Path
+) -> None:
+    other = NoteSigner("other.example/log", Ed25519Signer(os.urandom(32)))
+    with _replica(url, signer, tmp_path, "a") as a:
+        assert a.wait_sequencer(10)
+        for i in range(5):
+            a.append(ev(i))
+    with pytest.raises(AuditLogError, match="origin"):
+        PostgresLogStorage(url, other.name)
+    # Entries deleted behind the log's back (a restored old snapshot): the watermark refuses.
+    with psycopg.connect(libpq_url(url), autocommit=True) as conn:
+        conn.execute("DELETE FROM audit_entries WHERE idx >= 3")
+        conn.execute("DELETE FROM audit_nodes WHERE idx >= 0 AND level = 0 AND idx >= 3")
+        conn.execute("UPDATE audit_head SET size = 3, root = (SELECT root FROM audit_head), lease_until = '-infinity'")
+    storage = PostgresLogStorage(url, signer.name)
+    try:
+        lease = storage.acquire("tester", 5)
+        assert lease is not None
+        with pytest.raises(AuditLogError):
+            AuditLog(storage, signer, watermark_path=tmp_path / "a.watermark", fence=lease.head.fence)
+    finally:
+        storage.close()
+
+
+def test_only_postgresql_urls_are_accepted() -> None:
+    with pytest.raises(ConfigError):
+        libpq_url("sqlite:///x.db")
+    assert libpq_url("postgresql+psycopg://u@h/db") == "postgresql://u@h/db"
