@@ -1,14 +1,21 @@
-"""The broker on SQLite against the broker on PostgreSQL: releases and attests, interleaved.
+"""The broker on SQLite against the broker on PostgreSQL, with 1 and 2 replicas: releases and attests, interleaved.
 
-Starts two real broker processes on loopback, one per backend (PostgreSQL: a server this
-run starts, fsync on, synchronous_commit on, on the same machine), each with the
-insecure-sample verifier and one sealed model. Then, round after round in the same
-order, for each backend: 1 and 16 clients release in a loop for --seconds (a release
-reads the token, device, model, KEK and policy, and writes nothing to the database), and
-16 clients attest in a loop (each attest stores and consumes a challenge and stores a
-result token: the broker's write path). Prints releases and attests per second and the
-release latency p50 and p99: the lowest and the median rate over the rounds, the median
-latencies, and PostgreSQL's ratio to SQLite (medians).
+Starts real broker processes on loopback (PostgreSQL: a server this run starts, fsync on,
+synchronous_commit on, on the same machine), each with the insecure-sample verifier and
+one sealed model, as four deployments:
+
+* SQLite: one broker, database and audit log in SQLite files (the embedded default);
+* PostgreSQL: one broker, database on PostgreSQL, audit log in its SQLite file;
+* PG log x1: one replica of ``broker init --replicated`` (the audit log in PostgreSQL too);
+* PG log x2: two replicas of it; client i uses replica (i + 1) mod 2, so the single
+  client of "x1" cases talks to the follower, whose events go through the hand-off queue.
+
+Round after round in the same order, for each deployment: 1 and 16 clients release in a
+loop for --seconds (a release reads the token, device, model, KEK and policy, and writes
+its audit events), and 16 clients attest in a loop (each attest stores and consumes a
+challenge and stores a result token). Prints releases and attests per second and the
+latency p50 and p99: the lowest and the median rate over the rounds, the median
+latencies, and each deployment's ratio to SQLite (medians).
 
 Usage: python bench/storage_backends.py [--seconds 4] [--rounds 3]
 """
@@ -54,13 +61,21 @@ def main() -> None:
 
         plain = work / "m.safetensors"
         save_file({"w": np.arange(1024, dtype=np.float32)}, str(plain))
-        brokers: dict[str, tuple[str, list[str]]] = {}
+        brokers: dict[str, tuple[list[str], list[str]]] = {}
+        deployments: list[tuple[str, list[str], int]] = [
+            ("SQLite", [], 1),
+            ("PostgreSQL", ["--database-url", cluster.create_database()], 1),
+            ("PG log x1", ["--database-url", cluster.create_database(), "--replicated"], 1),
+            ("PG log x2", ["--database-url", cluster.create_database(), "--replicated"], 2),
+        ]
         with ExitStack() as stack:
-            for backend, options in (("SQLite", []), ("PostgreSQL", ["--database-url", cluster.create_database()])):
-                base = work / backend
+            for backend, options, replicas in deployments:
+                base = work / backend.replace(" ", "-")
                 init_broker(base, "--insecure-sample", *options)
                 set_rate_limit(base, 1_000_000, 1_000_000)
-                url = stack.enter_context(serve_broker(base))
+                names = [f"r{i + 1}" for i in range(replicas)] if "--replicated" in options else [None]
+                urls = [stack.enter_context(serve_broker(base, replica=name)) for name in names]
+                url = urls[0]
                 op, admin, pub = tenant_clients(url, base)
                 tokens = [op.create_principal(f"wl{i}", "workload", "bench") for i in range(16)]
                 policy = {"verifiers": ["insecure-sample"], "resources": ["bench/models/*"]}
@@ -71,17 +86,17 @@ def main() -> None:
                 pub.register_model("bench", "m", "1", policy="open", file_key=fk, files=files)
                 for c in (op, admin, pub):
                     c.close()
-                brokers[backend] = (url, tokens)
+                brokers[backend] = (urls, tokens)
 
             def timed(
-                url: str, tokens: list[str], clients: int, step: Callable[[BrokerClient, object], None]
+                urls: list[str], tokens: list[str], clients: int, step: Callable[[BrokerClient, object], None]
             ) -> list[float]:
                 latencies: list[float] = []
                 lock = threading.Lock()
                 stop = time.perf_counter() + args.seconds
 
                 def worker(i: int) -> None:
-                    client = BrokerClient(url, tokens[i])
+                    client = BrokerClient(urls[(i + 1) % len(urls)], tokens[i])
                     session, _ = client.attest(SampleAttester(), kem=HPKEKem.X25519)
                     mine = []
                     while time.perf_counter() < stop:
@@ -107,12 +122,12 @@ def main() -> None:
 
             cases = {"release x1": (1, release), "release x16": (16, release), "attest x16": (16, attest)}
             results: dict[tuple[str, str], list[tuple[float, float, float]]] = {}
-            for url, tokens in brokers.values():  # warm up
-                timed(url, tokens, 4, release)
+            for urls, tokens in brokers.values():  # warm up
+                timed(urls, tokens, 4, release)
             for _ in range(args.rounds):
                 for case, (clients, step) in cases.items():
-                    for backend, (url, tokens) in brokers.items():
-                        lat = sorted(timed(url, tokens, clients, step))
+                    for backend, (urls, tokens) in brokers.items():
+                        lat = sorted(timed(urls, tokens, clients, step))
                         rate = len(lat) / args.seconds
                         p99 = lat[max(0, -(-len(lat) * 99 // 100) - 1)]
                         results.setdefault((case, backend), []).append((rate, statistics.median(lat), p99))
@@ -121,7 +136,7 @@ def main() -> None:
         shutil.rmtree(work, ignore_errors=True)
 
     print(f"\nCPU: {cpu_model()}; brokers and PostgreSQL on one machine; {args.rounds} rounds of {args.seconds:g} s")
-    print(f"{'case':<12} {'backend':<11} {'min/s':>7} {'median/s':>9} {'p50':>9} {'p99':>9}")
+    print(f"{'case':<12} {'deployment':<11} {'min/s':>7} {'median/s':>9} {'p50':>9} {'p99':>9}")
     for case in cases:
         rates = {}
         for backend in brokers:
@@ -132,7 +147,8 @@ def main() -> None:
             p99 = statistics.median(r[2] for r in runs) * 1000
             rates[backend] = rate
             print(f"{case:<12} {backend:<11} {worst:>7.0f} {rate:>9.0f} {p50:>7.1f}ms {p99:>7.1f}ms")
-        print(f"{'':<12} PostgreSQL / SQLite = {rates['PostgreSQL'] / rates['SQLite']:.2f}")
+        ratios = ", ".join(f"{b} {rates[b] / rates['SQLite']:.2f}" for b in brokers if b != "SQLite")
+        print(f"{'':<12} against SQLite: {ratios}")
 
 
 if __name__ == "__main__":

@@ -379,10 +379,12 @@ class AuditLog(LogReader):
         """
         return self._enqueue(event, waited=False)
 
-    def enqueue_handoff(self, handoff: int, event: AuditEvent) -> Pending:
-        """Queue an event another replica handed off (hand-off id ``handoff``); it is committed in
-        the same transaction that deletes it from the hand-off queue."""
-        return self._enqueue(event, waited=True, handoff=handoff)
+    def enqueue_handoffs(self, events: Sequence[tuple[int, AuditEvent]]) -> list[Pending]:
+        """Queue events other replicas handed off, as ``(hand-off id, event)``; each is committed in
+        the same transaction that deletes it from the hand-off queue. Only the last one counts as
+        waited for, so that the writer takes them all into one commit rather than one each."""
+        last = len(events) - 1
+        return [self._enqueue(event, waited=i == last, handoff=h) for i, (h, event) in enumerate(events)]
 
     def _enqueue(self, event: AuditEvent, *, waited: bool, handoff: int | None = None) -> Pending:
         if self._failed is not None:

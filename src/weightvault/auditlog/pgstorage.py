@@ -329,14 +329,20 @@ class PostgresLogStorage:
 
     # -- the hand-off queue ------------------------------------------------------------------
 
-    def hand_off(self, replica: str, data: bytes) -> int:
-        """Queue an encoded event for the sequencer, durably; returns its hand-off id."""
+    def hand_off(self, replica: str, events: Sequence[bytes]) -> list[int]:
+        """Queue encoded events for the sequencer in one durable transaction; returns their
+        hand-off ids, in order (ids grow with the order of insertion within it)."""
         with self._writing() as cur:
-            cur.execute("INSERT INTO audit_handoff (replica, data) VALUES (%s, %s) RETURNING id", (replica, data))
-            row = cur.fetchone()
+            cur.execute(
+                "INSERT INTO audit_handoff (replica, data) "
+                "SELECT %s, d FROM unnest(%s::bytea[]) WITH ORDINALITY AS u(d, n) ORDER BY n RETURNING id",
+                (replica, list(events)),
+            )
+            ids = sorted(int(r[0]) for r in cur.fetchall())
             cur.execute(f"NOTIFY {HANDOFF_CHANNEL}")
-        assert row is not None
-        return int(row[0])
+        if len(ids) != len(events):
+            raise AuditLogError("the hand-off queue did not take every event")
+        return ids
 
     def handoffs(self, skip: Sequence[int], limit: int) -> list[HandoffRow]:
         """Queued hand-offs in id order, except the ids in ``skip`` (already being appended)."""
@@ -347,14 +353,17 @@ class PostgresLogStorage:
             )
             return [HandoffRow(int(r[0]), str(r[1]), bytes(r[2])) for r in cur.fetchall()]
 
-    def handed_off(self, ids: Sequence[int]) -> dict[int, StoredEntry]:
-        """The committed entries of these hand-off ids (those not committed yet are absent)."""
+    def handed_off(self, ids: Sequence[int]) -> dict[int, tuple[StoredEntry, int]]:
+        """The committed entries of these hand-off ids, each with the head's size then (a signed
+        checkpoint that covers it); those not committed yet are absent."""
         with self._reading() as cur:
             cur.execute(
-                "SELECT idx, data, ts, tenant, type, handoff FROM audit_entries WHERE handoff = ANY(%s)", (list(ids),)
+                "SELECT idx, data, ts, tenant, type, handoff, (SELECT size FROM audit_head WHERE id = 1) "
+                "FROM audit_entries WHERE handoff = ANY(%s)",
+                (list(ids),),
             )
             return {
-                int(r[5]): StoredEntry(int(r[0]), bytes(r[1]), int(r[2]), str(r[3]), str(r[4]), int(r[5]))
+                int(r[5]): (StoredEntry(int(r[0]), bytes(r[1]), int(r[2]), str(r[3]), str(r[4]), int(r[5])), int(r[6]))
                 for r in cur.fetchall()
             }
 
@@ -393,11 +402,13 @@ class PostgresLogStorage:
                 cur.execute("DELETE FROM audit_handoff WHERE id = ANY(%s)", (handoffs,))
                 if cur.rowcount != len(handoffs):
                     raise AuditLogError("a handed-off event was consumed by another writer")
-            cur.executemany(
-                "INSERT INTO audit_entries (idx, data, ts, tenant, type, handoff) VALUES (%s, %s, %s, %s, %s, %s)",
-                [(e.index, e.data, e.ts, e.tenant, e.type, e.handoff) for e in entries],
-            )
-            cur.executemany("INSERT INTO audit_nodes (level, idx, hash) VALUES (%s, %s, %s)", nodes)
+            # COPY: one round trip per table, whatever the batch's size (group commit's batches are large).
+            with cur.copy("COPY audit_entries (idx, data, ts, tenant, type, handoff) FROM STDIN") as copy:
+                for e in entries:
+                    copy.write_row((e.index, e.data, e.ts, e.tenant, e.type, e.handoff))
+            with cur.copy("COPY audit_nodes (level, idx, hash) FROM STDIN") as copy:
+                for node in nodes:
+                    copy.write_row(node)
             cur.execute(
                 "INSERT INTO audit_checkpoints (size, note) VALUES (%s, %s) "
                 "ON CONFLICT (size) DO UPDATE SET note = excluded.note",

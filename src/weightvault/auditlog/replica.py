@@ -37,7 +37,10 @@ import secrets
 import threading
 import time
 from collections.abc import Callable, Sequence
+from concurrent.futures import Future
+from concurrent.futures import TimeoutError as FutureTimeoutError
 from pathlib import Path
+from queue import Empty, SimpleQueue
 from typing import Final
 
 from weightvault.auditlog.checkpoint import Checkpoint
@@ -47,6 +50,7 @@ from weightvault.auditlog.merkle import CompactRange, leaf_hash
 from weightvault.auditlog.note import Note, NoteSigner
 from weightvault.auditlog.pgstorage import COMMIT_CHANNEL, HANDOFF_CHANNEL, PostgresLogStorage
 from weightvault.auditlog.policy import WitnessPolicy
+from weightvault.auditlog.storage import StoredEntry
 from weightvault.errors import AuditLogError, AuditUnavailableError, WeightVaultError
 
 __all__ = ["DEFAULT_LEASE_TTL_S", "ReplicatedAuditLog"]
@@ -105,12 +109,17 @@ class ReplicatedAuditLog(LogReader):
         self._in_flight_lock = threading.Lock()
         self._last_ts = 0
         self._ts_lock = threading.Lock()
+        # The follower's side: events waiting to be queued (one transaction for all of them), and
+        # queued ones waiting for their entries (resolved together on each commit notification).
+        self._outgoing: SimpleQueue[tuple[bytes, Future[int], Future[tuple[StoredEntry, int]]] | None] = SimpleQueue()
+        self._waiting: dict[int, Future[tuple[StoredEntry, int]]] = {}
+        self._waiting_lock = threading.Lock()
         self._closing = threading.Event()
-        self._wake = threading.Event()
         self._handovers = 0
         self._threads = [
             threading.Thread(target=self._lease_loop, name="wv-audit-lease", daemon=True),
             threading.Thread(target=self._listen_loop, name="wv-audit-listen", daemon=True),
+            threading.Thread(target=self._hand_off_loop, name="wv-audit-handoff", daemon=True),
         ]
         for thread in self._threads:
             thread.start()
@@ -185,23 +194,70 @@ class ReplicatedAuditLog(LogReader):
             ts = max(self._last_ts, int(self._clock() * 1000))
             self._last_ts = ts
         data = event.with_ts(ts).encode()  # validates size and form before anything is queued
-        handoff = self._pg.hand_off(self.replica, data)
         deadline = time.monotonic() + timeout_s
+        queued: Future[int] = Future()
+        entry: Future[tuple[StoredEntry, int]] = Future()
+        self._outgoing.put((data, queued, entry))
+        try:
+            handoff = queued.result(timeout=timeout_s)  # durable in the queue from here on
+        except FutureTimeoutError as exc:
+            raise AuditUnavailableError(f"the hand-off queue did not commit within {timeout_s:g} s") from exc
+        try:
+            found, size = entry.result(timeout=max(0.0, deadline - time.monotonic()))
+        except FutureTimeoutError as exc:
+            raise AuditLogError(
+                f"the sequencer did not append hand-off {handoff} within {timeout_s:g} s (it stays queued)"
+            ) from exc
+        finally:
+            with self._waiting_lock:
+                self._waiting.pop(handoff, None)
+        committed = decode_event(found.data)
+        if committed.with_ts(0).encode() != event.with_ts(0).encode():
+            raise AuditLogError(f"hand-off {handoff} was committed as another event ({committed.type})")
+        return Receipt(found.index, leaf_hash(found.data), max(size, found.index + 1))
+
+    def _hand_off_loop(self) -> None:
+        """Queue what is waiting in one transaction (group commit of the follower's side)."""
         while True:
-            found = self._pg.handed_off([handoff]).get(handoff)
-            if found is not None:
-                committed = decode_event(found.data)
-                if committed.with_ts(0).encode() != event.with_ts(0).encode():
-                    raise AuditLogError(f"hand-off {handoff} was committed as another event ({committed.type})")
-                head = self._pg.head()
-                size = head.size if head is not None else found.index + 1
-                return Receipt(found.index, leaf_hash(found.data), max(size, found.index + 1))
-            remaining = deadline - time.monotonic()
-            if remaining <= 0:
-                raise AuditLogError(
-                    f"the sequencer did not append hand-off {handoff} within {timeout_s:g} s (it stays queued)"
-                )
-            self._wake.wait(min(_POLL_S, remaining))
+            item = self._outgoing.get()
+            batch = [item]
+            while len(batch) < self._batch_max:
+                try:
+                    batch.append(self._outgoing.get_nowait())
+                except Empty:
+                    break
+            items = [b for b in batch if b is not None]
+            if items:
+                try:
+                    ids = self._pg.hand_off(self.replica, [data for data, _, _ in items])
+                except BaseException as exc:
+                    for _, queued, _ in items:
+                        queued.set_exception(exc)
+                else:
+                    with self._waiting_lock:
+                        for (_, _, entry), handoff in zip(items, ids, strict=True):
+                            self._waiting[handoff] = entry
+                    for (_, queued, _), handoff in zip(items, ids, strict=True):
+                        queued.set_result(handoff)
+                    # The sequencer may have committed them before they were registered (its
+                    # notification then came too early): look once now, the listener does after.
+                    with contextlib.suppress(WeightVaultError):
+                        self._resolve()
+            if len(items) != len(batch):
+                return
+
+    def _resolve(self) -> None:
+        """Hand waiting followers the entries the sequencer has committed for them (one query)."""
+        with self._waiting_lock:
+            ids = list(self._waiting)
+        if not ids:
+            return
+        found = self._pg.handed_off(ids)
+        with self._waiting_lock:
+            for handoff, entry in found.items():
+                waiter = self._waiting.pop(handoff, None)
+                if waiter is not None:
+                    waiter.set_result(entry)
 
     # -- the sequencer's side -------------------------------------------------------------------
 
@@ -209,6 +265,7 @@ class ReplicatedAuditLog(LogReader):
         """Queue hand-offs not yet queued into the sequencer's writer, in id order."""
         with self._in_flight_lock:
             skip = sorted(self._in_flight)
+        events: list[tuple[int, AuditEvent]] = []
         for row in self._pg.handoffs(skip, self._batch_max):
             try:
                 event = decode_event(row.data)
@@ -221,10 +278,13 @@ class ReplicatedAuditLog(LogReader):
                     f"replica:{row.replica}"[:64],
                     details={"handoff": row.id, "digest": digest(row.data), "reason": str(exc)[:200]},
                 )
-            with self._in_flight_lock:
-                self._in_flight.add(row.id)
-            pending = log.enqueue_handoff(row.id, event)
-            pending.add_done_callback(functools.partial(self._landed, row.id))
+            events.append((row.id, event))
+        if not events:
+            return
+        with self._in_flight_lock:
+            self._in_flight.update(h for h, _ in events)
+        for (handoff, _), pending in zip(events, log.enqueue_handoffs(events), strict=True):
+            pending.add_done_callback(functools.partial(self._landed, handoff))
 
     def _landed(self, handoff: int, _done: object) -> None:
         with self._in_flight_lock:
@@ -285,15 +345,12 @@ class ReplicatedAuditLog(LogReader):
             try:
                 if conn is None:
                     conn = self._pg.listener(HANDOFF_CHANNEL, COMMIT_CHANNEL)
-                notified = False
                 for _ in conn.notifies(timeout=_POLL_S, stop_after=1):
-                    notified = True
-                if notified:
-                    self._wake.set()
-                    self._wake.clear()
+                    pass
                 log = self._sequencer
                 if log is not None and log.failed is None:
                     self._pump(log)
+                self._resolve()
             except WeightVaultError:
                 time.sleep(_POLL_S)
             except Exception:  # the driver's connection errors: reconnect
@@ -339,7 +396,7 @@ class ReplicatedAuditLog(LogReader):
         if self._closing.is_set():
             return
         self._closing.set()
-        self._wake.set()
+        self._outgoing.put(None)
         for thread in self._threads:
             thread.join()
         with self._role:
