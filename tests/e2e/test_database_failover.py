@@ -10,6 +10,9 @@ retryable. The primary's node is killed (Patroni and PostgreSQL, SIGKILL). Check
 * nothing acknowledged is lost: every result token the broker issued before or during
   the failover still releases afterwards (a lost token row would read as revoked), and
   a principal created before the kill still authenticates.
+
+It runs twice: with the audit log in its SQLite file, and in the database with the other
+tables (replicas), where the log's sequencer must also survive the failover.
 """
 
 from __future__ import annotations
@@ -24,6 +27,9 @@ from safetensors.numpy import save_file
 
 from tests.e2e.broker_fixture import running_broker
 from tests.ha import PatroniCluster, require_patroni
+from weightvault.auditlog.log import LogReader
+from weightvault.auditlog.pgstorage import PostgresLogStorage
+from weightvault.broker.storage.database import libpq_conninfo
 from weightvault.client.broker import BrokerClient, SampleAttester, Session
 from weightvault.errors import UnavailableError
 
@@ -44,14 +50,25 @@ def _retrying(fn, deadline: float, failures: list[BaseException]):  # type: igno
             time.sleep(0.1)
 
 
-def test_the_primary_dies_under_load_and_nothing_acknowledged_is_lost(tmp_path: Path) -> None:
+@pytest.mark.parametrize("replicated", [False, True], ids=["log-in-file", "log-in-database"])
+def test_the_primary_dies_under_load_and_nothing_acknowledged_is_lost(tmp_path: Path, replicated: bool) -> None:
+    """``log-in-database``: the audit log is in PostgreSQL too (``broker init --replicated``), so the
+    primary's death also fails the sequencer's commits; it steps down, and takes the lease again
+    (``log.handover``) on the promoted standby."""
     require_patroni()
     cluster = PatroniCluster()  # in a directory of its own: the postgres user cannot enter tmp_path
     plain = tmp_path / "small.safetensors"
     save_file({"w": np.arange(64, dtype=np.float32)}, str(plain))
     try:
         cluster.start()
-        with running_broker(tmp_path, plain, database_url=cluster.url(), rate=(1e5, 1_000_000)) as broker:
+        with running_broker(
+            tmp_path,
+            plain,
+            database_url=cluster.url(),
+            rate=(1e5, 1_000_000),
+            replicated=replicated,
+            challenge_ttl_seconds=30,  # the tests' usual 3 s is shorter than a failover
+        ) as broker:
             expected = broker.file_keys["acme"].reveal()
             op = broker.client("operator")
             late_token = op.create_principal("acme-late", "workload", "acme")
@@ -118,5 +135,12 @@ def test_the_primary_dies_under_load_and_nothing_acknowledged_is_lost(tmp_path: 
                 late.attest(SampleAttester())
             finally:
                 late.close()
+            if replicated:  # the log survived on the new primary, and says who sequenced it when
+                with LogReader(PostgresLogStorage(libpq_conninfo(cluster.url()), "weightvault-broker/audit")) as log:
+                    assert log.fsck() == log.size
+                    handovers = [e for _, e in log.events() if e.type == "log.handover"]
+                    intents = {e.details["jti"] for _, e in log.events() if e.type == "key.release.intent"}
+                assert len(handovers) >= 2, "the sequencer did not take the lease again after the failover"
+                print(f"log: {log.size} entries, {len(handovers)} handovers, {len(intents)} release intents")
     finally:
         cluster.stop()

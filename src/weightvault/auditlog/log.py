@@ -64,7 +64,12 @@ class Pending(Future["Receipt"]):
 
     def __init__(self, index: int) -> None:
         super().__init__()
-        self.index = index
+        self._index = index
+
+    @property
+    def index(self) -> int:
+        """The event's position in the log (reserved in submission order)."""
+        return self._index
 
 
 @dataclass(frozen=True, slots=True)

@@ -98,13 +98,17 @@ RETURNING h.size, h.root, h.fence, h.checkpoint, old.holder
 
 
 def libpq_url(url: str) -> str:
-    """The libpq form of a configured PostgreSQL URL (``postgresql+psycopg://`` → ``postgresql://``).
+    """The libpq form of a plain PostgreSQL URL (``postgresql+psycopg://`` → ``postgresql://``).
+    The broker passes a libpq connection string instead (``broker.storage.database.libpq_conninfo``
+    also converts SQLAlchemy's multi-host form); one that is not a URL is returned as it is.
 
     Raises:
-        ConfigError: not a PostgreSQL URL.
+        ConfigError: a URL of another scheme.
     """
     scheme, sep, rest = url.partition("://")
-    if not sep or scheme not in ("postgresql", "postgresql+psycopg", "postgres"):
+    if not sep:
+        return url  # a libpq key=value connection string
+    if scheme not in ("postgresql", "postgresql+psycopg", "postgres"):
         raise ConfigError("the audit log's database must be a postgresql:// URL")
     return "postgresql://" + rest
 

@@ -116,6 +116,7 @@ class ReplicatedAuditLog(LogReader):
         self._waiting_lock = threading.Lock()
         self._closing = threading.Event()
         self._handovers = 0
+        self._refused: BaseException | None = None
         self._threads = [
             threading.Thread(target=self._lease_loop, name="wv-audit-lease", daemon=True),
             threading.Thread(target=self._listen_loop, name="wv-audit-listen", daemon=True),
@@ -138,8 +139,10 @@ class ReplicatedAuditLog(LogReader):
 
     @property
     def failed(self) -> BaseException | None:
-        """Always None: a replica's failed commit makes it step down, not stop (appends report errors)."""
-        return None
+        """Why this replica refuses to sequence the log (it does not verify against its watermark or
+        its own entries), else None. A failed commit is not a failure: the replica steps down and
+        takes the lease again once the database answers."""
+        return self._refused
 
     def _current_size(self) -> int:
         log = self._sequencer
@@ -179,42 +182,54 @@ class ReplicatedAuditLog(LogReader):
         return self._hand_off(event, timeout_s)
 
     def submit(self, event: AuditEvent) -> Pending:
-        """Queue ``event`` (the sequencer), or hand it off and wait (a follower, which cannot
-        reserve an index before the sequencer assigns one)."""
+        """Queue ``event`` without waiting for the log.
+
+        On the sequencer, as :meth:`AuditLog.submit`. On a follower the event is durable in the
+        hand-off queue when this returns (sooner than a sequencer's queued event, which is only
+        in memory until its batch commits); reading the result's ``index`` waits until the
+        sequencer has appended it, since a follower cannot reserve log positions.
+        """
         log = self._sequencer
         if log is not None and log.failed is None:
             return log.submit(event)
-        receipt = self._hand_off(event, 15.0)
-        pending = Pending(receipt.index)
-        pending.set_result(receipt)
+        handoff, entry = self._queue_hand_off(event, 15.0)
+        pending = _HandedOff(15.0)
+        entry.add_done_callback(functools.partial(self._settle, pending, event, handoff))
         return pending
 
     def _hand_off(self, event: AuditEvent, timeout_s: float) -> Receipt:
+        deadline = time.monotonic() + timeout_s
+        handoff, entry = self._queue_hand_off(event, timeout_s)
+        try:
+            found, size = entry.result(timeout=max(0.0, deadline - time.monotonic()))
+        except FutureTimeoutError as exc:
+            with self._waiting_lock:
+                self._waiting.pop(handoff, None)
+            raise AuditLogError(
+                f"the sequencer did not append hand-off {handoff} within {timeout_s:g} s (it stays queued)"
+            ) from exc
+        return _receipt(event, handoff, found, size)
+
+    def _queue_hand_off(self, event: AuditEvent, timeout_s: float) -> tuple[int, Future[tuple[StoredEntry, int]]]:
+        """Stamp, encode and queue ``event`` durably; returns its hand-off id and the future of its entry."""
         with self._ts_lock:
             ts = max(self._last_ts, int(self._clock() * 1000))
             self._last_ts = ts
         data = event.with_ts(ts).encode()  # validates size and form before anything is queued
-        deadline = time.monotonic() + timeout_s
         queued: Future[int] = Future()
         entry: Future[tuple[StoredEntry, int]] = Future()
         self._outgoing.put((data, queued, entry))
         try:
-            handoff = queued.result(timeout=timeout_s)  # durable in the queue from here on
+            return queued.result(timeout=timeout_s), entry  # durable in the queue from here on
         except FutureTimeoutError as exc:
             raise AuditUnavailableError(f"the hand-off queue did not commit within {timeout_s:g} s") from exc
+
+    @staticmethod
+    def _settle(pending: Pending, event: AuditEvent, handoff: int, entry: Future[tuple[StoredEntry, int]]) -> None:
         try:
-            found, size = entry.result(timeout=max(0.0, deadline - time.monotonic()))
-        except FutureTimeoutError as exc:
-            raise AuditLogError(
-                f"the sequencer did not append hand-off {handoff} within {timeout_s:g} s (it stays queued)"
-            ) from exc
-        finally:
-            with self._waiting_lock:
-                self._waiting.pop(handoff, None)
-        committed = decode_event(found.data)
-        if committed.with_ts(0).encode() != event.with_ts(0).encode():
-            raise AuditLogError(f"hand-off {handoff} was committed as another event ({committed.type})")
-        return Receipt(found.index, leaf_hash(found.data), max(size, found.index + 1))
+            pending.set_result(_receipt(event, handoff, *entry.result()))
+        except BaseException as exc:
+            pending.set_exception(exc)
 
     def _hand_off_loop(self) -> None:
         """Queue what is waiting in one transaction (group commit of the follower's side)."""
@@ -296,10 +311,13 @@ class ReplicatedAuditLog(LogReader):
             return
         try:
             log = self._make_log(lease.head.fence)
-        except WeightVaultError:
+        except WeightVaultError as exc:
+            if not isinstance(exc, AuditUnavailableError):
+                self._refused = exc  # the log does not verify here: readiness reports it
             with contextlib.suppress(WeightVaultError):
                 self._pg.release(lease.head.fence)
             raise
+        self._refused = None
         with self._in_flight_lock:
             self._in_flight.clear()
         try:
@@ -406,6 +424,10 @@ class ReplicatedAuditLog(LogReader):
                 if log.failed is None:
                     with contextlib.suppress(WeightVaultError):
                         self._pg.release(log.fence)
+        with self._waiting_lock:
+            waiting, self._waiting = self._waiting, {}
+        for entry in waiting.values():  # still queued: the next sequencer appends them
+            entry.set_exception(AuditLogError("this replica closed while its hand-off waited for the sequencer"))
         self._pg.close()
 
     def abandon(self) -> None:
@@ -421,6 +443,31 @@ class ReplicatedAuditLog(LogReader):
 
     def __exit__(self, *exc: object) -> None:
         self.close()
+
+
+class _HandedOff(Pending):
+    """A follower's submitted event: durable in the hand-off queue; reading ``index`` waits for
+    the sequencer to append it (at most ``timeout_s``)."""
+
+    def __init__(self, timeout_s: float) -> None:
+        super().__init__(-1)
+        self._timeout_s = timeout_s
+
+    @property
+    def index(self) -> int:
+        try:
+            return self.result(timeout=self._timeout_s).index
+        except FutureTimeoutError as exc:
+            raise AuditLogError(f"the sequencer did not append this event within {self._timeout_s:g} s") from exc
+
+
+def _receipt(event: AuditEvent, handoff: int, found: StoredEntry, size: int) -> Receipt:
+    """The receipt of a hand-off, once the sequencer has appended it; it must be the event handed off
+    (only the timestamp may differ: the sequencer stamps events with its clock)."""
+    committed = decode_event(found.data)
+    if committed.with_ts(0).encode() != event.with_ts(0).encode():
+        raise AuditLogError(f"hand-off {handoff} was committed as another event ({committed.type})")
+    return Receipt(found.index, leaf_hash(found.data), max(size, found.index + 1))
 
 
 def _empty_checkpoint(signer: NoteSigner) -> str:

@@ -37,6 +37,7 @@ from weightvault.broker.release import AttestOutcome, Challenge, ReleaseOutcome,
 from weightvault.broker.reports import ReportService
 from weightvault.broker.rotation import RotationService
 from weightvault.broker.storage import BrokerStore, DeviceRow, HoldRow, ModelRow, PolicyRow, PrincipalRow
+from weightvault.broker.storage.database import libpq_conninfo
 from weightvault.broker.tokens import TokenSigner
 from weightvault.custody.approvals import ApprovalRequest
 from weightvault.errors import ConflictError, InvalidRequestError, NotFoundError, PermissionDeniedError
@@ -51,6 +52,7 @@ __all__ = [
     "Principal",
     "ReleaseOutcome",
     "Role",
+    "libpq_conninfo",
     "open_broker",
 ]
 

@@ -300,10 +300,11 @@ def broker_backup(config_path: Path, out: Path) -> None:
             import tempfile
 
             from weightvault.auditlog.pgstorage import PostgresLogStorage
+            from weightvault.broker.storage.database import libpq_conninfo
 
             scratch = tempfile.TemporaryDirectory(prefix="wv-backup-log-")
             log_db = Path(scratch.name) / "audit.db"
-            pg_log = PostgresLogStorage(config.database_url, signer.name)
+            pg_log = PostgresLogStorage(libpq_conninfo(config.database_url), signer.name)
             try:
                 pg_log.export_sqlite(log_db)
             finally:
@@ -498,8 +499,9 @@ def broker_restore(
             log.append(AuditEvent(type="broker.restore", tenant="-", actor="operator", details=details))
         if config.audit.storage == "database":  # the replicas' log goes into the new database
             from weightvault.auditlog.pgstorage import PostgresLogStorage
+            from weightvault.broker.storage.database import libpq_conninfo
 
-            pg_log = PostgresLogStorage(config.database_url, signer.name)
+            pg_log = PostgresLogStorage(libpq_conninfo(config.database_url), signer.name)
             try:
                 pg_log.import_sqlite(log_path)
             finally:

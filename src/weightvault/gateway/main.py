@@ -3,14 +3,14 @@
 from __future__ import annotations
 
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from weightvault.broker.config import BrokerConfig
 from weightvault.broker.storage import BrokerStore
-from weightvault.errors import ConfigError
+from weightvault.errors import ConfigError, ConflictError
 from weightvault.gateway.app import GatewayConfig, Upstream, create_gateway_app, upstream_models
 from weightvault.gateway.budgets import DEFAULT_BUDGETS, DEFAULT_MODEL_FRACTION, Budget, Scope, Unit
 from weightvault.gateway.sketch import PromptFingerprint
@@ -48,9 +48,11 @@ class GatewayRuntime:
     state: GatewayState
     store: BrokerStore
     budgets: dict[str, list[Budget]]
+    release: Callable[[], None] = lambda: None
 
     def close(self) -> None:
         self.state.close()
+        self.release()
         self.store.close()
 
 
@@ -97,6 +99,13 @@ def open_gateway(
     fingerprint = PromptFingerprint(key, Path(config.keys.audit_hash).stem)
     per_model = model_budgets(sizes, model_fraction, list(chosen.values()))
     store = _store(config)
+    try:
+        # The budget ledger is this process's memory (ADR 0010): a second gateway on the same
+        # database would hold its own copy and let every budget be spent twice.
+        release = store.db.claim("gateway")
+    except ConflictError as exc:
+        store.close()
+        raise ConfigError("another gateway serves this broker's database: run one gateway per database") from exc
     state = GatewayState(store, list(chosen.values()), per_model)
     gw = gateway or GatewayConfig(routes=upstreams)
     if gw.routes != upstreams:
@@ -108,4 +117,4 @@ def open_gateway(
             max_logprobs=gw.max_logprobs,
             log_prompts=gw.log_prompts,
         )
-    return GatewayRuntime(create_gateway_app(state, gw, fingerprint), state, store, per_model)
+    return GatewayRuntime(create_gateway_app(state, gw, fingerprint), state, store, per_model, release)

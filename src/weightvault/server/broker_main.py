@@ -24,7 +24,7 @@ from weightvault.auditlog.replica import ReplicatedAuditLog
 from weightvault.auditlog.witness import HTTPWitness
 from weightvault.broker.config import BrokerConfig
 from weightvault.broker.keystore import RootKey
-from weightvault.broker.service import KeyBroker, open_broker
+from weightvault.broker.service import KeyBroker, libpq_conninfo, open_broker
 from weightvault.broker.tokens import TokenSigner
 from weightvault.crypto.kdf import hkdf_expand, hkdf_extract
 from weightvault.crypto.signing import Ed25519Signer
@@ -153,7 +153,7 @@ def load_broker(
         watermark = config.path(config.audit_db).with_name(f"{Path(config.audit_db).name}.{name}.watermark")
         watermark.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
         audit = ReplicatedAuditLog(
-            PostgresLogStorage(config.database_url, log_signer.name),
+            PostgresLogStorage(libpq_conninfo(config.database_url), log_signer.name),
             log_signer,
             replica=name,
             watermark_path=watermark,

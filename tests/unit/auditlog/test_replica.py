@@ -232,11 +232,39 @@ def test_the_log_refuses_another_origin_and_a_rolled_back_database(
         assert lease is not None
         with pytest.raises(AuditLogError):
             AuditLog(storage, signer, watermark_path=tmp_path / "a.watermark", fence=lease.head.fence)
+        storage.release(lease.head.fence)
     finally:
         storage.close()
+    # The replica that saw the larger log never sequences this one, and says why (readiness).
+    with _replica(url, signer, tmp_path, "a") as again:
+        assert not again.wait_sequencer(TTL * 2)
+        assert isinstance(again.failed, AuditLogError)
+        assert "truncated" in str(again.failed) or "watermark" in str(again.failed)
 
 
 def test_only_postgresql_urls_are_accepted() -> None:
     with pytest.raises(ConfigError):
         libpq_url("sqlite:///x.db")
     assert libpq_url("postgresql+psycopg://u@h/db") == "postgresql://u@h/db"
+
+
+def test_a_followers_submit_is_durable_at_once_and_its_index_follows(
+    replicas: list[ReplicatedAuditLog], url: str, signer: NoteSigner
+) -> None:
+    """A follower cannot reserve a log position, so ``submit`` returns once the event is in the
+    hand-off queue (committed), and reading ``index`` waits for the sequencer's entry."""
+    a, b = replicas
+    a.abandon()  # no sequencer for now: the event can only be in the queue
+    pending = b.submit(ev(41))
+    with psycopg.connect(libpq_url(url), autocommit=True) as conn:
+        queued = conn.execute("SELECT COUNT(*) FROM audit_handoff").fetchone()
+    entries = _reader(url, signer)
+    try:
+        in_log = any(e.details.get("i") == 41 for _, e in entries.events())
+    finally:
+        entries.close()
+    assert queued == (1,) or in_log  # durable either way; b may already have taken the lease
+    index = pending.index  # waits for b to take the lease and append it
+    assert pending.result(timeout=1).index == index
+    with _reader(url, signer) as reader:
+        assert reader.event(index).details["i"] == 41

@@ -163,3 +163,30 @@ def test_a_write_without_fsync_leaves_the_connection_durable(store: BrokerStore,
         assert 2 == conn.exec_driver_sql("PRAGMA synchronous").scalar()  # 2 = FULL
     with db.write() as conn:
         assert 2 == conn.exec_driver_sql("PRAGMA synchronous").scalar()
+
+
+def test_a_claim_is_held_by_one_process_at_a_time(tmp_path: Path) -> None:
+    """One gateway per database: a second claimant is refused, on either engine, from another
+    process too, and the claim is free again once released (or once its process dies)."""
+    import subprocess
+    import sys
+
+    url = fresh_url(tmp_path)
+    first, second = BrokerStore(url), BrokerStore(url)
+    try:
+        release = first.db.claim("gateway")
+        with pytest.raises(ConflictError):
+            second.db.claim("gateway")
+        second.db.claim("other")()  # claims are per name
+        probe = (
+            "import sys; from weightvault.broker.storage import BrokerStore; from weightvault.errors import "
+            "ConflictError\ntry:\n    BrokerStore(sys.argv[1]).db.claim('gateway')\nexcept ConflictError:\n"
+            "    sys.exit(3)"
+        )
+        assert subprocess.run([sys.executable, "-c", probe, url], check=False, timeout=60).returncode == 3
+        release()
+        assert subprocess.run([sys.executable, "-c", probe, url], check=False, timeout=60).returncode == 0
+        second.db.claim("gateway")()
+    finally:
+        first.close()
+        second.close()

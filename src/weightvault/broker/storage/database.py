@@ -27,8 +27,11 @@ later durable commit always precedes anything that depends on it (docs/protocol.
 
 from __future__ import annotations
 
+import fcntl
+import hashlib
+import os
 import threading
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from typing import Any, Final
 
@@ -38,7 +41,7 @@ from sqlalchemy.engine import Connection, Engine
 from weightvault.broker.storage.schema import MIGRATIONS, schema_migrations
 from weightvault.errors import ConfigError, ConflictError, InvalidRequestError, StorageUnavailableError
 
-__all__ = ["Database", "engine_url"]
+__all__ = ["Database", "engine_url", "libpq_conninfo"]
 
 #: Connections a PostgreSQL engine keeps open, and how many more it may open under load.
 #: The broker's request threads share them; a request waits for a free one.
@@ -69,6 +72,24 @@ def engine_url(url: str) -> sa.URL:
             raise ConfigError("PostgreSQL storage uses psycopg 3: write postgresql+psycopg:// or postgresql://")
         return parsed.set(drivername="postgresql+psycopg")
     raise ConfigError(f"unsupported storage engine {parsed.drivername!r}: use sqlite:/// or postgresql://")
+
+
+def libpq_conninfo(url: str) -> str:
+    """The libpq connection string of a configured PostgreSQL URL, as SQLAlchemy's psycopg dialect
+    reads it (several ``host=HOST:PORT`` parameters become libpq's ``host=H1,H2 port=P1,P2``), for
+    components that connect with psycopg directly (the audit log's storage).
+
+    Raises:
+        ConfigError: not a PostgreSQL URL weightvault opens.
+    """
+    parsed = engine_url(url)
+    if parsed.get_backend_name() != "postgresql":
+        raise ConfigError("a PostgreSQL URL is needed here (postgresql://...)")
+    from psycopg.conninfo import make_conninfo
+
+    dialect = sa.create_engine(parsed).dialect
+    _, options = dialect.create_connect_args(parsed)
+    return make_conninfo(**{k: v for k, v in options.items() if k != "context"})
 
 
 def _enable_sqlite_pragmas(dbapi_conn: Any, _record: Any) -> None:
@@ -233,6 +254,40 @@ class Database:
                 yield conn
             finally:
                 raw.execute("ROLLBACK")
+
+    def claim(self, name: str) -> Callable[[], None]:
+        """Hold the claim ``name`` on this database until the returned function is called or the
+        process ends; a second claimant, in any process, is refused (ConflictError).
+
+        For components that must run once per database (the gateway, whose budget ledger is in
+        its memory). PostgreSQL: a session advisory lock on a connection kept for it, which the
+        server drops when the process dies. SQLite: an ``flock`` on ``<database>.<name>.lock``,
+        which the kernel drops likewise.
+        """
+        if self.backend == "postgresql":
+            key = int.from_bytes(hashlib.sha256(b"weightvault claim " + name.encode()).digest()[:8], "big", signed=True)
+            with _unavailable_as_error():
+                conn = self.engine.connect().execution_options(isolation_level="AUTOCOMMIT")
+                conn.detach()  # its own session: closing it must end the session (and the lock), not pool it
+                try:
+                    got = conn.execute(sa.text("SELECT pg_try_advisory_lock(:k)"), {"k": key}).scalar_one()
+                except BaseException:
+                    conn.close()
+                    raise
+            if not got:
+                conn.close()
+                raise ConflictError(f"another process holds the {name} claim on this database")
+            return conn.close  # closing the session releases the lock
+        database = self.engine.url.database
+        if not database:
+            raise ConfigError("an in-memory SQLite database cannot be claimed")
+        fd = os.open(f"{database}.{name}.lock", os.O_RDWR | os.O_CREAT, 0o600)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            os.close(fd)
+            raise ConflictError(f"another process holds the {name} claim on this database") from None
+        return lambda: os.close(fd)
 
     def close(self) -> None:
         self.engine.dispose()
