@@ -43,6 +43,11 @@ class Broker:
     models: dict[str, Path] = field(default_factory=dict)
     file_keys: dict[str, FileKey] = field(default_factory=dict)
     clients: dict[str, BrokerClient] = field(default_factory=dict)
+    audit_db: Path | None = None
+
+    @property
+    def audit_path(self) -> Path:
+        return self.audit_db or self.base / "data" / "audit.db"
 
     def client(self, who: str) -> BrokerClient:
         """One client per principal, reused, closed when the broker stops."""
@@ -61,7 +66,7 @@ class Broker:
         the response."""
         deadline = time.monotonic() + 10
         while True:
-            with LogReader.open(self.base / "data" / "audit.db", "weightvault-broker/audit") as log:
+            with LogReader.open(self.audit_path, "weightvault-broker/audit") as log:
                 events = list(log.events(start=start))
             if until is None or any(e.type == until for _, e in events) or time.monotonic() > deadline:
                 return events
@@ -73,7 +78,7 @@ class Broker:
         last, still_since = -1, time.monotonic()
         deadline = still_since + 10
         while True:
-            with LogReader.open(self.base / "data" / "audit.db", "weightvault-broker/audit") as log:
+            with LogReader.open(self.audit_path, "weightvault-broker/audit") as log:
                 size = log.size
             now = time.monotonic()
             if size != last:
@@ -121,6 +126,7 @@ def running_broker(
     database_url: str | None = None,
     replicated: bool = False,
     challenge_ttl_seconds: int = 3,
+    audit_db: Path | None = None,
 ) -> Iterator[Broker]:
     """A broker process with tenants acme and globex, their principals, an open policy and a model.
 
@@ -138,6 +144,8 @@ def running_broker(
     allowed = json.dumps(allow or ["insecure-sample", "attestation-token"])
     config = config.replace('allow = ["insecure-sample"]', f"allow = {allowed}")
     config = re.sub(r"challenge_ttl_seconds = \d+", f"challenge_ttl_seconds = {challenge_ttl_seconds}", config)
+    if audit_db is not None:
+        config = re.sub(r'(?m)^audit_db = "[^"]*"', f'audit_db = "{audit_db}"', config)
     config = config.replace(
         "[audit]",
         '[[verifiers.attestation_token]]\nname = "test-as"\nissuer = "https://attestation.test"\n'
@@ -158,7 +166,7 @@ def running_broker(
             serve_broker(base, scheme=scheme, verify=str(tls[0]) if tls else True, replica="r1" if replicated else None)
         )
         tokens = {"operator": (base / "operator.token").read_text().strip()}
-        broker = Broker(url, base, tokens, key)
+        broker = Broker(url, base, tokens, key, audit_db=audit_db)
         stack.callback(broker.close_clients)
         if tls is not None:
             yield broker

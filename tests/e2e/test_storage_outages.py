@@ -7,6 +7,7 @@ same broker process serves again by itself: no restart, no lost state.
 
 from __future__ import annotations
 
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -17,8 +18,9 @@ from safetensors.numpy import save_file
 
 from tests.databases import PostgresCluster, require_postgres
 from tests.e2e.broker_fixture import Broker, running_broker
+from weightvault.auditlog.log import LogReader
 from weightvault.client.broker import SampleAttester
-from weightvault.errors import StorageUnavailableError
+from weightvault.errors import AuditUnavailableError, StorageUnavailableError
 
 pytestmark = [pytest.mark.e2e, pytest.mark.slow, pytest.mark.drill]
 
@@ -132,8 +134,8 @@ def test_a_full_disk_under_sqlite_fails_writes_closed_and_recovers_when_space_re
 ) -> None:
     """The broker database's disk fills up: attests (which write) get 503 storage_unavailable with
     nothing half-done; releases of existing sessions, which only read, still work; freeing space
-    brings writes back without a restart. (The audit log is on another disk here; a full disk
-    under the log fails it closed until a restart: docs/operations.md.)"""
+    brings writes back without a restart. (The audit log is on another disk here; the next test
+    fills the log's disk.)"""
     plain = tmp_path / "small.safetensors"
     save_file({"w": np.arange(64, dtype=np.float32)}, str(plain))
     with running_broker(tmp_path, plain, database_url=f"sqlite:///{small_disk / 'broker.db'}") as b:
@@ -150,3 +152,44 @@ def test_a_full_disk_under_sqlite_fails_writes_closed_and_recovers_when_space_re
         assert [] == [e.type for _, e in b.events(start) if e.type == "attest.pass"]
         filler.unlink()
         assert expected == _release(b)
+
+
+def test_a_full_disk_under_the_audit_log_refuses_releases_and_recovers_when_space_returns(
+    tmp_path: Path, small_disk: Path
+) -> None:
+    """The audit log's disk fills up: a release cannot record its intent, so it is refused (503
+    audit_unavailable) and no key leaves; readiness says why. Freeing space brings the log back
+    by itself within seconds, without a restart, and the log verifies with no gap."""
+    plain = tmp_path / "small.safetensors"
+    save_file({"w": np.arange(64, dtype=np.float32)}, str(plain))
+    with running_broker(tmp_path, plain, audit_db=small_disk / "audit.db") as b:
+        expected = b.file_keys["acme"].reveal()
+        client = b.client("acme-wl")
+        session, _ = client.attest(SampleAttester())
+        filler = _fill(small_disk)
+        for _ in range(20):  # SQLite may still find room in pages it holds: write until it cannot
+            try:
+                client.release(session, RESOURCE)
+            except AuditUnavailableError:
+                break
+            session, _ = client.attest(SampleAttester())
+        else:
+            pytest.fail("the audit log never ran out of space")
+        with pytest.raises(AuditUnavailableError):
+            client.release(session, RESOURCE)  # and it stays refused while the disk is full
+        ready = httpx.get(f"{b.url}/v1/health/ready", timeout=10)
+        assert ready.status_code == 503
+        assert "audit log failed" in ready.text
+        filler.unlink()
+        deadline = time.monotonic() + 15
+        while httpx.get(f"{b.url}/v1/health/ready", timeout=10).status_code != 200:
+            assert time.monotonic() < deadline, "the audit log did not recover"
+            time.sleep(0.2)
+        assert expected == _release(b)
+        types = [e.type for _, e in b.events(until="key.release.done")]
+        with LogReader.open(b.audit_path, "weightvault-broker/audit") as log:
+            assert log.fsck() == log.size  # no gap, no damaged entry
+        # Every recorded intent has its outcome: a refused release recorded no intent (or, if its
+        # batch landed before the failure, its fail), so no key left without a trace.
+        intents = types.count("key.release.intent")
+        assert intents == types.count("key.release.done") + types.count("key.release.fail")

@@ -12,15 +12,20 @@ Order of operations for every batch (the writer thread):
    fencing token and write entries, new tree nodes and the checkpoint (and, when
    the log has no witnesses to ask, mark it published in the same transaction);
 5. advance the watermark kept in a separate file (fsynced at most once a second:
-   see :class:`~weightvault.auditlog.storage.Watermark`);
+   see :class:`~weightvault.auditlog.storage.Watermark`; if it cannot be written, it
+   only lags, and the next commit writes the newest size again);
 6. only then tell the appenders their index: an index is a promise that the event
    is on stable storage and in a signed checkpoint;
 7. with witnesses, hand the checkpoint to the publisher thread, which gathers
    cosignatures and publishes it once the witness policy's quorum is met.
 
-If step 4 or 5 fails, every appender of the batch gets :class:`AuditLogError` and
-the log stops accepting events (fail closed): the write-ahead rule then refuses
-every sensitive action.
+If step 4 fails, every appender of the batch and of the batches queued behind
+it gets :class:`AuditLogError`, and the log accepts no events (fail closed): the
+write-ahead rule then refuses every sensitive action. Every second the writer then
+checks whether it can go on: if it still holds the fence and the stored tree matches
+the stored head (a full disk that has room again, a database that answers again), it
+adopts the head as stored and accepts events again. A writer whose fence was taken
+stays failed.
 """
 
 from __future__ import annotations
@@ -57,6 +62,8 @@ __all__ = ["AuditLog", "AuditSink", "LogConfig", "LogReader", "Pending", "Receip
 _STOP: Final = object()
 #: The watermark's commits are fsynced when this long has passed since the last fsynced one.
 WATERMARK_SYNC_S: Final = 1.0
+#: How often a failed log checks whether it can go on (the disk has room again, the database answers).
+RECOVERY_S: Final = 1.0
 
 
 class Pending(Future["Receipt"]):
@@ -392,11 +399,13 @@ class AuditLog(LogReader):
         return [self._enqueue(event, waited=i == last, handoff=h) for i, (h, event) in enumerate(events)]
 
     def _enqueue(self, event: AuditEvent, *, waited: bool, handoff: int | None = None) -> Pending:
-        if self._failed is not None:
-            raise AuditLogError(f"the audit log has failed and accepts no events: {self._failed}")
         if self._closing:
             raise AuditLogError("the audit log is closed")
         with self._submit_lock:
+            # Checked under the lock that recovery takes (_recover): no position is reserved
+            # while the log is failed, so recovery finds the queue drained.
+            if self._failed is not None:
+                raise AuditLogError(f"the audit log has failed and accepts no events: {self._failed}")
             ts = max(self._last_ts, int(self._clock() * 1000))
             stamped = event.with_ts(ts)
             data = stamped.encode()  # raises for oversized or non-canonical events: nothing is reserved
@@ -409,7 +418,12 @@ class AuditLog(LogReader):
 
     def _run(self) -> None:
         while True:
-            item = self._queue.get()
+            try:
+                # A failed log looks every second whether it can go on (_recover).
+                item = self._queue.get(timeout=RECOVERY_S if self._failed is not None else None)
+            except Empty:
+                self._recover()
+                continue
             if item is _STOP:
                 return
             batch = [item]
@@ -466,11 +480,10 @@ class AuditLog(LogReader):
         except BaseException as exc:  # storage or CAS failure: fail closed
             self._fail(batch, exc)
             return
-        try:
+        # The batch is durable. A watermark that cannot be written now (its disk full) only lags,
+        # which its design allows (storage.Watermark); the next commit writes the newest again.
+        with contextlib.suppress(OSError, sqlite3.Error):
             self._advance_watermark(tree)
-        except BaseException as exc:
-            self._fail(batch, exc)
-            return
         self._tree = tree
         self._head_note = note
         for (_, future, _), (index, h) in zip(batch, receipts, strict=True):
@@ -482,6 +495,35 @@ class AuditLog(LogReader):
                 self._pending_publish = note
             self._published_cond.notify_all()
 
+    def _recover(self) -> None:
+        """After a failed commit: go on if this writer still holds the log and its stored state
+        verifies, adopting the head as stored (a commit whose acknowledgement was lost counts).
+
+        Runs on the writer thread once the queue is drained: the batches behind the failure
+        were refused, and no position can be reserved while failed, so the next index is the
+        stored size. A log another writer took (the fence moved), or whose stored tree does not
+        match its head, stays failed.
+        """
+        if self._failed is None or self._closing:
+            return
+        try:
+            head = self._storage.head()
+            if head is None or head.fence != self._fence:
+                return  # fenced out: another writer holds the log, this one never writes again
+            tree = self._storage.compact_range(head.size)
+            mark = self._watermark.read()
+        except (WeightVaultError, OSError, sqlite3.Error):
+            return  # still failing: try again later
+        if tree.root() != head.root or (mark is not None and head.size < mark[0]):
+            return
+        with self._submit_lock:
+            if not self._queue.empty():
+                return
+            self._tree = tree
+            self._head_note = parse_note(head.checkpoint)
+            self._next_index = head.size
+            self._failed = None
+
     def _landed(self, tree: CompactRange) -> bool:
         """Whether a commit whose outcome is unknown advanced the head to ``tree`` under our fence."""
         try:
@@ -491,8 +533,8 @@ class AuditLog(LogReader):
         return head is not None and head.fence == self._fence and (head.size, head.root) == (tree.size, tree.root())
 
     def _fail(self, batch: list[tuple[StoredEntry, Pending, bool]], exc: BaseException) -> None:
-        """Fail closed: the batch is refused and so is everything after it (the log is stuck until
-        reopened, which re-reads the head: a replica does that by taking the lease again)."""
+        """Fail closed: the batch is refused and so is everything queued behind it, whose positions
+        depended on it; then :meth:`_recover` looks every second whether the log can go on."""
         self._failed = exc if isinstance(exc, WeightVaultError) else AuditLogError(f"commit failed: {exc}")
         for _, future, _ in batch:
             future.set_exception(AuditLogError(f"audit append failed: {self._failed}"))
