@@ -97,3 +97,43 @@ def test_replicas_share_one_rate_limit_per_principal(replicas: tuple[KeyBroker, 
     time.sleep(0.6)  # 2 per second: one token back
     assert b.take_rate(key, 2.0, 4)
     assert not a.take_rate(key, 2.0, 4)
+
+
+def test_a_challenge_is_consumed_once_across_replicas(replicas: tuple[KeyBroker, KeyBroker, Clock]) -> None:
+    """The same evidence for one challenge, sent to both replicas at the same moment: exactly one
+    attestation succeeds, the other is refused as a used challenge (one row, one winner)."""
+    import threading
+
+    from weightvault.attestation.interfaces import report_data
+    from weightvault.attestation.unsafe import sample_evidence
+    from weightvault.broker.service import Principal, Role
+    from weightvault.crypto.keywrap import hpke_generate
+    from weightvault.errors import ChallengeUsedError
+
+    a, b, _ = replicas
+    operator = Principal("operator", None, Role.OPERATOR)
+    a.create_tenant(operator, "acme")
+    workload = b.authenticate(a.create_principal(operator, "acme-wl", "acme", "workload"))
+    wins: list[str] = []
+    refusals: list[BaseException] = []
+    for _ in range(10):
+        challenge = a.issue_challenge(workload)
+        _, public = hpke_generate(HPKEKem.X25519)
+        evidence = sample_evidence(report_data(challenge.id, challenge.nonce, "acme", "x25519", public))
+        start = threading.Barrier(2)
+
+        def attest(broker: KeyBroker, name: str, cid: str = challenge.id, pub: bytes = public) -> None:
+            start.wait()
+            try:
+                broker.attest(workload, cid, "x25519", pub, dict(evidence))
+                wins.append(name)
+            except ChallengeUsedError as exc:
+                refusals.append(exc)
+
+        threads = [threading.Thread(target=attest, args=(r, n)) for r, n in ((a, "a"), (b, "b"))]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join()
+    assert len(wins) == 10
+    assert len(refusals) == 10
