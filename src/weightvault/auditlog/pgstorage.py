@@ -138,7 +138,12 @@ def _unavailable(exc: Exception) -> AuditUnavailableError:
 class PostgresLogStorage:
     """Entries, perfect-subtree hashes, checkpoints, the lease and the hand-off queue of one log."""
 
-    def __init__(self, url: str, origin: str) -> None:
+    def __init__(self, url: str, origin: str | None = None) -> None:
+        """Open the log in the database at ``url`` (a URL or libpq connection string).
+
+        With ``origin`` the tables are created if they are missing and must belong to it; without,
+        nothing is created and the log must exist (readers: ``weightvault audit --db``).
+        """
         try:
             import psycopg
         except ImportError as exc:
@@ -147,19 +152,30 @@ class PostgresLogStorage:
             ) from exc
         self._psycopg = psycopg
         self.url = libpq_url(url)
-        self.origin = origin
         self._lock = threading.Lock()
         self._local = threading.local()
         self._readers: list[Any] = []
         self._closed = False
         self._conn: Any = self._connect()
         try:
-            self._create(origin)
+            self.origin = self._create(origin) if origin is not None else self._existing()
         except BaseException:
             self._conn.close()
             raise
 
-    def _create(self, origin: str) -> None:
+    def _existing(self) -> str:
+        with self._writing() as cur:
+            cur.execute("SELECT to_regclass('audit_meta') IS NOT NULL")
+            present = cur.fetchone()
+            if not present or not present[0]:
+                raise AuditLogError("this database holds no audit log")
+            cur.execute("SELECT v FROM audit_meta WHERE k = 'origin'")
+            row = cur.fetchone()
+        if row is None:
+            raise AuditLogError("this database holds no audit log")
+        return str(row[0])
+
+    def _create(self, origin: str) -> str:
         with self._writing() as cur:
             cur.execute("SELECT pg_advisory_xact_lock(%s)", (_SCHEMA_LOCK,))
             cur.execute(_SCHEMA)
@@ -172,6 +188,7 @@ class PostgresLogStorage:
                 )
             elif row[0] != origin:
                 raise AuditLogError(f"the log in this database belongs to origin {row[0]!r}, not {origin!r}")
+        return origin
 
     # -- connections -------------------------------------------------------------------
 

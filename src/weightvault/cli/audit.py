@@ -61,12 +61,12 @@ def audit_keygen(origin: str, out: Path, force: bool) -> None:
 
 
 @audit.command("show")
-@click.option("--db", type=click.Path(path_type=Path), required=True, help="The log database.")
+@click.option("--db", required=True, help="The log database: a SQLite file, or postgresql://... (replicated brokers).")
 @click.option("--tenant", help="Only this tenant's events.")
 @click.option("--since", help="ISO 8601 time (inclusive).")
 @click.option("--until", help="ISO 8601 time (exclusive).")
 @click.option("--json", "as_json", is_flag=True, help="One JSON event per line.")
-def audit_show(db: Path, tenant: str | None, since: str | None, until: str | None, as_json: bool) -> None:
+def audit_show(db: str, tenant: str | None, since: str | None, until: str | None, as_json: bool) -> None:
     """List events, optionally for one tenant and time range."""
     with open_reader(db) as log:
         for index, event in log.events(tenant=tenant, since_ms=parse_ms(since), until_ms=parse_ms(until)):
@@ -79,7 +79,7 @@ def audit_show(db: Path, tenant: str | None, since: str | None, until: str | Non
 
 
 @audit.command("export")
-@click.option("--db", type=click.Path(path_type=Path), required=True, help="The log database.")
+@click.option("--db", required=True, help="The log database: a SQLite file, or postgresql://... (replicated brokers).")
 @click.option("--out", type=click.Path(path_type=Path), required=True, help="Output file.")
 @click.option("--index", type=int, help="Export one entry as a proof bundle instead of the whole log as tiles.")
 @click.option(
@@ -92,7 +92,7 @@ def audit_show(db: Path, tenant: str | None, since: str | None, until: str | Non
 )
 @click.option("--tenant", help="With --format jsonl: only this tenant's events.")
 @click.option("--force", is_flag=True, help="Replace OUT.")
-def audit_export(db: Path, out: Path, index: int | None, fmt: str, tenant: str | None, force: bool) -> None:
+def audit_export(db: str, out: Path, index: int | None, fmt: str, tenant: str | None, force: bool) -> None:
     """Export the log as a tiles tarball or as JSON Lines, or one entry as a c2sp.org/tlog-proof bundle."""
     with open_reader(db) as log:
         if fmt == "jsonl":
@@ -187,7 +187,7 @@ def audit_verify(
 
 
 @audit.command("monitor")
-@click.option("--db", type=click.Path(path_type=Path), help="Read a log database directly.")
+@click.option("--db", help="Read a log database directly (a SQLite file, or postgresql://...).")
 @click.option("--export", "export_path", type=click.Path(path_type=Path), help="Read a verified tiles export.")
 @click.option(
     "--url",
@@ -205,7 +205,7 @@ def audit_verify(
 @click.option("--interval", type=float, default=2.0, show_default=True, help="Seconds between polls with --follow.")
 @click.option("--max-open", type=int, default=60, show_default=True, help="Seconds an intent may stay open.")
 def audit_monitor(
-    db: Path | None,
+    db: str | None,
     export_path: Path | None,
     url: str | None,
     log_key: str | None,
@@ -289,10 +289,10 @@ def audit_monitor(
 
 
 @audit.command("serve")
-@click.option("--db", type=click.Path(path_type=Path), required=True, help="The log database.")
+@click.option("--db", required=True, help="The log database: a SQLite file, or postgresql://... (replicated brokers).")
 @click.option("--host", default="127.0.0.1", show_default=True)
 @click.option("--port", type=int, default=8470, show_default=True)
-def audit_serve(db: Path, host: str, port: int) -> None:
+def audit_serve(db: str, host: str, port: int) -> None:
     """Serve the log read-only as C2SP tlog-tiles (checkpoint, tiles, entry bundles)."""
     import uvicorn
 

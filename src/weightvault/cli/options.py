@@ -212,10 +212,21 @@ def _origin_of(db: Path) -> str:
         raise ConfigError(str(exc)) from exc
 
 
-def open_reader(db: Path) -> LogReader:
-    if not db.is_file():
-        raise ConfigError(f"{db}: no such audit log database")
-    return LogReader.open(db, _origin_of(db))
+def open_reader(db: str | Path) -> LogReader:
+    """A reader of the log in a SQLite file, or in a PostgreSQL database (``postgresql://...``, the
+    log of replicated brokers); nothing is created or changed."""
+    if str(db).startswith(("postgresql://", "postgresql+psycopg://", "postgres://")):
+        from weightvault.auditlog.pgstorage import PostgresLogStorage
+        from weightvault.broker.storage.database import libpq_conninfo
+
+        try:
+            return LogReader(PostgresLogStorage(libpq_conninfo(str(db).replace("postgres://", "postgresql://", 1))))
+        except AuditLogError as exc:
+            raise ConfigError(f"the audit log database: {exc}") from exc
+    path = Path(db)
+    if not path.is_file():
+        raise ConfigError(f"{path}: no such audit log database")
+    return LogReader.open(path, _origin_of(path))
 
 
 _MAX_TILE_BYTES = 17 << 20  # a full entry bundle: 256 entries of at most 64 KiB, with length prefixes

@@ -252,7 +252,7 @@ def sentinel_rules(check: tuple[Path, ...]) -> None:
 
 @sentinel.command("run")
 @client_options
-@click.option("--db", type=click.Path(path_type=Path), help="Follow a local log database instead of --broker.")
+@click.option("--db", help="Follow a log database (a SQLite file, or postgresql://...) instead of --broker.")
 @click.option("--log-key", required=True, help="The log's verifier key (vkey text or file).")
 @click.option("--policy", "policy_file", type=click.Path(path_type=Path), help="A tlog-policy file (witnesses).")
 @click.option("--witness", "witnesses", multiple=True, help="A witness vkey (text or file). Repeatable.")
@@ -267,7 +267,7 @@ def sentinel_run(
     url: str | None,
     token: str | None,
     ca: Path | None,
-    db: Path | None,
+    db: str | None,
     log_key: str,
     policy_file: Path | None,
     witnesses: tuple[str, ...],

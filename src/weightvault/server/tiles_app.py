@@ -12,7 +12,7 @@ from starlette.routing import Route
 
 from weightvault.auditlog.log import LogReader
 from weightvault.auditlog.tiles import tile_resource
-from weightvault.errors import AuditLogError
+from weightvault.errors import AuditLogError, AuditUnavailableError
 
 __all__ = ["create_tiles_app"]
 
@@ -24,7 +24,7 @@ def create_tiles_app(log: LogReader) -> Starlette:
         path = request.path_params["path"]
         try:
             status, body, content_type = await run_in_threadpool(tile_resource, log, path)
-        except (AuditLogError, sqlite3.Error):  # a locked or unreadable database: try again later
+        except (AuditLogError, AuditUnavailableError, sqlite3.Error):  # a locked or unreachable database
             return PlainTextResponse("the log is unavailable\n", status_code=503, headers={"Retry-After": "5"})
         if status != 200:
             return PlainTextResponse(body.decode(), status_code=status)

@@ -268,3 +268,36 @@ def test_a_followers_submit_is_durable_at_once_and_its_index_follows(
     assert pending.result(timeout=1).index == index
     with _reader(url, signer) as reader:
         assert reader.event(index).details["i"] == 41
+
+
+def test_the_audit_cli_reads_a_database_log_without_changing_it(
+    replicas: list[ReplicatedAuditLog], url: str, signer: NoteSigner, tmp_path: Path
+) -> None:
+    """``weightvault audit show|export --db postgresql://...``: the replicas' log, read as a SQLite
+    file is; a database without a log is a clear error, and nothing is created in it."""
+    import json
+    import subprocess
+    import sys
+
+    a, b = replicas
+    a.append(ev(1, tenant="acme"))
+    b.append(ev(2, tenant="globex"))
+
+    def wv(*args: str) -> subprocess.CompletedProcess[str]:
+        return subprocess.run(
+            [sys.executable, "-m", "weightvault", *args], capture_output=True, text=True, timeout=60, check=False
+        )
+
+    shown = wv("audit", "show", "--db", url, "--tenant", "globex", "--json")
+    assert shown.returncode == 0, shown.stderr
+    assert [json.loads(line)["details"]["i"] for line in shown.stdout.splitlines()] == [2]
+    out = tmp_path / "log.tar"
+    exported = wv("audit", "export", "--db", url, "--out", str(out))
+    assert exported.returncode == 0, exported.stderr
+    assert out.stat().st_size > 0
+    empty = databases.fresh_url(tmp_path)
+    missing = wv("audit", "show", "--db", empty)
+    assert missing.returncode != 0
+    assert "holds no audit log" in missing.stderr
+    with psycopg.connect(libpq_url(empty), autocommit=True) as conn:
+        assert conn.execute("SELECT to_regclass('audit_meta')").fetchone() == (None,)
