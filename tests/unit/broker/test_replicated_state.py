@@ -122,15 +122,20 @@ def test_a_challenge_is_consumed_once_across_replicas(replicas: tuple[KeyBroker,
         evidence = sample_evidence(report_data(challenge.id, challenge.nonce, "acme", "x25519", public))
         start = threading.Barrier(2)
 
-        def attest(broker: KeyBroker, name: str, cid: str = challenge.id, pub: bytes = public) -> None:
-            start.wait()
+        def attest(
+            broker: KeyBroker, name: str, cid: str, pub: bytes, doc: dict[str, object], go: threading.Barrier
+        ) -> None:
+            go.wait()
             try:
-                broker.attest(workload, cid, "x25519", pub, dict(evidence))
+                broker.attest(workload, cid, "x25519", pub, dict(doc))
                 wins.append(name)
             except ChallengeUsedError as exc:
                 refusals.append(exc)
 
-        threads = [threading.Thread(target=attest, args=(r, n)) for r, n in ((a, "a"), (b, "b"))]
+        threads = [
+            threading.Thread(target=attest, args=(r, n, challenge.id, public, evidence, start))
+            for r, n in ((a, "a"), (b, "b"))
+        ]
         for t in threads:
             t.start()
         for t in threads:
