@@ -23,6 +23,7 @@ checkpoints already seen, is :func:`rollback_check`'s question.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import hmac
 import io
@@ -186,7 +187,8 @@ def create_backup(
             wrapped = wrap_backup_key(root, broker, now, file_key)
         finally:
             file_key.wipe()
-        payload = (work / "payload.wvlt").read_bytes()
+        payload_path = work / "payload.wvlt"
+        payload_bytes, payload_sha256 = _digest_file(payload_path)
         manifest = BackupManifest(
             broker=broker,
             created_at=now,
@@ -195,16 +197,32 @@ def create_backup(
             log_root=root_hash,
             checkpoint=checkpoint,
             backend=store.db.backend,
-            payload_bytes=len(payload),
-            payload_sha256=hashlib.sha256(payload).hexdigest(),
+            payload_bytes=payload_bytes,
+            payload_sha256=payload_sha256,
             wrapped_key=wrapped,
         )
         text = f"{HEADER}\n{canonical_json(manifest.to_json()).decode()}\n"
         note = Note(text, (signer.sign(text),)).to_text().encode()
         with atomic_file(out, mode=0o600) as handle, tarfile.open(fileobj=handle, mode="w") as tar:
             _add(tar, "manifest.note", note)
-            _add(tar, "payload.wvlt", payload)
+            info = tar.gettarinfo(payload_path, "payload.wvlt")
+            info.mode, info.uid, info.gid, info.uname, info.gname = 0o600, 0, 0, "", ""
+            with payload_path.open("rb") as source:  # streamed: a large log never sits in memory
+                tar.addfile(info, source)
     return manifest
+
+
+_CHUNK: Final = 1 << 20
+
+
+def _digest_file(path: Path) -> tuple[int, str]:
+    """Size and SHA-256 of a file, read in chunks."""
+    h, size = hashlib.sha256(), 0
+    with path.open("rb") as source:
+        while chunk := source.read(_CHUNK):
+            h.update(chunk)
+            size += len(chunk)
+    return size, h.hexdigest()
 
 
 def _add(tar: tarfile.TarFile, name: str, data: bytes) -> None:
@@ -214,35 +232,50 @@ def _add(tar: tarfile.TarFile, name: str, data: bytes) -> None:
     tar.addfile(info, io.BytesIO(data))
 
 
-def _members(path: Path) -> dict[str, bytes]:
-    """The backup's two members, read with their sizes bounded; anything else is refused."""
+def _members(path: Path, payload_to: Path | None = None) -> tuple[bytes, int, str]:
+    """The backup's manifest (size bounded), and its payload's size and SHA-256, read in chunks;
+    with ``payload_to`` the payload is also copied to that new file. Any other member is refused."""
+    manifest: bytes | None = None
+    payload: tuple[int, str] | None = None
     try:
         with tarfile.open(path, "r:") as tar:
-            found: dict[str, bytes] = {}
             for info in tar:
-                if info.name not in _MEMBERS or not info.isfile() or info.name in found:
+                seen = manifest is not None if info.name == "manifest.note" else payload is not None
+                if info.name not in _MEMBERS or not info.isfile() or seen:
                     raise BackupError(f"{path}: unexpected member {info.name!r}")
                 if info.name == "manifest.note" and info.size > _MAX_MANIFEST:
                     raise BackupError(f"{path}: the manifest is too large")
                 handle = tar.extractfile(info)
                 assert handle is not None
-                found[info.name] = handle.read()
+                if info.name == "manifest.note":
+                    manifest = handle.read()
+                    continue
+                h, size = hashlib.sha256(), 0
+                with contextlib.ExitStack() as stack:
+                    out = stack.enter_context(atomic_file(payload_to, mode=0o600)) if payload_to else None
+                    while chunk := handle.read(_CHUNK):
+                        h.update(chunk)
+                        size += len(chunk)
+                        if out is not None:
+                            out.write(chunk)
+                payload = (size, h.hexdigest())
     except (tarfile.TarError, EOFError) as exc:
         raise BackupError(f"{path}: not a weightvault backup ({type(exc).__name__})") from exc
-    if set(found) != set(_MEMBERS):
+    if manifest is None or payload is None:
         raise BackupError(f"{path}: not a weightvault backup (members missing)")
-    return found
+    return manifest, *payload
 
 
-def read_manifest(path: Path, verifier: NoteVerifier) -> tuple[BackupManifest, bytes]:
-    """The backup's manifest, verified with ``verifier`` (the log's key), and its payload bytes.
+def read_manifest(path: Path, verifier: NoteVerifier, *, payload_to: Path | None = None) -> BackupManifest:
+    """The backup's manifest, verified with ``verifier`` (the log's key), after checking the
+    payload's size and digest against it (read in chunks; with ``payload_to``, copied there too).
 
     Raises:
         BackupError: malformed, not signed by ``verifier``, or the payload differs from the manifest.
     """
-    members = _members(path)
+    text, payload_bytes, payload_sha256 = _members(path, payload_to)
     try:
-        note = parse_note(members["manifest.note"])
+        note = parse_note(text)
     except CheckpointError as exc:
         raise BackupError(f"{path}: the manifest is not a signed note ({exc})") from exc
     if not signed_by(note, [verifier]):
@@ -254,13 +287,11 @@ def read_manifest(path: Path, verifier: NoteVerifier) -> tuple[BackupManifest, b
         manifest = BackupManifest.from_json(json.loads(lines[1]))
     except json.JSONDecodeError as exc:
         raise BackupError(f"{path}: the backup manifest is malformed") from exc
-    payload = members["payload.wvlt"]
-    digest = hashlib.sha256(payload).hexdigest()
-    if len(payload) != manifest.payload_bytes or not hmac.compare_digest(digest, manifest.payload_sha256):
+    if payload_bytes != manifest.payload_bytes or not hmac.compare_digest(payload_sha256, manifest.payload_sha256):
         raise BackupError(f"{path}: the payload is not the one the manifest names")
     if manifest.origin != verifier.name:
         raise BackupError(f"{path}: a backup of the log {manifest.origin!r}, not {verifier.name!r}")
-    return manifest, payload
+    return manifest
 
 
 @dataclass(frozen=True, slots=True)
@@ -341,16 +372,22 @@ def rollback_check(manifest: BackupManifest, log: LogReader, known: Sequence[Kno
             raise RollbackError(f"the backup's log is not the history {head.source} has seen (size {head.size})")
 
 
-def open_backup(manifest: BackupManifest, payload: bytes, root: RootKey, into: Path) -> Path:
-    """Decrypt and unpack the payload into the directory ``into``; returns it. Verifies the log inside.
+def open_backup(backup: Path, verifier: NoteVerifier, root: RootKey, into: Path) -> tuple[BackupManifest, Path]:
+    """Verify the backup again (its payload is copied out and checked against the signed manifest
+    in one pass, so the file cannot change between check and use), then decrypt and unpack the
+    payload into the directory ``into``; returns the manifest and ``into``. Verifies the log inside.
 
     Raises:
         KeyAccessError: ``root`` is not the key the backup was made under.
-        BackupError: the payload does not decrypt, unpack or verify.
+        BackupError: the backup or its payload does not verify, decrypt or unpack.
     """
-    file_key = unwrap_backup_key(root, manifest.broker, manifest.created_at, manifest.wrapped_key)
     sealed_path, tar_path = into / "payload.wvlt", into / "payload.tar"
-    sealed_path.write_bytes(payload)
+    try:
+        manifest = read_manifest(backup, verifier, payload_to=sealed_path)
+    except BaseException:
+        sealed_path.unlink(missing_ok=True)
+        raise
+    file_key = unwrap_backup_key(root, manifest.broker, manifest.created_at, manifest.wrapped_key)
     try:
         with (
             SealedFile(sealed_path) as sealed,
@@ -388,7 +425,7 @@ def open_backup(manifest: BackupManifest, payload: bytes, root: RootKey, into: P
                 raise BackupError("the backup's log is not the one its manifest states")
     except AuditLogError as exc:
         raise BackupError(f"the backup's log does not verify: {exc}") from exc
-    return into
+    return manifest, into
 
 
 # -- the approved override of a refused restore ------------------------------------------------

@@ -11,7 +11,7 @@ import click
 
 from weightvault.broker.config import DEFAULTS, check_storage_url
 from weightvault.cli.custody import load_person_public, share_file_bytes
-from weightvault.errors import ConfigError
+from weightvault.errors import BackupError, ConfigError
 
 __all__ = ["broker"]
 
@@ -427,7 +427,7 @@ def broker_restore(
             "log (--old-log), so that an old backup cannot roll the log back; or pass --unchecked"
         )
     verifier = read_vkey(vkey)
-    manifest, payload = read_manifest(backup, verifier)
+    manifest = read_manifest(backup, verifier)  # checked before anything else is asked for
     now = int(time.time())
     known = [checkpoint_of(p.read_text(), verifier, str(p), now=now) for p in checkpoints]
     if old_log is not None:
@@ -439,7 +439,9 @@ def broker_restore(
     override: _Override | None = None
     try:
         with tempfile.TemporaryDirectory(prefix="wv-restore-") as tmp:
-            unpacked = open_backup(manifest, payload, root, Path(tmp))
+            opened, unpacked = open_backup(backup, verifier, root, Path(tmp))
+            if opened != manifest:
+                raise BackupError(f"{backup} changed during the restore")
             if ask_witnesses:
                 known += witness_heads((unpacked / "broker.toml").read_text(), verifier, now)
             export = database_export(unpacked)
