@@ -59,15 +59,24 @@ def main() -> None:
         url = cluster.create_database()
         with ExitStack() as stack:
             sqlite_log = stack.enter_context(AuditLog(work / "audit.db", signer))
+            key = os.urandom(32)
             sequencer = stack.enter_context(
                 ReplicatedAuditLog(
-                    PostgresLogStorage(url, signer.name), signer, replica="s", watermark_path=work / "s.watermark"
+                    PostgresLogStorage(url, signer.name),
+                    signer,
+                    replica="s",
+                    watermark_path=work / "s.watermark",
+                    handoff_key=key,
                 )
             )
             assert sequencer.wait_sequencer(10)
             follower = stack.enter_context(
                 ReplicatedAuditLog(
-                    PostgresLogStorage(url, signer.name), signer, replica="f", watermark_path=work / "f.watermark"
+                    PostgresLogStorage(url, signer.name),
+                    signer,
+                    replica="f",
+                    watermark_path=work / "f.watermark",
+                    handoff_key=key,
                 )
             )
             logs: dict[str, Callable[[AuditEvent], Receipt]] = {

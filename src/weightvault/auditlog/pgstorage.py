@@ -34,7 +34,7 @@ from __future__ import annotations
 import contextlib
 import sqlite3
 import threading
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Final
@@ -83,6 +83,7 @@ CREATE TABLE IF NOT EXISTS audit_handoff (
     id BIGSERIAL PRIMARY KEY,
     replica TEXT NOT NULL,
     data BYTEA NOT NULL,
+    mac BYTEA,
     created TIMESTAMPTZ NOT NULL DEFAULT now()
 );
 """
@@ -126,6 +127,8 @@ class HandoffRow:
     id: int
     replica: str
     data: bytes
+    #: The replica's tag over (origin, replica, id, data); see ``replica.handoff_tag``.
+    mac: bytes | None
 
 
 def _unavailable(exc: Exception) -> AuditUnavailableError:
@@ -350,9 +353,10 @@ class PostgresLogStorage:
 
     # -- the hand-off queue ------------------------------------------------------------------
 
-    def hand_off(self, replica: str, events: Sequence[bytes]) -> list[int]:
+    def hand_off(self, replica: str, events: Sequence[bytes], tag: Callable[[int, bytes], bytes]) -> list[int]:
         """Queue encoded events for the sequencer in one durable transaction; returns their
-        hand-off ids, in order (ids grow with the order of insertion within it)."""
+        hand-off ids, in order (ids grow with the order of insertion within it). Each row is
+        tagged with ``tag(id, data)`` in the same transaction, once its id is known."""
         with self._writing() as cur:
             cur.execute(
                 "INSERT INTO audit_handoff (replica, data) "
@@ -360,19 +364,38 @@ class PostgresLogStorage:
                 (replica, list(events)),
             )
             ids = sorted(int(r[0]) for r in cur.fetchall())
+            if len(ids) != len(events):
+                raise AuditLogError("the hand-off queue did not take every event")
+            cur.execute(
+                "UPDATE audit_handoff h SET mac = u.m "
+                "FROM unnest(%s::bigint[], %s::bytea[]) AS u(i, m) WHERE h.id = u.i",
+                (ids, [tag(i, data) for i, data in zip(ids, events, strict=True)]),
+            )
             cur.execute(f"NOTIFY {HANDOFF_CHANNEL}")
-        if len(ids) != len(events):
-            raise AuditLogError("the hand-off queue did not take every event")
         return ids
 
     def handoffs(self, skip: Sequence[int], limit: int) -> list[HandoffRow]:
         """Queued hand-offs in id order, except the ids in ``skip`` (already being appended)."""
         with self._reading() as cur:
             cur.execute(
-                "SELECT id, replica, data FROM audit_handoff WHERE NOT (id = ANY(%s)) ORDER BY id LIMIT %s",
+                "SELECT id, replica, data, mac FROM audit_handoff WHERE NOT (id = ANY(%s)) ORDER BY id LIMIT %s",
                 (list(skip), limit),
             )
-            return [HandoffRow(int(r[0]), str(r[1]), bytes(r[2])) for r in cur.fetchall()]
+            return [
+                HandoffRow(int(r[0]), str(r[1]), bytes(r[2]), None if r[3] is None else bytes(r[3]))
+                for r in cur.fetchall()
+            ]
+
+    def appended(self, ids: Sequence[int]) -> set[int]:
+        """Which of these hand-off ids the log holds already (a row inserted again: a replay)."""
+        with self._reading() as cur:
+            cur.execute("SELECT handoff FROM audit_entries WHERE handoff = ANY(%s)", (list(ids),))
+            return {int(r[0]) for r in cur.fetchall()}
+
+    def discard(self, handoff: int) -> None:
+        """Delete one hand-off row that must not be appended (a replayed one, already recorded)."""
+        with self._writing() as cur:
+            cur.execute("DELETE FROM audit_handoff WHERE id = %s", (handoff,))
 
     def handed_off(self, ids: Sequence[int]) -> dict[int, tuple[StoredEntry, int]]:
         """The committed entries of these hand-off ids, each with the head's size then (a signed

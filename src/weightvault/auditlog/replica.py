@@ -48,12 +48,13 @@ from weightvault.auditlog.events import AuditEvent, decode_event, digest
 from weightvault.auditlog.log import AuditLog, LogConfig, LogReader, Pending, Receipt, WitnessEndpoint
 from weightvault.auditlog.merkle import CompactRange, leaf_hash
 from weightvault.auditlog.note import Note, NoteSigner
-from weightvault.auditlog.pgstorage import COMMIT_CHANNEL, HANDOFF_CHANNEL, PostgresLogStorage
+from weightvault.auditlog.pgstorage import COMMIT_CHANNEL, HANDOFF_CHANNEL, HandoffRow, PostgresLogStorage
 from weightvault.auditlog.policy import WitnessPolicy
 from weightvault.auditlog.storage import StoredEntry
+from weightvault.crypto.mac import InvalidSignature, hmac_sha256, verify_hmac_sha256
 from weightvault.errors import AuditLogError, AuditUnavailableError, WeightVaultError
 
-__all__ = ["DEFAULT_LEASE_TTL_S", "ReplicatedAuditLog"]
+__all__ = ["DEFAULT_LEASE_TTL_S", "ReplicatedAuditLog", "handoff_tag"]
 
 #: How long a sequencer's lease lasts without renewal: the longest a dead sequencer stalls the log.
 DEFAULT_LEASE_TTL_S: Final = 5.0
@@ -73,6 +74,7 @@ class ReplicatedAuditLog(LogReader):
         *,
         replica: str,
         watermark_path: Path,
+        handoff_key: bytes,
         witnesses: Sequence[WitnessEndpoint] = (),
         policy: WitnessPolicy | None = None,
         config: LogConfig = _DEFAULT_CONFIG,
@@ -81,6 +83,9 @@ class ReplicatedAuditLog(LogReader):
     ) -> None:
         if not 0.5 <= lease_ttl_s <= 300:
             raise AuditLogError("the sequencer lease lasts 0.5 to 300 seconds")
+        if len(handoff_key) < 32:
+            raise AuditLogError("the hand-off key is at least 32 bytes")
+        self._handoff_key = bytes(handoff_key)
         self.origin = signer.name
         self.replica = replica
         #: Unique per process: a restarted replica is a new holder and waits for the old lease to expire.
@@ -244,7 +249,11 @@ class ReplicatedAuditLog(LogReader):
             items = [b for b in batch if b is not None]
             if items:
                 try:
-                    ids = self._pg.hand_off(self.replica, [data for data, _, _ in items])
+                    ids = self._pg.hand_off(
+                        self.replica,
+                        [data for data, _, _ in items],
+                        functools.partial(self._tag, self.replica),
+                    )
                 except BaseException as exc:
                     for _, queued, _ in items:
                         queued.set_exception(exc)
@@ -281,18 +290,23 @@ class ReplicatedAuditLog(LogReader):
         with self._in_flight_lock:
             skip = sorted(self._in_flight)
         events: list[tuple[int, AuditEvent]] = []
-        for row in self._pg.handoffs(skip, self._batch_max):
+        rows = self._pg.handoffs(skip, self._batch_max)
+        replayed = self._pg.appended([row.id for row in rows]) if rows else set()
+        for row in rows:
+            if row.id in replayed:
+                # The log holds this id already: the row was inserted again (its tag may be a
+                # copied valid one). Recorded, then removed; never appended twice.
+                log.append(_rejected(row, "a hand-off the log holds already (replayed)"))
+                self._pg.discard(row.id)
+                continue
             try:
+                if row.mac is None or not self._tag_ok(row):
+                    raise AuditLogError("not tagged by a replica of this broker (hand-off key)")
                 event = decode_event(row.data)
             except AuditLogError as exc:
-                # Only a process with the database's credentials writes the queue; what it wrote
-                # is consumed and recorded (by digest), never dropped silently.
-                event = AuditEvent(
-                    "outbox.reject",
-                    "",
-                    f"replica:{row.replica}"[:64],
-                    details={"handoff": row.id, "digest": digest(row.data), "reason": str(exc)[:200]},
-                )
+                # Whoever wrote it has the database's credentials but not the replicas' key: the
+                # row is consumed and recorded (by digest), never appended as what it claims.
+                event = _rejected(row, str(exc))
             events.append((row.id, event))
         if not events:
             return
@@ -300,6 +314,17 @@ class ReplicatedAuditLog(LogReader):
             self._in_flight.update(h for h, _ in events)
         for (handoff, _), pending in zip(events, log.enqueue_handoffs(events), strict=True):
             pending.add_done_callback(functools.partial(self._landed, handoff))
+
+    def _tag(self, replica: str, handoff: int, data: bytes) -> bytes:
+        return handoff_tag(self._handoff_key, self.origin, replica, handoff, data)
+
+    def _tag_ok(self, row: HandoffRow) -> bool:
+        assert row.mac is not None
+        try:
+            verify_hmac_sha256(self._handoff_key, _tag_parts(self.origin, row.replica, row.id, row.data), row.mac)
+        except InvalidSignature:
+            return False
+        return True
 
     def _landed(self, handoff: int, _done: object) -> None:
         with self._in_flight_lock:
@@ -459,6 +484,34 @@ class _HandedOff(Pending):
             return self.result(timeout=self._timeout_s).index
         except FutureTimeoutError as exc:
             raise AuditLogError(f"the sequencer did not append this event within {self._timeout_s:g} s") from exc
+
+
+def _tag_parts(origin: str, replica: str, handoff: int, data: bytes) -> list[bytes]:
+    return [
+        b"weightvault audit hand-off v1\x00",
+        origin.encode(),
+        b"\x00",
+        replica.encode(),
+        b"\x00",
+        handoff.to_bytes(8, "big", signed=True),
+        data,
+    ]
+
+
+def handoff_tag(key: bytes, origin: str, replica: str, handoff: int, data: bytes) -> bytes:
+    """HMAC-SHA256 of a hand-off row under the replicas' shared hand-off key: it binds the event
+    to the log (origin), the replica that queued it and the row's id, so that a row written by
+    anyone without the key, or a valid row copied under another id, is refused."""
+    return hmac_sha256(key, _tag_parts(origin, replica, handoff, data))
+
+
+def _rejected(row: HandoffRow, reason: str) -> AuditEvent:
+    return AuditEvent(
+        "outbox.reject",
+        "",
+        f"replica:{row.replica}"[:64],
+        details={"handoff": row.id, "digest": digest(row.data), "reason": reason[:200]},
+    )
 
 
 def _receipt(event: AuditEvent, handoff: int, found: StoredEntry, size: int) -> Receipt:

@@ -103,6 +103,16 @@ def _client_hasher(config: BrokerConfig) -> SensitiveHasher | None:
     return SensitiveHasher(subkey, Path(config.keys.audit_hash).stem)
 
 
+def _handoff_key(config: BrokerConfig) -> bytes:
+    """The replicas' shared key that tags hand-offs, a subkey of ``keys/audit-hash.key`` (every
+    replica holds the same keys directory; the database alone cannot forge a hand-off)."""
+    path = config.path(config.keys.audit_hash)
+    if not path.exists():
+        raise ConfigError(f"{path}: replicas need the audit hash key (broker init writes it)")
+    key = read_secret_file(path, "weightvault.hash-key")
+    return hkdf_expand(hkdf_extract(b"weightvault audit hand-off v1", key), b"hand-off")
+
+
 def load_broker(
     config_path: Path, *, clock: Callable[[], float] | None = None, replica: str | None = None
 ) -> BrokerRuntime:
@@ -157,6 +167,7 @@ def load_broker(
             log_signer,
             replica=name,
             watermark_path=watermark,
+            handoff_key=_handoff_key(config),
             witnesses=witnesses,
             policy=policy,
             clock=now,

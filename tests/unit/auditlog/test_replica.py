@@ -9,7 +9,7 @@ from __future__ import annotations
 import os
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import ExitStack
 from pathlib import Path
 
@@ -23,11 +23,12 @@ from weightvault.auditlog.log import AuditLog, LogReader
 from weightvault.auditlog.merkle import verify_consistency
 from weightvault.auditlog.note import NoteSigner
 from weightvault.auditlog.pgstorage import PostgresLogStorage, libpq_url
-from weightvault.auditlog.replica import ReplicatedAuditLog
+from weightvault.auditlog.replica import ReplicatedAuditLog, handoff_tag
 from weightvault.crypto.signing import Ed25519Signer
 from weightvault.errors import AuditLogError, ConfigError
 
 TTL = 1.0
+HANDOFF_KEY = bytes(range(32))
 
 
 @pytest.fixture
@@ -58,6 +59,7 @@ def _replica(url: str, signer: NoteSigner, tmp: Path, name: str) -> ReplicatedAu
         signer,
         replica=name,
         watermark_path=tmp / f"{name}.watermark",
+        handoff_key=HANDOFF_KEY,
         lease_ttl_s=TTL,
     )
 
@@ -167,25 +169,61 @@ def test_a_deposed_sequencer_cannot_commit_and_steps_down(
         assert reader.fsck() == reader.size
 
 
-def test_a_forged_handoff_row_is_consumed_as_a_rejection(
+def test_handoff_rows_not_tagged_by_a_replica_are_consumed_as_rejections(
     replicas: list[ReplicatedAuditLog], url: str, signer: NoteSigner
 ) -> None:
+    """Someone with the database's credentials but not the replicas' hand-off key writes the queue:
+    garbage, a well-formed event without a tag, one with a tag copied from another row, and a
+    correctly tagged row inserted again after it was appended. None is appended as what it claims;
+    each is recorded (by digest) as outbox.reject. A correctly tagged row is appended."""
     a, _ = replicas
+    forged = ev(666, tenant="victim").with_ts(1).encode()
+    genuine = ev(7).with_ts(1).encode()
     with psycopg.connect(libpq_url(url), autocommit=True) as conn:
-        conn.execute("INSERT INTO audit_handoff (replica, data) VALUES ('mallory', %s)", (b'{"not":"an event"}',))
-    a.append(ev(1))
-    deadline = time.monotonic() + 5
-    while time.monotonic() < deadline:
-        with _reader(url, signer) as reader:
-            rejected = [e for _, e in reader.events() if e.type == "outbox.reject"]
-        if rejected:
-            break
+
+        def insert(data: bytes, mac: bytes | None, row_id: int | None = None) -> int:
+            if row_id is None:
+                row = conn.execute("SELECT nextval('audit_handoff_id_seq')").fetchone()
+                assert row is not None
+                row_id = int(row[0])
+            conn.execute(
+                "INSERT INTO audit_handoff (id, replica, data, mac) VALUES (%s, 'mallory', %s, %s)",
+                (row_id, data, mac),
+            )
+            return row_id
+
+        insert(b'{"not":"an event"}', None)
+        insert(forged, None)
+        first = insert(genuine, None)
+        conn.execute("DELETE FROM audit_handoff WHERE id = %s", (first,))
+        copied = handoff_tag(HANDOFF_KEY, signer.name, "mallory", first, forged)  # a tag for another id
+        insert(forged, copied)
+        good = insert(genuine, handoff_tag(HANDOFF_KEY, signer.name, "mallory", 10_000, genuine), 10_000)
+        a.append(ev(1))
+        assert _wait(lambda: conn.execute("SELECT COUNT(*) FROM audit_handoff").fetchone() == (0,))
+        # The correctly tagged row again, with its valid tag: a replay.
+        insert(genuine, handoff_tag(HANDOFF_KEY, signer.name, "mallory", good, genuine), good)
+        a.append(ev(2))
+        assert _wait(lambda: conn.execute("SELECT COUNT(*) FROM audit_handoff").fetchone() == (0,))
+    with _reader(url, signer) as reader:
+        events = [e for _, e in reader.events()]
+        assert reader.fsck() == reader.size
+    rejected = [e for e in events if e.type == "outbox.reject"]
+    assert len(rejected) == 4
+    assert {e.actor for e in rejected} == {"replica:mallory"}
+    assert all(e.details["digest"].startswith("sha256:") for e in rejected)
+    assert "replayed" in rejected[-1].details["reason"]
+    assert not any(e.tenant == "victim" for e in events)  # the forged event never entered the log
+    assert sum(1 for e in events if e.details.get("i") == 7) == 1  # the genuine one, once
+
+
+def _wait(check: Callable[[], bool], within_s: float = 10.0) -> bool:
+    deadline = time.monotonic() + within_s
+    while not check():
+        if time.monotonic() > deadline:
+            return False
         time.sleep(0.05)
-    assert len(rejected) == 1
-    assert rejected[0].actor == "replica:mallory"
-    assert rejected[0].details["digest"].startswith("sha256:")
-    with psycopg.connect(libpq_url(url), autocommit=True) as conn:
-        assert conn.execute("SELECT COUNT(*) FROM audit_handoff").fetchone() == (0,)
+    return True
 
 
 def test_a_handoff_waits_durably_while_no_sequencer_lives(url: str, signer: NoteSigner, tmp_path: Path) -> None:
