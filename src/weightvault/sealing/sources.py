@@ -402,11 +402,11 @@ class S3Source:
     overlap = 3
 
     def __init__(self, url: str) -> None:
-        import obstore
-
         self.name = display(url)
         bucket, self._key = _split_s3(url)
-        self._store = _s3_store(bucket)
+        self._store = _s3_store(bucket)  # ConfigError with the install hint when obstore is missing
+        import obstore
+
         try:
             meta = obstore.head(self._store, self._key)
         except Exception as exc:

@@ -88,3 +88,18 @@ def test_whole_file_fetches_are_bounded(tmp_path: Path) -> None:
 def test_an_s3_location_needs_a_bucket_and_a_key() -> None:
     with pytest.raises(ConfigError, match="s3://BUCKET/KEY"):
         S3Source("s3://bucket-only")
+
+
+def test_optional_drivers_missing_give_the_install_hint_not_a_traceback(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Without the s3 extra an s3:// location, and without the postgresql extra a PostgreSQL URL,
+    is a configuration error that says what to install (a missing module is None in sys.modules)."""
+    import sys
+
+    from weightvault.broker.storage.database import libpq_conninfo
+
+    for module in ("obstore", "obstore.store", "obstore.exceptions", "psycopg", "psycopg.conninfo"):
+        monkeypatch.setitem(sys.modules, module, None)
+    with pytest.raises(ConfigError, match=r"weightvault\[s3\]"):
+        S3Source("s3://bucket/model.wvlt")
+    with pytest.raises(ConfigError, match=r"weightvault\[postgresql\]"):
+        libpq_conninfo("postgresql://u@h/db")

@@ -85,7 +85,10 @@ def libpq_conninfo(url: str) -> str:
     parsed = engine_url(url)
     if parsed.get_backend_name() != "postgresql":
         raise ConfigError("a PostgreSQL URL is needed here (postgresql://...)")
-    from psycopg.conninfo import make_conninfo
+    try:
+        from psycopg.conninfo import make_conninfo
+    except ImportError as exc:
+        raise ConfigError("PostgreSQL needs psycopg: pip install 'weightvault[postgresql]'") from exc
 
     dialect = sa.create_engine(parsed).dialect
     _, options = dialect.create_connect_args(parsed)
