@@ -8,7 +8,7 @@ STAMP := $(VENV)/.installed
 # torch the extras allow works elsewhere.
 TORCH_SPEC ?= torch==2.13.0
 
-.PHONY: all venv demo test lint typecheck unit unit-postgresql vectors vectors-check bench clean
+.PHONY: all venv demo test lint typecheck unit unit-postgresql vectors vectors-check wheel-check bench clean
 
 all: test
 
@@ -56,7 +56,11 @@ unit: $(STAMP)
 unit-postgresql: $(STAMP)
 	HF_HUB_OFFLINE=1 TRANSFORMERS_OFFLINE=1 $(BIN)/python -m pytest -q -p no:cacheprovider --database postgresql
 
-test: lint typecheck vectors-check unit unit-postgresql
+# The wheel users install, built and installed alone into a clean venv, then used (scripts/wheel-check.sh).
+wheel-check: $(STAMP)
+	PYTHON=$(PYTHON) bash scripts/wheel-check.sh
+
+test: lint typecheck vectors-check wheel-check unit unit-postgresql
 
 bench: $(STAMP)
 	$(BIN)/python bench/cpu_load.py
