@@ -112,6 +112,8 @@ class Stack:
     tmp: Path
     keys: KeyAdmin
     counter: list[int] = field(default_factory=lambda: [0])
+    #: The module's exit stack: what a test starts for the tests after it (a restarted gateway).
+    exits: ExitStack | None = None
 
     def principal(self, tenant: str = "acme") -> str:
         """A fresh workload principal (each test's budgets are its own)."""
@@ -142,4 +144,4 @@ def serving_stack(tmp: Path, minilm_dir: Path, plain_model: Path) -> Iterator[St
         url: str = stack.enter_context(gateway_process(broker, routes, *GATEWAY_BUDGETS))  # type: ignore[arg-type]
         store = BrokerStore(read_config(broker.base / "broker.toml").database_url)
         stack.callback(store.close)
-        yield Stack(broker, sockets, str(url), tmp, KeyAdmin(store))
+        yield Stack(broker, sockets, str(url), tmp, KeyAdmin(store), exits=stack)

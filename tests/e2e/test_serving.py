@@ -23,6 +23,7 @@ import httpx
 import numpy as np
 import pytest
 
+from tests.e2e.servers import PROCESSES
 from tests.e2e.serving_fixture import (
     GATEWAY_BUDGETS,
     GLOBEX_TINY,
@@ -372,22 +373,30 @@ def test_a_client_that_leaves_mid_stream_is_charged_for_what_was_sent(stack: Sta
 
 
 def test_a_gateway_restart_resets_no_budget(stack: Stack) -> None:
-    """Spend most of a key's budget, restart the gateway (a new process on the same database): what is
-    left is what was left."""
+    """Spend most of a key's budget, restart the gateway (a new process on the same database, on
+    the same port: it serves the tests after this one): what is left is what was left. While the
+    first runs, a second gateway on the same database is refused, since each would hold its own
+    copy of the budgets."""
     token, _ = stack.key()
-    routes = {TINY: stack.sockets[TINY]}
-    with gateway_process(stack.broker, routes, *GATEWAY_BUDGETS) as url:  # type: ignore[attr-defined]
-        first = httpx.post(
-            f"{url}/v1/completions",
-            json={"model": TINY, "prompt": "x", "max_tokens": 400, "temperature": 0},
-            headers={"authorization": f"Bearer {token}"},
-            timeout=60,
-        )
-        assert 200 == first.status_code
-        spent = len(first.content)
-    with gateway_process(stack.broker, routes, *GATEWAY_BUDGETS) as url:  # type: ignore[attr-defined]
-        restarted = Stack(stack.broker, stack.sockets, str(url), stack.tmp, stack.keys)
-        rest, cut = _stream(restarted, token)
+    first = httpx.post(
+        f"{stack.gateway}/v1/completions",
+        json={"model": TINY, "prompt": "x", "max_tokens": 400, "temperature": 0},
+        headers={"authorization": f"Bearer {token}"},
+        timeout=60,
+    )
+    assert 200 == first.status_code
+    spent = len(first.content)
+    routes = {**stack.sockets, GLOBEX_TINY: stack.sockets[TINY]}
+    second = gateway_process(stack.broker, routes, *GATEWAY_BUDGETS)
+    with pytest.raises(RuntimeError, match="another gateway serves this broker's database"), second:  # type: ignore[attr-defined]
+        pass
+    running = PROCESSES[stack.gateway]
+    running.terminate()  # SIGTERM: the gateway writes what it holds, then exits
+    running.wait(30)
+    assert stack.exits is not None
+    port = int(stack.gateway.rsplit(":", 1)[1])
+    stack.exits.enter_context(gateway_process(stack.broker, routes, *GATEWAY_BUDGETS, port=port))  # type: ignore[arg-type]
+    rest, cut = _stream(stack, token)
     assert cut
     assert spent + rest <= KEY_BYTES
     assert rest < KEY_BYTES - spent + 1
