@@ -234,6 +234,8 @@ class PostgresLogStorage:
 
     @contextlib.contextmanager
     def _reading(self) -> Iterator[Any]:
+        if self._closed:  # a reader used after close must not open a connection nobody closes
+            raise AuditLogError("the audit log storage is closed")
         conn = getattr(self._local, "conn", None)
         if conn is None or conn.closed or conn.broken:
             conn = self._connect()

@@ -339,3 +339,14 @@ def test_the_audit_cli_reads_a_database_log_without_changing_it(
     assert "holds no audit log" in missing.stderr
     with psycopg.connect(libpq_url(empty), autocommit=True) as conn:
         assert conn.execute("SELECT to_regclass('audit_meta')").fetchone() == (None,)
+
+
+def test_a_closed_storage_refuses_reads_instead_of_reconnecting(
+    replicas: list[ReplicatedAuditLog], url: str, signer: NoteSigner
+) -> None:
+    replicas[0].append(ev(1))
+    reader = _reader(url, signer)
+    assert reader.size >= 2  # the handover and ev(1)
+    reader.close()
+    with pytest.raises(AuditLogError, match="closed"):
+        _ = reader.size
