@@ -74,7 +74,7 @@ class Keyring:
     @property
     def shared(self) -> bool:
         """Whether other broker processes (replicas) may change the keys in the database."""
-        return self._store.db.backend == "postgresql"
+        return self._store.db.shared
 
     def sync_signing_keys(self) -> None:
         """Bring the token signer in line with the database, where another replica may have rotated

@@ -138,7 +138,7 @@ class KeyBroker:
     @property
     def shares_state(self) -> bool:
         """Whether replicas may share this broker's database (PostgreSQL): then rate limits live there."""
-        return self.store.db.backend == "postgresql"
+        return self.store.db.shared
 
     def take_rate(self, key: str, rate: float, burst: int) -> bool:
         """Take one request from the shared token bucket ``key``; False when it is empty."""

@@ -92,25 +92,30 @@ def read_config(config_path: Path) -> BrokerConfig:
     return BrokerConfig.from_mapping(doc, config_path)
 
 
-def _client_hasher(config: BrokerConfig) -> SensitiveHasher | None:
-    """Keyed hashes of client addresses, under a subkey of ``keys/audit-hash.key`` (None when absent:
-    brokers initialised before it existed record no client hash)."""
+def _audit_hash_subkey(config: BrokerConfig, salt: bytes, info: bytes) -> bytes | None:
+    """A subkey of ``keys/audit-hash.key`` (HKDF with ``salt`` and ``info``), or None when the file
+    is absent (brokers initialised before it existed)."""
     path = config.path(config.keys.audit_hash)
     if not path.exists():
         return None
-    key = read_secret_file(path, "weightvault.hash-key")
-    subkey = hkdf_expand(hkdf_extract(b"weightvault client address v1", key), b"client")
-    return SensitiveHasher(subkey, Path(config.keys.audit_hash).stem)
+    return hkdf_expand(hkdf_extract(salt, read_secret_file(path, "weightvault.hash-key")), info)
+
+
+def _client_hasher(config: BrokerConfig) -> SensitiveHasher | None:
+    """Keyed hashes of client addresses (None without the audit hash key: no client hash is recorded)."""
+    subkey = _audit_hash_subkey(config, b"weightvault client address v1", b"client")
+    return None if subkey is None else SensitiveHasher(subkey, Path(config.keys.audit_hash).stem)
 
 
 def _handoff_key(config: BrokerConfig) -> bytes:
-    """The replicas' shared key that tags hand-offs, a subkey of ``keys/audit-hash.key`` (every
-    replica holds the same keys directory; the database alone cannot forge a hand-off)."""
-    path = config.path(config.keys.audit_hash)
-    if not path.exists():
-        raise ConfigError(f"{path}: replicas need the audit hash key (broker init writes it)")
-    key = read_secret_file(path, "weightvault.hash-key")
-    return hkdf_expand(hkdf_extract(b"weightvault audit hand-off v1", key), b"hand-off")
+    """The replicas' shared key that tags hand-offs (every replica holds the same keys directory;
+    the database alone cannot forge a hand-off)."""
+    key = _audit_hash_subkey(config, b"weightvault audit hand-off v1", b"hand-off")
+    if key is None:
+        raise ConfigError(
+            f"{config.path(config.keys.audit_hash)}: replicas need the audit hash key (broker init writes it)"
+        )
+    return key
 
 
 def load_broker(

@@ -158,6 +158,11 @@ class Database:
             sa.event.listen(self.engine, "connect", _enable_sqlite_pragmas)
         self._write_lock = threading.Lock()
 
+    @property
+    def shared(self) -> bool:
+        """Whether other broker processes (replicas) may use this database too: PostgreSQL."""
+        return self.backend == "postgresql"
+
     def migrate(self, now: int) -> int:
         """Apply pending migrations; returns the schema version.
 
