@@ -129,6 +129,8 @@ class HandoffRow:
     data: bytes
     #: The replica's tag over (origin, replica, id, data); see ``replica.handoff_tag``.
     mac: bytes | None
+    #: The log holds an entry of this id already: the row was inserted again (a replay).
+    appended: bool
 
 
 def _unavailable(exc: Exception) -> AuditUnavailableError:
@@ -348,11 +350,6 @@ class PostgresLogStorage:
         with self._writing() as cur:
             cur.execute("UPDATE audit_head SET lease_until = '-infinity' WHERE id = 1 AND fence = %s", (fence,))
 
-    def holder(self) -> tuple[str, int, bool]:
-        """(holder, fence, whether the lease is live now), for status pages and tests."""
-        row = self._one("SELECT holder, fence, lease_until > now() FROM audit_head WHERE id = 1")
-        return ("", 0, False) if row is None else (str(row[0]), int(row[1]), bool(row[2]))
-
     # -- the hand-off queue ------------------------------------------------------------------
 
     def hand_off(self, replica: str, events: Sequence[bytes], tag: Callable[[int, bytes], bytes]) -> list[int]:
@@ -377,22 +374,19 @@ class PostgresLogStorage:
         return ids
 
     def handoffs(self, skip: Sequence[int], limit: int) -> list[HandoffRow]:
-        """Queued hand-offs in id order, except the ids in ``skip`` (already being appended)."""
+        """Queued hand-offs in id order, except the ids in ``skip`` (already being appended), each
+        marked if the log already holds its id (one query: the pump runs on every notification)."""
         with self._reading() as cur:
             cur.execute(
-                "SELECT id, replica, data, mac FROM audit_handoff WHERE NOT (id = ANY(%s)) ORDER BY id LIMIT %s",
+                "SELECT h.id, h.replica, h.data, h.mac, "
+                "EXISTS (SELECT 1 FROM audit_entries e WHERE e.handoff = h.id) "
+                "FROM audit_handoff h WHERE NOT (h.id = ANY(%s)) ORDER BY h.id LIMIT %s",
                 (list(skip), limit),
             )
             return [
-                HandoffRow(int(r[0]), str(r[1]), bytes(r[2]), None if r[3] is None else bytes(r[3]))
+                HandoffRow(int(r[0]), str(r[1]), bytes(r[2]), None if r[3] is None else bytes(r[3]), bool(r[4]))
                 for r in cur.fetchall()
             ]
-
-    def appended(self, ids: Sequence[int]) -> set[int]:
-        """Which of these hand-off ids the log holds already (a row inserted again: a replay)."""
-        with self._reading() as cur:
-            cur.execute("SELECT handoff FROM audit_entries WHERE handoff = ANY(%s)", (list(ids),))
-            return {int(r[0]) for r in cur.fetchall()}
 
     def discard(self, handoff: int) -> None:
         """Delete one hand-off row that must not be appended (a replayed one, already recorded)."""

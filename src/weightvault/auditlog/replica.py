@@ -120,7 +120,6 @@ class ReplicatedAuditLog(LogReader):
         self._waiting: dict[int, Future[tuple[StoredEntry, int]]] = {}
         self._waiting_lock = threading.Lock()
         self._closing = threading.Event()
-        self._handovers = 0
         self._refused: BaseException | None = None
         self._threads = [
             threading.Thread(target=self._lease_loop, name="wv-audit-lease", daemon=True),
@@ -136,11 +135,6 @@ class ReplicatedAuditLog(LogReader):
     def is_sequencer(self) -> bool:
         log = self._sequencer
         return log is not None and log.failed is None
-
-    @property
-    def handovers(self) -> int:
-        """How many times this replica has taken the lease."""
-        return self._handovers
 
     @property
     def failed(self) -> BaseException | None:
@@ -290,10 +284,8 @@ class ReplicatedAuditLog(LogReader):
         with self._in_flight_lock:
             skip = sorted(self._in_flight)
         events: list[tuple[int, AuditEvent]] = []
-        rows = self._pg.handoffs(skip, self._batch_max)
-        replayed = self._pg.appended([row.id for row in rows]) if rows else set()
-        for row in rows:
-            if row.id in replayed:
+        for row in self._pg.handoffs(skip, self._batch_max):
+            if row.appended:
                 # The log holds this id already: the row was inserted again (its tag may be a
                 # copied valid one). Recorded, then removed; never appended twice.
                 log.append(_rejected(row, "a hand-off the log holds already (replayed)"))
@@ -362,7 +354,6 @@ class ReplicatedAuditLog(LogReader):
         except WeightVaultError:
             log.close()
             raise
-        self._handovers += 1
         self._sequencer = log
 
     def _demote(self) -> None:
