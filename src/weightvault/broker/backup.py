@@ -23,7 +23,6 @@ checkpoints already seen, is :func:`rollback_check`'s question.
 
 from __future__ import annotations
 
-import contextlib
 import hashlib
 import hmac
 import io
@@ -232,15 +231,17 @@ def _add(tar: tarfile.TarFile, name: str, data: bytes) -> None:
     tar.addfile(info, io.BytesIO(data))
 
 
-def _members(path: Path, payload_to: Path | None = None) -> tuple[bytes, int, str]:
-    """The backup's manifest (size bounded), and its payload's size and SHA-256, read in chunks;
-    with ``payload_to`` the payload is also copied to that new file. Any other member is refused."""
+def _members(path: Path, payload_to: Path | None = None) -> tuple[bytes, tuple[int, str] | None]:
+    """The backup's manifest (size bounded) and, with ``payload_to``, its payload's size and SHA-256,
+    read in chunks while the payload is copied to that new file (without, the payload is only
+    found, not read). Any other member is refused."""
     manifest: bytes | None = None
     payload: tuple[int, str] | None = None
+    payload_seen = False
     try:
         with tarfile.open(path, "r:") as tar:
             for info in tar:
-                seen = manifest is not None if info.name == "manifest.note" else payload is not None
+                seen = manifest is not None if info.name == "manifest.note" else payload_seen
                 if info.name not in _MEMBERS or not info.isfile() or seen:
                     raise BackupError(f"{path}: unexpected member {info.name!r}")
                 if info.name == "manifest.note" and info.size > _MAX_MANIFEST:
@@ -250,30 +251,33 @@ def _members(path: Path, payload_to: Path | None = None) -> tuple[bytes, int, st
                 if info.name == "manifest.note":
                     manifest = handle.read()
                     continue
+                payload_seen = True
+                if payload_to is None:
+                    continue
                 h, size = hashlib.sha256(), 0
-                with contextlib.ExitStack() as stack:
-                    out = stack.enter_context(atomic_file(payload_to, mode=0o600)) if payload_to else None
+                with atomic_file(payload_to, mode=0o600) as out:
                     while chunk := handle.read(_CHUNK):
                         h.update(chunk)
                         size += len(chunk)
-                        if out is not None:
-                            out.write(chunk)
+                        out.write(chunk)
                 payload = (size, h.hexdigest())
     except (tarfile.TarError, EOFError) as exc:
         raise BackupError(f"{path}: not a weightvault backup ({type(exc).__name__})") from exc
-    if manifest is None or payload is None:
+    if manifest is None or not payload_seen:
         raise BackupError(f"{path}: not a weightvault backup (members missing)")
-    return manifest, *payload
+    return manifest, payload
 
 
 def read_manifest(path: Path, verifier: NoteVerifier, *, payload_to: Path | None = None) -> BackupManifest:
-    """The backup's manifest, verified with ``verifier`` (the log's key), after checking the
-    payload's size and digest against it (read in chunks; with ``payload_to``, copied there too).
+    """The backup's manifest, verified with ``verifier`` (the log's key). With ``payload_to`` the
+    payload is copied there and checked against the manifest (size and SHA-256) in that one pass;
+    without, it is only found: :func:`open_backup` checks it as it copies it out, so a large
+    payload is read once per restore, not twice.
 
     Raises:
         BackupError: malformed, not signed by ``verifier``, or the payload differs from the manifest.
     """
-    text, payload_bytes, payload_sha256 = _members(path, payload_to)
+    text, payload = _members(path, payload_to)
     try:
         note = parse_note(text)
     except CheckpointError as exc:
@@ -287,7 +291,9 @@ def read_manifest(path: Path, verifier: NoteVerifier, *, payload_to: Path | None
         manifest = BackupManifest.from_json(json.loads(lines[1]))
     except json.JSONDecodeError as exc:
         raise BackupError(f"{path}: the backup manifest is malformed") from exc
-    if payload_bytes != manifest.payload_bytes or not hmac.compare_digest(payload_sha256, manifest.payload_sha256):
+    if payload is not None and (
+        payload[0] != manifest.payload_bytes or not hmac.compare_digest(payload[1], manifest.payload_sha256)
+    ):
         raise BackupError(f"{path}: the payload is not the one the manifest names")
     if manifest.origin != verifier.name:
         raise BackupError(f"{path}: a backup of the log {manifest.origin!r}, not {verifier.name!r}")

@@ -427,7 +427,7 @@ def broker_restore(
             "log (--old-log), so that an old backup cannot roll the log back; or pass --unchecked"
         )
     verifier = read_vkey(vkey)
-    manifest = read_manifest(backup, verifier)  # checked before anything else is asked for
+    manifest = read_manifest(backup, verifier)  # signature and manifest first; the payload as it is opened
     now = int(time.time())
     known = [checkpoint_of(p.read_text(), verifier, str(p), now=now) for p in checkpoints]
     if old_log is not None:
