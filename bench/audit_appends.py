@@ -60,25 +60,15 @@ def main() -> None:
         with ExitStack() as stack:
             sqlite_log = stack.enter_context(AuditLog(work / "audit.db", signer))
             key = os.urandom(32)
-            sequencer = stack.enter_context(
-                ReplicatedAuditLog(
-                    PostgresLogStorage(url, signer.name),
-                    signer,
-                    replica="s",
-                    watermark_path=work / "s.watermark",
-                    handoff_key=key,
-                )
-            )
+
+            def replica(name: str) -> ReplicatedAuditLog:
+                storage = PostgresLogStorage(url, signer.name)
+                watermark = work / f"{name}.watermark"
+                return ReplicatedAuditLog(storage, signer, replica=name, watermark_path=watermark, handoff_key=key)
+
+            sequencer = stack.enter_context(replica("s"))
             assert sequencer.wait_sequencer(10)
-            follower = stack.enter_context(
-                ReplicatedAuditLog(
-                    PostgresLogStorage(url, signer.name),
-                    signer,
-                    replica="f",
-                    watermark_path=work / "f.watermark",
-                    handoff_key=key,
-                )
-            )
+            follower = stack.enter_context(replica("f"))
             logs: dict[str, Callable[[AuditEvent], Receipt]] = {
                 "SQLite": sqlite_log.append,
                 "PostgreSQL": sequencer.append,
