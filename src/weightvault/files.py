@@ -33,7 +33,14 @@ from typing import BinaryIO, Final
 
 from weightvault.errors import ConfigError
 
-__all__ = ["atomic_directory", "atomic_file", "fsync_directory", "read_private_file", "remove_stale_partials"]
+__all__ = [
+    "atomic_directory",
+    "atomic_file",
+    "fsync_directory",
+    "read_bounded_file",
+    "read_private_file",
+    "remove_stale_partials",
+]
 
 #: Names of the temporaries this module creates (and the only names it ever removes).
 _TEMP_NAME: Final = re.compile(r"\..+\.wv-[0-9a-f]{16}\.(partial|old)")
@@ -275,3 +282,20 @@ def read_private_file(path: Path, what: str = "secret key", *, max_bytes: int | 
             return handle.read()
     except OSError as exc:
         raise ConfigError(f"{path}: cannot read {what} file ({exc.strerror})") from exc
+
+
+def read_bounded_file(path: Path, what: str, *, max_bytes: int) -> bytes:
+    """The bytes of a file that others may have written, refused when larger than ``max_bytes``
+    (read at most one byte past it, so a huge or growing file costs nothing).
+
+    Raises:
+        ConfigError: unreadable or too large.
+    """
+    try:
+        with open(path, "rb") as handle:
+            data = handle.read(max_bytes + 1)
+    except OSError as exc:
+        raise ConfigError(f"{path}: cannot read {what} file ({exc.strerror})") from exc
+    if len(data) > max_bytes:
+        raise ConfigError(f"{path}: not a {what} file (too large)")
+    return data

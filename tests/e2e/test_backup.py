@@ -21,7 +21,7 @@ from tests.e2e.broker_fixture import Broker, running_broker
 from tests.e2e.servers import serve_broker
 from weightvault.auditlog.log import LogReader
 from weightvault.client.broker import BrokerClient, SampleAttester
-from weightvault.errors import AuthenticationError
+from weightvault.errors import AuthenticationError, SealedError
 
 pytestmark = [pytest.mark.e2e, pytest.mark.slow]
 
@@ -336,3 +336,121 @@ def test_a_replicated_brokers_log_is_backed_up_from_the_database_and_restored_in
         events = [e for _, e in log.events()]
     assert [e.type for e in events[size : size + 1]] == ["broker.restore"]
     assert events[size + 1].type == "log.handover"
+
+
+def _submit(tmp_path: Path, request: Path, custodian: str, share: Path, out: Path) -> None:
+    made = wv(
+        "custody", "submit-file", request, "--key", tmp_path / f"{custodian}.key", "--share", share,
+        "--out", out, "--yes",
+    )  # fmt: skip
+    assert 0 == made.returncode, made.stderr
+    assert "RESTORE the backup of" in made.stdout  # the custodian saw which backup they open
+
+
+def _unseal(url: str, operator: str, tmp_path: Path, shares: Path, custodians: tuple[str, str]) -> None:
+    opened = wv("custody", "open", "unseal", "--broker", url, "--token", operator)
+    assert 0 == opened.returncode, opened.stderr
+    ceremony = opened.stdout.split()[1]
+    for name in custodians:
+        done = wv(
+            "custody", "submit", ceremony, "--broker", url, "--key", tmp_path / f"{name}.key",
+            "--share", shares / f"{name}.share", "--yes",
+        )  # fmt: skip
+        assert 0 == done.returncode, done.stderr
+
+
+def test_a_broker_under_custody_is_backed_up_without_its_root_key_and_restored_by_a_quorum(
+    tmp_path: Path,
+) -> None:
+    """The backup is sealed to the share set's backup key; restoring it takes M custodians' shares,
+    given as files to a ceremony the restore runs. One share, junk or a forged submission opens
+    nothing; an old backup is refused before any custodian is asked; the restored broker starts
+    sealed, under the same custody, and serves the same keys once unsealed."""
+    for name in ("ann", "ben", "cat"):
+        assert 0 == wv("person", "keygen", name, "--out", tmp_path / f"{name}.key", "--no-passphrase").returncode
+    plain = tmp_path / "small.safetensors"
+    save_file({"w": np.arange(256, dtype=np.float32)}, str(plain))
+    with running_broker(tmp_path, plain) as broker:
+        expected = _release(broker.url, broker.tokens["acme-wl"])
+    base, operator = broker.base, broker.tokens["operator"]
+    genesis = wv(
+        "custody", "genesis", "--config", base / "broker.toml", "--threshold", "2",
+        *[a for n in ("ann", "ben", "cat") for a in ("--custodian", tmp_path / f"{n}.key.pub")],
+    )  # fmt: skip
+    assert 0 == genesis.returncode, genesis.stderr
+    shares = next((base / "custody").iterdir())
+    backup = tmp_path / "custody.wvbackup"
+    made = wv("broker", "backup", "--config", base / "broker.toml", "--out", backup)
+    assert 0 == made.returncode, made.stderr
+    assert f"share set {shares.name}'s backup key" in made.stdout
+    with LogReader.open(base / "data" / "audit.db", ORIGIN) as log:
+        (tmp_path / "at-backup.note").write_text(log.latest_checkpoint().to_text())
+    vkey = base / "keys" / "audit-log.key.vkey"
+    exchange = tmp_path / "exchange"
+    exchange.mkdir()
+
+    # No root key file stands in for the custodians, and a restore needs its ceremony.
+    stray = tmp_path / "stray.key"
+    stray.write_bytes(b"not the root key")
+    with_root: list[str | Path] = ["--root-key", stray]
+    for options in (with_root, []):
+        refused = wv("broker", "restore", backup, "--into", tmp_path / "r0", "--vkey", vkey, "--unchecked", *options)
+        assert 60 == refused.returncode, refused.stderr
+        assert "made under custody" in refused.stderr
+
+    # The broker goes on under custody after the backup: its log moves past it.
+    with serve_broker(base) as url:
+        _unseal(url, operator, tmp_path, shares, ("ann", "ben"))
+        _release(url, broker.tokens["acme-wl"])
+    with LogReader.open(base / "data" / "audit.db", ORIGIN) as log:
+        (tmp_path / "newer.note").write_text(log.latest_checkpoint().to_text())
+    old = wv(
+        "broker", "restore", backup, "--into", tmp_path / "r1", "--vkey", vkey,
+        "--checkpoint", tmp_path / "newer.note", "--ceremony-dir", exchange,
+    )  # fmt: skip
+    assert 44 == old.returncode, old.stderr  # refused on the signed manifest alone, before any ceremony
+    assert [] == list(exchange.iterdir())
+    assert not (tmp_path / "r1").exists()
+
+    into = tmp_path / "restored"
+    restore = subprocess.Popen(
+        [sys.executable, "-m", "weightvault", "broker", "restore", backup, "--into", into, "--vkey", vkey,
+         "--checkpoint", tmp_path / "at-backup.note", "--ceremony-dir", exchange, "--ceremony-ttl", "120"],
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+    )  # fmt: skip
+    try:
+        request = exchange / "restore-request.json"
+        deadline = time.monotonic() + 60
+        while not request.exists():
+            assert restore.poll() is None, restore.communicate()
+            assert time.monotonic() < deadline
+            time.sleep(0.1)
+        (exchange / "junk.submission").write_text("{not json")
+        _submit(tmp_path, request, "ann", shares / "ann.share", exchange / "ann.submission")
+        # ann's submission replayed under ben's name does not count as ben's share.
+        forged = (exchange / "ann.submission").read_text().replace('"custodian":"ann"', '"custodian":"ben"')
+        (exchange / "forged.submission").write_text(forged)
+        time.sleep(1.5)
+        assert restore.poll() is None  # one share opens nothing
+        _submit(tmp_path, request, "cat", shares / "cat.share", exchange / "cat.submission")
+        out, err = restore.communicate(timeout=120)
+    finally:
+        if restore.poll() is None:
+            restore.kill()
+            restore.communicate()
+    assert 0 == restore.returncode, err
+    assert "refused junk.submission" in err
+    assert "refused forged.submission: the submission of ben is not signed" in err
+    assert "opened with the shares of ann, cat" in out
+    assert not request.exists()
+    assert not (into / "keys" / "root.key").exists()
+    assert 'root = "custody"' in (into / "broker.toml").read_text()
+    with LogReader.open(into / "data" / "audit.db", ORIGIN) as log:
+        restores = [e for _, e in log.events() if e.type == "broker.restore"]
+    assert ["ann", "cat"] == restores[0].details["custody"]["custodians"]
+    (into / "jwks.json").write_bytes((base / "jwks.json").read_bytes())
+    with serve_broker(into) as url:
+        with BrokerClient(url, broker.tokens["acme-wl"]) as client, pytest.raises(SealedError):
+            client.attest(SampleAttester())
+        _unseal(url, operator, tmp_path, shares, ("ben", "cat"))
+        assert expected == _release(url, broker.tokens["acme-wl"])

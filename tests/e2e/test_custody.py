@@ -224,6 +224,13 @@ def test_sealed_start_and_two_of_three_unseal(vault: Vault) -> None:
     assert ["c1", "c3"] == unseal.details["custodians"]
 
 
+def test_a_broker_never_opens_a_restore_ceremony(ready: Vault) -> None:
+    """Restore ceremonies open backups, run by 'broker restore' over files: a broker asking
+    custodians for shares under that name is refused at the source."""
+    with pytest.raises(CeremonyError, match="broker restore"):
+        ready.client("operator").open_ceremony("restore")
+
+
 def test_a_corrupted_share_is_refused_attributed_and_the_ceremony_completes(ready: Vault) -> None:
     ready.seal()
     start = ready.size()

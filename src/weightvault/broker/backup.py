@@ -7,8 +7,12 @@ A backup is a tar file of exactly two members:
     the line ``weightvault broker backup v1`` and one line of canonical JSON: broker id,
     creation time, the log's origin, size, root and checkpoint at the snapshot, the
     database engine, the payload's size and SHA-256, and the payload's file key wrapped
-    under the root key (``keystore.wrap_backup_key``). A checkpoint's second line is a
-    decimal size, so this note can never pass for a checkpoint signed by the same key.
+    under the root key (``keystore.wrap_backup_key``). A broker under custody has no root
+    key to wrap with: its manifest also holds the active share set (public data), and the
+    file key is sealed to the set's backup key (``keystore.seal_backup_key``), which only
+    the root key opens, so restoring takes a quorum of custodians (:func:`restore_ceremony`).
+    A checkpoint's second line is a decimal size, so this note can never pass for a
+    checkpoint signed by the same key.
 ``payload.wvlt``
     A sealed blob (docs/format.md) of a tar: ``database.json`` (every row, one snapshot:
     ``storage.snapshot``), ``audit.db`` (SQLite's online backup of the log), ``broker.toml``
@@ -31,7 +35,7 @@ import secrets
 import tarfile
 import tempfile
 import tomllib
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Final
@@ -45,32 +49,45 @@ from weightvault.auditlog.policy import WitnessPolicy
 from weightvault.auditlog.storage import copy_log
 from weightvault.auditlog.witness import HTTPWitness
 from weightvault.broker.containment import held_model
-from weightvault.broker.keystore import RootKey, unwrap_backup_key, wrap_backup_key
+from weightvault.broker.keystore import (
+    RootKey,
+    open_backup_key,
+    seal_backup_key,
+    unwrap_backup_key,
+    wrap_backup_key,
+)
 from weightvault.broker.storage import BrokerStore, HoldRow
 from weightvault.broker.storage.snapshot import export_database
 from weightvault.custody.approvals import RESTORE_OP, ApprovalPolicy, ApprovalRequest, SignedApproval, evaluate
+from weightvault.custody.ceremony import Ceremony, Submission
+from weightvault.custody.shares import ShareSet
 from weightvault.encoding import canonical_json
 from weightvault.errors import (
     ApprovalInvalidError,
     ApprovalRequiredError,
     AuditLogError,
     BackupError,
+    CeremonyError,
     CheckpointError,
     ConfigError,
     KeyAccessError,
     RollbackError,
+    ShareError,
     TransportError,
     WeightVaultError,
 )
-from weightvault.files import atomic_file
+from weightvault.files import atomic_file, read_bounded_file
 from weightvault.format.keys import FileKey
 from weightvault.sealing import seal_blob
 from weightvault.sealing.reader import SealedFile
 from weightvault.sealing.unseal import unseal_to
 
 __all__ = [
+    "REQUEST_FILE",
+    "SUBMISSION_SUFFIX",
     "BackupManifest",
     "KnownCheckpoint",
+    "RestoreQuorum",
     "approval_policy_of",
     "changes_after",
     "check_override",
@@ -81,6 +98,8 @@ __all__ = [
     "hold_targets",
     "open_backup",
     "read_manifest",
+    "restore_ceremony",
+    "restore_params",
     "restore_request",
     "rollback_check",
     "witness_heads",
@@ -105,9 +124,12 @@ class BackupManifest:
     payload_bytes: int
     payload_sha256: str
     wrapped_key: bytes
+    #: The broker's active share set when its root key is under custody (then ``wrapped_key``
+    #: is sealed to the set's backup key); None when the root key is a key file.
+    custody: ShareSet | None = None
 
     def to_json(self) -> dict[str, Any]:
-        return {
+        doc = {
             "broker": self.broker,
             "created_at": self.created_at,
             "log": {
@@ -120,6 +142,9 @@ class BackupManifest:
             "payload": {"bytes": self.payload_bytes, "sha256": self.payload_sha256},
             "wrapped_key": self.wrapped_key.hex(),
         }
+        if self.custody is not None:
+            doc["custody"] = self.custody.to_json()
+        return doc
 
     @classmethod
     def from_json(cls, doc: Any) -> BackupManifest:
@@ -136,11 +161,14 @@ class BackupManifest:
                 payload_bytes=int(payload["bytes"]),
                 payload_sha256=str(payload["sha256"]),
                 wrapped_key=bytes.fromhex(doc["wrapped_key"]),
+                custody=None if doc.get("custody") is None else ShareSet.from_json(doc["custody"]),
             )
-        except (KeyError, TypeError, ValueError) as exc:
+        except (KeyError, TypeError, ValueError, ConfigError) as exc:
             raise BackupError("the backup manifest is malformed") from exc
         if manifest.log_size < 0 or len(manifest.log_root) != 32 or manifest.payload_bytes < 0:
             raise BackupError("the backup manifest is malformed")
+        if manifest.custody is not None and manifest.custody.backup_key is None:
+            raise BackupError("the backup manifest's share set names no backup key")
         return manifest
 
 
@@ -151,12 +179,13 @@ def create_backup(
     log_db: Path,
     config_file: Path,
     key_files: Iterable[tuple[str, Path]],
-    root: RootKey,
+    encrypt_to: RootKey | ShareSet,
     signer: NoteSigner,
     broker: str,
     now: int,
 ) -> BackupManifest:
-    """Write a backup of the running (or stopped) broker to ``out`` atomically.
+    """Write a backup of the running (or stopped) broker to ``out`` atomically, encrypted under
+    its root key, or, for a broker under custody, sealed to the backup key of its share set.
 
     The log is copied first and the database exported after, so the database is never
     older than the log: every state change the log shows is in it (write-ahead rule).
@@ -164,7 +193,13 @@ def create_backup(
     Raises:
         AuditLogError: the log does not verify (a damaged log is not backed up silently).
         StorageUnavailableError: the database cannot be read.
+        ConfigError: the share set names no backup key (dealt by an older version).
     """
+    if isinstance(encrypt_to, ShareSet) and encrypt_to.backup_key is None:
+        raise ConfigError(
+            f"share set {encrypt_to.id} was dealt before backups under custody existed and names no "
+            "backup key: run a rekey ceremony (the same custodians will do), then back up"
+        )
     with tempfile.TemporaryDirectory(prefix="wv-backup-") as tmp:
         work = Path(tmp)
         origin = copy_log(log_db, work / "audit.db")
@@ -183,7 +218,11 @@ def create_backup(
         file_key = FileKey.generate()
         try:
             seal_blob(inner, work / "payload.wvlt", name="weightvault-broker-backup", file_key=file_key)
-            wrapped = wrap_backup_key(root, broker, now, file_key)
+            if isinstance(encrypt_to, ShareSet):
+                assert encrypt_to.backup_key is not None  # checked above
+                wrapped = seal_backup_key(encrypt_to.backup_key, broker, now, file_key)
+            else:
+                wrapped = wrap_backup_key(encrypt_to, broker, now, file_key)
         finally:
             file_key.wipe()
         payload_path = work / "payload.wvlt"
@@ -199,6 +238,7 @@ def create_backup(
             payload_bytes=payload_bytes,
             payload_sha256=payload_sha256,
             wrapped_key=wrapped,
+            custody=encrypt_to if isinstance(encrypt_to, ShareSet) else None,
         )
         text = f"{HEADER}\n{canonical_json(manifest.to_json()).decode()}\n"
         note = Note(text, (signer.sign(text),)).to_text().encode()
@@ -357,13 +397,15 @@ def witness_heads(config_text: str, verifier: NoteVerifier, now: int) -> list[Kn
     return heads
 
 
-def rollback_check(manifest: BackupManifest, log: LogReader, known: Sequence[KnownCheckpoint]) -> None:
+def rollback_check(manifest: BackupManifest, log: LogReader | None, known: Sequence[KnownCheckpoint]) -> None:
     """Refuse a backup whose log is older than, or not an extension of, any known tree head.
 
     ``log`` is the backup's own log (verified). A known head larger than the backup's means
     events after the backup were seen (a revocation, a policy change): restoring would
     undo them silently. A head of the same or a smaller size must be the backup's tree at
-    that size, else the backup is of another history.
+    that size, else the backup is of another history. With ``log`` None (the payload is
+    not decrypted yet) only what the signed manifest settles is checked: heads larger than
+    the backup's, and heads of its size; smaller ones wait for the log.
 
     Raises:
         RollbackError: the backup is behind, or off, a known head.
@@ -374,8 +416,120 @@ def rollback_check(manifest: BackupManifest, log: LogReader, known: Sequence[Kno
                 f"the backup's log ends at size {manifest.log_size}, but {head.source} has seen size "
                 f"{head.size}: restoring it would undo what happened since"
             )
-        if not hmac.compare_digest(log.root_at(head.size), head.root):
+        if head.size == manifest.log_size:
+            root = manifest.log_root
+        elif log is None:
+            continue
+        else:
+            root = log.root_at(head.size)
+        if not hmac.compare_digest(root, head.root):
             raise RollbackError(f"the backup's log is not the history {head.source} has seen (size {head.size})")
+
+
+REQUEST_FILE: Final = "restore-request.json"
+SUBMISSION_SUFFIX: Final = ".submission"
+
+
+@dataclass(frozen=True, slots=True)
+class RestoreQuorum:
+    """What a restore ceremony produced: the root key and who gave their shares."""
+
+    root: RootKey
+    ceremony: str
+    custodians: tuple[str, ...]
+
+
+def restore_params(manifest: BackupManifest) -> dict[str, Any]:
+    """The backup a restore ceremony opens, as custodians see and sign it."""
+    return {
+        "backup": {
+            "broker": manifest.broker,
+            "created_at": manifest.created_at,
+            "log_size": manifest.log_size,
+            "payload_sha256": manifest.payload_sha256,
+        }
+    }
+
+
+def restore_ceremony(
+    manifest: BackupManifest,
+    exchange: Path,
+    *,
+    ttl: int,
+    clock: Callable[[], float],
+    sleep: Callable[[float], None],
+    report: Callable[[str], None],
+    poll_seconds: float = 0.5,
+) -> RestoreQuorum:
+    """Rebuild the root key of a backup made under custody from a quorum of custodians' shares.
+
+    Writes the ceremony's terms to ``exchange``/restore-request.json, then reads every
+    ``*.submission`` file that appears there (custodians write them with ``weightvault custody
+    submit-file``) until the share set's threshold is met. Each share is checked as it
+    arrives (signature, encryption to this ceremony, commitment); a refused file is reported
+    with ``report`` and skipped, so one bad file neither ends the ceremony nor counts. The
+    ceremony's private key and the shares live only in this process; the request file is
+    removed when the ceremony ends, whichever way.
+
+    Raises:
+        ConfigError: the backup was not made under custody, or ``exchange`` is unusable.
+        CeremonyError: the ceremony expired before enough shares came.
+        ShareError: the shares rebuild a key that fails the set's key-check value.
+    """
+    share_set = manifest.custody
+    if share_set is None:
+        raise ConfigError("this backup is encrypted under a root key file, not under custody")
+    if not exchange.is_dir():
+        raise ConfigError(f"{exchange}: not a directory (custodians' submissions are exchanged there)")
+    ceremony = Ceremony.open(manifest.broker, "restore", share_set, restore_params(manifest), now=int(clock()), ttl=ttl)
+    request = exchange / REQUEST_FILE
+    seen: set[tuple[str, int, int]] = set()
+    try:
+        with atomic_file(request, mode=0o644, overwrite=True) as out:
+            out.write(canonical_json(ceremony.terms.to_json()) + b"\n")
+        report(
+            f"restore ceremony {ceremony.id[:16]}: {ceremony.needed} of {len(share_set.custodians)} custodians "
+            f"({', '.join(c.id for c in share_set.custodians)}) each run 'weightvault custody submit-file "
+            f"{request} --key KEY --share SHARE --out {exchange}/NAME{SUBMISSION_SUFFIX}'"
+        )
+        while True:
+            for path in sorted(exchange.glob(f"*{SUBMISSION_SUFFIX}")):
+                try:
+                    stat = path.stat()
+                except OSError:
+                    continue
+                version = (path.name, stat.st_size, stat.st_mtime_ns)
+                if version in seen:  # each version of a file is read once; a rewritten file again
+                    continue
+                seen.add(version)
+                try:
+                    submission = Submission.from_bytes(read_bounded_file(path, "submission", max_bytes=64 << 10))
+                    if submission.ceremony != ceremony.id:
+                        raise ShareError("it is for another ceremony")
+                    done = ceremony.submit(submission.custodian, submission.sealed, submission.signature, int(clock()))
+                except (ShareError, ConfigError) as exc:
+                    report(f"refused {path.name}: {exc}")
+                    continue
+                except CeremonyError as exc:
+                    if ceremony.status != "open":
+                        raise
+                    report(f"refused {path.name}: {exc}")
+                    continue
+                report(f"accepted the share of {submission.custodian} ({len(ceremony.submitted)} of {ceremony.needed})")
+                if done:
+                    custodians = tuple(ceremony.submitted)
+                    root = ceremony.finish()
+                    assert root is not None
+                    return RestoreQuorum(RootKey(root), ceremony.id, custodians)
+            if clock() >= ceremony.terms.expires_at:
+                ceremony.expire()
+                raise CeremonyError(
+                    f"the restore ceremony expired with {len(ceremony.submitted)} of {ceremony.needed} shares"
+                )
+            sleep(poll_seconds)
+    finally:
+        ceremony.wipe()
+        request.unlink(missing_ok=True)
 
 
 def open_backup(backup: Path, verifier: NoteVerifier, root: RootKey, into: Path) -> tuple[BackupManifest, Path]:
@@ -393,7 +547,10 @@ def open_backup(backup: Path, verifier: NoteVerifier, root: RootKey, into: Path)
     except BaseException:
         sealed_path.unlink(missing_ok=True)
         raise
-    file_key = unwrap_backup_key(root, manifest.broker, manifest.created_at, manifest.wrapped_key)
+    if manifest.custody is not None:
+        file_key = open_backup_key(root, manifest.broker, manifest.created_at, manifest.wrapped_key)
+    else:
+        file_key = unwrap_backup_key(root, manifest.broker, manifest.created_at, manifest.wrapped_key)
     try:
         with (
             SealedFile(sealed_path) as sealed,

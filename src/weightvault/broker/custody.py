@@ -19,6 +19,7 @@ from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 from weightvault.auditlog.events import AuditEvent
+from weightvault.broker.keystore import backup_recipient
 from weightvault.broker.recording import AuditRecorder
 from weightvault.broker.storage import BrokerStore, ShareSetRow
 from weightvault.custody.ceremony import Ceremony, CeremonyTerms, parse_rekey_params
@@ -94,7 +95,7 @@ class CustodyService:
         """
         if self.share_set("active") is not None:
             raise ConflictError("custody is already set up; change it with a rekey ceremony")
-        share_set, deliveries = deal(root, threshold, custodians)
+        share_set, deliveries = deal(root, threshold, custodians, backup_key=backup_recipient(root))
         self._log(self._set_event("custody.genesis", actor, share_set))
         self._store_set(share_set, "active", deliveries)
         return share_set
@@ -155,6 +156,8 @@ class CustodyService:
         """
         now = self._now()
         params = dict(params or {})
+        if kind == "restore":  # run by 'broker restore' over files, never by a serving broker
+            raise CeremonyError("a broker does not open restore ceremonies: 'weightvault broker restore' runs them")
         with self._lock:
             self._reap(now)
             if kind == "verify" and set_id is not None:
@@ -321,7 +324,7 @@ class CustodyService:
         else:
             assert root is not None
             threshold, people = parse_rekey_params(ceremony.terms.params)
-            new_set, deliveries = deal(root, threshold, people)
+            new_set, deliveries = deal(root, threshold, people, backup_key=backup_recipient(root))
             self._log(
                 self._set_event(
                     "custody.rekey",

@@ -14,13 +14,36 @@ tenant, model and version: a wrapped key copied to another tenant's row, or to
 another model, does not unwrap. Rotated signing keys are wrapped the same way
 (info "weightvault/v1 signing-key", aad = JCS({"purpose", "kid"})), and so is a backup's
 file key (info "weightvault/v1 backup-key", aad = JCS({"purpose", "broker", "created_at"})).
+
+A broker under custody has no root key to hand when it is backed up, so its backups'
+file keys are sealed to a public key instead, whose private half only the root key gives::
+
+    backup recipient = HPKE key pair (ML-KEM-768 + X25519) derived from
+                       HKDF(RK, "weightvault/v1 backup-recipient")
+    sealed file key  = HPKE(recipient, FK, info = "weightvault/v1 backup-key" ‖ 0x00 ‖
+                                                  JCS({"broker", "created_at"}))
+
+The public half is in every share set (dealt while the root key is in memory), so
+anyone can seal a backup to it and only a quorum of custodians, by rebuilding the root
+key, can open one.
+
 The root key
 comes from a key file, or from an M-of-N unseal ceremony (docs/custody.md).
 """
 
 from __future__ import annotations
 
-from weightvault.crypto.keywrap import WRAP_SALT_BYTES, InvalidTag, unwrap_with_secret, wrap_with_secret
+from weightvault.crypto.keywrap import (
+    WRAP_SALT_BYTES,
+    HPKEKem,
+    InvalidTag,
+    hpke_derive,
+    hpke_open,
+    hpke_public_key,
+    hpke_seal,
+    unwrap_with_secret,
+    wrap_with_secret,
+)
 from weightvault.crypto.secret import SecretBytes, random_bytes
 from weightvault.encoding import canonical_json
 from weightvault.errors import ConfigError, KeyAccessError
@@ -28,6 +51,9 @@ from weightvault.format.keys import FileKey
 
 __all__ = [
     "RootKey",
+    "backup_recipient",
+    "open_backup_key",
+    "seal_backup_key",
     "unwrap_backup_key",
     "unwrap_file_key",
     "unwrap_kek",
@@ -42,6 +68,8 @@ _INFO_KEK = b"weightvault/v1 tenant-kek"
 _INFO_MODEL = b"weightvault/v1 model-key"
 _INFO_SIGNING = b"weightvault/v1 signing-key"
 _INFO_BACKUP = b"weightvault/v1 backup-key"
+_INFO_RECIPIENT = b"weightvault/v1 backup-recipient"
+_BACKUP_KEM = HPKEKem.MLKEM768_X25519
 
 
 class RootKey:
@@ -144,3 +172,28 @@ def unwrap_backup_key(root: RootKey, broker: str, created_at: int, blob: bytes) 
         return FileKey(unwrap_with_secret(root.reveal(), salt, _INFO_BACKUP, wrapped, aad))
     except InvalidTag as exc:
         raise KeyAccessError("the backup's key does not unwrap under this root key") from exc
+
+
+def _backup_info(broker: str, created_at: int) -> bytes:
+    return _INFO_BACKUP + b"\x00" + canonical_json({"broker": broker, "created_at": created_at})
+
+
+def backup_recipient(root: bytes) -> bytes:
+    """The public key that backups of a broker under custody are sealed to (derived from ``root``)."""
+    return hpke_public_key(_BACKUP_KEM, hpke_derive(_BACKUP_KEM, root, _INFO_RECIPIENT))
+
+
+def seal_backup_key(recipient: bytes, broker: str, created_at: int, file_key: FileKey) -> bytes:
+    """A backup's file key sealed to ``recipient`` (:func:`backup_recipient`) for this broker and time."""
+    return hpke_seal(_BACKUP_KEM, recipient, file_key.reveal(), _backup_info(broker, created_at))
+
+
+def open_backup_key(root: RootKey, broker: str, created_at: int, sealed: bytes) -> FileKey:
+    """Raises KeyAccessError unless ``sealed`` was sealed to this root key's recipient for (broker, created_at)."""
+    private = SecretBytes(hpke_derive(_BACKUP_KEM, root.reveal(), _INFO_RECIPIENT))
+    try:
+        return FileKey(hpke_open(_BACKUP_KEM, private.reveal(), sealed, _backup_info(broker, created_at)))
+    except InvalidTag as exc:
+        raise KeyAccessError("the backup's key does not open under this root key") from exc
+    finally:
+        private.wipe()

@@ -274,6 +274,8 @@ def broker_backup(config_path: Path, out: Path) -> None:
 
     Safe while the broker runs. Encrypted under the root key (which is not in the backup:
     keep it apart) and signed with the audit log's key. Restore with 'broker restore'.
+    A broker under custody needs no root key to back up: the backup is sealed to its share
+    set's backup key, and restoring it takes a quorum of custodians.
     """
     import time
 
@@ -281,20 +283,27 @@ def broker_backup(config_path: Path, out: Path) -> None:
     from weightvault.broker.backup import create_backup
     from weightvault.broker.keystore import RootKey
     from weightvault.broker.storage import BrokerStore
+    from weightvault.custody.shares import ShareSet
     from weightvault.files import read_private_file
     from weightvault.sealing.keyfiles import read_secret_file
     from weightvault.server.broker_main import read_config
 
     config = read_config(config_path)
-    if config.keys.root == "custody":
-        raise ConfigError("this broker's root key is under custody: 'broker backup' needs a root key file (for now)")
-    root = RootKey(read_secret_file(config.path(config.keys.root), "weightvault.root-key"))
     signer = NoteSigner.from_skey(read_private_file(config.path(config.keys.audit_log), "signing key").decode())
     keys = [(Path(getattr(config.keys, k)).name, config.path(getattr(config.keys, k))) for k in _BACKED_UP_KEYS]
     keys.append((Path(config.keys.audit_log).name + ".vkey", config.path(config.keys.audit_log + ".vkey")))
     store = BrokerStore(config.database_url)
     scratch = None
     log_db = config.path(config.audit_db)
+    encrypt_to: RootKey | ShareSet
+    if config.keys.root == "custody":
+        row = store.custody.share_set("active")
+        if row is None:
+            store.close()
+            raise ConfigError("this broker's root key is under custody but it has no active share set")
+        encrypt_to = ShareSet.from_json(row.document)
+    else:
+        encrypt_to = RootKey(read_secret_file(config.path(config.keys.root), "weightvault.root-key"))
     try:
         if config.audit.storage == "database":  # the replicas' log, cut at its head into a file
             import tempfile
@@ -315,7 +324,7 @@ def broker_backup(config_path: Path, out: Path) -> None:
             log_db=log_db,
             config_file=config_path,
             key_files=keys,
-            root=root,
+            encrypt_to=encrypt_to,
             signer=signer,
             broker=config.broker_id,
             now=int(time.time()),
@@ -324,17 +333,35 @@ def broker_backup(config_path: Path, out: Path) -> None:
         if scratch is not None:
             scratch.cleanup()
         store.close()
-        root.wipe()
+        if isinstance(encrypt_to, RootKey):
+            encrypt_to.wipe()
+    under = "the root key" if manifest.custody is None else f"share set {manifest.custody.id}'s backup key"
     click.echo(
         f"backup written to {out}: log size {manifest.log_size}, {manifest.backend} database, "
-        f"{manifest.payload_bytes} bytes encrypted under the root key"
+        f"{manifest.payload_bytes} bytes encrypted to {under}"
     )
 
 
 @broker.command("restore")
 @click.argument("backup", type=click.Path(path_type=Path, exists=True, dir_okay=False))
 @click.option("--into", type=click.Path(path_type=Path, file_okay=False), required=True, help="A new broker directory.")
-@click.option("--root-key", type=click.Path(path_type=Path, exists=True, dir_okay=False), required=True)
+@click.option(
+    "--root-key",
+    type=click.Path(path_type=Path, exists=True, dir_okay=False),
+    help="The root key file the backup was made under (brokers whose root key is a file).",
+)
+@click.option(
+    "--ceremony-dir",
+    type=click.Path(path_type=Path, file_okay=False, exists=True),
+    help="Backups made under custody: the directory where custodians' submissions are exchanged.",
+)
+@click.option(
+    "--ceremony-ttl",
+    type=click.IntRange(60, 3600),
+    default=900,
+    show_default=True,
+    help="Seconds the custodians have to submit their shares.",
+)
 @click.option("--vkey", required=True, help="The audit log's verifier key (or a file holding it), as auditors pin it.")
 @click.option(
     "--checkpoint",
@@ -369,7 +396,9 @@ def broker_backup(config_path: Path, out: Path) -> None:
 def broker_restore(
     backup: Path,
     into: Path,
-    root_key: Path,
+    root_key: Path | None,
+    ceremony_dir: Path | None,
+    ceremony_ttl: int,
     vkey: str,
     checkpoints: tuple[Path, ...],
     old_log: Path | None,
@@ -391,6 +420,11 @@ def broker_restore(
     --approval files, the restore goes ahead: the old log is kept (append-only) and every
     principal, device, gateway key and model that a change after the backup touched is
     held until an operator lifts it.
+
+    A backup made under custody needs no root key file: the restore runs a ceremony in
+    --ceremony-dir, where custodians drop the files 'weightvault custody submit-file' makes,
+    and goes on once a quorum of shares rebuilds the root key. The restored broker starts
+    sealed, under the same custody, and is unsealed as usual.
     """
     import tempfile
     import time
@@ -406,6 +440,7 @@ def broker_restore(
         hold_changes,
         open_backup,
         read_manifest,
+        restore_ceremony,
         rollback_check,
         witness_heads,
     )
@@ -433,8 +468,29 @@ def broker_restore(
     if old_log is not None:
         with LogReader.open(old_log, verifier.name) as log:
             known.append(KnownCheckpoint(log.size, log.root_at(log.size), str(old_log)))
-    root = RootKey(read_secret_file(root_key, "weightvault.root-key"))
     approvals = [_read_approval(p) for p in approval_files]
+    quorum = None
+    if manifest.custody is None:
+        if root_key is None or ceremony_dir is not None:
+            raise ConfigError("this backup is encrypted under a root key file: pass --root-key (not --ceremony-dir)")
+        root = RootKey(read_secret_file(root_key, "weightvault.root-key"))
+    else:
+        if root_key is not None or ceremony_dir is None:
+            raise ConfigError(
+                f"this backup was made under custody (share set {manifest.custody.id}): pass --ceremony-dir, "
+                "where a quorum of custodians submits their shares"
+            )
+        if old_log is None or approval_request is None:  # refused whatever the payload holds: ask nobody
+            rollback_check(manifest, None, known)
+        quorum = restore_ceremony(
+            manifest,
+            ceremony_dir,
+            ttl=ceremony_ttl,
+            clock=time.time,
+            sleep=time.sleep,
+            report=lambda line: click.echo(line, err=True),
+        )
+        root = quorum.root
     before = _paths_under(into)
     override: _Override | None = None
     try:
@@ -460,7 +516,8 @@ def broker_restore(
                 target = into / "keys" / path.name
                 target.write_bytes(path.read_bytes())
                 target.chmod(0o644 if path.name.endswith(".vkey") else 0o600)
-            write_secret_file(into / "keys/root.key", "weightvault.root-key", root.reveal())
+            if quorum is None:  # under custody the root key stays in the custodians' shares
+                write_secret_file(into / "keys/root.key", "weightvault.root-key", root.reveal())
             config_text = _restored_config((unpacked / "broker.toml").read_text(), database_url)
             (into / "broker.toml").write_text(config_text)
             (into / "broker.toml").chmod(0o600)
@@ -489,6 +546,8 @@ def broker_restore(
             "checked_against": [{"size": k.size, "source": Path(k.source).name} for k in known],
             "unchecked": unchecked,
         }
+        if quorum is not None:
+            details["custody"] = {"ceremony": quorum.ceremony, "custodians": list(quorum.custodians)}
         if override is not None:
             details["rollback"] = {
                 "approval_request": override.request_id,
@@ -521,6 +580,11 @@ def broker_restore(
         f"log size {manifest.log_size if override is None else override.log_size} (+1 broker.restore event); "
         f"start it with '{serve}'"
     )
+    if quorum is not None:
+        click.echo(
+            f"  opened with the shares of {', '.join(quorum.custodians)}; the broker starts sealed: unseal it "
+            "with 'weightvault custody open unseal' as usual"
+        )
     if override is not None:
         click.echo(
             f"  ROLLBACK approved by {', '.join(override.approvers)}: the log keeps the {override.changes} state "
@@ -615,11 +679,12 @@ def _approve_rollback(
 
 def _restored_config(text: str, database_url: str) -> str:
     """The backed-up broker.toml with the restore's database, and every key file in keys/ (where the
-    restore put them, under the names they had)."""
+    restore put them, under the names they had); a root key under custody stays under custody."""
     import tomllib
 
     try:
-        key_names = {k: Path(v).name for k, v in tomllib.loads(text).get("keys", {}).items() if isinstance(v, str)}
+        keys = tomllib.loads(text).get("keys", {})
+        key_names = {k: Path(v).name for k, v in keys.items() if isinstance(v, str)}
     except tomllib.TOMLDecodeError as exc:
         raise ConfigError(f"the backup's broker.toml does not parse: {exc}") from exc
     out, section = [], ""
@@ -630,8 +695,8 @@ def _restored_config(text: str, database_url: str) -> str:
         key = stripped.split("=", 1)[0].strip() if "=" in stripped and not stripped.startswith("#") else ""
         if section == "storage" and key == "url":
             out.append(f"url = {json.dumps(database_url)}")
-        elif section == "keys" and key == "root":
-            out.append('root = "keys/root.key"')
+        elif section == "keys" and key == "root":  # under custody it stays there
+            out.append('root = "custody"' if keys.get("root") == "custody" else 'root = "keys/root.key"')
         elif section == "keys" and key in _BACKED_UP_KEYS:
             out.append(f"{key} = {json.dumps('keys/' + key_names[key])}")
         else:

@@ -223,6 +223,12 @@ def _describe_terms(terms: Any) -> str:
         f"  share set: {terms.set_id}",
         f"  expires at: {terms.expires_at}",
     ]
+    if terms.kind == "restore":
+        backup = terms.params.get("backup", {})
+        lines.append(
+            f"  RESTORE the backup of {backup.get('broker')} made at {backup.get('created_at')} "
+            f"(log size {backup.get('log_size')}, payload sha256 {backup.get('payload_sha256')})"
+        )
     if terms.kind == "rekey":
         from weightvault.custody.ceremony import parse_rekey_params
 
@@ -254,6 +260,8 @@ def custody_submit(
     share = open_delivered(key, set_id, sealed)
     with make_anonymous_client(url, ca) as client:
         terms = CeremonyTerms.from_json(client.ceremony(ceremony_id))
+        if terms.kind == "restore":
+            raise ConfigError("a broker never runs restore ceremonies: refusing to send it a share for one")
         if terms.set_id != set_id:
             raise ConfigError(f"the ceremony collects shares of set {terms.set_id}; this share is of set {set_id}")
         _confirm(_describe_terms(terms), yes)
@@ -262,6 +270,45 @@ def custody_submit(
         click.echo(f"share accepted; ceremony done ({terms.kind} with {', '.join(result['submitted'])})")
     else:
         click.echo(f"share accepted: {len(result['submitted'])} of {result['needed']}; ceremony {result['status']}")
+
+
+@custody.command("submit-file")
+@click.argument("request", type=click.Path(path_type=Path, exists=True, dir_okay=False))
+@click.option("--key", "key_path", type=click.Path(path_type=Path, exists=True), required=True)
+@click.option("--share", "share_path", type=click.Path(path_type=Path, exists=True), required=True)
+@click.option("--out", type=click.Path(path_type=Path, dir_okay=False), required=True, help="The submission file.")
+@click.option("--yes", is_flag=True, help="Do not ask for confirmation after showing the terms.")
+def custody_submit_file(request: Path, key_path: Path, share_path: Path, out: Path, yes: bool) -> None:
+    """Answer a restore ceremony's request file with your share, encrypted to it and signed (custodians).
+
+    'weightvault broker restore' writes REQUEST when it restores a backup made under custody;
+    put the file written to --out in the directory the request came from.
+    """
+    from weightvault.custody.ceremony import CeremonyTerms, Submission, prepare_submission
+    from weightvault.custody.shares import open_delivered
+    from weightvault.errors import CeremonyError
+    from weightvault.files import read_bounded_file
+
+    try:
+        doc = json.loads(read_bounded_file(request, "ceremony request", max_bytes=64 << 10))
+    except ValueError as exc:
+        raise CeremonyError(f"{request}: not a ceremony request ({exc})") from exc
+    if not isinstance(doc, dict):
+        raise CeremonyError(f"{request}: not a ceremony request")
+    terms = CeremonyTerms.from_json(doc)
+    if terms.kind != "restore":
+        raise CeremonyError(f"{request}: only restore ceremonies run over files; this is a {terms.kind}")
+    key = load_person_key(key_path)
+    set_id, custodian, sealed = _read_share_file(share_path)
+    if custodian != key.id:
+        raise ConfigError(f"{share_path} is {custodian}'s share, the key is {key.id}'s")
+    if terms.set_id != set_id:
+        raise ConfigError(f"the ceremony collects shares of set {terms.set_id}; this share is of set {set_id}")
+    share = open_delivered(key, set_id, sealed)
+    _confirm(_describe_terms(terms), yes)
+    sealed_share, signature = prepare_submission(key, terms, share)
+    _write(out, Submission(terms.id, key.id, sealed_share, signature).to_bytes(), 0o644)
+    click.echo(f"submission of {key.id} for ceremony {terms.id[:16]} written to {out}")
 
 
 @custody.command("cancel")

@@ -31,6 +31,7 @@ __all__ = [
     "WRAP_SALT_BYTES",
     "HPKEKem",
     "InvalidTag",
+    "hpke_derive",
     "hpke_generate",
     "hpke_open",
     "hpke_public_key",
@@ -99,6 +100,19 @@ def hpke_generate(kem: HPKEKem) -> tuple[bytes, bytes]:
     private = ml.private_bytes_raw() + xk.private_bytes_raw()
     public = ml.public_key().public_bytes_raw() + xk.public_key().public_bytes_raw()
     return private, public
+
+
+def hpke_derive(kem: HPKEKem, secret: bytes, info: bytes) -> bytes:
+    """A raw private key derived from a secret of at least 32 uniformly random bytes.
+
+    HKDF-SHA256 (extract with an empty salt, then expand with ``info``) gives exactly
+    :attr:`HPKEKem.private_key_bytes`: every string of that length is a valid key (X25519
+    clamps its scalar, ML-KEM-768 expands its 64-byte seed), so the same secret and
+    ``info`` always give the same key pair, and distinct ``info`` give independent ones.
+    """
+    if len(secret) < 32:
+        raise ValueError("a derived HPKE key needs a secret of at least 32 bytes")
+    return hkdf_expand(hkdf_extract(b"", secret), info, kem.private_key_bytes)
 
 
 def hpke_public_key(kem: HPKEKem, private: bytes) -> bytes:

@@ -25,12 +25,21 @@ custodian belongs to the set and has not submitted; the signature; the
 decryption; the share's commitment (so a corrupted share is refused *at
 submission* and attributed). Only a custodian's signature over
 ``"weightvault/v1 custody-cancel\\n" ceremony_id "\\n" custodian "\\n"`` cancels.
+
+A *restore* ceremony is run by ``weightvault broker restore`` itself, not by a broker:
+it rebuilds the root key of a broker under custody to open that broker's backup, whose
+identity (broker, time, log size, payload digest) is its ``params``, so a custodian's
+signature covers exactly the backup they agreed to open. With no network between the
+restoring machine and the custodians, the terms and the submissions travel as files
+(:class:`Submission`).
 """
 
 from __future__ import annotations
 
+import base64
 import hashlib
 import hmac
+import json
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any, Final
@@ -47,13 +56,16 @@ __all__ = [
     "KINDS",
     "Ceremony",
     "CeremonyTerms",
+    "Submission",
     "cancel_message",
     "prepare_submission",
     "rekey_params",
     "submission_message",
 ]
 
-KINDS: Final = ("unseal", "verify", "rekey")
+KINDS: Final = ("unseal", "verify", "rekey", "restore")
+SUBMISSION_KIND: Final = "weightvault.custody-submission"
+_MAX_SUBMISSION: Final = 64 << 10
 MAX_TTL_SECONDS: Final = 3600
 _SUBMIT: Final = b"weightvault/v1 custody-submit"
 _CANCEL: Final = b"weightvault/v1 custody-cancel"
@@ -148,6 +160,45 @@ def prepare_submission(key: PersonKey, terms: CeremonyTerms, share: bytes) -> tu
     return sealed, key.sign(submission_message(terms.id, key.id, sealed))
 
 
+@dataclass(frozen=True, slots=True)
+class Submission:
+    """One custodian's share for one ceremony, as a file: what :func:`prepare_submission` made."""
+
+    ceremony: str
+    custodian: str
+    sealed: bytes
+    signature: bytes
+
+    def to_bytes(self) -> bytes:
+        doc = {
+            "kind": SUBMISSION_KIND,
+            "version": 1,
+            "ceremony": self.ceremony,
+            "custodian": self.custodian,
+            "sealed": base64.b64encode(self.sealed).decode(),
+            "signature": base64.b64encode(self.signature).decode(),
+        }
+        return canonical_json(doc) + b"\n"
+
+    @classmethod
+    def from_bytes(cls, data: bytes) -> Submission:
+        """Raises CeremonyError on anything but a submission file (size bounded)."""
+        if len(data) > _MAX_SUBMISSION:
+            raise CeremonyError("not a submission file (too large)")
+        try:
+            doc = json.loads(data)
+            if not isinstance(doc, dict) or doc.get("kind") != SUBMISSION_KIND or doc.get("version") != 1:
+                raise ValueError("not a submission file")
+            return cls(
+                str(doc["ceremony"]),
+                str(doc["custodian"]),
+                base64.b64decode(str(doc["sealed"]), validate=True),
+                base64.b64decode(str(doc["signature"]), validate=True),
+            )
+        except (KeyError, TypeError, ValueError) as exc:  # binascii.Error and JSONDecodeError are ValueErrors
+            raise CeremonyError(f"not a submission file ({exc})") from exc
+
+
 @dataclass
 class Ceremony:
     """A ceremony in progress. Holds the ceremony's private key and the shares received (in memory only)."""
@@ -238,7 +289,7 @@ class Ceremony:
         self.wipe()
 
     def finish(self) -> bytes | None:
-        """Combine the shares; returns the root key for unseal and rekey, None for verify-all.
+        """Combine the shares; returns the root key for unseal, rekey and restore, None for verify-all.
 
         Raises:
             CeremonyError: not enough shares yet.

@@ -9,7 +9,11 @@ holds the root key at that moment)::
     delivered_i     = HPKE(ML-KEM-768+X25519, custodian_i.hpke, share_i,
                            info = "weightvault/v1 custody-deliver" ‖ 0x00 ‖ JCS({set, custodian}))
 
-The commitments and the KCV are public (logged in the audit log): for M >= 2 a
+A set also names ``backup_key``: the public key that backups of the broker are sealed
+to, derived from RK (``broker.keystore.backup_recipient``), so that a broker under
+custody can be backed up without its root key and restored only by a quorum.
+
+The commitments, the KCV and the backup key are public (logged in the audit log): for M >= 2 a
 single share is uniformly random, so its hash reveals nothing about the root
 key, and the KCV is a PRF output that does not help an attacker who lacks RK.
 They give what Vault's Shamir lacks (hashicorp/vault#2484): a corrupted or
@@ -22,6 +26,7 @@ set cannot stand in for one of the current set.
 
 from __future__ import annotations
 
+import base64
 import hashlib
 import hmac
 from collections.abc import Mapping, Sequence
@@ -78,6 +83,8 @@ class ShareSet:
     threshold: int
     custodians: tuple[CustodianSlot, ...]
     kcv: str
+    #: The public key backups are sealed to; None in sets dealt before backups under custody existed.
+    backup_key: bytes | None = None
 
     def slot(self, custodian: str) -> CustodianSlot | None:
         return next((c for c in self.custodians if c.id == custodian), None)
@@ -93,17 +100,23 @@ class ShareSet:
             raise ShareError(f"the share of {custodian} does not match its commitment (corrupted or from another set)")
 
     def to_json(self) -> dict[str, Any]:
-        return {
+        doc: dict[str, Any] = {
             "id": self.id,
             "threshold": self.threshold,
             "kcv": self.kcv,
             "custodians": [{**c.person.to_json(), "commitment": c.commitment} for c in self.custodians],
         }
+        if self.backup_key is not None:
+            doc["backup_key"] = base64.b64encode(self.backup_key).decode()
+        return doc
 
     @classmethod
     def from_json(cls, doc: Mapping[str, Any]) -> ShareSet:
+        """Raises KeyError, TypeError or ValueError (binascii.Error included) on a malformed document."""
         slots = tuple(CustodianSlot(PersonPublic.from_json(c), str(c["commitment"])) for c in doc["custodians"])
-        return cls(str(doc["id"]), int(doc["threshold"]), slots, str(doc["kcv"]))
+        raw = doc.get("backup_key")
+        backup_key = None if raw is None else base64.b64decode(str(raw), validate=True)
+        return cls(str(doc["id"]), int(doc["threshold"]), slots, str(doc["kcv"]), backup_key)
 
 
 def check_parameters(threshold: int, custodians: Sequence[PersonPublic]) -> None:
@@ -116,8 +129,11 @@ def check_parameters(threshold: int, custodians: Sequence[PersonPublic]) -> None
         raise ConfigError("need 2 <= threshold <= number of custodians <= 255")
 
 
-def deal(root: bytes, threshold: int, custodians: Sequence[PersonPublic]) -> tuple[ShareSet, dict[str, bytes]]:
+def deal(
+    root: bytes, threshold: int, custodians: Sequence[PersonPublic], *, backup_key: bytes | None = None
+) -> tuple[ShareSet, dict[str, bytes]]:
     """Split ``root`` to ``custodians``; returns the public set and each custodian's encrypted share.
+    ``backup_key`` is the public key derived from ``root`` that the set names for backups.
 
     Raises:
         ConfigError: bad parameters (see :func:`check_parameters`).
@@ -131,7 +147,7 @@ def deal(root: bytes, threshold: int, custodians: Sequence[PersonPublic]) -> tup
         slots.append(CustodianSlot(person, share_commitment(set_id, person.id, share)))
         delivered[person.id] = person.seal(share, delivery_info(set_id, person.id))
     shares.clear()
-    return ShareSet(set_id, threshold, tuple(slots), key_check_value(root)), delivered
+    return ShareSet(set_id, threshold, tuple(slots), key_check_value(root), backup_key), delivered
 
 
 def open_delivered(key: PersonKey, set_id: str, delivered: bytes) -> bytes:
