@@ -150,16 +150,44 @@ def test_a_tampered_backup_or_the_wrong_keys_are_refused(backed_up: tuple[Broker
     assert "--checkpoint" in no_check.stderr
 
 
+def _settled_log(where: str | Path) -> LogReader:
+    """A reader of a broker's log (a SQLite file, or a replicated broker's PostgreSQL database)
+    once it has stopped growing: a release's queued done event commits a moment after it."""
+    from weightvault.auditlog.pgstorage import PostgresLogStorage
+
+    def reader() -> LogReader:
+        if isinstance(where, Path):
+            return LogReader.open(where, ORIGIN)
+        return LogReader(PostgresLogStorage(where, ORIGIN))
+
+    size = -1
+    while True:
+        with reader() as log:
+            if size == log.size:
+                break
+            size = log.size
+        time.sleep(0.2)
+    return reader()
+
+
+@pytest.mark.parametrize("log_in", ["file", "database"])
 def test_an_approved_rollback_keeps_the_newer_log_and_holds_what_changed_since(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, log_in: str
 ) -> None:
     """The issue's override: two approvers of the approval policy sign the rollback offline; the
     restore keeps the old broker's (newer) log, and the principal disabled after the backup is
     held, so it stays out although the restored database says it is enabled. One approval is
-    not enough; the request binds this backup and that log head."""
+    not enough; the request binds this backup and that log head. With replicas the old log is
+    the one in their PostgreSQL database, and the kept log goes into the new database."""
     import json
 
+    from tests import databases
     from weightvault.errors import ContainedError
+
+    replicated = log_in == "database"
+    if replicated and databases.backend() != "postgresql":
+        pytest.skip("a replicated log needs PostgreSQL: runs in the --database postgresql pass")
+    database = databases.fresh_url(tmp_path) if replicated else None
 
     monkeypatch.setenv("WEIGHTVAULT_PASSPHRASE", "correct horse battery staple")
     for name in ("alice", "bob"):
@@ -176,14 +204,18 @@ def test_an_approved_rollback_keeps_the_newer_log_and_holds_what_changed_since(
     plain = tmp_path / "small.safetensors"
     save_file({"w": np.arange(256, dtype=np.float32)}, str(plain))
     backup = tmp_path / "broker.wvbackup"
-    with running_broker(tmp_path, plain) as broker:
+    with running_broker(tmp_path, plain, database_url=database, replicated=replicated) as broker:
         broker.client("operator").put_approval_policy(policy)
         assert 0 == wv("broker", "backup", "--config", broker.base / "broker.toml", "--out", backup).returncode
         broker.client("operator").disable_principal("acme-wl2")
-        old_size = broker.audit_size()
-    old_log, request = broker.base / "data" / "audit.db", tmp_path / "restore-request.json"
-    into = tmp_path / "restored"
-    override = ("--old-log", old_log, "--approval-request", request)
+    old_log: str | Path = database or broker.base / "data" / "audit.db"
+    with _settled_log(old_log) as log:
+        old_size = log.size
+    request, into = tmp_path / "restore-request.json", tmp_path / "restored"
+    target = databases.fresh_url(tmp_path) if replicated else None
+    override: tuple[str | Path, ...] = ("--old-log", old_log, "--approval-request", request)
+    if target is not None:
+        override += ("--database-url", target)
     refused = _restore(broker, backup, into, *override)
     assert 44 == refused.returncode, refused.stderr
     assert "approval sign-file" in refused.stderr
@@ -208,11 +240,11 @@ def test_an_approved_rollback_keeps_the_newer_log_and_holds_what_changed_since(
     )
     assert 0 == done.returncode, done.stderr
     assert "ROLLBACK approved by alice, bob" in done.stdout
-    with serve_broker(into) as url:
+    with serve_broker(into, replica="restored-1" if replicated else None) as url:
         assert broker.file_keys["acme"].reveal() == _release(url, broker.tokens["acme-wl"])
         with pytest.raises(ContainedError):
             _release(url, broker.tokens["acme-wl2"])
-    with LogReader.open(into / "data" / "audit.db", ORIGIN) as log:
+    with _settled_log(target or into / "data" / "audit.db") as log:
         log.fsck()
         assert log.size > old_size  # the old log went on, plus the restore and what the test did
         restore = next(e for _, e in log.events(start=old_size) if e.type == "broker.restore")
@@ -324,6 +356,18 @@ def test_a_replicated_brokers_log_is_backed_up_from_the_database_and_restored_in
             at_backup = tmp_path / "at-backup.note"
             at_backup.write_text(log.latest_checkpoint().to_text())
             assert size == log.size
+        _release(broker.url, broker.tokens["acme-wl"])  # the log in the database moves past the backup
+    # The old log may be the one in the database (a replica's disk is not where it lives).
+    no_options: list[str | Path] = []
+    for options, why in (
+        (no_options, "the old log database has seen size"),
+        (["--approval-request", tmp_path / "request.json"], "the backup has no approval policy"),
+    ):
+        old = _restore(broker, backup, tmp_path / "refused", "--old-log", database, *options)
+        assert 44 == old.returncode, old.stderr
+        assert why in old.stderr
+        assert database not in old.stderr + old.stdout  # a URL may carry a password
+        assert not (tmp_path / "refused").exists()
     into = tmp_path / "restored"
     target = databases.fresh_url(tmp_path)
     done = _restore(broker, backup, into, "--checkpoint", at_backup, "--database-url", target)

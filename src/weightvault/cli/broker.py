@@ -371,7 +371,8 @@ def broker_backup(config_path: Path, out: Path) -> None:
     help="The newest checkpoint a witness, monitor or client holds (a signed note). Repeatable.",
 )
 @click.option(
-    "--old-log", type=click.Path(path_type=Path, exists=True, dir_okay=False), help="The old broker's audit log."
+    "--old-log",
+    help="The old broker's audit log: its SQLite file, or postgresql://... (the log of replicated brokers).",
 )
 @click.option("--database-url", default=DEFAULTS.storage_url, show_default=True, help="Where to restore the database.")
 @click.option(
@@ -401,7 +402,7 @@ def broker_restore(
     ceremony_ttl: int,
     vkey: str,
     checkpoints: tuple[Path, ...],
-    old_log: Path | None,
+    old_log: str | None,
     database_url: str,
     ask_witnesses: bool,
     unchecked: bool,
@@ -426,13 +427,13 @@ def broker_restore(
     and goes on once a quorum of shares rebuilds the root key. The restored broker starts
     sealed, under the same custody, and is unsealed as usual.
     """
+    import shutil
     import tempfile
     import time
 
     from weightvault.auditlog.events import AuditEvent
     from weightvault.auditlog.log import AuditLog, LogReader
     from weightvault.auditlog.note import NoteSigner
-    from weightvault.auditlog.storage import copy_log
     from weightvault.broker.backup import (
         KnownCheckpoint,
         checkpoint_of,
@@ -465,9 +466,12 @@ def broker_restore(
     manifest = read_manifest(backup, verifier)  # signature and manifest first; the payload as it is opened
     now = int(time.time())
     known = [checkpoint_of(p.read_text(), verifier, str(p), now=now) for p in checkpoints]
-    if old_log is not None:
-        with LogReader.open(old_log, verifier.name) as log:
-            known.append(KnownCheckpoint(log.size, log.root_at(log.size), str(old_log)))
+    scratch = tempfile.TemporaryDirectory(prefix="wv-restore-old-log-")
+    old_log_file: Path | None = None
+    if old_log is not None:  # a file as it is; a database's log cut at its head into a file
+        old_log_file = _old_log_into(old_log, Path(scratch.name) / "old-audit.db", verifier.name)
+        with LogReader.open(old_log_file, verifier.name) as log:
+            known.append(KnownCheckpoint(log.size, log.root_at(log.size), _old_log_name(old_log)))
     approvals = [_read_approval(p) for p in approval_files]
     quorum = None
     if manifest.custody is None:
@@ -505,10 +509,10 @@ def broker_restore(
                 try:
                     rollback_check(manifest, log, known)
                 except RollbackError:
-                    if old_log is None or approval_request is None:
+                    if old_log is None or old_log_file is None or approval_request is None:
                         raise
                     override = _approve_rollback(
-                        manifest, export, old_log, known, approval_request, approvals, verifier.name, now
+                        manifest, export, old_log_file, known, approval_request, approvals, verifier.name, now
                     )
             (into / "keys").mkdir(parents=True, exist_ok=True, mode=0o700)
             (into / "data").mkdir(parents=True, exist_ok=True, mode=0o700)
@@ -525,10 +529,10 @@ def broker_restore(
             log_path = config.path(config.audit_db)
             log_path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
             if override is None:
-                log_path.write_bytes((unpacked / "audit.db").read_bytes())
+                shutil.copyfile(unpacked / "audit.db", log_path)
             else:  # the newer log goes on: append-only, whatever the database's age
                 assert old_log is not None
-                copy_log(old_log, log_path)
+                _old_log_into(old_log, log_path, manifest.origin, copy=True)  # read again: has it grown?
                 with LogReader.open(log_path, manifest.origin) as copied:
                     if copied.size != override.log_size:
                         # What was held is what the approvers saw: a log still growing is not that.
@@ -574,6 +578,7 @@ def broker_restore(
         raise
     finally:
         root.wipe()
+        scratch.cleanup()
     serve = f"weightvault broker serve --config {into / 'broker.toml'}"
     click.echo(
         f"restored into {into}: database as of the backup ({sum(counts.values())} rows), "
@@ -593,6 +598,50 @@ def broker_restore(
         )
     if unchecked:
         click.echo("  WARNING: restored without a checkpoint to compare against (--unchecked); the log records it")
+
+
+def _is_database_url(value: str) -> bool:
+    return value.startswith(("postgresql://", "postgresql+psycopg://", "postgres://"))
+
+
+def _old_log_name(spec: str) -> str:
+    """How the old log is named in messages and in the log: never a URL, which may hold a password."""
+    return "the old log database" if _is_database_url(spec) else spec
+
+
+def _old_log_into(spec: str, dst: Path, origin: str, *, copy: bool = False) -> Path:
+    """The old log as a SQLite log file: with a file ``spec``, that file itself (or, with ``copy``,
+    a copy at ``dst``); with a postgresql:// ``spec`` (replicated brokers), its log cut at the head
+    into the new file ``dst``. Nothing is written to the old log.
+
+    Raises:
+        ConfigError: no such file, or no log of ``origin`` in that database.
+    """
+    from weightvault.auditlog.storage import copy_log
+
+    if not _is_database_url(spec):
+        path = Path(spec)
+        if not path.is_file():
+            raise ConfigError(f"{path}: no such audit log")
+        if not copy:
+            return path
+        copy_log(path, dst)
+        return dst
+    from weightvault.auditlog.pgstorage import PostgresLogStorage
+    from weightvault.broker.storage.database import libpq_conninfo
+    from weightvault.errors import AuditLogError
+
+    try:
+        storage = PostgresLogStorage(libpq_conninfo(spec.replace("postgres://", "postgresql://", 1)))
+    except AuditLogError as exc:
+        raise ConfigError(f"the old log database: {exc}") from exc
+    try:
+        if storage.origin != origin:
+            raise ConfigError(f"the old log database holds the log {storage.origin!r}, not {origin!r}")
+        storage.export_sqlite(dst)
+    finally:
+        storage.close()
+    return dst
 
 
 @dataclass(frozen=True)
@@ -646,7 +695,7 @@ def _approve_rollback(
     from weightvault.files import atomic_file
 
     with LogReader.open(old_log, origin) as old:
-        head = KnownCheckpoint(old.size, old.root_at(old.size), str(old_log))
+        head = KnownCheckpoint(old.size, old.root_at(old.size), "the old log")
         if old.size < manifest.log_size or old.root_at(manifest.log_size) != manifest.log_root:
             raise RollbackError("the old log does not extend the backup's: nothing can approve another history")
         for k in known:
