@@ -270,12 +270,14 @@ def _requests(stack: Stack, start: int, key_id: str, count: int) -> list[Any]:
             return mine
 
 
-def _stream(stack: Stack, token: str, *, max_tokens: int = 200, prompt: str = "tell me everything") -> tuple[int, bool]:
-    """(bytes of model output received, whether the gateway cut the stream)."""
+def _stream(
+    stack: Stack, token: str, *, max_tokens: int = 200, prompt: str = "tell me everything", via: str | None = None
+) -> tuple[int, bool]:
+    """(bytes of model output received, whether the gateway cut the stream); ``via`` another gateway."""
     received, cut = 0, False
     body = {"model": TINY, "prompt": prompt, "max_tokens": max_tokens, "temperature": 0, "stream": True}
     headers = {"authorization": f"Bearer {token}"}
-    with httpx.stream("POST", stack.gateway + "/v1/completions", json=body, headers=headers, timeout=60) as r:
+    with httpx.stream("POST", (via or stack.gateway) + "/v1/completions", json=body, headers=headers, timeout=60) as r:
         if r.status_code == 429:
             return 0, True
         assert 200 == r.status_code
@@ -375,8 +377,10 @@ def test_a_client_that_leaves_mid_stream_is_charged_for_what_was_sent(stack: Sta
 def test_a_gateway_restart_resets_no_budget(stack: Stack) -> None:
     """Spend most of a key's budget, restart the gateway (a new process on the same database, on
     the same port: it serves the tests after this one): what is left is what was left. While the
-    first runs, a second gateway on the same database is refused, since each would hold its own
-    copy of the budgets."""
+    first runs, a second gateway on the same SQLite database is refused, since each would hold
+    its own copy of the budgets; on PostgreSQL it serves, and the two share them."""
+    from tests import databases
+
     token, _ = stack.key()
     first = httpx.post(
         f"{stack.gateway}/v1/completions",
@@ -388,8 +392,19 @@ def test_a_gateway_restart_resets_no_budget(stack: Stack) -> None:
     spent = len(first.content)
     routes = {**stack.sockets, GLOBEX_TINY: stack.sockets[TINY]}
     second = gateway_process(stack.broker, routes, *GATEWAY_BUDGETS)
-    with pytest.raises(RuntimeError, match="another gateway serves this broker's database"), second:  # type: ignore[attr-defined]
-        pass
+    if databases.backend() == "sqlite":
+        with pytest.raises(RuntimeError, match="another gateway serves this broker's SQLite database"), second:  # type: ignore[attr-defined]
+            pass
+    else:
+        with second as other:  # type: ignore[attr-defined]
+            more, _ = _stream(stack, token, max_tokens=60, via=other)
+            assert 0 < more
+            spent += more
+            # The first gateway sees what the second sent: the key's budget is one budget.
+            rest, cut = _stream(stack, token)
+            assert cut
+            assert KEY_BYTES - 400 < spent + rest <= KEY_BYTES
+            spent += rest
     running = PROCESSES[stack.gateway]
     running.terminate()  # SIGTERM: the gateway writes what it holds, then exits
     running.wait(30)

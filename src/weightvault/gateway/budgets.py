@@ -13,13 +13,23 @@ Invariant: a charge is all or nothing across every bucket it names. ``Ledger.cha
 either adds the amount to all of them, or refuses and changes none; so concurrent
 requests of one credential, which share the buckets, can never together exceed any of
 them. Alerts are raised once per crossing of 50, 80 and 100 percent.
+
+Several gateways over one database (PostgreSQL) share the buckets through
+*reservations* (:class:`SharedLedger`): the stored bucket is the authority and counts
+what every gateway has reserved; a gateway sends only out of its own reservation, and
+reserves more (at least :data:`RESERVE_FRACTION` of the limit, at most what is left) in
+one locked transaction when it runs short. Every unit sent was reserved first, so N
+gateways together stay within each limit, up to what a reservation leaks while it is
+held (:data:`ALLOWANCE_TTL_MS`, then the rest is dropped): ``limit * TTL / period``, under
+0.2 % of an hourly bucket. Reserved and unsent units count as spent until they drain,
+which errs on the side of the budget.
 """
 
 from __future__ import annotations
 
 import enum
 import re
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Final
 
@@ -27,17 +37,26 @@ from weightvault.errors import ConfigError
 
 __all__ = [
     "ALERT_THRESHOLDS",
+    "ALLOWANCE_TTL_MS",
     "DEFAULT_BUDGETS",
+    "RESERVE_FRACTION",
     "Alert",
     "BucketState",
     "Budget",
     "Ledger",
+    "Reservation",
     "Scope",
+    "SharedLedger",
     "Unit",
     "parse_budget",
+    "reserve",
 ]
 
 ALERT_THRESHOLDS: Final = (50, 80, 100)
+#: A reservation takes at least this fraction of its bucket's limit (fewer database round trips).
+RESERVE_FRACTION: Final = 0.01
+#: A gateway sends out of a reservation for this long at most; what is left is then dropped.
+ALLOWANCE_TTL_MS: Final = 5_000
 WINDOWS: Final = {"hour": 3600, "day": 86400, "month": 30 * 86400, "year": 365 * 86400}
 
 
@@ -155,15 +174,19 @@ class Ledger:
 
         Returns the bucket that refused (None when charged) and the alerts raised.
         """
-        touched = [(i, self.buckets[i]) for i in ids if amounts.get(self.buckets[i].budget.unit, 0) > 0]
-        for i, b in touched:
-            if b.drained(now_ms) + amounts[b.budget.unit] > b.budget.limit:
+        return self.charge_each({i: amounts.get(self.buckets[i].budget.unit, 0) for i in ids}, now_ms)
+
+    def charge_each(self, amounts: Mapping[str, float], now_ms: int) -> tuple[str | None, list[Alert]]:
+        """Charge each bucket its own amount (buckets with none are not touched), all or none."""
+        touched = [(i, self.buckets[i], a) for i, a in amounts.items() if a > 0]
+        for i, b, a in touched:
+            if b.drained(now_ms) + a > b.budget.limit:
                 return i, self._alert([(i, b)], now_ms, blocked=True)
-        for i, b in touched:
-            b.state.spent = b.drained(now_ms) + amounts[b.budget.unit]
+        for i, b, a in touched:
+            b.state.spent = b.drained(now_ms) + a
             b.state.updated_ms = now_ms
             self.dirty.add(i)
-        return None, self._alert(touched, now_ms, blocked=False)
+        return None, self._alert([(i, b) for i, b, _ in touched], now_ms, blocked=False)
 
     def refuse(self, bucket_id: str, now_ms: int) -> list[Alert]:
         """A request refused because ``bucket_id`` is spent: its 100% alert, once."""
@@ -197,3 +220,116 @@ class Ledger:
             out[i] = BucketState(s.spent, s.updated_ms, s.alerted)
         self.dirty.clear()
         return out
+
+
+# -- several gateways: reservations from the shared buckets -------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class Reservation:
+    """What one reservation transaction decided: units granted per bucket (none when refused),
+    the bucket that refused, the alerts raised, and every bucket's level as now stored."""
+
+    granted: Mapping[str, float]
+    refused: str | None
+    alerts: Sequence[Alert]
+    levels: Mapping[str, BucketState]
+
+
+def reserve(
+    buckets: Mapping[str, tuple[Budget, str, BucketState]], shortfalls: Mapping[str, float], now_ms: int
+) -> tuple[Reservation, dict[str, BucketState]]:
+    """Decide a reservation over the locked, stored states of ``buckets`` (pure; the caller holds
+    the rows' locks and stores the states returned).
+
+    Each bucket of ``shortfalls`` must grant at least its shortfall, or nothing is granted
+    anywhere (all or nothing, as a charge) and the refusing bucket's 100% alert is raised
+    once. Otherwise each grants its shortfall topped up to :data:`RESERVE_FRACTION` of its
+    limit, capped by what is left, and its alerts are raised as for a charge.
+    """
+    ledger = Ledger()
+    ledger.load(
+        {i: (budget, subject) for i, (budget, subject, _) in buckets.items()},
+        {i: BucketState(st.spent, st.updated_ms, st.alerted) for i, (_, _, st) in buckets.items()},
+    )
+    grants: dict[str, float] = {}
+    for i, short in shortfalls.items():
+        b = ledger.buckets[i]
+        left = b.budget.limit - b.drained(now_ms)
+        grants[i] = short if short > left else min(left, max(short, b.budget.limit * RESERVE_FRACTION))
+    refused, alerts = ledger.charge_each(grants, now_ms)
+    levels = {i: b.state for i, b in ledger.buckets.items()}
+    changed = {i: ledger.buckets[i].state for i in ledger.take_dirty()}
+    return Reservation({} if refused else grants, refused, alerts, levels), changed
+
+
+@dataclass(slots=True)
+class _Allowance:
+    units: float = 0.0
+    expires_ms: int = 0
+
+
+class SharedLedger:
+    """One gateway's side of budgets shared with other gateways: it sends only what it reserved.
+
+    ``reserve_in_store(shortfalls)`` runs :func:`reserve` in one database transaction over
+    the buckets named (locking their rows) and returns its :class:`Reservation`. The
+    methods match :class:`Ledger`'s, so the gateway uses either. Not thread-safe: the
+    gateway calls it from its event loop only.
+    """
+
+    def __init__(self, reserve_in_store: Callable[[Mapping[str, float]], Reservation]) -> None:
+        self._reserve = reserve_in_store
+        self.buckets: dict[str, _Bucket] = {}
+        self._allowances: dict[str, _Allowance] = {}
+
+    def missing(self, ids: Iterable[str]) -> list[str]:
+        return list(ids)  # the stored levels are read afresh for every request
+
+    def load(self, budgets: Mapping[str, tuple[Budget, str]], states: Mapping[str, BucketState]) -> None:
+        """Refresh the levels last stored (what other gateways reserved shows here)."""
+        for bucket_id, (budget, subject) in budgets.items():
+            self.buckets[bucket_id] = _Bucket(budget, subject, states.get(bucket_id, BucketState()))
+
+    def _available(self, bucket_id: str, now_ms: int) -> float:
+        allowance = self._allowances.get(bucket_id)
+        if allowance is None or now_ms >= allowance.expires_ms:
+            return 0.0
+        return allowance.units
+
+    def exhausted(self, ids: Sequence[str], now_ms: int) -> str | None:
+        for i in ids:
+            b = self.buckets[i]
+            if self._available(i, now_ms) <= 0 and b.drained(now_ms) >= b.budget.limit:
+                return i
+        return None
+
+    def charge(self, ids: Sequence[str], amounts: Mapping[Unit, int], now_ms: int) -> tuple[str | None, list[Alert]]:
+        wanted = {i: float(amounts.get(self.buckets[i].budget.unit, 0)) for i in ids}
+        wanted = {i: a for i, a in wanted.items() if a > 0}
+        short = {i: a - self._available(i, now_ms) for i, a in wanted.items() if self._available(i, now_ms) < a}
+        alerts: Sequence[Alert] = ()
+        if short:
+            done = self._reserve(short)
+            for i, state in done.levels.items():
+                if i in self.buckets:
+                    self.buckets[i].state = state
+            if done.refused is not None:
+                return done.refused, list(done.alerts)
+            for i, units in done.granted.items():
+                self._allowances[i] = _Allowance(self._available(i, now_ms) + units, now_ms + ALLOWANCE_TTL_MS)
+            alerts = done.alerts
+        for i, a in wanted.items():
+            self._allowances[i].units -= a
+        return None, list(alerts)
+
+    def refuse(self, bucket_id: str, now_ms: int) -> list[Alert]:
+        """A request refused because ``bucket_id`` is spent: its 100% alert, once across gateways."""
+        return list(self._reserve({bucket_id: self.buckets[bucket_id].budget.limit + 1.0}).alerts)
+
+    def remaining(self, bucket_id: str, now_ms: int) -> int:
+        b = self.buckets[bucket_id]
+        return max(0, int(self._available(bucket_id, now_ms) + b.budget.limit - b.drained(now_ms)))
+
+    def take_dirty(self) -> dict[str, BucketState]:
+        return {}  # every reservation is stored when it is made

@@ -19,6 +19,10 @@ from weightvault.gateway.state import GatewayState, KeyAdmin
 __all__ = ["GatewayRuntime", "model_budgets", "open_gateway", "open_key_admin"]
 
 
+def _nothing() -> None:
+    return None
+
+
 def _store(config: BrokerConfig) -> BrokerStore:
     store = BrokerStore(config.database_url)
     store.migrate(int(time.time()))
@@ -99,13 +103,19 @@ def open_gateway(
     fingerprint = PromptFingerprint(key, Path(config.keys.audit_hash).stem)
     per_model = model_budgets(sizes, model_fraction, list(chosen.values()))
     store = _store(config)
-    try:
-        # The budget ledger is this process's memory (ADR 0010): a second gateway on the same
-        # database would hold its own copy and let every budget be spent twice.
-        release = store.db.claim("gateway")
-    except ConflictError as exc:
-        store.close()
-        raise ConfigError("another gateway serves this broker's database: run one gateway per database") from exc
+    release: Callable[[], None] = _nothing
+    if not store.db.shared:
+        try:
+            # On SQLite the budget ledger is this process's memory (ADR 0010): a second gateway
+            # would hold its own copy and let every budget be spent twice. On PostgreSQL the
+            # gateways share the buckets through reservations (ADR 0014) and any number may run.
+            release = store.db.claim("gateway")
+        except ConflictError as exc:
+            store.close()
+            raise ConfigError(
+                "another gateway serves this broker's SQLite database: run one gateway per SQLite database "
+                "(on PostgreSQL, several gateways share the budgets)"
+            ) from exc
     state = GatewayState(store, list(chosen.values()), per_model)
     gw = gateway or GatewayConfig(routes=upstreams)
     if gw.routes != upstreams:

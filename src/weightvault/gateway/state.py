@@ -7,9 +7,12 @@ is the single authority for this gateway's charges; each request's charges, aler
 its ``gateway.request`` event are persisted together by one background writer, in one
 transaction, moments after the request ends (and at shutdown).
 
-One gateway process per database: two gateways would each hold their own copy of the
-buckets. The database keeps the state across restarts, so a restarted gateway continues
-from what its predecessor spent.
+On SQLite, one gateway process per database: two would each hold their own copy of the
+buckets. On PostgreSQL any number of gateways share them through reservations
+(:class:`~.budgets.SharedLedger`): the stored buckets are the authority, each gateway
+sends only what it reserved from them, and reserves more in one locked transaction when
+it runs short. Either way the database keeps the state across restarts, so a restarted
+gateway continues from what was spent.
 """
 
 from __future__ import annotations
@@ -28,7 +31,16 @@ from weightvault.auditlog.events import AuditEvent
 from weightvault.broker.storage import BrokerStore, BucketRow, GatewayKeyRow
 from weightvault.crypto.secret import random_bytes
 from weightvault.errors import AuthenticationError, ContainedError, InvalidRequestError, NotFoundError
-from weightvault.gateway.budgets import Alert, BucketState, Budget, Ledger, Scope
+from weightvault.gateway.budgets import (
+    Alert,
+    BucketState,
+    Budget,
+    Ledger,
+    Reservation,
+    Scope,
+    SharedLedger,
+    reserve,
+)
 
 __all__ = ["TOKEN_PREFIX", "GatewayState", "KeyAdmin"]
 
@@ -138,11 +150,16 @@ class GatewayState:
         budgets: Sequence[Budget],
         model_budgets: Mapping[str, Sequence[Budget]],
         clock: Callable[[], float] = time.time,
+        *,
+        shared: bool | None = None,
     ) -> None:
+        """``shared``: budgets shared with other gateways through reservations (default: when the
+        database may be shared, i.e. PostgreSQL); else this process's ledger is the authority."""
         self.store, self.clock = store, clock
         self.budgets = tuple(b for b in budgets if b.scope is not Scope.MODEL)
         self.model_budgets = model_budgets
-        self.ledger = Ledger()
+        self.shared = store.db.shared if shared is None else shared
+        self.ledger: Ledger | SharedLedger = SharedLedger(self._reserve) if self.shared else Ledger()
         self._queue: queue.Queue[tuple[dict[str, BucketState], list[tuple[str, str]]] | None] = queue.Queue()
         self._writer = threading.Thread(target=self._write_loop, name="gateway-writer", daemon=True)
         self._writer.start()
@@ -190,6 +207,20 @@ class GatewayState:
                 {i: BucketState(r.spent, r.updated_ms, r.alerted) for i, r in stored.items()},
             )
         return list(wanted)
+
+    def _reserve(self, shortfalls: Mapping[str, float]) -> Reservation:
+        """One reservation transaction over the shared buckets (see :func:`~.budgets.reserve`)."""
+        known = self.ledger.buckets
+
+        def decide(now_ms: int, rows: dict[str, BucketRow]) -> tuple[Reservation, list[BucketRow]]:
+            buckets = {
+                i: (known[i].budget, known[i].subject, BucketState(rows[i].spent, rows[i].updated_ms, rows[i].alerted))
+                for i in shortfalls
+            }
+            reservation, changed = reserve(buckets, shortfalls, now_ms)
+            return reservation, [BucketRow(i, st.spent, st.updated_ms, st.alerted) for i, st in changed.items()]
+
+        return self.store.gateway.reserve(list(shortfalls), decide)
 
     def alert_events(self, caller: Caller, model: str, alerts: Sequence[Alert]) -> list[AuditEvent]:
         return [

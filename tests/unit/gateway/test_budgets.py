@@ -2,12 +2,26 @@
 
 from __future__ import annotations
 
+from collections.abc import Mapping
+
 import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
 from weightvault.errors import ConfigError
-from weightvault.gateway.budgets import DEFAULT_BUDGETS, BucketState, Budget, Ledger, Scope, Unit, parse_budget
+from weightvault.gateway.budgets import (
+    ALLOWANCE_TTL_MS,
+    DEFAULT_BUDGETS,
+    BucketState,
+    Budget,
+    Ledger,
+    Reservation,
+    Scope,
+    SharedLedger,
+    Unit,
+    parse_budget,
+    reserve,
+)
 
 HOUR = Budget(Scope.KEY, "hour", Unit.BYTES, 1000)
 PRINCIPAL = Budget(Scope.PRINCIPAL, "hour", Unit.BYTES, 1500)
@@ -98,3 +112,89 @@ def test_each_model_gets_a_yearly_aggregate_of_one_percent_of_its_effective_size
     assert [Budget(Scope.MODEL, "year", Unit.BYTES, 110_000)] == got["a/models/m@1"]
     explicit = Budget(Scope.MODEL, "year", Unit.BYTES, 7)
     assert [explicit] == model_budgets({"a/models/m@1": 11_000_000}, 0.01, [explicit])["a/models/m@1"]
+
+
+# -- several gateways sharing buckets through reservations ----------------------------------------
+
+
+class _Store:
+    """The shared buckets as a database holds them: :func:`reserve` runs over them atomically."""
+
+    def __init__(self, *budgets: Budget) -> None:
+        self.budgets = {b.bucket_id("s"): b for b in budgets}
+        self.states: dict[str, BucketState] = {}
+        self.now_ms = 0
+        self.transactions = 0
+
+    def reserve(self, shortfalls: Mapping[str, float]) -> Reservation:
+        self.transactions += 1
+        rows = {i: (self.budgets[i], "s", self.states.get(i, BucketState())) for i in shortfalls}
+        done, changed = reserve(rows, shortfalls, self.now_ms)
+        self.states.update(changed)
+        return done
+
+    def gateway(self) -> tuple[SharedLedger, list[str]]:
+        led = SharedLedger(self.reserve)
+        led.load({i: (b, "s") for i, b in self.budgets.items()}, self.states)
+        return led, list(self.budgets)
+
+
+def test_a_reservation_tops_up_to_one_percent_and_never_past_the_limit() -> None:
+    rows = {HOUR.bucket_id("s"): (HOUR, "s", BucketState(990.0, 0, 0))}
+    done, changed = reserve(rows, {HOUR.bucket_id("s"): 3.0}, 0)
+    assert {HOUR.bucket_id("s"): 10.0} == dict(done.granted)  # 1% of 1000 is 10, and 10 is what is left
+    assert 1000.0 == changed[HOUR.bucket_id("s")].spent
+    rows = {HOUR.bucket_id("s"): (HOUR, "s", BucketState(0.0, 0, 0))}
+    assert {HOUR.bucket_id("s"): 10.0} == dict(reserve(rows, {HOUR.bucket_id("s"): 3.0}, 0)[0].granted)
+    assert {HOUR.bucket_id("s"): 400.0} == dict(reserve(rows, {HOUR.bucket_id("s"): 400.0}, 0)[0].granted)
+
+
+def test_a_reservation_is_all_or_nothing_and_a_refusal_alerts_once() -> None:
+    store = _Store(HOUR, PRINCIPAL)
+    store.states[PRINCIPAL.bucket_id("s")] = BucketState(1495.0, 0, 80)
+    done = store.reserve({HOUR.bucket_id("s"): 10.0, PRINCIPAL.bucket_id("s"): 10.0})
+    assert PRINCIPAL.bucket_id("s") == done.refused
+    assert {} == dict(done.granted)
+    assert HOUR.bucket_id("s") not in store.states or 0 == store.states[HOUR.bucket_id("s")].spent
+    assert [100] == [a.threshold for a in done.alerts]
+    assert [] == list(store.reserve({PRINCIPAL.bucket_id("s"): 10.0}).alerts)  # once
+
+
+def test_gateways_send_only_what_they_reserved_and_together_stay_within_the_limit() -> None:
+    store = _Store(Budget(Scope.KEY, "hour", Unit.BYTES, 100_000))
+    (a, ids), (b, _) = store.gateway(), store.gateway()
+    sent = charges = 0
+    going = True
+    while going:
+        going = False
+        for led in (a, b):
+            if led.charge(ids, {Unit.BYTES: 7}, store.now_ms)[0] is None:
+                sent, charges, going = sent + 7, charges + 1, True
+    # Each gateway may strand less than one charge of its last reservation: never more is sent.
+    assert 100_000 - 2 * 7 < sent <= 100_000
+    assert store.transactions < charges / 50  # most charges come out of a reservation, not the database
+    fresh, _ = store.gateway()  # a third gateway's first request sees the bucket spent
+    assert ids[0] == fresh.exhausted(ids, store.now_ms)
+
+
+def test_a_reservation_is_dropped_after_its_time_to_live() -> None:
+    store = _Store(Budget(Scope.KEY, "month", Unit.BYTES, 1_000_000))
+    led, ids = store.gateway()
+    assert led.charge(ids, {Unit.BYTES: 1}, 0)[0] is None
+    first = store.transactions
+    assert led.charge(ids, {Unit.BYTES: 1}, ALLOWANCE_TTL_MS - 1)[0] is None
+    assert first == store.transactions  # out of the reservation
+    assert led.charge(ids, {Unit.BYTES: 1}, ALLOWANCE_TTL_MS)[0] is None
+    assert first + 1 == store.transactions  # expired: reserved again
+
+
+@given(st.lists(st.tuples(st.integers(0, 2), st.integers(1, 300)), max_size=120))
+def test_any_interleaving_of_three_gateways_never_sends_more_than_the_limit(charges: list[tuple[int, int]]) -> None:
+    store = _Store(Budget(Scope.KEY, "month", Unit.BYTES, 2000))
+    gateways = [store.gateway() for _ in range(3)]
+    sent = 0
+    for who, amount in charges:
+        led, ids = gateways[who]
+        if led.charge(ids, {Unit.BYTES: amount}, 0)[0] is None:
+            sent += amount
+    assert sent <= 2000

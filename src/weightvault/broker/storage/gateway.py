@@ -13,11 +13,14 @@ or not at all.
 from __future__ import annotations
 
 import json
-from collections.abc import Sequence
+import time
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from typing import Final
+from typing import Final, TypeVar
 
 import sqlalchemy as sa
+from sqlalchemy.dialects.postgresql import insert as pg_insert
+from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 
 from weightvault.broker.storage import schema as t
 from weightvault.broker.storage.base import Repository
@@ -26,6 +29,8 @@ __all__ = ["BucketRow", "GatewayKeyRow", "GatewayRepository", "OutboxRepository"
 
 _bp = sa.bindparam
 _Q_KEY: Final = sa.select(t.gateway_keys).where(t.gateway_keys.c.id == _bp("id"))
+T = TypeVar("T")
+_Q_NOW_MS: Final = sa.text("SELECT CAST(EXTRACT(EPOCH FROM clock_timestamp()) * 1000 AS BIGINT)")
 _U_BUCKET: Final = (
     sa.update(t.budget_buckets)
     .where(t.budget_buckets.c.id == _bp("b_id"))
@@ -124,13 +129,45 @@ class GatewayRepository(Repository):
             rows = conn.execute(sa.select(t.budget_buckets).where(t.budget_buckets.c.id.in_(list(ids))))
             return {r.id: BucketRow(r.id, float(r.spent), int(r.updated_ms), int(r.alerted)) for r in rows}
 
+    def reserve(
+        self, ids: Sequence[str], decide: Callable[[int, dict[str, BucketRow]], tuple[T, Sequence[BucketRow]]]
+    ) -> T:
+        """Change buckets shared by several gateways in one transaction: lock the rows of ``ids``
+        (created empty when absent), and store the rows ``decide`` returns given the database's
+        clock (in ms) and their states; returns ``decide``'s first value.
+
+        PostgreSQL locks the rows (``FOR UPDATE``) in id order, so two gateways reserving from
+        overlapping buckets wait for each other and never deadlock; the clock is the
+        database's, one for every gateway. Not fsynced, like :meth:`save`.
+        """
+        wanted = sorted(set(ids))
+        with self._db.write(durable=False) as conn:
+            empty = [{"id": i, "spent": 0.0, "updated_ms": 0, "alerted": 0} for i in wanted]
+            if conn.dialect.name == "postgresql":
+                conn.execute(pg_insert(t.budget_buckets).on_conflict_do_nothing(), empty)
+                now_ms = int(conn.execute(_Q_NOW_MS).scalar_one())
+            else:  # SQLite: the write transaction excludes every other writer already
+                conn.execute(sqlite_insert(t.budget_buckets).on_conflict_do_nothing(), empty)
+                now_ms = int(time.time() * 1000)
+            rows = conn.execute(
+                sa.select(t.budget_buckets)
+                .where(t.budget_buckets.c.id.in_(wanted))
+                .order_by(t.budget_buckets.c.id)
+                .with_for_update()
+            )
+            states = {r.id: BucketRow(r.id, float(r.spent), int(r.updated_ms), int(r.alerted)) for r in rows}
+            result, changed = decide(now_ms, states)
+            if changed:
+                conn.execute(_U_BUCKET, [_bucket_params(b) for b in changed])
+        return result
+
     def save(self, buckets: Sequence[BucketRow], events: Sequence[tuple[str, str]], now: int) -> None:
         """Store bucket states and the events that describe them in one transaction.
 
         Not fsynced (``durable=False``): it survives a crash of the gateway, and a power
         failure can only lose the last moments of charges together with their events.
         """
-        rows = [{"b_id": b.id, "spent": b.spent, "updated_ms": b.updated_ms, "alerted": b.alerted} for b in buckets]
+        rows = [_bucket_params(b) for b in buckets]
         with self._db.write(durable=False) as conn:
             if rows:
                 # Three statements whatever the number of buckets: which exist, then one batch each.
@@ -167,6 +204,10 @@ class OutboxRepository(Repository):
         if ids:
             with self._db.write() as conn:
                 conn.execute(sa.delete(t.event_outbox).where(t.event_outbox.c.id.in_(list(ids))))
+
+
+def _bucket_params(b: BucketRow) -> dict[str, object]:
+    return {"b_id": b.id, "spent": b.spent, "updated_ms": b.updated_ms, "alerted": b.alerted}
 
 
 def _add_events(conn: sa.Connection, events: Sequence[tuple[str, str]], now: int) -> None:
