@@ -78,4 +78,7 @@ expect_hint() {
 }
 expect_hint s3 verify s3://bucket/model.wvlt --identity id.key
 expect_hint postgresql broker init broker-pg --database-url postgresql://wv@127.0.0.1:1/weightvault
+mkdir plain-model && cp model.safetensors plain-model/ && echo "not a key" >sign.pem
+expect_hint signing seal plain-model sealed-model --recipient id.key.pub --sign-key sign.pem
+[ ! -e sealed-model ] || { echo "a failed signature left sealed-model behind"; exit 1; }
 echo "wheel check: $(basename "$wheel") builds, passes twine, installs alone and works"

@@ -15,7 +15,8 @@ program is wrong" never share an ``except`` clause.
     │  ├─ HeaderAuthError          the header MAC or a per-tensor key commitment does not verify
     │  ├─ PayloadError             a chunk tag fails, data is truncated, extended or has non-zero padding
     │  ├─ ManifestError            a sealed model directory does not match its authenticated manifest
-    │  └─ BackupError              a broker backup is malformed, fails its signature or encryption, or is not ours
+    │  ├─ BackupError              a broker backup is malformed, fails its signature or encryption, or is not ours
+    │  └─ ModelSignatureError      an OpenSSF model signature does not verify (key, files, or the signature itself)
     ├─ KeyAccessError              the caller cannot obtain the right key
     │  ├─ NoMatchingRecipientError no identity opens any recipient stanza of the file
     │  ├─ KeyMismatchError         a key was supplied but it is not this file's key (key commitment)
@@ -106,6 +107,7 @@ __all__ = [
     "KeyAccessError",
     "KeyMismatchError",
     "ManifestError",
+    "ModelSignatureError",
     "NoMatchingRecipientError",
     "NotFoundError",
     "PayloadError",
@@ -174,6 +176,13 @@ class BackupError(FormatError):
     """A broker backup is malformed, fails its signature or its encryption, or belongs to another broker."""
 
     remedy = "use a backup this broker wrote, with its keys/audit-log.key.vkey and root key; never edit one"
+
+
+class ModelSignatureError(FormatError):
+    """An OpenSSF model signature (model_signing) does not verify: another key, other files, a file
+    added, removed or changed after signing, or a damaged signature."""
+
+    remedy = "verify against the signer's public key; re-sign only a model you have checked"
 
 
 class KeyAccessError(WeightVaultError):

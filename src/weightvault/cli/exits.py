@@ -26,6 +26,7 @@ EXIT_CODES: Final[dict[type[e.WeightVaultError], tuple[int, str]]] = {
     e.PayloadError: (14, "data authentication failed"),
     e.ManifestError: (15, "model manifest invalid"),
     e.BackupError: (16, "backup invalid"),
+    e.ModelSignatureError: (17, "model signature invalid"),
     e.KeyAccessError: (20, "key unavailable"),
     e.NoMatchingRecipientError: (21, "no matching recipient"),
     e.KeyMismatchError: (22, "wrong key"),

@@ -25,7 +25,13 @@ from weightvault.cli.custody import approval, custody, person
 from weightvault.cli.device import device
 from weightvault.cli.exits import EXIT_INTERNAL, exit_code_for
 from weightvault.cli.models import load, publish
-from weightvault.cli.options import identities_from, local_or_remote, recipients_from
+from weightvault.cli.options import (
+    identities_from,
+    local_or_remote,
+    recipients_from,
+    sign_key_option,
+    sign_sealed_dir,
+)
 from weightvault.cli.prompts import PASSPHRASE_ENV, ask_passphrase
 from weightvault.cli.sentinel import sentinel
 from weightvault.cli.serving import gateway, sandbox, serve
@@ -196,6 +202,18 @@ def keygen_hpke(out: Path, kem: str, force: bool) -> None:
 @click.option("--seal-files", is_flag=True, help="Directories: seal every other file too, not just weights.")
 @click.option("--exclude", multiple=True, help="Directories: glob of files to leave out. Repeatable.")
 @click.option("--force", is_flag=True, help="Replace DST if it exists.")
+@sign_key_option
+@click.option(
+    "--require-signature",
+    "signer_key",
+    type=click.Path(path_type=Path, exists=True, dir_okay=False),
+    help="Seal SRC only if its OpenSSF model signature verifies under this EC public key (PEM).",
+)
+@click.option(
+    "--signature",
+    type=click.Path(path_type=Path, dir_okay=False),
+    help="With --require-signature: SRC's signature file (default SRC/model.sig).",
+)
 def seal(
     src: Path,
     dst: Path,
@@ -208,11 +226,33 @@ def seal(
     seal_files: bool,
     exclude: tuple[str, ...],
     force: bool,
+    sign_key: Path | None,
+    signer_key: Path | None,
+    signature: Path | None,
 ) -> None:
-    """Seal SRC (a .safetensors file or a model directory) into DST."""
+    """Seal SRC (a .safetensors file or a model directory) into DST.
+
+    With --require-signature, SRC must carry a valid OpenSSF model signature (the
+    model_signing library's, by the holder of that key) or nothing is sealed; with
+    --sign-key, the sealed directory is signed the same way, so that 'model_signing
+    verify key' accepts it as published.
+    """
     wrapped = recipients_from(recipients, passphrase)
     if not wrapped and key_out is None:
         raise ConfigError("nobody could open the result: pass -r/--recipient, --passphrase or --key-out")
+    if (sign_key is not None or signer_key is not None) and not src.is_dir():
+        raise ConfigError("OpenSSF model signatures (--sign-key, --require-signature) are for model directories")
+    if sign_key is not None:
+        from weightvault.sealing.signatures import require_model_signing
+
+        require_model_signing()  # before anything is sealed
+    if signer_key is not None:
+        from weightvault.sealing.signatures import verify_model_dir
+
+        verify_model_dir(src, signer_key, signature=signature)
+        click.echo(f"{src}: OpenSSF model signature verified")
+    elif signature is not None:
+        raise ConfigError("--signature goes with --require-signature")
     options = SealOptions(AEADSuite.from_label(suite), chunk_log2, sealed_metadata)
     file_key = FileKey.generate()
     try:  # the key is wiped whatever happens, a failed seal included
@@ -232,6 +272,8 @@ def seal(
                     progress=progress,
                 )
                 click.echo(f"sealed {len(result.sealed)} file(s) of {src} into {dst} ({options.suite.label})")
+                if sign_key is not None:
+                    click.echo(f"signed {dst} (OpenSSF model signing): {sign_sealed_dir(dst, sign_key)}")
             else:
                 one = seal_safetensors(
                     src, dst, file_key=file_key, recipients=wrapped, options=options, overwrite=force, progress=progress

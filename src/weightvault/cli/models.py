@@ -17,7 +17,10 @@ from weightvault.cli.options import (
     make_client,
     open_attester,
     recipients_from,
+    sign_key_option,
+    sign_sealed_dir,
 )
+from weightvault.errors import ConfigError
 from weightvault.sealing.model_dir import SealedModel, names_model_dir
 from weightvault.sealing.sources import display
 
@@ -40,6 +43,7 @@ __all__ = ["load", "publish"]
 @click.option("--sealed-metadata", is_flag=True, help="Encrypt the tensor table too.")
 @click.option("--tag", "tags", multiple=True, help="key=value tag (policies see model.tags.<key>). Repeatable.")
 @click.option("--force", is_flag=True, help="Replace DST.")
+@sign_key_option
 @client_options
 def publish(
     src: Path,
@@ -53,16 +57,22 @@ def publish(
     sealed_metadata: bool,
     tags: tuple[str, ...],
     force: bool,
+    sign_key: Path | None,
     url: str | None,
     token: str | None,
     ca: Path | None,
 ) -> None:
-    """Seal SRC into DST and register its key with the broker in one step."""
+    """Seal SRC into DST and register its key with the broker in one step (with --sign-key, a
+    model directory is signed for OpenSSF model signing before it is registered)."""
     from weightvault.client.broker import BrokerRecipient, registration_files
     from weightvault.crypto.aead import AEADSuite
     from weightvault.format.keys import FileKey
     from weightvault.sealing import SealOptions, seal_model_dir, seal_safetensors
 
+    if sign_key is not None:
+        from weightvault.sealing.signatures import require_model_signing
+
+        require_model_signing()  # before anything is sealed or registered
     parsed_tags = dict(t.split("=", 1) for t in tags if "=" in t)
     with make_client(url, token, ca) as client:
         resource = f"{tenant}/models/{name}@{model_version}"
@@ -75,7 +85,11 @@ def publish(
                     src, dst, file_key=file_key, recipients=wrapped, options=options, overwrite=force
                 )
                 files = registration_files(result.manifest)
+                if sign_key is not None:
+                    sign_sealed_dir(dst, sign_key)
             else:
+                if sign_key is not None:
+                    raise ConfigError("--sign-key signs model directories (OpenSSF model signing)")
                 one = seal_safetensors(
                     src, dst, file_key=file_key, recipients=wrapped, options=options, overwrite=force
                 )
@@ -85,7 +99,8 @@ def publish(
             )
         finally:
             file_key.wipe()
-    click.echo(f"published {registered}: sealed into {dst}, key held by {client.url}")
+    signed = " and signed (model.sig)" if sign_key is not None else ""
+    click.echo(f"published {registered}: sealed into {dst}{signed}, key held by {client.url}")
 
 
 @click.command()

@@ -43,6 +43,8 @@ __all__ = [
     "read_token",
     "read_vkey",
     "recipients_from",
+    "sign_key_option",
+    "sign_sealed_dir",
 ]
 
 BROKER_ENV: Final = "WEIGHTVAULT_BROKER"
@@ -53,6 +55,31 @@ def client_options(func: Callable[..., Any]) -> Callable[..., Any]:
     func = click.option("--ca", type=click.Path(path_type=Path), help="CA bundle for a TLS broker.")(func)
     func = click.option("--token", help=f"API token, or @FILE (default ${TOKEN_ENV}).")(func)
     return click.option("--broker", "url", help=f"Broker URL (default ${BROKER_ENV}).")(func)
+
+
+def sign_key_option(func: Callable[..., Any]) -> Callable[..., Any]:
+    """``--sign-key``: sign the sealed model directory for OpenSSF model signing."""
+    return click.option(
+        "--sign-key",
+        type=click.Path(path_type=Path, exists=True, dir_okay=False),
+        help="Sign the sealed directory (OpenSSF model signing, DST/model.sig) with this EC private key (PEM).",
+    )(func)
+
+
+def sign_sealed_dir(directory: Path, key: Path) -> Path:
+    """Sign a directory this command has just sealed; if that fails, the directory is removed (an
+    unsigned result where a signed one was asked for is not left behind). Returns the signature."""
+    import shutil
+
+    from weightvault.sealing.signatures import sign_model_dir
+
+    try:
+        encrypted = b"ENCRYPTED" in key.read_bytes()
+        password = ask_passphrase(confirm=False, label="signing key passphrase") if encrypted else None
+        return sign_model_dir(directory, key, password=password)
+    except BaseException:
+        shutil.rmtree(directory, ignore_errors=True)
+        raise
 
 
 def local_or_remote(_ctx: click.Context, _param: click.Parameter, value: str) -> str | Path:

@@ -34,6 +34,7 @@ from weightvault.format.manifest import (
 )
 from weightvault.format.recipients import Recipient
 from weightvault.sealing.reader import KeySource, OpenedFile, SealedFile
+from weightvault.sealing.signatures import SIGNATURE_NAME
 from weightvault.sealing.sources import Location, display, fetch_small, is_remote, join_location, open_source
 from weightvault.sealing.unseal import unseal_to
 from weightvault.sealing.writer import DEFAULT_OPTIONS, SealOptions, SealResult, seal_blob, seal_safetensors
@@ -103,7 +104,9 @@ def _walk(src: Path, exclude: Sequence[str]) -> Iterator[str]:
         dirs[:] = sorted(d for d in dirs if d not in _SKIP_DIRS)
         for name in sorted(files):
             rel = (Path(root) / name).relative_to(src).as_posix()
-            if name == MANIFEST_NAME or any(fnmatch.fnmatch(rel, pat) for pat in exclude):
+            # A plain model's OpenSSF signature describes files that sealing replaces: it is not
+            # carried over, and a sealed directory's own signature is not part of its manifest.
+            if name in (MANIFEST_NAME, SIGNATURE_NAME) or any(fnmatch.fnmatch(rel, pat) for pat in exclude):
                 continue
             yield check_relative_path(rel)
 
