@@ -167,3 +167,69 @@ def test_signing_failures_leave_nothing_and_the_library_is_optional(
     monkeypatch.setitem(sys.modules, "model_signing", None)  # as if not installed
     with pytest.raises(ConfigError, match=r"pip install 'weightvault\[signing\]'"):
         sign_model_dir(plain_model, bad_key)
+
+
+def test_a_signed_model_registers_with_its_signer_as_a_claim_and_forgeries_are_refused(
+    plain_model: Path, tmp_path: Path
+) -> None:
+    """``[models] signers``: ``publish --sign-key`` registers a model whose signature the broker
+    checked; its signer is the claim ``model.signer``, which a release policy can require (an
+    unsigned model under that policy is not released). A stranger's signature, or a valid
+    signature sent with another model's files, is refused. (``require_signature`` refusing
+    unsigned models: tests/unit/broker/test_model_signatures.py.)"""
+    from tests.e2e.broker_fixture import running_broker
+    from weightvault.client.broker import BrokerClient, SampleAttester, registration_files
+    from weightvault.errors import ReleaseDeniedError
+    from weightvault.format.keys import FileKey
+    from weightvault.sealing import read_key_file
+    from weightvault.sealing.model_dir import read_manifest
+
+    private, public = _keypair(tmp_path, "release")
+    stranger, _ = _keypair(tmp_path, "stranger")
+    models = f'[models]\nsigners = {{ release = "{public}" }}\n'
+    weights = tmp_path / "w.safetensors"
+    save_file({"w": np.zeros(16, dtype=np.float32)}, str(weights))
+    with running_broker(tmp_path, weights, extra_config=models) as broker:
+        pub = ["--broker", broker.url, "--token", broker.tokens["acme-pub"]]
+        rule = {"allOf": [{"claim": "tenant", "equals": "acme"}, {"claim": "model.signer", "equals": "release"}]}
+        policy = {"verifiers": ["insecure-sample"], "resources": ["acme/models/*"], "rule": rule}
+        broker.client("acme-admin").put_policy("acme", "signed-only", policy)
+
+        def publish(name: str, *extra: str | Path) -> subprocess.CompletedProcess[str]:
+            return wv(
+                "publish", plain_model, tmp_path / name, "--tenant", "acme", "--name", name, "--version", "1",
+                "--policy", "signed-only", *pub, *extra,
+            )  # fmt: skip
+
+        strange = publish("strange", "--sign-key", stranger)
+        assert 17 == strange.returncode, strange.stderr
+        assert "no configured signer" in strange.stderr
+        signed = publish("signed", "--sign-key", private)
+        assert 0 == signed.returncode, signed.stderr
+        assert 0 == openssf_verify(tmp_path / "signed", public).returncode
+        unsigned = publish("unsigned")
+        assert 0 == unsigned.returncode, unsigned.stderr  # no signature required here
+        found = broker.client("acme-pub").request("GET", "/v1/tenants/acme/models")["models"]
+        signers = {m["resource"]: m["signer"] for m in found}
+        assert "release" == signers["acme/models/signed@1"]
+        assert signers["acme/models/unsigned@1"] is None
+        assert "acme/models/strange@1" not in signers
+        with BrokerClient(broker.url, broker.tokens["acme-wl"]) as client:
+            session, _ = client.attest(SampleAttester())
+            assert client.release(session, "acme/models/signed@1").file_key is not None
+            with pytest.raises(ReleaseDeniedError):
+                client.release(session, "acme/models/unsigned@1")  # no model.signer claim
+
+        # A valid signature and manifest (with their own file key), sent with another model's files.
+        key_file, sealed_dir, other = tmp_path / "own.key", tmp_path / "own", tmp_path / "other"
+        assert 0 == wv("seal", plain_model, sealed_dir, "--key-out", key_file, "--sign-key", private).returncode
+        assert 0 == wv("seal", plain_model, other, "--key-out", tmp_path / "other.key").returncode
+        own_key = read_key_file(key_file)
+        assert isinstance(own_key, FileKey)
+        with pytest.raises(ModelSignatureError, match="not the sealed files of the signed"):
+            broker.client("acme-pub").register_model(
+                "acme", "forged", "1", policy="signed-only", file_key=own_key,
+                files=registration_files(read_manifest(other)),
+                signature=(sealed_dir / SIGNATURE_NAME).read_bytes(),
+                manifest=(sealed_dir / MANIFEST_NAME).read_bytes(),
+            )  # fmt: skip

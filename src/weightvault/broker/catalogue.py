@@ -4,11 +4,24 @@ A model's file key is stored wrapped under the tenant's newest KEK; a publisher
 sends it HPKE-sealed to the broker's registration key, bound to the tenant, name
 and version (:func:`weightvault.broker.protocol.registration_info`). Every change
 runs under its write-ahead intent; a policy change may also need approvals.
+
+A model may come with its OpenSSF model signature (``model.sig``) and its manifest
+(``weightvault-model.json``). The broker then checks, before it stores anything, that
+the signature verifies under one of ``[models] signers``, that it lists the manifest
+with the manifest's SHA-256, that the manifest's MAC verifies under the model's file
+key, and that the files registered are exactly the manifest's sealed files (id, header
+MAC, path). The chain signer -> manifest -> header MACs is what a loader checks against
+the file key at release, so a publisher cannot register unsigned weights under a
+signature of other files. The signer's name becomes the claim ``model.signer``. With
+``[models] require_signature`` an unsigned model is refused.
 """
 
 from __future__ import annotations
 
+import hashlib
+import hmac
 from collections.abc import Callable, Mapping, Sequence
+from pathlib import Path
 from typing import Any
 
 from weightvault.attestation.policy import ReleasePolicy
@@ -22,8 +35,9 @@ from weightvault.broker.recording import AuditRecorder
 from weightvault.broker.storage import BrokerStore, ModelRow, PolicyRow
 from weightvault.crypto.keywrap import InvalidTag, hpke_open
 from weightvault.custody.approvals import HOLD_FACT
-from weightvault.errors import ConflictError, InvalidRequestError, NotFoundError
+from weightvault.errors import ConflictError, InvalidRequestError, ManifestError, ModelSignatureError, NotFoundError
 from weightvault.format.keys import FileKey
+from weightvault.format.manifest import MANIFEST_NAME, ModelManifest
 from weightvault.format.recipients import HPKEIdentity
 
 __all__ = ["CatalogueService"]
@@ -42,7 +56,12 @@ class CatalogueService:
         approvals: ApprovalService,
         keyring: Keyring,
         registration_key: HPKEIdentity,
+        signers: Mapping[str, Path] | None = None,
+        require_signature: bool = False,
     ) -> None:
+        """``signers``: name -> EC public key file of those whose model signatures are checked."""
+        self._signers = dict(signers or {})
+        self._require_signature = require_signature
         self._store = store
         self._recorder = recorder
         self._approvals = approvals
@@ -161,8 +180,16 @@ class CatalogueService:
         file_key: FileKey,
         files: Sequence[Mapping[str, str]],
         tags: Mapping[str, str] | None = None,
+        signature: bytes | None = None,
+        manifest: bytes | None = None,
     ) -> str:
-        """Store a model's file key wrapped under the tenant's newest KEK; returns its resource name."""
+        """Store a model's file key wrapped under the tenant's newest KEK; returns its resource name.
+
+        Raises:
+            ModelSignatureError: the signature does not verify under any configured signer, does
+                not cover this manifest, or the manifest not these files (or none was given and
+                one is required).
+        """
         check_name(name, "model name", 128)
         check_name(version, "model version")
         check_name(policy, "policy name")
@@ -180,6 +207,7 @@ class CatalogueService:
         resource = f"{tenant}/models/{name}@{version}"
         if self._store.catalogue.model(tenant, name, version) is not None:
             raise ConflictError(f"model {name}@{version} exists")
+        signed = self._check_signature(signature, manifest, file_key, files)
         kek_version, wrapped = self._keyring.wrap_for_model(tenant, name, version, file_key)
         # A model may have thousands of files: the event names them by digest, so it stays small.
         file_ids = sorted(f["file_id"] for f in files)
@@ -197,12 +225,79 @@ class CatalogueService:
                 # Tags are how a decoy (honeypot=true) or a tier is told apart by the sentinel;
                 # few and short by validation, so they are recorded whole.
                 "tags": dict(tags or {}),
+                **(
+                    {}
+                    if signed is None
+                    else {"signer": signed[0], "signature_sha256": signed[1][0], "manifest_sha256": signed[1][1]}
+                ),
             },
         )
-        row = ModelRow(tenant, name, version, policy, kek_version, wrapped, [dict(f) for f in files], dict(tags or {}))
+        row = ModelRow(
+            tenant,
+            name,
+            version,
+            policy,
+            kek_version,
+            wrapped,
+            [dict(f) for f in files],
+            dict(tags or {}),
+            signer=None if signed is None else signed[0],
+            signature=None if signed is None else signed[1],
+        )
         with self._recorder.write_ahead(intent):
             self._store.catalogue.add_model(row, self._now())
         return resource
+
+    def _check_signature(
+        self,
+        signature: bytes | None,
+        manifest: bytes | None,
+        file_key: FileKey,
+        files: Sequence[Mapping[str, str]],
+    ) -> tuple[str, tuple[str, str]] | None:
+        """(signer, (signature SHA-256, manifest SHA-256)) of a model whose signature checks out
+        (see the module docstring), None for an unsigned model where none is required."""
+        if signature is None and manifest is None:
+            if self._require_signature:
+                raise ModelSignatureError(
+                    "this broker registers only signed models: publish with --sign-key (OpenSSF model signing)"
+                )
+            return None
+        if signature is None or manifest is None:
+            raise InvalidRequestError("a model signature comes with the manifest it covers (both, or neither)")
+        if not self._signers:
+            raise ModelSignatureError("this broker has no [models] signers to check model signatures against")
+        from weightvault.sealing.signatures import signed_files
+
+        listed: dict[str, tuple[str, str]] | None = None
+        signer = ""
+        refusals = []
+        for name, key in sorted(self._signers.items()):
+            try:
+                listed = signed_files(signature, key)
+            except ModelSignatureError as exc:
+                refusals.append(f"{name}: {exc}")
+                continue
+            signer = name
+            break
+        if listed is None:
+            why = "; ".join(refusals)
+            raise ModelSignatureError(f"the model signature verifies under no configured signer ({why})")
+        manifest_sha256 = hashlib.sha256(manifest).hexdigest()
+        algorithm, digest = listed.get(MANIFEST_NAME, ("", ""))
+        if algorithm != "sha256" or not hmac.compare_digest(digest, manifest_sha256):
+            raise ModelSignatureError(f"the signature of {signer} does not cover this {MANIFEST_NAME}")
+        try:
+            parsed = ModelManifest.from_bytes(manifest)
+            parsed.verify(file_key.manifest_mac_key())
+        except ManifestError as exc:
+            what = f"the signed {MANIFEST_NAME} does not verify under the model's key"
+            raise ModelSignatureError(f"{what} ({exc})") from exc
+        sealed = sorted((e.file_id or "", e.header_mac or "", e.path) for e in parsed.sealed())
+        registered = sorted((f.get("file_id", ""), f.get("header_mac", ""), f.get("path", "")) for f in files)
+        if sealed != registered:
+            raise ModelSignatureError(f"the files registered are not the sealed files of the signed {MANIFEST_NAME}")
+        return signer, (hashlib.sha256(signature).hexdigest(), manifest_sha256)
 
     def register_sealed_model(
         self,
@@ -216,6 +311,8 @@ class CatalogueService:
         sealed_key: bytes,
         files: Sequence[Mapping[str, str]],
         tags: Mapping[str, str] | None = None,
+        signature: bytes | None = None,
+        manifest: bytes | None = None,
     ) -> str:
         """Register a model whose file key the publisher sealed to the broker's registration key."""
         if kem != self.registration_key.kem.value:
@@ -232,7 +329,16 @@ class CatalogueService:
             raise InvalidRequestError("the sealed file key does not open for this tenant, model and version") from exc
         try:
             return self.register_model(
-                actor, tenant, name, version, policy=policy, file_key=file_key, files=files, tags=tags
+                actor,
+                tenant,
+                name,
+                version,
+                policy=policy,
+                file_key=file_key,
+                files=files,
+                tags=tags,
+                signature=signature,
+                manifest=manifest,
             )
         finally:
             file_key.wipe()

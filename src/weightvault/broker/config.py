@@ -10,6 +10,7 @@ and what is allowed, never a traceback. This module reads no file itself.
 
 from __future__ import annotations
 
+import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -85,6 +86,11 @@ class BrokerConfig:
     rotation_check_seconds: float = 60.0
     tls_cert: str | None = None
     tls_key: str | None = None
+    #: ``[models] signers``: name -> EC public key (PEM file) of those whose OpenSSF model
+    #: signatures the broker checks at registration; the name is the claim ``model.signer``.
+    model_signers: Mapping[str, str] = field(default_factory=dict)
+    #: ``[models] require_signature``: refuse to register a model no signer signed.
+    require_signature: bool = False
 
     def path(self, value: str) -> Path:
         """A configured path, resolved against the configuration's directory."""
@@ -107,7 +113,7 @@ class BrokerConfig:
             ConfigError: any section, key or value that is not allowed.
         """
         r = _Reader(config_path)
-        r.known(doc, "", {"broker", "storage", "keys", "verifiers", "audit", "rotation", "tls"})
+        r.known(doc, "", {"broker", "storage", "keys", "verifiers", "audit", "rotation", "tls", "models"})
         broker = r.section(doc, "broker", required=True)
         r.known(
             broker,
@@ -134,6 +140,16 @@ class BrokerConfig:
         r.known(audit, "audit", {"witnesses", "quorum", "batch_delay_s", "storage", "lease_ttl_s"})
         rotation = r.section(doc, "rotation")
         r.known(rotation, "rotation", {"kek_max_age_days", "token_key_max_age_days", "check_seconds"})
+        models = r.section(doc, "models")
+        r.known(models, "models", {"signers", "require_signature"})
+        signers = r.section(models, "signers")
+        for signer, key_path in signers.items():
+            if not _SIGNER_NAME.fullmatch(signer) or not isinstance(key_path, str) or not key_path:
+                wanted = "names a PEM public key file; names are [a-z0-9._-]"
+                raise r._bad("models", f"signers.{signer}", key_path, wanted)
+        require_signature = r.boolean(models, "models", "require_signature", False)
+        if require_signature and not signers:
+            raise ConfigError(f"{config_path}: [models] require_signature needs at least one of [models] signers")
         tls = r.section(doc, "tls")
         r.known(tls, "tls", {"cert", "key"})
         d = DEFAULTS
@@ -206,10 +222,13 @@ class BrokerConfig:
             ),
             tls_cert=cert,
             tls_key=key,
+            model_signers=dict(signers),
+            require_signature=require_signature,
         )
 
 
 DEFAULTS: Final = BrokerConfig()
+_SIGNER_NAME: Final = re.compile(r"[a-z0-9][a-z0-9._-]{0,63}")
 
 #: The storage URL schemes a broker opens (weightvault.broker.storage.database checks the rest).
 _STORAGE_SCHEMES: Final = ("sqlite:///", "postgresql://", "postgresql+psycopg://")

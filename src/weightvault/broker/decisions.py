@@ -21,7 +21,8 @@ condition failed, with values) go only to the audit log.
 
 The broker's own claims, which no verifier can emit (verifiers keep to ``tpm.*``,
 ``token.*``, ``sample.*``): ``tenant``, ``resource``, ``verifier``,
-``result.age_seconds`` (age of the result token), ``model.tags.<k>``, and for a
+``result.age_seconds`` (age of the result token), ``model.tags.<k>``, ``model.signer`` (who
+signed the model, when its OpenSSF signature was checked at registration), and for a
 device that the evidence authenticated, ``device.id``, ``device.kind``,
 ``device.status`` from the broker's registry.
 """
@@ -140,6 +141,8 @@ def broker_claims(facts: ReleaseFacts) -> dict[str, ClaimValue]:
         "result.age_seconds": facts.now - facts.token.issued_at,
         **{f"model.tags.{k}": v for k, v in facts.model.tags.items()},
     }
+    if facts.model.signer is not None:
+        claims["model.signer"] = facts.model.signer
     device = facts.device
     if facts.token.device_id is not None and device is not None:
         claims.update({"device.id": device.id, "device.status": device.status, "device.kind": device.kind})

@@ -157,6 +157,7 @@ class ErrorCode(enum.StrEnum):
     INVALID_POLICY = "invalid_policy"
     ENROLMENT_REFUSED = "enrolment_refused"
     SHARE_REJECTED = "share_rejected"
+    MODEL_SIGNATURE_INVALID = "model_signature_invalid"
     RATE_LIMITED = "rate_limited"
     INTERNAL_ERROR = "internal_error"
     CONFIGURATION = "configuration"
@@ -191,6 +192,7 @@ SERVER_ERRORS: Final[Mapping[type[e.WeightVaultError], tuple[ErrorCode, int, str
     e.ApprovalRequiredError: (ErrorCode.APPROVAL_REQUIRED, 403, "This operation needs approvals"),
     e.ApprovalInvalidError: (ErrorCode.APPROVAL_INVALID, 403, "Approval refused"),
     e.ShareError: (ErrorCode.SHARE_REJECTED, 422, "Share rejected"),
+    e.ModelSignatureError: (ErrorCode.MODEL_SIGNATURE_INVALID, 422, "Model signature refused"),
     e.CeremonyError: (ErrorCode.CEREMONY_REFUSED, 409, "Ceremony refused"),
     e.SealedError: (ErrorCode.SEALED, 503, "The broker is sealed"),
     e.UnavailableError: (ErrorCode.SERVICE_UNAVAILABLE, 503, "The service cannot serve now"),
@@ -222,6 +224,7 @@ CLIENT_ERRORS: Final[Mapping[ErrorCode, type[e.WeightVaultError]]] = {
     ErrorCode.INVALID_POLICY: e.PolicyViolationError,
     ErrorCode.ENROLMENT_REFUSED: e.EnrolmentError,
     ErrorCode.SHARE_REJECTED: e.ShareError,
+    ErrorCode.MODEL_SIGNATURE_INVALID: e.ModelSignatureError,
     ErrorCode.RATE_LIMITED: e.RateLimitedError,
     ErrorCode.INTERNAL_ERROR: e.ServerError,
     ErrorCode.CONFIGURATION: e.ServerError,
@@ -241,6 +244,7 @@ _SHOWN: Final = (
     e.ApprovalError,
     e.CustodyError,
     e.EnrolmentError,
+    e.ModelSignatureError,
 )
 
 

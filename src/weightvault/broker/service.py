@@ -609,7 +609,14 @@ def open_broker(
             devices=DeviceService(store, recorder, now, approvals=approvals, registry=registry),
             reports=ReportService(store, recorder),
             catalogue=CatalogueService(
-                store, recorder, now, approvals=approvals, keyring=keyring, registration_key=registration_key
+                store,
+                recorder,
+                now,
+                approvals=approvals,
+                keyring=keyring,
+                registration_key=registration_key,
+                signers={name: config.path(key) for name, key in config.model_signers.items()},
+                require_signature=config.require_signature,
             ),
             rotation=RotationService(
                 store,

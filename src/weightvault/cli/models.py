@@ -21,6 +21,7 @@ from weightvault.cli.options import (
     sign_sealed_dir,
 )
 from weightvault.errors import ConfigError
+from weightvault.format.manifest import MANIFEST_NAME
 from weightvault.sealing.model_dir import SealedModel, names_model_dir
 from weightvault.sealing.sources import display
 
@@ -79,6 +80,7 @@ def publish(
         wrapped = [BrokerRecipient(client.url, resource), *recipients_from(recipients, False)]
         options = SealOptions(AEADSuite.from_label(suite), sealed_metadata=sealed_metadata)
         file_key = FileKey.generate()
+        signature = manifest = None
         try:
             if src.is_dir():
                 result = seal_model_dir(
@@ -86,7 +88,8 @@ def publish(
                 )
                 files = registration_files(result.manifest)
                 if sign_key is not None:
-                    sign_sealed_dir(dst, sign_key)
+                    signature = sign_sealed_dir(dst, sign_key).read_bytes()
+                    manifest = (dst / MANIFEST_NAME).read_bytes()
             else:
                 if sign_key is not None:
                     raise ConfigError("--sign-key signs model directories (OpenSSF model signing)")
@@ -95,7 +98,15 @@ def publish(
                 )
                 files = [{"file_id": one.file_id.hex(), "header_mac": one.header_mac.hex(), "path": dst.name}]
             registered = client.register_model(
-                tenant, name, model_version, policy=policy, file_key=file_key, files=files, tags=parsed_tags
+                tenant,
+                name,
+                model_version,
+                policy=policy,
+                file_key=file_key,
+                files=files,
+                tags=parsed_tags,
+                signature=signature,
+                manifest=manifest,
             )
         finally:
             file_key.wipe()

@@ -307,8 +307,12 @@ class BrokerClient:
         file_key: FileKey,
         files: Sequence[Mapping[str, str]],
         tags: Mapping[str, str] | None = None,
+        signature: bytes | None = None,
+        manifest: bytes | None = None,
     ) -> str:
-        """Register a model; the file key travels HPKE-sealed to the broker's registration key."""
+        """Register a model; the file key travels HPKE-sealed to the broker's registration key. With
+        ``signature`` (an OpenSSF model.sig) and ``manifest`` (the weightvault-model.json it covers),
+        the broker checks who signed it."""
         kem, public = self.registration_key()
         sealed = hpke_seal(kem, public, file_key.reveal(), registration_info(tenant, name, version))
         body = {
@@ -320,6 +324,9 @@ class BrokerClient:
             "files": [dict(f) for f in files],
             "tags": dict(tags or {}),
         }
+        if signature is not None and manifest is not None:
+            body["signature"] = base64.b64encode(signature).decode()
+            body["manifest"] = base64.b64encode(manifest).decode()
         return str(self.request("POST", f"/v1/tenants/{tenant}/models", body)["resource"])
 
     # -- approvals -------------------------------------------------------------------------

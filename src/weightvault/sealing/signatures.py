@@ -22,13 +22,14 @@ from __future__ import annotations
 import os
 import re
 import secrets
+import tempfile
 from pathlib import Path
 from typing import Any, Final
 
 from weightvault.errors import ConfigError, ModelSignatureError
 from weightvault.files import fsync_directory
 
-__all__ = ["SIGNATURE_NAME", "require_model_signing", "sign_model_dir", "verify_model_dir"]
+__all__ = ["SIGNATURE_NAME", "require_model_signing", "sign_model_dir", "signed_files", "verify_model_dir"]
 
 #: Where ``model_signing`` puts and looks for a directory's signature by default.
 SIGNATURE_NAME: Final = "model.sig"
@@ -112,6 +113,39 @@ def verify_model_dir(directory: Path, public_key: Path, *, signature: Path | Non
         config.set_hashing_config(_hashing(ms, directory, target)).verify(directory, target)
     except Exception as exc:  # the library raises ValueError, JSONDecodeError, KeyError...: all a refusal
         raise ModelSignatureError(f"{directory}: {_reason(exc)}") from exc
+
+
+_MAX_SIGNATURE_BYTES: Final = 1 << 20
+
+
+def signed_files(signature: bytes, public_key: Path) -> dict[str, tuple[str, str]]:
+    """What an OpenSSF signature says, once it verifies under the EC public key in PEM file
+    ``public_key``: ``{path: (digest algorithm, hex digest)}`` for every file it lists. Checks
+    the signature only, not any file (for a broker that has the manifest but not the weights).
+
+    Raises:
+        ModelSignatureError: another key, a damaged or oversized signature, not an OpenSSF one.
+        ConfigError: the library is missing.
+    """
+    _library()
+    # The library's public API verifies a signature only together with files on disk; its key
+    # verifier (the same code ``model_signing verify key`` runs) gives the signed file list.
+    from model_signing._signing import sign_ec_key, sign_sigstore_pb
+
+    if len(signature) > _MAX_SIGNATURE_BYTES:
+        raise ModelSignatureError("the signature is over 1 MiB: not an OpenSSF model signature")
+    with tempfile.TemporaryDirectory(prefix="wv-signature-") as tmp:
+        path = Path(tmp) / SIGNATURE_NAME
+        path.write_bytes(signature)
+        try:
+            verifier = sign_ec_key.Verifier(public_key)
+        except (ValueError, TypeError, OSError) as exc:
+            raise ConfigError(f"{public_key}: not an EC public key in PEM ({_first_line(exc)})") from exc
+        try:
+            manifest = verifier.verify(sign_sigstore_pb.Signature.read(path))
+        except Exception as exc:  # ValueError, KeyError, JSONDecodeError, InvalidSignature...: all a refusal
+            raise ModelSignatureError(_reason(exc)) from exc
+    return {rd.identifier: (rd.digest.algorithm, rd.digest.digest_hex) for rd in manifest.resource_descriptors()}
 
 
 def _first_line(exc: BaseException) -> str:

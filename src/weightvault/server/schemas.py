@@ -169,6 +169,9 @@ class ModelRequest(BaseModel):
     kem: str = Field(max_length=32)
     files: list[dict[str, str]] = Field(max_length=10000)
     tags: dict[str, str] = Field(default_factory=dict)
+    #: The OpenSSF model signature (model.sig) and the manifest it covers, base64; both or neither.
+    signature: str | None = Field(default=None, max_length=1_400_000)
+    manifest: str | None = Field(default=None, max_length=22_400_000)
 
 
 class ApprovalRequestBody(BaseModel):

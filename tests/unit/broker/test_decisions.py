@@ -108,6 +108,16 @@ def test_broker_claims_cannot_be_shadowed_by_attested_ones() -> None:
     assert ("conditions_not_met",) == decision.codes
 
 
+def test_model_signer_is_a_broker_claim_that_attested_claims_cannot_forge() -> None:
+    """model.signer comes from the registration's checked signature; an attested one does not count."""
+    policy = replace(POLICY, document={**POLICY.document, "rule": {"claim": "model.signer", "equals": "release"}})
+    forged = AttestationResult("tpm", {**_token().result.claims, "model.signer": "release"}, "sha256:e", None)
+    unsigned = decide_release(_facts(policy=policy, token=_token(result=forged)))
+    assert "conditions_not_met" in unsigned.codes
+    signed = decide_release(_facts(policy=policy, model=replace(MODEL, signer="release")))
+    assert () == signed.codes
+
+
 def test_reasons_stay_bounded_whatever_the_policy() -> None:
     """A policy with hundreds of failing conditions still yields at most 33 short reasons."""
     rule = {"allOf": [{"claim": f"tpm.x{i}", "equals": "y" * 200} for i in range(200)]}

@@ -42,7 +42,18 @@ _bp = sa.bindparam
 _Q_PRINCIPAL: Final = sa.select(t.principals).where(t.principals.c.id == _bp("id"))
 _Q_DEVICE: Final = sa.select(t.devices).where(t.devices.c.id == _bp("id"))
 _Q_DEVICE_TENANTS: Final = sa.select(t.device_tenants.c.tenant_id).where(t.device_tenants.c.device_id == _bp("id"))
-_Q_MODEL: Final = sa.select(t.models).where(
+#: Models with their signer (an outer join: most models are unsigned).
+_MODELS: Final = sa.select(t.models, t.model_signatures.c.signer).select_from(
+    t.models.outerjoin(
+        t.model_signatures,
+        sa.and_(
+            t.model_signatures.c.tenant_id == t.models.c.tenant_id,
+            t.model_signatures.c.name == t.models.c.name,
+            t.model_signatures.c.version == t.models.c.version,
+        ),
+    )
+)
+_Q_MODEL: Final = _MODELS.where(
     t.models.c.tenant_id == _bp("tenant"), t.models.c.name == _bp("name"), t.models.c.version == _bp("version")
 )
 _Q_LATEST_POLICY: Final = (
@@ -291,6 +302,7 @@ class CatalogueRepository(Repository):
             bytes(r.wrapped_key),
             json.loads(r.files),
             json.loads(r.tags),
+            r.signer,
         )
 
     @staticmethod
@@ -305,7 +317,7 @@ class CatalogueRepository(Repository):
     def models(self, tenant: str) -> list[ModelRow]:
         with self._db.read() as conn:
             rows = conn.execute(
-                sa.select(t.models).where(t.models.c.tenant_id == tenant).order_by(t.models.c.name, t.models.c.version)
+                _MODELS.where(t.models.c.tenant_id == tenant).order_by(t.models.c.name, t.models.c.version)
             ).all()
         return [self._model(r) for r in rows]
 
@@ -329,6 +341,23 @@ class CatalogueRepository(Repository):
                     }
                 ],
             )
+            if model.signer is not None:  # in the same transaction: a model is never stored half-signed
+                assert model.signature is not None
+                insert_rows(
+                    conn,
+                    t.model_signatures,
+                    [
+                        {
+                            "tenant_id": model.tenant_id,
+                            "name": model.name,
+                            "version": model.version,
+                            "signer": model.signer,
+                            "signature_sha256": model.signature[0],
+                            "manifest_sha256": model.signature[1],
+                            "created_at": now,
+                        }
+                    ],
+                )
 
     def rewrap_model(self, model: ModelRow, kek_version: int, wrapped_key: bytes) -> bool:
         """Move a model to another KEK version, if it is still on the one ``model`` names."""

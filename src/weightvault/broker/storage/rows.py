@@ -52,6 +52,11 @@ class ModelRow:
     wrapped_key: bytes
     files: list[dict[str, str]]
     tags: dict[str, str]
+    #: Who signed the model (a name of ``[models] signers``), when its signature was checked
+    #: at registration; the claim ``model.signer`` of release policies.
+    signer: str | None = None
+    #: With ``signer``: SHA-256 of the signature and of the manifest it covers (stored with the row).
+    signature: tuple[str, str] | None = None
 
     @property
     def resource(self) -> str:

@@ -241,6 +241,19 @@ rate_buckets = sa.Table(
     sa.Column("allowed", sa.Boolean, nullable=False),  # whether the latest take found a token
 )
 
+# -- migration 6: who signed a model (OpenSSF model signing), checked at registration ------------
+model_signatures = sa.Table(
+    "model_signatures",
+    metadata,
+    sa.Column("tenant_id", sa.String(64), primary_key=True),
+    sa.Column("name", sa.String(128), primary_key=True),
+    sa.Column("version", sa.String(64), primary_key=True),
+    sa.Column("signer", sa.String(64), nullable=False),  # a name of [models] signers
+    sa.Column("signature_sha256", sa.String(64), nullable=False),  # the model.sig bundle that verified
+    sa.Column("manifest_sha256", sa.String(64), nullable=False),  # the weightvault-model.json it covers
+    sa.Column("created_at", sa.BigInteger, nullable=False),
+)
+
 schema_migrations = sa.Table(
     "schema_migrations",
     metadata,
@@ -268,4 +281,5 @@ MIGRATIONS: Final[tuple[tuple[int, tuple[sa.Table, ...]], ...]] = (
     (3, (gateway_keys, budget_buckets, event_outbox)),
     (4, (containment_holds,)),
     (5, (rate_buckets,)),
+    (6, (model_signatures,)),
 )

@@ -56,7 +56,10 @@ def routes(http: HTTP) -> list[BaseRoute]:
         tenant = request.path_params["tenant"]
         if request.method == "GET":
             rows = await http.call(broker.list_models, who, tenant)
-            listed = [{"resource": m.resource, "policy": m.policy, "files": m.files, "tags": m.tags} for m in rows]
+            listed = [
+                {"resource": m.resource, "policy": m.policy, "files": m.files, "tags": m.tags, "signer": m.signer}
+                for m in rows
+            ]
             return JSONResponse({"models": listed})
         req = await http.body(request, schemas.ModelRequest)
         resource = await http.call(
@@ -70,6 +73,8 @@ def routes(http: HTTP) -> list[BaseRoute]:
             sealed_key=b64(req.sealed_key, "sealed_key"),
             files=req.files,
             tags=req.tags,
+            signature=None if req.signature is None else b64(req.signature, "signature"),
+            manifest=None if req.manifest is None else b64(req.manifest, "manifest"),
         )
         return JSONResponse({"resource": resource}, status_code=201)
 
