@@ -8,7 +8,7 @@ STAMP := $(VENV)/.installed
 # torch the extras allow works elsewhere.
 TORCH_SPEC ?= torch==2.13.0
 
-.PHONY: all venv demo test lint typecheck unit unit-postgresql vectors vectors-check wheel-check bench clean
+.PHONY: all venv demo test lint typecheck unit unit-postgresql vectors vectors-check wheel-check vllm-check bench clean
 
 all: test
 
@@ -60,10 +60,14 @@ unit-postgresql: $(STAMP)
 wheel-check: $(STAMP)
 	PYTHON=$(PYTHON) bash scripts/wheel-check.sh
 
-test: lint typecheck vectors-check wheel-check unit unit-postgresql
+# vLLM's CPU build serving sealed models (scripts/vllm-check.sh: a venv of its own, .venv-vllm).
+vllm-check: $(STAMP)
+	PYTHON=$(PYTHON) bash scripts/vllm-check.sh
+
+test: lint typecheck vectors-check wheel-check vllm-check unit unit-postgresql
 
 bench: $(STAMP)
 	$(BIN)/python bench/cpu_load.py
 
 clean:
-	rm -rf $(VENV) .mypy_cache .ruff_cache .pytest_cache
+	rm -rf $(VENV) .venv-vllm .mypy_cache .ruff_cache .pytest_cache

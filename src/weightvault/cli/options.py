@@ -11,7 +11,7 @@ import os
 from collections.abc import Callable, Sequence
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any, Final
+from typing import Any
 
 import click
 
@@ -20,6 +20,7 @@ from weightvault.auditlog.note import NoteVerifier
 from weightvault.auditlog.policy import WitnessPolicy
 from weightvault.auditlog.storage import read_origin
 from weightvault.cli.prompts import ask_passphrase
+from weightvault.client.workload import BROKER_ENV, TOKEN_ENV, open_attester, read_token
 from weightvault.errors import AuditLogError, ConfigError
 from weightvault.format.keys import FileKey
 from weightvault.format.recipients import KEK, HPKEIdentity, HPKERecipient, Identity, Passphrase, Recipient
@@ -46,9 +47,6 @@ __all__ = [
     "sign_key_option",
     "sign_sealed_dir",
 ]
-
-BROKER_ENV: Final = "WEIGHTVAULT_BROKER"
-TOKEN_ENV: Final = "WEIGHTVAULT_TOKEN"  # noqa: S105 - the name of a variable, not a secret
 
 
 def client_options(func: Callable[..., Any]) -> Callable[..., Any]:
@@ -92,17 +90,6 @@ def local_or_remote(_ctx: click.Context, _param: click.Parameter, value: str) ->
     return path
 
 
-def read_token(value: str | None) -> str:
-    value = value or os.environ.get(TOKEN_ENV)
-    if not value:
-        raise ConfigError(f"no API token: pass --token or set {TOKEN_ENV}")
-    if value.startswith("@"):
-        from weightvault.files import read_private_file
-
-        return read_private_file(Path(value[1:]), "token").decode("utf-8", "replace").strip()
-    return value
-
-
 def make_client(url: str | None, token: str | None, ca: Path | None) -> Any:
     from weightvault.client.broker import BrokerClient
 
@@ -137,25 +124,6 @@ def attester_options(func: Callable[..., Any]) -> Callable[..., Any]:
     )
     func = click.option("--device-id", help="The enrolled device this workload runs on.")(func)
     return click.option("--attester", type=click.Choice(["sample", "tpm"]), default="sample", show_default=True)(func)
-
-
-def open_attester(attester: str, tcti: str | None, device_id: str | None, event_logs: Sequence[Path]) -> Any:
-    """The attester the options name (close it after use if it has ``close``).
-
-    Raises:
-        ConfigError: ``tpm`` without a TCTI or a device id, or event logs without ``tpm``.
-    """
-    from weightvault.client.broker import SampleAttester
-
-    if attester == "tpm":
-        from weightvault.attestation.tpm.attester import TPMAttester
-
-        if not tcti or not device_id:
-            raise ConfigError("--attester tpm needs --tcti and --device-id")
-        return TPMAttester.open(tcti, event_logs)
-    if event_logs:
-        raise ConfigError("--event-log needs --attester tpm")
-    return SampleAttester(device_id=device_id)
 
 
 approval_option = click.option(

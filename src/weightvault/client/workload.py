@@ -1,0 +1,53 @@
+"""What a workload needs to get keys from a broker, outside the command line: its API token
+(a value or ``@FILE``) and its attester (the insecure sample one, or a TPM's)."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any, Final
+
+from weightvault.errors import ConfigError
+
+__all__ = ["BROKER_ENV", "TOKEN_ENV", "open_attester", "read_token"]
+
+BROKER_ENV: Final = "WEIGHTVAULT_BROKER"
+TOKEN_ENV: Final = "WEIGHTVAULT_TOKEN"  # noqa: S105 - the name of a variable, not a secret
+
+
+def read_token(value: str | None) -> str:
+    """An API token: ``value``, or the file it names after ``@``, or ``$WEIGHTVAULT_TOKEN``.
+
+    Raises:
+        ConfigError: none given, or a token file that others may read.
+    """
+    value = value or os.environ.get(TOKEN_ENV)
+    if not value:
+        raise ConfigError(f"no API token: pass --token or set {TOKEN_ENV}")
+    if value.startswith("@"):
+        from weightvault.files import read_private_file
+
+        return read_private_file(Path(value[1:]), "token").decode("utf-8", "replace").strip()
+    return value
+
+
+def open_attester(attester: str, tcti: str | None, device_id: str | None, event_logs: Sequence[Path]) -> Any:
+    """The attester named (close it after use if it has ``close``): ``sample`` or ``tpm``.
+
+    Raises:
+        ConfigError: ``tpm`` without a TCTI or a device id, or event logs without ``tpm``.
+    """
+    from weightvault.client.broker import SampleAttester
+
+    if attester == "tpm":
+        from weightvault.attestation.tpm.attester import TPMAttester
+
+        if not tcti or not device_id:
+            raise ConfigError("--attester tpm needs --tcti and --device-id")
+        return TPMAttester.open(tcti, event_logs)
+    if attester != "sample":
+        raise ConfigError(f"unknown attester {attester!r}: sample or tpm")
+    if event_logs:
+        raise ConfigError("--event-log needs --attester tpm")
+    return SampleAttester(device_id=device_id)
