@@ -176,3 +176,24 @@ def test_exit_codes_are_distinct() -> None:
     assert len(codes) == len(set(codes))
     assert not {0, 1, 2} & set(codes)
     assert WeightVaultError in EXIT_CODES
+
+
+@pytest.mark.parametrize("shell", ["bash", "zsh", "fish"])
+def test_shell_completion_scripts_complete_commands_options_and_choices(shell: str) -> None:
+    script = wv("completion", shell).stdout
+    assert "_WEIGHTVAULT_COMPLETE" in script  # the script calls back into weightvault to complete
+    if shell != "bash":
+        return
+
+    def complete(line: str) -> list[str]:
+        words = line.split(" ")
+        env = {"COMP_WORDS": line, "COMP_CWORD": str(len(words) - 1), "_WEIGHTVAULT_COMPLETE": "bash_complete"}
+        done = subprocess.run(
+            [sys.executable, "-m", "weightvault"], env={**os.environ, **env}, capture_output=True, text=True,
+            timeout=60, check=True,
+        )  # fmt: skip
+        return [line.split(",", 1)[1] for line in done.stdout.splitlines()]
+
+    assert "broker" in complete("weightvault bro")
+    assert "--suite" in complete("weightvault seal --su")
+    assert {"aes-256-gcm", "chacha20-poly1305"} <= set(complete("weightvault seal a b --suite "))

@@ -23,6 +23,7 @@ from weightvault.cli.audit import audit, witness
 from weightvault.cli.broker import broker
 from weightvault.cli.custody import approval, custody, person
 from weightvault.cli.device import device
+from weightvault.cli.doctor import doctor
 from weightvault.cli.exits import EXIT_INTERNAL, exit_code_for
 from weightvault.cli.models import load, publish
 from weightvault.cli.options import (
@@ -504,8 +505,26 @@ for _command in (
     sandbox,
     gateway,
     sentinel,
+    doctor,
 ):
     cli.add_command(_command)
+
+
+@cli.command()
+@click.argument("shell", type=click.Choice(["bash", "zsh", "fish"]))
+def completion(shell: str) -> None:
+    """Print the shell completion script for SHELL: commands, options and choices complete on Tab.
+
+    \b
+    bash:  eval "$(weightvault completion bash)"      (in ~/.bashrc)
+    zsh:   eval "$(weightvault completion zsh)"       (in ~/.zshrc)
+    fish:  weightvault completion fish > ~/.config/fish/completions/weightvault.fish
+    """
+    from click.shell_completion import get_completion_class
+
+    completer = get_completion_class(shell)
+    assert completer is not None  # the three choices are click's own
+    click.echo(completer(cli, {}, "weightvault", "_WEIGHTVAULT_COMPLETE").source())
 
 
 def main(argv: Sequence[str] | None = None) -> None:

@@ -1,0 +1,43 @@
+"""``weightvault doctor`` against a real broker directory and a real serving broker."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from tests.databases import init_options
+from tests.e2e.servers import serve_broker
+
+pytestmark = pytest.mark.e2e
+
+
+def wv(*args: str | Path) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "weightvault", *map(str, args)], capture_output=True, text=True, timeout=120, check=False
+    )
+
+
+def test_doctor_checks_a_broker_and_its_configuration_and_says_what_to_fix(tmp_path: Path) -> None:
+    base = tmp_path / "broker"
+    assert 0 == wv("broker", "init", base, "--insecure-sample", *init_options()).returncode
+    with serve_broker(base) as url:
+        done = wv("doctor", "--config", base / "broker.toml", "--broker", url, "--json")
+        assert 0 == done.returncode, done.stdout + done.stderr
+        checks = {c["name"]: c for c in json.loads(done.stdout)}
+        assert "ok" == checks["broker"]["status"]
+        assert "ok" == checks["clock"]["status"]  # the same machine's clock: no skew
+        assert "ok" == checks["database"]["status"]
+        assert all(checks[f"key {k}"]["status"] == "ok" for k in ("root", "token_signing", "audit_log"))
+    root = base / "keys" / "root.key"
+    root.chmod(0o644)
+    bad = wv("doctor", "--config", base / "broker.toml", "--broker", url, "--json")
+    assert 60 == bad.returncode
+    status = {c["name"]: c["status"] for c in json.loads(bad.stdout)}
+    assert ("FAIL", "FAIL", "ok") == (status["key root"], status["broker"], status["key audit_log"])  # broker: stopped
+    assert "check(s) failed: broker, key root" in bad.stderr
+    shown = wv("doctor", "--config", base / "broker.toml")
+    assert f"fix: chmod 600 {root}" in shown.stdout
