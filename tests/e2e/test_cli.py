@@ -197,3 +197,47 @@ def test_shell_completion_scripts_complete_commands_options_and_choices(shell: s
     assert "broker" in complete("weightvault bro")
     assert "--suite" in complete("weightvault seal --su")
     assert {"aes-256-gcm", "chacha20-poly1305"} <= set(complete("weightvault seal a b --suite "))
+
+
+def _on_a_terminal(*args: str | Path) -> str:
+    """What a command writes to a pseudo-terminal (stdout and stderr both), as a user would see it."""
+    import pty
+    import select
+
+    leader, follower = pty.openpty()
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "weightvault", *map(str, args)], stdin=follower, stdout=follower, stderr=follower,
+        env={**os.environ, "COLUMNS": "120", "TERM": "xterm"},
+    )  # fmt: skip
+    os.close(follower)
+    out = b""
+    while True:
+        ready, _, _ = select.select([leader], [], [], 60)
+        if not ready:
+            break
+        try:
+            chunk = os.read(leader, 65536)
+        except OSError:  # the child closed the terminal
+            break
+        if not chunk:
+            break
+        out += chunk
+    os.close(leader)
+    assert 0 == proc.wait(60)
+    return out.decode(errors="replace")
+
+
+def test_progress_bars_show_on_a_terminal_and_quiet_turns_them_off(keys: dict[str, Path], tmp_path: Path) -> None:
+    import numpy as np
+    from safetensors.numpy import save_file
+
+    plain = tmp_path / "big.safetensors"
+    save_file({f"t{i}": np.ones(4 << 20, dtype=np.float32) for i in range(4)}, str(plain))  # 64 MiB
+    shown = _on_a_terminal("seal", plain, tmp_path / "a.wvlt", "-r", keys["kek"])
+    assert "sealing" in shown
+    assert "MB" in shown  # rich's transfer columns
+    quiet = _on_a_terminal("-q", "seal", plain, tmp_path / "b.wvlt", "-r", keys["kek"])
+    assert "sealing" not in quiet.replace("sealed", "")
+    assert "sealed 4 tensors" in quiet
+    piped = wv("seal", plain, tmp_path / "c.wvlt", "-r", keys["kek"])  # not a terminal: no bar either
+    assert "sealing" not in piped.stderr

@@ -7,11 +7,10 @@ atomically: a failed command leaves no partial file behind.
 
 from __future__ import annotations
 
-import contextlib
 import json
 import os
 import sys
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any, NoReturn
 
@@ -29,9 +28,11 @@ from weightvault.cli.models import load, publish
 from weightvault.cli.options import (
     identities_from,
     local_or_remote,
+    progress_bar,
     recipients_from,
     sign_key_option,
     sign_sealed_dir,
+    size_of,
 )
 from weightvault.cli.prompts import PASSPHRASE_ENV, ask_passphrase
 from weightvault.cli.sentinel import sentinel
@@ -66,33 +67,6 @@ def _fail(error: WeightVaultError) -> NoReturn:
     if error.remedy and os.environ.get("WEIGHTVAULT_HINTS", "1") != "0":
         click.echo(f"  hint: {error.remedy}", err=True)
     sys.exit(code)
-
-
-@contextlib.contextmanager
-def _progress(label: str, total: int) -> Iterator[Callable[[int], None] | None]:
-    """A rich progress bar on a terminal; nothing when stderr is not one."""
-    if not sys.stderr.isatty() or total <= 0:
-        yield None
-        return
-    from rich.progress import BarColumn, DownloadColumn, Progress, TimeRemainingColumn, TransferSpeedColumn
-
-    with Progress(
-        "[progress.description]{task.description}",
-        BarColumn(),
-        DownloadColumn(),
-        TransferSpeedColumn(),
-        TimeRemainingColumn(),
-        transient=True,
-        console=None,
-    ) as bar:
-        task = bar.add_task(label, total=total)
-        yield lambda n: bar.advance(task, n)
-
-
-def _size_of(path: Path) -> int:
-    if path.is_file():
-        return path.stat().st_size
-    return sum(p.stat().st_size for p in path.rglob("*.safetensors*") if p.is_file())
 
 
 def _emit_json(doc: object) -> None:
@@ -130,7 +104,8 @@ _passphrase_option = click.option(
 
 @click.group(cls=_Group, context_settings={"help_option_names": ["-h", "--help"]})
 @click.version_option(__version__, prog_name="weightvault")
-def cli() -> None:
+@click.option("-q", "--quiet", is_flag=True, help="No progress bars (shown only on a terminal anyway).")
+def cli(quiet: bool) -> None:
     """Seal model weights so that only authorised holders can load them."""
 
 
@@ -259,7 +234,7 @@ def seal(
     try:  # the key is wiped whatever happens, a failed seal included
         if key_out is not None:
             write_key_file(key_out, file_key, overwrite=force)
-        with _progress("sealing", _size_of(src)) as progress:
+        with progress_bar("sealing", size_of(src)) as progress:
             if src.is_dir():
                 result = seal_model_dir(
                     src,
@@ -293,7 +268,7 @@ def seal(
 def unseal(src: Path, dst: Path, identities: tuple[Path, ...], passphrase: bool, force: bool) -> None:
     """Restore the original file or model directory from SRC into DST."""
     keys = identities_from(identities, passphrase)
-    with _progress("unsealing", _size_of(src)) as progress:
+    with progress_bar("unsealing", size_of(src)) as progress:
         if src.is_dir():
             unseal_model_dir(src, dst, keys, overwrite=force, progress=progress)
         else:
@@ -392,7 +367,7 @@ def verify(path: str | Path, identities: tuple[Path, ...], passphrase: bool, as_
     from weightvault.sealing.sources import display, is_remote
 
     keys = identities_from(identities, passphrase)
-    with _progress("verifying", 0 if is_remote(path) else _size_of(Path(path))) as progress:
+    with progress_bar("verifying", 0 if is_remote(path) else size_of(Path(path))) as progress:
         if names_model_dir(path):
             model = SealedModel.open(path, keys)
             model.verify(progress)

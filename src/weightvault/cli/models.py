@@ -16,9 +16,11 @@ from weightvault.cli.options import (
     local_or_remote,
     make_client,
     open_attester,
+    progress_bar,
     recipients_from,
     sign_key_option,
     sign_sealed_dir,
+    size_of,
 )
 from weightvault.errors import ConfigError
 from weightvault.format.manifest import MANIFEST_NAME
@@ -83,9 +85,11 @@ def publish(
         signature = manifest = None
         try:
             if src.is_dir():
-                result = seal_model_dir(
-                    src, dst, file_key=file_key, recipients=wrapped, options=options, overwrite=force
-                )
+                with progress_bar("sealing", size_of(src)) as progress:
+                    result = seal_model_dir(
+                        src, dst, file_key=file_key, recipients=wrapped, options=options, overwrite=force,
+                        progress=progress,
+                    )  # fmt: skip
                 files = registration_files(result.manifest)
                 if sign_key is not None:
                     signature = sign_sealed_dir(dst, sign_key).read_bytes()
@@ -93,9 +97,11 @@ def publish(
             else:
                 if sign_key is not None:
                     raise ConfigError("--sign-key signs model directories (OpenSSF model signing)")
-                one = seal_safetensors(
-                    src, dst, file_key=file_key, recipients=wrapped, options=options, overwrite=force
-                )
+                with progress_bar("sealing", size_of(src)) as progress:
+                    one = seal_safetensors(
+                        src, dst, file_key=file_key, recipients=wrapped, options=options, overwrite=force,
+                        progress=progress,
+                    )  # fmt: skip
                 files = [{"file_id": one.file_id.hex(), "header_mac": one.header_mac.hex(), "path": dst.name}]
             registered = client.register_model(
                 tenant,
@@ -148,20 +154,22 @@ def load(
         chosen = open_attester(attester, tcti, device_id, event_logs)
         identity = BrokerIdentity(client, chosen, kem=HPKEKem(kem), device_id=device_id, approval=approval)
         t0 = time.perf_counter()
+        total = 0 if isinstance(src, str) else size_of(src)  # a URL's size is known only once opened
         try:
-            if names_model_dir(src):
-                model = SealedModel.open(src, [identity])
-                count = nbytes = 0
-                for entry in model.weight_entries():
-                    with model.open_sealed(entry) as opened:
-                        arrays = wv_numpy.load_opened(opened)
-                    count += len(arrays)
-                    nbytes += sum(a.nbytes for a in arrays.values())
+            with progress_bar("loading", total) as progress:
+                if names_model_dir(src):
+                    model = SealedModel.open(src, [identity])
+                    count = nbytes = 0
+                    for entry in model.weight_entries():
+                        with model.open_sealed(entry) as opened:
+                            arrays = wv_numpy.load_opened(opened, progress=progress)
+                        count += len(arrays)
+                        nbytes += sum(a.nbytes for a in arrays.values())
+                        del arrays
+                else:
+                    arrays = wv_numpy.load_file(src, [identity], progress=progress)
+                    count, nbytes = len(arrays), sum(a.nbytes for a in arrays.values())
                     del arrays
-            else:
-                arrays = wv_numpy.load_file(src, [identity])
-                count, nbytes = len(arrays), sum(a.nbytes for a in arrays.values())
-                del arrays
         finally:
             identity.wipe()
             close = getattr(chosen, "close", None)

@@ -7,8 +7,10 @@ only this one (an import contract keeps it so).
 
 from __future__ import annotations
 
+import contextlib
 import os
-from collections.abc import Callable, Sequence
+import sys
+from collections.abc import Callable, Iterator, Sequence
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -40,13 +42,48 @@ __all__ = [
     "open_attester",
     "open_reader",
     "parse_ms",
+    "progress_bar",
     "read_policy",
     "read_token",
     "read_vkey",
     "recipients_from",
     "sign_key_option",
     "sign_sealed_dir",
+    "size_of",
 ]
+
+
+def _quiet() -> bool:
+    context = click.get_current_context(silent=True)
+    return bool(context is not None and context.find_root().params.get("quiet"))
+
+
+@contextlib.contextmanager
+def progress_bar(label: str, total: int) -> Iterator[Callable[[int], None] | None]:
+    """A rich progress bar on a terminal; nothing when stderr is not one, or with ``--quiet``."""
+    if not sys.stderr.isatty() or total <= 0 or _quiet():
+        yield None
+        return
+    from rich.progress import BarColumn, DownloadColumn, Progress, TimeRemainingColumn, TransferSpeedColumn
+
+    with Progress(
+        "[progress.description]{task.description}",
+        BarColumn(),
+        DownloadColumn(),
+        TransferSpeedColumn(),
+        TimeRemainingColumn(),
+        transient=True,
+        console=None,
+    ) as bar:
+        task = bar.add_task(label, total=total)
+        yield lambda n: bar.advance(task, n)
+
+
+def size_of(path: Path) -> int:
+    """Bytes of a file, or of a model directory's weights (what a progress bar counts)."""
+    if path.is_file():
+        return path.stat().st_size
+    return sum(p.stat().st_size for p in path.rglob("*.safetensors*") if p.is_file())
 
 
 def client_options(func: Callable[..., Any]) -> Callable[..., Any]:
