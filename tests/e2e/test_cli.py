@@ -241,3 +241,27 @@ def test_progress_bars_show_on_a_terminal_and_quiet_turns_them_off(keys: dict[st
     assert "sealed 4 tensors" in quiet
     piped = wv("seal", plain, tmp_path / "c.wvlt", "-r", keys["kek"])  # not a terminal: no bar either
     assert "sealing" not in piped.stderr
+
+
+def test_reporting_commands_print_json_with_json(keys: dict[str, Path], tmp_path: Path) -> None:
+    import numpy as np
+    from safetensors.numpy import save_file
+
+    plain = tmp_path / "m.safetensors"
+    save_file({"w": np.arange(64, dtype=np.float32)}, str(plain))
+    made = json.loads(wv("keygen", "kek", tmp_path / "new.kek", "--json").stdout)
+    assert {"kind", "kid", "private"} <= set(made)
+    sealed = json.loads(wv("seal", plain, tmp_path / "m.wvlt", "-r", keys["kek"], "--json").stdout)
+    assert (1, "aes-256-gcm", False) == (sealed["tensors"], sealed["suite"], sealed["signature_verified"])
+    rewrapped = json.loads(
+        wv("rewrap", tmp_path / "m.wvlt", "-i", keys["kek"], "--add", keys["hpke_pub"], "--json").stdout
+    )
+    assert 2 == len(rewrapped["files"][0]["recipients"])
+    unsealed = json.loads(
+        wv("unseal", tmp_path / "m.wvlt", tmp_path / "back.safetensors", "-i", keys["hpke"], "--json").stdout
+    )
+    assert str(tmp_path / "back.safetensors") == unsealed["unsealed"]
+    resealed = json.loads(
+        wv("reseal", tmp_path / "m.wvlt", tmp_path / "r.wvlt", "-i", keys["kek"], "-r", keys["kek"], "--json").stdout
+    )
+    assert resealed["file_id"] != sealed["file_id"]  # a new file key, a new file id

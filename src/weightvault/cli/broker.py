@@ -11,6 +11,7 @@ import click
 
 from weightvault.broker.config import DEFAULTS, check_storage_url
 from weightvault.cli.custody import load_person_public, share_file_bytes
+from weightvault.cli.options import json_option, report
 from weightvault.errors import BackupError, ConfigError
 
 __all__ = ["broker"]
@@ -269,7 +270,8 @@ _BACKED_UP_KEYS: Final = ("token_signing", "registration", "audit_log", "audit_h
 @broker.command("backup")
 @click.option("--config", "config_path", type=click.Path(path_type=Path, exists=True, dir_okay=False), required=True)
 @click.option("--out", type=click.Path(path_type=Path, dir_okay=False), required=True, help="The backup file to write.")
-def broker_backup(config_path: Path, out: Path) -> None:
+@json_option
+def broker_backup(config_path: Path, out: Path, as_json: bool) -> None:
     """Back up the broker: its database (one snapshot), audit log, configuration and keys.
 
     Safe while the broker runs. Encrypted under the root key (which is not in the backup:
@@ -336,10 +338,21 @@ def broker_backup(config_path: Path, out: Path) -> None:
         if isinstance(encrypt_to, RootKey):
             encrypt_to.wipe()
     under = "the root key" if manifest.custody is None else f"share set {manifest.custody.id}'s backup key"
-    click.echo(
+    text = (
         f"backup written to {out}: log size {manifest.log_size}, {manifest.backend} database, "
         f"{manifest.payload_bytes} bytes encrypted to {under}"
     )
+    doc = {
+        "backup": out,
+        "created_at": manifest.created_at,
+        "log_size": manifest.log_size,
+        "log_root": manifest.log_root.hex(),
+        "database": manifest.backend,
+        "payload_bytes": manifest.payload_bytes,
+        "payload_sha256": manifest.payload_sha256,
+        "custody_set": None if manifest.custody is None else manifest.custody.id,
+    }
+    report(as_json, text, doc)
 
 
 @broker.command("restore")

@@ -27,9 +27,11 @@ from weightvault.cli.exits import EXIT_INTERNAL, exit_code_for
 from weightvault.cli.models import load, publish
 from weightvault.cli.options import (
     identities_from,
+    json_option,
     local_or_remote,
     progress_bar,
     recipients_from,
+    report,
     sign_key_option,
     sign_sealed_dir,
     size_of,
@@ -117,11 +119,12 @@ def keygen() -> None:
 @keygen.command("kek")
 @click.argument("out", type=click.Path(path_type=Path, dir_okay=False))
 @click.option("--force", is_flag=True, help="Replace an existing file.")
-def keygen_kek(out: Path, force: bool) -> None:
+@json_option
+def keygen_kek(out: Path, force: bool, as_json: bool) -> None:
     """Write a new 32-byte key-encryption key to OUT (mode 0600)."""
     key = KEK.generate()
     write_key_file(out, key, overwrite=force)
-    click.echo(f"wrote KEK {key.kid} to {out}")
+    report(as_json, f"wrote KEK {key.kid} to {out}", {"kind": "kek", "kid": key.kid, "private": out})
 
 
 @keygen.command("hpke")
@@ -134,13 +137,15 @@ def keygen_kek(out: Path, force: bool) -> None:
     help="Key encapsulation: post-quantum hybrid or classic X25519.",
 )
 @click.option("--force", is_flag=True, help="Replace existing files.")
-def keygen_hpke(out: Path, kem: str, force: bool) -> None:
+@json_option
+def keygen_hpke(out: Path, kem: str, force: bool, as_json: bool) -> None:
     """Write an HPKE private key to OUT and its public key to OUT.pub."""
     identity = HPKEIdentity.generate(HPKEKem(kem))
     public = out.with_name(out.name + ".pub")
     write_key_file(out, identity, overwrite=force)
     write_key_file(public, identity.recipient, overwrite=force)
-    click.echo(f"wrote {kem} key {identity.kid}: private {out}, public {public}")
+    doc = {"kind": "hpke", "kem": kem, "kid": identity.kid, "private": out, "public": public}
+    report(as_json, f"wrote {kem} key {identity.kid}: private {out}, public {public}", doc)
 
 
 @cli.command()
@@ -190,6 +195,7 @@ def keygen_hpke(out: Path, kem: str, force: bool) -> None:
     type=click.Path(path_type=Path, dir_okay=False),
     help="With --require-signature: SRC's signature file (default SRC/model.sig).",
 )
+@json_option
 def seal(
     src: Path,
     dst: Path,
@@ -205,6 +211,7 @@ def seal(
     sign_key: Path | None,
     signer_key: Path | None,
     signature: Path | None,
+    as_json: bool,
 ) -> None:
     """Seal SRC (a .safetensors file or a model directory) into DST.
 
@@ -226,7 +233,6 @@ def seal(
         from weightvault.sealing.signatures import verify_model_dir
 
         verify_model_dir(src, signer_key, signature=signature)
-        click.echo(f"{src}: OpenSSF model signature verified")
     elif signature is not None:
         raise ConfigError("--signature goes with --require-signature")
     options = SealOptions(AEADSuite.from_label(suite), chunk_log2, sealed_metadata)
@@ -247,16 +253,23 @@ def seal(
                     overwrite=force,
                     progress=progress,
                 )
-                click.echo(f"sealed {len(result.sealed)} file(s) of {src} into {dst} ({options.suite.label})")
+                lines = [f"sealed {len(result.sealed)} file(s) of {src} into {dst} ({options.suite.label})"]
+                doc: dict[str, Any] = {"files": len(result.sealed)}
                 if sign_key is not None:
-                    click.echo(f"signed {dst} (OpenSSF model signing): {sign_sealed_dir(dst, sign_key)}")
+                    doc["signature"] = sign_sealed_dir(dst, sign_key)
+                    lines.append(f"signed {dst} (OpenSSF model signing): {doc['signature']}")
             else:
                 one = seal_safetensors(
                     src, dst, file_key=file_key, recipients=wrapped, options=options, overwrite=force, progress=progress
                 )
-                click.echo(f"sealed {one.tensors} tensors of {src} into {dst} ({options.suite.label})")
+                lines = [f"sealed {one.tensors} tensors of {src} into {dst} ({options.suite.label})"]
+                doc = {"tensors": one.tensors, "file_id": one.file_id.hex()}
     finally:
         file_key.wipe()
+    if signer_key is not None:
+        lines.insert(0, f"{src}: OpenSSF model signature verified")
+    doc.update(source=src, sealed=dst, suite=options.suite.label, signature_verified=signer_key is not None)
+    report(as_json, lines, doc)
 
 
 @cli.command()
@@ -265,7 +278,8 @@ def seal(
 @_identity_option
 @_passphrase_option
 @click.option("--force", is_flag=True, help="Replace DST if it exists.")
-def unseal(src: Path, dst: Path, identities: tuple[Path, ...], passphrase: bool, force: bool) -> None:
+@json_option
+def unseal(src: Path, dst: Path, identities: tuple[Path, ...], passphrase: bool, force: bool, as_json: bool) -> None:
     """Restore the original file or model directory from SRC into DST."""
     keys = identities_from(identities, passphrase)
     with progress_bar("unsealing", size_of(src)) as progress:
@@ -273,7 +287,7 @@ def unseal(src: Path, dst: Path, identities: tuple[Path, ...], passphrase: bool,
             unseal_model_dir(src, dst, keys, overwrite=force, progress=progress)
         else:
             unseal_file(src, dst, keys, overwrite=force, progress=progress)
-    click.echo(f"unsealed {src} into {dst}")
+    report(as_json, f"unsealed {src} into {dst}", {"sealed": src, "unsealed": dst})
 
 
 def _file_report(path: Path, keys: FileKey | list[Identity] | None) -> dict[str, Any]:
@@ -337,19 +351,19 @@ def inspect(path: Path, identities: tuple[Path, ...], passphrase: bool, as_json:
     if as_json:
         _emit_json(doc)
         return
-    for report in doc.get("files", [doc]):
-        if report.get("public"):
-            click.echo(f"{report['path']}: carried in the clear")
+    for entry in doc.get("files", [doc]):
+        if entry.get("public"):
+            click.echo(f"{entry['path']}: carried in the clear")
             continue
-        state = "authenticated" if report["authenticated"] else "UNAUTHENTICATED (no key given)"
-        version, suite, size = report["format_version"], report["suite"], report["data_bytes"]
-        click.echo(f"{report['path']}: sealed v{version}, {suite}, {size} data bytes, table {state}")
-        for r in report["recipients"]:
+        state = "authenticated" if entry["authenticated"] else "UNAUTHENTICATED (no key given)"
+        version, suite, size = entry["format_version"], entry["suite"], entry["data_bytes"]
+        click.echo(f"{entry['path']}: sealed v{version}, {suite}, {size} data bytes, table {state}")
+        for r in entry["recipients"]:
             click.echo(f"  recipient: {r}")
-        if report["tensors"] is None:
+        if entry["tensors"] is None:
             click.echo("  tensor table is sealed; pass a key to list it")
             continue
-        for t in report["tensors"]:
+        for t in entry["tensors"]:
             click.echo(f"  {t['name']}  {t['dtype']}  {t['shape']}")
 
 
@@ -396,6 +410,7 @@ def verify(path: str | Path, identities: tuple[Path, ...], passphrase: bool, as_
 @click.option("--add-passphrase", is_flag=True, help="Add a passphrase recipient (asks for a new passphrase).")
 @click.option("--remove", multiple=True, help="Key id or stanza type to remove. Repeatable.")
 @click.option("--replace-all", is_flag=True, help="Drop every existing recipient before adding.")
+@json_option
 def rewrap(
     path: Path,
     identities: tuple[Path, ...],
@@ -404,6 +419,7 @@ def rewrap(
     add_passphrase: bool,
     remove: tuple[str, ...],
     replace_all: bool,
+    as_json: bool,
 ) -> None:
     """Add, remove or rotate recipients of PATH without re-encrypting the data."""
     keys = identities_from(identities, passphrase)
@@ -418,10 +434,13 @@ def rewrap(
         keys = model.file_key
     else:
         targets = [path]
+    lines, files = [], []
     for target in targets:
         result = rewrap_file(target, keys, add=new, remove=remove, replace_all=replace_all)
         grown = " (recipients region grew)" if result.grew else ""
-        click.echo(f"{target}: {len(result.stanzas)} recipient(s){grown}")
+        lines.append(f"{target}: {len(result.stanzas)} recipient(s){grown}")
+        files.append({"path": target, "recipients": [s.describe() for s in result.stanzas], "grew": result.grew})
+    report(as_json, lines, {"files": files})
 
 
 @cli.command()
@@ -439,6 +458,7 @@ def rewrap(
 )
 @click.option("--key-out", type=click.Path(path_type=Path, dir_okay=False), help="Also write the new file key here.")
 @click.option("--force", is_flag=True, help="Replace DST if it exists.")
+@json_option
 def reseal(
     src: Path,
     dst: Path,
@@ -447,6 +467,7 @@ def reseal(
     recipients: tuple[Path, ...],
     key_out: Path | None,
     force: bool,
+    as_json: bool,
 ) -> None:
     """Re-encrypt SRC under a new file key (new file id); plaintext never touches the disk."""
     from weightvault.sealing import reseal_file
@@ -462,7 +483,8 @@ def reseal(
         result = reseal_file(src, dst, keys, file_key=file_key, recipients=wrapped, overwrite=force)
     finally:
         file_key.wipe()
-    click.echo(f"resealed {result.tensors} tensors of {src} into {dst} under a new file key")
+    text = f"resealed {result.tensors} tensors of {src} into {dst} under a new file key"
+    report(as_json, text, {"source": src, "resealed": dst, "tensors": result.tensors, "file_id": result.file_id.hex()})
 
 
 for _command in (

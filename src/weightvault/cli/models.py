@@ -13,11 +13,13 @@ from weightvault.cli.options import (
     approval_option,
     attester_options,
     client_options,
+    json_option,
     local_or_remote,
     make_client,
     open_attester,
     progress_bar,
     recipients_from,
+    report,
     sign_key_option,
     sign_sealed_dir,
     size_of,
@@ -47,6 +49,7 @@ __all__ = ["load", "publish"]
 @click.option("--tag", "tags", multiple=True, help="key=value tag (policies see model.tags.<key>). Repeatable.")
 @click.option("--force", is_flag=True, help="Replace DST.")
 @sign_key_option
+@json_option
 @client_options
 def publish(
     src: Path,
@@ -61,6 +64,7 @@ def publish(
     tags: tuple[str, ...],
     force: bool,
     sign_key: Path | None,
+    as_json: bool,
     url: str | None,
     token: str | None,
     ca: Path | None,
@@ -117,7 +121,8 @@ def publish(
         finally:
             file_key.wipe()
     signed = " and signed (model.sig)" if sign_key is not None else ""
-    click.echo(f"published {registered}: sealed into {dst}{signed}, key held by {client.url}")
+    doc = {"resource": registered, "sealed": dst, "broker": client.url, "signed": sign_key is not None}
+    report(as_json, f"published {registered}: sealed into {dst}{signed}, key held by {client.url}", doc)
 
 
 @click.command()

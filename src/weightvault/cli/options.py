@@ -37,6 +37,7 @@ __all__ = [
     "client_options",
     "http_fetch",
     "identities_from",
+    "json_option",
     "make_anonymous_client",
     "make_client",
     "open_attester",
@@ -47,6 +48,7 @@ __all__ = [
     "read_token",
     "read_vkey",
     "recipients_from",
+    "report",
     "sign_key_option",
     "sign_sealed_dir",
     "size_of",
@@ -84,6 +86,22 @@ def size_of(path: Path) -> int:
     if path.is_file():
         return path.stat().st_size
     return sum(p.stat().st_size for p in path.rglob("*.safetensors*") if p.is_file())
+
+
+def json_option(func: Callable[..., Any]) -> Callable[..., Any]:
+    """``--json``: print the command's report as one JSON document instead of lines of text."""
+    return click.option("--json", "as_json", is_flag=True, help="Print a JSON report instead of text.")(func)
+
+
+def report(as_json: bool, lines: str | Sequence[str], doc: Any) -> None:
+    """Print ``lines`` for people, or ``doc`` as JSON with ``--json`` (keys sorted, paths as strings)."""
+    import json
+
+    if as_json:
+        click.echo(json.dumps(doc, indent=2, sort_keys=True, default=str))
+        return
+    for line in [lines] if isinstance(lines, str) else lines:
+        click.echo(line)
 
 
 def client_options(func: Callable[..., Any]) -> Callable[..., Any]:
