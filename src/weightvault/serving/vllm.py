@@ -23,6 +23,7 @@ Options (``--model-loader-extra-config``): ``broker`` (default ``$WEIGHTVAULT_BR
 from __future__ import annotations
 
 import os
+import time
 from collections.abc import Iterator, Mapping
 from contextlib import ExitStack
 from dataclasses import dataclass, fields
@@ -109,8 +110,11 @@ def sealed_weights(location: str | Path, keys: Any, device: Any = "cpu") -> Iter
 
 def register() -> None:
     """The vLLM plugin: registers the ``weightvault`` load format (vLLM calls it in each process)."""
+    from vllm.logger import init_logger
     from vllm.model_executor.model_loader import register_model_loader
     from vllm.model_executor.model_loader.base_loader import BaseModelLoader
+
+    logger = init_logger("vllm.weightvault")
 
     class WeightvaultModelLoader(BaseModelLoader):  # type: ignore[misc]
         """Loads a sealed model directory (see :mod:`weightvault.serving.vllm`)."""
@@ -122,9 +126,13 @@ def register() -> None:
             options = LoaderOptions.parse(self.load_config.model_loader_extra_config)
             wanted = {name for name, _ in model.named_parameters()}
             device = next(iter(model.parameters())).device
+            started = time.perf_counter()
             with ExitStack() as stack:
                 keys = _keys(options, stack)
                 loaded = model.load_weights(sealed_weights(model_config.model, keys, device))
+            # The same words as vLLM's own loader, so that both are timed alike (bench/vllm_load.py).
+            seconds = time.perf_counter() - started
+            logger.info("Loading weights took %.2f seconds (weightvault: sealed, verified)", seconds)
             if loaded is not None and model_config.quantization is None:
                 missing = sorted(wanted - set(loaded))
                 if missing:  # a model with uninitialised weights is never served
