@@ -7,6 +7,7 @@ witnesses', the old log) and refused when the log moved on after the backup.
 
 from __future__ import annotations
 
+import json
 import subprocess
 import sys
 import time
@@ -179,8 +180,6 @@ def test_an_approved_rollback_keeps_the_newer_log_and_holds_what_changed_since(
     held, so it stays out although the restored database says it is enabled. One approval is
     not enough; the request binds this backup and that log head. With replicas the old log is
     the one in their PostgreSQL database, and the kept log goes into the new database."""
-    import json
-
     from tests import databases
     from weightvault.errors import ContainedError
 
@@ -382,11 +381,18 @@ def test_a_replicated_brokers_log_is_backed_up_from_the_database_and_restored_in
     assert events[size + 1].type == "log.handover"
 
 
-def _submit(tmp_path: Path, request: Path, custodian: str, share: Path, out: Path) -> None:
-    made = wv(
-        "custody", "submit-file", request, "--key", tmp_path / f"{custodian}.key", "--share", share,
-        "--out", out, "--yes",
+def _submit_file(
+    tmp_path: Path, request: Path, custodian: str, share: Path, out: Path, announced: str
+) -> subprocess.CompletedProcess[str]:
+    return wv(
+        "custody", "submit-file", request, "--ceremony", announced, "--key", tmp_path / f"{custodian}.key",
+        "--share", share, "--out", out, "--yes",
     )  # fmt: skip
+
+
+def _submit(tmp_path: Path, request: Path, custodian: str, share: Path, out: Path) -> None:
+    announced = json.loads(request.read_text())["id"][:16]  # what the operator reads out to custodians
+    made = _submit_file(tmp_path, request, custodian, share, out, announced)
     assert 0 == made.returncode, made.stderr
     assert "RESTORE the backup of" in made.stdout  # the custodian saw which backup they open
 
@@ -469,6 +475,19 @@ def test_a_broker_under_custody_is_backed_up_without_its_root_key_and_restored_b
             assert restore.poll() is None, restore.communicate()
             assert time.monotonic() < deadline
             time.sleep(0.1)
+        # Whoever can write the exchange directory can put a request of their own there, with a
+        # key of their own: without the id the operator announced, no custodian answers it.
+        from weightvault.crypto.keywrap import hpke_generate
+        from weightvault.custody.ceremony import CeremonyTerms
+        from weightvault.custody.person import KEM
+
+        genuine = json.loads(request.read_text())
+        forged_terms = {k: v for k, v in genuine.items() if k != "id"} | {"key": hpke_generate(KEM)[1].hex()}
+        fake = tmp_path / "forged-request.json"
+        fake.write_text(json.dumps(CeremonyTerms.from_json(forged_terms).to_json()))
+        lured = _submit_file(tmp_path, fake, "ben", shares / "ben.share", tmp_path / "lured.sub", genuine["id"][:16])
+        assert 87 == lured.returncode, lured.stderr
+        assert not (tmp_path / "lured.sub").exists()
         (exchange / "junk.submission").write_text("{not json")
         _submit(tmp_path, request, "ann", shares / "ann.share", exchange / "ann.submission")
         # ann's submission replayed under ben's name does not count as ben's share.

@@ -488,9 +488,10 @@ def restore_ceremony(
         with atomic_file(request, mode=0o644, overwrite=True) as out:
             out.write(canonical_json(ceremony.terms.to_json()) + b"\n")
         report(
-            f"restore ceremony {ceremony.id[:16]}: {ceremony.needed} of {len(share_set.custodians)} custodians "
-            f"({', '.join(c.id for c in share_set.custodians)}) each run 'weightvault custody submit-file "
-            f"{request} --key KEY --share SHARE --out {exchange}/NAME{SUBMISSION_SUFFIX}'"
+            f"restore ceremony {ceremony.id}: tell the custodians this id through another channel; "
+            f"{ceremony.needed} of {len(share_set.custodians)} ({', '.join(c.id for c in share_set.custodians)}) "
+            f"each run 'weightvault custody submit-file {request} --ceremony {ceremony.id[:16]} --key KEY "
+            f"--share SHARE --out {exchange}/NAME{SUBMISSION_SUFFIX}'"
         )
         while True:
             for path in sorted(exchange.glob(f"*{SUBMISSION_SUFFIX}")):

@@ -277,12 +277,23 @@ def custody_submit(
 @click.option("--key", "key_path", type=click.Path(path_type=Path, exists=True), required=True)
 @click.option("--share", "share_path", type=click.Path(path_type=Path, exists=True), required=True)
 @click.option("--out", type=click.Path(path_type=Path, dir_okay=False), required=True, help="The submission file.")
+@click.option(
+    "--ceremony",
+    "ceremony_id",
+    required=True,
+    help="The ceremony id the restoring operator announced (at least its first 16 hex digits).",
+)
 @click.option("--yes", is_flag=True, help="Do not ask for confirmation after showing the terms.")
-def custody_submit_file(request: Path, key_path: Path, share_path: Path, out: Path, yes: bool) -> None:
+def custody_submit_file(
+    request: Path, key_path: Path, share_path: Path, out: Path, ceremony_id: str, yes: bool
+) -> None:
     """Answer a restore ceremony's request file with your share, encrypted to it and signed (custodians).
 
-    'weightvault broker restore' writes REQUEST when it restores a backup made under custody;
-    put the file written to --out in the directory the request came from.
+    'weightvault broker restore' writes REQUEST when it restores a backup made under custody,
+    and shows the ceremony's id: compare it through another channel (read aloud, a call), since
+    whoever can write the exchange directory could put another request there, with a key of
+    their own. The id covers the ceremony's key, so a request with the id announced can only be
+    the restoring process's. Put the file written to --out beside the request.
     """
     from weightvault.custody.ceremony import CeremonyTerms, Submission, prepare_submission
     from weightvault.custody.shares import open_delivered
@@ -296,6 +307,12 @@ def custody_submit_file(request: Path, key_path: Path, share_path: Path, out: Pa
     if not isinstance(doc, dict):
         raise CeremonyError(f"{request}: not a ceremony request")
     terms = CeremonyTerms.from_json(doc)
+    announced = ceremony_id.strip().lower()
+    if len(announced) < 16 or not terms.id.startswith(announced):
+        raise CeremonyError(
+            f"{request} is ceremony {terms.id[:16]}, not the one announced ({announced[:16]}): "
+            "do not submit to it (give at least 16 hex digits of the id the restore shows)"
+        )
     if terms.kind != "restore":
         raise CeremonyError(f"{request}: only restore ceremonies run over files; this is a {terms.kind}")
     key = load_person_key(key_path)
