@@ -152,7 +152,14 @@ def test_vllm_gets_the_key_by_attestation_from_the_broker_and_a_refusal_serves_n
         "publish", plain, sealed, "--tenant", "acme", "--name", "tiny", "--version", "1", "--policy", "open",
         "--broker", url, "--token", publisher_token,
     )  # fmt: skip
-    options = {"broker": url, "token": workload, "attester": "sample"}
+    tokens = {}
+    for name, value in (("workload", workload), ("stranger", stranger)):
+        tokens[name] = tmp_path / f"{name}.token"
+        tokens[name].write_text(value)
+        tokens[name].chmod(0o600)
+    options = {"broker": url, "token": f"@{tokens['workload']}", "attester": "sample"}
     assert expected == _vllm_complete(sealed, options)
     with pytest.raises(RuntimeError, match=r"weightvault\.errors\.(PermissionDeniedError|ReleaseDeniedError)"):
-        _vllm_complete(sealed, {**options, "token": stranger})  # another tenant's workload gets no key
+        _vllm_complete(sealed, {**options, "token": f"@{tokens['stranger']}"})  # another tenant's workload: no key
+    with pytest.raises(RuntimeError, match="never itself: vLLM logs its arguments"):
+        _vllm_complete(sealed, {**options, "token": workload})  # refused, so that nobody keeps doing it

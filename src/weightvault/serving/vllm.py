@@ -16,8 +16,10 @@ is asked, for tests and air-gapped use. On a CUDA device, ChaCha20-Poly1305 file
 decrypted by the device kernels, straight into device memory.
 
 Options (``--model-loader-extra-config``): ``broker`` (default ``$WEIGHTVAULT_BROKER``),
-``token`` (a token or ``@FILE``; default ``$WEIGHTVAULT_TOKEN``), ``ca``, ``attester``,
-``tcti``, ``device_id``, ``kem`` (``mlkem768-x25519`` or ``x25519``), ``identity``.
+``token`` (``@FILE``, a file only its owner reads; default ``$WEIGHTVAULT_TOKEN``), ``ca``,
+``attester``, ``tcti``, ``device_id``, ``kem`` (``mlkem768-x25519`` or ``x25519``),
+``identity``. A token itself is refused there: vLLM logs its arguments, the loader's
+configuration included.
 """
 
 from __future__ import annotations
@@ -60,6 +62,12 @@ class LoaderOptions:
             raise ConfigError(f"unknown weightvault loader option(s) {unknown}; known: {sorted(known)}")
         if not all(isinstance(v, str) for v in extra.values()):
             raise ConfigError("weightvault loader options are strings")
+        token = extra.get("token")
+        if token is not None and not token.startswith("@"):
+            raise ConfigError(
+                "the weightvault loader takes its token as @FILE or $WEIGHTVAULT_TOKEN, never itself: "
+                "vLLM logs its arguments"
+            )
         return cls(**extra)
 
 
