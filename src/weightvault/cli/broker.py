@@ -11,7 +11,7 @@ import click
 
 from weightvault.broker.config import DEFAULTS, check_storage_url
 from weightvault.cli.custody import load_person_public, share_file_bytes
-from weightvault.cli.options import json_option, report
+from weightvault.cli.options import is_database_url, json_option, report
 from weightvault.errors import BackupError, ConfigError
 
 __all__ = ["broker"]
@@ -613,13 +613,9 @@ def broker_restore(
         click.echo("  WARNING: restored without a checkpoint to compare against (--unchecked); the log records it")
 
 
-def _is_database_url(value: str) -> bool:
-    return value.startswith(("postgresql://", "postgresql+psycopg://", "postgres://"))
-
-
 def _old_log_name(spec: str) -> str:
     """How the old log is named in messages and in the log: never a URL, which may hold a password."""
-    return "the old log database" if _is_database_url(spec) else spec
+    return "the old log database" if is_database_url(spec) else spec
 
 
 def _old_log_into(spec: str, dst: Path, origin: str, *, copy: bool = False) -> Path:
@@ -632,7 +628,7 @@ def _old_log_into(spec: str, dst: Path, origin: str, *, copy: bool = False) -> P
     """
     from weightvault.auditlog.storage import copy_log
 
-    if not _is_database_url(spec):
+    if not is_database_url(spec):
         path = Path(spec)
         if not path.is_file():
             raise ConfigError(f"{path}: no such audit log")

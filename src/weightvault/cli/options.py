@@ -37,6 +37,7 @@ __all__ = [
     "client_options",
     "http_fetch",
     "identities_from",
+    "is_database_url",
     "json_option",
     "make_anonymous_client",
     "make_client",
@@ -262,10 +263,15 @@ def _origin_of(db: Path) -> str:
         raise ConfigError(str(exc)) from exc
 
 
+def is_database_url(value: str | Path) -> bool:
+    """Whether a log location names a PostgreSQL database (a replicated broker's log)."""
+    return str(value).startswith(("postgresql://", "postgresql+psycopg://", "postgres://"))
+
+
 def open_reader(db: str | Path) -> LogReader:
     """A reader of the log in a SQLite file, or in a PostgreSQL database (``postgresql://...``, the
     log of replicated brokers); nothing is created or changed."""
-    if str(db).startswith(("postgresql://", "postgresql+psycopg://", "postgres://")):
+    if is_database_url(db):
         from weightvault.auditlog.pgstorage import PostgresLogStorage
         from weightvault.broker.storage.database import libpq_conninfo
 
