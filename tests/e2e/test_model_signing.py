@@ -17,10 +17,9 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from cryptography.hazmat.primitives import serialization
-from cryptography.hazmat.primitives.asymmetric import ec
 from safetensors.numpy import save_file
 
+from tests.helpers import ec_keypair
 from weightvault.errors import ConfigError, ModelSignatureError
 from weightvault.format.manifest import MANIFEST_NAME
 from weightvault.sealing.signatures import SIGNATURE_NAME, sign_model_dir, verify_model_dir
@@ -47,19 +46,6 @@ def openssf_sign(model: Path, private: Path) -> subprocess.CompletedProcess[str]
     return _run("-m", "model_signing", "sign", "key", model, "--signature", sig, "--private_key", private)
 
 
-def _keypair(tmp: Path, name: str) -> tuple[Path, Path]:
-    key = ec.generate_private_key(ec.SECP256R1())
-    private, public = tmp / f"{name}.pem", tmp / f"{name}.pub.pem"
-    private.write_bytes(
-        key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption())
-    )
-    private.chmod(0o600)
-    public.write_bytes(
-        key.public_key().public_bytes(serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo)
-    )
-    return private, public
-
-
 @pytest.fixture
 def plain_model(tmp_path: Path) -> Path:
     model = tmp_path / "plain"
@@ -73,8 +59,8 @@ def plain_model(tmp_path: Path) -> Path:
 def test_a_sealed_directory_signed_by_weightvault_verifies_with_openssf_tools_until_anything_changes(
     plain_model: Path, tmp_path: Path
 ) -> None:
-    private, public = _keypair(tmp_path, "publisher")
-    _, other = _keypair(tmp_path, "someone-else")
+    private, public = ec_keypair(tmp_path, "publisher")
+    _, other = ec_keypair(tmp_path, "someone-else")
     sealed = tmp_path / "sealed"
     done = wv("seal", plain_model, sealed, "--key-out", tmp_path / "file.key", "--sign-key", private)
     assert 0 == done.returncode, done.stderr
@@ -115,8 +101,8 @@ def test_a_sealed_directory_signed_by_weightvault_verifies_with_openssf_tools_un
 
 
 def test_sealing_requires_the_plain_models_openssf_signature_when_asked(plain_model: Path, tmp_path: Path) -> None:
-    private, public = _keypair(tmp_path, "trainer")
-    _, other = _keypair(tmp_path, "someone-else")
+    private, public = ec_keypair(tmp_path, "trainer")
+    _, other = ec_keypair(tmp_path, "someone-else")
     signed = openssf_sign(plain_model, private)
     assert 0 == signed.returncode, signed.stderr
     assert (plain_model / SIGNATURE_NAME).is_file()
@@ -184,8 +170,8 @@ def test_a_signed_model_registers_with_its_signer_as_a_claim_and_forgeries_are_r
     from weightvault.sealing import read_key_file
     from weightvault.sealing.model_dir import read_manifest
 
-    private, public = _keypair(tmp_path, "release")
-    stranger, _ = _keypair(tmp_path, "stranger")
+    private, public = ec_keypair(tmp_path, "release")
+    stranger, _ = ec_keypair(tmp_path, "stranger")
     models = f'[models]\nsigners = {{ release = "{public}" }}\n'
     weights = tmp_path / "w.safetensors"
     save_file({"w": np.zeros(16, dtype=np.float32)}, str(weights))

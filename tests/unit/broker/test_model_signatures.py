@@ -10,11 +10,10 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from cryptography.hazmat.primitives import serialization
-from cryptography.hazmat.primitives.asymmetric import ec
 from safetensors.numpy import save_file
 
 from tests.databases import fresh_url
+from tests.helpers import ec_keypair
 from tests.unit.broker.conftest import ADMIN, OPEN_POLICY, OPERATOR, PUBLISHER, Clock
 from weightvault.attestation.registry import VerifierRegistry
 from weightvault.attestation.unsafe import UnsafeSampleVerifier
@@ -34,18 +33,6 @@ from weightvault.sealing import seal_model_dir
 from weightvault.sealing.signatures import SIGNATURE_NAME, sign_model_dir
 
 pytest.importorskip("model_signing")
-
-
-def _keypair(tmp: Path, name: str) -> tuple[Path, Path]:
-    key = ec.generate_private_key(ec.SECP256R1())
-    private, public = tmp / f"{name}.pem", tmp / f"{name}.pub.pem"
-    private.write_bytes(
-        key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption())
-    )
-    public.write_bytes(
-        key.public_key().public_bytes(serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo)
-    )
-    return private, public
 
 
 @dataclass
@@ -79,7 +66,7 @@ def _sealed(tmp: Path, name: str, signer: Path | None) -> Signed:
 
 @pytest.fixture
 def keys(tmp_path: Path) -> dict[str, tuple[Path, Path]]:
-    return {n: _keypair(tmp_path, n) for n in ("release", "research", "stranger")}
+    return {n: ec_keypair(tmp_path, n) for n in ("release", "research", "stranger")}
 
 
 @pytest.fixture
