@@ -58,7 +58,7 @@ unit-postgresql: $(STAMP)
 
 # The wheel users install, built and installed alone into a clean venv, then used (scripts/wheel-check.sh).
 wheel-check: $(STAMP)
-	PYTHON=$(PYTHON) bash scripts/wheel-check.sh
+	PYTHON=$(PYTHON) TORCH_SPEC="$(TORCH_SPEC)" bash scripts/wheel-check.sh
 
 # vLLM's CPU build serving sealed models (scripts/vllm-check.sh: a venv of its own, .venv-vllm).
 vllm-check: $(STAMP)

@@ -3,6 +3,9 @@
 # dependencies only, no extras, not the source tree) into a clean virtual environment and
 # use it: seal, verify and unseal a file; initialise and serve a broker and ask its health;
 # and check that features of missing extras answer with an install hint, not a traceback.
+# Then tests/wheel installs the wheel with each extra alone, each into a clean virtual
+# environment of its own, and uses that extra's feature (S3, PostgreSQL, OpenSSF signing, a
+# TPM, torch, transformers, the GPU kernels under Triton's interpreter).
 # Run by `make wheel-check` (part of `make test`).
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -81,4 +84,21 @@ expect_hint postgresql broker init broker-pg --database-url postgresql://wv@127.
 mkdir plain-model && cp model.safetensors plain-model/ && echo "not a key" >sign.pem
 expect_hint signing seal plain-model sealed-model --recipient id.key.pub --sign-key sign.pem
 [ ! -e sealed-model ] || { echo "a failed signature left sealed-model behind"; exit 1; }
-echo "wheel check: $(basename "$wheel") builds, passes twine, installs alone and works"
+expect_hint tpm device pcrs --tcti swtpm:host=127.0.0.1,port=1
+mkdir served-model
+expect_hint transformers serve served-model
+"$work/venv/bin/python" - <<'EOF'
+from weightvault.errors import ConfigError
+for module, extra in (("weightvault.loaders.torch", "torch"), ("weightvault.loaders.transformers", "transformers")):
+    try:
+        __import__(module)
+    except ConfigError as exc:
+        assert f"weightvault[{extra}]" in str(exc), exc
+    else:
+        raise SystemExit(f"{module} imported without the {extra} extra")
+EOF
+
+# Each extra alone, in a clean venv of its own (the tests start PostgreSQL, S3 and swtpm).
+(cd "$repo" && WEIGHTVAULT_WHEEL="$wheel" TORCH_SPEC="${TORCH_SPEC:-torch==2.13.0}" \
+  HF_HUB_OFFLINE=1 TRANSFORMERS_OFFLINE=1 .venv/bin/python -m pytest -q -p no:cacheprovider tests/wheel)
+echo "wheel check: $(basename "$wheel") builds, passes twine, installs alone and with each extra, and works"

@@ -17,15 +17,17 @@ from pathlib import Path
 from typing import Any, Final
 
 from weightvault.errors import ConfigError, ManifestError
-from weightvault.loaders.torch import load_opened
-from weightvault.sealing.model_dir import SealedModel
-from weightvault.sealing.reader import KeySource
 
+# Before weightvault.loaders.torch, whose own hint names only the torch extra.
 try:
     import torch
     import transformers
-except ImportError as exc:  # pragma: no cover - exercised only without transformers
+except ImportError as exc:  # pragma: no cover - exercised only without transformers (scripts/wheel-check.sh)
     raise ConfigError("weightvault.loaders.transformers needs: pip install 'weightvault[transformers]'") from exc
+
+from weightvault.loaders.torch import load_opened
+from weightvault.sealing.model_dir import SealedModel
+from weightvault.sealing.reader import KeySource
 
 __all__ = ["from_pretrained", "load_config", "load_tokenizer"]
 
