@@ -10,8 +10,10 @@ import click
 from weightvault.cli.options import (
     approval_option,
     client_options,
+    json_option,
     make_client,
     parse_ms,
+    report,
 )
 from weightvault.errors import ConfigError
 
@@ -26,18 +28,21 @@ def admin() -> None:
 @admin.command("tenant")
 @click.argument("action", type=click.Choice(["create", "list"]))
 @click.argument("tenant", required=False)
+@json_option
 @client_options
-def admin_tenant(action: str, tenant: str | None, url: str | None, token: str | None, ca: Path | None) -> None:
+def admin_tenant(
+    action: str, tenant: str | None, as_json: bool, url: str | None, token: str | None, ca: Path | None
+) -> None:
     """Create or list tenants (operators)."""
     with make_client(url, token, ca) as client:
         if action == "create":
             if not tenant:
                 raise ConfigError("give the tenant id")
             client.create_tenant(tenant)
-            click.echo(f"created tenant {tenant}")
+            report(as_json, f"created tenant {tenant}", {"tenant": tenant, "created": True})
         else:
-            for t in client.request("GET", "/v1/tenants")["tenants"]:
-                click.echo(t)
+            tenants = list(client.request("GET", "/v1/tenants")["tenants"])
+            report(as_json, tenants, {"tenants": tenants})
 
 
 @admin.command("principal")
@@ -50,6 +55,7 @@ def admin_tenant(action: str, tenant: str | None, url: str | None, token: str | 
 @click.option("--tenant", help="The principal's tenant (all roles but operator, approver and sentinel).")
 @click.option("--out", type=click.Path(path_type=Path), help="Write the API token here (mode 0600) instead of stdout.")
 @click.option("--disable", is_flag=True, help="Disable the principal instead: its API token stops working at once.")
+@json_option
 @client_options
 def admin_principal(
     principal_id: str,
@@ -57,6 +63,7 @@ def admin_principal(
     tenant: str | None,
     out: Path | None,
     disable: bool,
+    as_json: bool,
     url: str | None,
     token: str | None,
     ca: Path | None,
@@ -69,16 +76,18 @@ def admin_principal(
     with make_client(url, token, ca) as client:
         if disable:
             client.disable_principal(principal_id)
-            click.echo(f"disabled {principal_id}: its API token no longer authenticates")
+            text = f"disabled {principal_id}: its API token no longer authenticates"
+            report(as_json, text, {"principal": principal_id, "disabled": True})
             return
         assert role is not None
         secret = client.create_principal(principal_id, role, tenant)
-    if out is None:
-        click.echo(secret)
+    doc = {"principal": principal_id, "role": role, "tenant": tenant}
+    if out is None:  # the token is shown this once, on stdout, as asked
+        report(as_json, secret, doc | {"token": secret})
     else:
         with atomic_file(out, mode=0o600) as handle:
             handle.write((secret + "\n").encode())
-        click.echo(f"wrote the API token of {principal_id} to {out}")
+        report(as_json, f"wrote the API token of {principal_id} to {out}", doc | {"token_file": out})
 
 
 @admin.command("device")
@@ -93,6 +102,7 @@ def admin_principal(
 )
 @click.option("--tenant", "tenants", multiple=True, help="Tenants the device serves (add, bind). Repeatable.")
 @approval_option
+@json_option
 @client_options
 def admin_device(
     action: str,
@@ -100,6 +110,7 @@ def admin_device(
     kind: str,
     tenants: tuple[str, ...],
     approval: str | None,
+    as_json: bool,
     url: str | None,
     token: str | None,
     ca: Path | None,
@@ -107,8 +118,9 @@ def admin_device(
     """Add, revoke, re-activate, bind or list devices (operators). TPM devices enrol with 'device enroll'."""
     with make_client(url, token, ca) as client:
         if action == "list":
-            for d in client.request("GET", "/v1/devices")["devices"]:
-                click.echo(f"{d['id']}  {d['kind']}  {d['status']}  {','.join(d['tenants'])}")
+            devices = client.request("GET", "/v1/devices")["devices"]
+            lines = [f"{d['id']}  {d['kind']}  {d['status']}  {','.join(d['tenants'])}" for d in devices]
+            report(as_json, lines, {"devices": devices})
             return
         if not device_id:
             raise ConfigError("give the device id")
@@ -118,7 +130,7 @@ def admin_device(
             client.device_action(device_id, "tenants", {"tenants": list(tenants)})
         else:
             client.device_action(device_id, action)
-        click.echo(f"device {device_id}: {action} done")
+        report(as_json, f"device {device_id}: {action} done", {"device": device_id, "action": action, "done": True})
 
 
 @admin.command("policy")
@@ -127,6 +139,7 @@ def admin_device(
 @click.argument("name", required=False)
 @click.argument("document", type=click.Path(path_type=Path, exists=True), required=False)
 @approval_option
+@json_option
 @client_options
 def admin_policy(
     action: str,
@@ -134,6 +147,7 @@ def admin_policy(
     name: str | None,
     document: Path | None,
     approval: str | None,
+    as_json: bool,
     url: str | None,
     token: str | None,
     ca: Path | None,
@@ -141,9 +155,11 @@ def admin_policy(
     """Store a new version of a release policy from a JSON file, or list a tenant's policies."""
     with make_client(url, token, ca) as client:
         if action == "list":
-            for p in client.request("GET", f"/v1/tenants/{tenant}/policies")["policies"]:
-                flag = " immutable" if p["immutable"] else ""
-                click.echo(f"{p['name']} v{p['version']} {p['digest']}{flag}")
+            policies = client.request("GET", f"/v1/tenants/{tenant}/policies")["policies"]
+            lines = [
+                f"{p['name']} v{p['version']} {p['digest']}{' immutable' if p['immutable'] else ''}" for p in policies
+            ]
+            report(as_json, lines, {"tenant": tenant, "policies": policies})
             return
         if not name or document is None:
             raise ConfigError("give the policy name and a JSON document")
@@ -152,21 +168,30 @@ def admin_policy(
         except ValueError as exc:
             raise ConfigError(f"{document}: not JSON ({exc})") from exc
         version = client.put_policy(tenant, name, doc, approval)
-        click.echo(f"policy {tenant}/{name} is now version {version}")
+        text = f"policy {tenant}/{name} is now version {version}"
+        report(as_json, text, {"tenant": tenant, "policy": name, "version": version})
 
 
 @admin.command("refset")
 @click.argument("tenant")
 @click.argument("name")
 @click.argument("values", nargs=-1, required=True)
+@json_option
 @client_options
 def admin_refset(
-    tenant: str, name: str, values: tuple[str, ...], url: str | None, token: str | None, ca: Path | None
+    tenant: str,
+    name: str,
+    values: tuple[str, ...],
+    as_json: bool,
+    url: str | None,
+    token: str | None,
+    ca: Path | None,
 ) -> None:
     """Replace a tenant's named set of approved values (for example PCR digests)."""
     with make_client(url, token, ca) as client:
         client.put_refset(tenant, name, list(values))
-    click.echo(f"reference set {tenant}/{name} holds {len(set(values))} value(s)")
+    text = f"reference set {tenant}/{name} holds {len(set(values))} value(s)"
+    report(as_json, text, {"tenant": tenant, "refset": name, "values": sorted(set(values))})
 
 
 @admin.command("refset-record")
@@ -177,6 +202,7 @@ def admin_refset(
     "--pcr", "pcrs", multiple=True, type=click.IntRange(0, 23), required=True, help="PCR to record. Repeatable."
 )
 @click.option("--append", is_flag=True, help="Add to the set's current values instead of replacing them.")
+@json_option
 @client_options
 def admin_refset_record(
     tenant: str,
@@ -184,6 +210,7 @@ def admin_refset_record(
     tcti: str,
     pcrs: tuple[int, ...],
     append: bool,
+    as_json: bool,
     url: str | None,
     token: str | None,
     ca: Path | None,
@@ -199,7 +226,8 @@ def admin_refset_record(
                 if policy_set["name"] == name:
                     values = sorted(set(values) | set(policy_set["items"]))
         client.put_refset(tenant, name, values)
-    click.echo(f"reference set {tenant}/{name}: recorded PCRs {list(pcrs)} ({len(values)} value(s))")
+    text = f"reference set {tenant}/{name}: recorded PCRs {list(pcrs)} ({len(values)} value(s))"
+    report(as_json, text, {"tenant": tenant, "refset": name, "pcrs": list(pcrs), "values": values})
 
 
 @admin.command("rotate")
@@ -207,12 +235,14 @@ def admin_refset_record(
 @click.option("--tenant", help="The tenant whose KEK rotates (kek).")
 @click.option("--rewrap/--no-rewrap", default=True, show_default=True, help="Move the tenant's models to the new KEK.")
 @approval_option
+@json_option
 @client_options
 def admin_rotate(
     what: str,
     tenant: str | None,
     rewrap: bool,
     approval: str | None,
+    as_json: bool,
     url: str | None,
     token: str | None,
     ca: Path | None,
@@ -220,24 +250,29 @@ def admin_rotate(
     """Rotate a tenant's key-encryption key (and rewrap its models), or the result-token signing key."""
     with make_client(url, token, ca) as client:
         if what == "token-key":
-            click.echo(f"token signing key is now {client.rotate_token_key(approval)}")
+            key_id = client.rotate_token_key(approval)
+            report(as_json, f"token signing key is now {key_id}", {"token_key": key_id})
             return
         if not tenant:
             raise ConfigError("kek rotation needs --tenant")
         version = client.rotate_kek(tenant, approval)
         moved = client.rewrap(tenant) if rewrap else []
-    click.echo(f"{tenant}: KEK v{version}; {len(moved)} model(s) rewrapped")
+    text = f"{tenant}: KEK v{version}; {len(moved)} model(s) rewrapped"
+    report(as_json, text, {"tenant": tenant, "kek_version": version, "rewrapped": moved})
 
 
 @admin.command("retire-kek")
 @click.argument("tenant")
 @click.argument("version", type=int)
+@json_option
 @client_options
-def admin_retire_kek(tenant: str, version: int, url: str | None, token: str | None, ca: Path | None) -> None:
+def admin_retire_kek(
+    tenant: str, version: int, as_json: bool, url: str | None, token: str | None, ca: Path | None
+) -> None:
     """Refuse further use of an old KEK version (every model must have been rewrapped)."""
     with make_client(url, token, ca) as client:
         client.retire_kek(tenant, version)
-    click.echo(f"{tenant}: KEK v{version} retired")
+    report(as_json, f"{tenant}: KEK v{version} retired", {"tenant": tenant, "kek_version": version, "retired": True})
 
 
 @admin.command("export")
@@ -251,12 +286,14 @@ def admin_retire_kek(tenant: str, version: int, url: str | None, token: str | No
 )
 @click.option("--out", type=click.Path(path_type=Path), required=True, help="Write the file key here (mode 0600).")
 @approval_option
+@json_option
 @client_options
 def admin_export(
     resource: str,
     identity_path: Path,
     out: Path,
     approval: str | None,
+    as_json: bool,
     url: str | None,
     token: str | None,
     ca: Path | None,
@@ -278,7 +315,7 @@ def admin_export(
         write_key_file(out, file_key)
     finally:
         file_key.wipe()
-    click.echo(f"file key of {resource} written to {out}")
+    report(as_json, f"file key of {resource} written to {out}", {"resource": resource, "key_file": out})
 
 
 @admin.command("audit")

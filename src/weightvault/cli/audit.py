@@ -20,7 +20,7 @@ from weightvault.auditlog.monitor import Monitor
 from weightvault.auditlog.note import TYPE_COSIGNATURE, NoteSigner, NoteVerifier
 from weightvault.auditlog.tiles import export_tiles, read_export, verify_export, write_tarball
 from weightvault.auditlog.witness import Witness
-from weightvault.cli.options import http_fetch, open_reader, parse_ms, read_policy, read_vkey
+from weightvault.cli.options import http_fetch, json_option, open_reader, parse_ms, read_policy, read_vkey, report
 from weightvault.crypto.signing import Ed25519Signer
 from weightvault.errors import AuditLogError, ConfigError
 from weightvault.files import atomic_file, read_private_file
@@ -28,13 +28,15 @@ from weightvault.files import atomic_file, read_private_file
 __all__ = ["audit", "witness"]
 
 
-def _write_keypair(signer: NoteSigner, out: Path, force: bool) -> None:
+def _write_keypair(signer: NoteSigner, out: Path, force: bool, as_json: bool) -> None:
     """OUT (the signing key, 0600) and OUT.vkey (its verifier key); prints the verifier key."""
+    vkey_path = out.with_name(out.name + ".vkey")
     with atomic_file(out, overwrite=force, mode=0o600) as secret:
         secret.write((signer.skey() + "\n").encode())
-    with atomic_file(out.with_name(out.name + ".vkey"), overwrite=force, mode=0o644) as public:
+    with atomic_file(vkey_path, overwrite=force, mode=0o644) as public:
         public.write((signer.verifier.vkey() + "\n").encode())
-    click.echo(signer.verifier.vkey())
+    vkey = signer.verifier.vkey()
+    report(as_json, vkey, {"vkey": vkey, "key_file": out, "vkey_file": vkey_path})
 
 
 def read_signer(path: Path) -> NoteSigner:
@@ -55,9 +57,10 @@ def audit() -> None:
 @click.argument("origin")
 @click.argument("out", type=click.Path(path_type=Path, dir_okay=False))
 @click.option("--force", is_flag=True, help="Replace existing files.")
-def audit_keygen(origin: str, out: Path, force: bool) -> None:
+@json_option
+def audit_keygen(origin: str, out: Path, force: bool, as_json: bool) -> None:
     """Create a log signing key for ORIGIN: OUT (secret, 0600) and OUT.vkey (public)."""
-    _write_keypair(NoteSigner(origin, Ed25519Signer.generate()), out, force)
+    _write_keypair(NoteSigner(origin, Ed25519Signer.generate()), out, force, as_json)
 
 
 @audit.command("show")
@@ -92,7 +95,10 @@ def audit_show(db: str, tenant: str | None, since: str | None, until: str | None
 )
 @click.option("--tenant", help="With --format jsonl: only this tenant's events.")
 @click.option("--force", is_flag=True, help="Replace OUT.")
-def audit_export(db: str, out: Path, index: int | None, fmt: str, tenant: str | None, force: bool) -> None:
+@json_option
+def audit_export(
+    db: str, out: Path, index: int | None, fmt: str, tenant: str | None, force: bool, as_json: bool
+) -> None:
     """Export the log as a tiles tarball or as JSON Lines, or one entry as a c2sp.org/tlog-proof bundle."""
     with open_reader(db) as log:
         if fmt == "jsonl":
@@ -102,13 +108,17 @@ def audit_export(db: str, out: Path, index: int | None, fmt: str, tenant: str | 
                     line = json.dumps({"index": i, **event.to_json()}, sort_keys=True, separators=(",", ":"))
                     handle.write(line.encode() + b"\n")
                     count += 1
-            click.echo(f"wrote {count} events to {out}")
+            report(as_json, f"wrote {count} events to {out}", {"format": fmt, "events": count, "out": out})
             return
         if index is not None:
             bundle = log.proof_bundle(index)
             with atomic_file(out, overwrite=force) as handle:
                 handle.write(bundle.to_text().encode())
-            click.echo(f"wrote the proof bundle of entry {index} to {out}")
+            report(
+                as_json,
+                f"wrote the proof bundle of entry {index} to {out}",
+                {"format": "proof", "index": index, "out": out},
+            )
             return
         if out.exists() and not force:
             raise ConfigError(f"{out} already exists (pass --force to replace it)")
@@ -116,7 +126,8 @@ def audit_export(db: str, out: Path, index: int | None, fmt: str, tenant: str | 
         files = export_tiles(log.storage, checkpoint)
         write_tarball(files, out, overwrite=force)
         size = Checkpoint.from_text(checkpoint.text).size
-        click.echo(f"wrote {len(files)} tiles API files for the published checkpoint of size {size} to {out}")
+        text = f"wrote {len(files)} tiles API files for the published checkpoint of size {size} to {out}"
+        report(as_json, text, {"format": fmt, "files": len(files), "checkpoint_size": size, "out": out})
 
 
 _policy_options = [
@@ -204,6 +215,7 @@ def audit_verify(
 @click.option("--follow", is_flag=True, help="Keep tailing the database or URL.")
 @click.option("--interval", type=float, default=2.0, show_default=True, help="Seconds between polls with --follow.")
 @click.option("--max-open", type=int, default=60, show_default=True, help="Seconds an intent may stay open.")
+@click.option("--json", "as_json", is_flag=True, help="One JSON object per line: each violation, then the summary.")
 def audit_monitor(
     db: str | None,
     export_path: Path | None,
@@ -219,6 +231,7 @@ def audit_monitor(
     follow: bool,
     interval: float,
     max_open: int,
+    as_json: bool,
 ) -> None:
     """Check semantic invariants: releases need an intent and an allow, no release for revoked devices, ...
 
@@ -230,10 +243,13 @@ def audit_monitor(
     monitor = Monitor(max_open_ms=max_open * 1000)
     found = 0
 
-    def report(index: int, rule: str, message: str) -> None:
+    def violation(index: int, rule: str, message: str) -> None:
         nonlocal found
         found += 1
-        click.echo(f"VIOLATION {rule} at entry {index}: {message}")
+        if as_json:
+            click.echo(json.dumps({"violation": {"index": index, "rule": rule, "message": message}}, sort_keys=True))
+        else:
+            click.echo(f"VIOLATION {rule} at entry {index}: {message}")
 
     if sum(x is not None for x in (db, export_path, url)) != 1:
         raise ConfigError("give one of --db, --export or --url")
@@ -246,7 +262,7 @@ def audit_monitor(
         )
         for index, data in enumerate(export.entries):
             for v in monitor.feed(index, decode_event(data)):
-                report(v.index, v.rule, v.message)
+                violation(v.index, v.rule, v.message)
     elif url is not None:
         from weightvault.auditlog.follower import TileFollower
 
@@ -265,7 +281,7 @@ def audit_monitor(
                 polled = follower.poll()
                 for offset, data in enumerate(polled.entries):
                     for v in monitor.feed(polled.start + offset, decode_event(data)):
-                        report(v.index, v.rule, v.message)
+                        violation(v.index, v.rule, v.message)
                 if not follow:
                     break
                 time.sleep(interval)
@@ -275,17 +291,20 @@ def audit_monitor(
             while True:
                 for index, event in log.events(start=position):
                     for v in monitor.feed(index, event):
-                        report(v.index, v.rule, v.message)
+                        violation(v.index, v.rule, v.message)
                     position = index + 1
                 if not follow:
                     break
                 time.sleep(interval)
     for v in monitor.finish(int(time.time() * 1000)):
-        report(v.index, v.rule, v.message)
+        violation(v.index, v.rule, v.message)
+    if as_json:
+        click.echo(json.dumps({"summary": {"entries": monitor.entries, "violations": found}}, sort_keys=True))
     if found:
         click.echo(f"{found} violation(s)", err=True)
         sys.exit(40)
-    click.echo(f"OK: {monitor.entries} entries, no violations")
+    if not as_json:
+        click.echo(f"OK: {monitor.entries} entries, no violations")
 
 
 @audit.command("serve")
@@ -310,9 +329,10 @@ def witness() -> None:
 @click.argument("name")
 @click.argument("out", type=click.Path(path_type=Path, dir_okay=False))
 @click.option("--force", is_flag=True, help="Replace existing files.")
-def witness_keygen(name: str, out: Path, force: bool) -> None:
+@json_option
+def witness_keygen(name: str, out: Path, force: bool, as_json: bool) -> None:
     """Create a witness cosigning key NAME: OUT (secret, 0600) and OUT.vkey (public)."""
-    _write_keypair(NoteSigner(name, Ed25519Signer.generate(), TYPE_COSIGNATURE), out, force)
+    _write_keypair(NoteSigner(name, Ed25519Signer.generate(), TYPE_COSIGNATURE), out, force, as_json)
 
 
 @witness.command("serve")

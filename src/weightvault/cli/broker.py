@@ -96,6 +96,7 @@ def broker() -> None:
     is_flag=True,
     help="Keep the audit log in the PostgreSQL database too, so that several replicas serve this broker.",
 )
+@json_option
 def broker_init(
     directory: Path,
     broker_id: str,
@@ -107,6 +108,7 @@ def broker_init(
     threshold: int | None,
     database_url: str,
     replicated: bool,
+    as_json: bool,
 ) -> None:
     """Create a broker configuration, its keys and the first operator's API token in DIRECTORY.
 
@@ -195,14 +197,27 @@ def broker_init(
     except BaseException:
         _remove_partial(directory, before)
         raise
-    click.echo(f"broker initialised in {directory}")
-    click.echo(f"  operator API token: {directory / 'operator.token'} (mode 0600)")
-    click.echo(f"  audit log key:      {log_signer.verifier.vkey()}")
+    lines = [
+        f"broker initialised in {directory}",
+        f"  operator API token: {directory / 'operator.token'} (mode 0600)",
+        f"  audit log key:      {log_signer.verifier.vkey()}",
+    ]
     if share_files is not None:
-        click.echo(f"  root key: {threshold} of {len(people)} custodians; their encrypted shares are in {share_files}")
-        click.echo("  the broker starts sealed: custodians unseal it with 'weightvault custody submit'")
+        lines.append(
+            f"  root key: {threshold} of {len(people)} custodians; their encrypted shares are in {share_files}"
+        )
+        lines.append("  the broker starts sealed: custodians unseal it with 'weightvault custody submit'")
     if insecure_sample:
-        click.echo("  WARNING: insecure-sample is enabled; policies that list it accept evidence that proves nothing")
+        lines.append("  WARNING: insecure-sample is enabled; policies that list it accept evidence that proves nothing")
+    doc = {
+        "directory": directory,
+        "config": directory / "broker.toml",
+        "operator_token_file": directory / "operator.token",
+        "audit_log_vkey": log_signer.verifier.vkey(),
+        "custody": None if share_files is None else {"threshold": threshold, "shares": share_files},
+        "insecure_sample": insecure_sample,
+    }
+    report(as_json, lines, doc)
 
 
 def _paths_under(directory: Path) -> set[Path] | None:
@@ -407,6 +422,7 @@ def broker_backup(config_path: Path, out: Path, as_json: bool) -> None:
     type=click.Path(path_type=Path, exists=True, dir_okay=False),
     help="An approval of that request ('weightvault approval sign-file'). Repeatable.",
 )
+@json_option
 def broker_restore(
     backup: Path,
     into: Path,
@@ -421,6 +437,7 @@ def broker_restore(
     unchecked: bool,
     approval_request: Path | None,
     approval_files: tuple[Path, ...],
+    as_json: bool,
 ) -> None:
     """Restore a backup into a new broker directory, refusing to roll the audit log back.
 
@@ -593,24 +610,36 @@ def broker_restore(
         root.wipe()
         scratch.cleanup()
     serve = f"weightvault broker serve --config {into / 'broker.toml'}"
-    click.echo(
+    log_size = manifest.log_size if override is None else override.log_size
+    lines = [
         f"restored into {into}: database as of the backup ({sum(counts.values())} rows), "
-        f"log size {manifest.log_size if override is None else override.log_size} (+1 broker.restore event); "
-        f"start it with '{serve}'"
-    )
+        f"log size {log_size} (+1 broker.restore event); start it with '{serve}'"
+    ]
     if quorum is not None:
-        click.echo(
+        lines.append(
             f"  opened with the shares of {', '.join(quorum.custodians)}; the broker starts sealed: unseal it "
             "with 'weightvault custody open unseal' as usual"
         )
     if override is not None:
-        click.echo(
+        lines.append(
             f"  ROLLBACK approved by {', '.join(override.approvers)}: the log keeps the {override.changes} state "
             f"changes made after the backup, and {len(held)} things they touched are held until an operator "
             "lifts them ('weightvault sentinel holds')"
         )
     if unchecked:
-        click.echo("  WARNING: restored without a checkpoint to compare against (--unchecked); the log records it")
+        lines.append("  WARNING: restored without a checkpoint to compare against (--unchecked); the log records it")
+    doc = {
+        "directory": into,
+        "config": into / "broker.toml",
+        "rows": sum(counts.values()),
+        "log_size": log_size,
+        "custodians": None if quorum is None else list(quorum.custodians),
+        "rollback": None
+        if override is None
+        else {"approvers": list(override.approvers), "changes": override.changes, "held": len(held)},
+        "unchecked": unchecked,
+    }
+    report(as_json, lines, doc)
 
 
 def _old_log_name(spec: str) -> str:

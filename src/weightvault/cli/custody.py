@@ -17,7 +17,7 @@ from typing import Any, Final
 
 import click
 
-from weightvault.cli.options import client_options, make_anonymous_client, make_client
+from weightvault.cli.options import client_options, json_option, make_anonymous_client, make_client, report
 from weightvault.cli.prompts import ask_passphrase
 from weightvault.errors import ConfigError
 from weightvault.files import read_private_file
@@ -56,13 +56,14 @@ def _write(path: Path, data: bytes, mode: int, *, overwrite: bool = False) -> No
         out.write(data)
 
 
-def _confirm(text: str, yes: bool) -> None:
-    click.echo(text)
+def _confirm(text: str, yes: bool, *, err: bool = False) -> None:
+    """Show ``text`` (on stderr with ``err``, which --json asks so stdout stays one document) and ask."""
+    click.echo(text, err=err)
     if yes:
         return
     if not sys.stdin.isatty():
         raise ConfigError("refusing to sign without confirmation: pass --yes after reading the summary")
-    if not click.confirm("sign?", default=False):
+    if not click.confirm("sign?", default=False, err=err):
         raise ConfigError("not signed")
 
 
@@ -78,7 +79,8 @@ def person() -> None:
 @click.argument("person_id")
 @click.option("--out", type=click.Path(path_type=Path), required=True, help="Private key file (mode 0600).")
 @click.option("--passphrase/--no-passphrase", default=True, show_default=True, help="Protect the key file.")
-def person_keygen(person_id: str, out: Path, passphrase: bool) -> None:
+@json_option
+def person_keygen(person_id: str, out: Path, passphrase: bool, as_json: bool) -> None:
     """Create a signing and encryption key pair; OUT.pub is the public half to register."""
     from weightvault.custody.person import PersonKey
 
@@ -88,7 +90,8 @@ def person_keygen(person_id: str, out: Path, passphrase: bool) -> None:
     public = out.with_name(out.name + ".pub")
     _write(public, (json.dumps(key.public.to_json(), indent=1, sort_keys=True) + "\n").encode(), 0o644)
     protected = "passphrase-protected" if passphrase else "NOT passphrase-protected"
-    click.echo(f"{person_id}: private key {out} ({protected}), public key {public}")
+    doc = {"person": person_id, "private_key": out, "public_key": public, "passphrase": passphrase}
+    report(as_json, f"{person_id}: private key {out} ({protected}), public key {public}", doc)
 
 
 # -- custody --------------------------------------------------------------------------------------
@@ -132,7 +135,10 @@ def _read_share_file(path: Path) -> tuple[str, str, bytes]:
     help="A custodian's public key file (N of them). Repeatable.",
 )
 @click.option("--out", type=click.Path(path_type=Path, file_okay=False), help="Where to write the share files.")
-def custody_genesis(config_path: Path, threshold: int, custodians: tuple[Path, ...], out: Path | None) -> None:
+@json_option
+def custody_genesis(
+    config_path: Path, threshold: int, custodians: tuple[Path, ...], out: Path | None, as_json: bool
+) -> None:
     """Split a stopped broker's root key M-of-N and delete its key file; the broker then starts sealed."""
     import tomllib
 
@@ -163,9 +169,20 @@ def custody_genesis(config_path: Path, threshold: int, custodians: tuple[Path, .
         handle.flush()
         os.fsync(handle.fileno())
     root_path.unlink()
-    click.echo(f"share set {share_set.id}: {threshold} of {len(people)} custodians; key-check value {share_set.kcv}")
-    click.echo(f"  shares (each encrypted to its custodian): {target}/<custodian>.share")
-    click.echo(f"  {root_path} deleted; the broker starts sealed until {threshold} custodians unseal it")
+    lines = [
+        f"share set {share_set.id}: {threshold} of {len(people)} custodians; key-check value {share_set.kcv}",
+        f"  shares (each encrypted to its custodian): {target}/<custodian>.share",
+        f"  {root_path} deleted; the broker starts sealed until {threshold} custodians unseal it",
+    ]
+    doc = {
+        "share_set": share_set.id,
+        "threshold": threshold,
+        "custodians": sorted(deliveries),
+        "kcv": share_set.kcv,
+        "shares": {c: target / f"{c}.share" for c in sorted(deliveries)},
+        "root_key_deleted": root_path,
+    }
+    report(as_json, lines, doc)
 
 
 @custody.command("status")
@@ -189,6 +206,7 @@ def custody_status(url: str | None, token: str | None, ca: Path | None) -> None:
     help="Rekey: a new custodian's public key file. Repeatable.",
 )
 @click.option("--approval", help='An approved custody.rekey request id, or "new" to open one.')
+@json_option
 @client_options
 def custody_open(
     kind: str,
@@ -197,6 +215,7 @@ def custody_open(
     threshold: int | None,
     custodians: tuple[Path, ...],
     approval: str | None,
+    as_json: bool,
     url: str | None,
     token: str | None,
     ca: Path | None,
@@ -211,8 +230,10 @@ def custody_open(
         params = rekey_params(threshold, [load_person_public(p) for p in custodians])
     with make_client(url, token, ca) as client:
         terms = client.open_ceremony(kind, ttl=ttl, params=params, share_set=share_set, approval=approval)
-    click.echo(f"ceremony {terms.id}")
-    click.echo(f"  {kind} of share set {terms.set_id}, expires at {terms.expires_at}")
+    lines = [f"ceremony {terms.id}", f"  {kind} of share set {terms.set_id}, expires at {terms.expires_at}"]
+    report(
+        as_json, lines, {"ceremony": terms.id, "kind": kind, "share_set": terms.set_id, "expires_at": terms.expires_at}
+    )
 
 
 def _describe_terms(terms: Any) -> str:
@@ -244,10 +265,11 @@ def _describe_terms(terms: Any) -> str:
 @click.option("--key", "key_path", type=click.Path(path_type=Path, exists=True), required=True)
 @click.option("--share", "share_path", type=click.Path(path_type=Path, exists=True), required=True)
 @click.option("--yes", is_flag=True, help="Do not ask for confirmation after showing the terms.")
+@json_option
 @click.option("--broker", "url", help="Broker URL (default $WEIGHTVAULT_BROKER).")
 @click.option("--ca", type=click.Path(path_type=Path), help="CA bundle for a TLS broker.")
 def custody_submit(
-    ceremony_id: str, key_path: Path, share_path: Path, yes: bool, url: str | None, ca: Path | None
+    ceremony_id: str, key_path: Path, share_path: Path, yes: bool, as_json: bool, url: str | None, ca: Path | None
 ) -> None:
     """Submit your share to a ceremony, encrypted to it and signed with your key (custodians)."""
     from weightvault.custody.ceremony import CeremonyTerms
@@ -264,12 +286,14 @@ def custody_submit(
             raise ConfigError("a broker never runs restore ceremonies: refusing to send it a share for one")
         if terms.set_id != set_id:
             raise ConfigError(f"the ceremony collects shares of set {terms.set_id}; this share is of set {set_id}")
-        _confirm(_describe_terms(terms), yes)
+        _confirm(_describe_terms(terms), yes, err=as_json)
         result = client.submit_share(ceremony_id, key, share)
     if result["status"] == "done":
-        click.echo(f"share accepted; ceremony done ({terms.kind} with {', '.join(result['submitted'])})")
+        text = f"share accepted; ceremony done ({terms.kind} with {', '.join(result['submitted'])})"
     else:
-        click.echo(f"share accepted: {len(result['submitted'])} of {result['needed']}; ceremony {result['status']}")
+        text = f"share accepted: {len(result['submitted'])} of {result['needed']}; ceremony {result['status']}"
+    doc = {"ceremony": terms.id, "kind": terms.kind, "status": result["status"], "submitted": result["submitted"]}
+    report(as_json, text, doc | {"needed": result.get("needed")})
 
 
 @custody.command("submit-file")
@@ -284,8 +308,9 @@ def custody_submit(
     help="The ceremony id the restoring operator announced (at least its first 16 hex digits).",
 )
 @click.option("--yes", is_flag=True, help="Do not ask for confirmation after showing the terms.")
+@json_option
 def custody_submit_file(
-    request: Path, key_path: Path, share_path: Path, out: Path, ceremony_id: str, yes: bool
+    request: Path, key_path: Path, share_path: Path, out: Path, ceremony_id: str, yes: bool, as_json: bool
 ) -> None:
     """Answer a restore ceremony's request file with your share, encrypted to it and signed (custodians).
 
@@ -322,32 +347,36 @@ def custody_submit_file(
     if terms.set_id != set_id:
         raise ConfigError(f"the ceremony collects shares of set {terms.set_id}; this share is of set {set_id}")
     share = open_delivered(key, set_id, sealed)
-    _confirm(_describe_terms(terms), yes)
+    _confirm(_describe_terms(terms), yes, err=as_json)
     sealed_share, signature = prepare_submission(key, terms, share)
     _write(out, Submission(terms.id, key.id, sealed_share, signature).to_bytes(), 0o644)
-    click.echo(f"submission of {key.id} for ceremony {terms.id[:16]} written to {out}")
+    text = f"submission of {key.id} for ceremony {terms.id[:16]} written to {out}"
+    report(as_json, text, {"ceremony": terms.id, "custodian": key.id, "submission": out})
 
 
 @custody.command("cancel")
 @click.argument("ceremony_id")
 @click.option("--key", "key_path", type=click.Path(path_type=Path, exists=True), required=True)
+@json_option
 @click.option("--broker", "url", help="Broker URL (default $WEIGHTVAULT_BROKER).")
 @click.option("--ca", type=click.Path(path_type=Path), help="CA bundle for a TLS broker.")
-def custody_cancel(ceremony_id: str, key_path: Path, url: str | None, ca: Path | None) -> None:
+def custody_cancel(ceremony_id: str, key_path: Path, as_json: bool, url: str | None, ca: Path | None) -> None:
     """Cancel a ceremony with your custodian signature."""
     key = load_person_key(key_path)
     with make_anonymous_client(url, ca) as client:
         client.cancel_ceremony(ceremony_id, key)
-    click.echo(f"ceremony {ceremony_id} cancelled by {key.id}")
+    text = f"ceremony {ceremony_id} cancelled by {key.id}"
+    report(as_json, text, {"ceremony": ceremony_id, "cancelled_by": key.id})
 
 
 @custody.command("fetch-share")
 @click.option("--set", "set_id", required=True)
 @click.option("--key", "key_path", type=click.Path(path_type=Path, exists=True), required=True)
 @click.option("--out", type=click.Path(path_type=Path), required=True)
+@json_option
 @click.option("--broker", "url", help="Broker URL (default $WEIGHTVAULT_BROKER).")
 @click.option("--ca", type=click.Path(path_type=Path), help="CA bundle for a TLS broker.")
-def custody_fetch(set_id: str, key_path: Path, out: Path, url: str | None, ca: Path | None) -> None:
+def custody_fetch(set_id: str, key_path: Path, out: Path, as_json: bool, url: str | None, ca: Path | None) -> None:
     """Fetch your new share after a rekey (encrypted to you; checked before it is written)."""
     from weightvault.custody.shares import open_delivered
 
@@ -356,16 +385,21 @@ def custody_fetch(set_id: str, key_path: Path, out: Path, url: str | None, ca: P
         sealed = client.delivered_share(set_id, key.id)
     open_delivered(key, set_id, sealed)
     _write(out, share_file_bytes(set_id, key.id, sealed), 0o600)
-    click.echo(f"share of {key.id} in set {set_id} written to {out}")
+    report(
+        as_json,
+        f"share of {key.id} in set {set_id} written to {out}",
+        {"share_set": set_id, "custodian": key.id, "share": out},
+    )
 
 
 @custody.command("seal")
+@json_option
 @client_options
-def custody_seal(url: str | None, token: str | None, ca: Path | None) -> None:
+def custody_seal(as_json: bool, url: str | None, token: str | None, ca: Path | None) -> None:
     """Seal the broker now: its root key is wiped from memory (any operator; break glass)."""
     with make_client(url, token, ca) as client:
         client.seal()
-    click.echo("broker sealed")
+    report(as_json, "broker sealed", {"sealed": True})
 
 
 # -- approvals ------------------------------------------------------------------------------------
@@ -380,9 +414,16 @@ def approval() -> None:
 @click.argument("action", type=click.Choice(["show", "put"]))
 @click.argument("document", type=click.Path(path_type=Path, exists=True), required=False)
 @click.option("--approval", "approval_id", help='An approved approval.policy.change request, or "new".')
+@json_option
 @client_options
 def approval_policy(
-    action: str, document: Path | None, approval_id: str | None, url: str | None, token: str | None, ca: Path | None
+    action: str,
+    document: Path | None,
+    approval_id: str | None,
+    as_json: bool,
+    url: str | None,
+    token: str | None,
+    ca: Path | None,
 ) -> None:
     """Show the approval policy, or put a new version (after the first, only with approval)."""
     with make_client(url, token, ca) as client:
@@ -396,32 +437,35 @@ def approval_policy(
         except ValueError as exc:
             raise ConfigError(f"{document}: not JSON ({exc})") from exc
         version = client.put_approval_policy(doc, approval_id)
-    click.echo(f"approval policy is now version {version}")
+    report(as_json, f"approval policy is now version {version}", {"version": version})
 
 
 @approval.command("list")
 @click.option("--status", type=click.Choice(["pending", "approved", "executed", "denied", "expired"]))
+@json_option
 @client_options
-def approval_list(status: str | None, url: str | None, token: str | None, ca: Path | None) -> None:
+def approval_list(status: str | None, as_json: bool, url: str | None, token: str | None, ca: Path | None) -> None:
     """List approval requests."""
     with make_client(url, token, ca) as client:
-        for doc in client.approvals(status):
-            req = doc["request"]
-            click.echo(
-                f"{req['id']}  {doc['status']:<8}  {req['op']:<22} {req['tenant']:<12} by {req['requester']}"
-                f"  needs {doc['needs']}"
-            )
+        docs = list(client.approvals(status))
+    lines = [
+        f"{d['request']['id']}  {d['status']:<8}  {d['request']['op']:<22} {d['request']['tenant']:<12}"
+        f" by {d['request']['requester']}  needs {d['needs']}"
+        for d in docs
+    ]
+    report(as_json, lines, {"requests": docs})
 
 
 @approval.command("show")
 @click.argument("request_id")
+@json_option
 @client_options
-def approval_show(request_id: str, url: str | None, token: str | None, ca: Path | None) -> None:
+def approval_show(request_id: str, as_json: bool, url: str | None, token: str | None, ca: Path | None) -> None:
     """Show a request: every parameter, its hashes, its status and approvals."""
     with make_client(url, token, ca) as client:
         doc = client.approval(request_id)
-    click.echo(doc["summary"])
-    click.echo(f"status: {doc['status']}; needs {doc['needs']}; counted: {', '.join(doc['counted']) or 'none'}")
+    status = f"status: {doc['status']}; needs {doc['needs']}; counted: {', '.join(doc['counted']) or 'none'}"
+    report(as_json, [doc["summary"], status], doc)
 
 
 @approval.command("sign-file")
@@ -431,7 +475,10 @@ def approval_show(request_id: str, url: str | None, token: str | None, ca: Path 
 @click.option("--deny", is_flag=True, help="Sign a denial instead of an approval.")
 @click.option("--ttl", type=int, default=3600, show_default=True, help="Seconds the approval stays valid.")
 @click.option("--yes", is_flag=True, help="Do not ask for confirmation after showing the summary.")
-def approval_sign_file(request_file: Path, key_path: Path, deny: bool, ttl: int, yes: bool, out: Path) -> None:
+@json_option
+def approval_sign_file(
+    request_file: Path, key_path: Path, deny: bool, ttl: int, yes: bool, out: Path, as_json: bool
+) -> None:
     """Sign a request given as a file, offline (a broker restore asks this way); shows it first.
 
     The digest signed is recomputed here from the request's fields.
@@ -447,7 +494,7 @@ def approval_sign_file(request_file: Path, key_path: Path, deny: bool, ttl: int,
         raise ConfigError(f"{request_file}: not an approval request") from exc
     key = load_person_key(key_path)
     decision = "deny" if deny else "approve"
-    _confirm(request.summary() + f"\nyou sign as {key.id}: {decision.upper()}", yes)
+    _confirm(request.summary() + f"\nyou sign as {key.id}: {decision.upper()}", yes, err=as_json)
     expires_at = min(int(time.time()) + ttl, request.expires_at)
     signature = key.sign(approval_message(request.digest, decision, expires_at, key.id))
     doc = {
@@ -459,7 +506,7 @@ def approval_sign_file(request_file: Path, key_path: Path, deny: bool, ttl: int,
     }
     with atomic_file(out, mode=0o644) as handle:
         handle.write((json.dumps(doc, sort_keys=True) + "\n").encode())
-    click.echo(f"signed ({decision}) as {key.id}: {out}")
+    report(as_json, f"signed ({decision}) as {key.id}: {out}", doc | {"approval_file": out})
 
 
 @approval.command("sign")
@@ -468,6 +515,7 @@ def approval_sign_file(request_file: Path, key_path: Path, deny: bool, ttl: int,
 @click.option("--deny", is_flag=True, help="Sign a denial instead of an approval.")
 @click.option("--ttl", type=int, default=3600, show_default=True, help="Seconds the approval stays valid.")
 @click.option("--yes", is_flag=True, help="Do not ask for confirmation after showing the summary.")
+@json_option
 @client_options
 def approval_sign(
     request_id: str,
@@ -475,6 +523,7 @@ def approval_sign(
     deny: bool,
     ttl: int,
     yes: bool,
+    as_json: bool,
     url: str | None,
     token: str | None,
     ca: Path | None,
@@ -483,6 +532,9 @@ def approval_sign(
     key = load_person_key(key_path)
     with make_client(url, token, ca) as client:
         doc = client.approval(request_id)
-        _confirm(doc["summary"] + f"\nyou sign as {key.id}: {'DENY' if deny else 'approve'}", yes)
+        _confirm(doc["summary"] + f"\nyou sign as {key.id}: {'DENY' if deny else 'approve'}", yes, err=as_json)
         result = client.sign_approval(request_id, key, deny=deny, ttl=ttl)
-    click.echo(f"signed; request is {result['status']} (needs {result['needs']})")
+    text = f"signed; request is {result['status']} (needs {result['needs']})"
+    report(
+        as_json, text, {"request": request_id, "approver": key.id, "status": result["status"], "needs": result["needs"]}
+    )

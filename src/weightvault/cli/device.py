@@ -8,11 +8,7 @@ from pathlib import Path
 
 import click
 
-from weightvault.cli.options import (
-    approval_option,
-    client_options,
-    make_client,
-)
+from weightvault.cli.options import approval_option, client_options, json_option, make_client, report
 from weightvault.errors import ConfigError
 
 __all__ = ["device"]
@@ -33,12 +29,14 @@ _tcti_option = click.option(
 @click.option("--id", "device_id", required=True, help="The device id to register.")
 @click.option("--tenant", "tenants", multiple=True, required=True, help="Tenant the device serves. Repeatable.")
 @approval_option
+@json_option
 @client_options
 def device_enroll(
     tcti: str,
     device_id: str,
     tenants: tuple[str, ...],
     approval: str | None,
+    as_json: bool,
     url: str | None,
     token: str | None,
     ca: Path | None,
@@ -49,17 +47,22 @@ def device_enroll(
     with TPMAttester.open(tcti) as tpm, make_client(url, token, ca) as client:
         t0 = time.perf_counter()
         client.enrol_tpm_device(tpm, device_id, tenants, approval)
-    click.echo(f"device {device_id} enrolled and activated in {time.perf_counter() - t0:.2f} s")
+    seconds = time.perf_counter() - t0
+    text = f"device {device_id} enrolled and activated in {seconds:.2f} s"
+    report(
+        as_json, text, {"device": device_id, "tenants": list(tenants), "enrolled": True, "seconds": round(seconds, 3)}
+    )
 
 
 @device.command("revoke")
 @click.argument("device_id")
+@json_option
 @client_options
-def device_revoke(device_id: str, url: str | None, token: str | None, ca: Path | None) -> None:
+def device_revoke(device_id: str, as_json: bool, url: str | None, token: str | None, ca: Path | None) -> None:
     """Revoke a device; its next release is refused even with a live token (operators)."""
     with make_client(url, token, ca) as client:
         client.device_action(device_id, "revoke")
-    click.echo(f"device {device_id} revoked")
+    report(as_json, f"device {device_id} revoked", {"device": device_id, "revoked": True})
 
 
 @device.command("pcrs")
@@ -90,6 +93,7 @@ def device_pcrs(tcti: str, pcrs: tuple[int, ...], as_json: bool) -> None:
     help="Also record the measurement in this TCG event log (created if missing), for 'load --event-log'.",
 )
 @click.option("--description", help="What was measured, recorded in the event log (default: the file name).")
+@json_option
 def device_extend(
     tcti: str,
     pcr: int,
@@ -97,6 +101,7 @@ def device_extend(
     measured: Path | None,
     event_log: Path | None,
     description: str | None,
+    as_json: bool,
 ) -> None:
     """Extend a PCR with a workload measurement (for example PCR 23 with the serving image digest)."""
     import hashlib
@@ -122,4 +127,5 @@ def device_extend(
         else:
             tpm.extend(pcr, raw)
             value = tpm.read_pcrs([pcr])[pcr]
-    click.echo(f"sha256:{pcr} is now {value.hex()}" + (f" (recorded in {event_log})" if event_log else ""))
+    text = f"sha256:{pcr} is now {value.hex()}" + (f" (recorded in {event_log})" if event_log else "")
+    report(as_json, text, {"pcr": pcr, "measurement": raw.hex(), "value": value.hex(), "event_log": event_log})

@@ -8,6 +8,7 @@ operators' side (docs/sentinel.md).
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import statistics
 import time
@@ -20,11 +21,13 @@ import click
 from weightvault.cli.options import (
     client_options,
     http_fetch,
+    json_option,
     make_client,
     open_reader,
     read_policy,
     read_token,
     read_vkey,
+    report,
 )
 from weightvault.errors import ConfigError, RuleError
 from weightvault.files import atomic_file
@@ -100,12 +103,14 @@ def sentinel() -> None:
     help="Processes: tenants are split among them (the learned model then trains per process).",
 )
 @click.option("--force", is_flag=True, help="Replace existing outputs.")
+@json_option
 @_config_options
 def sentinel_scan(
     events_path: Path,
     alerts_out: Path,
     jobs: int,
     force: bool,
+    as_json: bool,
     config_path: Path | None,
     rules: tuple[Path, ...],
     no_learned: bool,
@@ -128,16 +133,16 @@ def sentinel_scan(
         for alert in alerts:
             out.write(json.dumps(alert, sort_keys=True).encode() + b"\n")
     count = c.events + c.bad_event
-    click.echo(
+    lines = [
         f"{count} events in {elapsed:.1f} s ({count / max(elapsed, 1e-9):,.0f}/s, {jobs} process"
         f"{'es' if jobs > 1 else ''}): {len(alerts)} alerts "
-        f"({', '.join(f'{k} {v}' for k, v in sorted(c.by_detector.items())) or 'none'}), {c.suppressed} suppressed"
-    )
-    click.echo(
+        f"({', '.join(f'{k} {v}' for k, v in sorted(c.by_detector.items())) or 'none'}), {c.suppressed} suppressed",
         f"input: {c.bad_event} malformed, {c.unknown_type} of unknown type, {c.late} late, "
         f"{c.clock_jump} clock jumps, {c.index_gap} index gaps, {c.index_reorder} out of order, "
-        f"{c.planted_text} with planted text, {c.dangling_refs} refs to entries not in the file"
-    )
+        f"{c.planted_text} with planted text, {c.dangling_refs} refs to entries not in the file",
+    ]
+    doc = {"alerts": len(alerts), "alerts_file": alerts_out, "seconds": round(elapsed, 3), "jobs": jobs}
+    report(as_json, lines, doc | {"counters": dataclasses.asdict(c)})
 
 
 def _prepare() -> None:
@@ -152,7 +157,8 @@ def _prepare() -> None:
 @click.option("--days", type=int, default=28, show_default=True)
 @click.option("--profile", type=click.Choice(["tune", "holdout"]), default="tune", show_default=True)
 @click.option("--force", is_flag=True, help="Replace existing files.")
-def sentinel_simulate(out_dir: Path, seed: int, days: int, profile: str, force: bool) -> None:
+@json_option
+def sentinel_simulate(out_dir: Path, seed: int, days: int, profile: str, force: bool, as_json: bool) -> None:
     """Write a seeded scenario: OUT/events.jsonl and OUT/labels.jsonl (docs/sentinel.md)."""
     from weightvault.sentinel.simulate import simulate
 
@@ -165,7 +171,9 @@ def sentinel_simulate(out_dir: Path, seed: int, days: int, profile: str, force: 
         handle.write(scenario.events_jsonl().encode())
     with atomic_file(out_dir / "labels.jsonl", overwrite=force) as handle:
         handle.write(scenario.labels_jsonl().encode())
-    click.echo(f"wrote {len(scenario.events)} events and {len(scenario.labels)} incidents to {out_dir}")
+    text = f"wrote {len(scenario.events)} events and {len(scenario.labels)} incidents to {out_dir}"
+    doc = {"events": len(scenario.events), "incidents": len(scenario.labels), "directory": out_dir}
+    report(as_json, text, doc | {"seed": seed, "days": days, "profile": profile})
 
 
 def _lines(path: Path) -> Iterator[str]:
@@ -239,15 +247,21 @@ def sentinel_eval(
 
 @sentinel.command("rules")
 @click.option("--check", "check", type=click.Path(path_type=Path, exists=True), multiple=True, help="A rule file.")
-def sentinel_rules(check: tuple[Path, ...]) -> None:
+@json_option
+def sentinel_rules(check: tuple[Path, ...], as_json: bool) -> None:
     """List the packaged rules, with any --check files compiled after them (errors exit 62)."""
     from weightvault.sentinel.engine import packaged
     from weightvault.sentinel.rules import load_rules
 
     ruleset = load_rules(packaged("rules.yaml"), [_read_text(p, "rule file") for p in check])
-    for rule in ruleset.rules:
-        click.echo(f"{rule.id:<32} {rule.family:<22} {rule.severity:<9} {rule.title}")
-    click.echo(f"{len(ruleset.rules)} rules, {len(ruleset.watchlists)} watchlists ({ruleset.source_digest})")
+    lines = [f"{rule.id:<32} {rule.family:<22} {rule.severity:<9} {rule.title}" for rule in ruleset.rules]
+    lines.append(f"{len(ruleset.rules)} rules, {len(ruleset.watchlists)} watchlists ({ruleset.source_digest})")
+    doc = {
+        "rules": [{"id": r.id, "family": r.family, "severity": r.severity, "title": r.title} for r in ruleset.rules],
+        "watchlists": sorted(w.name for w in ruleset.watchlists),
+        "source_digest": ruleset.source_digest,
+    }
+    report(as_json, lines, doc)
 
 
 @sentinel.command("run")
@@ -262,6 +276,7 @@ def sentinel_rules(check: tuple[Path, ...]) -> None:
 @click.option("--max-quiet", type=float, default=3600.0, show_default=True, help="Alert when the log is this quiet.")
 @click.option("--once", is_flag=True, help="Poll once and exit (for cron and tests).")
 @click.option("--no-contain", is_flag=True, help="Record alerts, place no holds.")
+@click.option("--json", "as_json", is_flag=True, help="One JSON object per line: each alert, then the summary.")
 @_config_options
 def sentinel_run(
     url: str | None,
@@ -277,6 +292,7 @@ def sentinel_run(
     max_quiet: float,
     once: bool,
     no_contain: bool,
+    as_json: bool,
     config_path: Path | None,
     rules: tuple[Path, ...],
     no_learned: bool,
@@ -312,6 +328,10 @@ def sentinel_run(
         http_client, fetch = http_fetch(client.url + "/v1/audit", read_token(token), ca)
 
     def show(alert: Any, index: int | None) -> None:
+        if as_json:
+            fields = {"severity": alert.severity, "family": alert.family, "rule": alert.rule, "summary": alert.summary}
+            click.echo(json.dumps({"alert": fields, "index": index}, sort_keys=True))
+            return
         where = f"entry {index}" if index is not None else "not recorded"
         click.echo(f"ALERT {alert.severity} {alert.family} {alert.rule} ({where}): {alert.summary}")
 
@@ -338,6 +358,11 @@ def sentinel_run(
     c = live.counters
     e2a = statistics.median(c.event_to_alert_s) if c.event_to_alert_s else None
     a2h = statistics.median(c.alert_to_hold_s) if c.alert_to_hold_s else None
+    if as_json:
+        counts = {k: v for k, v in dataclasses.asdict(c).items() if not isinstance(v, list)}
+        summary = counts | {"event_to_alert_p50_s": e2a, "alert_to_hold_p50_s": a2h}
+        click.echo(json.dumps({"summary": summary}, sort_keys=True))
+        return
     click.echo(
         f"{c.entries} entries, {c.alerts_posted} alerts recorded, {c.holds} holds placed "
         f"({c.hold_refused} refused), {c.verify_failures} verification failures; "
@@ -397,20 +422,29 @@ def sentinel_holds(
 @click.argument("target")
 @click.option("--rule", required=True, help="Why (recorded with the hold).")
 @click.option("--alert-index", type=int, help="The sentinel.alert this hold answers.")
+@json_option
 def sentinel_hold(
-    url: str | None, token: str | None, ca: Path | None, kind: str, target: str, rule: str, alert_index: int | None
+    url: str | None,
+    token: str | None,
+    ca: Path | None,
+    kind: str,
+    target: str,
+    rule: str,
+    alert_index: int | None,
+    as_json: bool,
 ) -> None:
     """Place a containment hold by hand (operators)."""
     with make_client(url, token, ca) as client:
         hold_id = client.hold(kind, target, rule=rule, alert_index=alert_index)
-    click.echo(hold_id)
+    report(as_json, hold_id, {"hold": hold_id, "kind": kind, "target": target, "rule": rule})
 
 
 @sentinel.command("lift")
 @client_options
 @click.argument("hold_id")
-def sentinel_lift(url: str | None, token: str | None, ca: Path | None, hold_id: str) -> None:
+@json_option
+def sentinel_lift(url: str | None, token: str | None, ca: Path | None, hold_id: str, as_json: bool) -> None:
     """Lift a containment hold (operators only; audited)."""
     with make_client(url, token, ca) as client:
         client.lift(hold_id)
-    click.echo(f"lifted {hold_id}")
+    report(as_json, f"lifted {hold_id}", {"hold": hold_id, "lifted": True})

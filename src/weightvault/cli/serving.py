@@ -9,7 +9,15 @@ from typing import Any
 
 import click
 
-from weightvault.cli.options import attester_options, client_options, make_client, open_attester, read_token
+from weightvault.cli.options import (
+    attester_options,
+    client_options,
+    json_option,
+    make_client,
+    open_attester,
+    read_token,
+    report,
+)
 from weightvault.errors import ConfigError
 
 __all__ = ["gateway", "sandbox", "serve"]
@@ -291,7 +299,10 @@ def key() -> None:
 @click.option(
     "--out", type=click.Path(path_type=Path), help="Write the key to this file (mode 0600) instead of printing it."
 )
-def key_create(config_path: Path, tenant: str, principal: str, models: tuple[str, ...], out: Path | None) -> None:
+@json_option
+def key_create(
+    config_path: Path, tenant: str, principal: str, models: tuple[str, ...], out: Path | None, as_json: bool
+) -> None:
     """Create an API key; it is shown once."""
     from weightvault.gateway.main import open_key_admin
 
@@ -305,15 +316,18 @@ def key_create(config_path: Path, tenant: str, principal: str, models: tuple[str
 
         with atomic_file(out, mode=0o600) as f:
             f.write(token.encode() + b"\n")
-        click.echo(f"created key {row.id} for {principal} ({tenant}); written to {out}")
-    else:
-        click.echo(token)
+    doc = {"id": row.id, "tenant": tenant, "principal": principal, "models": list(models)}
+    if out is not None:
+        report(as_json, f"created key {row.id} for {principal} ({tenant}); written to {out}", doc | {"key_file": out})
+    else:  # shown this once, on stdout, as asked
+        report(as_json, token, doc | {"key": token})
 
 
 @key.command("revoke")
 @_config_option
 @click.argument("key_id")
-def key_revoke(config_path: Path, key_id: str) -> None:
+@json_option
+def key_revoke(config_path: Path, key_id: str, as_json: bool) -> None:
     """Revoke a key: its next request fails."""
     from weightvault.gateway.main import open_key_admin
 
@@ -322,16 +336,16 @@ def key_revoke(config_path: Path, key_id: str) -> None:
         row = admin.revoke("cli:operator", key_id)
     finally:
         store.close()
-    click.echo(f"revoked key {row.id} of {row.principal} ({row.tenant})")
+    text = f"revoked key {row.id} of {row.principal} ({row.tenant})"
+    report(as_json, text, {"id": row.id, "tenant": row.tenant, "principal": row.principal, "revoked": True})
 
 
 @key.command("list")
 @_config_option
 @click.option("--tenant")
-def key_list(config_path: Path, tenant: str | None) -> None:
+@json_option
+def key_list(config_path: Path, tenant: str | None, as_json: bool) -> None:
     """List keys (ids, principals, models; never secrets)."""
-    import json
-
     from weightvault.gateway.main import open_key_admin
 
     admin, store = open_key_admin(_config(config_path))
@@ -339,15 +353,19 @@ def key_list(config_path: Path, tenant: str | None) -> None:
         rows = admin.list(tenant)
     finally:
         store.close()
-    for r in rows:
-        click.echo(
-            json.dumps(
-                {
-                    "id": r.id,
-                    "tenant": r.tenant,
-                    "principal": r.principal,
-                    "models": list(r.models),
-                    "revoked": r.revoked_at is not None,
-                }
-            )
-        )
+    keys = [
+        {
+            "id": r.id,
+            "tenant": r.tenant,
+            "principal": r.principal,
+            "models": list(r.models),
+            "revoked": r.revoked_at is not None,
+        }
+        for r in rows
+    ]
+    lines = [
+        f"{r.id}  {r.tenant}  {r.principal}  {','.join(r.models) or '(all models)'}"
+        + ("  revoked" if r.revoked_at is not None else "")
+        for r in rows
+    ]
+    report(as_json, lines, {"keys": keys})
