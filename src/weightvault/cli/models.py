@@ -136,6 +136,7 @@ def load(
     src: str | Path,
     attester: str,
     device_id: str | None,
+    endorsement: Path | None,
     tcti: str | None,
     event_logs: tuple[Path, ...],
     kem: str,
@@ -156,7 +157,7 @@ def load(
     from weightvault.loaders import numpy as wv_numpy
 
     with make_client(url, token, ca) as client:
-        chosen = open_attester(attester, tcti, device_id, event_logs)
+        chosen = open_attester(attester, tcti, device_id, event_logs, endorsement)
         identity = BrokerIdentity(client, chosen, kem=HPKEKem(kem), device_id=device_id, approval=approval)
         t0 = time.perf_counter()
         total = 0 if isinstance(src, str) else size_of(src)  # a URL's size is known only once opened

@@ -166,7 +166,8 @@ def make_anonymous_client(url: str | None, ca: Path | None) -> Any:
 
 
 def attester_options(func: Callable[..., Any]) -> Callable[..., Any]:
-    """``--attester``, ``--device-id``, ``--tcti`` and ``--event-log``: how a workload attests (see open_attester)."""
+    """``--attester``, ``--device-id``, ``--endorsement``, ``--tcti``, ``--event-log``: how a workload attests
+    (see open_attester)."""
     func = click.option(
         "--event-log",
         "event_logs",
@@ -178,8 +179,14 @@ def attester_options(func: Callable[..., Any]) -> Callable[..., Any]:
     func = click.option("--tcti", help="TPM TCTI string (with --attester tpm), e.g. swtpm:host=127.0.0.1,port=2321.")(
         func
     )
+    func = click.option(
+        "--endorsement",
+        type=click.Path(path_type=Path, exists=True, dir_okay=False),
+        help="With --attester snp: the VCEK or VLEK certificate, when the host supplies none with the report.",
+    )(func)
     func = click.option("--device-id", help="The enrolled device this workload runs on.")(func)
-    return click.option("--attester", type=click.Choice(["sample", "tpm"]), default="sample", show_default=True)(func)
+    choice = click.Choice(["sample", "tpm", "snp"])
+    return click.option("--attester", type=choice, default="sample", show_default=True)(func)
 
 
 approval_option = click.option(

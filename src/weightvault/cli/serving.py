@@ -49,6 +49,7 @@ def serve(
     max_logprobs: int,
     attester: str,
     device_id: str | None,
+    endorsement: Path | None,
     tcti: str | None,
     event_logs: tuple[Path, ...],
     url: str | None,
@@ -63,7 +64,7 @@ def serve(
     from weightvault.serving.runtime import ModelRuntime
 
     client = make_client(url, token, ca)
-    chosen = open_attester(attester, tcti, device_id, event_logs)
+    chosen = open_attester(attester, tcti, device_id, event_logs, endorsement)
     identity = BrokerIdentity(client, chosen, device_id=device_id)
     try:
         runtime = ModelRuntime.load(

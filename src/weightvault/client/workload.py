@@ -32,13 +32,29 @@ def read_token(value: str | None) -> str:
     return value
 
 
-def open_attester(attester: str, tcti: str | None, device_id: str | None, event_logs: Sequence[Path]) -> Any:
-    """The attester named (close it after use if it has ``close``): ``sample`` or ``tpm``.
+def open_attester(
+    attester: str,
+    tcti: str | None,
+    device_id: str | None,
+    event_logs: Sequence[Path],
+    endorsement: Path | None = None,
+) -> Any:
+    """The attester named (close it after use if it has ``close``): ``sample``, ``tpm`` or ``snp``.
 
     Raises:
-        ConfigError: ``tpm`` without a TCTI or a device id, or event logs without ``tpm``.
+        ConfigError: ``tpm`` without a TCTI or a device id, event logs without ``tpm``, an
+            endorsement without ``snp``, or ``snp`` on a machine that is not an SEV-SNP guest.
     """
     from weightvault.client.broker import SampleAttester
+
+    if endorsement is not None and attester != "snp":
+        raise ConfigError("--endorsement needs --attester snp")
+    if attester == "snp":
+        from weightvault.attestation.snp.attester import SnpAttester
+
+        if event_logs or tcti:
+            raise ConfigError("--event-log and --tcti are for --attester tpm")
+        return SnpAttester.open(endorsement)
 
     if attester == "tpm":
         from weightvault.attestation.tpm.attester import TPMAttester
@@ -47,7 +63,7 @@ def open_attester(attester: str, tcti: str | None, device_id: str | None, event_
             raise ConfigError("--attester tpm needs --tcti and --device-id")
         return TPMAttester.open(tcti, event_logs)
     if attester != "sample":
-        raise ConfigError(f"unknown attester {attester!r}: sample or tpm")
+        raise ConfigError(f"unknown attester {attester!r}: sample, tpm or snp")
     if event_logs:
         raise ConfigError("--event-log needs --attester tpm")
     return SampleAttester(device_id=device_id)

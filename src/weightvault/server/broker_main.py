@@ -75,6 +75,11 @@ def _verifier_factories(config: BrokerConfig) -> dict[str, Callable[[], Verifier
         from weightvault.attestation.tpm.verifier import TPMVerifier
 
         factories["tpm"] = lambda: TPMVerifier.from_config(tpm, config.base)
+    sev_snp = config.sev_snp
+    if sev_snp is not None:
+        from weightvault.attestation.snp.verifier import SNPVerifier
+
+        factories["sev-snp"] = lambda: SNPVerifier.from_config(sev_snp, config.base)
     return factories
 
 
