@@ -1,0 +1,133 @@
+"""SEV-SNP report verification latency: the sev-snp verifier against the bare signature checks it must do.
+
+Two inputs: the real Milan report with its VCEK and AMD's Milan chain (tests/vectors/sev_snp,
+verified at a time inside the VCEK's validity, with debugging allowed since that guest
+allows it), and a report made under test roots (tests/snp_evidence.py, RSA-2048 ARK/ASK)
+bound to a challenge. For each, round after round in the same order (interleaved):
+
+* ``baseline``: what any SNP verifier must at least compute: the RSASSA-PSS check of the
+  VCEK by the ASK and the ECDSA P-384 check of the report by the VCEK (pyca/cryptography,
+  certificate and report already parsed);
+* ``sev-snp``: ``SNPVerifier.verify`` on the evidence as the broker receives it (base64,
+  certificate parsing, chain, validity, signature, TCB, chip id, binding, policy,
+  measurement, claims).
+
+Prints min and median microseconds per verification and the ratio ours / baseline.
+
+Usage: python bench/cc_verify.py [--rounds 7] [--per-round 200]
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime
+import hashlib
+import statistics
+import sys
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+
+def main() -> None:
+    root = Path(__file__).resolve().parents[1]
+    sys.path.insert(0, str(root / "src"))
+    sys.path.insert(0, str(root))
+    from bench.cpu_load import cpu_model
+    from cryptography.hazmat.primitives import hashes
+    from cryptography.hazmat.primitives.asymmetric import ec
+    from cryptography.hazmat.primitives.asymmetric.utils import encode_dss_signature
+    from tests.snp_evidence import NOW, Chip, evidence, hierarchy
+
+    from weightvault.attestation.interfaces import AttestationContext
+    from weightvault.attestation.snp.report import Report, parse_report
+    from weightvault.attestation.snp.verifier import SNPVerifier
+    from weightvault.crypto.sev import ProductChain, SnpTrust, load_certificate
+
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--rounds", type=int, default=7)
+    parser.add_argument("--per-round", type=int, default=200)
+    args = parser.parse_args()
+
+    @dataclass
+    class Case:
+        verifier: SNPVerifier
+        evidence: dict[str, str]
+        context: AttestationContext
+        chain: ProductChain
+        report: Report
+        vcek: bytes
+
+    vectors = root / "tests" / "vectors" / "sev_snp"
+    real_report, real_vcek = (vectors / "attestation.bin").read_bytes(), (vectors / "vcek.testcer").read_bytes()
+    real_trust = SnpTrust([ProductChain.from_pem((vectors / "ask_ark_milan.pem").read_bytes())])
+    real_parsed = parse_report(real_report)
+    when = int(datetime.datetime(2026, 12, 1, tzinfo=datetime.UTC).timestamp())
+    real = Case(
+        SNPVerifier(real_trust, [real_parsed.measurement], allow_debug=True),
+        evidence(real_report, real_vcek),
+        AttestationContext("acme", "c", b"n", real_report[0x50:0x70], when),
+        real_trust.chains[0],
+        real_parsed,
+        real_vcek,
+    )
+    roots = hierarchy("Milan")
+    chip = Chip(roots)
+    bound = hashlib.sha256(b"bench").digest()
+    made_trust = SnpTrust([ProductChain.from_pem(roots.chain_pem)])
+    made_report = chip.report(bound)
+    made = Case(
+        SNPVerifier(made_trust, [b"\x11" * 48]),
+        evidence(made_report, chip.der),
+        AttestationContext("acme", "c", b"n", bound, int(NOW.timestamp())),
+        made_trust.chains[0],
+        parse_report(made_report),
+        chip.der,
+    )
+
+    def baseline(case: Case) -> Callable[[], None]:
+        cert = load_certificate(case.vcek, "VCEK")
+        report = case.report
+        ask = case.chain.intermediate
+        key = cert.public_key()
+        assert isinstance(key, ec.EllipticCurvePublicKey)
+        signature = encode_dss_signature(report.signature_r, report.signature_s)
+
+        def run() -> None:
+            cert.verify_directly_issued_by(ask)
+            key.verify(signature, report.signed, ec.ECDSA(hashes.SHA384()))
+
+        return run
+
+    def ours(case: Case) -> Callable[[], None]:
+        def run() -> None:
+            case.verifier.verify(case.evidence, case.context)
+
+        return run
+
+    methods = {
+        ("real Milan", "baseline"): baseline(real),
+        ("real Milan", "sev-snp"): ours(real),
+        ("made", "baseline"): baseline(made),
+        ("made", "sev-snp"): ours(made),
+    }
+    times: dict[tuple[str, str], list[float]] = {k: [] for k in methods}
+    for _ in range(args.rounds):
+        for key, run in methods.items():
+            run()  # warm
+            start = time.perf_counter()
+            for _ in range(args.per_round):
+                run()
+            times[key].append((time.perf_counter() - start) / args.per_round * 1e6)
+    print(f"SEV-SNP report verification, {args.rounds} rounds x {args.per_round}, on {cpu_model()}")
+    print(f"{'input':<12} {'method':<10} {'min us':>9} {'median us':>10}")
+    for (case, method), values in times.items():
+        print(f"{case:<12} {method:<10} {min(values):>9.0f} {statistics.median(values):>10.0f}")
+    for case in ("real Milan", "made"):
+        base, mine = statistics.median(times[(case, "baseline")]), statistics.median(times[(case, "sev-snp")])
+        print(f"{case}: sev-snp / baseline (median) = {mine / base:.2f}")
+
+
+if __name__ == "__main__":
+    main()
