@@ -41,3 +41,13 @@ def test_doctor_checks_a_broker_and_its_configuration_and_says_what_to_fix(tmp_p
     assert "check(s) failed: broker, key root" in bad.stderr
     shown = wv("doctor", "--config", base / "broker.toml")
     assert f"fix: chmod 600 {root}" in shown.stdout
+
+
+def test_doctor_says_whether_this_is_a_confidential_vm(tmp_path: Path) -> None:
+    from weightvault.cli.doctor import _confidential_vm
+
+    absent = _confidential_vm(tmp_path / "tsm" / "report")
+    assert (absent.status, "not a confidential VM" in absent.detail) == ("ok", True)
+    (tmp_path / "tsm" / "report").mkdir(parents=True)
+    present = _confidential_vm(tmp_path / "tsm" / "report")
+    assert (present.status, "--attester snp can request reports" in present.detail) == ("ok", True)

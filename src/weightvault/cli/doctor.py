@@ -107,6 +107,15 @@ def _tpm(tcti: str | None) -> Check:
     return Check("tpm", "ok", f"TCTI {kind} (reached at attestation)")
 
 
+def _confidential_vm(root: Path = Path("/sys/kernel/config/tsm/report")) -> Check:
+    """Whether this machine can produce SEV-SNP or TDX reports (configfs-tsm): informational."""
+    if not root.is_dir():
+        return Check("confidential vm", "ok", f"not a confidential VM ({root} absent): --attester snp is unavailable")
+    if not os.access(root, os.W_OK):
+        return Check("confidential vm", "FAIL", f"{root} exists but is not writable", "run the workload as root")
+    return Check("confidential vm", "ok", f"{root} present: --attester snp can request reports")
+
+
 def _broker(url: str | None, ca: Path | None) -> list[Check]:
     url = url or os.environ.get(BROKER_ENV)
     if not url:
@@ -229,7 +238,7 @@ def _render(checks: list[Check], echo: Callable[[str], None]) -> None:
 def doctor(config_path: Path | None, url: str | None, ca: Path | None, tcti: str | None, as_json: bool) -> None:
     """Check this machine (optional components, GPU, TPM), a broker (readiness, clock skew) and a
     broker.toml (key file modes, database), and say what to fix. Exits non-zero if a check failed."""
-    checks = [*_components(), _gpu(), _tpm(tcti), *_broker(url, ca)]
+    checks = [*_components(), _gpu(), _tpm(tcti), _confidential_vm(), *_broker(url, ca)]
     if config_path is not None:
         checks += _config(config_path)
     if as_json:

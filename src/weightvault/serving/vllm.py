@@ -7,8 +7,9 @@ starts) registers the load format through vLLM's model-loader extension API::
         --model-loader-extra-config '{"broker": "https://broker:8443", "token": "@/run/wv.token"}'
 
 vLLM reads ``config.json`` and the tokenizer, which sealing carries in the clear, and builds
-the model; this loader then attests to the broker (``attester``: ``sample`` or ``tpm`` with
-``tcti`` and ``device_id``), obtains the model's key exactly as ``weightvault load`` does,
+the model; this loader then attests to the broker (``attester``: ``sample``, ``tpm`` with
+``tcti`` and ``device_id``, or ``snp`` in an SEV-SNP guest, with ``endorsement`` when the
+host supplies no VCEK), obtains the model's key exactly as ``weightvault load`` does,
 and streams tensors, one sealed file at a time, verified and decrypted in memory, into
 the model's ``load_weights``. Every parameter must be loaded, or the load fails and nothing
 is served. With ``identity`` (a key file: KEK, HPKE private key or raw file key) no broker
@@ -17,7 +18,7 @@ decrypted by the device kernels, straight into device memory.
 
 Options (``--model-loader-extra-config``): ``broker`` (default ``$WEIGHTVAULT_BROKER``),
 ``token`` (``@FILE``, a file only its owner reads; default ``$WEIGHTVAULT_TOKEN``), ``ca``,
-``attester``, ``tcti``, ``device_id``, ``kem`` (``mlkem768-x25519`` or ``x25519``),
+``attester``, ``tcti``, ``device_id``, ``endorsement``, ``kem`` (``mlkem768-x25519`` or ``x25519``),
 ``identity``. A token itself is refused there: vLLM logs its arguments, the loader's
 configuration included.
 """
@@ -49,6 +50,7 @@ class LoaderOptions:
     attester: str = "sample"
     tcti: str | None = None
     device_id: str | None = None
+    endorsement: str | None = None
     kem: str = "mlkem768-x25519"
     identity: str | None = None
 
@@ -93,7 +95,8 @@ def _keys(options: LoaderOptions, stack: ExitStack) -> Any:
     if not url:
         raise ConfigError(f"the weightvault loader needs a broker (option 'broker' or ${BROKER_ENV}) or an identity")
     client = stack.enter_context(BrokerClient(url, read_token(options.token), verify=options.ca or True))
-    attester = open_attester(options.attester, options.tcti, options.device_id, ())
+    endorsement = Path(options.endorsement) if options.endorsement else None
+    attester = open_attester(options.attester, options.tcti, options.device_id, (), endorsement)
     close = getattr(attester, "close", None)
     if close is not None:
         stack.callback(close)
