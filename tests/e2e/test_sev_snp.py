@@ -45,7 +45,7 @@ def broker(tmp_path_factory: pytest.TempPathFactory, roots: Hierarchy) -> Iterat
     chain.write_bytes(roots.chain_pem)
     section = (
         f'[verifiers.sev_snp]\ncert_chains = ["{chain}"]\nmeasurements = ["{MEASUREMENT.hex()}"]\n'
-        "min_tcb = {bootloader = 3, tee = 0, snp = 8, microcode = 115}\n"
+        "min_tcb = {bootloader = 3, tee = 0, snp = 8, microcode = 115}\ntest_roots = true\n"
     )
     allow = ["insecure-sample", "attestation-token", "sev-snp"]
     with running_broker(tmp, plain, extra_config=section, allow=allow) as running:

@@ -42,6 +42,7 @@ from cryptography.utils import CryptographyDeprecationWarning
 from weightvault.errors import ConfigError, EvidenceError
 
 __all__ = [
+    "AMD_ARK_SHA256",
     "MAX_CERT_BYTES",
     "Endorsement",
     "ProductChain",
@@ -51,6 +52,16 @@ __all__ = [
 ]
 
 MAX_CERT_BYTES: Final = 16 << 10
+
+#: SHA-256 of the DER of AMD's ARK certificate per product, as AMD's KDS serves it (the same ARK
+#: signs the VCEK and the VLEK chains). Copied from the chains Google's go-sev-guest pins
+#: (verify/trust/ask_ark_*.pem, commit af1c107a); a configured chain whose ARK differs is
+#: refused unless the configuration says it uses test roots.
+AMD_ARK_SHA256: Final = {
+    "Milan": "69d063b45344d26a2e94e1f4210de49ef555308287d4c174445c95639a540bcd",
+    "Genoa": "4c6598d19c18719c5dfd4a7d335f674e5bfe1d8f800cea2cf270c10d103db2f1",
+    "Turin": "1f084161a44bb6d93778a904877d4819cafa5d05ef4193b2ded9dd9c73dd3f6a",
+}
 
 _AMD = "1.3.6.1.4.1.3704.1"
 OID_PRODUCT: Final = x509.ObjectIdentifier(f"{_AMD}.2")
@@ -159,6 +170,11 @@ class ProductChain:
     intermediate: x509.Certificate
     issues: str
     crl: x509.CertificateRevocationList | None = None
+
+    @property
+    def is_amds(self) -> bool:
+        """Whether the ARK is AMD's own for this product (:data:`AMD_ARK_SHA256`)."""
+        return self.ark.fingerprint(hashes.SHA256()).hex() == AMD_ARK_SHA256.get(self.product)
 
     @classmethod
     def from_pem(cls, chain_pem: bytes, crl: bytes | None = None, *, source: str = "cert_chain") -> ProductChain:

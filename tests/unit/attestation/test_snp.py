@@ -297,6 +297,7 @@ def test_configuration_from_files(tmp_path: Path, roots: Hierarchy, chip: Chip) 
         "measurements": [MEASUREMENT.hex()],
         "min_tcb": {"bootloader": 3, "snp": 8},
         "allow_smt": True,
+        "test_roots": True,
     }
     verifier = SNPVerifier.from_config(section, tmp_path)
     assert verifier.min_tcb == TcbVersion(bootloader=3, tee=0, snp=8, microcode=0)
@@ -311,6 +312,8 @@ def test_configuration_from_files(tmp_path: Path, roots: Hierarchy, chip: Chip) 
         ({"cert_chains": ["missing.pem"]}, "cannot read"),
         ({"cert_chains": [], "crls": {}}, "at least one"),
         ({"surprise": 1}, "unknown key"),
+        ({"test_roots": False}, "not AMD's"),
+        ({"test_roots": "yes"}, "true or false"),
     ]
     for bad, message in cases:
         with pytest.raises(ConfigError, match=message):
@@ -373,3 +376,15 @@ def test_the_attester_says_what_is_missing_on_a_machine_that_is_not_an_snp_guest
     with pytest.raises(ConfigError, match="refused a report"):
         attester.evidence(BOUND, {})
     assert list(root.iterdir()) == []
+
+
+def test_amds_own_chains_configure_without_test_roots(tmp_path: Path) -> None:
+    for name in ("ask_ark_milan.pem", "ask_ark_milan_vlek.pem", "ask_ark_genoa.pem"):
+        (tmp_path / name).write_bytes((VECTORS / name).read_bytes())
+    section = {"cert_chains": ["ask_ark_milan.pem", "ask_ark_milan_vlek.pem", "ask_ark_genoa.pem"]}
+    verifier = SNPVerifier.from_config(section | {"measurements": [SAMPLE_MEASUREMENT.hex()]}, tmp_path)
+    assert [(c.product, c.issues, c.is_amds) for c in verifier.trust.chains] == [
+        ("Milan", "vcek", True),
+        ("Milan", "vlek", True),
+        ("Genoa", "vcek", True),
+    ]

@@ -61,6 +61,7 @@ _CONFIG_KEYS: Final = frozenset(
         "allow_migration_agent",
         "allow_smt",
         "max_vmpl",
+        "test_roots",
     }
 )
 
@@ -113,7 +114,8 @@ class SNPVerifier(BaseVerifier):
         ``cert_chains``: KDS ``cert_chain`` PEM files, one per product (and per VLEK ASVK);
         ``crls``: ``{product = file}`` of KDS CRLs (DER or PEM); ``measurements``: hex
         launch measurements; ``min_tcb``: ``{bootloader, tee, snp, microcode[, fmc]}``;
-        ``allow_debug``, ``allow_migration_agent``, ``allow_smt``, ``max_vmpl``.
+        ``allow_debug``, ``allow_migration_agent``, ``allow_smt``, ``max_vmpl``; ``test_roots``
+        (default false: every chain's ARK must be AMD's own, :data:`~weightvault.crypto.sev.AMD_ARK_SHA256`).
 
         Raises:
             ConfigError: an unknown key, a value of the wrong type, or an unreadable or invalid file.
@@ -135,6 +137,9 @@ class SNPVerifier(BaseVerifier):
         except ValueError as exc:
             raise ConfigError("[verifiers.sev_snp] measurements must be hex") from exc
         flags = {}
+        test_roots = section.get("test_roots", False)
+        if not isinstance(test_roots, bool):
+            raise ConfigError("[verifiers.sev_snp] test_roots must be true or false")
         for key, default in (("allow_debug", False), ("allow_migration_agent", False), ("allow_smt", True)):
             value = section.get(key, default)
             if not isinstance(value, bool):
@@ -153,6 +158,12 @@ class SNPVerifier(BaseVerifier):
                 pinned.append(ProductChain.from_pem(pem, crl, source=path))
         except OSError as exc:
             raise ConfigError(f"sev-snp verifier: cannot read {exc.filename}") from exc
+        foreign = [c.product for c in pinned if not c.is_amds]
+        if foreign and not test_roots:
+            raise ConfigError(
+                f"[verifiers.sev_snp] the ARK of the {foreign[0]} chain is not AMD's (compare its SHA-256 with "
+                "AMD's); test_roots = true accepts other roots, for tests only"
+            )
         stray = set(crls) - {c.product for c in pinned}
         if stray:
             raise ConfigError(f"[verifiers.sev_snp] crls: no pinned cert_chain for {sorted(stray)}")
