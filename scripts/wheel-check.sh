@@ -5,7 +5,7 @@
 # and check that features of missing extras answer with an install hint, not a traceback.
 # Then tests/wheel installs the wheel with each extra alone, each into a clean virtual
 # environment of its own, and uses that extra's feature (S3, PostgreSQL, OpenSSF signing, a
-# TPM, torch, transformers, the GPU kernels under Triton's interpreter).
+# TPM, torch, transformers, the GPU kernels under Triton's interpreter, a TDX quote).
 # Run by `make wheel-check` (part of `make test`).
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -96,6 +96,13 @@ for module, extra in (("weightvault.loaders.torch", "torch"), ("weightvault.load
         assert f"weightvault[{extra}]" in str(exc), exc
     else:
         raise SystemExit(f"{module} imported without the {extra} extra")
+from weightvault.attestation.tdx.verifier import TDXVerifier
+try:
+    TDXVerifier(["{}"], [bytes(48)])
+except ConfigError as exc:
+    assert "weightvault[tdx]" in str(exc), exc
+else:
+    raise SystemExit("the tdx verifier was built without the tdx extra")
 EOF
 
 # Each extra alone, in a clean venv of its own (the tests start PostgreSQL, S3 and swtpm).

@@ -239,3 +239,23 @@ def test_gpu_extra_decrypts_with_the_device_kernels(tmp_path: Path) -> None:
         """,
         env={"TRITON_INTERPRET": "1"},
     )
+
+
+def test_tdx_extra_verifies_a_real_tdx_quote(tmp_path: Path) -> None:
+    venv = Venv(tmp_path, "tdx")
+    _installed_from_wheel(venv)
+    vectors = Path(__file__).parents[1] / "vectors" / "tdx"
+    for name in ("tdx_quote", "tdx_quote_collateral.json"):
+        (venv.work / name).write_bytes((vectors / name).read_bytes())
+    venv.python(
+        """
+        import datetime, json
+        from pathlib import Path
+        from weightvault.attestation.tdx.verifier import TDXVerifier
+        quote = Path("tdx_quote").read_bytes()
+        mrtd = "91eb2b44d141d4ece09f0c75c2c53d247a3c68edd7fafe8a3520c942a604a407de03ae6dc5f87f27428b2538873118b7"
+        verifier = TDXVerifier([Path("tdx_quote_collateral.json").read_text()], [bytes.fromhex(mrtd)])
+        when = int(datetime.datetime(2025, 7, 1, tzinfo=datetime.UTC).timestamp())
+        assert verifier.appraise_quote(quote, when).claims["tdx.tcb_status"] == "UpToDate"
+        """
+    )

@@ -11,7 +11,7 @@ from weightvault.errors import ConfigError
 __all__ = ["KNOWN_VERIFIERS", "VerifierRegistry"]
 
 #: Every verifier id weightvault ships; a configuration naming anything else is an error.
-KNOWN_VERIFIERS: Final = frozenset({"tpm", "sev-snp", "attestation-token", "insecure-sample"})
+KNOWN_VERIFIERS: Final = frozenset({"tpm", "sev-snp", "tdx", "attestation-token", "insecure-sample"})
 
 
 class VerifierRegistry:

@@ -81,6 +81,8 @@ class BrokerConfig:
     tpm: Mapping[str, Any] | None = None
     #: ``[verifiers.sev_snp]``: pinned AMD chains, reference measurements, TCB minimum (docs/attestation-cc.md).
     sev_snp: Mapping[str, Any] | None = None
+    #: ``[verifiers.tdx]``: collateral, reference MRTD and RTMRs, allowed TCB statuses (docs/attestation-cc.md).
+    tdx: Mapping[str, Any] | None = None
     attestation_token: tuple[Mapping[str, Any], ...] = ()
     audit: AuditConfig = field(default_factory=AuditConfig)
     kek_max_age_days: float = 0.0
@@ -137,7 +139,9 @@ class BrokerConfig:
         keys = r.section(doc, "keys", required=True)
         r.known(keys, "keys", {"root", "token_signing", "registration", "audit_log", "audit_hash"})
         verifiers = r.section(doc, "verifiers")
-        r.known(verifiers, "verifiers", {"allow", "insecure_sample_enabled", "tpm", "sev_snp", "attestation_token"})
+        r.known(
+            verifiers, "verifiers", {"allow", "insecure_sample_enabled", "tpm", "sev_snp", "tdx", "attestation_token"}
+        )
         audit = r.section(doc, "audit")
         r.known(audit, "audit", {"witnesses", "quorum", "batch_delay_s", "storage", "lease_ttl_s"})
         rotation = r.section(doc, "rotation")
@@ -173,8 +177,8 @@ class BrokerConfig:
         cert, key = r.optional_string(tls, "tls", "cert"), r.optional_string(tls, "tls", "key")
         if (cert is None) != (key is None):
             raise ConfigError(f"{config_path}: [tls] needs both cert and key")
-        tpm, sev_snp = verifiers.get("tpm"), verifiers.get("sev_snp")
-        for name, table in (("tpm", tpm), ("sev_snp", sev_snp)):
+        tpm, sev_snp, tdx = verifiers.get("tpm"), verifiers.get("sev_snp"), verifiers.get("tdx")
+        for name, table in (("tpm", tpm), ("sev_snp", sev_snp), ("tdx", tdx)):
             if table is not None and not isinstance(table, dict):
                 raise ConfigError(f"{config_path}: [verifiers.{name}] must be a table")
         return cls(
@@ -209,6 +213,7 @@ class BrokerConfig:
             ),
             tpm=tpm,
             sev_snp=sev_snp,
+            tdx=tdx,
             attestation_token=tuple(r.tables(verifiers, "verifiers", "attestation_token")),
             audit=AuditConfig(
                 witnesses,

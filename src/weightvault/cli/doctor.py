@@ -110,10 +110,11 @@ def _tpm(tcti: str | None) -> Check:
 def _confidential_vm(root: Path = Path("/sys/kernel/config/tsm/report")) -> Check:
     """Whether this machine can produce SEV-SNP or TDX reports (configfs-tsm): informational."""
     if not root.is_dir():
-        return Check("confidential vm", "ok", f"not a confidential VM ({root} absent): --attester snp is unavailable")
+        detail = f"not a confidential VM ({root} absent): --attester snp and tdx are unavailable"
+        return Check("confidential vm", "ok", detail)
     if not os.access(root, os.W_OK):
         return Check("confidential vm", "FAIL", f"{root} exists but is not writable", "run the workload as root")
-    return Check("confidential vm", "ok", f"{root} present: --attester snp can request reports")
+    return Check("confidential vm", "ok", f"{root} present: --attester snp or tdx can request reports")
 
 
 def _broker(url: str | None, ca: Path | None) -> list[Check]:

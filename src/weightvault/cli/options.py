@@ -185,7 +185,7 @@ def attester_options(func: Callable[..., Any]) -> Callable[..., Any]:
         help="With --attester snp: the VCEK or VLEK certificate, when the host supplies none with the report.",
     )(func)
     func = click.option("--device-id", help="The enrolled device this workload runs on.")(func)
-    choice = click.Choice(["sample", "tpm", "snp"])
+    choice = click.Choice(["sample", "tpm", "snp", "tdx"])
     return click.option("--attester", type=choice, default="sample", show_default=True)(func)
 
 

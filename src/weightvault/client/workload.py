@@ -39,11 +39,11 @@ def open_attester(
     event_logs: Sequence[Path],
     endorsement: Path | None = None,
 ) -> Any:
-    """The attester named (close it after use if it has ``close``): ``sample``, ``tpm`` or ``snp``.
+    """The attester named (close it after use if it has ``close``): ``sample``, ``tpm``, ``snp`` or ``tdx``.
 
     Raises:
         ConfigError: ``tpm`` without a TCTI or a device id, event logs without ``tpm``, an
-            endorsement without ``snp``, or ``snp`` on a machine that is not an SEV-SNP guest.
+            endorsement without ``snp``, or ``snp`` or ``tdx`` on a machine that is not such a guest.
     """
     from weightvault.client.broker import SampleAttester
 
@@ -55,6 +55,12 @@ def open_attester(
         if event_logs or tcti:
             raise ConfigError("--event-log and --tcti are for --attester tpm")
         return SnpAttester.open(endorsement)
+    if attester == "tdx":
+        from weightvault.attestation.tdx.attester import TdxAttester
+
+        if event_logs or tcti:
+            raise ConfigError("--event-log and --tcti are for --attester tpm")
+        return TdxAttester.open()
 
     if attester == "tpm":
         from weightvault.attestation.tpm.attester import TPMAttester
@@ -63,7 +69,7 @@ def open_attester(
             raise ConfigError("--attester tpm needs --tcti and --device-id")
         return TPMAttester.open(tcti, event_logs)
     if attester != "sample":
-        raise ConfigError(f"unknown attester {attester!r}: sample, tpm or snp")
+        raise ConfigError(f"unknown attester {attester!r}: sample, tpm, snp or tdx")
     if event_logs:
         raise ConfigError("--event-log needs --attester tpm")
     return SampleAttester(device_id=device_id)

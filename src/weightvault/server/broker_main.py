@@ -80,6 +80,11 @@ def _verifier_factories(config: BrokerConfig) -> dict[str, Callable[[], Verifier
         from weightvault.attestation.snp.verifier import SNPVerifier
 
         factories["sev-snp"] = lambda: SNPVerifier.from_config(sev_snp, config.base)
+    tdx = config.tdx
+    if tdx is not None:
+        from weightvault.attestation.tdx.verifier import TDXVerifier
+
+        factories["tdx"] = lambda: TDXVerifier.from_config(tdx, config.base)
     return factories
 
 

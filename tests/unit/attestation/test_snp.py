@@ -365,7 +365,7 @@ def test_the_attester_says_what_is_missing_on_a_machine_that_is_not_an_snp_guest
     from weightvault.attestation.snp.attester import SnpAttester
     from weightvault.client.workload import open_attester
 
-    with pytest.raises(ConfigError, match="configfs-tsm report interface"):
+    with pytest.raises(ConfigError, match="SEV-SNP attestation needs the configfs-tsm report interface"):
         SnpAttester.open()  # no SEV-SNP guest runs these tests
     with pytest.raises(ConfigError, match="--endorsement needs --attester snp"):
         open_attester("sample", None, None, (), tmp_path / "vcek.der")

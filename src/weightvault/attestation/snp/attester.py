@@ -1,11 +1,9 @@
 """The SEV-SNP attester of a workload: a report from the guest's firmware through Linux's configfs-tsm.
 
-Inside an SNP guest (Linux 6.7 or later, ``sev-guest`` driver), a report is requested by
-creating a directory under ``/sys/kernel/config/tsm/report``, writing the 64 bytes of
-REPORT_DATA to its ``inblob`` (and the VMPL to ``privlevel``), and reading ``outblob``
-(the signed 1184-byte report) and ``auxblob`` (the certificate table the host supplied:
-VCEK or VLEK, ASK, ARK). ``generation`` counts writes to the entry; it is read before and
-after so that a report requested concurrently with other data is refused rather than sent.
+Inside an SNP guest (Linux 6.7 or later, ``sev-guest`` driver), :mod:`weightvault.attestation.tsm`
+writes the 64 bytes of REPORT_DATA (the session's ``report_data`` and 32 zero bytes) and
+the VMPL, and reads the signed 1184-byte report and the certificate table the host
+supplied (VCEK or VLEK, ASK, ARK).
 
 The endorsement (VCEK or VLEK) comes from the certificate table when the host provides
 one; otherwise from a file (``--endorsement``), for instance the VCEK that AMD's KDS
@@ -15,9 +13,6 @@ serves for the chip id and TCB of a report.
 from __future__ import annotations
 
 import base64
-import contextlib
-import os
-import secrets
 import struct
 import uuid
 from collections.abc import Mapping
@@ -25,11 +20,11 @@ from pathlib import Path
 from typing import Any, Final
 
 from weightvault.attestation.snp.report import parse_report
+from weightvault.attestation.tsm import TSM_REPORT_ROOT, request_report, require_tsm
 from weightvault.errors import ConfigError, EvidenceError
 
 __all__ = ["TSM_REPORT_ROOT", "SnpAttester", "certificate_table"]
 
-TSM_REPORT_ROOT: Final = Path("/sys/kernel/config/tsm/report")
 #: GUIDs of the GHCB certificate table (GHCB specification, "SNP Extended Guest Request").
 TABLE_GUIDS: Final = {
     "vcek": uuid.UUID("63da758d-e664-4564-adc5-f4b93be8accd"),
@@ -79,18 +74,13 @@ class SnpAttester:
                 6.7, configfs not mounted), or it is another TEE's.
         """
         attester = cls(endorsement=endorsement)
-        if not attester.root.is_dir():
-            raise ConfigError(
-                f"SEV-SNP attestation needs the configfs-tsm report interface ({attester.root}): this is not an "
-                "SEV-SNP guest, its kernel is older than 6.7, or configfs is not mounted "
-                "(mount -t configfs none /sys/kernel/config)"
-            )
+        require_tsm(attester.root, "SEV-SNP")
         return attester
 
     def evidence(self, report_data: bytes, challenge: Mapping[str, Any]) -> dict[str, Any]:
         if len(report_data) != 32:
             raise ValueError("report_data is 32 bytes")
-        report, aux = self._request(report_data + bytes(32))
+        report, aux = request_report(self.root, "sev_guest", report_data + bytes(32), self.vmpl)
         parsed = parse_report(report)
         table = certificate_table(aux) if aux else {}
         endorsement = table.get(parsed.signing_key)
@@ -106,28 +96,3 @@ class SnpAttester:
             "report": base64.b64encode(report).decode(),
             "endorsement": base64.b64encode(endorsement).decode(),
         }
-
-    def _request(self, inblob: bytes) -> tuple[bytes, bytes]:
-        entry = self.root / f"weightvault-{os.getpid()}-{secrets.token_hex(4)}"
-        try:
-            entry.mkdir()
-        except OSError as exc:
-            raise ConfigError(f"cannot create a configfs-tsm report entry in {self.root}: {exc.strerror}") from exc
-        try:
-            provider = (entry / "provider").read_text().strip()
-            if provider != "sev_guest":
-                raise ConfigError(f"the configfs-tsm provider here is {provider!r}, not sev_guest (SEV-SNP)")
-            with contextlib.suppress(FileNotFoundError):  # privlevel appeared with the SNP provider
-                (entry / "privlevel").write_text(str(self.vmpl))
-            (entry / "inblob").write_bytes(inblob)
-            before = (entry / "generation").read_text().strip()
-            report = (entry / "outblob").read_bytes()
-            aux = (entry / "auxblob").read_bytes() if (entry / "auxblob").exists() else b""
-            if (entry / "generation").read_text().strip() != before:
-                raise EvidenceError("snp_report_race: the report entry changed while it was read; try again")
-            return report, aux
-        except OSError as exc:
-            raise ConfigError(f"the SEV-SNP firmware refused a report: {exc.strerror}") from exc
-        finally:
-            with contextlib.suppress(OSError):
-                entry.rmdir()
