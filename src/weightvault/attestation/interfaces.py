@@ -11,6 +11,7 @@ tenant, or swapping the key to which released keys will be sealed all change
 from __future__ import annotations
 
 import base64
+import binascii
 import hashlib
 import hmac
 from collections.abc import Mapping
@@ -28,6 +29,7 @@ __all__ = [
     "DeviceRecord",
     "Verifier",
     "check_result",
+    "decode_b64_field",
     "evidence_digest",
     "report_data",
 ]
@@ -44,6 +46,23 @@ def report_data(challenge_id: str, nonce: bytes, tenant: str, kem: str, public: 
         "hpke": {"kem": kem, "public": base64.b64encode(public).decode()},
     }
     return hashlib.sha256(canonical_json(doc)).digest()
+
+
+def decode_b64_field(value: object, what: str, *, limit: int | None = None, code: str = "") -> bytes:
+    """A base64 field of evidence, decoded strictly; with ``limit``, refused before decoding when longer.
+
+    Raises:
+        EvidenceError: not a string, too long, or not base64; the message starts with ``code: `` if given.
+    """
+    prefix = f"{code}: " if code else ""
+    too_long = limit is not None and isinstance(value, str) and len(value) > 4 * (limit // 3 + 1)
+    if not isinstance(value, str) or too_long:
+        bound = "" if limit is None else f" of at most {limit} bytes"
+        raise EvidenceError(f"{prefix}{what} must be base64{bound}")
+    try:
+        return base64.b64decode(value, validate=True)
+    except (binascii.Error, ValueError) as exc:
+        raise EvidenceError(f"{prefix}{what} is not base64") from exc
 
 
 def evidence_digest(evidence: Mapping[str, Any]) -> str:

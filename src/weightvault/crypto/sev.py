@@ -25,10 +25,12 @@ the hierarchy, reads AMD's extensions and checks the report's ECDSA P-384 signat
 
 from __future__ import annotations
 
+import contextlib
+import dataclasses
 import datetime
 import threading
 import warnings
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from typing import Final
 
@@ -75,20 +77,25 @@ OID_HWID: Final = x509.ObjectIdentifier(f"{_AMD}.4")
 _parse_lock = threading.Lock()
 
 
-def load_certificate(data: bytes, what: str) -> x509.Certificate:
-    """One DER or PEM certificate.
+@contextlib.contextmanager
+def _amd_serials() -> Iterator[None]:
+    """Parse AMD's certificates: KDS issues VCEKs (and ASKs) whose serial number pyca/cryptography
+    flags as not positive (RFC 5280 wants positive serials). That warning alone is silenced, under
+    a lock because the warnings filters are process-wide."""
+    with _parse_lock, warnings.catch_warnings():
+        warnings.filterwarnings("ignore", "Parsed a serial number", CryptographyDeprecationWarning)
+        yield
 
-    AMD's KDS issues VCEKs whose serial number pyca/cryptography flags as not positive
-    (RFC 5280 wants positive serials); that warning alone is silenced, under a lock
-    because the warnings filters are process-wide.
+
+def load_certificate(data: bytes, what: str) -> x509.Certificate:
+    """One DER or PEM certificate (AMD's serial numbers tolerated, see :func:`_amd_serials`).
 
     Raises:
         EvidenceError: ``snp_certificate`` when the bytes are not a certificate.
     """
     if len(data) > MAX_CERT_BYTES:
         raise EvidenceError(f"snp_certificate: {what} is larger than {MAX_CERT_BYTES} bytes")
-    with _parse_lock, warnings.catch_warnings():
-        warnings.filterwarnings("ignore", "Parsed a serial number", CryptographyDeprecationWarning)
+    with _amd_serials():
         try:
             if data.lstrip().startswith(b"-----BEGIN"):
                 return x509.load_pem_x509_certificate(data)
@@ -185,8 +192,7 @@ class ProductChain:
                 the ARK did not issue, or a CRL the ARK did not sign.
         """
         try:
-            with _parse_lock, warnings.catch_warnings():
-                warnings.filterwarnings("ignore", "Parsed a serial number", CryptographyDeprecationWarning)
+            with _amd_serials():
                 certs = x509.load_pem_x509_certificates(chain_pem)
         except ValueError as exc:
             raise ConfigError(f"{source}: not PEM certificates ({exc})") from exc
@@ -206,17 +212,22 @@ class ProductChain:
             issues = "vcek"
         else:
             raise ConfigError(f"{source}: {issued_by!r} is neither the ASK nor the ASVK of {product}")
-        parsed_crl = None
-        if crl is not None:
-            try:
-                parsed_crl = (
-                    x509.load_pem_x509_crl(crl) if crl.lstrip().startswith(b"-----") else x509.load_der_x509_crl(crl)
-                )
-            except ValueError as exc:
-                raise ConfigError(f"{source}: the CRL does not parse ({exc})") from exc
-            if parsed_crl.issuer != ark.subject or not parsed_crl.is_signature_valid(ark.public_key()):  # type: ignore[arg-type]
-                raise ConfigError(f"{source}: the CRL is not signed by the {product} ARK")
-        return cls(product, ark, intermediate, issues, parsed_crl)
+        chain = cls(product, ark, intermediate, issues)
+        return chain if crl is None else chain.with_crl(crl, source=source)
+
+    def with_crl(self, crl: bytes, *, source: str = "cert_chain") -> ProductChain:
+        """This chain with the product's CRL (DER or PEM).
+
+        Raises:
+            ConfigError: the CRL does not parse, or the ARK did not sign it.
+        """
+        try:
+            parsed = x509.load_pem_x509_crl(crl) if crl.lstrip().startswith(b"-----") else x509.load_der_x509_crl(crl)
+        except ValueError as exc:
+            raise ConfigError(f"{source}: the CRL does not parse ({exc})") from exc
+        if parsed.issuer != self.ark.subject or not parsed.is_signature_valid(self.ark.public_key()):  # type: ignore[arg-type]
+            raise ConfigError(f"{source}: the CRL is not signed by the {self.product} ARK")
+        return dataclasses.replace(self, crl=parsed)
 
 
 def _common_name(cert: x509.Certificate) -> str:

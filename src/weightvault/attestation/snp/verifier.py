@@ -29,8 +29,6 @@ policies can pin.
 
 from __future__ import annotations
 
-import base64
-import binascii
 import hmac
 from collections.abc import Mapping, Sequence
 from pathlib import Path
@@ -41,6 +39,7 @@ from weightvault.attestation.interfaces import (
     AttestationResult,
     BaseVerifier,
     ClaimValue,
+    decode_b64_field,
     evidence_digest,
 )
 from weightvault.attestation.snp.report import REPORT_SIZE, Report, TcbVersion, parse_report
@@ -64,15 +63,6 @@ _CONFIG_KEYS: Final = frozenset(
         "test_roots",
     }
 )
-
-
-def _b64(value: object, what: str, limit: int) -> bytes:
-    if not isinstance(value, str) or len(value) > 4 * (limit // 3 + 1):
-        raise EvidenceError(f"snp_evidence: {what} must be base64 of at most {limit} bytes")
-    try:
-        return base64.b64decode(value, validate=True)
-    except (binascii.Error, ValueError) as exc:
-        raise EvidenceError(f"snp_evidence: {what} is not base64") from exc
 
 
 class SNPVerifier(BaseVerifier):
@@ -152,10 +142,10 @@ class SNPVerifier(BaseVerifier):
         try:
             pinned = []
             for path in chains:
-                pem = (base / path).read_bytes()
-                product = ProductChain.from_pem(pem, source=path).product
-                crl = (base / crls[product]).read_bytes() if product in crls else None
-                pinned.append(ProductChain.from_pem(pem, crl, source=path))
+                chain = ProductChain.from_pem((base / path).read_bytes(), source=path)
+                if chain.product in crls:
+                    chain = chain.with_crl((base / crls[chain.product]).read_bytes(), source=path)
+                pinned.append(chain)
         except OSError as exc:
             raise ConfigError(f"sev-snp verifier: cannot read {exc.filename}") from exc
         foreign = [c.product for c in pinned if not c.is_amds]
@@ -173,8 +163,8 @@ class SNPVerifier(BaseVerifier):
     def appraise(self, evidence: Mapping[str, Any], context: AttestationContext) -> AttestationResult:
         if set(evidence) != _FIELDS:
             raise EvidenceError("snp_evidence: sev-snp evidence is {type, report, endorsement}")
-        raw = _b64(evidence["report"], "report", REPORT_SIZE)
-        cert = _b64(evidence["endorsement"], "endorsement", MAX_CERT_BYTES)
+        raw = decode_b64_field(evidence["report"], "report", limit=REPORT_SIZE, code="snp_evidence")
+        cert = decode_b64_field(evidence["endorsement"], "endorsement", limit=MAX_CERT_BYTES, code="snp_evidence")
         report = parse_report(raw)
         if report.signing_key == "none":
             raise EvidenceError("snp_signing_key: the report is unsigned (SIGNING_KEY none)")

@@ -31,8 +31,6 @@ session); step 7 is :func:`check_binding`.
 
 from __future__ import annotations
 
-import base64
-import binascii
 import hmac
 import json
 import struct
@@ -46,6 +44,7 @@ from weightvault.attestation.interfaces import (
     AttestationResult,
     BaseVerifier,
     ClaimValue,
+    decode_b64_field,
     evidence_digest,
 )
 from weightvault.errors import ConfigError, EvidenceError
@@ -184,7 +183,9 @@ class TDXVerifier(BaseVerifier):
     def appraise(self, evidence: Mapping[str, Any], context: AttestationContext) -> AttestationResult:
         if set(evidence) != {"type", "quote"}:
             raise EvidenceError("tdx_evidence: tdx evidence is {type, quote}")
-        quote = self.appraise_quote(_b64(evidence["quote"]), context.now)
+        quote = self.appraise_quote(
+            decode_b64_field(evidence["quote"], "quote", limit=MAX_QUOTE_BYTES, code="tdx_evidence"), context.now
+        )
         check_binding(quote, context)
         return AttestationResult(verifier=self.id, claims=quote.claims, evidence_digest=evidence_digest(evidence))
 
@@ -247,15 +248,6 @@ class TDXVerifier(BaseVerifier):
         for index in range(4):
             claims[f"tdx.rtmr{index}"] = report[f"rt_mr{index}"].hex()
         return AppraisedQuote(report["report_data"], claims)
-
-
-def _b64(value: object) -> bytes:
-    if not isinstance(value, str) or len(value) > 4 * (MAX_QUOTE_BYTES // 3 + 1):
-        raise EvidenceError(f"tdx_evidence: quote must be base64 of at most {MAX_QUOTE_BYTES} bytes")
-    try:
-        return base64.b64decode(value, validate=True)
-    except (binascii.Error, ValueError) as exc:
-        raise EvidenceError("tdx_evidence: quote is not base64") from exc
 
 
 def _hex_list(value: object, what: str) -> list[bytes]:

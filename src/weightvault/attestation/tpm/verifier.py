@@ -10,8 +10,6 @@ of their SHA-256 digests in order, which policies test with ``contains``.
 
 from __future__ import annotations
 
-import base64
-import binascii
 import datetime
 from collections.abc import Mapping, Sequence
 from pathlib import Path
@@ -22,6 +20,7 @@ from weightvault.attestation.interfaces import (
     AttestationResult,
     BaseVerifier,
     ClaimValue,
+    decode_b64_field,
     evidence_digest,
 )
 from weightvault.attestation.tpm.enrolment import EnrolmentFacts, check_enrolment
@@ -34,15 +33,6 @@ __all__ = ["DEFAULT_PCRS", "TPMVerifier"]
 DEFAULT_PCRS: Final = (0, 1, 2, 3, 4, 5, 6, 7, 23)
 _MAX_LOGS: Final = 4
 _FIELDS: Final = frozenset({"type", "quote", "signature", "pcrs"})
-
-
-def _b64(value: object, what: str) -> bytes:
-    if not isinstance(value, str):
-        raise EvidenceError(f"{what} must be base64")
-    try:
-        return base64.b64decode(value, validate=True)
-    except (binascii.Error, ValueError) as exc:
-        raise EvidenceError(f"{what} is not base64") from exc
 
 
 class TPMVerifier(BaseVerifier):
@@ -112,7 +102,7 @@ class TPMVerifier(BaseVerifier):
         raw_logs = evidence.get("event_logs", [])
         if not isinstance(raw_logs, list) or len(raw_logs) > _MAX_LOGS:
             raise EvidenceError(f"event_logs must be a list of at most {_MAX_LOGS} base64 logs")
-        logs = [_b64(log, "event log") for log in raw_logs]
+        logs = [decode_b64_field(log, "event log") for log in raw_logs]
         raw_pcrs = evidence["pcrs"]
         if not isinstance(raw_pcrs, dict) or set(raw_pcrs) != {"sha256"} or not isinstance(raw_pcrs["sha256"], dict):
             raise EvidenceError('pcrs must be {"sha256": {index: hex}}')
@@ -124,8 +114,10 @@ class TPMVerifier(BaseVerifier):
                 pcrs[int(key)] = bytes.fromhex(value)
             except ValueError as exc:
                 raise EvidenceError("PCR values must be hex") from exc
-        quote = QuoteEvidence(_b64(evidence["quote"], "quote"), _b64(evidence["signature"], "signature"), pcrs)
-        ak = _b64(device.identity.get("ak_public"), "enrolled AK")
+        quote = QuoteEvidence(
+            decode_b64_field(evidence["quote"], "quote"), decode_b64_field(evidence["signature"], "signature"), pcrs
+        )
+        ak = decode_b64_field(device.identity.get("ak_public"), "enrolled AK")
         check = check_quote(
             ak, context.expected_report_data, quote, required_pcrs=self.pcrs, previous=context.device_state
         )
