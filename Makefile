@@ -17,7 +17,7 @@ $(STAMP): pyproject.toml scripts/system-deps.sh tests/differential/shamir/packag
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet --upgrade pip
 	$(BIN)/python -m pip install --quiet "$(TORCH_SPEC)"
-	$(BIN)/python -m pip install --quiet -e '.[torch,transformers,gpu,postgresql,s3,signing,tdx,dev]'
+	$(BIN)/python -m pip install --quiet -e '.[torch,transformers,gpu,postgresql,s3,signing,tdx,nvidia,dev]'
 	# The TPM extra compiles against libtss2; without it the TPM parts skip (and fail under CI=true).
 	if pkg-config --exists tss2-esys 2>/dev/null; then \
 		$(BIN)/python -m pip install --quiet -e '.[tpm]'; \

@@ -113,19 +113,29 @@ class AttestationResult:
     device_id: str | None = None
     #: State the broker persists for the next appraisal (TPM counters).
     device_state: Mapping[str, int] = field(default_factory=dict)
+    #: For composite evidence: the verifiers whose evidence it combined (all of them passed).
+    parts: tuple[str, ...] = ()
+
+    @property
+    def verified_by(self) -> frozenset[str]:
+        """Every verifier whose evidence this result rests on: itself and its parts."""
+        return frozenset({self.verifier, *self.parts})
 
 
 class Verifier(Protocol):
     """An evidence verifier. ``id`` is also the evidence type it accepts.
 
-    ``claim_prefix`` is the namespace of every claim it emits (``"tpm."``);
+    ``claim_prefix`` is the namespace of every claim it emits (``"tpm."``), or the
+    namespaces of a verifier that combines others (composite evidence);
     ``device_kinds`` the kinds of enrolled device whose identity its evidence
     proves (empty: its results are never bound to a device).
     """
 
     id: str
-    claim_prefix: str
     device_kinds: frozenset[str]
+
+    @property
+    def claim_prefix(self) -> str | tuple[str, ...]: ...
 
     def verify(self, evidence: Mapping[str, Any], context: AttestationContext) -> AttestationResult:
         """Verify evidence for ``context``; raises an AttestationError subclass when it fails."""
@@ -162,8 +172,9 @@ def check_result(verifier: Verifier, result: AttestationResult) -> None:
     """
     if result.verifier != verifier.id:
         raise EvidenceError(f"verifier {verifier.id} returned a result labelled {result.verifier!r}")
-    if not verifier.claim_prefix.endswith("."):
+    prefixes = (verifier.claim_prefix,) if isinstance(verifier.claim_prefix, str) else verifier.claim_prefix
+    if not prefixes or not all(p.endswith(".") for p in prefixes):
         raise EvidenceError(f"verifier {verifier.id} has no claim namespace")
-    stray = sorted(k for k in result.claims if not k.startswith(verifier.claim_prefix))
+    stray = sorted(k for k in result.claims if not k.startswith(prefixes))
     if stray:
-        raise EvidenceError(f"verifier {verifier.id} emitted claims outside {verifier.claim_prefix}*: {stray[:3]}")
+        raise EvidenceError(f"verifier {verifier.id} emitted claims outside {', '.join(prefixes)}: {stray[:3]}")

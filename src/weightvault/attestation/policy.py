@@ -11,6 +11,12 @@
          {"anyOf": [{"claim": "tpm.pcr.sha256.23", "equals": "9a…"}, {"claim": "token.dbgstat", "equals": "disabled"}]}
      ]}}
 
+``verifiers`` is a list (a result resting on any one of them may satisfy the policy) or
+``{"allOf": [...]}``: the result must rest on every one of them, which only composite
+evidence does (``{"allOf": ["sev-snp", "nvidia-gpu"]}``: an SNP guest and its GPUs, bound
+together; :mod:`weightvault.attestation.composite`). A composite result rests on the
+composite verifier and on each of its parts.
+
 Conditions: ``equals``, ``notEquals``, ``in`` (a list, or ``{"refset": name}``),
 ``contains``, ``less``, ``lessOrEquals``, ``greater``, ``greaterOrEquals``, ``exists``.
 Combinators ``allOf`` and ``anyOf`` nest. A missing claim makes its condition false
@@ -78,6 +84,8 @@ class ReleasePolicy:
     rule: Mapping[str, Any]
     immutable: bool = False
     document: Mapping[str, Any] = field(default_factory=dict)
+    #: True for ``{"allOf": [...]}``: the result must rest on every listed verifier.
+    all_verifiers: bool = False
 
     @property
     def digest(self) -> str:
@@ -98,8 +106,15 @@ class ReleasePolicy:
         if unknown:
             raise PolicyViolationError(f"unknown policy fields {sorted(unknown)}")
         verifiers = document.get("verifiers")
+        all_verifiers = isinstance(verifiers, dict)
+        if isinstance(verifiers, dict):
+            if set(verifiers) != {"allOf"}:
+                raise PolicyViolationError('verifiers is a list, or {"allOf": [...]}')
+            verifiers = verifiers["allOf"]
         if not isinstance(verifiers, list) or not verifiers or not all(isinstance(v, str) for v in verifiers):
             raise PolicyViolationError("policy must list the verifiers it accepts")
+        if len(set(verifiers)) != len(verifiers):
+            raise PolicyViolationError("policy lists a verifier twice")
         resources = document.get("resources")
         if not isinstance(resources, list) or not resources or not all(isinstance(r, str) for r in resources):
             raise PolicyViolationError("policy must list resource patterns")
@@ -112,7 +127,17 @@ class ReleasePolicy:
         rule = document.get("rule")
         counter = [0]
         _validate(rule, 0, counter)
-        return cls(tenant, name, version, tuple(verifiers), tuple(resources), rule, immutable, dict(document))  # type: ignore[arg-type]
+        return cls(
+            tenant,
+            name,
+            version,
+            tuple(verifiers),
+            tuple(resources),
+            rule,  # type: ignore[arg-type]
+            immutable,
+            dict(document),
+            all_verifiers,
+        )
 
     def covers(self, resource: str) -> bool:
         return any(fnmatch.fnmatchcase(resource, p) for p in self.resources)
@@ -127,7 +152,12 @@ class ReleasePolicy:
         """Evaluate against ``result``'s claims plus broker claims (device status, token age, ...)."""
         failed: list[str] = []
         codes: list[str] = []
-        if result.verifier not in self.verifiers:
+        rests_on = result.verified_by
+        if self.all_verifiers and not rests_on >= set(self.verifiers):
+            missing = ", ".join(sorted(set(self.verifiers) - rests_on))
+            failed.append(f"policy {self.name} requires evidence of every one of its verifiers; missing {missing}")
+            codes.append("verifier_not_accepted")
+        elif not self.all_verifiers and not rests_on & set(self.verifiers):
             failed.append(f"verifier {result.verifier} is not accepted by policy {self.name}")
             codes.append("verifier_not_accepted")
         if not self.covers(resource):

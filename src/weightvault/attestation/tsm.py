@@ -18,7 +18,7 @@ from typing import Final
 
 from weightvault.errors import ConfigError, EvidenceError
 
-__all__ = ["TSM_REPORT_ROOT", "request_report", "require_tsm"]
+__all__ = ["TSM_REPORT_ROOT", "request_report", "require_tsm", "tsm_provider"]
 
 TSM_REPORT_ROOT: Final = Path("/sys/kernel/config/tsm/report")
 
@@ -30,6 +30,24 @@ def require_tsm(root: Path, what: str) -> None:
             f"{what} attestation needs the configfs-tsm report interface ({root}): this is not a {what} guest, "
             "its kernel is older than 6.7, or configfs is not mounted (mount -t configfs none /sys/kernel/config)"
         )
+
+
+def tsm_provider(root: Path) -> str:
+    """The TEE behind configfs-tsm here (``sev_guest``, ``tdx_guest``), read from a fresh entry.
+
+    Raises:
+        ConfigError: no configfs-tsm report interface, or the entry cannot be made.
+    """
+    require_tsm(root, "CPU TEE")
+    entry = root / f"weightvault-{os.getpid()}-{secrets.token_hex(4)}"
+    try:
+        entry.mkdir()
+        return (entry / "provider").read_text().strip()
+    except OSError as exc:
+        raise ConfigError(f"cannot read the configfs-tsm provider in {root}: {exc.strerror}") from exc
+    finally:
+        with contextlib.suppress(OSError):
+            entry.rmdir()
 
 
 def request_report(root: Path, provider: str, inblob: bytes, privlevel: int | None = None) -> tuple[bytes, bytes]:

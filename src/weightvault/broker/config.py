@@ -83,6 +83,8 @@ class BrokerConfig:
     sev_snp: Mapping[str, Any] | None = None
     #: ``[verifiers.tdx]``: collateral, reference MRTD and RTMRs, allowed TCB statuses (docs/attestation-cc.md).
     tdx: Mapping[str, Any] | None = None
+    #: ``[verifiers.nvidia_gpu]``: pinned NVIDIA roots, driver and VBIOS RIMs (docs/attestation-cc.md).
+    nvidia_gpu: Mapping[str, Any] | None = None
     attestation_token: tuple[Mapping[str, Any], ...] = ()
     audit: AuditConfig = field(default_factory=AuditConfig)
     kek_max_age_days: float = 0.0
@@ -140,7 +142,9 @@ class BrokerConfig:
         r.known(keys, "keys", {"root", "token_signing", "registration", "audit_log", "audit_hash"})
         verifiers = r.section(doc, "verifiers")
         r.known(
-            verifiers, "verifiers", {"allow", "insecure_sample_enabled", "tpm", "sev_snp", "tdx", "attestation_token"}
+            verifiers,
+            "verifiers",
+            {"allow", "insecure_sample_enabled", "tpm", "sev_snp", "tdx", "nvidia_gpu", "attestation_token"},
         )
         audit = r.section(doc, "audit")
         r.known(audit, "audit", {"witnesses", "quorum", "batch_delay_s", "storage", "lease_ttl_s"})
@@ -178,7 +182,8 @@ class BrokerConfig:
         if (cert is None) != (key is None):
             raise ConfigError(f"{config_path}: [tls] needs both cert and key")
         tpm, sev_snp, tdx = verifiers.get("tpm"), verifiers.get("sev_snp"), verifiers.get("tdx")
-        for name, table in (("tpm", tpm), ("sev_snp", sev_snp), ("tdx", tdx)):
+        nvidia_gpu = verifiers.get("nvidia_gpu")
+        for name, table in (("tpm", tpm), ("sev_snp", sev_snp), ("tdx", tdx), ("nvidia_gpu", nvidia_gpu)):
             if table is not None and not isinstance(table, dict):
                 raise ConfigError(f"{config_path}: [verifiers.{name}] must be a table")
         return cls(
@@ -214,6 +219,7 @@ class BrokerConfig:
             tpm=tpm,
             sev_snp=sev_snp,
             tdx=tdx,
+            nvidia_gpu=nvidia_gpu,
             attestation_token=tuple(r.tables(verifiers, "verifiers", "attestation_token")),
             audit=AuditConfig(
                 witnesses,

@@ -5,7 +5,7 @@ Claims::
     iss  broker id             sub  device id, or the principal id when no device
     aud  "weightvault-release" tenant, iat, exp (≤ 5 minutes), jti
     cnf  {"hpke": {"kem": ..., "public": base64}}   the key released keys are sealed to
-    wv   {"verifier", "claims", "evidence_digest", "principal", "challenge_id"}
+    wv   {"verifier", "claims", "evidence_digest", "principal", "challenge_id"[, "parts"]}
 
 The workload's HPKE public key is inside the signed token, so a stolen token is
 useless: every key released for it is sealed to a private key the thief lacks.
@@ -133,6 +133,7 @@ class TokenSigner:
                 "principal": principal,
                 "device_id": result.device_id,
                 "challenge_id": challenge_id,
+                **({"parts": list(result.parts)} if result.parts else {}),
             },
         }
         with self._lock:
@@ -192,7 +193,12 @@ class TokenSigner:
             wv = claims["wv"]
             cnf = claims["cnf"]["hpke"]
             result_claims: dict[str, ClaimValue] = dict(wv["claims"])
-            result = AttestationResult(wv["verifier"], result_claims, wv["evidence_digest"], wv.get("device_id"))
+            parts = wv.get("parts", [])
+            if not isinstance(parts, list) or not all(isinstance(p, str) for p in parts):
+                raise EvidenceError("malformed result token")
+            result = AttestationResult(
+                wv["verifier"], result_claims, wv["evidence_digest"], wv.get("device_id"), parts=tuple(parts)
+            )
             return ResultToken(
                 jti=str(claims["jti"]),
                 tenant=str(claims["tenant"]),

@@ -182,10 +182,11 @@ def attester_options(func: Callable[..., Any]) -> Callable[..., Any]:
     func = click.option(
         "--endorsement",
         type=click.Path(path_type=Path, exists=True, dir_okay=False),
-        help="With --attester snp: the VCEK or VLEK certificate, when the host supplies none with the report.",
+        help="With --attester snp or composite: the VCEK or VLEK certificate, when the host supplies none with "
+        "the report.",
     )(func)
     func = click.option("--device-id", help="The enrolled device this workload runs on.")(func)
-    choice = click.Choice(["sample", "tpm", "snp", "tdx"])
+    choice = click.Choice(["sample", "tpm", "snp", "tdx", "nvidia-gpu", "composite"])
     return click.option("--attester", type=choice, default="sample", show_default=True)(func)
 
 

@@ -39,16 +39,27 @@ def open_attester(
     event_logs: Sequence[Path],
     endorsement: Path | None = None,
 ) -> Any:
-    """The attester named (close it after use if it has ``close``): ``sample``, ``tpm``, ``snp`` or ``tdx``.
+    """The attester named (close it after use if it has ``close``): ``sample``, ``tpm``, ``snp``, ``tdx``,
+    ``nvidia-gpu`` (this machine's GPUs alone) or ``composite`` (this guest's SNP or TDX evidence and
+    every GPU's, bound to it).
 
     Raises:
         ConfigError: ``tpm`` without a TCTI or a device id, event logs without ``tpm``, an
-            endorsement without ``snp``, or ``snp`` or ``tdx`` on a machine that is not such a guest.
+            endorsement without ``snp`` or ``composite``, ``snp`` or ``tdx`` on a machine that
+            is not such a guest, or GPU evidence where NVML, a GPU or CC mode is missing.
     """
     from weightvault.client.broker import SampleAttester
 
-    if endorsement is not None and attester != "snp":
-        raise ConfigError("--endorsement needs --attester snp")
+    if endorsement is not None and attester not in ("snp", "composite"):
+        raise ConfigError("--endorsement needs --attester snp or composite")
+    if attester in ("nvidia-gpu", "composite") and (event_logs or tcti):
+        raise ConfigError("--event-log and --tcti are for --attester tpm")
+    if attester == "nvidia-gpu":
+        from weightvault.attestation.nvidia.attester import NvmlGpuAttester
+
+        return NvmlGpuAttester.open()
+    if attester == "composite":
+        return _composite_attester(endorsement)
     if attester == "snp":
         from weightvault.attestation.snp.attester import SnpAttester
 
@@ -69,7 +80,28 @@ def open_attester(
             raise ConfigError("--attester tpm needs --tcti and --device-id")
         return TPMAttester.open(tcti, event_logs)
     if attester != "sample":
-        raise ConfigError(f"unknown attester {attester!r}: sample, tpm, snp or tdx")
+        raise ConfigError(f"unknown attester {attester!r}: sample, tpm, snp, tdx, nvidia-gpu or composite")
     if event_logs:
         raise ConfigError("--event-log needs --attester tpm")
     return SampleAttester(device_id=device_id)
+
+
+def _composite_attester(endorsement: Path | None) -> Any:
+    """This guest's CPU TEE (whichever configfs-tsm provides) and its GPUs."""
+    from weightvault.attestation.composite import CompositeAttester
+    from weightvault.attestation.nvidia.attester import NvmlGpuAttester
+    from weightvault.attestation.snp.attester import SnpAttester
+    from weightvault.attestation.tdx.attester import TdxAttester
+    from weightvault.attestation.tsm import TSM_REPORT_ROOT, tsm_provider
+
+    provider = tsm_provider(TSM_REPORT_ROOT)
+    cpu: Any
+    if provider == "sev_guest":
+        cpu = SnpAttester.open(endorsement)
+    elif provider == "tdx_guest":
+        if endorsement is not None:
+            raise ConfigError("--endorsement is for SEV-SNP guests; this is a TDX guest")
+        cpu = TdxAttester.open()
+    else:
+        raise ConfigError(f"composite evidence needs an SEV-SNP or TDX guest (configfs-tsm provider {provider!r})")
+    return CompositeAttester(cpu, NvmlGpuAttester.open())

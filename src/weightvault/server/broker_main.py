@@ -85,6 +85,11 @@ def _verifier_factories(config: BrokerConfig) -> dict[str, Callable[[], Verifier
         from weightvault.attestation.tdx.verifier import TDXVerifier
 
         factories["tdx"] = lambda: TDXVerifier.from_config(tdx, config.base)
+    nvidia_gpu = config.nvidia_gpu
+    if nvidia_gpu is not None:
+        from weightvault.attestation.nvidia.verifier import NvidiaGpuVerifier
+
+        factories["nvidia-gpu"] = lambda: NvidiaGpuVerifier.from_config(nvidia_gpu, config.base)
     return factories
 
 

@@ -79,6 +79,30 @@ def test_unlisted_verifier_never_satisfies() -> None:
     assert decide(policy({"claim": "firmware", "equals": 7}, verifiers=["insecure-sample"]), sample)[0]
 
 
+def test_all_of_verifiers_needs_a_result_resting_on_each() -> None:
+    """``{"allOf": [...]}``: only a composite result whose parts cover every verifier satisfies it."""
+    doc = {
+        "verifiers": {"allOf": ["sev-snp", "nvidia-gpu"]},
+        "resources": ["acme/models/*"],
+        "rule": {"claim": "firmware", "equals": 7},
+    }
+    both = ReleasePolicy.parse("acme", "p", 1, doc)
+    claims = dict(RESULT.claims)
+    composite = AttestationResult("composite", claims, "sha256:00", parts=("sev-snp", "nvidia-gpu"))
+    assert decide(both, composite)[0]
+    for lacking in (
+        AttestationResult("sev-snp", claims, "sha256:00"),
+        AttestationResult("nvidia-gpu", claims, "sha256:00"),
+        AttestationResult("composite", claims, "sha256:00", parts=("tpm", "nvidia-gpu")),
+    ):
+        allowed, failed = decide(both, lacking)
+        assert not allowed
+        assert any("requires evidence of every one" in f for f in failed)
+    # A list accepts a composite result when one of its parts is listed: that part was fully verified.
+    assert decide(policy({"claim": "firmware", "equals": 7}, verifiers=["sev-snp"]), composite)[0]
+    assert not decide(policy({"claim": "firmware", "equals": 7}, verifiers=["tdx"]), composite)[0]
+
+
 def test_resource_coverage() -> None:
     """A policy only covers resources matching its patterns."""
     p = policy({"claim": "firmware", "equals": 7}, resources=["acme/models/other@*"])
@@ -101,6 +125,9 @@ def test_resource_coverage() -> None:
             "rule": {"allOf": [{"claim": "a", "exists": True}], "anyOf": []},
         },
         {"verifiers": ["tpm"], "resources": ["acme/*"], "rule": {"claim": "a", "exists": True}, "extra": 1},
+        {"verifiers": {"anyOf": ["tpm"]}, "resources": ["acme/*"], "rule": {"claim": "a", "exists": True}},
+        {"verifiers": {"allOf": []}, "resources": ["acme/*"], "rule": {"claim": "a", "exists": True}},
+        {"verifiers": ["tpm", "tpm"], "resources": ["acme/*"], "rule": {"claim": "a", "exists": True}},
         {
             "verifiers": ["tpm"],
             "resources": ["acme/*"],
