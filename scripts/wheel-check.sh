@@ -103,6 +103,20 @@ except ConfigError as exc:
     assert "weightvault[tdx]" in str(exc), exc
 else:
     raise SystemExit("the tdx verifier was built without the tdx extra")
+from weightvault.crypto.nvidia import verify_rim
+try:
+    verify_rim(b"<x/>", [], "rim.swidtag")
+except ConfigError as exc:
+    assert "weightvault[nvidia]" in str(exc), exc
+else:
+    raise SystemExit("a RIM was read without the nvidia extra")
+from weightvault.attestation.nvidia.attester import NvmlGpuAttester
+try:
+    NvmlGpuAttester.open()
+except ConfigError as exc:
+    assert "weightvault[nvidia]" in str(exc), exc
+else:
+    raise SystemExit("NVML was opened without the nvidia extra")
 EOF
 
 # Each extra alone, in a clean venv of its own (the tests start PostgreSQL, S3 and swtpm).

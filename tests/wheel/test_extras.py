@@ -259,3 +259,34 @@ def test_tdx_extra_verifies_a_real_tdx_quote(tmp_path: Path) -> None:
         assert verifier.appraise_quote(quote, when).claims["tdx.tcb_status"] == "UpToDate"
         """
     )
+
+
+def test_nvidia_extra_verifies_a_real_h100_report_against_nvidias_rims(tmp_path: Path) -> None:
+    venv = Venv(tmp_path, "nvidia")
+    _installed_from_wheel(venv)
+    vectors = Path(__file__).parents[1] / "vectors" / "nvidia"
+    for path in vectors.iterdir():
+        (venv.work / path.name).write_bytes(path.read_bytes())
+    venv.python(
+        """
+        import base64, datetime
+        from pathlib import Path
+        from weightvault.attestation.interfaces import AttestationContext
+        from weightvault.attestation.nvidia.verifier import NvidiaGpuVerifier
+        section = {
+            "device_roots": ["verifier_device_root.pem"],
+            "rim_roots": ["verifier_RIM_root.pem"],
+            "driver_rims": ["Driver_RIM_test_no_gpu.swidtag"],
+            "vbios_rims": ["1010_0200_882_96005E0001_test_no_gpu.swidtag"],
+        }
+        verifier = NvidiaGpuVerifier.from_config(section, Path("."))
+        report = bytes.fromhex(Path("attestationReport.txt").read_text().strip())
+        chain = Path("gpuAkCertChain.txt").read_bytes()
+        gpu = {"report": base64.b64encode(report).decode(), "certificates": base64.b64encode(chain).decode()}
+        evidence = {"type": "nvidia-gpu", "gpus": [{**gpu, "cc_mode": "on"}]}
+        when = int(datetime.datetime(2024, 6, 1, tzinfo=datetime.UTC).timestamp())
+        context = AttestationContext("acme", "c", bytes(32), bytes(32), when)
+        result = verifier.appraise_bound(evidence, context, report[4:36])
+        assert result.claims["gpu.driver_version"] == "545.00", result.claims
+        """
+    )

@@ -8,6 +8,7 @@ import hashlib
 import json
 import struct
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -195,3 +196,70 @@ def test_the_tdx_attester_says_what_is_missing_and_leaves_no_entry(tmp_path: Pat
     with pytest.raises(ConfigError, match="tdx_guest firmware refused a report"):
         TdxAttester(root=root).evidence(bytes(32), {})
     assert list(root.iterdir()) == []
+
+
+# -- made quotes: the real quote's structures, re-signed under test roots (tests/tdx_evidence.py) -------
+
+
+@pytest.fixture(scope="module")
+def platform() -> Any:
+    from tests.tdx_evidence import TdxPlatform
+
+    return TdxPlatform()
+
+
+def _made_verifier(platform: Any, *, revoked: bool = False, **options: Any) -> TDXVerifier:
+    return TDXVerifier([platform.collateral(revoked_pck=revoked)], [MRTD], root_ca_der=platform.root_der, **options)
+
+
+def _made_context(report_data: bytes) -> AttestationContext:
+    from tests.tdx_evidence import NOW
+
+    return AttestationContext("acme", "c", b"n", report_data, int(NOW.timestamp()))
+
+
+def test_a_made_quote_bound_to_the_session_passes_every_check(platform: Any) -> None:
+    bound = hashlib.sha256(b"session").digest()
+    evidence = {"type": "tdx", "quote": base64.b64encode(platform.quote(bound)).decode()}
+    result = _made_verifier(platform).verify(evidence, _made_context(bound))
+    assert result.claims["tdx.tcb_status"] == "UpToDate"
+    assert result.claims["tdx.attributes.debug"] is False
+    assert result.claims["tdx.mrtd"] == MRTD.hex()
+
+
+@pytest.mark.parametrize(
+    ("quote", "verifier", "code"),
+    [
+        ({"debug": True}, {}, "tdx_debug"),
+        ({"other_session": True}, {}, "tdx_report_data"),
+        ({"mrtd": b"\x42" * 48}, {}, "tdx_measurement"),
+        ({"forged": True}, {}, "tdx_quote"),
+        ({}, {"revoked": True}, "tdx_revoked"),
+        ({}, {"real_root": True}, "tdx_quote"),
+    ],
+)
+def test_made_quotes_failing_one_check(
+    platform: Any, quote: dict[str, Any], verifier: dict[str, Any], code: str
+) -> None:
+    import cryptography.hazmat.primitives.asymmetric.ec as ec
+
+    bound = hashlib.sha256(b"session").digest()
+    data = hashlib.sha256(b"another session").digest() if quote.pop("other_session", False) else bound
+    if quote.pop("forged", False):
+        quote["signer"] = ec.generate_private_key(ec.SECP256R1())
+    raw = platform.quote(data, **quote)
+    if verifier.pop("real_root", False):
+        made = TDXVerifier([platform.collateral()], [MRTD])  # Intel's root, not the test one
+    else:
+        made = _made_verifier(platform, **verifier)
+    with pytest.raises(EvidenceError) as caught:
+        made.verify({"type": "tdx", "quote": base64.b64encode(raw).decode()}, _made_context(bound))
+    assert str(caught.value).startswith(code + ":"), str(caught.value)
+
+
+def test_a_debuggable_td_is_refused_even_where_allowed(platform: Any) -> None:
+    """dcap-qvl refuses a debuggable TD itself, so allow_debug cannot admit one: refused as tdx_debug."""
+    bound = hashlib.sha256(b"session").digest()
+    evidence = {"type": "tdx", "quote": base64.b64encode(platform.quote(bound, debug=True)).decode()}
+    with pytest.raises(EvidenceError, match=r"^tdx_debug"):
+        _made_verifier(platform, allow_debug=True).verify(evidence, _made_context(bound))

@@ -268,6 +268,8 @@ def _dcap_code(message: str) -> str:
         code = "tdx_revoked"
     elif "no matching tcb level" in lowered:
         code = "tdx_tcb_level"
+    elif "debug mode is enabled" in lowered:  # dcap-qvl refuses a debuggable TD before we look
+        code = "tdx_debug"
     else:
         code = "tdx_quote"
     return f"{code}: {message}"
