@@ -316,3 +316,71 @@ def test_any_flipped_byte_of_a_real_report_is_refused_or_changes_what_is_signed(
         return
     original = parse_report(REPORT)
     assert (parsed.signed, parsed.signature) != (original.signed, original.signature)
+
+
+# -- the NVML attester ----------------------------------------------------------------------------
+
+
+class _NvmlStandIn:
+    """NVML's Python surface as nvidia-ml-py exposes it, serving NVIDIA's published H100 evidence
+    (no GPU in CC mode runs these tests; the real library is used where one does)."""
+
+    NVML_CC_SYSTEM_FEATURE_ENABLED = 1
+
+    class NVMLError(Exception):
+        pass
+
+    def __init__(self, devtools: int = 0, feature: int = 1) -> None:
+        self.devtools, self.feature = devtools, feature
+        self.nonces: list[bytes] = []
+
+    def nvmlInit(self) -> None: ...
+    def nvmlShutdown(self) -> None: ...
+    def nvmlDeviceGetCount(self) -> int:
+        return 1
+
+    def nvmlDeviceGetHandleByIndex(self, index: int) -> int:
+        return index
+
+    def nvmlSystemGetConfComputeState(self) -> Any:
+        from types import SimpleNamespace
+
+        return SimpleNamespace(environment=1, ccFeature=self.feature, devToolsMode=self.devtools)
+
+    def nvmlDeviceGetConfComputeGpuAttestationReport(self, handle: int, nonce: list[int]) -> Any:
+        from types import SimpleNamespace
+
+        self.nonces.append(bytes(nonce))
+        buffer = REPORT + bytes(8192 - len(REPORT))  # NVML's fixed-size buffer, and the size used
+        return SimpleNamespace(attestationReport=list(buffer), attestationReportSize=len(REPORT))
+
+    def nvmlDeviceGetConfComputeGpuCertificate(self, handle: int) -> Any:
+        from types import SimpleNamespace
+
+        buffer = CHAIN + bytes(5120 - len(CHAIN))
+        return SimpleNamespace(attestationCertChain=list(buffer), attestationCertChainSize=len(CHAIN))
+
+
+def test_the_nvml_attester_gathers_what_the_verifier_accepts() -> None:
+    from weightvault.attestation.nvidia.attester import NvmlGpuAttester
+
+    nvml = _NvmlStandIn()
+    nonce = REPORT[4:36]
+    evidence = NvmlGpuAttester(nvml).gpu_evidence(nonce)
+    assert nvml.nonces == [nonce]
+    assert _real().appraise_bound(evidence, _context(THEN), nonce).claims["gpu.count"] == 1
+    devtools = NvmlGpuAttester(_NvmlStandIn(devtools=1)).gpu_evidence(nonce)
+    _refused(_real(), devtools, "gpu_cc_mode", nonce, THEN)
+    with pytest.raises(ValueError, match="32 bytes"):
+        NvmlGpuAttester(nvml).gpu_evidence(b"short")
+
+
+def test_gpu_attesters_say_what_is_missing_on_this_machine(tmp_path: Path) -> None:
+    from weightvault.client.workload import open_attester
+
+    with pytest.raises(ConfigError, match=r"NVIDIA driver|weightvault\[nvidia\]|confidential-computing|no GPU"):
+        open_attester("nvidia-gpu", None, None, ())
+    with pytest.raises(ConfigError, match="configfs-tsm"):
+        open_attester("composite", None, None, ())
+    with pytest.raises(ConfigError, match="--event-log and --tcti are for --attester tpm"):
+        open_attester("composite", "swtpm:port=1", None, ())
