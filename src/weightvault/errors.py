@@ -259,6 +259,12 @@ class CheckpointError(AuditLogError):
     """A signed checkpoint is malformed, unsigned by a trusted key, or stale."""
 
 
+class ReportError(AuditLogError):
+    """A compliance report is malformed, or what it states differs from what its cited, proven
+    evidence shows (an edited status, a witness that did not cosign, an event that is not the
+    one logged)."""
+
+
 class RollbackError(AuditLogError):
     """Restoring a backup would take the audit log back behind a checkpoint already seen (by this
     broker's log, a witness or a given checkpoint): revocations and policy changes after it would

@@ -41,6 +41,7 @@ EXIT_CODES: Final[dict[type[e.WeightVaultError], tuple[int, str]]] = {
     e.ConsistencyError: (42, "consistency proof invalid"),
     e.CheckpointError: (43, "checkpoint invalid"),
     e.RollbackError: (44, "restore would roll back the log"),
+    e.ReportError: (45, "compliance report invalid"),
     e.RequestError: (70, "request refused"),
     e.AuthenticationError: (71, "authentication failed"),
     e.PermissionDeniedError: (72, "permission denied"),

@@ -20,6 +20,7 @@ from weightvault import __version__
 from weightvault.cli.admin import admin
 from weightvault.cli.audit import audit, witness
 from weightvault.cli.broker import broker
+from weightvault.cli.compliance import compliance_report
 from weightvault.cli.custody import approval, custody, person
 from weightvault.cli.device import device
 from weightvault.cli.doctor import doctor
@@ -502,6 +503,7 @@ for _command in (
     sandbox,
     gateway,
     sentinel,
+    compliance_report,
     doctor,
 ):
     cli.add_command(_command)
