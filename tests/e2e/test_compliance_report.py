@@ -110,6 +110,12 @@ def test_refusals_have_their_exit_codes(witnessed_log: dict[str, Path], tmp_path
     (tmp_path / "cut.json").write_text((tmp_path / "r.json").read_text()[:500])
     cut = wv("report", "verify", tmp_path / "cut.json", "--log-key", log_vkey, "--witness", w1)
     assert cut.returncode == 45
+    assert wv("report", "render", tmp_path / "r.json", "--format", "html", "--out", tmp_path / "r.html").returncode == 0
+    page = (tmp_path / "r.html").read_text()
+    (tmp_path / "edited.html").write_text(page.replace(">not met</span>", ">met</span>", 1))
+    edited_page = wv("report", "verify", tmp_path / "edited.html", "--log-key", log_vkey, "--witness", w1)
+    assert edited_page.returncode == 45
+    assert "report_page" in edited_page.stderr
     other = tmp_path / "other.key"
     assert wv("audit", "keygen", "weightvault-broker/audit", other).returncode == 0
     foreign = wv("report", "verify", tmp_path / "r.json", "--log-key", f"{other}.vkey", "--witness", w1)

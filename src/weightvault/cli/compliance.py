@@ -25,15 +25,21 @@ __all__ = ["compliance_report"]
 _FORMATS = click.Choice(["json", "html", "oscal"])
 
 
-def _read(path: Path) -> dict[str, Any]:
+def _read(path: Path, *, whole_page: bool = False) -> dict[str, Any]:
+    """A report from its JSON or its HTML page; with ``whole_page``, a page must be exactly its report's rendering."""
+    from weightvault.compliance.html import check_page
     from weightvault.compliance.report import MAX_REPORT_BYTES, parse_report
 
     try:
         if path.stat().st_size > MAX_REPORT_BYTES:
             raise ReportError(f"report_malformed: {path} is larger than 256 MiB")
-        return parse_report(path.read_bytes())
+        data = path.read_bytes()
     except OSError as exc:
         raise ConfigError(f"{path}: cannot read the report ({exc.strerror})") from exc
+    doc = parse_report(data)
+    if whole_page and data.lstrip()[:1] == b"<":
+        check_page(data.decode("utf-8", "replace"), doc)
+    return doc
 
 
 def _write(doc: dict[str, Any], fmt: str, out: Path, force: bool, changes: list[dict[str, Any]] | None = None) -> None:
@@ -130,7 +136,7 @@ def report_verify(
             "report verify needs the witnesses' keys (--witness, --policy): a report proven only against the "
             "log's own signature needs --allow-unwitnessed"
         )
-    doc = _read(source)
+    doc = _read(source, whole_page=True)
     verified = verify_report(doc, read_vkey(log_key), read_policy(policy_file, witnesses, quorum), now=int(time.time()))
     text = (
         f"OK: {verified.controls} controls and {verified.evidence} cited events verified against "

@@ -17,9 +17,9 @@ from collections.abc import Mapping, Sequence
 from typing import Any, Final
 
 from weightvault.auditlog.events import decode_event
-from weightvault.errors import AuditLogError
+from weightvault.errors import AuditLogError, ReportError
 
-__all__ = ["render_html"]
+__all__ = ["check_page", "render_html"]
 
 _STATUS_COLOURS: Final = {"met": "#1a7f37", "partial": "#9a6700", "not_met": "#cf222e", "not_applicable": "#6e7781"}
 _STYLE: Final = """
@@ -94,7 +94,7 @@ def _evidence_rows(evidence: Sequence[Mapping[str, Any]]) -> str:
     return "".join(rows)
 
 
-def _embedded(doc: Mapping[str, Any]) -> str:
+def _embedded(doc: object) -> str:
     text = json.dumps(doc, sort_keys=True, separators=(",", ":"))
     return text.replace("&", "\\u0026").replace("<", "\\u003c").replace(">", "\\u003e")
 
@@ -129,7 +129,8 @@ def render_html(doc: Mapping[str, Any], *, changes: Sequence[Mapping[str, Any]] 
             for c in changes
         )
         diff = (
-            "<h2>Changes since the previous report</h2><table><tr><th>control</th><th>title</th><th>was</th>"
+            '<h2>Changes since the previous report</h2><p class="muted">Compared with an earlier report this page '
+            "does not carry; its statuses are not proven here.</p><table><tr><th>control</th><th>title</th><th>was</th>"
             f"<th>now</th><th>why</th></tr>{diff_rows}</table>"
         )
     tenant = scope.get("tenant") or "the whole broker"
@@ -154,5 +155,32 @@ def render_html(doc: Mapping[str, Any], *, changes: Sequence[Mapping[str, Any]] 
         f"<th>resource</th><th>decision</th></tr>{_evidence_rows(doc.get('evidence', []))}</table>"
         f"<h2>Checkpoint</h2><pre>{_e(log.get('checkpoint', ''))}</pre>"
         f'<script type="application/json" id="weightvault-report">{_embedded(doc)}</script>'
-        "</body></html>"
+        + (
+            f'<script type="application/json" id="weightvault-changes">{_embedded(list(changes))}</script>'
+            if changes
+            else ""
+        )
+        + "</body></html>"
     )
+
+
+def check_page(page: str, doc: Mapping[str, Any]) -> None:
+    """Refuse a page that is not exactly the rendering of the report it embeds (with its changes).
+
+    Raises:
+        ReportError: a byte of the page differs from what :func:`render_html` makes of its report.
+    """
+    changes: list[dict[str, Any]] = []
+    marker = '<script type="application/json" id="weightvault-changes">'
+    start = page.find(marker)
+    if start >= 0:
+        end = page.find("</script>", start)
+        try:
+            listed = json.loads(page[start + len(marker) : end])
+        except ValueError as exc:
+            raise ReportError("report_page: the page's list of changes is not JSON") from exc
+        if not isinstance(listed, list) or not all(isinstance(c, dict) for c in listed):
+            raise ReportError("report_page: the page's list of changes is malformed")
+        changes = listed
+    if render_html(doc, changes=changes) != page:
+        raise ReportError("report_page: the page differs from the report it embeds (edited after it was made)")

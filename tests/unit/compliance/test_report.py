@@ -244,3 +244,20 @@ def test_oscal_assessment_results_validate(witnessed: tuple[AuditLog, WitnessPol
     broken["results"][0]["findings"][0]["target"]["status"]["state"] = "fine"
     with pytest.raises(ValidationError):
         AssessmentResults.model_validate(broken)
+
+
+def test_a_page_edited_outside_its_embedded_report_is_refused(witnessed: tuple[AuditLog, WitnessPolicy]) -> None:
+    """What a person reads must be what is proven: the page is re-rendered from its report and compared."""
+    from weightvault.compliance.html import check_page
+
+    log, _ = witnessed
+    doc = _build(log)
+    changes = [{"id": "C06", "title": "t", "old": "not_met", "new": "met", "why": "w"}]
+    for page in (render_html(doc), render_html(doc, changes=changes)):
+        check_page(page, parse_report(page))
+        visible = page.replace(">not met</span>", ">met</span>", 1)
+        assert visible != page
+        with pytest.raises(ReportError, match="report_page"):
+            check_page(visible, parse_report(visible))
+        with pytest.raises(ReportError, match="report_page"):
+            check_page(page + "<!-- -->", parse_report(page))
