@@ -3,7 +3,9 @@
 A report (``weightvault-compliance-report/v1``, JSON) holds:
 
 * ``scope``: the tenant (or the whole broker), the period ``[since, until)`` in ms, and
-  ``as_of`` (the time the controls are assessed at);
+  ``as_of`` (the time the controls are assessed at). A tenant's report holds its own events
+  and the broker-wide ones that protect every tenant and name none (custody, the approval
+  policy, key rotations): never another tenant's, nor a name of one;
 * ``log``: the signed checkpoint every proof is against (verbatim, with its witnesses'
   cosignatures) and the names of the witnesses that cosigned it;
 * ``evidence``: every cited event, as the logged bytes (base64), its index and its
@@ -93,8 +95,14 @@ def load_catalogue() -> Catalogue:
     )
 
 
+#: Broker-wide events (tenant "-") that a tenant's report cites: what protects every tenant and names
+#: none. Others (a device bound to several tenants lists them all) stay out of a tenant's report.
+_BROKER_WIDE: Final = ("custody.", "approval.policy.change.", "key.rotate.", "key.retire.")
+
+
 def _scoped(event: AuditEvent, tenant: str | None, since: int | None, until: int) -> bool:
-    if tenant is not None and event.tenant not in (tenant, "-"):
+    broker_wide = event.tenant == "-" and event.type.startswith(_BROKER_WIDE)
+    if tenant is not None and event.tenant != tenant and not broker_wide:
         return False
     return (since is None or event.ts >= since) and event.ts < until
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import base64
 import copy
+import json
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -261,3 +262,22 @@ def test_a_page_edited_outside_its_embedded_report_is_refused(witnessed: tuple[A
             check_page(visible, parse_report(visible))
         with pytest.raises(ReportError, match="report_page"):
             check_page(page + "<!-- -->", parse_report(page))
+
+
+def test_a_tenants_report_holds_nothing_of_another_tenant(tmp_path: Path) -> None:
+    with AuditLog(tmp_path / "audit.db", LOG_KEY, clock=clock) as log:
+        for event in HISTORY:
+            log.append(event)
+        log.append(_ev("tenant.change.done", "tenant:globex", "globex", details={"op": "create"}))
+        log.append(_ev("model.register.done", "globex/models/secret@1", "globex", details={"tags": {}}))
+        log.append(_ev("key.release.done", "globex/models/secret@1", "globex", details={"verifier": "insecure-sample"}))
+        bind = {"op": "bind", "tenants": ["acme", "globex"]}  # a device shared by both: logged broker-wide
+        log.append(_ev("device.change.done", "device:gpu-1", "-", details=bind))
+        doc = _build(log, tenant="acme")
+        whole = _build(log)
+    page = render_html(doc)
+    assert "globex" not in json.dumps(doc)
+    assert "globex" not in page
+    assert _status(doc, "C02") == "met"  # globex's weak release is not acme's
+    assert _status(whole, "C02") == "not_met"
+    assert verify_report(doc, LOG_KEY.verifier, WitnessPolicy.threshold([], 0), now=int(NOW)).controls == 35
