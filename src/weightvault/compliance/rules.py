@@ -376,6 +376,9 @@ RULES: Final[Mapping[str, Callable[[Cited, Context], Assessment]]] = {
     "honeypots": _honeypots,
     "detection": _detection,
     "evidence": _fixed("met", "this report: controls mapped to measures and RAND levels, each with proven evidence"),
+    "sl_assessment": _fixed(
+        "partial", "every control is mapped to RAND's security levels; no level is graded for this deployment"
+    ),
     "custody": _custody,
     "layers": _fixed(
         "partial", "by design: policy and attestation are separate checks; no ablation test runs against this broker"
