@@ -3,9 +3,12 @@
 A report (``weightvault-compliance-report/v1``, JSON) holds:
 
 * ``scope``: the tenant (or the whole broker), the period ``[since, until)`` in ms, and
-  ``as_of`` (the time the controls are assessed at). A tenant's report holds its own events
-  and the broker-wide ones that protect every tenant and name none (custody, the approval
-  policy, key rotations): never another tenant's, nor a name of one;
+  ``as_of`` (the time the controls are assessed at). Activity (releases, alerts, requests)
+  counts within the period; state (policies, custody, devices, models, keys) counts from
+  the log's start, since what is in force at the period's end may have been set before it.
+  A tenant's report holds its own events and the broker-wide ones that protect every
+  tenant and name none (custody, the approval policy, key rotations): never another
+  tenant's, nor a name of one;
 * ``log``: the signed checkpoint every proof is against (verbatim, with its witnesses'
   cosignatures) and the names of the witnesses that cosigned it;
 * ``evidence``: every cited event, as the logged bytes (base64), its index and its
@@ -44,7 +47,7 @@ from weightvault.auditlog.log import LogReader
 from weightvault.auditlog.merkle import leaf_hash, verify_inclusion
 from weightvault.auditlog.note import NoteVerifier, parse_note
 from weightvault.auditlog.policy import WitnessPolicy
-from weightvault.compliance.rules import RULES, RULES_VERSION, STATUSES, Context, Selection, assess
+from weightvault.compliance.rules import RULES, RULES_VERSION, STATUSES, Context, Selection, assess, is_state
 from weightvault.encoding import canonical_json
 from weightvault.errors import AuditLogError, ConfigError, InclusionProofError, ReportError
 
@@ -100,11 +103,11 @@ def load_catalogue() -> Catalogue:
 _BROKER_WIDE: Final = ("custody.", "approval.policy.change.", "key.rotate.", "key.retire.")
 
 
-def _scoped(event: AuditEvent, tenant: str | None, since: int | None, until: int) -> bool:
+def _scoped(event: AuditEvent, tenant: str | None, until: int) -> bool:
     broker_wide = event.tenant == "-" and event.type.startswith(_BROKER_WIDE)
     if tenant is not None and event.tenant != tenant and not broker_wide:
         return False
-    return (since is None or event.ts >= since) and event.ts < until
+    return event.ts < until
 
 
 def _day(ts: int) -> str:
@@ -171,8 +174,12 @@ def build_report(
     selection = _Statistics(), Selection()
     stats, chosen = selection
     for index, event in _events(log, checkpoint.size):
-        if _scoped(event, tenant, since_ms, until):
+        if not _scoped(event, tenant, until):
+            continue
+        in_period = since_ms is None or event.ts >= since_ms
+        if in_period:
             stats.add(event)
+        if in_period or is_state(event):  # the state in force at the period's end may predate it
             chosen.add(index, event)
     indices = chosen.indices()
     evidence = [

@@ -21,7 +21,7 @@ from typing import Final
 
 from weightvault.auditlog.events import AuditEvent
 
-__all__ = ["RULES_VERSION", "STATUSES", "Assessment", "Context", "Selection", "assess"]
+__all__ = ["RULES_VERSION", "STATUSES", "Assessment", "Context", "Selection", "assess", "is_state"]
 
 #: Bumped whenever an assessment changes; a report names the version it was assessed with.
 RULES_VERSION: Final = 1
@@ -67,11 +67,18 @@ _LATEST: Final = (
     "device.change",
     "approval.policy.change",
     "custody.genesis",
+    "custody.rekey",
     "custody.set.active",
     "key.rotate",
     "gateway.key.create",
     "gateway.key.revoke",
 )
+
+
+def is_state(event: AuditEvent) -> bool:
+    """Whether ``event`` sets state that stays in force (a policy, custody, a device...): such events
+    count from the log's start, whatever the report's period; activity counts within the period."""
+    return any(_done(event, action) for action in _LATEST)
 
 
 @dataclass
@@ -233,20 +240,27 @@ def _two_party(cited: Cited, ctx: Context) -> Assessment:
 
 
 def _custody(cited: Cited, ctx: Context) -> Assessment:
-    custody = _of(cited, lambda e: e.type in ("custody.genesis", "custody.set.active"))
-    if not custody:
+    """The share set in force: the newest of genesis and activations; its terms from its genesis or rekey."""
+    made = {e.resource: (i, e) for i, e in cited if e.type in ("custody.genesis", "custody.rekey")}
+    changes = [(i, e) for i, e in cited if e.type in ("custody.genesis", "custody.set.active")]
+    if not changes:
         return Assessment("not_met", "the root key is not under M-of-N custody", ())
-    threshold = custody[-1][1].details.get("threshold")
-    custodians = custody[-1][1].details.get("custodians")
+    active_index, active = changes[-1]
+    terms = made.get(active.resource)
+    if terms is None:
+        return Assessment("partial", "the share set in force is not described in the period", (active_index,))
+    threshold = terms[1].details.get("threshold")
+    custodians = terms[1].details.get("custodians")
     count = len(custodians) if isinstance(custodians, Mapping | list) else 0
-    if isinstance(threshold, int) and threshold >= 2:
+    evidence = tuple(sorted({active_index, terms[0]}))
+    if isinstance(threshold, int) and not isinstance(threshold, bool) and threshold >= 2:
         return Assessment(
             "met",
             f"the root key is held {threshold}-of-{count} by custodians; backups are sealed to the custody set "
             "(their files are not in the log)",
-            _ids(custody),
+            evidence,
         )
-    return Assessment("partial", f"custody threshold is {threshold}: one person can unseal", _ids(custody))
+    return Assessment("partial", f"custody threshold is {threshold}: one person can unseal", evidence)
 
 
 def _audit_log(cited: Cited, ctx: Context) -> Assessment:

@@ -281,3 +281,16 @@ def test_a_tenants_report_holds_nothing_of_another_tenant(tmp_path: Path) -> Non
     assert _status(doc, "C02") == "met"  # globex's weak release is not acme's
     assert _status(whole, "C02") == "not_met"
     assert verify_report(doc, LOG_KEY.verifier, WitnessPolicy.threshold([], 0), now=int(NOW)).controls == 35
+
+
+def test_state_set_before_the_period_stays_in_force_and_activity_does_not(tmp_path: Path) -> None:
+    """A quarter's report still sees the custody set up years ago; a release before the quarter is not its."""
+    with AuditLog(tmp_path / "audit.db", LOG_KEY, clock=clock) as log:
+        for event in HISTORY:
+            log.append(event)
+        quarter = _build(log, since_ms=NOW_MS - 1)  # every event above predates the period
+    assert _status(quarter, "C25") == "met"  # custody, set before the period
+    assert _status(quarter, "C01") == "met"  # the models registered before it
+    assert _status(quarter, "C02") == "partial"  # no release in the period
+    assert _status(quarter, "C20") == "partial"  # nor any alert
+    assert quarter["statistics"]["events_by_type"] == {}

@@ -73,6 +73,20 @@ def test_an_old_kek_makes_encryption_partial_and_a_rotation_restores_it() -> Non
     assert fresh.evidence == (1, 2)
 
 
+def test_custody_follows_the_share_set_in_force() -> None:
+    three: dict[str, dict[str, str]] = {"a": {}, "b": {}, "c": {}}
+    genesis = ev("custody.genesis", "custody:s1", tenant="-", details={"threshold": 2, "custodians": three})
+    rekey = ev("custody.rekey", "custody:s2", tenant="-", details={"threshold": 1, "custodians": {"a": {}}})
+    active = ev("custody.set.active", "custody:s2", tenant="-")
+    assert assess("custody", _cited(genesis), CTX).status == "met"
+    assert assess("custody", _cited(genesis, rekey), CTX).status == "met"  # a pending set is not in force
+    promoted = assess("custody", _cited(genesis, rekey, active), CTX)
+    assert promoted.status == "partial"
+    assert promoted.evidence == (1, 2)
+    assert "1-of-1" not in promoted.reason
+    assert "one person can unseal" in promoted.reason
+
+
 def test_witnesses_decide_c13() -> None:
     assert assess("audit_log", [], Context(NOW, 0, None)).status == "partial"
     assert assess("audit_log", [], Context(NOW, 2, None)).status == "met"
