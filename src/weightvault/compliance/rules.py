@@ -101,8 +101,11 @@ class Selection:
         kind = event.type
         for action in _LATEST:
             if _done(event, action):
-                key = "device" if action.startswith("device.") else action
-                self.latest[(key, event.resource)] = index
+                if action.startswith("device."):
+                    if "status" in event.details:  # a device's state; a bind to tenants says none
+                        self.latest[("device", event.resource)] = index
+                    return
+                self.latest[(action, event.resource)] = index
                 return
         if kind == "attest.pass":
             device = event.details.get("device")

@@ -87,6 +87,13 @@ def test_custody_follows_the_share_set_in_force() -> None:
     assert "one person can unseal" in promoted.reason
 
 
+def test_a_device_bound_after_activation_stays_active() -> None:
+    selection = Selection()
+    selection.add(0, ev("device.activate.done", "device:d1", tenant="acme", details={"status": "active"}))
+    selection.add(1, ev("device.change.done", "device:d1", tenant="-", details={"op": "bind", "tenants": ["acme"]}))
+    assert selection.indices() == [0]
+
+
 def test_witnesses_decide_c13() -> None:
     assert assess("audit_log", [], Context(NOW, 0, None)).status == "partial"
     assert assess("audit_log", [], Context(NOW, 2, None)).status == "met"
