@@ -35,9 +35,9 @@ from cryptography import x509
 from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives.asymmetric import ec
-from cryptography.hazmat.primitives.asymmetric.utils import encode_dss_signature
 from cryptography.hazmat.primitives.serialization import Encoding
 
+from weightvault.crypto.x509 import common_name, is_ca, issued_by, load_crl, verify_ecdsa_sha384
 from weightvault.errors import ConfigError, EvidenceError
 
 __all__ = [
@@ -92,29 +92,6 @@ def fingerprint(cert: x509.Certificate) -> str:
 
 def _within(cert: x509.Certificate, moment: datetime.datetime) -> bool:
     return cert.not_valid_before_utc <= moment <= cert.not_valid_after_utc
-
-
-def _is_ca(cert: x509.Certificate) -> bool:
-    try:
-        constraints = cert.extensions.get_extension_for_class(x509.BasicConstraints).value
-    except x509.ExtensionNotFound:
-        return False
-    return constraints.ca
-
-
-def _issued_by(child: x509.Certificate, parent: x509.Certificate) -> bool:
-    if child.issuer != parent.subject:
-        return False
-    try:
-        child.verify_directly_issued_by(parent)
-    except (InvalidSignature, ValueError, TypeError):
-        return False
-    return True
-
-
-def _common_name(name: x509.Name) -> str:
-    names = name.get_attributes_for_oid(x509.NameOID.COMMON_NAME)
-    return str(names[0].value) if names else ""
 
 
 @dataclass(frozen=True, slots=True)
@@ -229,12 +206,12 @@ class DeviceTrust:
         self._links: dict[tuple[bytes, bytes], None] = {}
         self._lock = threading.Lock()
 
-    def _issued_by(self, child: x509.Certificate, parent: x509.Certificate) -> bool:
+    def _verified_link(self, child: x509.Certificate, parent: x509.Certificate) -> bool:
         key = (child.fingerprint(hashes.SHA256()), parent.fingerprint(hashes.SHA256()))
         with self._lock:
             if key in self._links:
                 return True
-        if not _issued_by(child, parent):
+        if not issued_by(child, parent):
             return False
         with self._lock:
             if len(self._links) >= _LINK_CACHE:
@@ -245,7 +222,7 @@ class DeviceTrust:
     @staticmethod
     def parse_crl(data: bytes, source: str) -> x509.CertificateRevocationList:
         try:
-            return x509.load_pem_x509_crl(data) if data.lstrip().startswith(b"-----") else x509.load_der_x509_crl(data)
+            return load_crl(data)
         except ValueError as exc:
             raise ConfigError(f"{source}: the CRL does not parse ({exc})") from exc
 
@@ -261,28 +238,28 @@ class DeviceTrust:
         moment = datetime.datetime.fromtimestamp(now, datetime.UTC)
         root = next((r for r in self.roots if certs[-1] == r), None)
         if root is None:
-            root = next((r for r in self.roots if self._issued_by(certs[-1], r)), None)
+            root = next((r for r in self.roots if self._verified_link(certs[-1], r)), None)
             if root is None:
                 raise EvidenceError("gpu_chain: the GPU's certificate chain does not end at a pinned NVIDIA root")
             certs.append(root)
         for child, parent in itertools.pairwise(certs):
-            if not _is_ca(parent) or not self._issued_by(child, parent):
+            if not is_ca(parent) or not self._verified_link(child, parent):
                 raise EvidenceError(
-                    f"gpu_chain: {_common_name(child.subject)!r} is not issued by the next certificate of the chain"
+                    f"gpu_chain: {common_name(child.subject)!r} is not issued by the next certificate of the chain"
                 )
         for cert in certs:
             if not _within(cert, moment):
                 raise EvidenceError(
-                    f"gpu_certificate_expired: {_common_name(cert.subject)!r} is not valid at {moment.isoformat()}"
+                    f"gpu_certificate_expired: {common_name(cert.subject)!r} is not valid at {moment.isoformat()}"
                 )
         self._check_revocation(certs, moment)
         leaf = certs[0]
-        if _is_ca(leaf):
+        if is_ca(leaf):
             raise EvidenceError("gpu_certificate: the first certificate of the chain is a CA, not an attestation key")
         key = leaf.public_key()
         if not isinstance(key, ec.EllipticCurvePublicKey) or not isinstance(key.curve, ec.SECP384R1):
             raise EvidenceError("gpu_certificate: the attestation key is not ECDSA P-384")
-        hwmodel = _common_name(certs[1].subject) if len(certs) > 1 else ""
+        hwmodel = common_name(certs[1].subject) if len(certs) > 1 else ""
         return GpuIdentity(key, str(leaf.serial_number), hwmodel, _dice_fwid(leaf))
 
     def _check_revocation(self, certs: Sequence[x509.Certificate], moment: datetime.datetime) -> None:
@@ -292,22 +269,18 @@ class DeviceTrust:
                     continue
                 next_update = crl.next_update_utc
                 if next_update is None or next_update < moment:
-                    who = _common_name(issuer.subject)
+                    who = common_name(issuer.subject)
                     raise EvidenceError(f"gpu_crl_stale: the CRL of {who!r} is past its next update; refresh it")
                 if crl.get_revoked_certificate_by_serial_number(cert.serial_number) is not None:
-                    raise EvidenceError(f"gpu_certificate_revoked: {_common_name(cert.subject)!r} is revoked")
+                    raise EvidenceError(f"gpu_certificate_revoked: {common_name(cert.subject)!r} is revoked")
 
 
 def verify_report_signature(key: ec.EllipticCurvePublicKey, signature: bytes, signed: bytes) -> bool:
     """Whether ``signature`` (R || S, 48 bytes each) is an ECDSA P-384 / SHA-384 signature of ``signed``."""
     if len(signature) != 96:
         return False
-    der = encode_dss_signature(int.from_bytes(signature[:48], "big"), int.from_bytes(signature[48:], "big"))
-    try:
-        key.verify(der, signed, ec.ECDSA(hashes.SHA384()))
-    except InvalidSignature:
-        return False
-    return True
+    r, s = int.from_bytes(signature[:48], "big"), int.from_bytes(signature[48:], "big")
+    return verify_ecdsa_sha384(key, r, s, signed)
 
 
 @dataclass(frozen=True, slots=True)
@@ -354,8 +327,8 @@ def verify_rim(data: bytes, roots: Sequence[x509.Certificate], source: str) -> V
         raise ConfigError(f"{source}: the signature carries no signer chain")
     chain = [c for c in certs if c not in roots]
     top = chain[-1] if chain else None
-    root = next((r for r in roots if top is not None and _issued_by(top, r)), None)
-    links_ok = all(_issued_by(c, p) and _is_ca(p) for c, p in itertools.pairwise(chain))
+    root = next((r for r in roots if top is not None and issued_by(top, r)), None)
+    links_ok = all(issued_by(c, p) and is_ca(p) for c, p in itertools.pairwise(chain))
     if top is None or root is None or not links_ok:
         raise ConfigError(f"{source}: the RIM's signer does not chain to a pinned NVIDIA RIM root")
     full = [*chain, root]
@@ -377,7 +350,7 @@ def verify_rim(data: bytes, roots: Sequence[x509.Certificate], source: str) -> V
     signed = result.signed_xml if not isinstance(result, list) else None
     if signed is None:
         raise ConfigError(f"{source}: the RIM signs nothing")
-    return VerifiedRim(signed, not_before, not_after, _common_name(chain[0].subject))
+    return VerifiedRim(signed, not_before, not_after, common_name(chain[0].subject))
 
 
 def _b64(text: str) -> bytes:

@@ -38,9 +38,9 @@ from cryptography import x509
 from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives.asymmetric import ec
-from cryptography.hazmat.primitives.asymmetric.utils import encode_dss_signature
 from cryptography.utils import CryptographyDeprecationWarning
 
+from weightvault.crypto.x509 import common_name, issued_by, load_crl, verify_ecdsa_sha384
 from weightvault.errors import ConfigError, EvidenceError
 
 __all__ = [
@@ -205,13 +205,13 @@ class ProductChain:
         except (InvalidSignature, ValueError, TypeError) as exc:
             raise ConfigError(f"{source}: the ARK is not self-signed or did not issue the intermediate") from exc
         product = _product_of(ark)
-        issued_by = _common_name(intermediate)
-        if issued_by == f"SEV-VLEK-{product}":
+        name = common_name(intermediate.subject)
+        if name == f"SEV-VLEK-{product}":
             issues = "vlek"
-        elif issued_by == f"SEV-{product}":
+        elif name == f"SEV-{product}":
             issues = "vcek"
         else:
-            raise ConfigError(f"{source}: {issued_by!r} is neither the ASK nor the ASVK of {product}")
+            raise ConfigError(f"{source}: {name!r} is neither the ASK nor the ASVK of {product}")
         chain = cls(product, ark, intermediate, issues)
         return chain if crl is None else chain.with_crl(crl, source=source)
 
@@ -222,7 +222,7 @@ class ProductChain:
             ConfigError: the CRL does not parse, or the ARK did not sign it.
         """
         try:
-            parsed = x509.load_pem_x509_crl(crl) if crl.lstrip().startswith(b"-----") else x509.load_der_x509_crl(crl)
+            parsed = load_crl(crl)
         except ValueError as exc:
             raise ConfigError(f"{source}: the CRL does not parse ({exc})") from exc
         if parsed.issuer != self.ark.subject or not parsed.is_signature_valid(self.ark.public_key()):  # type: ignore[arg-type]
@@ -230,13 +230,8 @@ class ProductChain:
         return dataclasses.replace(self, crl=parsed)
 
 
-def _common_name(cert: x509.Certificate) -> str:
-    names = cert.subject.get_attributes_for_oid(x509.NameOID.COMMON_NAME)
-    return str(names[0].value) if names else ""
-
-
 def _product_of(ark: x509.Certificate) -> str:
-    common = _common_name(ark)
+    common = common_name(ark.subject)
     if not common.startswith("ARK-"):
         raise ConfigError(f"not an AMD ARK: subject {ark.subject.rfc4514_string()}")
     return common.removeprefix("ARK-")
@@ -281,21 +276,9 @@ class SnpTrust:
         return Endorsement.read(cert, kind, chain.product, turin=turin)
 
     def _issuer(self, cert: x509.Certificate, kind: str) -> ProductChain | None:
-        for chain in self.chains:
-            if chain.issues != kind or cert.issuer != chain.intermediate.subject:
-                continue
-            try:
-                cert.verify_directly_issued_by(chain.intermediate)
-            except (InvalidSignature, ValueError, TypeError):  # all mean "not this issuer"
-                continue
-            return chain
-        return None
+        return next((c for c in self.chains if c.issues == kind and issued_by(cert, c.intermediate)), None)
 
 
 def verify_report_signature(key: ec.EllipticCurvePublicKey, r: int, s: int, signed: bytes) -> bool:
     """Whether (r, s) is an ECDSA P-384 / SHA-384 signature of ``signed`` under ``key``."""
-    try:
-        key.verify(encode_dss_signature(r, s), signed, ec.ECDSA(hashes.SHA384()))
-    except InvalidSignature:
-        return False
-    return True
+    return verify_ecdsa_sha384(key, r, s, signed)

@@ -17,8 +17,20 @@ from cryptography import x509
 from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec, padding, rsa
+from cryptography.hazmat.primitives.asymmetric.utils import encode_dss_signature
 
-__all__ = ["ChainError", "load_certificates", "public_key_fingerprint", "verify_chain", "verify_tpm_signature"]
+__all__ = [
+    "ChainError",
+    "common_name",
+    "is_ca",
+    "issued_by",
+    "load_certificates",
+    "load_crl",
+    "public_key_fingerprint",
+    "verify_chain",
+    "verify_ecdsa_sha384",
+    "verify_tpm_signature",
+]
 
 _MAX_DEPTH = 6
 
@@ -34,11 +46,45 @@ def load_certificates(data: bytes) -> list[x509.Certificate]:
     return [x509.load_der_x509_certificate(data)]
 
 
-def _is_ca(cert: x509.Certificate) -> bool:
+def load_crl(data: bytes) -> x509.CertificateRevocationList:
+    """A CRL in PEM or DER. Raises ValueError when it does not parse."""
+    if data.lstrip().startswith(b"-----"):
+        return x509.load_pem_x509_crl(data)
+    return x509.load_der_x509_crl(data)
+
+
+def is_ca(cert: x509.Certificate) -> bool:
+    """Whether ``cert`` says it is a CA (basicConstraints ca=true)."""
     try:
         return bool(cert.extensions.get_extension_for_class(x509.BasicConstraints).value.ca)
     except x509.ExtensionNotFound:
         return False
+
+
+def issued_by(child: x509.Certificate, parent: x509.Certificate) -> bool:
+    """Whether ``parent`` is ``child``'s issuer by name and its key signed ``child``."""
+    if child.issuer != parent.subject:
+        return False
+    try:
+        child.verify_directly_issued_by(parent)
+    except (ValueError, TypeError, InvalidSignature):
+        return False
+    return True
+
+
+def common_name(name: x509.Name) -> str:
+    """The first common name in ``name``, or ""."""
+    names = name.get_attributes_for_oid(x509.NameOID.COMMON_NAME)
+    return str(names[0].value) if names else ""
+
+
+def verify_ecdsa_sha384(key: ec.EllipticCurvePublicKey, r: int, s: int, signed: bytes) -> bool:
+    """Whether (r, s) is an ECDSA / SHA-384 signature of ``signed`` under ``key`` (SNP and GPU reports)."""
+    try:
+        key.verify(encode_dss_signature(r, s), signed, ec.ECDSA(hashes.SHA384()))
+    except InvalidSignature:
+        return False
+    return True
 
 
 def verify_chain(
@@ -67,14 +113,9 @@ def verify_chain(
             return leaf
         candidates = [c for c in [*pool, *anchors] if c.subject == current.issuer]
         for issuer in candidates:
-            if not _is_ca(issuer):
-                continue
-            try:
-                current.verify_directly_issued_by(issuer)
-            except (ValueError, TypeError, InvalidSignature):
-                continue
-            current = issuer
-            break
+            if is_ca(issuer) and issued_by(current, issuer):
+                current = issuer
+                break
         else:
             raise ChainError(f"no trusted issuer for {current.subject.rfc4514_string()}")
     raise ChainError("certificate chain is too long")
