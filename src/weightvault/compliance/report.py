@@ -63,7 +63,6 @@ __all__ = [
 
 FORMAT: Final = "weightvault-compliance-report/v1"
 MAX_REPORT_BYTES: Final = 256 << 20
-_DAY_MS: Final = 86_400_000
 
 
 @dataclass(frozen=True, slots=True)
@@ -171,8 +170,7 @@ def build_report(
     note = log.served_checkpoint()
     checkpoint = Checkpoint.from_text(note.text)
     until = min(until_ms if until_ms is not None else now_ms, now_ms)
-    selection = _Statistics(), Selection()
-    stats, chosen = selection
+    stats, chosen = _Statistics(), Selection()
     for index, event in _events(log, checkpoint.size):
         if not _scoped(event, tenant, until):
             continue
@@ -181,17 +179,17 @@ def build_report(
             stats.add(event)
         if in_period or is_state(event):  # the state in force at the period's end may predate it
             chosen.add(index, event)
-    indices = chosen.indices()
+    entries = {i: log.entry(i) for i in chosen.indices()}
     evidence = [
         {
             "index": i,
-            "entry": base64.b64encode(log.entry(i)).decode(),
+            "entry": base64.b64encode(entry).decode(),
             "proof": [base64.b64encode(h).decode() for h in log.inclusion_proof(i, checkpoint.size)],
         }
-        for i in indices
+        for i, entry in entries.items()
     ]
     witnesses = sorted({s.name for s in note.signatures if s.name != checkpoint.origin})
-    cited = [(i, decode_event(log.entry(i))) for i in indices]
+    cited = [(i, decode_event(entry)) for i, entry in entries.items()]
     ctx = Context(as_of_ms=until, witnesses=len(witnesses), tenant=tenant)
     return {
         "format": FORMAT,
