@@ -29,7 +29,6 @@ import datetime
 import hashlib
 import statistics
 import sys
-import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -42,6 +41,7 @@ def main() -> None:
     root = Path(__file__).resolve().parents[1]
     sys.path.insert(0, str(root / "src"))
     sys.path.insert(0, str(root))
+    from bench._timing import interleaved
     from bench.cpu_load import cpu_model
     from cryptography.hazmat.primitives import hashes
     from cryptography.hazmat.primitives.asymmetric import ec
@@ -142,14 +142,7 @@ def main() -> None:
 
         methods[("real TDX", "baseline")] = dcap_alone
         methods[("real TDX", "tdx")] = tdx_ours
-    times: dict[tuple[str, str], list[float]] = {k: [] for k in methods}
-    for _ in range(args.rounds):
-        for key, run in methods.items():
-            run()  # warm
-            start = time.perf_counter()
-            for _ in range(args.per_round):
-                run()
-            times[key].append((time.perf_counter() - start) / args.per_round * 1e6)
+    times = {k: [t * 1e6 for t in v] for k, v in interleaved(methods, args.rounds, args.per_round).items()}
     print(f"SEV-SNP and TDX verification, {args.rounds} rounds x {args.per_round}, on {cpu_model()}")
     print(f"{'input':<12} {'method':<10} {'min us':>9} {'median us':>10}")
     for (case, method), values in times.items():

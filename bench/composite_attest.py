@@ -51,6 +51,7 @@ def main() -> None:
     root = Path(__file__).resolve().parents[1]
     sys.path.insert(0, str(root / "src"))
     sys.path.insert(0, str(root))
+    from bench._timing import interleaved
     from bench.cpu_load import cpu_model
     from cryptography import x509
     from cryptography.hazmat.primitives import hashes
@@ -157,14 +158,7 @@ def main() -> None:
         (f"SNP + {args.gpus} GPUs", "baseline"): run_all(made_checks),
         (f"SNP + {args.gpus} GPUs", "composite"): lambda: composite.verify(made_evidence, made_context),
     }
-    times: dict[tuple[str, str], list[float]] = {k: [] for k in methods}
-    for _ in range(args.rounds):
-        for key, run in methods.items():
-            run()  # warm
-            start = time.perf_counter()
-            for _ in range(args.per_round):
-                run()
-            times[key].append((time.perf_counter() - start) / args.per_round * 1e3)
+    times = {k: [t * 1e3 for t in v] for k, v in interleaved(methods, args.rounds, args.per_round).items()}
     print(f"GPU and composite verification, {args.rounds} rounds x {args.per_round}, on {cpu_model()}")
     print(f"{'input':<16} {'method':<11} {'min ms':>8} {'median ms':>10}")
     for (case, method), values in times.items():
