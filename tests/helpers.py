@@ -8,10 +8,15 @@ authentication (parser limits, unknown critical fields, key commitments).
 
 from __future__ import annotations
 
+import datetime
 import struct
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
+
+from cryptography import x509
+from cryptography.hazmat.primitives import hashes
 
 from weightvault import KEK, AEADSuite, FileKey
 from weightvault.crypto.mac import hmac_sha256
@@ -279,3 +284,37 @@ def ec_keypair(directory: Path, name: str) -> tuple[Path, Path]:
         key.public_key().public_bytes(serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo)
     )
     return private, public
+
+
+def make_crl(
+    issuer: x509.Certificate,
+    key: Any,
+    revoked: Sequence[int],
+    *,
+    at: datetime.datetime,
+    next_update: datetime.datetime | None = None,
+    hash_name: str = "sha384",
+    rsa_padding: Any = None,
+    numbered: bool = False,
+) -> x509.CertificateRevocationList:
+    """A CRL that ``key`` signs for ``issuer`` (a certificate), issued a day before ``at``, next update
+    30 days after (or ``next_update``), revoking ``revoked`` at ``at``; ``numbered`` adds the CRL number
+    and authority key id that Intel's CRLs carry."""
+    builder = (
+        x509.CertificateRevocationListBuilder()
+        .issuer_name(issuer.subject)
+        .last_update(at - datetime.timedelta(days=1))
+        .next_update(next_update or at + datetime.timedelta(days=30))
+    )
+    if numbered:
+        builder = builder.add_extension(x509.CRLNumber(1), critical=False).add_extension(
+            x509.AuthorityKeyIdentifier.from_issuer_public_key(key.public_key()), critical=False
+        )
+    for serial in revoked:
+        builder = builder.add_revoked_certificate(
+            x509.RevokedCertificateBuilder().serial_number(serial).revocation_date(at).build()
+        )
+    digest = hashes.SHA384() if hash_name == "sha384" else hashes.SHA256()
+    if rsa_padding is not None:
+        return builder.sign(key, digest, rsa_padding=rsa_padding)
+    return builder.sign(key, digest)

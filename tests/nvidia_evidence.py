@@ -23,6 +23,8 @@ from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.hazmat.primitives.asymmetric.utils import decode_dss_signature
 from cryptography.x509.oid import NameOID
 
+from tests.helpers import make_crl
+
 NOW = datetime.datetime(2026, 6, 1, tzinfo=datetime.UTC)
 DRIVER = "550.90.07"
 VBIOS = bytes([0x00, 0x9F, 0x00, 0x96, 0x01, 0x00, 0x00, 0x00])  # 96.00.9F.00.01
@@ -96,17 +98,8 @@ class DeviceRoots:
 
     def crl(self, revoked: Sequence[int], *, next_update: datetime.datetime | None = None) -> bytes:
         """A CRL of the product intermediate (it revokes boot-ROM certificates)."""
-        builder = (
-            x509.CertificateRevocationListBuilder()
-            .issuer_name(self.ica.subject)
-            .last_update(NOW - datetime.timedelta(days=1))
-            .next_update(next_update or NOW + datetime.timedelta(days=30))
-        )
-        for serial in revoked:
-            builder = builder.add_revoked_certificate(
-                x509.RevokedCertificateBuilder().serial_number(serial).revocation_date(NOW).build()
-            )
-        return builder.sign(self.ica_key, hashes.SHA384()).public_bytes(serialization.Encoding.PEM)
+        made = make_crl(self.ica, self.ica_key, revoked, at=NOW, next_update=next_update)
+        return made.public_bytes(serialization.Encoding.PEM)
 
 
 def golden(index: int) -> bytes:

@@ -19,6 +19,8 @@ from cryptography.hazmat.primitives.asymmetric import ec, padding, rsa
 from cryptography.hazmat.primitives.asymmetric.utils import decode_dss_signature
 from cryptography.x509.oid import NameOID
 
+from tests.helpers import make_crl
+
 PSS = padding.PSS(mgf=padding.MGF1(hashes.SHA384()), salt_length=48)
 NOW = datetime.datetime(2026, 6, 1, tzinfo=datetime.UTC)
 _AMD = "1.3.6.1.4.1.3704.1"
@@ -55,19 +57,8 @@ class Hierarchy:
         return self.ask.public_bytes(serialization.Encoding.PEM) + self.ark.public_bytes(serialization.Encoding.PEM)
 
     def crl(self, revoked: list[int], *, next_update: datetime.datetime | None = None, signer: Any = None) -> bytes:
-        builder = (
-            x509.CertificateRevocationListBuilder()
-            .issuer_name(self.ark.subject)
-            .last_update(NOW - datetime.timedelta(days=1))
-            .next_update(next_update or NOW + datetime.timedelta(days=30))
-        )
-        for serial in revoked:
-            builder = builder.add_revoked_certificate(
-                x509.RevokedCertificateBuilder().serial_number(serial).revocation_date(NOW).build()
-            )
-        return builder.sign(signer or self.ark_key, hashes.SHA384(), rsa_padding=PSS).public_bytes(
-            serialization.Encoding.DER
-        )
+        made = make_crl(self.ark, signer or self.ark_key, revoked, at=NOW, next_update=next_update, rsa_padding=PSS)
+        return made.public_bytes(serialization.Encoding.DER)
 
 
 def hierarchy(product: str = "Milan", *, vlek: bool = False) -> Hierarchy:

@@ -26,6 +26,8 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.hazmat.primitives.asymmetric.utils import decode_dss_signature
 
+from tests.helpers import make_crl
+
 VECTORS = Path(__file__).parent / "vectors" / "tdx"
 NOW = datetime.datetime(2026, 6, 1, tzinfo=datetime.UTC)
 _HEADER_AND_BODY = 48 + 584
@@ -95,19 +97,8 @@ def _pem(*certs: x509.Certificate) -> str:
 def _crl(
     at: datetime.datetime, issuer: x509.Certificate, key: ec.EllipticCurvePrivateKey, revoked: tuple[int, ...] = ()
 ) -> str:
-    builder = (
-        x509.CertificateRevocationListBuilder()
-        .issuer_name(issuer.subject)
-        .last_update(at - datetime.timedelta(days=1))
-        .next_update(at + datetime.timedelta(days=30))
-        .add_extension(x509.CRLNumber(1), critical=False)
-        .add_extension(x509.AuthorityKeyIdentifier.from_issuer_public_key(key.public_key()), critical=False)
-    )
-    for serial in revoked:
-        builder = builder.add_revoked_certificate(
-            x509.RevokedCertificateBuilder().serial_number(serial).revocation_date(at).build()
-        )
-    return builder.sign(key, hashes.SHA256()).public_bytes(serialization.Encoding.DER).hex()
+    made = make_crl(issuer, key, revoked, at=at, hash_name="sha256", numbered=True)
+    return made.public_bytes(serialization.Encoding.DER).hex()
 
 
 def _redate(document: str, at: datetime.datetime) -> str:

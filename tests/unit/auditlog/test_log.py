@@ -10,8 +10,8 @@ from pathlib import Path
 
 import pytest
 
+from tests.witnessed_log import LOG_KEY, NOW, clock, witness, witnessed_log
 from weightvault.auditlog import (
-    TYPE_COSIGNATURE,
     AuditEvent,
     AuditLog,
     Checkpoint,
@@ -20,7 +20,6 @@ from weightvault.auditlog import (
     Monitor,
     NoteSigner,
     TrustedState,
-    Witness,
     WitnessPolicy,
     parse_note,
     verify_bundle,
@@ -34,23 +33,9 @@ from weightvault.auditlog.witness import encode_add_checkpoint
 from weightvault.crypto.signing import Ed25519Signer
 from weightvault.errors import AuditLogError, CheckpointError, ConsistencyError, InclusionProofError
 
-NOW = 1_800_000_000.0
-
-
-def clock() -> float:
-    return NOW
-
 
 def ev(i: int = 0, *, tenant: str = "acme", type: str = "test.event", **kw: object) -> AuditEvent:
     return AuditEvent(type=type, tenant=tenant, actor=f"op:{i}", resource=f"acme/r{i}", **kw)  # type: ignore[arg-type]
-
-
-LOG_KEY = NoteSigner("weightvault.test/audit", Ed25519Signer(b"\x11" * 32))
-
-
-def witness(tmp: Path, n: int) -> Witness:
-    signer = NoteSigner(f"witness{n}.test", Ed25519Signer(bytes([0x20 + n]) * 32), TYPE_COSIGNATURE)
-    return Witness(signer, tmp / f"witness{n}.db", {LOG_KEY.name: [LOG_KEY.verifier]}, clock=clock)
 
 
 @pytest.fixture
@@ -389,23 +374,11 @@ def test_commit_failure_fails_the_log_closed(tmp_path: Path) -> None:
     log.close()
 
 
-def _witnessed_log(tmp_path: Path, witnesses: list[Witness], k: int) -> AuditLog:
-    policy = WitnessPolicy.threshold([w.signer.verifier for w in witnesses], k)
-    return AuditLog(
-        tmp_path / "audit.db",
-        LOG_KEY,
-        witnesses=[InProcessWitness(w) for w in witnesses],
-        policy=policy,
-        clock=clock,
-        config=LogConfig(batch_delay_s=0),
-    )
-
-
 def test_witnesses_cosign_and_clients_verify_bundles(tmp_path: Path) -> None:
     """Published checkpoints carry a quorum of cosignatures; proof bundles verify offline."""
     ws = [witness(tmp_path, i) for i in range(3)]
     policy = WitnessPolicy.threshold([w.signer.verifier for w in ws], 2)
-    with _witnessed_log(tmp_path, ws, 2) as log:
+    with witnessed_log(tmp_path, ws, 2) as log:
         for i in range(30):
             log.append(ev(i))
         published = log.publish_now()
@@ -426,7 +399,7 @@ def test_a_witness_tells_its_newest_checkpoint_cosigned_now(tmp_path: Path) -> N
     cosignature that verifies under the witness's key; nothing for a log it never saw."""
     w = witness(tmp_path, 0)
     assert w.latest_note(LOG_KEY.name) is None
-    with _witnessed_log(tmp_path, [w], 1) as log:
+    with witnessed_log(tmp_path, [w], 1) as log:
         for i in range(5):
             log.append(ev(i))
         log.publish_now()
@@ -442,7 +415,7 @@ def test_client_rejects_stale_and_forked_checkpoints(tmp_path: Path) -> None:
     ws = [witness(tmp_path, 0)]
     policy = WitnessPolicy.threshold([ws[0].signer.verifier], 1)
     state = TrustedState(tmp_path / "client-state.json")
-    with _witnessed_log(tmp_path, ws, 1) as log:
+    with witnessed_log(tmp_path, ws, 1) as log:
         for i in range(5):
             log.append(ev(i))
         old = log.publish_now()

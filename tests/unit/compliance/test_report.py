@@ -12,34 +12,20 @@ from typing import Any
 import pytest
 
 from tests.helpers import require_module
+from tests.witnessed_log import LOG_KEY, NOW, clock, witness, witnessed_log
 from weightvault.auditlog import (
-    TYPE_COSIGNATURE,
     AuditEvent,
     AuditLog,
-    InProcessWitness,
     NoteSigner,
-    Witness,
     WitnessPolicy,
 )
-from weightvault.auditlog.log import LogConfig
 from weightvault.compliance.html import render_html
 from weightvault.compliance.report import build_report, diff_reports, load_catalogue, parse_report, verify_report
 from weightvault.crypto.signing import Ed25519Signer
 from weightvault.errors import CheckpointError, InclusionProofError, ReportError
 
-NOW = 1_800_000_000.0
 NOW_MS = int(NOW * 1000) + 60_000
-LOG_KEY = NoteSigner("weightvault.test/audit", Ed25519Signer(b"\x11" * 32))
 OTHER_LOG = NoteSigner("weightvault.test/audit", Ed25519Signer(b"\x12" * 32))
-
-
-def clock() -> float:
-    return NOW
-
-
-def _witness(tmp: Path, n: int) -> Witness:
-    signer = NoteSigner(f"witness{n}.test", Ed25519Signer(bytes([0x20 + n]) * 32), TYPE_COSIGNATURE)
-    return Witness(signer, tmp / f"witness{n}.db", {LOG_KEY.name: [LOG_KEY.verifier]}, clock=clock)
 
 
 def _ev(type: str, resource: str, tenant: str = "acme", **kw: Any) -> AuditEvent:
@@ -63,21 +49,13 @@ HISTORY = [
 
 @pytest.fixture
 def witnessed(tmp_path: Path) -> Iterator[tuple[AuditLog, WitnessPolicy]]:
-    witnesses = [_witness(tmp_path, i) for i in range(2)]
-    policy = WitnessPolicy.threshold([w.signer.verifier for w in witnesses], 2)
-    log = AuditLog(
-        tmp_path / "audit.db",
-        LOG_KEY,
-        witnesses=[InProcessWitness(w) for w in witnesses],
-        policy=policy,
-        clock=clock,
-        config=LogConfig(batch_delay_s=0),
-    )
+    witnesses = [witness(tmp_path, i) for i in range(2)]
+    log = witnessed_log(tmp_path, witnesses, 2)
     with log:
         for event in HISTORY:
             log.append(event)
         log.publish_now()
-        yield log, policy
+        yield log, WitnessPolicy.threshold([w.signer.verifier for w in witnesses], 2)
 
 
 def _build(log: AuditLog, **kw: Any) -> dict[str, Any]:
