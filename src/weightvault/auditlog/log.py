@@ -183,6 +183,14 @@ class LogReader:
         for stored in self._storage.entries(start, self.size, tenant=tenant, since_ms=since_ms, until_ms=until_ms):
             yield stored.index, decode_event(stored.data)
 
+    def recent(
+        self, *, before: int | None = None, tenant: str | None = None, type_prefix: str | None = None, limit: int = 100
+    ) -> list[tuple[int, AuditEvent]]:
+        """Committed events below index ``before`` (default: all), newest first: at most ``limit``."""
+        stop = self.size if before is None else min(before, self.size)
+        found = self._storage.recent(stop, tenant=tenant, type_prefix=type_prefix, limit=limit)
+        return [(stored.index, decode_event(stored.data)) for stored in found]
+
     def proof_bundle(self, index: int, checkpoint: Note | None = None) -> ProofBundle:
         """A c2sp.org/tlog-proof bundle for entry ``index`` (the entry travels in ``extra``)."""
         note = checkpoint or self._best_checkpoint()

@@ -63,6 +63,7 @@ CREATE TABLE IF NOT EXISTS audit_entries (
     handoff BIGINT UNIQUE
 );
 CREATE INDEX IF NOT EXISTS audit_entries_tenant_ts ON audit_entries (tenant, ts);
+CREATE INDEX IF NOT EXISTS audit_entries_tenant_idx ON audit_entries (tenant, idx);
 CREATE TABLE IF NOT EXISTS audit_nodes (
     level INTEGER NOT NULL,
     idx BIGINT NOT NULL,
@@ -526,6 +527,25 @@ class PostgresLogStorage:
             if len(rows) < 2000:
                 return
             args[0] = int(rows[-1][0]) + 1
+
+    def recent(
+        self, stop: int, *, tenant: str | None = None, type_prefix: str | None = None, limit: int = 100
+    ) -> list[StoredEntry]:
+        """At most ``limit`` entries below index ``stop``, newest first (see :meth:`LogStorage.recent`)."""
+        clauses = ["idx < %s"]
+        args: list[object] = [stop]
+        if tenant is not None:
+            clauses.append("tenant = %s")
+            args.append(tenant)
+        if type_prefix:
+            clauses.append("left(type, %s) = %s")
+            args += [len(type_prefix), type_prefix]
+        where = " AND ".join(clauses)
+        sql = f"SELECT idx, data, ts, tenant, type FROM audit_entries WHERE {where} ORDER BY idx DESC LIMIT %s"  # noqa: S608 - fixed clauses, bound values
+        with self._reading() as cur:
+            cur.execute(sql, [*args, limit])
+            rows = cur.fetchall()
+        return [StoredEntry(int(r[0]), bytes(r[1]), int(r[2]), str(r[3]), str(r[4])) for r in rows]
 
     # -- moving a log between SQLite files and this database (backup and restore) --------------
 

@@ -49,6 +49,8 @@ CREATE TABLE IF NOT EXISTS entries (
     type TEXT NOT NULL
 );
 CREATE INDEX IF NOT EXISTS entries_tenant_ts ON entries (tenant, ts);
+-- A tenant's newest entries first (the console's pages), without sorting the tenant's whole history.
+CREATE INDEX IF NOT EXISTS entries_tenant_idx ON entries (tenant, idx);
 CREATE TABLE IF NOT EXISTS nodes (
     level INTEGER NOT NULL,
     idx INTEGER NOT NULL,
@@ -153,6 +155,9 @@ class LogStore(Protocol):
         since_ms: int | None = None,
         until_ms: int | None = None,
     ) -> Iterator[StoredEntry]: ...
+    def recent(
+        self, stop: int, *, tenant: str | None = None, type_prefix: str | None = None, limit: int = 100
+    ) -> list[StoredEntry]: ...
     def close(self) -> None: ...
 
 
@@ -442,6 +447,23 @@ class LogStorage:
         sql = f"SELECT idx, data, ts, tenant, type FROM entries WHERE {' AND '.join(clauses)} ORDER BY idx"  # noqa: S608 - fixed clauses, bound values
         for row in self._read().execute(sql, args):
             yield StoredEntry(row[0], _blob(row[1]), row[2], row[3], row[4])
+
+    def recent(
+        self, stop: int, *, tenant: str | None = None, type_prefix: str | None = None, limit: int = 100
+    ) -> list[StoredEntry]:
+        """At most ``limit`` entries below index ``stop``, newest first, of ``tenant`` and of types
+        starting with ``type_prefix`` when given (a page of the console's lists)."""
+        clauses = ["idx < ?"]
+        args: list[object] = [stop]
+        if tenant is not None:
+            clauses.append("tenant = ?")
+            args.append(tenant)
+        if type_prefix:
+            clauses.append("substr(type, 1, ?) = ?")
+            args += [len(type_prefix), type_prefix]
+        sql = f"SELECT idx, data, ts, tenant, type FROM entries WHERE {' AND '.join(clauses)} ORDER BY idx DESC LIMIT ?"  # noqa: S608 - fixed clauses, bound values
+        rows = self._read().execute(sql, [*args, limit]).fetchall()
+        return [StoredEntry(r[0], _blob(r[1]), r[2], r[3], r[4]) for r in rows]
 
     def close(self) -> None:
         with self._lock:

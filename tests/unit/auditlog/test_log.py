@@ -640,3 +640,19 @@ def test_the_monitor_tells_refusals_from_orphan_completions() -> None:
         ),
     )
     assert ["release-for-revoked-device"] == [v.rule for v in found]
+
+
+def test_recent_pages_newest_first_by_tenant_and_type(log: AuditLog) -> None:
+    """The console's pages: a tenant's newest events first, by type prefix, before a given index."""
+    for i in range(30):
+        kind = "policy.decision" if i % 3 else "attest.pass"
+        log.append(AuditEvent(kind, "acme" if i % 2 else "globex", "t", details={"i": i}))
+    newest = log.recent(tenant="acme", type_prefix="policy.", limit=4)
+    assert [e.details["i"] for _, e in newest] == [29, 25, 23, 19]
+    assert all(e.tenant == "acme" and e.type == "policy.decision" for _, e in newest)
+    older = log.recent(before=newest[-1][0], tenant="acme", type_prefix="policy.", limit=2)
+    assert [e.details["i"] for _, e in older] == [17, 13]
+    assert [e.details["i"] for _, e in log.recent(limit=2)] == [29, 28]  # every tenant
+    assert [] == log.recent(tenant="nobody")
+    # "policy_" is not a prefix of "policy.decision": the prefix is literal (no LIKE wildcards).
+    assert [] == log.recent(tenant="acme", type_prefix="policy_")

@@ -350,3 +350,23 @@ def test_a_closed_storage_refuses_reads_instead_of_reconnecting(
     reader.close()
     with pytest.raises(AuditLogError, match="closed"):
         _ = reader.size
+
+
+def test_recent_pages_newest_first_by_tenant_and_type(
+    replicas: list[ReplicatedAuditLog], url: str, signer: NoteSigner
+) -> None:
+    """The console's pages on the database's log: the same answers as the file's (tests/unit/auditlog/test_log.py)."""
+    a, _ = replicas
+    for i in range(30):
+        a.append(
+            AuditEvent(
+                "policy.decision" if i % 3 else "attest.pass", "acme" if i % 2 else "globex", "t", details={"i": i}
+            )
+        )
+    with _reader(url, signer) as log:
+        newest = log.recent(tenant="acme", type_prefix="policy.", limit=4)
+        assert [e.details["i"] for _, e in newest] == [29, 25, 23, 19]
+        assert all(e.tenant == "acme" and e.type == "policy.decision" for _, e in newest)
+        older = log.recent(before=newest[-1][0], tenant="acme", type_prefix="policy.", limit=2)
+        assert [e.details["i"] for _, e in older] == [17, 13]
+        assert [] == log.recent(tenant="nobody")
