@@ -6,11 +6,12 @@
 # 'weightvault sandbox' isolates with (bubblewrap, nftables, iproute2), and PostgreSQL's server
 # (the suite runs a second time with the broker on it; tests start their own cluster), and nginx
 # (sealed weights served over HTTP in the remote-storage tests), Patroni and etcd (the database
-# failover drill). Installs what is missing
+# failover drill), and Chromium (the web console's browser tests drive Debian's build through
+# Playwright, and 'weightvault report render --format pdf' prints with it). Installs what is missing
 # when run as root with apt-get; otherwise says what to install and carries on,
 # and the TPM parts skip locally (CI=true turns that into a failure).
 set -euo pipefail
-PACKAGES=(swtpm swtpm-tools tpm2-tools libtss2-dev pkg-config bubblewrap nftables iproute2 postgresql nginx patroni etcd-server)
+PACKAGES=(swtpm swtpm-tools tpm2-tools libtss2-dev pkg-config bubblewrap nftables iproute2 postgresql nginx patroni etcd-server chromium fonts-dejavu-core)
 missing=()
 for p in "${PACKAGES[@]}"; do
   dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")

@@ -24,6 +24,8 @@ trap cleanup EXIT
 wheel=$(ls "$work"/dist/weightvault-*.whl)
 "$python" -c 'import sys, zipfile; names = zipfile.ZipFile(sys.argv[1]).namelist(); sys.exit("weightvault/py.typed" not in names)' "$wheel" \
   || { echo "the wheel lacks py.typed"; exit 1; }
+"$python" -c 'import sys, zipfile; names = set(zipfile.ZipFile(sys.argv[1]).namelist()); sys.exit(not {"weightvault/server/console/templates/base.html", "weightvault/server/console/static/console.js"} <= names)' "$wheel" \
+  || { echo "the wheel lacks the console's templates or script"; exit 1; }
 
 "$python" -m venv "$work/venv"
 "$work/venv/bin/python" -m pip install --quiet --upgrade pip
@@ -66,6 +68,11 @@ while True:
         if time.monotonic() > deadline:
             raise
         time.sleep(0.2)
+# The web console, from the wheel's templates and script.
+with urllib.request.urlopen(f"http://127.0.0.1:{sys.argv[1]}/console/login", timeout=5) as reply:
+    assert b'id="token"' in reply.read() and "script-src 'self'" in reply.headers["content-security-policy"]
+with urllib.request.urlopen(f"http://127.0.0.1:{sys.argv[1]}/console/static/console.js", timeout=5) as reply:
+    assert b"crypto.subtle" in reply.read()
 EOF
 # The compliance report from that broker's log: the catalogue travels in the wheel.
 "$wv" report build --db broker/data/audit.db --format html --out report.html >/dev/null

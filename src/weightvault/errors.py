@@ -33,7 +33,9 @@ program is wrong" never share an ``except`` clause.
     │  └─ RollbackError            a restore would take the log back behind a checkpoint already seen
     ├─ RequestError                a service refused a request for a reason other than the above
     │  ├─ AuthenticationError      no or an invalid credential
+    │  │  └─ SessionEndedError     a console session unknown, expired or signed out
     │  ├─ PermissionDeniedError    the credential may not do this (role, tenant)
+    │  │  ├─ CSRFError             a console change without its CSRF token
     │  │  └─ ContainedError        a containment hold (sentinel or operator) stops this principal, key or device
     │  ├─ NotFoundError            no such resource in the caller's tenant
     │  ├─ ConflictError            a state conflict (immutable policy, existing resource)
@@ -87,6 +89,7 @@ __all__ = [
     "AuditUnavailableError",
     "AuthenticationError",
     "BackupError",
+    "CSRFError",
     "CeremonyError",
     "ChallengeExpiredError",
     "ChallengeUsedError",
@@ -121,6 +124,7 @@ __all__ = [
     "SealedError",
     "ServerError",
     "ServiceUnavailableError",
+    "SessionEndedError",
     "ShareError",
     "StorageUnavailableError",
     "TransportError",
@@ -283,8 +287,20 @@ class AuthenticationError(RequestError):
     remedy = "pass a valid API token (WEIGHTVAULT_TOKEN or --token)"
 
 
+class SessionEndedError(AuthenticationError):
+    """A web console session that is unknown, expired or signed out (docs/console.md)."""
+
+    remedy = "sign in to the console again with your API token"
+
+
 class PermissionDeniedError(RequestError):
     """The credential is valid but may not perform this action (role or tenant)."""
+
+
+class CSRFError(PermissionDeniedError):
+    """A console change without the session's CSRF token, or from another site."""
+
+    remedy = "reload the console page and try again"
 
 
 class ContainedError(PermissionDeniedError):

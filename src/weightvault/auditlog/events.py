@@ -81,6 +81,7 @@ EVENT_TYPES: Final = frozenset(
         "audit.config",
         "log.handover",
         "broker.restore",
+        "broker.backup",
         "challenge.issued",
         "attest.pass",
         "attest.fail",
@@ -131,6 +132,9 @@ EVENT_TYPES: Final = frozenset(
         "auth.fail",
         "rate.limit",
         "object.read",
+        # the web console (docs/console.md)
+        "console.signin",
+        "console.signout",
         "sentinel.alert",
         "test.event",
     }

@@ -68,6 +68,8 @@ class BrokerConfig:
     port: int = 8443
     challenge_ttl_seconds: int = 60
     token_ttl_seconds: int = 300
+    #: How long a web console sign-in lasts (docs/console.md); signing out ends it sooner.
+    console_session_seconds: int = 8 * 3600
     max_body_bytes: int = 256 << 10
     rate_per_second: float = 200.0
     burst: int = 400
@@ -130,6 +132,7 @@ class BrokerConfig:
                 "port",
                 "challenge_ttl_seconds",
                 "token_ttl_seconds",
+                "console_session_seconds",
                 "max_body_bytes",
                 "rate_per_second",
                 "burst",
@@ -196,6 +199,9 @@ class BrokerConfig:
             ),
             token_ttl_seconds=r.integer(
                 broker, "broker", "token_ttl_seconds", d.token_ttl_seconds, (1, MAX_TOKEN_TTL_SECONDS)
+            ),
+            console_session_seconds=r.integer(
+                broker, "broker", "console_session_seconds", d.console_session_seconds, (60, 7 * 86400)
             ),
             max_body_bytes=r.integer(broker, "broker", "max_body_bytes", d.max_body_bytes, (1024, 16 << 20)),
             rate_per_second=r.number(broker, "broker", "rate_per_second", d.rate_per_second, (0.001, 1e6)),

@@ -138,6 +138,8 @@ class ErrorCode(enum.StrEnum):
     BAD_REQUEST = "bad_request"
     INVALID_JSON = "invalid_json"
     UNAUTHENTICATED = "unauthenticated"
+    SESSION_ENDED = "session_ended"
+    CSRF_FAILED = "csrf_failed"
     ATTESTATION_FAILED = "attestation_failed"
     FORBIDDEN = "forbidden"
     CONTAINED = "contained"
@@ -172,7 +174,9 @@ class ErrorCode(enum.StrEnum):
 SERVER_ERRORS: Final[Mapping[type[e.WeightVaultError], tuple[ErrorCode, int, str]]] = {
     e.WeightVaultError: (ErrorCode.BAD_REQUEST, 400, "The request was refused"),
     e.AuthenticationError: (ErrorCode.UNAUTHENTICATED, 401, "Authentication required"),
+    e.SessionEndedError: (ErrorCode.SESSION_ENDED, 401, "Your console session has ended: sign in again"),
     e.PermissionDeniedError: (ErrorCode.FORBIDDEN, 403, "Not allowed"),
+    e.CSRFError: (ErrorCode.CSRF_FAILED, 403, "The form's CSRF token is missing or wrong: reload the page"),
     e.ContainedError: (ErrorCode.CONTAINED, 403, "Held by containment: an operator must lift the hold"),
     e.NotFoundError: (ErrorCode.NOT_FOUND, 404, "Not found"),
     e.ConflictError: (ErrorCode.CONFLICT, 409, "Conflict with the current state"),
@@ -206,7 +210,9 @@ CLIENT_ERRORS: Final[Mapping[ErrorCode, type[e.WeightVaultError]]] = {
     ErrorCode.INVALID_JSON: e.InvalidRequestError,
     ErrorCode.UNAUTHENTICATED: e.AuthenticationError,
     ErrorCode.ATTESTATION_FAILED: e.EvidenceError,
+    ErrorCode.SESSION_ENDED: e.SessionEndedError,
     ErrorCode.FORBIDDEN: e.PermissionDeniedError,
+    ErrorCode.CSRF_FAILED: e.CSRFError,
     ErrorCode.CONTAINED: e.ContainedError,
     ErrorCode.RELEASE_DENIED: e.ReleaseDeniedError,
     ErrorCode.KEY_UNAVAILABLE: e.KeyAccessError,

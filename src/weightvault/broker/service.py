@@ -26,6 +26,7 @@ from weightvault.auditlog.tiles import tile_resource
 from weightvault.broker.approvals import ApprovalService
 from weightvault.broker.catalogue import CatalogueService
 from weightvault.broker.config import DEFAULTS, BrokerConfig
+from weightvault.broker.console import ConsoleService, ConsoleSession
 from weightvault.broker.containment import ContainmentService
 from weightvault.broker.custody import CustodyService
 from weightvault.broker.devices import DeviceService
@@ -47,9 +48,14 @@ __all__ = [
     "AttestOutcome",
     "BrokerServices",
     "Challenge",
+    "ConsoleSession",
+    "DeviceRow",
     "Health",
     "KeyBroker",
+    "ModelRow",
+    "PolicyRow",
     "Principal",
+    "PrincipalRow",
     "ReleaseOutcome",
     "Role",
     "libpq_conninfo",
@@ -95,6 +101,7 @@ class KeyBroker:
         self.rotation, self.releases = services.rotation, services.releases
         self.reports = services.reports
         self.containment = services.containment
+        self.console = services.console
 
     # -- state, health, public keys ---------------------------------------------------------------
 
@@ -455,6 +462,46 @@ class KeyBroker:
                 break
         return out
 
+    def recent_events(
+        self, actor: Principal, tenant: str, *, before: int | None, type_prefix: str | None, limit: int
+    ) -> list[tuple[int, AuditEvent]]:
+        """A tenant's events below index ``before``, newest first (the console's lists): its auditors,
+        admins and operators."""
+        self.check_audit_access(actor, tenant)
+        if self.reader is None:
+            raise NotFoundError("this broker has no audit log reader")
+        self._read(actor, tenant, "audit")
+        return self.reader.recent(before=before, tenant=tenant, type_prefix=type_prefix, limit=limit)
+
+    def audit_proof(self, actor: Principal, tenant: str, index: int) -> dict[str, Any]:
+        """One of a tenant's entries with its inclusion proof and the checkpoint it is proved against,
+        so that the caller checks them itself (the console does, in the browser)."""
+        self.check_audit_access(actor, tenant)
+        if self.reader is None:
+            raise NotFoundError("this broker has no audit log reader")
+        if not 0 <= index < self.reader.size:
+            raise NotFoundError(f"no entry {index}")
+        if self.reader.event(index).tenant != tenant:
+            raise NotFoundError(f"no entry {index} in tenant {tenant}")
+        bundle = self.reader.proof_bundle(index, self.reader.served_checkpoint())
+        return {
+            "index": index,
+            "entry": bundle.extra or b"",
+            "proof": list(bundle.proof),
+            "checkpoint": bundle.checkpoint.to_text(),
+        }
+
+    # -- the web console's sessions (docs/console.md) --------------------------------------------------
+
+    def console_sign_in(self, bearer: str) -> ConsoleSession:
+        return self.console.sign_in(bearer)
+
+    def console_principal(self, secret: str) -> Principal:
+        return self.console.principal(secret)
+
+    def console_sign_out(self, secret: str) -> None:
+        self.console.sign_out(secret)
+
     def audit_resource(self, actor: Principal, path: str) -> tuple[int, bytes, str]:
         """A tlog-tiles resource of the whole log (operators and sentinels): status, body, content type."""
         actor.require(Role.OPERATOR, Role.SENTINEL)
@@ -554,6 +601,7 @@ class BrokerServices:
     releases: ReleaseService
     reports: ReportService
     containment: ContainmentService
+    console: ConsoleService
     reader: LogReader | None
 
 
@@ -594,6 +642,7 @@ def open_broker(
     recorder = AuditRecorder(audit, hasher=hasher)
     keyring = Keyring(store, root_key, signer)
     approvals = ApprovalService(store, recorder, config.broker_id, now)
+    principals = PrincipalService(store, recorder, now, keyring=keyring)
     custody = CustodyService(
         store, recorder, config.broker_id, now, install_root=keyring.install, sealed=lambda: keyring.sealed
     )
@@ -605,7 +654,8 @@ def open_broker(
             keyring=keyring,
             approvals=approvals,
             custody=custody,
-            principals=PrincipalService(store, recorder, now, keyring=keyring),
+            principals=principals,
+            console=ConsoleService(store, recorder, principals, now, session_seconds=config.console_session_seconds),
             devices=DeviceService(store, recorder, now, approvals=approvals, registry=registry),
             reports=ReportService(store, recorder),
             catalogue=CatalogueService(

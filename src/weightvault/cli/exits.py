@@ -46,6 +46,8 @@ EXIT_CODES: Final[dict[type[e.WeightVaultError], tuple[int, str]]] = {
     e.AuthenticationError: (71, "authentication failed"),
     e.PermissionDeniedError: (72, "permission denied"),
     e.ContainedError: (83, "contained"),
+    e.SessionEndedError: (84, "console session ended"),
+    e.CSRFError: (89, "CSRF check failed"),
     e.NotFoundError: (73, "not found"),
     e.ConflictError: (74, "conflict"),
     e.ChallengeUsedError: (75, "challenge already used"),

@@ -23,6 +23,7 @@ from starlette.responses import Response
 from weightvault.broker.protocol import ErrorCode
 from weightvault.broker.service import KeyBroker
 from weightvault.errors import WeightVaultError
+from weightvault.server import console
 from weightvault.server.http import HTTP, ServerLimits
 from weightvault.server.problems import problem
 from weightvault.server.routes import (
@@ -51,8 +52,14 @@ async def _not_allowed(request: Request, exc: Exception) -> Response:
     return problem(405, ErrorCode.METHOD_NOT_ALLOWED, "Method not allowed")
 
 
-def create_broker_app(broker: KeyBroker, limits: ServerLimits | None = None) -> Starlette:
-    """The ASGI application of one broker; scheduled rotation runs while it serves."""
+def create_broker_app(
+    broker: KeyBroker, limits: ServerLimits | None = None, *, log_vkey: str | None = None
+) -> Starlette:
+    """The ASGI application of one broker; scheduled rotation runs while it serves.
+
+    ``log_vkey`` is the verifier key of the broker's audit log, which the console hands its
+    script (the browser pins it on first use and checks every checkpoint against it).
+    """
     limits = limits or ServerLimits()
     http = HTTP(broker, limits)
 
@@ -91,4 +98,5 @@ def create_broker_app(broker: KeyBroker, limits: ServerLimits | None = None) -> 
             broker.custody.wipe()
 
     routes = [route for module in _ROUTE_MODULES for route in module.routes(http)]
+    routes += console.routes(http, log_vkey)
     return Starlette(routes=routes, exception_handlers={404: _not_found, 405: _not_allowed}, lifespan=lifespan)

@@ -47,13 +47,14 @@ class BrokerRuntime:
     audit: AuditLog | ReplicatedAuditLog
     config: BrokerConfig
     limits: ServerLimits
+    log_vkey: str | None = None
 
     @property
     def base(self) -> Path:
         return self.config.base
 
     def app(self) -> Any:
-        return create_broker_app(self.broker, self.limits)
+        return create_broker_app(self.broker, self.limits, log_vkey=self.log_vkey)
 
     def close(self) -> None:
         self.audit.close()
@@ -226,4 +227,4 @@ def load_broker(
     except BaseException:
         audit.close()
         raise
-    return BrokerRuntime(broker, audit, config, limits)
+    return BrokerRuntime(broker, audit, config, limits, log_signer.verifier.vkey())

@@ -207,14 +207,14 @@ class HTTP:
         try:
             who = await run_in_threadpool(self.broker.authenticate, credential)
         except AuthenticationError:
-            await run_in_threadpool(self._limited, request, None, ("auth-fail", host), self.auth_failures)
+            await run_in_threadpool(self.limited, request, None, ("auth-fail", host), self.auth_failures)
             claimed = credential[4:].partition(".")[0] if credential.startswith("wv1_") else "-"
             await run_in_threadpool(self.broker.record_auth_failure, claimed, request.url.path)
             raise
-        await run_in_threadpool(self._limited, request, who, ("principal", who.id), self.limiter)
+        await run_in_threadpool(self.limited, request, who, ("principal", who.id), self.limiter)
         return who
 
-    def _limited(
+    def limited(
         self, request: Request, who: Principal | None, bucket: tuple[str, str], limiter: RateLimiter | SharedRateLimiter
     ) -> None:
         """Take from ``bucket`` (kind, subject); over the limit, record it (the kind only: the client's
@@ -242,7 +242,7 @@ class HTTP:
         """Rate limiting for the endpoints custodians reach without an API token."""
         host = request.client.host if request.client else "-"
         client_address.set(host)
-        await run_in_threadpool(self._limited, request, None, ("anonymous", host), self.limiter)
+        await run_in_threadpool(self.limited, request, None, ("anonymous", host), self.limiter)
 
     @staticmethod
     def call(fn: Callable[..., Any], *args: Any, **kwargs: Any) -> Awaitable[Any]:

@@ -7,6 +7,7 @@ transaction returning typed rows. The domain never sees a connection or a table.
 
 from __future__ import annotations
 
+from weightvault.broker.storage.console import ConsoleSessionRepository, ConsoleSessionRow
 from weightvault.broker.storage.containment import HoldRepository, HoldRow
 from weightvault.broker.storage.controls import ApprovalRepository, CustodyRepository
 from weightvault.broker.storage.database import Database
@@ -41,6 +42,7 @@ __all__ = [
     "BucketRow",
     "CeremonyRow",
     "ChallengeRow",
+    "ConsoleSessionRow",
     "DeviceRow",
     "GatewayKeyRow",
     "GatewayRepository",
@@ -74,6 +76,7 @@ class BrokerStore:
         self.outbox = OutboxRepository(self.db)
         self.holds = HoldRepository(self.db)
         self.rate_limits = RateLimitRepository(self.db)
+        self.console_sessions = ConsoleSessionRepository(self.db)
 
     def migrate(self, now: int) -> int:
         """Bring the schema up to date (see :mod:`.schema`)."""

@@ -254,6 +254,18 @@ model_signatures = sa.Table(
     sa.Column("created_at", sa.BigInteger, nullable=False),
 )
 
+# -- migration 7: web console sign-ins (docs/console.md) -------------------------------------------
+console_sessions = sa.Table(
+    "console_sessions",
+    metadata,
+    sa.Column("id_hash", sa.LargeBinary(32), primary_key=True),  # SHA-256 of the cookie's secret
+    sa.Column("principal_id", sa.String(64), nullable=False),
+    sa.Column("token_hash", sa.LargeBinary(32), nullable=False),  # the API token it was opened with
+    sa.Column("created_at", sa.BigInteger, nullable=False),
+    sa.Column("expires_at", sa.BigInteger, nullable=False),
+    sa.Index("ix_console_sessions_principal", "principal_id"),
+)
+
 schema_migrations = sa.Table(
     "schema_migrations",
     metadata,
@@ -282,4 +294,5 @@ MIGRATIONS: Final[tuple[tuple[int, tuple[sa.Table, ...]], ...]] = (
     (4, (containment_holds,)),
     (5, (rate_buckets,)),
     (6, (model_signatures,)),
+    (7, (console_sessions,)),
 )
