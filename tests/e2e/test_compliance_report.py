@@ -123,3 +123,49 @@ def test_refusals_have_their_exit_codes(witnessed_log: dict[str, Path], tmp_path
     exists = wv("report", "build", "--db", db, "--out", tmp_path / "r.json")
     assert exists.returncode != 0
     assert "already exists" in exists.stderr
+
+
+def test_pdf_is_printed_by_the_systems_chromium(witnessed_log: dict[str, Path], tmp_path: Path) -> None:
+    from tests.e2e.browser import chromium_path
+
+    chromium_path()  # skips locally (fails in CI) without Chromium
+    db = witnessed_log["db"]
+    built = wv("report", "build", "--db", db, "--tenant", "acme", "--format", "pdf", "--out", tmp_path / "r.pdf")
+    assert built.returncode == 0, built.stderr
+    pdf = (tmp_path / "r.pdf").read_bytes()
+    assert pdf.startswith(b"%PDF-")
+    assert pdf.count(b"/Type /Page") + pdf.count(b"/Type/Page") >= 2  # the page tree and at least one page
+    assert wv("report", "build", "--db", db, "--out", tmp_path / "j.json").returncode == 0
+    rendered = wv("report", "render", tmp_path / "j.json", "--format", "pdf", "--out", tmp_path / "j.pdf")
+    assert rendered.returncode == 0, rendered.stderr
+    assert (tmp_path / "j.pdf").read_bytes().startswith(b"%PDF-")
+
+
+def test_pdf_without_chromium_says_what_to_install(witnessed_log: dict[str, Path], tmp_path: Path) -> None:
+    import os
+
+    env = {**os.environ, "WEIGHTVAULT_CHROMIUM": str(tmp_path / "no-such-browser")}
+    done = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "weightvault",
+            "report",
+            "build",
+            "--db",
+            str(witnessed_log["db"]),
+            "--format",
+            "pdf",
+            "--out",
+            str(tmp_path / "r.pdf"),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+        env=env,
+    )
+    assert done.returncode != 0
+    assert "WEIGHTVAULT_CHROMIUM" in done.stderr
+    assert "Traceback" not in done.stderr
+    assert not (tmp_path / "r.pdf").exists()

@@ -22,7 +22,7 @@ from weightvault.files import atomic_file
 
 __all__ = ["compliance_report"]
 
-_FORMATS = click.Choice(["json", "html", "oscal"])
+_FORMATS = click.Choice(["json", "html", "oscal", "pdf"])
 
 
 def _read(path: Path, *, whole_page: bool = False) -> dict[str, Any]:
@@ -43,10 +43,15 @@ def _read(path: Path, *, whole_page: bool = False) -> dict[str, Any]:
 
 
 def _write(doc: dict[str, Any], fmt: str, out: Path, force: bool, changes: list[dict[str, Any]] | None = None) -> None:
-    if fmt == "html":
+    if fmt in ("html", "pdf"):
         from weightvault.compliance.html import render_html
 
         data = render_html(doc, changes=changes or []).encode()
+        if fmt == "pdf":
+            from weightvault.compliance.pdf import html_to_pdf
+
+            html_to_pdf(data.decode(), out, overwrite=force)
+            return
     elif fmt == "oscal":
         from weightvault.compliance.oscal import to_oscal
 
@@ -168,12 +173,12 @@ def report_diff(old: Path, new: Path, as_json: bool) -> None:
 
 @compliance_report.command("render")
 @click.argument("source", type=click.Path(path_type=Path, exists=True, dir_okay=False))
-@click.option("--format", "fmt", type=click.Choice(["html", "oscal", "json"]), required=True)
+@click.option("--format", "fmt", type=_FORMATS, required=True)
 @click.option("--out", type=click.Path(path_type=Path), required=True, help="Output file.")
 @click.option("--force", is_flag=True, help="Replace OUT.")
 @json_option
 def report_render(source: Path, fmt: str, out: Path, force: bool, as_json: bool) -> None:
-    """Turn a report (JSON or HTML) into HTML, OSCAL assessment results or JSON."""
+    """Turn a report (JSON or HTML) into HTML, PDF (printed by Chromium), OSCAL assessment results or JSON."""
     if out.exists() and not force:
         raise ConfigError(f"{out} already exists (pass --force to replace it)")
     _write(_read(source), fmt, out, force)
