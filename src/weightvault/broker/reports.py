@@ -63,7 +63,10 @@ _SCHEMAS: Final[dict[str, dict[str, Callable[[object], bool]]]] = {
 }
 REPORT_TYPES: Final = frozenset(_SCHEMAS)
 OUTBOX_TYPES: Final = {
-    "gateway": frozenset({"gateway.request", "gateway.key.create", "gateway.key.revoke", "gateway.budget.alert"})
+    "gateway": frozenset({"gateway.request", "gateway.key.create", "gateway.key.revoke", "gateway.budget.alert"}),
+    # 'weightvault broker backup' runs beside the broker, on its database: each backup it writes
+    # reaches the log this way, so compliance reports can show the newest backup's age.
+    "backup": frozenset({"broker.backup"}),
 }
 
 

@@ -282,6 +282,35 @@ def broker_serve(config_path: Path, host: str | None, port: int | None, replica:
 _BACKED_UP_KEYS: Final = ("token_signing", "registration", "audit_log", "audit_hash")
 
 
+def _announce_backup(store: Any, sealed_to: str, *, wait_s: float = 5.0) -> bool:
+    """Record ``broker.backup`` before the snapshot is taken, so the backup holds its own record and its
+    log is not behind the live one (a restore is checked against the heads seen since: an event
+    appended after the snapshot would make every fresh backup a rollback). The event goes through the
+    database's outbox, which the running broker appends to the log; returns whether it was appended
+    within ``wait_s`` (without a running broker it stays in the outbox, and in the backup).
+    Compliance reports show the newest backup's age from it."""
+    import secrets
+    import time
+
+    from weightvault.auditlog.events import AuditEvent
+
+    event = AuditEvent(
+        type="broker.backup",
+        tenant="-",
+        actor="backup",
+        resource="broker",
+        details={"backup_id": secrets.token_hex(8), "sealed_to": sealed_to, "requested_at": int(time.time())},
+    )
+    text = event.encode().decode()
+    store.outbox.add([("backup", text)], int(time.time()))
+    deadline = time.monotonic() + wait_s
+    while time.monotonic() < deadline:
+        if all(row.event != text for row in store.outbox.pending(500)):
+            return True
+        time.sleep(0.1)
+    return False
+
+
 @broker.command("backup")
 @click.option("--config", "config_path", type=click.Path(path_type=Path, exists=True, dir_okay=False), required=True)
 @click.option("--out", type=click.Path(path_type=Path, dir_okay=False), required=True, help="The backup file to write.")
@@ -321,7 +350,14 @@ def broker_backup(config_path: Path, out: Path, as_json: bool) -> None:
         encrypt_to = ShareSet.from_json(row.document)
     else:
         encrypt_to = RootKey(read_secret_file(config.path(config.keys.root), "weightvault.root-key"))
+    sealed_to = "the root key" if isinstance(encrypt_to, RootKey) else f"share set {encrypt_to.id}"
     try:
+        if not _announce_backup(store, sealed_to):
+            click.echo(
+                "note: no running broker recorded this backup in the audit log yet; the record waits in the "
+                "database's outbox (it is in the backup too) and is appended when a broker next runs",
+                err=True,
+            )
         if config.audit.storage == "database":  # the replicas' log, cut at its head into a file
             import tempfile
 

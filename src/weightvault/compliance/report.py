@@ -99,7 +99,7 @@ def load_catalogue() -> Catalogue:
 
 #: Broker-wide events (tenant "-") that a tenant's report cites: what protects every tenant and names
 #: none. Others (a device bound to several tenants lists them all) stay out of a tenant's report.
-_BROKER_WIDE: Final = ("custody.", "approval.policy.change.", "key.rotate.", "key.retire.")
+_BROKER_WIDE: Final = ("custody.", "approval.policy.change.", "key.rotate.", "key.retire.", "broker.backup")
 
 
 def _scoped(event: AuditEvent, tenant: str | None, until: int) -> bool:

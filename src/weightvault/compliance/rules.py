@@ -21,10 +21,22 @@ from typing import Final
 
 from weightvault.auditlog.events import AuditEvent
 
-__all__ = ["RULES_VERSION", "STATUSES", "Assessment", "Context", "Selection", "assess", "is_state"]
+__all__ = [
+    "BACKUP_MAX_AGE_DAYS",
+    "RULES_VERSION",
+    "STATUSES",
+    "Assessment",
+    "Context",
+    "Selection",
+    "assess",
+    "is_state",
+]
 
 #: Bumped whenever an assessment changes; a report names the version it was assessed with.
-RULES_VERSION: Final = 1
+#: 2: C25 also needs a recent backup (``broker.backup``, at most BACKUP_MAX_AGE_DAYS old).
+RULES_VERSION: Final = 2
+#: The oldest a newest backup may be for C25 to be met.
+BACKUP_MAX_AGE_DAYS: Final = 7
 STATUSES: Final = ("met", "partial", "not_met", "not_applicable")
 #: Verifiers whose results rest on hardware evidence.
 HARDWARE_VERIFIERS: Final = frozenset({"tpm", "sev-snp", "tdx", "nvidia-gpu", "composite", "attestation-token"})
@@ -72,6 +84,7 @@ _LATEST: Final = (
     "key.rotate",
     "gateway.key.create",
     "gateway.key.revoke",
+    "broker.backup",  # one resource ("broker"): the newest backup
 )
 
 
@@ -256,14 +269,25 @@ def _custody(cited: Cited, ctx: Context) -> Assessment:
     custodians = terms[1].details.get("custodians")
     count = len(custodians) if isinstance(custodians, Mapping | list) else 0
     evidence = tuple(sorted({active_index, terms[0]}))
-    if isinstance(threshold, int) and not isinstance(threshold, bool) and threshold >= 2:
+    if not (isinstance(threshold, int) and not isinstance(threshold, bool) and threshold >= 2):
+        return Assessment("partial", f"custody threshold is {threshold}: one person can unseal", evidence)
+    held = f"the root key is held {threshold}-of-{count} by custodians"
+    backups = _of(cited, lambda e: e.type == "broker.backup")
+    if not backups:
+        return Assessment("partial", f"{held}; no backup is recorded in the log", evidence)
+    newest_index, newest = backups[-1]
+    age_days = max(0, ctx.as_of_ms - newest.ts) / 86_400_000
+    evidence = tuple(sorted({*evidence, newest_index}))
+    if age_days > BACKUP_MAX_AGE_DAYS:
         return Assessment(
-            "met",
-            f"the root key is held {threshold}-of-{count} by custodians; backups are sealed to the custody set "
-            "(their files are not in the log)",
-            evidence,
+            "partial", f"{held}; the newest backup is {age_days:.0f} days old (over {BACKUP_MAX_AGE_DAYS})", evidence
         )
-    return Assessment("partial", f"custody threshold is {threshold}: one person can unseal", evidence)
+    return Assessment(
+        "met",
+        f"{held}; the newest backup is {age_days:.1f} days old, sealed to {newest.details.get('sealed_to')}, "
+        f"and holds the log up to its own record (entry {newest_index})",
+        evidence,
+    )
 
 
 def _audit_log(cited: Cited, ctx: Context) -> Assessment:

@@ -35,6 +35,7 @@ def _ev(type: str, resource: str, tenant: str = "acme", **kw: Any) -> AuditEvent
 #: A broker's history, as the events it logs (docs/audit.md).
 HISTORY = [
     _ev("custody.genesis", "custody:set1", "-", details={"threshold": 2, "custodians": {"a": {}, "b": {}, "c": {}}}),
+    _ev("broker.backup", "broker", "-", details={"backup_id": "b1", "sealed_to": "share set set1"}),
     _ev("tenant.change.done", "tenant:acme", details={"op": "create", "kek_version": 1}),
     _ev("model.register.done", "acme/models/llama@1", details={"policy": "p", "tags": {}}),
     _ev("model.register.done", "acme/models/decoy@1", details={"policy": "p", "tags": {"honeypot": "true"}}),
@@ -75,7 +76,7 @@ def test_a_report_of_a_witnessed_log_verifies_offline(witnessed: tuple[AuditLog,
     assert verified.controls == len(load_catalogue().controls) == 35
     assert _status(doc, "C13") == "met"  # witnessed
     assert _status(doc, "C02") == "met"  # the release rested on a TPM quote
-    assert _status(doc, "C25") == "met"  # 2-of-3 custody
+    assert _status(doc, "C25") == "met"  # 2-of-3 custody, and a backup today
     assert _status(doc, "C19") == "met"  # a honeypot is registered
     assert _status(doc, "C06") == "not_met"  # no approval policy
     assert _status(doc, "C34") == "not_applicable"

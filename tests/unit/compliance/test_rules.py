@@ -78,13 +78,43 @@ def test_custody_follows_the_share_set_in_force() -> None:
     genesis = ev("custody.genesis", "custody:s1", tenant="-", details={"threshold": 2, "custodians": three})
     rekey = ev("custody.rekey", "custody:s2", tenant="-", details={"threshold": 1, "custodians": {"a": {}}})
     active = ev("custody.set.active", "custody:s2", tenant="-")
-    assert assess("custody", _cited(genesis), CTX).status == "met"
-    assert assess("custody", _cited(genesis, rekey), CTX).status == "met"  # a pending set is not in force
+    backup = ev("broker.backup", "broker", tenant="-", details={"backup_id": "b1", "sealed_to": "share set s1"})
+    assert assess("custody", _cited(genesis, backup), CTX).status == "met"
+    assert assess("custody", _cited(genesis, rekey, backup), CTX).status == "met"  # a pending set is not in force
     promoted = assess("custody", _cited(genesis, rekey, active), CTX)
     assert promoted.status == "partial"
     assert promoted.evidence == (1, 2)
     assert "1-of-1" not in promoted.reason
     assert "one person can unseal" in promoted.reason
+
+
+def test_c25_needs_a_recent_backup_in_the_log() -> None:
+    genesis = ev(
+        "custody.genesis", "custody:s1", tenant="-", details={"threshold": 2, "custodians": {"a": {}, "b": {}}}
+    )
+    none = assess("custody", _cited(genesis), CTX)
+    assert ("partial", "no backup is recorded in the log") == (none.status, none.reason.split("; ")[1])
+    old = ev(
+        "broker.backup",
+        "broker",
+        tenant="-",
+        ts=NOW - 30 * DAY,
+        details={"backup_id": "b2", "sealed_to": "share set s1"},
+    )
+    stale = assess("custody", _cited(genesis, old), CTX)
+    assert "partial" == stale.status
+    assert "30 days old" in stale.reason
+    fresh = ev(
+        "broker.backup",
+        "broker",
+        tenant="-",
+        ts=NOW - DAY // 2,
+        details={"backup_id": "b3", "sealed_to": "the root key"},
+    )
+    met = assess("custody", _cited(genesis, old, fresh), CTX)
+    assert "met" == met.status
+    assert "0.5 days old, sealed to the root key, and holds the log up to its own record (entry 2)" in met.reason
+    assert (0, 2) == met.evidence
 
 
 def test_a_device_bound_after_activation_stays_active() -> None:
