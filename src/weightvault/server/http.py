@@ -207,12 +207,18 @@ class HTTP:
         try:
             who = await run_in_threadpool(self.broker.authenticate, credential)
         except AuthenticationError:
-            await run_in_threadpool(self.limited, request, None, ("auth-fail", host), self.auth_failures)
-            claimed = credential[4:].partition(".")[0] if credential.startswith("wv1_") else "-"
-            await run_in_threadpool(self.broker.record_auth_failure, claimed, request.url.path)
+            await self.failed_token(request, credential)
             raise
         await run_in_threadpool(self.limited, request, who, ("principal", who.id), self.limiter)
         return who
+
+    async def failed_token(self, request: Request, credential: str) -> None:
+        """An API token that did not authenticate (here or at the console's sign-in): taken from the
+        client address's failure bucket (RateLimitedError once it is empty) and recorded as ``auth.fail``."""
+        host = request.client.host if request.client else "-"
+        await run_in_threadpool(self.limited, request, None, ("auth-fail", host), self.auth_failures)
+        claimed = credential[4:].partition(".")[0] if credential.startswith("wv1_") else "-"
+        await run_in_threadpool(self.broker.record_auth_failure, claimed, request.url.path)
 
     def limited(
         self, request: Request, who: Principal | None, bucket: tuple[str, str], limiter: RateLimiter | SharedRateLimiter

@@ -267,3 +267,15 @@ def test_views_never_carry_key_material() -> None:
     principal = views.principal_view(PrincipalRow("p", "acme", "auditor", b"\x01" * 32, False))
     assert "token" not in repr(principal)
     assert (b"\x01" * 32).hex() not in repr(principal)
+
+
+def test_guessing_tokens_at_the_sign_in_is_slowed_with_a_clear_page(in_process: InProcess) -> None:
+    browser = _browser(in_process)
+    answers = [
+        browser.post("/console/login", data={"token": f"wv1_acme-admin.guess{i}"}, headers={"origin": ORIGIN})
+        for i in range(25)
+    ]
+    assert {401} == {a.status_code for a in answers[:20]}  # the burst of 20 failures per address
+    assert 429 == answers[-1].status_code
+    assert "Too many requests" in answers[-1].text
+    assert "Traceback" not in answers[-1].text

@@ -28,20 +28,18 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from weightvault.auditlog.events import decode_event
 from weightvault.broker.console import check_csrf, csrf_token
-from weightvault.broker.protocol import ErrorCode, problem_of
+from weightvault.broker.protocol import problem_of
 from weightvault.broker.service import Principal, Role
 from weightvault.errors import (
     AuthenticationError,
     CSRFError,
     NotFoundError,
     PermissionDeniedError,
-    RateLimitedError,
     SessionEndedError,
     WeightVaultError,
 )
 from weightvault.server.console import views
-from weightvault.server.http import HTTP, read_bounded
-from weightvault.server.problems import problem, problem_for
+from weightvault.server.http import HTTP, handler, read_bounded
 
 __all__ = ["CONTENT_SECURITY_POLICY", "routes"]
 
@@ -190,19 +188,13 @@ def routes(http: HTTP, log_vkey: str | None = None) -> list[BaseRoute]:
         return wrapped
 
     def api(func: Page) -> Callable[[Request], Awaitable[Response]]:
-        """A signed-in JSON endpoint of the console's script: errors are problem+json."""
+        """A signed-in JSON endpoint of the console's script: errors are problem+json, as the API's."""
 
-        async def wrapped(request: Request) -> Response:
-            try:
-                who, _ = await session(request)
-                return await func(request, who)
-            except WeightVaultError as error:
-                return problem_for(error)
-            except Exception:
-                _log.exception("unhandled error in %s %s", request.method, request.url.path)
-                return problem(500, ErrorCode.INTERNAL_ERROR, "Internal error")
+        async def signed_in(request: Request) -> Response:
+            who, _ = await session(request)
+            return await func(request, who)
 
-        return wrapped
+        return handler(signed_in)
 
     def context(request: Request, who: Principal, tenant: str | None = None, **extra: Any) -> dict[str, Any]:
         return {"who": who, "csrf": request.state.csrf, "tenant": tenant, **extra}
@@ -228,26 +220,20 @@ def routes(http: HTTP, log_vkey: str | None = None) -> list[BaseRoute]:
         return render(request, "login.html", message=_login_message(request.query_params.get("m", "")))
 
     async def login(request: Request) -> Response:
-        if not _same_origin(request):
-            return error_page(request, CSRFError("sign-in from another site"))
-        host = request.client.host if request.client else "-"
         try:
+            if not _same_origin(request):
+                raise CSRFError("sign-in from another site")
             await http.anonymous(request)
-        except RateLimitedError as error:
-            return error_page(request, error)
-        raw = await read_bounded(request, _MAX_FORM_BYTES)
-        if raw is None or request.headers.get("content-type", "").split(";")[0].strip() != (
-            "application/x-www-form-urlencoded"
-        ):
-            return render(request, "login.html", http_status=400, message="Send the sign-in form.")
-        token = _field(raw, "token").strip()
-        try:
-            opened = await http.call(broker.console_sign_in, token)
-        except AuthenticationError:
-            await http.call(http.limited, request, None, ("auth-fail", host), http.auth_failures)
-            claimed = token[4:].partition(".")[0] if token.startswith("wv1_") else "-"
-            await http.call(broker.record_auth_failure, claimed, request.url.path)
-            return render(request, "login.html", http_status=401, message="That API token was not accepted.")
+            raw = await read_bounded(request, _MAX_FORM_BYTES)
+            ctype = request.headers.get("content-type", "").split(";")[0].strip()
+            if raw is None or ctype != "application/x-www-form-urlencoded":
+                return render(request, "login.html", http_status=400, message="Send the sign-in form.")
+            token = _field(raw, "token").strip()
+            try:
+                opened = await http.call(broker.console_sign_in, token)
+            except AuthenticationError:
+                await http.failed_token(request, token)  # recorded; RateLimitedError once too many
+                return render(request, "login.html", http_status=401, message="That API token was not accepted.")
         except WeightVaultError as error:
             return error_page(request, error)
         response = RedirectResponse("/console/", status_code=303)
