@@ -383,7 +383,7 @@ def routes(http: HTTP, log_vkey: str | None = None) -> list[BaseRoute]:
     async def approvals(request: Request, who: Principal) -> Response:
         tenant = await tenant_of(request, who)
         status = request.query_params.get("status", "pending")
-        if status not in ("pending", "granted", "denied", "executed", "expired"):
+        if status not in ("pending", "approved", "denied", "executed"):
             status = "pending"
         found = await http.call(broker.approval_requests, who, tenant, status)
         return render(
