@@ -305,7 +305,7 @@ def _announce_backup(store: Any, sealed_to: str, *, wait_s: float = 5.0) -> bool
     store.outbox.add([("backup", text)], int(time.time()))
     deadline = time.monotonic() + wait_s
     while time.monotonic() < deadline:
-        if all(row.event != text for row in store.outbox.pending(500)):
+        if not store.outbox.waiting("backup", text):
             return True
         time.sleep(0.1)
     return False

@@ -190,3 +190,26 @@ def test_a_claim_is_held_by_one_process_at_a_time(tmp_path: Path) -> None:
     finally:
         first.close()
         second.close()
+
+
+def test_an_outbox_event_waits_until_it_is_drained(store: BrokerStore) -> None:
+    store.outbox.add([("backup", '{"a":1}'), ("gateway", '{"a":1}')], 1)
+    assert store.outbox.waiting("backup", '{"a":1}')
+    assert not store.outbox.waiting("backup", '{"a":2}')
+    store.outbox.delete([r.id for r in store.outbox.pending() if r.source == "backup"])
+    assert not store.outbox.waiting("backup", '{"a":1}')
+    assert store.outbox.waiting("gateway", '{"a":1}')  # the same text from another source is another event
+
+
+def test_sessions_are_found_by_their_hash_and_deleted_once(store: BrokerStore) -> None:
+    from weightvault.broker.storage import ConsoleSessionRow
+
+    row = ConsoleSessionRow(b"\x01" * 32, "p", b"\x02" * 32, 10, 20)
+    store.console_sessions.add(row, now=10)
+    assert row == store.console_sessions.get(b"\x01" * 32)
+    assert store.console_sessions.get(b"\x03" * 32) is None
+    # Adding another sweeps the expired ones.
+    store.console_sessions.add(ConsoleSessionRow(b"\x04" * 32, "p", b"\x02" * 32, 30, 40), now=30)
+    assert store.console_sessions.get(b"\x01" * 32) is None
+    assert store.console_sessions.delete(b"\x04" * 32)
+    assert not store.console_sessions.delete(b"\x04" * 32)

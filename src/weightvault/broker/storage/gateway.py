@@ -200,6 +200,12 @@ class OutboxRepository(Repository):
         with self._db.read() as conn:
             return [OutboxRow(int(r.id), r.source, r.event) for r in conn.execute(q)]
 
+    def waiting(self, source: str, event: str) -> bool:
+        """Whether this exact event of ``source`` is still waiting to be appended."""
+        q = sa.select(t.event_outbox.c.id).where(t.event_outbox.c.source == source, t.event_outbox.c.event == event)
+        with self._db.read() as conn:
+            return conn.execute(q.limit(1)).first() is not None
+
     def delete(self, ids: Sequence[int]) -> None:
         if ids:
             with self._db.write() as conn:
