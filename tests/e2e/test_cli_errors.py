@@ -161,8 +161,8 @@ def test_broker_init_refuses_other_database_engines(tmp_path: Path, url: str) ->
     assert not (tmp_path / "b").exists()
 
 
-def test_disabling_a_principal_from_the_command_line(tmp_path: Path) -> None:
-    """admin principal --disable stops the principal's token at once."""
+def test_rotating_and_disabling_a_principal_from_the_command_line(tmp_path: Path) -> None:
+    """admin principal --rotate and --disable stop the principal's old token at once."""
     base = tmp_path / "b"
     wv("broker", "init", base, *init_options())
     with serve_broker(base) as url:
@@ -171,10 +171,27 @@ def test_disabling_a_principal_from_the_command_line(tmp_path: Path) -> None:
         wv("admin", "principal", "acme-wl", "--role", "workload", "--tenant", "acme", "--out", tmp_path / "wl", *op)
         assert 0o600 == (tmp_path / "wl").stat().st_mode & 0o777
         wl = ["--broker", url, "--token", f"@{tmp_path / 'wl'}"]
+        # The workload rotates its own token into its own token file; a copy of the old one is refused.
+        old = tmp_path / "wl.old"
+        old.write_bytes((tmp_path / "wl").read_bytes())
+        old.chmod(0o600)
+        refused = wv("admin", "principal", "acme-wl", "--rotate", "--out", tmp_path / "wl", *wl, check=False)
+        assert "already exists (pass --force" in _one_line(refused, 60)
+        assert old.read_text() == (tmp_path / "wl").read_text()  # refused before the broker was asked
+        wv("admin", "principal", "acme-wl", "--rotate", "--out", tmp_path / "wl", "--force", *wl)
+        assert 0o600 == (tmp_path / "wl").stat().st_mode & 0o777
+        assert old.read_text() != (tmp_path / "wl").read_text()
+        stale = ["--broker", url, "--token", f"@{old}"]
+        err = _one_line(wv("admin", "tenant", "list", *stale, check=False), EXIT_CODES[_auth_error()][0])
+        assert "authentication failed" in err
+        listed = json.loads(wv("admin", "principal", "acme-wl", "--rotate", "--json", *op).stdout)
+        assert {"principal": "acme-wl", "rotated": True} == {k: listed[k] for k in ("principal", "rotated")}
+        (tmp_path / "wl").write_text(listed["token"] + "\n")
         wv("admin", "principal", "acme-wl", "--disable", *op)
         err = _one_line(wv("admin", "tenant", "list", *wl, check=False), EXIT_CODES[_auth_error()][0])
         assert "authentication failed" in err
         _one_line(wv("admin", "principal", "acme-x", *op, check=False), 60)  # neither --role nor --disable
+        _one_line(wv("admin", "principal", "acme-wl", "--rotate", "--disable", *op, check=False), 60)
 
 
 def _auth_error() -> type:

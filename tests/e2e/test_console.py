@@ -225,3 +225,20 @@ def test_planted_markup_is_shown_as_text_and_never_runs(page: Any, broker: Broke
     assert _verified(page).startswith("Verified")  # the proven entry and the page agree
     assert json.dumps(PLANTED) in page.inner_text("#proof-entry")
     assert page.evaluate("window.__pwned") is None
+
+
+def test_an_entry_not_yet_cosigned_is_shown_as_pending_never_as_verified(page: Any, broker: Broker) -> None:
+    """The broker's 409 for an entry newer than the published checkpoint (the answer of
+    tests/unit/broker/test_console.py) is shown as pending; whoever sends it proves nothing."""
+    _sign_in(page, broker, "acme-aud")
+    newest = max(i for i, e in broker.events() if e.tenant == "acme")
+    detail = f"entry {newest} is not yet in a published checkpoint (it covers {newest} entries); retry later"
+    problem = {"type": "x", "title": "conflict", "status": 409, "code": "conflict", "detail": detail}
+    page.route(
+        "**/console/api/t/acme/proof/*",
+        lambda route: route.fulfill(status=409, body=json.dumps(problem), content_type="application/problem+json"),
+    )
+    page.goto(f"{broker.url}/console/t/acme/audit/{newest}")
+    page.wait_for_selector("#proof[data-result]")
+    assert "pending" == page.get_attribute("#proof", "data-result")
+    assert f"Not yet provable: {detail}" == page.inner_text("#proof-status")

@@ -23,7 +23,7 @@ from weightvault.auditlog.events import AuditEvent
 from weightvault.broker.principals import Principal, PrincipalService, Role
 from weightvault.broker.recording import AuditRecorder
 from weightvault.broker.storage import BrokerStore, ConsoleSessionRow
-from weightvault.errors import ContainedError, CSRFError, PermissionDeniedError, SessionEndedError
+from weightvault.errors import AuthenticationError, CSRFError, PermissionDeniedError, SessionEndedError
 
 __all__ = ["CONSOLE_ROLES", "ConsoleService", "ConsoleSession", "check_csrf", "csrf_token"]
 
@@ -85,15 +85,12 @@ class ConsoleService:
             ContainedError: the principal is held.
             PermissionDeniedError: the role has no console.
         """
-        who = self._principals.authenticate(bearer)
+        who, token_hash = self._principals.credential(bearer)
         if who.role not in CONSOLE_ROLES:
             raise PermissionDeniedError(f"role {who.role.value} has no console")
-        row = self._principals.get(who.id)
-        if row is None:  # deleted between the two reads
-            raise SessionEndedError("unknown principal")
         secret = secrets.token_urlsafe(_SECRET_BYTES)
         now = self._now()
-        session = ConsoleSessionRow(_hash(secret), who.id, row.token_hash, now, now + self._ttl)
+        session = ConsoleSessionRow(_hash(secret), who.id, token_hash, now, now + self._ttl)
         self._recorder.append(
             AuditEvent(
                 type="console.signin",
@@ -122,16 +119,20 @@ class ConsoleService:
             raise SessionEndedError("no such console session (signed out, or never signed in)")
         if row.expires_at <= self._now():
             raise SessionEndedError("the console session expired")
-        who = self._principals.get(row.principal_id)
-        if who is None or who.disabled or not hmac.compare_digest(who.token_hash, row.token_hash):
-            raise SessionEndedError("the API token this session was opened with is no longer valid")
-        if self._store.holds.active("principal", who.id) is not None:
-            raise ContainedError(f"principal {who.id} is held by containment")
-        return Principal(who.id, who.tenant_id, Role(who.role))
+        try:
+            return self._principals.admit(row.principal_id, row.token_hash)
+        except AuthenticationError as error:
+            raise SessionEndedError("the API token this session was opened with is no longer valid") from error
 
-    def sign_out(self, secret: str) -> None:
-        """End a session (its cookie, replayed later, names no session)."""
+    def sign_out(self, secret: str, csrf: str | None) -> None:
+        """End a session (its cookie, replayed later, names no session).
+
+        Raises:
+            SessionEndedError: as :meth:`principal` (checked first: an ended session is said so).
+            CSRFError: ``csrf`` is not the session's CSRF token.
+        """
         who = self.principal(secret)
+        check_csrf(secret, csrf)
         self._store.console_sessions.delete(_hash(secret))
         self._recorder.queue(
             AuditEvent(type="console.signout", tenant=who.tenant or "-", actor=who.id, resource="console")

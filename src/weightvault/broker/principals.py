@@ -82,14 +82,38 @@ class PrincipalService:
             AuthenticationError: missing, malformed, unknown, wrong or disabled.
             ContainedError: the principal is held by containment.
         """
+        return self.credential(bearer)[0]
+
+    def credential(self, bearer: str | None) -> tuple[Principal, bytes]:
+        """:meth:`authenticate`, and the hash of the token that authenticated (what a console session
+        is bound to, so that rotating or disabling the token ends the session: :meth:`admit`)."""
         if not bearer or not bearer.startswith(TOKEN_PREFIX) or "." not in bearer or len(bearer) > _MAX_TOKEN_CHARS:
             raise AuthenticationError("missing or malformed API token")
         principal_id, _, secret = bearer[len(TOKEN_PREFIX) :].partition(".")
         row = self._store.principals.by_id(principal_id)
-        expected = row.token_hash if row is not None else bytes(32)
         # Compare even for unknown principals so timing does not reveal which ids exist.
-        ok = hmac.compare_digest(expected, _hash_token(secret))
-        if row is None or not ok or row.disabled:
+        presented = _hash_token(secret)
+        ok = hmac.compare_digest(row.token_hash if row is not None else bytes(32), presented)
+        if row is None or not ok:
+            raise AuthenticationError("invalid API token")
+        return self._admitted(row), presented
+
+    def admit(self, principal_id: str, token_hash: bytes) -> Principal:
+        """The principal again, for a credential checked earlier (a console session's): only while its
+        token is still the one with ``token_hash`` and the checks of :meth:`authenticate` still pass.
+
+        Raises:
+            AuthenticationError: the principal is gone, or its token was rotated or disabled.
+            ContainedError: the principal is held by containment.
+        """
+        row = self._store.principals.by_id(principal_id)
+        if row is None or not hmac.compare_digest(row.token_hash, token_hash):
+            raise AuthenticationError("the API token was rotated, or its principal removed")
+        return self._admitted(row)
+
+    def _admitted(self, row: PrincipalRow) -> Principal:
+        """The one place that decides whether an authenticated principal may act now."""
+        if row.disabled:
             raise AuthenticationError("invalid API token")
         # A containment hold stops the principal at once, on every replica, until an operator lifts it.
         if self._store.holds.active("principal", row.id) is not None:
@@ -138,6 +162,28 @@ class PrincipalService:
         )
         with self._recorder.write_ahead(intent):
             self._store.principals.disable(principal.id)
+
+    def rotate(self, actor: str, principal: PrincipalRow) -> str:
+        """Give a principal a new API token (shown once): the old one, and the console sessions
+        opened with it, stop working at once.
+
+        Raises:
+            ConflictError: the principal is disabled (rotation does not re-enable it).
+        """
+        if principal.disabled:
+            raise ConflictError(f"principal {principal.id} is disabled")
+        secret = secrets.token_urlsafe(32)
+        intent = AuditEvent(
+            type="principal.change.intent",
+            tenant=principal.tenant_id or "-",
+            actor=actor,
+            resource=f"principal:{principal.id}",
+            details={"op": "rotate-token"},
+        )
+        with self._recorder.write_ahead(intent):
+            if not self._store.principals.replace_token(principal.id, _hash_token(secret)):
+                raise ConflictError(f"principal {principal.id} is disabled or gone")
+        return f"{TOKEN_PREFIX}{principal.id}.{secret}"
 
     # -- tenants ----------------------------------------------------------------------------------
 

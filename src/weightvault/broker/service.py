@@ -20,6 +20,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from weightvault.attestation.registry import VerifierRegistry
+from weightvault.auditlog.checkpoint import Checkpoint
 from weightvault.auditlog.events import AuditEvent, SensitiveHasher
 from weightvault.auditlog.log import AuditSink, LogReader
 from weightvault.auditlog.tiles import tile_resource
@@ -197,6 +198,34 @@ class KeyBroker:
         return self.principals.create(actor.id, principal_id, tenant, role)
 
     def disable_principal(self, actor: Principal, principal_id: str) -> None:
+        self.principals.disable(actor.id, self._managed_principal(actor, principal_id))
+
+    def rotate_principal_token(self, actor: Principal, principal_id: str) -> str:
+        """A new API token for a principal (shown once); the old one stops at once.
+
+        Every principal may rotate its own. Otherwise the caller would hold the other's credential:
+        operators may do that for machines, tenant principals and sentinels, tenant admins for what
+        they may disable, but nobody for another operator or an approver (people acting on their own
+        authority: the way to stop theirs is to disable them).
+        """
+        if principal_id == actor.id:
+            row = self.principals.get(principal_id)
+            if row is None:
+                raise NotFoundError("no such principal")
+        else:
+            row = self._managed_principal(actor, principal_id)
+            if Role(row.role) in (Role.OPERATOR, Role.APPROVER):
+                raise PermissionDeniedError("operators and approvers rotate their own tokens; disable theirs instead")
+        return self.principals.rotate(actor.id, row)
+
+    def _managed_principal(self, actor: Principal, principal_id: str) -> PrincipalRow:
+        """A principal ``actor`` may disable or re-key: operators any; tenant admins their tenant's
+        publishers, auditors and workloads.
+
+        Raises:
+            PermissionDeniedError: the actor is neither.
+            NotFoundError: no such principal, or one the tenant admin may not touch (it cannot see those).
+        """
         row = self.principals.get(principal_id)
         if row is not None and actor.role is not Role.OPERATOR:
             actor.require(Role.TENANT_ADMIN)
@@ -204,7 +233,7 @@ class KeyBroker:
                 row = None  # what a tenant admin may not touch, it cannot see either
         if row is None:
             raise NotFoundError("no such principal")
-        self.principals.disable(actor.id, row)
+        return row
 
     def list_principals(self, actor: Principal, tenant: str | None) -> list[PrincipalRow]:
         scope = _tenant_scope(actor, tenant, Role.TENANT_ADMIN)
@@ -483,7 +512,16 @@ class KeyBroker:
             raise NotFoundError(f"no entry {index}")
         if self.reader.event(index).tenant != tenant:
             raise NotFoundError(f"no entry {index} in tenant {tenant}")
-        bundle = self.reader.proof_bundle(index, self.reader.served_checkpoint())
+        # Proofs are against the served checkpoint, which lags the head while witnesses have not yet
+        # cosigned one that covers the newest entries: say so, rather than fail as if the log were broken.
+        checkpoint = self.reader.served_checkpoint()
+        size = Checkpoint.from_text(checkpoint.text).size
+        if index >= size:
+            raise ConflictError(
+                f"entry {index} is not yet in a published checkpoint (it covers {size} entries); "
+                "retry once the witnesses have cosigned a newer one"
+            )
+        bundle = self.reader.proof_bundle(index, checkpoint)
         return {
             "index": index,
             "entry": bundle.extra or b"",
@@ -499,8 +537,8 @@ class KeyBroker:
     def console_principal(self, secret: str) -> Principal:
         return self.console.principal(secret)
 
-    def console_sign_out(self, secret: str) -> None:
-        self.console.sign_out(secret)
+    def console_sign_out(self, secret: str, csrf: str | None) -> None:
+        self.console.sign_out(secret, csrf)
 
     def audit_resource(self, actor: Principal, path: str) -> tuple[int, bytes, str]:
         """A tlog-tiles resource of the whole log (operators and sentinels): status, body, content type."""

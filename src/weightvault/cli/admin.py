@@ -54,7 +54,13 @@ def admin_tenant(
 )
 @click.option("--tenant", help="The principal's tenant (all roles but operator, approver and sentinel).")
 @click.option("--out", type=click.Path(path_type=Path), help="Write the API token here (mode 0600) instead of stdout.")
+@click.option("--force", is_flag=True, help="Replace the --out file (a token file rotated in place).")
 @click.option("--disable", is_flag=True, help="Disable the principal instead: its API token stops working at once.")
+@click.option(
+    "--rotate",
+    is_flag=True,
+    help="Give the principal a new API token instead (shown once): the old one stops working at once.",
+)
 @json_option
 @client_options
 def admin_principal(
@@ -62,30 +68,40 @@ def admin_principal(
     role: str | None,
     tenant: str | None,
     out: Path | None,
+    force: bool,
     disable: bool,
+    rotate: bool,
     as_json: bool,
     url: str | None,
     token: str | None,
     ca: Path | None,
 ) -> None:
-    """Create a principal and print (or save) its API token, shown only once; or --disable one."""
+    """Create a principal and print (or save) its API token, shown only once; --rotate its token
+    (anyone may rotate their own); or --disable it."""
     from weightvault.files import atomic_file
 
-    if disable == (role is not None):
-        raise ConfigError("give either --role (create a principal) or --disable")
+    if (role is not None) + disable + rotate != 1:
+        raise ConfigError("give one of --role (create a principal), --rotate or --disable")
+    # Checked before the broker is asked: a token it issued but this could not write would be lost.
+    if out is not None and out.exists() and not force:
+        raise ConfigError(f"{out} already exists (pass --force to replace it)")
     with make_client(url, token, ca) as client:
         if disable:
             client.disable_principal(principal_id)
             text = f"disabled {principal_id}: its API token no longer authenticates"
             report(as_json, text, {"principal": principal_id, "disabled": True})
             return
-        assert role is not None
-        secret = client.create_principal(principal_id, role, tenant)
-    doc = {"principal": principal_id, "role": role, "tenant": tenant}
+        if rotate:
+            secret = client.rotate_principal_token(principal_id)
+            doc: dict[str, object] = {"principal": principal_id, "rotated": True}
+        else:
+            assert role is not None
+            secret = client.create_principal(principal_id, role, tenant)
+            doc = {"principal": principal_id, "role": role, "tenant": tenant}
     if out is None:  # the token is shown this once, on stdout, as asked
         report(as_json, secret, doc | {"token": secret})
     else:
-        with atomic_file(out, mode=0o600) as handle:
+        with atomic_file(out, overwrite=force, mode=0o600) as handle:
             handle.write((secret + "\n").encode())
         report(as_json, f"wrote the API token of {principal_id} to {out}", doc | {"token_file": out})
 

@@ -251,6 +251,10 @@ class BrokerClient:
     def disable_principal(self, principal_id: str) -> None:
         self.request("POST", f"/v1/principals/{principal_id}/disable", {})
 
+    def rotate_principal_token(self, principal_id: str) -> str:
+        """A new API token for the principal (shown once); its old token stops working at once."""
+        return str(self.request("POST", f"/v1/principals/{principal_id}/token", {})["token"])
+
     def add_device(
         self,
         device_id: str,

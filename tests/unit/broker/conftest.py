@@ -4,6 +4,7 @@ go through the same facade and, where the protocol matters, the same client and 
 
 from __future__ import annotations
 
+import contextlib
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -77,10 +78,14 @@ def clock() -> Clock:
     return Clock()
 
 
-@pytest.fixture
-def in_process(tmp_path: Path, clock: Clock) -> Iterator[InProcess]:
-    """A broker with tenant acme (and globex), an admin, a publisher, a workload, and an open policy."""
-    audit = AuditLog(tmp_path / "audit.db", NoteSigner("broker.test/audit", Ed25519Signer.generate()), clock=clock)
+@contextlib.contextmanager
+def start_in_process(tmp_path: Path, clock: Clock, audit: AuditLog | None = None) -> Iterator[InProcess]:
+    """A broker with tenant acme (and globex), an admin, a publisher, a workload, and an open policy.
+
+    ``audit``: the log it writes to (by default a log of its own, without witnesses); closed here.
+    """
+    if audit is None:
+        audit = AuditLog(tmp_path / "audit.db", NoteSigner("broker.test/audit", Ed25519Signer.generate()), clock=clock)
     registry = VerifierRegistry({"insecure-sample": UnsafeSampleVerifier()})
     broker = open_broker(
         fresh_url(tmp_path),
@@ -106,6 +111,13 @@ def in_process(tmp_path: Path, clock: Clock) -> Iterator[InProcess]:
         yield env
     broker.close()
     audit.close()
+
+
+@pytest.fixture
+def in_process(tmp_path: Path, clock: Clock) -> Iterator[InProcess]:
+    """A broker with tenant acme (and globex), an admin, a publisher, a workload, and an open policy."""
+    with start_in_process(tmp_path, clock) as env:
+        yield env
 
 
 @pytest.fixture

@@ -7,13 +7,20 @@ tests/e2e/test_console.py; here every refusal is pinned down with a fake clock.
 from __future__ import annotations
 
 import re
+from collections.abc import Sequence
+from pathlib import Path
 
 import pytest
 from starlette.testclient import TestClient
 
-from tests.unit.broker.conftest import OPEN_POLICY, OPERATOR, InProcess
+from tests.unit.broker.conftest import OPEN_POLICY, OPERATOR, Clock, InProcess, start_in_process
+from tests.witnessed_log import LOG_KEY, witness
+from weightvault.auditlog import AuditLog, InProcessWitness, WitnessPolicy
+from weightvault.auditlog.checkpoint import Checkpoint
+from weightvault.auditlog.log import LogConfig
+from weightvault.auditlog.note import Note
 from weightvault.broker.service import Principal, Role
-from weightvault.errors import ContainedError, PermissionDeniedError, SessionEndedError
+from weightvault.errors import ContainedError, PermissionDeniedError, SessionEndedError, TransportError
 from weightvault.server.console import CONTENT_SECURITY_POLICY
 
 ORIGIN = "http://broker"
@@ -279,3 +286,45 @@ def test_guessing_tokens_at_the_sign_in_is_slowed_with_a_clear_page(in_process: 
     assert 429 == answers[-1].status_code
     assert "Too many requests" in answers[-1].text
     assert "Traceback" not in answers[-1].text
+
+
+class _Unpluggable(InProcessWitness):
+    """A witness in this process that can be cut off, as a network partition would."""
+
+    down = False
+
+    def add_checkpoint(self, old_size: int, proof: Sequence[bytes], note: Note) -> list[str]:
+        if self.down:
+            raise TransportError(f"witness {self.name} unreachable")
+        return super().add_checkpoint(old_size, proof, note)
+
+
+def test_an_entry_newer_than_the_published_checkpoint_is_not_yet_provable(tmp_path: Path, clock: Clock) -> None:
+    """With witnesses, proofs are against the last cosigned checkpoint; while the witnesses are
+    away, the newest entries get a clear 409 (shown by the console as pending), not a 503."""
+    cosigner = _Unpluggable(witness(tmp_path, 1))
+    audit = AuditLog(
+        tmp_path / "audit.db",
+        LOG_KEY,
+        witnesses=[cosigner],
+        policy=WitnessPolicy.threshold([cosigner.witness.signer.verifier], 1),
+        clock=clock,
+        config=LogConfig(batch_delay_s=0),
+    )
+    with start_in_process(tmp_path, clock, audit) as env:
+        browser, _ = _sign_in(env, "acme-auditor")
+        published = audit.publish_now()
+        covered = Checkpoint.from_text(published.text).size
+        cosigner.down = True
+        env.broker.create_principal(OPERATOR, "acme-late", "acme", "auditor")
+        env.last(covered, "principal.change.intent")
+        newest = max(i for i, e in audit.events(tenant="acme"))
+        assert newest >= covered
+        pending = browser.get(f"/console/api/t/acme/proof/{newest}")
+        assert 409 == pending.status_code
+        detail = pending.json()["detail"]
+        assert f"entry {newest} is not yet in a published checkpoint (it covers {covered} entries)" in detail
+        older = max(i for i, e in audit.events(tenant="acme") if i < covered)
+        proven = browser.get(f"/console/api/t/acme/proof/{older}")
+        assert 200 == proven.status_code
+        assert proven.json()["checkpoint"] == published.to_text()  # the cosigned checkpoint, not the head's

@@ -17,6 +17,7 @@ from weightvault.errors import (
     NotFoundError,
     PermissionDeniedError,
     SealedError,
+    SessionEndedError,
 )
 from weightvault.format.keys import FileKey
 
@@ -56,6 +57,57 @@ def test_tenant_admins_manage_only_their_own_principals(in_process: InProcess) -
         p.id
         for p in b.list_principals(ADMIN, "globex")  # asking for globex still lists acme
     }
+
+
+def test_rotating_a_token_stops_the_old_one_at_once(in_process: InProcess) -> None:
+    """Anyone rotates their own token; operators and tenant admins those they manage, never another
+    operator's or an approver's; a disabled principal stays disabled; each rotation is logged."""
+    b = in_process.broker
+    old = in_process.tokens["acme-workload"]
+    me = b.authenticate(old)
+    start = in_process.audit.size
+    new = b.rotate_principal_token(me, "acme-workload")
+    assert new != old
+    assert new.startswith("wv1_acme-workload.")
+    with pytest.raises(AuthenticationError):
+        b.authenticate(old)
+    assert me == b.authenticate(new)
+    logged = in_process.last(start, "principal.change.intent")
+    assert ("principal:acme-workload", "acme-workload", {"op": "rotate-token"}) == (
+        logged.resource,
+        logged.actor,
+        logged.details,
+    )
+    assert new not in str([e for _, e in in_process.audit.events(start=start)])
+    assert b.authenticate(b.rotate_principal_token(ADMIN, "acme-publisher")).id == "acme-publisher"
+    assert b.authenticate(b.rotate_principal_token(OPERATOR, "globex-admin")).id == "globex-admin"
+    with pytest.raises(NotFoundError):  # another tenant's, or another admin: invisible to a tenant admin
+        b.rotate_principal_token(ADMIN, "globex-workload")
+    with pytest.raises(NotFoundError):
+        b.rotate_principal_token(ADMIN, "operator")
+    with pytest.raises(PermissionDeniedError):  # a publisher manages nobody else
+        b.rotate_principal_token(PUBLISHER, "acme-workload")
+    b.create_principal(OPERATOR, "op2", None, "operator")
+    b.create_principal(OPERATOR, "approver1", None, "approver")
+    for person in ("op2", "approver1"):
+        with pytest.raises(PermissionDeniedError, match="rotate their own"):
+            b.rotate_principal_token(OPERATOR, person)
+    b.disable_principal(OPERATOR, "acme-auditor")
+    with pytest.raises(ConflictError, match="disabled"):
+        b.rotate_principal_token(OPERATOR, "acme-auditor")
+    with pytest.raises(AuthenticationError):
+        b.authenticate(in_process.tokens["acme-auditor"])
+    with pytest.raises(NotFoundError):
+        b.rotate_principal_token(OPERATOR, "nobody")
+
+
+def test_a_rotated_token_ends_the_console_sessions_opened_with_it(in_process: InProcess) -> None:
+    console = in_process.broker.console
+    session = console.sign_in(in_process.tokens["acme-auditor"])
+    auditor = console.principal(session.secret)
+    in_process.broker.rotate_principal_token(auditor, "acme-auditor")
+    with pytest.raises(SessionEndedError, match="no longer valid"):
+        console.principal(session.secret)
 
 
 def test_tenants_need_the_root_key(in_process: InProcess) -> None:

@@ -207,6 +207,16 @@ class PrincipalRepository(Repository):
         with self._db.write() as conn:
             conn.execute(sa.update(t.principals).where(t.principals.c.id == principal_id).values(disabled=True))
 
+    def replace_token(self, principal_id: str, token_hash: bytes) -> bool:
+        """Store a new token hash for an enabled principal; False if it is gone or disabled (no change)."""
+        query = (
+            sa.update(t.principals)
+            .where(t.principals.c.id == principal_id, t.principals.c.disabled == sa.false())
+            .values(token_hash=token_hash)
+        )
+        with self._db.write() as conn:
+            return conn.execute(query).rowcount == 1
+
 
 class DeviceRepository(Repository):
     """Devices, bound to one or more tenants."""

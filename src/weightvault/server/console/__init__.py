@@ -27,7 +27,7 @@ from starlette.staticfiles import StaticFiles
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from weightvault.auditlog.events import decode_event
-from weightvault.broker.console import check_csrf, csrf_token
+from weightvault.broker.console import csrf_token
 from weightvault.broker.protocol import problem_of
 from weightvault.broker.service import Principal, Role
 from weightvault.errors import (
@@ -255,9 +255,7 @@ def routes(http: HTTP, log_vkey: str | None = None) -> list[BaseRoute]:
         secret = request.cookies.get(_cookie_name(request), "")
         raw = await read_bounded(request, _MAX_FORM_BYTES)
         try:
-            await http.call(broker.console_principal, secret)
-            check_csrf(secret, _field(raw or b"", "csrf"))
-            await http.call(broker.console_sign_out, secret)
+            await http.call(broker.console_sign_out, secret, _field(raw or b"", "csrf"))
         except WeightVaultError as error:
             return error_page(request, error)
         response = RedirectResponse("/console/login?m=signed-out", status_code=303)

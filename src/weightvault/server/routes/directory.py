@@ -1,4 +1,5 @@
-"""Tenants and principals: ``/v1/tenants``, ``/v1/principals``, ``/v1/principals/{id}/disable``."""
+"""Tenants and principals: ``/v1/tenants``, ``/v1/principals``, ``/v1/principals/{id}/disable``,
+``/v1/principals/{id}/token`` (a new API token)."""
 
 from __future__ import annotations
 
@@ -39,8 +40,15 @@ def routes(http: HTTP) -> list[BaseRoute]:
         await http.call(broker.disable_principal, who, request.path_params["pid"])
         return JSONResponse({"id": request.path_params["pid"], "disabled": True})
 
+    @handler
+    async def rotate(request: Request) -> Response:
+        who = await http.principal(request)
+        token = await http.call(broker.rotate_principal_token, who, request.path_params["pid"])
+        return JSONResponse({"id": request.path_params["pid"], "token": token})
+
     return [
         Route("/v1/tenants", tenants, methods=["GET", "POST"]),
         Route("/v1/principals", principals, methods=["GET", "POST"]),
         Route("/v1/principals/{pid}/disable", disable, methods=["POST"]),
+        Route("/v1/principals/{pid}/token", rotate, methods=["POST"]),
     ]

@@ -99,11 +99,12 @@ function pinnedKey(vkey) {
   return { vkey: pinned, fresh: false };
 }
 
-function show(section, ok, message, facts, entryText) {
+// result: "verified", "failed", or "pending" (the entry is newer than the published checkpoint).
+function show(section, result, message, facts, entryText) {
   const status = section.querySelector("#proof-status");
   status.textContent = message;
-  status.className = "status " + (ok ? "ok" : "failed");
-  section.dataset.result = ok ? "verified" : "failed";
+  status.className = "status " + ({ verified: "ok", pending: "pending" }[result] || "failed");
+  section.dataset.result = result;
   const dl = section.querySelector("#proof-facts");
   dl.replaceChildren();
   for (const [k, v] of facts) {
@@ -122,6 +123,12 @@ async function verifyProof(section) {
   try {
     if (!window.crypto || !crypto.subtle) throw new Error("this page is not a secure context: serve the console over HTTPS");
     const response = await fetch(section.dataset.proofUrl, { credentials: "same-origin", cache: "no-store" });
+    if (response.status === 409) {
+      // Not a failed proof: witnesses have not yet cosigned a checkpoint that covers the entry.
+      const problem = await response.json().catch(() => ({}));
+      show(section, "pending", "Not yet provable: " + (problem.detail || "the entry is newer than the published checkpoint"), facts, "");
+      return;
+    }
     if (!response.ok) throw new Error("the broker answered " + response.status);
     const doc = await response.json();
     const index = Number(section.dataset.index);
@@ -151,9 +158,9 @@ async function verifyProof(section) {
     }
     const witnesses = note.sigs.filter((s) => s.name !== key.name).length;
     facts.push(["Other signatures (witnesses)", String(witnesses) + ", not checked here: weightvault audit verify checks them"]);
-    show(section, true, "Verified: entry " + index + " is in the log of " + note.size + " entries, under a checkpoint the log key signed.", facts, entryText);
+    show(section, "verified", "Verified: entry " + index + " is in the log of " + note.size + " entries, under a checkpoint the log key signed.", facts, entryText);
   } catch (error) {
-    show(section, false, "Failed: " + error.message, facts, entryText);
+    show(section, "failed", "Failed: " + error.message, facts, entryText);
   }
 }
 
