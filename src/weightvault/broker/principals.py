@@ -181,8 +181,9 @@ class PrincipalService:
             details={"op": "rotate-token"},
         )
         with self._recorder.write_ahead(intent):
-            if not self._store.principals.replace_token(principal.id, _hash_token(secret)):
-                raise ConflictError(f"principal {principal.id} is disabled or gone")
+            # Compare and swap: of two rotations at once, one fails rather than hand out a dead token.
+            if not self._store.principals.replace_token(principal.id, principal.token_hash, _hash_token(secret)):
+                raise ConflictError(f"principal {principal.id} was disabled, removed or rotated meanwhile")
         return f"{TOKEN_PREFIX}{principal.id}.{secret}"
 
     # -- tenants ----------------------------------------------------------------------------------

@@ -213,3 +213,16 @@ def test_sessions_are_found_by_their_hash_and_deleted_once(store: BrokerStore) -
     assert store.console_sessions.get(b"\x01" * 32) is None
     assert store.console_sessions.delete(b"\x04" * 32)
     assert not store.console_sessions.delete(b"\x04" * 32)
+
+
+def test_a_token_is_replaced_only_while_it_is_the_one_expected(store: BrokerStore) -> None:
+    """Compare and swap: a stale old hash (a concurrent rotation) or a disabled principal change nothing."""
+    store.principals.create(PrincipalRow("wl", "acme", "workload", b"\x01" * 32, disabled=False), now=1)
+    assert not store.principals.replace_token("wl", b"\x09" * 32, b"\x02" * 32)
+    assert b"\x01" * 32 == store.principals.by_id("wl").token_hash  # type: ignore[union-attr]
+    assert store.principals.replace_token("wl", b"\x01" * 32, b"\x02" * 32)
+    assert not store.principals.replace_token("wl", b"\x01" * 32, b"\x03" * 32)
+    store.principals.disable("wl")
+    assert not store.principals.replace_token("wl", b"\x02" * 32, b"\x03" * 32)
+    assert not store.principals.replace_token("nobody", b"\x02" * 32, b"\x03" * 32)
+    assert b"\x02" * 32 == store.principals.by_id("wl").token_hash  # type: ignore[union-attr]

@@ -207,12 +207,17 @@ class PrincipalRepository(Repository):
         with self._db.write() as conn:
             conn.execute(sa.update(t.principals).where(t.principals.c.id == principal_id).values(disabled=True))
 
-    def replace_token(self, principal_id: str, token_hash: bytes) -> bool:
-        """Store a new token hash for an enabled principal; False if it is gone or disabled (no change)."""
+    def replace_token(self, principal_id: str, old_hash: bytes, new_hash: bytes) -> bool:
+        """Replace an enabled principal's token hash, if it is still ``old_hash`` (compare and swap);
+        False, changing nothing, if the principal is gone, disabled or was rotated meanwhile."""
         query = (
             sa.update(t.principals)
-            .where(t.principals.c.id == principal_id, t.principals.c.disabled == sa.false())
-            .values(token_hash=token_hash)
+            .where(
+                t.principals.c.id == principal_id,
+                t.principals.c.disabled == sa.false(),
+                t.principals.c.token_hash == old_hash,
+            )
+            .values(token_hash=new_hash)
         )
         with self._db.write() as conn:
             return conn.execute(query).rowcount == 1
