@@ -22,6 +22,11 @@ def pytest_addoption(parser: pytest.Parser) -> None:
         default="sqlite",
         help="the broker's storage engine under test (PostgreSQL: a server this run starts)",
     )
+    parser.addoption(
+        "--all-tests",
+        action="store_true",
+        help="with --database postgresql: also the tests that never open a broker database",
+    )
 
 
 def pytest_configure(config: pytest.Config) -> None:
@@ -30,13 +35,35 @@ def pytest_configure(config: pytest.Config) -> None:
 
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
     """Failure drills start their own PostgreSQL servers whatever the backend: they run once,
-    in the PostgreSQL pass, unless asked for by name (``-m drill``)."""
-    if databases.backend() == "postgresql" or "drill" in (config.getoption("-m") or ""):
+    in the PostgreSQL pass, unless asked for by name (``-m drill``).
+
+    The PostgreSQL pass runs only the tests that can open a broker database
+    (:func:`tests.databases.uses_database`) and the drills: every other test would repeat
+    the SQLite pass exactly. ``--all-tests`` runs everything on PostgreSQL anyway.
+    """
+    if databases.backend() == "postgresql":
+        if config.getoption("--all-tests"):
+            return
+        kept = [i for i in items if i.get_closest_marker("drill") is not None or databases.uses_database(i)]
+        if len(kept) < len(items):
+            config.hook.pytest_deselected(items=[i for i in items if i not in set(kept)])
+            items[:] = kept
+        return
+    if "drill" in (config.getoption("-m") or ""):
         return
     skip = pytest.mark.skip(reason="a drill: runs in the --database postgresql pass (or with -m drill)")
     for item in items:
         if item.get_closest_marker("drill") is not None:
             item.add_marker(skip)
+
+
+@pytest.hookimpl(wrapper=True)
+def pytest_runtest_protocol(item: pytest.Item, nextitem: pytest.Item | None) -> object:
+    databases.running(item)
+    try:
+        return (yield)
+    finally:
+        databases.running(None)
 
 
 def pytest_report_header(config: pytest.Config) -> str:

@@ -8,7 +8,9 @@ are with files. :class:`PostgresCluster` is also what the drills and benchmarks 
 
 from __future__ import annotations
 
+import ast
 import contextlib
+import functools
 import os
 import pwd
 import secrets
@@ -24,10 +26,10 @@ import pytest
 
 from tests.e2e.servers import free_port
 
-__all__ = ["PostgresCluster", "backend", "fresh_url", "init_options", "select", "shutdown"]
+__all__ = ["PostgresCluster", "backend", "fresh_url", "init_options", "select", "shutdown", "uses_database"]
 
 BACKENDS: Final = ("sqlite", "postgresql")
-_state: dict[str, object] = {"backend": "sqlite", "cluster": None}
+_state: dict[str, object] = {"backend": "sqlite", "cluster": None, "running": None}
 
 
 def postgres_bindir() -> Path | None:
@@ -136,7 +138,25 @@ def select(name: str) -> None:
 
 
 def backend() -> str:
+    _check_selected()
     return str(_state["backend"])
+
+
+def running(item: pytest.Item | None) -> None:
+    """Note the test now running (None after it), for :func:`_check_selected`."""
+    _state["running"] = item
+
+
+def _check_selected() -> None:
+    """Fail a test that reaches the backend although :func:`uses_database` says it does not:
+    the PostgreSQL pass would skip it, so its PostgreSQL half would never run. Every test
+    runs in the SQLite pass, which therefore checks the selection of the other."""
+    item = _state["running"]
+    if isinstance(item, pytest.Item) and not uses_database(item):
+        pytest.fail(
+            f"{item.nodeid} opens a broker database, but tests.databases.uses_database cannot see it "
+            "(import the fixture or helper that does from a test module, or from tests.databases)"
+        )
 
 
 def _cluster() -> PostgresCluster:
@@ -152,6 +172,7 @@ def _cluster() -> PostgresCluster:
 
 def fresh_url(directory: Path, name: str = "broker.db") -> str:
     """A broker database of its own: ``directory/name`` on SQLite, a new database on PostgreSQL."""
+    _check_selected()
     if backend() == "postgresql":
         return _cluster().create_database()
     return f"sqlite:///{directory / name}"
@@ -159,6 +180,7 @@ def fresh_url(directory: Path, name: str = "broker.db") -> str:
 
 def init_options() -> list[str]:
     """The options ``weightvault broker init`` needs for this run's backend (none for SQLite)."""
+    _check_selected()
     if backend() == "postgresql":
         return ["--database-url", _cluster().create_database()]
     return []
@@ -169,3 +191,66 @@ def shutdown() -> None:
     if isinstance(cluster, PostgresCluster):
         cluster.destroy()
         _state["cluster"] = None
+
+
+# -- which tests the PostgreSQL pass needs ---------------------------------------------------------
+
+_TESTS: Final = Path(__file__).resolve().parent
+_THIS: Final = Path(__file__).resolve()
+
+
+@functools.cache
+def _imports(path: Path) -> frozenset[Path]:
+    """The modules of this test tree that ``path`` imports (anywhere in it, also inside functions)."""
+    found: set[Path] = set()
+    for node in ast.walk(ast.parse(path.read_text(), str(path))):
+        names: list[str] = []
+        if isinstance(node, ast.Import):
+            names = [alias.name for alias in node.names]
+        elif isinstance(node, ast.ImportFrom) and node.module and node.level == 0:
+            # ``from tests import databases`` names a module; ``from tests.x import y`` a module's member.
+            names = [node.module, *(f"{node.module}.{alias.name}" for alias in node.names)]
+        for name in names:
+            if name == "tests" or not name.startswith("tests."):
+                continue
+            base = _TESTS.parent.joinpath(*name.split("."))
+            for candidate in (base.with_suffix(".py"), base / "__init__.py"):
+                if candidate.is_file():
+                    found.add(candidate.resolve())
+    return frozenset(found)
+
+
+@functools.cache
+def _reaches_database(path: Path) -> bool:  # cached: asked for every test, by path
+    """Whether ``path`` imports this module, directly or through other test modules."""
+    seen: set[Path] = set()
+    todo = [path.resolve()]
+    while todo:
+        current = todo.pop()
+        if current == _THIS:
+            return True
+        if current in seen:
+            continue
+        seen.add(current)
+        todo.extend(_imports(current))
+    return False
+
+
+def uses_database(item: pytest.Item) -> bool:
+    """Whether a test can open a broker database: its module, or a module defining one of its
+    fixtures, reaches this module's ``fresh_url``/``init_options``/``backend`` through its imports.
+
+    The root conftest (which imports this module for ``--database``) does not count. Tests for
+    which this is False do the same thing on either backend, so the PostgreSQL pass skips them.
+    """
+    modules = {Path(str(item.fspath))}
+    info = getattr(item, "_fixtureinfo", None)
+    for defs in info.name2fixturedefs.values() if info is not None else ():
+        for fixture in defs:
+            source = getattr(fixture.func, "__code__", None)
+            if source is not None:
+                modules.add(Path(source.co_filename))
+    root_conftest = _TESTS / "conftest.py"
+    return any(
+        _reaches_database(m) for m in modules if m.resolve() != root_conftest and m.resolve().is_relative_to(_TESTS)
+    )
