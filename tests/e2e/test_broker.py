@@ -256,6 +256,9 @@ def test_verifier_the_policy_does_not_name(broker: Broker) -> None:
     ("headers", "content", "status", "code"),
     [
         ({"content-type": "application/json"}, b"{not json", 400, "invalid_json"),
+        ({"content-type": "application/json"}, b"[" * 20_000, 400, "invalid_json"),  # a RecursionError, once
+        ({"content-type": "application/json"}, b'{"device_id": "a", "device_id": "b"}', 400, "invalid_json"),
+        ({"content-type": "application/json"}, b'{"device_id": NaN}', 400, "invalid_json"),
         ({"content-type": "text/plain"}, b"{}", 415, "unsupported_media_type"),
         ({"content-type": "application/json"}, b'{"device_id": "x", "extra": 1}', 422, "invalid_request"),
         ({"content-type": "application/json"}, b'{"device_id": 5}', 422, "invalid_request"),
@@ -263,7 +266,8 @@ def test_verifier_the_policy_does_not_name(broker: Broker) -> None:
     ],
 )
 def test_malformed_requests(broker: Broker, headers: dict[str, str], content: bytes, status: int, code: str) -> None:
-    """Malformed JSON, wrong content type, unknown fields, wrong types and oversize bodies get problem+json."""
+    """Malformed JSON (deeply nested, duplicate keys, NaN too), wrong content type, unknown fields,
+    wrong types and oversize bodies get problem+json."""
     reply = httpx.post(
         broker.url + "/v1/challenges",
         content=content,

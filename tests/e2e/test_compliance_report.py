@@ -110,6 +110,10 @@ def test_refusals_have_their_exit_codes(witnessed_log: dict[str, Path], tmp_path
     (tmp_path / "cut.json").write_text((tmp_path / "r.json").read_text()[:500])
     cut = wv("report", "verify", tmp_path / "cut.json", "--log-key", log_vkey, "--witness", w1)
     assert cut.returncode == 45
+    (tmp_path / "deep.json").write_text("[" * 100_000)
+    deep = wv("report", "verify", tmp_path / "deep.json", "--log-key", log_vkey, "--witness", w1)
+    assert (45, 1) == (deep.returncode, deep.stderr.count("\n"))  # once a RecursionError's traceback
+    assert "nested too deeply" in deep.stderr
     assert wv("report", "render", tmp_path / "r.json", "--format", "html", "--out", tmp_path / "r.html").returncode == 0
     page = (tmp_path / "r.html").read_text()
     (tmp_path / "edited.html").write_text(page.replace(">not met</span>", ">met</span>", 1))

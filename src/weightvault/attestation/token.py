@@ -21,7 +21,6 @@ from __future__ import annotations
 import base64
 import binascii
 import hmac
-import json
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -36,6 +35,7 @@ from weightvault.attestation.interfaces import (
     ClaimValue,
     evidence_digest,
 )
+from weightvault.encoding import parse_json_object
 from weightvault.errors import ConfigError, EvidenceError
 
 __all__ = ["TOKEN_ID", "AttestationTokenVerifier", "TokenIssuer"]
@@ -79,7 +79,7 @@ class TokenIssuer:
     @classmethod
     def from_config(cls, raw: Mapping[str, Any], base: Path) -> TokenIssuer:
         try:
-            jwks = json.loads((base / raw["jwks_file"]).read_text())
+            jwks = parse_json_object((base / raw["jwks_file"]).read_bytes(), "jwks_file", ConfigError)
             return cls(
                 name=str(raw["name"]),
                 issuer=str(raw["issuer"]),

@@ -19,7 +19,8 @@ from weightvault.auditlog.checkpoint import VerifiedCheckpoint, verify_checkpoin
 from weightvault.auditlog.merkle import verify_consistency
 from weightvault.auditlog.note import Note, NoteVerifier
 from weightvault.auditlog.policy import WitnessPolicy
-from weightvault.errors import CheckpointError, ConsistencyError
+from weightvault.encoding import parse_json_object
+from weightvault.errors import AuditLogError, CheckpointError, ConsistencyError
 from weightvault.files import atomic_file
 
 __all__ = ["LogVerifier", "TrustedState"]
@@ -32,7 +33,7 @@ class TrustedState:
         self.path = Path(path) if path is not None else None
         self._state: dict[str, tuple[int, bytes]] = {}
         if self.path is not None and self.path.exists():
-            doc = json.loads(self.path.read_text())
+            doc = parse_json_object(self.path.read_bytes(), f"{self.path}: the monitor's state", AuditLogError)
             self._state = {o: (int(v["size"]), base64.b64decode(v["root"])) for o, v in doc.items()}
 
     def get(self, origin: str) -> tuple[int, bytes] | None:

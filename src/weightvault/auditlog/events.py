@@ -21,7 +21,6 @@ from __future__ import annotations
 import base64
 import hashlib
 import hmac as _hmac
-import json
 import re
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field, replace
@@ -30,7 +29,7 @@ from typing import Any, Final
 import rfc8785
 
 from weightvault.auditlog.merkle import MAX_ENTRY_BYTES
-from weightvault.encoding import canonical_json
+from weightvault.encoding import canonical_json, parse_json
 from weightvault.errors import AuditLogError
 
 __all__ = [
@@ -247,10 +246,7 @@ def decode_event(data: bytes) -> AuditEvent:
     """
     if len(data) > MAX_EVENT_BYTES:
         raise AuditLogError("event exceeds the size limit")
-    try:
-        doc = json.loads(data)
-    except ValueError as exc:
-        raise AuditLogError("event is not JSON") from exc
+    doc = parse_json(data, "event is not JSON", AuditLogError)
     if not isinstance(doc, dict) or doc.get("v") != EVENT_VERSION:
         raise AuditLogError("event has an unknown version")
     try:

@@ -61,7 +61,7 @@ from weightvault.broker.storage.snapshot import export_database
 from weightvault.custody.approvals import RESTORE_OP, ApprovalPolicy, ApprovalRequest, SignedApproval, evaluate
 from weightvault.custody.ceremony import Ceremony, Submission
 from weightvault.custody.shares import ShareSet
-from weightvault.encoding import canonical_json
+from weightvault.encoding import canonical_json, parse_json, parse_json_object
 from weightvault.errors import (
     ApprovalInvalidError,
     ApprovalRequiredError,
@@ -327,10 +327,7 @@ def read_manifest(path: Path, verifier: NoteVerifier, *, payload_to: Path | None
     lines = note.text.split("\n")
     if len(lines) != 3 or lines[0] != HEADER or lines[2] != "":
         raise BackupError(f"{path}: not a weightvault broker backup")
-    try:
-        manifest = BackupManifest.from_json(json.loads(lines[1]))
-    except json.JSONDecodeError as exc:
-        raise BackupError(f"{path}: the backup manifest is malformed") from exc
+    manifest = BackupManifest.from_json(parse_json(lines[1], f"{path}: the backup manifest is malformed", BackupError))
     if payload is not None and (
         payload[0] != manifest.payload_bytes or not hmac.compare_digest(payload[1], manifest.payload_sha256)
     ):
@@ -710,7 +707,7 @@ def database_export(unpacked: Path) -> dict[str, Any]:
         BackupError: it does not parse.
     """
     try:
-        doc = json.loads((unpacked / "database.json").read_bytes())
+        doc = parse_json((unpacked / "database.json").read_bytes(), "the backup's database.json", BackupError)
     except (OSError, json.JSONDecodeError) as exc:
         raise BackupError("the backup's database export is malformed") from exc
     if not isinstance(doc, dict):
@@ -724,7 +721,8 @@ def approval_policy_of(export: Mapping[str, Any]) -> ApprovalPolicy | None:
     if not rows:
         return None
     newest = max(rows, key=lambda r: int(r["version"]))
-    return ApprovalPolicy.parse(json.loads(newest["document"]), int(newest["version"]))
+    document = parse_json_object(newest["document"], "the backup's approval policy", BackupError)
+    return ApprovalPolicy.parse(document, int(newest["version"]))
 
 
 def check_override(

@@ -23,13 +23,12 @@ from __future__ import annotations
 import base64
 import binascii
 import enum
-import json
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Final
 
 from weightvault import errors as e
-from weightvault.encoding import canonical_json
+from weightvault.encoding import canonical_json, parse_json
 from weightvault.format.keys import FileKey, TensorKeys
 
 __all__ = [
@@ -105,7 +104,7 @@ class ReleasePayload:
             KeyAccessError: malformed, another version, or bound to another tenant, resource or session.
         """
         try:
-            doc = json.loads(plaintext)
+            doc = parse_json(plaintext, "the release payload", e.KeyAccessError)
             if not isinstance(doc, dict) or doc.get("v") != RELEASE_PAYLOAD_VERSION:
                 raise e.KeyAccessError("the release payload has an unknown version")
             if (doc.get("tenant"), doc.get("resource"), doc.get("jti")) != (tenant, resource, jti):

@@ -15,6 +15,7 @@ from weightvault.cli.options import (
     parse_ms,
     report,
 )
+from weightvault.encoding import parse_json
 from weightvault.errors import ConfigError
 
 __all__ = ["admin"]
@@ -179,10 +180,7 @@ def admin_policy(
             return
         if not name or document is None:
             raise ConfigError("give the policy name and a JSON document")
-        try:
-            doc = json.loads(document.read_text())
-        except ValueError as exc:
-            raise ConfigError(f"{document}: not JSON ({exc})") from exc
+        doc = parse_json(document.read_bytes(), str(document), ConfigError)
         version = client.put_policy(tenant, name, doc, approval)
         text = f"policy {tenant}/{name} is now version {version}"
         report(as_json, text, {"tenant": tenant, "policy": name, "version": version})

@@ -12,6 +12,7 @@ import click
 from weightvault.broker.config import DEFAULTS, check_storage_url
 from weightvault.cli.custody import load_person_public, share_file_bytes
 from weightvault.cli.options import is_database_url, json_option, report
+from weightvault.encoding import parse_json_object
 from weightvault.errors import BackupError, ConfigError
 
 __all__ = ["broker"]
@@ -735,7 +736,7 @@ def _read_approval(path: Path) -> tuple[str, Any]:
     from weightvault.custody.approvals import SignedApproval
 
     try:
-        doc = json.loads(path.read_text())
+        doc = parse_json_object(path.read_bytes(), f"{path}: not a signed approval", ConfigError)
         approval = SignedApproval(
             str(doc["approver"]), str(doc["decision"]), int(doc["expires_at"]), base64.b64decode(doc["signature"])
         )
@@ -792,8 +793,10 @@ def _approve_rollback(
             "sign-file', then run this again with --approval FILE for each"
         )
     try:
-        request = ApprovalRequest.from_json(json.loads(request_path.read_text()))
-    except (OSError, ValueError) as exc:
+        request = ApprovalRequest.from_json(
+            parse_json_object(request_path.read_bytes(), "approval request", ConfigError)
+        )
+    except (OSError, ValueError, ConfigError) as exc:
         raise ConfigError(f"{request_path}: not an approval request") from exc
     signed = [a for digest, a in approvals if digest == request.digest]
     approvers = check_override(request, manifest, head, policy, approvals=signed, now=now)

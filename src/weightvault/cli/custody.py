@@ -19,6 +19,7 @@ import click
 
 from weightvault.cli.options import client_options, json_option, make_anonymous_client, make_client, report
 from weightvault.cli.prompts import ask_passphrase
+from weightvault.encoding import parse_json, parse_json_object
 from weightvault.errors import ConfigError
 from weightvault.files import read_private_file
 
@@ -41,8 +42,8 @@ def load_person_public(path: Path) -> Any:
     from weightvault.custody.person import PersonPublic
 
     try:
-        doc = json.loads(path.read_text())
-    except (OSError, ValueError) as exc:
+        doc = parse_json(path.read_bytes(), f"{path}: not a public key file", ConfigError)
+    except OSError as exc:
         raise ConfigError(f"{path}: not a public key file ({exc})") from exc
     if not isinstance(doc, dict):
         raise ConfigError(f"{path}: not a public key file")
@@ -115,8 +116,8 @@ def share_file_bytes(set_id: str, custodian: str, sealed: bytes) -> bytes:
 
 def _read_share_file(path: Path) -> tuple[str, str, bytes]:
     try:
-        doc = json.loads(path.read_text())
-        if doc.get("kind") != SHARE_KIND or doc.get("version") != 1:
+        doc = parse_json(path.read_bytes(), f"{path}: not a weightvault share file", ConfigError)
+        if not isinstance(doc, dict) or doc.get("kind") != SHARE_KIND or doc.get("version") != 1:
             raise ValueError("not a weightvault share file")
         return str(doc["set"]), str(doc["custodian"]), base64.b64decode(doc["sealed"], validate=True)
     except (OSError, ValueError, KeyError, TypeError) as exc:
@@ -325,10 +326,11 @@ def custody_submit_file(
     from weightvault.errors import CeremonyError
     from weightvault.files import read_bounded_file
 
-    try:
-        doc = json.loads(read_bounded_file(request, "ceremony request", max_bytes=64 << 10))
-    except ValueError as exc:
-        raise CeremonyError(f"{request}: not a ceremony request ({exc})") from exc
+    doc = parse_json(
+        read_bounded_file(request, "ceremony request", max_bytes=64 << 10),
+        f"{request}: not a ceremony request",
+        CeremonyError,
+    )
     if not isinstance(doc, dict):
         raise CeremonyError(f"{request}: not a ceremony request")
     terms = CeremonyTerms.from_json(doc)
@@ -432,10 +434,7 @@ def approval_policy(
             return
         if document is None:
             raise ConfigError("approval policy put needs a DOCUMENT")
-        try:
-            doc = json.loads(document.read_text())
-        except ValueError as exc:
-            raise ConfigError(f"{document}: not JSON ({exc})") from exc
+        doc = parse_json(document.read_bytes(), str(document), ConfigError)
         version = client.put_approval_policy(doc, approval_id)
     report(as_json, f"approval policy is now version {version}", {"version": version})
 
@@ -489,8 +488,10 @@ def approval_sign_file(
     from weightvault.files import atomic_file
 
     try:
-        request = ApprovalRequest.from_json(json.loads(request_file.read_text()))
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
+        request = ApprovalRequest.from_json(
+            parse_json_object(request_file.read_bytes(), "approval request", ConfigError)
+        )
+    except (OSError, ConfigError) as exc:
         raise ConfigError(f"{request_file}: not an approval request") from exc
     key = load_person_key(key_path)
     decision = "deny" if deny else "approve"

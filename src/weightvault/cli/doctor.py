@@ -22,6 +22,7 @@ from typing import Final
 import click
 
 from weightvault.client.workload import BROKER_ENV
+from weightvault.encoding import parse_json_object
 from weightvault.errors import ConfigError, WeightVaultError
 
 __all__ = ["doctor"]
@@ -139,8 +140,9 @@ def _broker(url: str | None, ca: Path | None) -> list[Check]:
         checks.append(Check("broker", "ok", f"{url} is ready"))
     else:
         try:
-            why = str(reply.json().get("detail") or reply.json().get("reason") or reply.status_code)
-        except ValueError:
+            doc = parse_json_object(reply.content, "answer", ConfigError)
+            why = str(doc.get("detail") or doc.get("reason") or reply.status_code)
+        except ConfigError:
             why = f"HTTP {reply.status_code}"
         fix = "see the broker's log and docs/operations.md"
         checks.append(Check("broker", "FAIL", f"{url} is not ready: {why}", fix))

@@ -26,6 +26,7 @@ from weightvault.crypto.keywrap import HPKEKem, InvalidTag, hpke_generate, hpke_
 from weightvault.custody.approvals import ApprovalRequest, approval_message
 from weightvault.custody.ceremony import CeremonyTerms, cancel_message, prepare_submission
 from weightvault.custody.person import PersonKey
+from weightvault.encoding import parse_json
 from weightvault.format.keys import FileKey, TensorKeys
 from weightvault.format.manifest import ModelManifest
 from weightvault.format.recipients import HPKEIdentity, Stanza
@@ -163,10 +164,11 @@ class BrokerClient:
         except httpx.HTTPError as exc:
             raise e.TransportError(f"broker {self.url} unreachable: {type(exc).__name__}") from exc
         if reply.status_code < 400:
-            return reply.json()
+            # A broker (or whatever answers in its place) is not trusted to send well-formed JSON.
+            return parse_json(reply.content, f"broker {self.url} answered {path} with", e.ServerError)
         try:
-            problem = reply.json()
-        except ValueError:
+            problem = parse_json(reply.content, "problem", e.ServerError)
+        except e.ServerError:
             problem = {}
         if not isinstance(problem, dict):
             problem = {}

@@ -17,6 +17,7 @@ from collections.abc import Mapping, Sequence
 from typing import Any, Final
 
 from weightvault.auditlog.events import decode_event
+from weightvault.encoding import parse_json
 from weightvault.errors import AuditLogError, ReportError
 
 __all__ = ["check_page", "render_html"]
@@ -175,10 +176,7 @@ def check_page(page: str, doc: Mapping[str, Any]) -> None:
     start = page.find(marker)
     if start >= 0:
         end = page.find("</script>", start)
-        try:
-            listed = json.loads(page[start + len(marker) : end])
-        except ValueError as exc:
-            raise ReportError("report_page: the page's list of changes is not JSON") from exc
+        listed = parse_json(page[start + len(marker) : end], "report_page: the page's list of changes", ReportError)
         if not isinstance(listed, list) or not all(isinstance(c, dict) for c in listed):
             raise ReportError("report_page: the page's list of changes is malformed")
         changes = listed

@@ -37,7 +37,8 @@ from starlette.responses import JSONResponse, Response, StreamingResponse
 from starlette.routing import Route
 
 from weightvault.auditlog.events import AuditEvent
-from weightvault.errors import AuthenticationError, ContainedError
+from weightvault.encoding import parse_json_object
+from weightvault.errors import AuthenticationError, ContainedError, InvalidRequestError, ServerError
 from weightvault.gateway.budgets import Unit
 from weightvault.gateway.sketch import PromptFingerprint
 from weightvault.gateway.state import Caller, GatewayState
@@ -445,9 +446,9 @@ def _bearer(request: Request) -> str | None:
 def _usage(content: bytes) -> tuple[int, int]:
     """(prompt tokens, completion tokens) from a JSON answer's ``usage``, 0 where absent."""
     try:
-        usage = json.loads(content).get("usage") or {}
+        usage = parse_json_object(content, "the model's answer", InvalidRequestError).get("usage") or {}
         return int(usage.get("prompt_tokens") or 0), int(usage.get("completion_tokens") or 0)
-    except (ValueError, AttributeError, TypeError):
+    except (InvalidRequestError, ValueError, AttributeError, TypeError):
         return 0, 0
 
 
@@ -474,7 +475,9 @@ def upstream_models(routes: Mapping[str, Upstream]) -> dict[str, int]:
         else:
             client = httpx.Client(base_url=upstream.target)
         with client:
-            listed = client.get("/v1/models", timeout=30).json()
+            listed = parse_json_object(
+                client.get("/v1/models", timeout=30).content, "the model's /v1/models", ServerError
+            )
         for entry in listed.get("data", []):
             params = entry.get("weightvault", {}).get("parameters") if isinstance(entry, dict) else None
             if entry.get("id") == model and isinstance(params, int) and params > 0:

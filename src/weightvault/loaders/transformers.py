@@ -10,12 +10,12 @@ model's. Nothing is decrypted to disk.
 
 from __future__ import annotations
 
-import json
 import os
 import tempfile
 from pathlib import Path
 from typing import Any, Final
 
+from weightvault.encoding import parse_json
 from weightvault.errors import ConfigError, ManifestError
 
 # Before weightvault.loaders.torch, whose own hint names only the torch extra.
@@ -48,10 +48,7 @@ _TOKENIZER_FILES: Final = (
 def load_config(model: SealedModel) -> Any:
     """The model's configuration, from its authenticated ``config.json``."""
     raw = model.read_bytes("config.json")
-    try:
-        doc = json.loads(raw)
-    except ValueError as exc:
-        raise ManifestError("config.json is not valid JSON") from exc
+    doc = parse_json(raw, "config.json is not valid JSON", ManifestError)
     if not isinstance(doc, dict) or "model_type" not in doc:
         raise ManifestError("config.json has no model_type")
     return transformers.AutoConfig.for_model(**doc)

@@ -114,7 +114,7 @@ class NetworkNamespace:
         out: Blocked = {}
         for family, set_name in (("ipv4", "blocked4"), ("ipv6", "blocked6")):
             text = _run(["ip", "netns", "exec", self.name, "nft", "-j", "list", "set", "inet", NFT_TABLE, set_name])
-            for item in json.loads(text).get("nftables", []):
+            for item in json.loads(text).get("nftables", []):  # noqa: TID251 - nft's own output
                 for elem in item.get("set", {}).get("elem", []):
                     entry = elem.get("elem", {})
                     dst, proto, port = entry.get("val", {}).get("concat", ["", "other", 0])

@@ -27,6 +27,7 @@ from pathlib import Path
 from typing import Any, Final, Protocol
 
 from weightvault.auditlog.follower import TileFollower
+from weightvault.encoding import parse_json_object
 from weightvault.errors import AuditLogError, RuleError, UnavailableError, WeightVaultError
 from weightvault.files import atomic_file
 from weightvault.sentinel.alerts import SEVERITIES, Alert
@@ -187,8 +188,10 @@ class LiveSentinel:
         if self.state_path is None or not self.state_path.exists():
             return
         try:
-            doc = json.loads(self.state_path.read_text())
-        except (OSError, ValueError) as exc:
+            doc = parse_json_object(
+                self.state_path.read_bytes(), f"{self.state_path}: not a sentinel state file", RuleError
+            )
+        except OSError as exc:
             raise RuleError(f"{self.state_path}: not a sentinel state file ({exc})") from exc
         self.engine.load(doc)
         self._skip_below = int(doc.get("next_index") or 0)
@@ -228,8 +231,8 @@ class LiveSentinel:
                 continue
             self.counters.entries += 1
             try:
-                doc = json.loads(data)
-            except ValueError:
+                doc = json.loads(data)  # noqa: TID251 - the hot path: json's speed, and its failures caught
+            except (ValueError, RecursionError):
                 doc = None
             if isinstance(doc, dict):
                 doc["index"] = index

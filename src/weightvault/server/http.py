@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import base64
 import binascii
-import json
 import logging
 import threading
 import time
@@ -24,6 +23,7 @@ from starlette.responses import Response
 from weightvault.broker.protocol import ErrorCode
 from weightvault.broker.recording import client_address
 from weightvault.broker.service import KeyBroker, Principal
+from weightvault.encoding import parse_json
 from weightvault.errors import AuthenticationError, InvalidRequestError, RateLimitedError, WeightVaultError
 from weightvault.server.problems import OpenAIRefusalError, problem, problem_for
 
@@ -146,8 +146,8 @@ async def read_json(request: Request, limit: int) -> tuple[bytes, Any]:
     if raw is None:
         raise OpenAIRefusalError(413, "body_too_large", f"bodies are at most {limit} bytes")
     try:
-        return raw, json.loads(raw)
-    except ValueError as exc:
+        return raw, parse_json(raw, "the body", InvalidRequestError)
+    except InvalidRequestError as exc:
         raise OpenAIRefusalError(400, "invalid_json", "the body is not JSON") from exc
 
 
@@ -179,8 +179,8 @@ class HTTP:
         if raw is None:
             raise HTTPProblemError(413, ErrorCode.PAYLOAD_TOO_LARGE, "Request body too large")
         try:
-            doc = json.loads(raw)
-        except ValueError as exc:
+            doc = parse_json(raw, "the body", InvalidRequestError)
+        except InvalidRequestError as exc:
             raise HTTPProblemError(400, ErrorCode.INVALID_JSON, "Body is not valid JSON") from exc
         try:
             return model.model_validate(doc)

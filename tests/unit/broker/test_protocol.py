@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import cast
+
 import pytest
 
 from weightvault import errors as e
@@ -37,7 +39,9 @@ def test_a_payload_for_another_context_is_refused(ask: dict[str, str]) -> None:
         ReleasePayload.from_bytes(payload, **ask)
 
 
-@pytest.mark.parametrize("junk", [b"", b"[]", b'{"v": 2}', b'{"v": 1, "tenant": "acme"}', b"\xff"])
+@pytest.mark.parametrize(
+    "junk", [b"", b"[]", b'{"v": 2}', b'{"v": 1, "tenant": "acme"}', b"\xff", b"[" * 5000, b'{"v": 1, "v": 1}']
+)
 def test_malformed_payloads_are_key_access_errors(junk: bytes) -> None:
     with pytest.raises(e.KeyAccessError):
         ReleasePayload.from_bytes(junk, tenant="acme", resource="acme/models/m@1", jti="j")
@@ -72,3 +76,28 @@ def test_release_denials_carry_their_codes_and_details_stay_coarse() -> None:
     assert problem_of(e.EvidenceError("report data mismatch"))[3] is None
     assert problem_of(e.InvalidRequestError("bad name"))[3] == "bad name"
     assert (ErrorCode.AUDIT_UNAVAILABLE, 503) == problem_of(e.AuditLogError("disk full"))[:2]
+
+
+@pytest.mark.parametrize(
+    ("status", "body"),
+    [(200, b"[" * 5000), (200, b"<html>not json</html>"), (200, b'{"a": 1, "a": 2}'), (500, b"[" * 5000)],
+)
+def test_a_broker_answering_garbage_is_a_clear_error(status: int, body: bytes) -> None:
+    """Whatever answers in the broker's place is not trusted to send JSON, let alone shallow JSON:
+    the client raises one of its errors, never a RecursionError or a JSON decoder's."""
+    import httpx
+    from starlette.applications import Starlette
+    from starlette.responses import Response
+    from starlette.routing import Route
+    from starlette.testclient import TestClient
+
+    from weightvault.client.broker import BrokerClient
+
+    async def lie(request: object) -> Response:
+        return Response(body, status_code=status, media_type="application/json")
+
+    app = Starlette(routes=[Route("/v1/challenges", lie, methods=["POST"])])
+    with TestClient(app, base_url="http://broker") as http:
+        client = BrokerClient("http://broker", "wv1_x.y", http=cast(httpx.Client, http))
+        with pytest.raises(e.ServerError if status == 200 else e.WeightVaultError):
+            client.challenge()

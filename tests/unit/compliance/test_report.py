@@ -181,7 +181,9 @@ def test_the_html_page_embeds_the_report_escaped_and_verifies(witnessed: tuple[A
         verify_report(parse_report(tampered), LOG_KEY.verifier, policy, now=int(NOW))
 
 
-@pytest.mark.parametrize("text", ["", "{}", "[]", '{"format": "other"}', "<html>", "x" * 100])
+@pytest.mark.parametrize(
+    "text", ["", "{}", "[]", '{"format": "other"}', "<html>", "x" * 100, "[" * 5000, '{"format": 1, "format": 2}']
+)
 def test_malformed_inputs_are_refused_with_a_code(text: str) -> None:
     with pytest.raises(ReportError, match="report_malformed"):
         parse_report(text)

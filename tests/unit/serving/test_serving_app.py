@@ -119,6 +119,8 @@ def test_embeddings_are_normalised_mean_pools_in_float_or_base64(encoder: TestCl
     ("client", "path", "body", "status", "code"),
     [
         ("lm", "/v1/completions", b"{", 400, "invalid_json"),
+        ("lm", "/v1/completions", b'{"model": ' * 20_000, 400, "invalid_json"),
+        ("lm", "/v1/completions", b'{"model": "a", "model": "b", "prompt": "x"}', 400, "invalid_json"),
         ("lm", "/v1/completions", {"model": LM, "prompt": "x", "mystery": True}, 400, "invalid_request"),
         ("lm", "/v1/completions", {"model": LM, "prompt": "x", "n": 100000}, 400, "invalid_request"),
         ("lm", "/v1/completions", {"model": LM, "prompt": "x", "max_tokens": 65}, 400, "limit_exceeded"),

@@ -47,6 +47,7 @@ from weightvault.attestation.interfaces import (
     decode_b64_field,
     evidence_digest,
 )
+from weightvault.encoding import parse_json
 from weightvault.errors import ConfigError, EvidenceError
 
 __all__ = ["TCB_STATUSES", "AppraisedQuote", "TDXVerifier", "check_binding"]
@@ -127,8 +128,12 @@ class TDXVerifier(BaseVerifier):
         self._collateral: dict[str, Any] = {}
         for text in collateral:
             try:
-                fmspc = str(json.loads(json.loads(text)["tcb_info"])["fmspc"]).lower()
+                outer = parse_json(text, "tdx collateral", ConfigError)
+                tcb_info = parse_json(outer["tcb_info"], "tdx collateral's tcb_info", ConfigError)  # type: ignore[index]
+                fmspc = str(tcb_info["fmspc"]).lower()  # type: ignore[index]
                 self._collateral[fmspc] = dcap.QuoteCollateralV3.from_json(text)
+            except ConfigError:
+                raise
             except (ValueError, KeyError, TypeError) as exc:
                 raise ConfigError(f"tdx collateral does not parse ({exc})") from exc
         if not self._collateral:
@@ -221,7 +226,7 @@ class TDXVerifier(BaseVerifier):
         status = str(verified.status)
         if status not in self.allowed_tcb_status:
             raise EvidenceError(f"tdx_tcb_status: the platform's TCB status is {status}")
-        body = next(iter(json.loads(verified.to_json())["report"].values()))
+        body = next(iter(json.loads(verified.to_json())["report"].values()))  # noqa: TID251 - dcap-qvl's own output, of a verified quote
         report = {k: bytes.fromhex(v) for k, v in body.items() if isinstance(v, str)}
         attributes = int.from_bytes(report["td_attributes"], "little")
         if attributes & _TD_DEBUG and not self.allow_debug:
