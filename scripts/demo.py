@@ -80,7 +80,7 @@ def serve_demo(
     device_id: str | None,
     plain: torch.Tensor,
 ) -> bool:
-    """Step 6: MiniLM in a sandbox behind the gateway; OpenAI's client; a blocked escape; a budget cut-off."""
+    """Step 7: MiniLM in a sandbox behind the gateway; OpenAI's client; a blocked escape; a budget cut-off."""
     import openai
     from tests.e2e.servers import free_port, serve
     from tests.serving_models import readable_by_all
@@ -131,7 +131,7 @@ def serve_demo(
     ):
         how = "isolated" if not isolation else "NOT isolated"
         console.print(
-            f"6. MiniLM served by 'weightvault serve' in a sandbox ({how}: its own network namespace whose "
+            f"7. MiniLM served by 'weightvault serve' in a sandbox ({how}: its own network namespace whose "
             f"only way out is the broker, read-only mounts, user nobody), keys released by "
             f"{'TPM' if tpm else 'sample'} attestation, behind the gateway at {gateway}, ready in "
             f"{time.perf_counter() - t0:.1f} s"
@@ -171,10 +171,83 @@ def serve_demo(
     return cosine > 0.999999 and "refused" in attempt.stdout if not isolation else cosine > 0.999999
 
 
+def approval_demo(
+    url: str, source: Path, *, operator: Any, publisher: Any, workload: Any, attester: object, device_id: str | None
+) -> bool:
+    """Step 6: the two-person rule: a frontier model's key is released only after two of three
+    security approvers signed the request, and the approval is usable once."""
+    import transformers
+
+    from weightvault.client.broker import BrokerClient, BrokerIdentity, BrokerRecipient, registration_files
+    from weightvault.custody.person import PersonKey
+    from weightvault.errors import ApprovalInvalidError, ApprovalRequiredError
+    from weightvault.format.keys import FileKey
+    from weightvault.loaders import transformers as wv_transformers
+    from weightvault.sealing import seal_model_dir
+
+    people = {name: PersonKey.generate(name) for name in ("alice", "bob", "carol")}
+    signers = {name: BrokerClient(url, operator.create_principal(name, "approver")) for name in people}
+    public = {name: key.public.to_json() for name, key in people.items()}
+    approvers = {name: {"signing": doc["signing"], "hpke": doc["hpke"]} for name, doc in public.items()}
+    two = [{"group": "security", "count": 2}]
+    version = operator.put_approval_policy(
+        {
+            "approvers": approvers,
+            "groups": {"security": list(people)},
+            "rules": [
+                {"op": "key.release", "when": {"model.tags.tier": "frontier"}, "require": two},
+                {"op": "key.export", "require": two},
+                {"op": "approval.policy.change", "require": two},
+            ],
+        }
+    )
+    resource = "demo/models/minilm-frontier@1"
+    sealed = OUT / "minilm-frontier-sealed"
+    file_key = FileKey.generate()
+    result = seal_model_dir(source, sealed, file_key=file_key, recipients=[BrokerRecipient(url, resource)])
+    publisher.register_model(
+        "demo", "minilm-frontier", "1", policy="embeddings", file_key=file_key,
+        files=registration_files(result.manifest), tags={"tier": "frontier"},
+    )  # fmt: skip
+    file_key.wipe()
+
+    def load(approval: str) -> object:
+        identity = BrokerIdentity(workload, attester, device_id=device_id, approval=approval)  # type: ignore[arg-type]
+        try:
+            return wv_transformers.from_pretrained(transformers.AutoModel, sealed, [identity])
+        finally:
+            identity.wipe()
+
+    try:
+        load("new")
+    except ApprovalRequiredError as error:
+        request = dict(error.request or {})
+    else:
+        console.print("[red]   a frontier model's key was released without approvals: this is a bug[/red]")
+        return False
+    after_alice = signers["alice"].sign_approval(str(request["id"]), people["alice"])["status"]
+    after_bob = signers["bob"].sign_approval(str(request["id"]), people["bob"])["status"]
+    loaded = load(str(request["id"])) is not None
+    try:
+        load(str(request["id"]))
+    except ApprovalInvalidError as error:
+        replayed = f"[red]{type(error).__name__}[/red]"
+    else:
+        replayed = "[red]accepted: this is a bug[/red]"
+    for client in signers.values():
+        client.close()
+    console.print(
+        f"6. two-person rule (approval policy v{version}): {resource} is tagged tier=frontier; the workload's "
+        f"load opened request {request['id']}, alice signed ({after_alice}), bob signed ({after_bob}), "
+        f"then the key was released and the model loaded: {loaded}; the same approval again: {replayed}"
+    )
+    return loaded and after_bob == "approved" and "bug" not in replayed
+
+
 def sentinel_demo(
     url: str, base: Path, *, operator: Any, publisher: Any, attester: object, device_id: str | None
 ) -> bool:
-    """Step 7: a decoy model, a workload that touches it, the sentinel that freezes the workload."""
+    """Step 8: a decoy model, a workload that touches it, the sentinel that freezes the workload."""
     from weightvault.client.broker import BrokerClient, BrokerIdentity
     from weightvault.errors import ContainedError
     from weightvault.format.keys import FileKey
@@ -200,7 +273,7 @@ def sentinel_demo(
     alerts = [line for line in run.stdout.splitlines() if line.startswith("ALERT")]
     holds = [h for h in operator.holds() if h["created_by"] == "demo-sentinel"]
     console.print(
-        f"7. sentinel read the verified log (rules, per-entity baselines, IsolationForest): {len(alerts)} alert(s)"
+        f"8. sentinel read the verified log (rules, per-entity baselines, IsolationForest): {len(alerts)} alert(s)"
     )
     for line in alerts:
         console.print(f"   {line}")
@@ -262,7 +335,7 @@ def console_demo(url: str, base: Path, operator: Any) -> bool:
         and replayed == 401
     )
     console.print(
-        f"8. web console at {url}/console/: auditor demo-auditor signed in, {rendered}/{len(views)} views rendered, "
+        f"9. web console at {url}/console/: auditor demo-auditor signed in, {rendered}/{len(views)} views rendered, "
         f"release decision #{release.group(1) if release else '?'} proved against the signed checkpoint "
         f"(as the browser checks it): {proof_ok}; signed out, the cookie replayed is refused: {replayed == 401}"
     )
@@ -448,6 +521,10 @@ def main() -> int:
             console.print("[red]   a tampered model loaded: this is a bug[/red]")
             return 1
         identity.wipe()
+        approved = approval_demo(
+            url, source, operator=operator, publisher=publisher, workload=workload, attester=attester,
+            device_id=device_id,
+        )  # fmt: skip
         if use_tpm:
             tpm_session.close()
         served = serve_demo(
@@ -497,7 +574,7 @@ def main() -> int:
         monitor.feed(index, decode_event(data_))
     monitor.finish()
     console.print(
-        f"9. audit log verified offline from {export.name}: {len(verified.entries)} entries under "
+        f"10. audit log verified offline from {export.name}: {len(verified.entries)} entries under "
         f"{vkey.name}, root matches the signed checkpoint; monitor violations: {len(monitor.violations)}"
     )
     with LogReader.open(base / "data" / "audit.db", vkey.name) as log:
@@ -507,7 +584,7 @@ def main() -> int:
     checked = verify_report(compliance, vkey, WitnessPolicy({}, {}, "none"), now=int(time.time()))
     counts = summary(compliance)
     console.print(
-        f"10. compliance report of tenant demo (compliance-report.html): {counts['met']} controls met, "
+        f"11. compliance report of tenant demo (compliance-report.html): {counts['met']} controls met, "
         f"{counts['partial']} partial, {counts['not_met']} not met, {counts['not_applicable']} not applicable; "
         f"its {checked.evidence} cited events and every status verified offline"
     )
@@ -521,7 +598,7 @@ def main() -> int:
     for index, event in events:
         log_table.add_row(str(index), event.type, event.tenant, event.actor, event.resource, event.decision or "")
     console.print(log_table)
-    ok = identical and served and watched and browsed and not monitor.violations and not sealed_now
+    ok = identical and approved and served and watched and browsed and not monitor.violations and not sealed_now
     console.rule("[bold green]done" if ok else "[bold red]failed")
     return 0 if ok else 1
 
