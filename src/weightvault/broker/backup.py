@@ -708,7 +708,7 @@ def database_export(unpacked: Path) -> dict[str, Any]:
     """
     try:
         doc = parse_json((unpacked / "database.json").read_bytes(), "the backup's database.json", BackupError)
-    except (OSError, json.JSONDecodeError) as exc:
+    except OSError as exc:
         raise BackupError("the backup's database export is malformed") from exc
     if not isinstance(doc, dict):
         raise BackupError("the backup's database export is malformed")
