@@ -66,6 +66,17 @@ def _hash_token(secret: str) -> bytes:
     return hashlib.sha256(secret.encode()).digest()
 
 
+def _intent(actor: str, principal_id: str, tenant: str | None, **details: str) -> AuditEvent:
+    """The write-ahead intent of a change to a principal (``details``: at least its ``op``)."""
+    return AuditEvent(
+        type="principal.change.intent",
+        tenant=tenant or "-",
+        actor=actor,
+        resource=f"principal:{principal_id}",
+        details=details,
+    )
+
+
 class PrincipalService:
     def __init__(
         self, store: BrokerStore, recorder: AuditRecorder, now: Callable[[], int], *, keyring: Keyring
@@ -138,14 +149,7 @@ class PrincipalService:
         if self._store.principals.by_id(principal_id) is not None:
             raise ConflictError(f"principal {principal_id} exists")
         secret = secrets.token_urlsafe(32)
-        intent = AuditEvent(
-            type="principal.change.intent",
-            tenant=tenant or "-",
-            actor=actor,
-            resource=f"principal:{principal_id}",
-            details={"op": "create", "role": role.value},
-        )
-        with self._recorder.write_ahead(intent):
+        with self._recorder.write_ahead(_intent(actor, principal_id, tenant, op="create", role=role.value)):
             self._store.principals.create(
                 PrincipalRow(principal_id, tenant, role.value, _hash_token(secret), disabled=False), self._now()
             )
@@ -153,14 +157,7 @@ class PrincipalService:
 
     def disable(self, actor: str, principal: PrincipalRow) -> None:
         """Disable a principal: its token stops authenticating at once."""
-        intent = AuditEvent(
-            type="principal.change.intent",
-            tenant=principal.tenant_id or "-",
-            actor=actor,
-            resource=f"principal:{principal.id}",
-            details={"op": "disable"},
-        )
-        with self._recorder.write_ahead(intent):
+        with self._recorder.write_ahead(_intent(actor, principal.id, principal.tenant_id, op="disable")):
             self._store.principals.disable(principal.id)
 
     def rotate(self, actor: str, principal: PrincipalRow) -> str:
@@ -173,14 +170,7 @@ class PrincipalService:
         if principal.disabled:
             raise ConflictError(f"principal {principal.id} is disabled")
         secret = secrets.token_urlsafe(32)
-        intent = AuditEvent(
-            type="principal.change.intent",
-            tenant=principal.tenant_id or "-",
-            actor=actor,
-            resource=f"principal:{principal.id}",
-            details={"op": "rotate-token"},
-        )
-        with self._recorder.write_ahead(intent):
+        with self._recorder.write_ahead(_intent(actor, principal.id, principal.tenant_id, op="rotate-token")):
             # Compare and swap: of two rotations at once, one fails rather than hand out a dead token.
             if not self._store.principals.replace_token(principal.id, principal.token_hash, _hash_token(secret)):
                 raise ConflictError(f"principal {principal.id} was disabled, removed or rotated meanwhile")

@@ -98,6 +98,7 @@ def _environment() -> Environment:
         lstrip_blocks=True,
     )
     env.globals["shell_quote"] = _shell_quote
+    env.globals["timestamp"] = views.timestamp
     return env
 
 
@@ -393,7 +394,6 @@ def routes(http: HTTP, log_vkey: str | None = None) -> list[BaseRoute]:
                 tenant,
                 requests=[r for r in found if r["request"]["tenant"] == tenant],
                 status=status,
-                timestamp=views.timestamp,
             ),
         )
 
@@ -408,7 +408,7 @@ def routes(http: HTTP, log_vkey: str | None = None) -> list[BaseRoute]:
         return render(
             request,
             "alerts.html",
-            **context(request, who, tenant, alerts=shown, holds=holds, timestamp=views.timestamp),
+            **context(request, who, tenant, alerts=shown, holds=holds),
         )
 
     @page
