@@ -284,6 +284,20 @@ def read_private_file(path: Path, what: str = "secret key", *, max_bytes: int | 
         raise ConfigError(f"{path}: cannot read {what} file ({exc.strerror})") from exc
 
 
+def read_text_file(path: Path, what: str, *, max_bytes: int = 16 << 20) -> str:
+    """The UTF-8 text of a file a user names (a key, a policy, a checkpoint), bounded like
+    :func:`read_bounded_file`.
+
+    Raises:
+        ConfigError: unreadable, too large, or not UTF-8 text.
+    """
+    data = read_bounded_file(path, what, max_bytes=max_bytes)
+    try:
+        return data.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        raise ConfigError(f"{path}: not a {what} file (not UTF-8 text)") from exc
+
+
 def read_bounded_file(path: Path, what: str, *, max_bytes: int) -> bytes:
     """The bytes of a file that others may have written, refused when larger than ``max_bytes``
     (read at most one byte past it, so a huge or growing file costs nothing).

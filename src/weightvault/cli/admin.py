@@ -15,8 +15,9 @@ from weightvault.cli.options import (
     parse_ms,
     report,
 )
-from weightvault.encoding import parse_json
+from weightvault.encoding import parse_json_object
 from weightvault.errors import ConfigError
+from weightvault.files import read_bounded_file
 
 __all__ = ["admin"]
 
@@ -180,7 +181,7 @@ def admin_policy(
             return
         if not name or document is None:
             raise ConfigError("give the policy name and a JSON document")
-        doc = parse_json(document.read_bytes(), str(document), ConfigError)
+        doc = parse_json_object(read_bounded_file(document, "policy", max_bytes=1 << 20), str(document), ConfigError)
         version = client.put_policy(tenant, name, doc, approval)
         text = f"policy {tenant}/{name} is now version {version}"
         report(as_json, text, {"tenant": tenant, "policy": name, "version": version})

@@ -23,7 +23,7 @@ from weightvault.auditlog.witness import Witness
 from weightvault.cli.options import http_fetch, json_option, open_reader, parse_ms, read_policy, read_vkey, report
 from weightvault.crypto.signing import Ed25519Signer
 from weightvault.errors import AuditLogError, ConfigError
-from weightvault.files import atomic_file, read_private_file
+from weightvault.files import atomic_file, read_private_file, read_text_file
 
 __all__ = ["audit", "witness"]
 
@@ -169,7 +169,7 @@ def audit_verify(
     now = int(time.time())
     if source.is_file() and source.read_bytes()[:22] == b"c2sp.org/tlog-proof@v1":
         verified = verify_bundle(
-            ProofBundle.from_text(source.read_text()), log, policy, now=now, max_age_seconds=max_age
+            ProofBundle.from_text(read_text_file(source, "proof bundle")), log, policy, now=now, max_age_seconds=max_age
         )
         checkpoint = verified.checkpoint
         event = decode_event(verified.entry)

@@ -14,6 +14,7 @@ from weightvault.cli.custody import load_person_public, share_file_bytes
 from weightvault.cli.options import is_database_url, json_option, report
 from weightvault.encoding import parse_json_object
 from weightvault.errors import BackupError, ConfigError
+from weightvault.files import read_text_file
 
 __all__ = ["broker"]
 
@@ -532,7 +533,10 @@ def broker_restore(
     verifier = read_vkey(vkey)
     manifest = read_manifest(backup, verifier)  # signature and manifest first; the payload as it is opened
     now = int(time.time())
-    known = [checkpoint_of(p.read_text(), verifier, str(p), now=now) for p in checkpoints]
+    known = [
+        checkpoint_of(read_text_file(p, "checkpoint", max_bytes=1 << 20), verifier, str(p), now=now)
+        for p in checkpoints
+    ]
     scratch = tempfile.TemporaryDirectory(prefix="wv-restore-old-log-")
     old_log_file: Path | None = None
     if old_log is not None:  # a file as it is; a database's log cut at its head into a file
@@ -811,7 +815,7 @@ def _restored_config(text: str, database_url: str) -> str:
     try:
         keys = tomllib.loads(text).get("keys", {})
         key_names = {k: Path(v).name for k, v in keys.items() if isinstance(v, str)}
-    except tomllib.TOMLDecodeError as exc:
+    except ValueError as exc:  # TOMLDecodeError, or an integer of too many digits
         raise ConfigError(f"the backup's broker.toml does not parse: {exc}") from exc
     out, section = [], ""
     for line in text.splitlines():

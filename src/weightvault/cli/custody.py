@@ -21,7 +21,7 @@ from weightvault.cli.options import client_options, json_option, make_anonymous_
 from weightvault.cli.prompts import ask_passphrase
 from weightvault.encoding import parse_json, parse_json_object
 from weightvault.errors import ConfigError
-from weightvault.files import read_private_file
+from weightvault.files import read_bounded_file, read_private_file, read_text_file
 
 __all__ = ["approval", "custody", "person"]
 
@@ -145,8 +145,11 @@ def custody_genesis(
 
     from weightvault.server.broker_main import load_broker
 
-    config_text = config_path.read_text()
-    root_setting = tomllib.loads(config_text)["keys"]["root"]
+    config_text = read_text_file(config_path, "broker configuration")
+    try:
+        root_setting = tomllib.loads(config_text)["keys"]["root"]
+    except (ValueError, KeyError, TypeError) as exc:  # ValueError: not TOML, or an over-long integer
+        raise ConfigError(f"{config_path}: not a broker configuration ({type(exc).__name__}: {exc})") from exc
     if root_setting == "custody":
         raise ConfigError("this broker's root key is already under custody")
     people = [load_person_public(p) for p in custodians]
@@ -434,7 +437,9 @@ def approval_policy(
             return
         if document is None:
             raise ConfigError("approval policy put needs a DOCUMENT")
-        doc = parse_json(document.read_bytes(), str(document), ConfigError)
+        doc = parse_json_object(
+            read_bounded_file(document, "approval policy", max_bytes=1 << 20), str(document), ConfigError
+        )
         version = client.put_approval_policy(doc, approval_id)
     report(as_json, f"approval policy is now version {version}", {"version": version})
 

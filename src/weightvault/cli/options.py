@@ -24,6 +24,7 @@ from weightvault.auditlog.storage import read_origin
 from weightvault.cli.prompts import ask_passphrase
 from weightvault.client.workload import BROKER_ENV, TOKEN_ENV, open_attester, read_token
 from weightvault.errors import AuditLogError, ConfigError
+from weightvault.files import read_text_file
 from weightvault.format.keys import FileKey
 from weightvault.format.recipients import KEK, HPKEIdentity, HPKERecipient, Identity, Passphrase, Recipient
 from weightvault.sealing import read_key_file
@@ -246,7 +247,7 @@ def parse_ms(value: str | None) -> int | None:
 def read_vkey(value: str) -> NoteVerifier:
     """A verifier key given inline or as a file path."""
     path = Path(value)
-    text = path.read_text().strip() if path.is_file() else value
+    text = read_text_file(path, "verifier key", max_bytes=64 << 10).strip() if path.is_file() else value
     try:
         return NoteVerifier.from_vkey(text)
     except AuditLogError as exc:
@@ -256,10 +257,7 @@ def read_vkey(value: str) -> NoteVerifier:
 def read_policy(path: Path | None, witnesses: Sequence[str], quorum: int) -> WitnessPolicy:
     """A tlog-policy file, or a threshold over ``--witness`` keys."""
     if path is not None:
-        try:
-            return WitnessPolicy.parse(path.read_text())
-        except OSError as exc:
-            raise ConfigError(f"{path}: {exc.strerror}") from exc
+        return WitnessPolicy.parse(read_text_file(path, "tlog-policy", max_bytes=1 << 20))
     keys = [read_vkey(w) for w in witnesses]
     return WitnessPolicy.threshold(keys, quorum if keys else 0)
 

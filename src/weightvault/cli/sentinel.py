@@ -30,16 +30,13 @@ from weightvault.cli.options import (
     report,
 )
 from weightvault.errors import ConfigError, RuleError
-from weightvault.files import atomic_file
+from weightvault.files import atomic_file, read_text_file
 
 __all__ = ["sentinel"]
 
 
 def _read_text(path: Path, what: str) -> str:
-    try:
-        return path.read_text()
-    except OSError as exc:
-        raise ConfigError(f"{path}: cannot read the {what} ({exc.strerror})") from exc
+    return read_text_file(path, what)
 
 
 def _config(config_path: Path | None, rules: tuple[Path, ...], learned: bool) -> tuple[Any, dict[str, Any]]:
@@ -53,8 +50,8 @@ def _config(config_path: Path | None, rules: tuple[Path, ...], learned: bool) ->
     if config_path is not None:
         try:
             user = yaml.safe_load(_read_text(config_path, "sentinel configuration")) or {}
-        except yaml.YAMLError as exc:
-            raise RuleError(f"{config_path}: not YAML ({exc})") from exc
+        except (yaml.YAMLError, RecursionError, ValueError) as exc:
+            raise RuleError(f"{config_path}: not YAML ({type(exc).__name__})") from exc
         if not isinstance(user, dict) or set(user) - {
             "baselines",
             "cusums",

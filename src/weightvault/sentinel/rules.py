@@ -479,6 +479,10 @@ def load_rules(text: str, extra: Iterable[str] = ()) -> RuleSet:
             doc = yaml.safe_load(source)
         except yaml.YAMLError as exc:
             raise RuleError(f"rules are not YAML: {exc}") from exc
+        except RecursionError as exc:  # YAML nested deeper than the stack
+            raise RuleError("rules are nested too deeply") from exc
+        except ValueError as exc:  # an integer of more digits than Python converts
+            raise RuleError(f"rules do not parse: {exc}") from exc
         if not isinstance(doc, Mapping) or set(doc) - {"rules", "watchlists"}:
             raise RuleError("a rule file has rules and watchlists")
         raw_lists = doc.get("watchlists") or {}

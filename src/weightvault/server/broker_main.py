@@ -103,7 +103,7 @@ def read_config(config_path: Path) -> BrokerConfig:
     config_path = Path(config_path)
     try:
         doc = tomllib.loads(config_path.read_text())
-    except (OSError, UnicodeDecodeError, tomllib.TOMLDecodeError) as exc:
+    except (OSError, ValueError) as exc:  # ValueError: not UTF-8, not TOML, an integer of too many digits
         raise ConfigError(f"{config_path}: {exc}") from exc
     return BrokerConfig.from_mapping(doc, config_path)
 
