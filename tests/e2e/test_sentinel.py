@@ -127,6 +127,11 @@ def test_honeypot_touch_is_contained_and_the_frozen_principals_next_release_is_r
     assert models[0]["target"] == "acme/models/decoy"
     with pytest.raises(ApprovalRequiredError):
         _release(broker, "acme-wl3", "acme/models/decoy@1")
+    # That attempt touched the decoy too: another actor, so another alert (not suppressed as a
+    # repeat of the first). Waiting for it also means the sentinel has read that far before the
+    # restart test stops it: otherwise the restarted sentinel raises it, rightly, and the count
+    # there would be off.
+    _wait(lambda: [a for a in op.sentinel_alerts("acme") if "acme-wl3" in a["details"]["actors"]])
     # Everyone else is untouched.
     _release(broker, "acme-wl", "acme/models/small@1")
 
