@@ -46,7 +46,8 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
             return
         kept = [i for i in items if i.get_closest_marker("drill") is not None or databases.uses_database(i)]
         if len(kept) < len(items):
-            config.hook.pytest_deselected(items=[i for i in items if i not in set(kept)])
+            chosen = set(kept)
+            config.hook.pytest_deselected(items=[i for i in items if i not in chosen])
             items[:] = kept
         return
     if "drill" in (config.getoption("-m") or ""):

@@ -707,11 +707,9 @@ def database_export(unpacked: Path) -> dict[str, Any]:
         BackupError: it does not parse.
     """
     try:
-        doc = parse_json((unpacked / "database.json").read_bytes(), "the backup's database.json", BackupError)
+        doc = parse_json_object((unpacked / "database.json").read_bytes(), "the backup's database.json", BackupError)
     except OSError as exc:
         raise BackupError("the backup's database export is malformed") from exc
-    if not isinstance(doc, dict):
-        raise BackupError("the backup's database export is malformed")
     return doc
 
 

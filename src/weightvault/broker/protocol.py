@@ -28,7 +28,7 @@ from dataclasses import dataclass, field
 from typing import Any, Final
 
 from weightvault import errors as e
-from weightvault.encoding import canonical_json, parse_json
+from weightvault.encoding import canonical_json, parse_json_object
 from weightvault.format.keys import FileKey, TensorKeys
 
 __all__ = [
@@ -104,8 +104,8 @@ class ReleasePayload:
             KeyAccessError: malformed, another version, or bound to another tenant, resource or session.
         """
         try:
-            doc = parse_json(plaintext, "the release payload", e.KeyAccessError)
-            if not isinstance(doc, dict) or doc.get("v") != RELEASE_PAYLOAD_VERSION:
+            doc = parse_json_object(plaintext, "the release payload", e.KeyAccessError)
+            if doc.get("v") != RELEASE_PAYLOAD_VERSION:
                 raise e.KeyAccessError("the release payload has an unknown version")
             if (doc.get("tenant"), doc.get("resource"), doc.get("jti")) != (tenant, resource, jti):
                 raise e.KeyAccessError("the release payload is bound to another tenant, resource or session")

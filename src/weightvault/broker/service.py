@@ -21,7 +21,7 @@ from typing import Any
 
 from weightvault.attestation.registry import VerifierRegistry
 from weightvault.auditlog.checkpoint import Checkpoint
-from weightvault.auditlog.events import AuditEvent, SensitiveHasher
+from weightvault.auditlog.events import AuditEvent, SensitiveHasher, decode_event
 from weightvault.auditlog.log import AuditSink, LogReader
 from weightvault.auditlog.tiles import tile_resource
 from weightvault.broker.approvals import ApprovalService
@@ -510,7 +510,8 @@ class KeyBroker:
             raise NotFoundError("this broker has no audit log reader")
         if not 0 <= index < self.reader.size:
             raise NotFoundError(f"no entry {index}")
-        if self.reader.event(index).tenant != tenant:
+        entry = self.reader.entry(index)  # read once: its tenant is checked, then it is what is proved
+        if decode_event(entry).tenant != tenant:
             raise NotFoundError(f"no entry {index} in tenant {tenant}")
         # Proofs are against the served checkpoint, which lags the head while witnesses have not yet
         # cosigned one that covers the newest entries: say so, rather than fail as if the log were broken.
@@ -521,12 +522,11 @@ class KeyBroker:
                 f"entry {index} is not yet in a published checkpoint (it covers {size} entries); "
                 "retry once the witnesses have cosigned a newer one"
             )
-        bundle = self.reader.proof_bundle(index, checkpoint)
         return {
             "index": index,
-            "entry": bundle.extra or b"",
-            "proof": list(bundle.proof),
-            "checkpoint": bundle.checkpoint.to_text(),
+            "entry": entry,
+            "proof": self.reader.inclusion_proof(index, size),
+            "checkpoint": checkpoint.to_text(),
         }
 
     # -- the web console's sessions (docs/console.md) --------------------------------------------------

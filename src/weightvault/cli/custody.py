@@ -19,7 +19,7 @@ import click
 
 from weightvault.cli.options import client_options, json_option, make_anonymous_client, make_client, report
 from weightvault.cli.prompts import ask_passphrase
-from weightvault.encoding import parse_json, parse_json_object
+from weightvault.encoding import parse_json_object
 from weightvault.errors import ConfigError
 from weightvault.files import read_bounded_file, read_private_file, read_text_file
 
@@ -42,11 +42,9 @@ def load_person_public(path: Path) -> Any:
     from weightvault.custody.person import PersonPublic
 
     try:
-        doc = parse_json(path.read_bytes(), f"{path}: not a public key file", ConfigError)
+        doc = parse_json_object(path.read_bytes(), f"{path}: not a public key file", ConfigError)
     except OSError as exc:
         raise ConfigError(f"{path}: not a public key file ({exc})") from exc
-    if not isinstance(doc, dict):
-        raise ConfigError(f"{path}: not a public key file")
     return PersonPublic.from_json(doc)
 
 
@@ -116,8 +114,8 @@ def share_file_bytes(set_id: str, custodian: str, sealed: bytes) -> bytes:
 
 def _read_share_file(path: Path) -> tuple[str, str, bytes]:
     try:
-        doc = parse_json(path.read_bytes(), f"{path}: not a weightvault share file", ConfigError)
-        if not isinstance(doc, dict) or doc.get("kind") != SHARE_KIND or doc.get("version") != 1:
+        doc = parse_json_object(path.read_bytes(), f"{path}: not a weightvault share file", ConfigError)
+        if doc.get("kind") != SHARE_KIND or doc.get("version") != 1:
             raise ValueError("not a weightvault share file")
         return str(doc["set"]), str(doc["custodian"]), base64.b64decode(doc["sealed"], validate=True)
     except (OSError, ValueError, KeyError, TypeError) as exc:
@@ -329,13 +327,11 @@ def custody_submit_file(
     from weightvault.errors import CeremonyError
     from weightvault.files import read_bounded_file
 
-    doc = parse_json(
+    doc = parse_json_object(
         read_bounded_file(request, "ceremony request", max_bytes=64 << 10),
         f"{request}: not a ceremony request",
         CeremonyError,
     )
-    if not isinstance(doc, dict):
-        raise CeremonyError(f"{request}: not a ceremony request")
     terms = CeremonyTerms.from_json(doc)
     announced = ceremony_id.strip().lower()
     if len(announced) < 16 or not terms.id.startswith(announced):

@@ -35,10 +35,6 @@ from weightvault.files import atomic_file, read_text_file
 __all__ = ["sentinel"]
 
 
-def _read_text(path: Path, what: str) -> str:
-    return read_text_file(path, what)
-
-
 def _config(config_path: Path | None, rules: tuple[Path, ...], learned: bool) -> tuple[Any, dict[str, Any]]:
     """The engine configuration and the raw sentinel configuration (with its containment section)."""
     import yaml
@@ -49,7 +45,7 @@ def _config(config_path: Path | None, rules: tuple[Path, ...], learned: bool) ->
     doc["containment"] = yaml.safe_load(packaged("containment.yaml"))
     if config_path is not None:
         try:
-            user = yaml.safe_load(_read_text(config_path, "sentinel configuration")) or {}
+            user = yaml.safe_load(read_text_file(config_path, "sentinel configuration")) or {}
         except (yaml.YAMLError, RecursionError, ValueError) as exc:
             raise RuleError(f"{config_path}: not YAML ({type(exc).__name__})") from exc
         if not isinstance(user, dict) or set(user) - {
@@ -63,7 +59,7 @@ def _config(config_path: Path | None, rules: tuple[Path, ...], learned: bool) ->
             raise RuleError(f"{config_path}: keys are baselines, cusums, learned, prada, swarm and containment")
         doc.update(user)
     base = packaged("rules.yaml")
-    extra = [_read_text(p, "rule file") for p in rules]
+    extra = [read_text_file(p, "rule file") for p in rules]
     return config_from(base, doc, extra_rules=extra, learned=learned), doc
 
 
@@ -250,7 +246,7 @@ def sentinel_rules(check: tuple[Path, ...], as_json: bool) -> None:
     from weightvault.sentinel.engine import packaged
     from weightvault.sentinel.rules import load_rules
 
-    ruleset = load_rules(packaged("rules.yaml"), [_read_text(p, "rule file") for p in check])
+    ruleset = load_rules(packaged("rules.yaml"), [read_text_file(p, "rule file") for p in check])
     lines = [f"{rule.id:<32} {rule.family:<22} {rule.severity:<9} {rule.title}" for rule in ruleset.rules]
     lines.append(f"{len(ruleset.rules)} rules, {len(ruleset.watchlists)} watchlists ({ruleset.source_digest})")
     doc = {

@@ -48,7 +48,7 @@ from weightvault.crypto.secret import SecretBytes, random_bytes
 from weightvault.custody import shamir
 from weightvault.custody.person import KEM, PersonKey, PersonPublic
 from weightvault.custody.shares import ShareSet, check_consistent, key_check_value
-from weightvault.encoding import canonical_json, parse_json
+from weightvault.encoding import canonical_json, parse_json_object
 from weightvault.errors import CeremonyError, ShareError
 
 __all__ = [
@@ -185,8 +185,8 @@ class Submission:
         if len(data) > _MAX_SUBMISSION:
             raise CeremonyError("not a submission file (too large)")
         try:
-            doc = parse_json(data, "not a submission file", CeremonyError)
-            if not isinstance(doc, dict) or doc.get("kind") != SUBMISSION_KIND or doc.get("version") != 1:
+            doc = parse_json_object(data, "not a submission file", CeremonyError)
+            if doc.get("kind") != SUBMISSION_KIND or doc.get("version") != 1:
                 raise ValueError("not a submission file")
             return cls(
                 str(doc["ceremony"]),
