@@ -33,6 +33,7 @@ program is wrong" never share an ``except`` clause.
     │  └─ RollbackError            a restore would take the log back behind a checkpoint already seen
     ├─ RequestError                a service refused a request for a reason other than the above
     │  ├─ AuthenticationError      no or an invalid credential
+    │  │  ├─ TokenExpiredError     the right API token, past its expiry
     │  │  └─ SessionEndedError     a console session unknown, expired or signed out
     │  ├─ PermissionDeniedError    the credential may not do this (role, tenant)
     │  │  ├─ CSRFError             a console change without its CSRF token
@@ -127,6 +128,7 @@ __all__ = [
     "SessionEndedError",
     "ShareError",
     "StorageUnavailableError",
+    "TokenExpiredError",
     "TransportError",
     "UnavailableError",
     "UnsupportedError",
@@ -285,6 +287,12 @@ class AuthenticationError(RequestError):
     """No credential, or an invalid or disabled one."""
 
     remedy = "pass a valid API token (WEIGHTVAULT_TOKEN or --token)"
+
+
+class TokenExpiredError(AuthenticationError):
+    """The right API token, past its expiry: only a rotation gives the principal a working one."""
+
+    remedy = "ask an operator or your tenant admin for a new token (weightvault admin principal ID --rotate)"
 
 
 class SessionEndedError(AuthenticationError):

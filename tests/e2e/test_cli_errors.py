@@ -7,6 +7,7 @@ import os
 import re
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import numpy as np
@@ -192,6 +193,15 @@ def test_rotating_and_disabling_a_principal_from_the_command_line(tmp_path: Path
         assert "authentication failed" in err
         _one_line(wv("admin", "principal", "acme-x", *op, check=False), 60)  # neither --role nor --disable
         _one_line(wv("admin", "principal", "acme-wl", "--rotate", "--disable", *op, check=False), 60)
+        # A token that expires: past it, its own exit code and a line that says so.
+        short = tmp_path / "short"
+        args = ("--role", "workload", "--tenant", "acme", "--out", short)
+        wv("admin", "principal", "acme-short", *args, "--expires-in", "2s", *op)
+        time.sleep(2.5)
+        err = _one_line(wv("admin", "tenant", "list", "--broker", url, "--token", f"@{short}", check=False), 91)
+        assert "API token expired" in err
+        bad = wv("admin", "principal", "acme-y", *args[:-2], "--expires-in", "soon", *op, check=False)
+        assert "not a duration" in _one_line(bad, 60)
 
 
 def _auth_error() -> type:

@@ -99,6 +99,9 @@ class BrokerConfig:
     model_signers: Mapping[str, str] = field(default_factory=dict)
     #: ``[models] require_signature``: refuse to register a model no signer signed.
     require_signature: bool = False
+    #: ``[principals] token_max_age_days``: role -> the longest an API token of that role lives
+    #: (days), from its creation or rotation; roles not named have tokens that do not expire.
+    token_max_age_days: Mapping[str, float] = field(default_factory=dict)
 
     def path(self, value: str) -> Path:
         """A configured path, resolved against the configuration's directory."""
@@ -121,7 +124,7 @@ class BrokerConfig:
             ConfigError: any section, key or value that is not allowed.
         """
         r = _Reader(config_path)
-        r.known(doc, "", {"broker", "storage", "keys", "verifiers", "audit", "rotation", "tls", "models"})
+        r.known(doc, "", {"broker", "storage", "keys", "verifiers", "audit", "rotation", "tls", "models", "principals"})
         broker = r.section(doc, "broker", required=True)
         r.known(
             broker,
@@ -163,6 +166,18 @@ class BrokerConfig:
         require_signature = r.boolean(models, "models", "require_signature", False)
         if require_signature and not signers:
             raise ConfigError(f"{config_path}: [models] require_signature needs at least one of [models] signers")
+        principals = r.section(doc, "principals")
+        r.known(principals, "principals", {"token_max_age_days"})
+        max_ages = r.section(principals, "token_max_age_days")
+        if "operator" in max_ages:
+            raise ConfigError(
+                f"{config_path}: [principals] token_max_age_days cannot name operator: nothing could renew "
+                "the last operator's expired token (operators rotate their own: admin principal ID --rotate)"
+            )
+        r.known(max_ages, "principals.token_max_age_days", set(_EXPIRING_ROLES))
+        token_max_age_days = {
+            role: r.number(max_ages, "principals.token_max_age_days", role, 0.0, (0.001, 36_500.0)) for role in max_ages
+        }
         tls = r.section(doc, "tls")
         r.known(tls, "tls", {"cert", "key"})
         d = DEFAULTS
@@ -245,10 +260,13 @@ class BrokerConfig:
             tls_key=key,
             model_signers=dict(signers),
             require_signature=require_signature,
+            token_max_age_days=token_max_age_days,
         )
 
 
 DEFAULTS: Final = BrokerConfig()
+#: The roles whose API tokens may expire: all but operator (see ``token_max_age_days``).
+_EXPIRING_ROLES: Final = ("tenant-admin", "publisher", "auditor", "workload", "approver", "sentinel")
 _SIGNER_NAME: Final = re.compile(r"[a-z0-9][a-z0-9._-]{0,63}")
 
 #: The storage URL schemes a broker opens (weightvault.broker.storage.database checks the rest).

@@ -2,7 +2,10 @@
 
 API tokens are ``wv1_<principal>.<secret>``; the broker stores SHA-256 of the secret
 and compares in constant time, also for unknown principals, so timing does not tell
-which ids exist. Who may create or disable whom is decided by the facade
+which ids exist. A token may carry an expiry (``expires_at``): past it, the right secret
+gets :class:`~weightvault.errors.TokenExpiredError` (only after the secret matched, so
+expiry tells a guesser nothing), and only a rotation gives the principal a working
+token. Who may create or disable whom is decided by the facade
 (:class:`weightvault.broker.service.KeyBroker`); this service performs the changes,
 each under its write-ahead intent.
 """
@@ -22,7 +25,13 @@ from weightvault.broker.keyring import Keyring
 from weightvault.broker.names import check_name
 from weightvault.broker.recording import AuditRecorder
 from weightvault.broker.storage import BrokerStore, PrincipalRow
-from weightvault.errors import AuthenticationError, ConflictError, ContainedError, PermissionDeniedError
+from weightvault.errors import (
+    AuthenticationError,
+    ConflictError,
+    ContainedError,
+    PermissionDeniedError,
+    TokenExpiredError,
+)
 
 __all__ = ["TOKEN_PREFIX", "Principal", "PrincipalService", "Role"]
 
@@ -66,14 +75,14 @@ def _hash_token(secret: str) -> bytes:
     return hashlib.sha256(secret.encode()).digest()
 
 
-def _intent(actor: str, principal_id: str, tenant: str | None, **details: str) -> AuditEvent:
+def _intent(actor: str, principal_id: str, tenant: str | None, **details: str | int | None) -> AuditEvent:
     """The write-ahead intent of a change to a principal (``details``: at least its ``op``)."""
     return AuditEvent(
         type="principal.change.intent",
         tenant=tenant or "-",
         actor=actor,
         resource=f"principal:{principal_id}",
-        details=details,
+        details={k: v for k, v in details.items() if v is not None},
     )
 
 
@@ -126,6 +135,8 @@ class PrincipalService:
         """The one place that decides whether an authenticated principal may act now."""
         if row.disabled:
             raise AuthenticationError("invalid API token")
+        if row.expires_at is not None and self._now() >= row.expires_at:
+            raise TokenExpiredError(f"the API token of {row.id} expired")
         # A containment hold stops the principal at once, on every replica, until an operator lifts it.
         if self._store.holds.active("principal", row.id) is not None:
             raise ContainedError(f"principal {row.id} is held by containment")
@@ -143,16 +154,20 @@ class PrincipalService:
             raise ConflictError("an operator already exists")
         return self.create("bootstrap", principal_id, None, Role.OPERATOR)
 
-    def create(self, actor: str, principal_id: str, tenant: str | None, role: Role) -> str:
-        """Create a principal; returns its API token, which is shown once and stored only hashed."""
+    def create(
+        self, actor: str, principal_id: str, tenant: str | None, role: Role, *, lifetime_s: int | None = None
+    ) -> str:
+        """Create a principal; returns its API token, which is shown once and stored only hashed.
+        ``lifetime_s``: how long the token works from now; None, for ever."""
         check_name(principal_id, "principal id")
         if self._store.principals.by_id(principal_id) is not None:
             raise ConflictError(f"principal {principal_id} exists")
         secret = secrets.token_urlsafe(32)
-        with self._recorder.write_ahead(_intent(actor, principal_id, tenant, op="create", role=role.value)):
-            self._store.principals.create(
-                PrincipalRow(principal_id, tenant, role.value, _hash_token(secret), disabled=False), self._now()
-            )
+        expires_at = None if lifetime_s is None else self._now() + lifetime_s
+        intent = _intent(actor, principal_id, tenant, op="create", role=role.value, expires_at=expires_at)
+        with self._recorder.write_ahead(intent):
+            row = PrincipalRow(principal_id, tenant, role.value, _hash_token(secret), False, expires_at)
+            self._store.principals.create(row, self._now())
         return f"{TOKEN_PREFIX}{principal_id}.{secret}"
 
     def disable(self, actor: str, principal: PrincipalRow) -> None:
@@ -160,9 +175,9 @@ class PrincipalService:
         with self._recorder.write_ahead(_intent(actor, principal.id, principal.tenant_id, op="disable")):
             self._store.principals.disable(principal.id)
 
-    def rotate(self, actor: str, principal: PrincipalRow) -> str:
-        """Give a principal a new API token (shown once): the old one, and the console sessions
-        opened with it, stop working at once.
+    def rotate(self, actor: str, principal: PrincipalRow, *, lifetime_s: int | None = None) -> str:
+        """Give a principal a new API token (shown once), working for ``lifetime_s`` from now (None:
+        for ever): the old one, and the console sessions opened with it, stop working at once.
 
         Raises:
             ConflictError: the principal is disabled (rotation does not re-enable it).
@@ -170,9 +185,12 @@ class PrincipalService:
         if principal.disabled:
             raise ConflictError(f"principal {principal.id} is disabled")
         secret = secrets.token_urlsafe(32)
-        with self._recorder.write_ahead(_intent(actor, principal.id, principal.tenant_id, op="rotate-token")):
+        expires_at = None if lifetime_s is None else self._now() + lifetime_s
+        intent = _intent(actor, principal.id, principal.tenant_id, op="rotate-token", expires_at=expires_at)
+        with self._recorder.write_ahead(intent):
             # Compare and swap: of two rotations at once, one fails rather than hand out a dead token.
-            if not self._store.principals.replace_token(principal.id, principal.token_hash, _hash_token(secret)):
+            new_hash = _hash_token(secret)
+            if not self._store.principals.replace_token(principal.id, principal.token_hash, new_hash, expires_at):
                 raise ConflictError(f"principal {principal.id} was disabled, removed or rotated meanwhile")
         return f"{TOKEN_PREFIX}{principal.id}.{secret}"
 

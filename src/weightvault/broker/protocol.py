@@ -137,6 +137,7 @@ class ErrorCode(enum.StrEnum):
     BAD_REQUEST = "bad_request"
     INVALID_JSON = "invalid_json"
     UNAUTHENTICATED = "unauthenticated"
+    TOKEN_EXPIRED = "token_expired"  # noqa: S105 - an error code, not a secret
     SESSION_ENDED = "session_ended"
     CSRF_FAILED = "csrf_failed"
     ATTESTATION_FAILED = "attestation_failed"
@@ -173,6 +174,7 @@ class ErrorCode(enum.StrEnum):
 SERVER_ERRORS: Final[Mapping[type[e.WeightVaultError], tuple[ErrorCode, int, str]]] = {
     e.WeightVaultError: (ErrorCode.BAD_REQUEST, 400, "The request was refused"),
     e.AuthenticationError: (ErrorCode.UNAUTHENTICATED, 401, "Authentication required"),
+    e.TokenExpiredError: (ErrorCode.TOKEN_EXPIRED, 401, "The API token has expired: ask for a new one"),
     e.SessionEndedError: (ErrorCode.SESSION_ENDED, 401, "Your console session has ended: sign in again"),
     e.PermissionDeniedError: (ErrorCode.FORBIDDEN, 403, "Not allowed"),
     e.CSRFError: (ErrorCode.CSRF_FAILED, 403, "The form's CSRF token is missing or wrong: reload the page"),
@@ -208,6 +210,7 @@ CLIENT_ERRORS: Final[Mapping[ErrorCode, type[e.WeightVaultError]]] = {
     ErrorCode.BAD_REQUEST: e.RequestError,
     ErrorCode.INVALID_JSON: e.InvalidRequestError,
     ErrorCode.UNAUTHENTICATED: e.AuthenticationError,
+    ErrorCode.TOKEN_EXPIRED: e.TokenExpiredError,
     ErrorCode.ATTESTATION_FAILED: e.EvidenceError,
     ErrorCode.SESSION_ENDED: e.SessionEndedError,
     ErrorCode.FORBIDDEN: e.PermissionDeniedError,

@@ -17,7 +17,7 @@ from __future__ import annotations
 import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Final
 
 from weightvault.attestation.registry import VerifierRegistry
 from weightvault.auditlog.checkpoint import Checkpoint
@@ -81,6 +81,10 @@ def _tenant_scope(actor: Principal, wanted: str | None, *roles: Role) -> str | N
         return wanted
     actor.require(*roles)
     return actor.tenant
+
+
+#: The longest lifetime a caller may ask for a token when its role has no maximum: ten years.
+_LONGEST_TOKEN_S: Final = 10 * 365 * 86400
 
 
 def _in_tenant(actor: Principal, tenant: str, *roles: Role) -> None:
@@ -178,8 +182,17 @@ class KeyBroker:
         actor.require(Role.OPERATOR)
         return self.principals.tenants()
 
-    def create_principal(self, actor: Principal, principal_id: str, tenant: str | None, role: Role | str) -> str:
-        """Create a principal and return its API token (shown once)."""
+    def create_principal(
+        self,
+        actor: Principal,
+        principal_id: str,
+        tenant: str | None,
+        role: Role | str,
+        *,
+        expires_in: int | None = None,
+    ) -> str:
+        """Create a principal and return its API token (shown once); see :meth:`_token_lifetime` for
+        ``expires_in``."""
         try:
             role = Role(role)
         except ValueError as exc:
@@ -195,13 +208,15 @@ class KeyBroker:
                 raise PermissionDeniedError("tenant admins create principals in their own tenant only")
             if role in (Role.OPERATOR, Role.TENANT_ADMIN, Role.APPROVER):
                 raise PermissionDeniedError("tenant admins cannot create operators, tenant admins or approvers")
-        return self.principals.create(actor.id, principal_id, tenant, role)
+        lifetime = self._token_lifetime(role, expires_in)
+        return self.principals.create(actor.id, principal_id, tenant, role, lifetime_s=lifetime)
 
     def disable_principal(self, actor: Principal, principal_id: str) -> None:
         self.principals.disable(actor.id, self._managed_principal(actor, principal_id))
 
-    def rotate_principal_token(self, actor: Principal, principal_id: str) -> str:
-        """A new API token for a principal (shown once); the old one stops at once.
+    def rotate_principal_token(self, actor: Principal, principal_id: str, *, expires_in: int | None = None) -> str:
+        """A new API token for a principal (shown once); the old one stops at once. The new one
+        expires as :meth:`_token_lifetime` says, counted from now.
 
         Every principal may rotate its own. Otherwise the caller would hold the other's credential:
         operators may do that for machines, tenant principals and sentinels, tenant admins for what
@@ -216,7 +231,34 @@ class KeyBroker:
             row = self._managed_principal(actor, principal_id)
             if Role(row.role) in (Role.OPERATOR, Role.APPROVER):
                 raise PermissionDeniedError("operators and approvers rotate their own tokens; disable theirs instead")
-        return self.principals.rotate(actor.id, row)
+        lifetime = self._token_lifetime(Role(row.role), expires_in)
+        return self.principals.rotate(actor.id, row, lifetime_s=lifetime)
+
+    def token_expires_at(self, principal_id: str) -> int | None:
+        """When a principal's current token expires (Unix seconds; None: never, or no such principal),
+        for the answer to whoever just issued it."""
+        row = self.principals.get(principal_id)
+        return None if row is None else row.expires_at
+
+    def _token_lifetime(self, role: Role, expires_in: int | None) -> int | None:
+        """How long a token issued now to a principal of ``role`` lives (seconds; None: for ever).
+
+        ``expires_in`` (seconds) may shorten the role's ``[principals] token_max_age_days``, never
+        lengthen it. Operators' tokens never expire: nothing could renew the last operator's.
+
+        Raises:
+            InvalidRequestError: ``expires_in`` for an operator, not positive, or beyond the maximum.
+        """
+        days = self.config.token_max_age_days.get(role.value)
+        longest = None if days is None else max(1, int(days * 86400))
+        if expires_in is None:
+            return longest
+        if role is Role.OPERATOR:
+            raise InvalidRequestError("operator tokens do not expire (nothing could renew the last one)")
+        if not 0 < expires_in <= (longest or _LONGEST_TOKEN_S):
+            limit = longest or _LONGEST_TOKEN_S
+            raise InvalidRequestError(f"expires_in is from 1 to {limit} seconds for role {role.value}")
+        return expires_in
 
     def _managed_principal(self, actor: Principal, principal_id: str) -> PrincipalRow:
         """A principal ``actor`` may disable or re-key: operators any; tenant admins their tenant's
@@ -580,8 +622,9 @@ class KeyBroker:
             tenant = actor.tenant
         return self.containment.holds(tenant, active_only=active_only)
 
-    def record_auth_failure(self, claimed: str, path: str) -> None:
-        """An API token that did not authenticate: recorded (the caller's address by keyed hash, by the recorder)."""
+    def record_auth_failure(self, claimed: str, path: str, expired: bool = False) -> None:
+        """An API token that did not authenticate: recorded (the caller's address by keyed hash, by the
+        recorder). ``expired``: it was the principal's token, past its expiry."""
         principal = claimed if 0 < len(claimed) <= 64 and claimed.isprintable() else "-"
         row = self.store.principals.by_id(principal) if principal != "-" else None
         self.recorder.queue(
@@ -591,7 +634,11 @@ class KeyBroker:
                 actor=principal if row is not None else "-",
                 resource=path[:128],
                 decision="deny",
-                reasons=("invalid API token",) if row is not None else ("unknown principal",),
+                reasons=(
+                    ("API token expired" if expired else "invalid API token")
+                    if row is not None
+                    else "unknown principal",
+                ),
                 details={} if row is not None else {"claimed": principal[:64]},
             )
         )

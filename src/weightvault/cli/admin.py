@@ -13,6 +13,7 @@ from weightvault.cli.options import (
     json_option,
     make_client,
     parse_ms,
+    parse_seconds,
     report,
 )
 from weightvault.encoding import parse_json_object
@@ -63,6 +64,12 @@ def admin_tenant(
     is_flag=True,
     help="Give the principal a new API token instead (shown once): the old one stops working at once.",
 )
+@click.option(
+    "--expires-in",
+    metavar="DURATION",
+    help="With --role or --rotate: the token stops working after this long (90m, 24h, 30d); at most the "
+    "role's [principals] token_max_age_days, which is the default. Operator tokens never expire.",
+)
 @json_option
 @client_options
 def admin_principal(
@@ -73,6 +80,7 @@ def admin_principal(
     force: bool,
     disable: bool,
     rotate: bool,
+    expires_in: str | None,
     as_json: bool,
     url: str | None,
     token: str | None,
@@ -84,6 +92,9 @@ def admin_principal(
 
     if (role is not None) + disable + rotate != 1:
         raise ConfigError("give one of --role (create a principal), --rotate or --disable")
+    lifetime = parse_seconds(expires_in)
+    if lifetime is not None and disable:
+        raise ConfigError("--expires-in goes with --role or --rotate")
     # Checked before the broker is asked: a token it issued but this could not write would be lost.
     if out is not None and out.exists() and not force:
         raise ConfigError(f"{out} already exists (pass --force to replace it)")
@@ -94,11 +105,11 @@ def admin_principal(
             report(as_json, text, {"principal": principal_id, "disabled": True})
             return
         if rotate:
-            secret = client.rotate_principal_token(principal_id)
+            secret = client.rotate_principal_token(principal_id, expires_in=lifetime)
             doc: dict[str, object] = {"principal": principal_id, "rotated": True}
         else:
             assert role is not None
-            secret = client.create_principal(principal_id, role, tenant)
+            secret = client.create_principal(principal_id, role, tenant, expires_in=lifetime)
             doc = {"principal": principal_id, "role": role, "tenant": tenant}
     if out is None:  # the token is shown this once, on stdout, as asked
         report(as_json, secret, doc | {"token": secret})

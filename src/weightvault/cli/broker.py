@@ -57,6 +57,14 @@ lease_ttl_s = {d.audit.lease_ttl_s:g}  # a dead sequencer stalls the log this lo
 # [tls]
 # cert = "tls/cert.pem"
 # key = "tls/key.pem"
+
+# API tokens of these roles expire this many days after they are issued or rotated (a caller may
+# ask for less: admin principal --expires-in). Roles not listed never expire; operators cannot be
+# listed, because nothing could renew the last operator's expired token.
+# [principals.token_max_age_days]
+# workload = 90
+# publisher = 90
+# sentinel = 30
 """
 
 

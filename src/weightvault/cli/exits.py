@@ -47,6 +47,7 @@ EXIT_CODES: Final[dict[type[e.WeightVaultError], tuple[int, str]]] = {
     e.PermissionDeniedError: (72, "permission denied"),
     e.ContainedError: (83, "contained"),
     e.SessionEndedError: (84, "console session ended"),
+    e.TokenExpiredError: (91, "API token expired"),
     e.CSRFError: (89, "CSRF check failed"),
     e.NotFoundError: (73, "not found"),
     e.ConflictError: (74, "conflict"),

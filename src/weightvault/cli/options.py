@@ -45,6 +45,7 @@ __all__ = [
     "open_attester",
     "open_reader",
     "parse_ms",
+    "parse_seconds",
     "progress_bar",
     "read_policy",
     "read_token",
@@ -227,6 +228,27 @@ def identities_from(paths: Sequence[Path], passphrase: bool) -> FileKey | list[I
     if not ids:
         raise ConfigError("no key given: pass -i/--identity KEYFILE or --passphrase")
     return ids
+
+
+_DURATION_UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400}
+
+
+def parse_seconds(value: str | None) -> int | None:
+    """``90s``, ``15m``, ``24h`` or ``30d`` (a positive whole number and its unit) in seconds.
+
+    Raises:
+        ConfigError: anything else.
+    """
+    if value is None:
+        return None
+    text = value.strip().lower()
+    number, unit = text[:-1], text[-1:]
+    if unit not in _DURATION_UNITS or not number.isascii() or not number.isdigit() or len(number) > 9:
+        raise ConfigError(f"not a duration such as 90s, 15m, 24h or 30d: {value!r}")
+    seconds = int(number) * _DURATION_UNITS[unit]
+    if seconds <= 0:
+        raise ConfigError(f"a duration must be positive: {value!r}")
+    return seconds
 
 
 def parse_ms(value: str | None) -> int | None:

@@ -245,17 +245,25 @@ class BrokerClient:
     def create_tenant(self, tenant: str) -> None:
         self.request("POST", "/v1/tenants", {"id": tenant})
 
-    def create_principal(self, principal_id: str, role: str, tenant: str | None = None) -> str:
-        return str(
-            self.request("POST", "/v1/principals", {"id": principal_id, "role": role, "tenant": tenant})["token"]
-        )
+    def create_principal(
+        self, principal_id: str, role: str, tenant: str | None = None, *, expires_in: int | None = None
+    ) -> str:
+        """A new principal's API token (shown once); ``expires_in`` seconds shortens the role's
+        maximum token age (``[principals] token_max_age_days``)."""
+        body = {"id": principal_id, "role": role, "tenant": tenant}
+        return str(self.request("POST", "/v1/principals", body | self._expiry(expires_in))["token"])
+
+    @staticmethod
+    def _expiry(expires_in: int | None) -> dict[str, int]:
+        return {} if expires_in is None else {"expires_in": expires_in}
 
     def disable_principal(self, principal_id: str) -> None:
         self.request("POST", f"/v1/principals/{principal_id}/disable", {})
 
-    def rotate_principal_token(self, principal_id: str) -> str:
-        """A new API token for the principal (shown once); its old token stops working at once."""
-        return str(self.request("POST", f"/v1/principals/{principal_id}/token", {})["token"])
+    def rotate_principal_token(self, principal_id: str, *, expires_in: int | None = None) -> str:
+        """A new API token for the principal (shown once); its old token stops working at once. The
+        new one expires as :meth:`create_principal` says."""
+        return str(self.request("POST", f"/v1/principals/{principal_id}/token", self._expiry(expires_in))["token"])
 
     def add_device(
         self,

@@ -24,7 +24,13 @@ from weightvault.broker.protocol import ErrorCode
 from weightvault.broker.recording import client_address
 from weightvault.broker.service import KeyBroker, Principal
 from weightvault.encoding import parse_json
-from weightvault.errors import AuthenticationError, InvalidRequestError, RateLimitedError, WeightVaultError
+from weightvault.errors import (
+    AuthenticationError,
+    InvalidRequestError,
+    RateLimitedError,
+    TokenExpiredError,
+    WeightVaultError,
+)
 from weightvault.server.problems import OpenAIRefusalError, problem, problem_for
 
 __all__ = [
@@ -206,19 +212,20 @@ class HTTP:
         credential = credential.strip()
         try:
             who = await run_in_threadpool(self.broker.authenticate, credential)
-        except AuthenticationError:
-            await self.failed_token(request, credential)
+        except AuthenticationError as exc:
+            await self.failed_token(request, credential, expired=isinstance(exc, TokenExpiredError))
             raise
         await run_in_threadpool(self.limited, request, who, ("principal", who.id), self.limiter)
         return who
 
-    async def failed_token(self, request: Request, credential: str) -> None:
+    async def failed_token(self, request: Request, credential: str, *, expired: bool = False) -> None:
         """An API token that did not authenticate (here or at the console's sign-in): taken from the
-        client address's failure bucket (RateLimitedError once it is empty) and recorded as ``auth.fail``."""
+        client address's failure bucket (RateLimitedError once it is empty) and recorded as ``auth.fail``
+        (``expired``: the right token, past its expiry)."""
         host = request.client.host if request.client else "-"
         await run_in_threadpool(self.limited, request, None, ("auth-fail", host), self.auth_failures)
         claimed = credential[4:].partition(".")[0] if credential.startswith("wv1_") else "-"
-        await run_in_threadpool(self.broker.record_auth_failure, claimed, request.url.path)
+        await run_in_threadpool(self.broker.record_auth_failure, claimed, request.url.path, expired)
 
     def limited(
         self, request: Request, who: Principal | None, bucket: tuple[str, str], limiter: RateLimiter | SharedRateLimiter

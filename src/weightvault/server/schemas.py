@@ -118,6 +118,13 @@ class PrincipalRequest(BaseModel):
     id: str = Field(max_length=64)
     role: str = Field(max_length=32)
     tenant: str | None = Field(default=None, max_length=64)
+    #: Seconds the token works (at most the role's [principals] token_max_age_days); none: that maximum.
+    expires_in: int | None = Field(default=None, ge=1, le=10 * 365 * 86400)
+
+
+class TokenRequest(BaseModel):
+    model_config = _STRICT
+    expires_in: int | None = Field(default=None, ge=1, le=10 * 365 * 86400)
 
 
 class DeviceRequest(BaseModel):

@@ -79,10 +79,13 @@ def clock() -> Clock:
 
 
 @contextlib.contextmanager
-def start_in_process(tmp_path: Path, clock: Clock, audit: AuditLog | None = None) -> Iterator[InProcess]:
+def start_in_process(
+    tmp_path: Path, clock: Clock, audit: AuditLog | None = None, config: BrokerConfig | None = None
+) -> Iterator[InProcess]:
     """A broker with tenant acme (and globex), an admin, a publisher, a workload, and an open policy.
 
     ``audit``: the log it writes to (by default a log of its own, without witnesses); closed here.
+    ``config``: its configuration (by default the defaults, with this ``base`` and ``broker_id``).
     """
     if audit is None:
         audit = AuditLog(tmp_path / "audit.db", NoteSigner("broker.test/audit", Ed25519Signer.generate()), clock=clock)
@@ -94,7 +97,7 @@ def start_in_process(tmp_path: Path, clock: Clock, audit: AuditLog | None = None
         registry,
         audit,
         registration_key=HPKEIdentity.generate(HPKEKem.X25519),
-        config=BrokerConfig(base=tmp_path, broker_id="broker.test"),
+        config=config or BrokerConfig(base=tmp_path, broker_id="broker.test"),
         clock=clock,
         reader=audit,
     )

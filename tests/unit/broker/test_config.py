@@ -43,6 +43,11 @@ def test_defaults_fill_what_is_not_said() -> None:
         ("audit", {"quorum": 1}, "quorum = 1: must be an integer from 0 to 0"),
         ("tls", {"cert": "c.pem"}, "needs both cert and key"),
         ("verifiers", {"allow": "tpm"}, "allow = 'tpm': must be a list of strings"),
+        ("principals", {"token_max_age_days": {"operator": 90}}, "cannot name operator"),
+        ("principals", {"token_max_age_days": {"robot": 90}}, "unknown key(s) in [principals.token_max_age_days]"),
+        ("principals", {"token_max_age_days": {"workload": 0}}, "workload = 0: must be a number from 0.001"),
+        ("principals", {"token_max_age_days": {"workload": "90d"}}, "workload = '90d'"),
+        ("principals", {"token_max_age_days": 90}, "[token_max_age_days] must be a table"),
     ],
 )
 def test_bad_values_name_the_file_the_key_and_the_rule(section: str, values: dict[str, Any], message: str) -> None:
@@ -50,6 +55,12 @@ def test_bad_values_name_the_file_the_key_and_the_rule(section: str, values: dic
         _parse(**{section: values})
     assert message in str(info.value)
     assert "/etc/wv/broker.toml" in str(info.value)
+
+
+def test_token_max_ages_are_per_role_and_optional() -> None:
+    assert {} == _parse().token_max_age_days
+    config = _parse(principals={"token_max_age_days": {"workload": 90, "sentinel": 0.5}})
+    assert {"workload": 90.0, "sentinel": 0.5} == config.token_max_age_days
 
 
 def test_missing_sections_and_unknown_ones() -> None:

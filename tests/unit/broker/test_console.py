@@ -271,9 +271,11 @@ def test_views_never_carry_key_material() -> None:
     text = repr(shown)
     assert wrapped.hex() not in text
     assert "wrapped" not in text
-    principal = views.principal_view(PrincipalRow("p", "acme", "auditor", b"\x01" * 32, False))
+    principal = views.principal_view(PrincipalRow("p", "acme", "auditor", b"\x01" * 32, False, 1_800_000_000))
     assert "token" not in repr(principal)
     assert (b"\x01" * 32).hex() not in repr(principal)
+    assert principal["expires"] == "2027-01-15 08:00:00"
+    assert views.principal_view(PrincipalRow("q", None, "operator", b"\x02" * 32, False))["expires"] == "never"
 
 
 def test_guessing_tokens_at_the_sign_in_is_slowed_with_a_clear_page(in_process: InProcess) -> None:

@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import pytest
 
-from tests.unit.broker.conftest import ADMIN, OPEN_POLICY, OPERATOR, PUBLISHER, InProcess
+from tests.unit.broker.conftest import ADMIN, OPEN_POLICY, OPERATOR, PUBLISHER, Clock, InProcess, start_in_process
+from weightvault.broker.config import BrokerConfig
 from weightvault.broker.service import Principal, Role
 from weightvault.client.broker import SampleAttester
 from weightvault.crypto.keywrap import HPKEKem, hpke_generate
@@ -18,6 +21,7 @@ from weightvault.errors import (
     PermissionDeniedError,
     SealedError,
     SessionEndedError,
+    TokenExpiredError,
 )
 from weightvault.format.keys import FileKey
 
@@ -108,6 +112,75 @@ def test_a_rotated_token_ends_the_console_sessions_opened_with_it(in_process: In
     in_process.broker.rotate_principal_token(auditor, "acme-auditor")
     with pytest.raises(SessionEndedError, match="no longer valid"):
         console.principal(session.secret)
+
+
+def test_api_tokens_expire_at_their_roles_maximum_age_unless_asked_for_less(tmp_path: Path, clock: Clock) -> None:
+    """[principals] token_max_age_days: a workload's token stops at its expiry with its own error (only
+    for the right secret), a rotation gives a fresh one, expires_in shortens but never lengthens it,
+    roles not named never expire, and operators' tokens never do."""
+    config = BrokerConfig(base=tmp_path, broker_id="broker.test", token_max_age_days={"workload": 1.0})
+    with start_in_process(tmp_path, clock, config=config) as env:
+        b = env.broker
+        token = env.tokens["acme-workload"]
+        start = env.audit.size
+        assert b.token_expires_at("acme-workload") == int(clock.now) + 86400
+        clock.now += 86399
+        assert b.authenticate(token).id == "acme-workload"
+        clock.now += 1
+        with pytest.raises(TokenExpiredError):
+            b.authenticate(token)
+        with pytest.raises(AuthenticationError) as wrong:  # a wrong secret learns nothing about expiry
+            b.authenticate(token[:-2] + "xx")
+        assert type(wrong.value) is AuthenticationError
+        # The principal cannot renew itself; its tenant admin can, for a full day again.
+        new = b.rotate_principal_token(ADMIN, "acme-workload")
+        assert b.token_expires_at("acme-workload") == int(clock.now) + 86400
+        logged = env.last(start, "principal.change.intent")
+        assert {"op": "rotate-token", "expires_at": int(clock.now) + 86400} == dict(logged.details)
+        assert b.authenticate(new).id == "acme-workload"
+        # Shorter on request; longer is refused, and so is any expiry for an operator.
+        short = b.rotate_principal_token(ADMIN, "acme-workload", expires_in=60)
+        with pytest.raises(InvalidRequestError, match="1 to 86400 seconds"):
+            b.rotate_principal_token(ADMIN, "acme-workload", expires_in=86401)
+        with pytest.raises(InvalidRequestError, match="operator tokens do not expire"):
+            b.create_principal(OPERATOR, "op2", None, "operator", expires_in=60)
+        clock.now += 60
+        with pytest.raises(TokenExpiredError):
+            b.authenticate(short)
+        # Roles without a maximum: never, unless asked.
+        assert b.token_expires_at("acme-publisher") is None
+        b.create_principal(OPERATOR, "acme-ci", "acme", "publisher", expires_in=3600)
+        assert b.token_expires_at("acme-ci") == int(clock.now) + 3600
+        clock.now += 10 * 365 * 86400
+        assert b.authenticate(env.tokens["acme-publisher"]).id == "acme-publisher"
+        assert b.authenticate(env.tokens["operator"]).id == "operator"
+
+
+def test_an_expired_token_is_told_apart_over_http_and_recorded(tmp_path: Path, clock: Clock) -> None:
+    """401 token_expired (TokenExpiredError in the client), an auth.fail saying so, and the console
+    session opened with the token ends with it."""
+    config = BrokerConfig(base=tmp_path, broker_id="broker.test", token_max_age_days={"auditor": 0.5})
+    with start_in_process(tmp_path, clock, config=config) as env:
+        session = env.broker.console.sign_in(env.tokens["acme-auditor"])
+        auditor = env.client("acme-auditor")
+        auditor.request("GET", "/v1/tenants/acme/policies")
+        listed = {
+            p["id"]: p["expires_at"] for p in env.client("operator").request("GET", "/v1/principals")["principals"]
+        }
+        assert listed["acme-auditor"] == int(clock.now) + 43200
+        assert listed["operator"] is None
+        clock.now += 43200
+        start = env.audit.size
+        with pytest.raises(TokenExpiredError):
+            auditor.request("GET", "/v1/tenants/acme/policies")
+        assert ("API token expired",) == tuple(env.last(start, "auth.fail").reasons)
+        with pytest.raises(SessionEndedError):
+            env.broker.console.principal(session.secret)
+        # Rotation over HTTP, with a shorter life, answers when the new token expires.
+        answer = env.client("operator").request("POST", "/v1/principals/acme-auditor/token", {"expires_in": 600})
+        assert answer["expires_at"] == int(clock.now) + 600
+        env.tokens["acme-auditor"] = answer["token"]
+        assert env.client("acme-auditor").request("GET", "/v1/tenants/acme/policies") is not None
 
 
 def test_tenants_need_the_root_key(in_process: InProcess) -> None:

@@ -218,11 +218,27 @@ def test_sessions_are_found_by_their_hash_and_deleted_once(store: BrokerStore) -
 def test_a_token_is_replaced_only_while_it_is_the_one_expected(store: BrokerStore) -> None:
     """Compare and swap: a stale old hash (a concurrent rotation) or a disabled principal change nothing."""
     store.principals.create(PrincipalRow("wl", "acme", "workload", b"\x01" * 32, disabled=False), now=1)
-    assert not store.principals.replace_token("wl", b"\x09" * 32, b"\x02" * 32)
-    assert b"\x01" * 32 == store.principals.by_id("wl").token_hash  # type: ignore[union-attr]
-    assert store.principals.replace_token("wl", b"\x01" * 32, b"\x02" * 32)
-    assert not store.principals.replace_token("wl", b"\x01" * 32, b"\x03" * 32)
+    assert not store.principals.replace_token("wl", b"\x09" * 32, b"\x02" * 32, 99)
+    assert store.principals.by_id("wl") == PrincipalRow("wl", "acme", "workload", b"\x01" * 32, False, None)
+    assert store.principals.replace_token("wl", b"\x01" * 32, b"\x02" * 32, None)
+    assert not store.principals.replace_token("wl", b"\x01" * 32, b"\x03" * 32, None)
     store.principals.disable("wl")
-    assert not store.principals.replace_token("wl", b"\x02" * 32, b"\x03" * 32)
-    assert not store.principals.replace_token("nobody", b"\x02" * 32, b"\x03" * 32)
+    assert not store.principals.replace_token("wl", b"\x02" * 32, b"\x03" * 32, None)
+    assert not store.principals.replace_token("nobody", b"\x02" * 32, b"\x03" * 32, None)
     assert b"\x02" * 32 == store.principals.by_id("wl").token_hash  # type: ignore[union-attr]
+
+
+def test_a_tokens_expiry_is_stored_with_it_and_replaced_with_it(store: BrokerStore) -> None:
+    """The expiry lives in its own table (migration 8), read with the principal; a rotation sets or clears it."""
+    store.principals.create(PrincipalRow("wl", "acme", "workload", b"\x01" * 32, False, 2_000_000_000), now=1)
+    store.principals.create(PrincipalRow("pub", "acme", "publisher", b"\x05" * 32, False), now=1)
+    assert store.principals.by_id("wl").expires_at == 2_000_000_000  # type: ignore[union-attr]
+    assert {"wl": 2_000_000_000, "pub": None} == {r.id: r.expires_at for r in store.principals.list_for("acme")}
+    assert store.principals.replace_token("wl", b"\x01" * 32, b"\x02" * 32, 2_000_000_500)
+    assert store.principals.by_id("wl").expires_at == 2_000_000_500  # type: ignore[union-attr]
+    assert store.principals.replace_token("wl", b"\x02" * 32, b"\x03" * 32, None)
+    assert store.principals.by_id("wl").expires_at is None  # type: ignore[union-attr]
+    # A refused swap leaves the expiry as it was.
+    assert store.principals.replace_token("pub", b"\x05" * 32, b"\x06" * 32, 7)
+    assert not store.principals.replace_token("pub", b"\x05" * 32, b"\x07" * 32, None)
+    assert store.principals.by_id("pub").expires_at == 7  # type: ignore[union-attr]

@@ -39,7 +39,11 @@ __all__ = [
 # Hot-path statements, built once: building SQLAlchemy expressions per call costs more
 # than running them against SQLite.
 _bp = sa.bindparam
-_Q_PRINCIPAL: Final = sa.select(t.principals).where(t.principals.c.id == _bp("id"))
+#: Principals with their token's expiry (an outer join: tokens without one do not expire).
+_PRINCIPALS: Final = sa.select(t.principals, t.principal_token_expiry.c.expires_at).select_from(
+    t.principals.outerjoin(t.principal_token_expiry, t.principal_token_expiry.c.principal_id == t.principals.c.id)
+)
+_Q_PRINCIPAL: Final = _PRINCIPALS.where(t.principals.c.id == _bp("id"))
 _Q_DEVICE: Final = sa.select(t.devices).where(t.devices.c.id == _bp("id"))
 _Q_DEVICE_TENANTS: Final = sa.select(t.device_tenants.c.tenant_id).where(t.device_tenants.c.device_id == _bp("id"))
 #: Models with their signer (an outer join: most models are unsigned).
@@ -165,7 +169,8 @@ class PrincipalRepository(Repository):
 
     @staticmethod
     def _row(r: Any) -> PrincipalRow:
-        return PrincipalRow(r.id, r.tenant_id, r.role, bytes(r.token_hash), bool(r.disabled))
+        expires = None if r.expires_at is None else int(r.expires_at)
+        return PrincipalRow(r.id, r.tenant_id, r.role, bytes(r.token_hash), bool(r.disabled), expires)
 
     def by_id(self, principal_id: str) -> PrincipalRow | None:
         """The global lookup, for authentication and operators."""
@@ -175,7 +180,7 @@ class PrincipalRepository(Repository):
 
     def list_for(self, tenant: str | None) -> list[PrincipalRow]:
         """A tenant's principals, or (None) every principal."""
-        query = sa.select(t.principals).order_by(t.principals.c.id)
+        query = _PRINCIPALS.order_by(t.principals.c.id)
         if tenant is not None:
             query = query.where(t.principals.c.tenant_id == tenant)
         with self._db.read() as conn:
@@ -202,13 +207,21 @@ class PrincipalRepository(Repository):
                     }
                 ],
             )
+            self._set_expiry(conn, principal.id, principal.expires_at)
+
+    @staticmethod
+    def _set_expiry(conn: sa.Connection, principal_id: str, expires_at: int | None) -> None:
+        conn.execute(sa.delete(t.principal_token_expiry).where(t.principal_token_expiry.c.principal_id == principal_id))
+        if expires_at is not None:
+            conn.execute(sa.insert(t.principal_token_expiry).values(principal_id=principal_id, expires_at=expires_at))
 
     def disable(self, principal_id: str) -> None:
         with self._db.write() as conn:
             conn.execute(sa.update(t.principals).where(t.principals.c.id == principal_id).values(disabled=True))
 
-    def replace_token(self, principal_id: str, old_hash: bytes, new_hash: bytes) -> bool:
-        """Replace an enabled principal's token hash, if it is still ``old_hash`` (compare and swap);
+    def replace_token(self, principal_id: str, old_hash: bytes, new_hash: bytes, expires_at: int | None) -> bool:
+        """Replace an enabled principal's token hash, if it is still ``old_hash`` (compare and swap),
+        and its expiry with ``expires_at`` (None: the new token does not expire), in one transaction;
         False, changing nothing, if the principal is gone, disabled or was rotated meanwhile."""
         query = (
             sa.update(t.principals)
@@ -220,7 +233,10 @@ class PrincipalRepository(Repository):
             .values(token_hash=new_hash)
         )
         with self._db.write() as conn:
-            return conn.execute(query).rowcount == 1
+            if conn.execute(query).rowcount != 1:
+                return False
+            self._set_expiry(conn, principal_id, expires_at)
+            return True
 
 
 class DeviceRepository(Repository):

@@ -30,6 +30,8 @@ class PrincipalRow:
     role: str
     token_hash: bytes
     disabled: bool
+    #: When the current token stops authenticating (Unix seconds); None: it does not expire.
+    expires_at: int | None = None
 
 
 @dataclass(frozen=True, slots=True)

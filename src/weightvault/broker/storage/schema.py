@@ -266,6 +266,14 @@ console_sessions = sa.Table(
     sa.Index("ix_console_sessions_principal", "principal_id"),
 )
 
+# -- migration 8: API tokens that expire (docs/operations.md, "API tokens") ------------------------
+principal_token_expiry = sa.Table(
+    "principal_token_expiry",
+    metadata,
+    sa.Column("principal_id", sa.String(64), primary_key=True),  # a principal whose current token expires
+    sa.Column("expires_at", sa.BigInteger, nullable=False),  # Unix seconds; no row: the token does not expire
+)
+
 schema_migrations = sa.Table(
     "schema_migrations",
     metadata,
@@ -295,4 +303,5 @@ MIGRATIONS: Final[tuple[tuple[int, tuple[sa.Table, ...]], ...]] = (
     (5, (rate_buckets,)),
     (6, (model_signatures,)),
     (7, (console_sessions,)),
+    (8, (principal_token_expiry,)),
 )

@@ -36,6 +36,7 @@ from weightvault.errors import (
     NotFoundError,
     PermissionDeniedError,
     SessionEndedError,
+    TokenExpiredError,
     WeightVaultError,
 )
 from weightvault.server.console import views
@@ -232,9 +233,13 @@ def routes(http: HTTP, log_vkey: str | None = None) -> list[BaseRoute]:
             token = _field(raw, "token").strip()
             try:
                 opened = await http.call(broker.console_sign_in, token)
-            except AuthenticationError:
-                await http.failed_token(request, token)  # recorded; RateLimitedError once too many
-                return render(request, "login.html", http_status=401, message="That API token was not accepted.")
+            except AuthenticationError as exc:
+                expired = isinstance(exc, TokenExpiredError)
+                await http.failed_token(request, token, expired=expired)  # recorded; RateLimitedError once too many
+                message = (
+                    "That API token has expired: ask for a new one." if expired else "That API token was not accepted."
+                )
+                return render(request, "login.html", http_status=401, message=message)
         except WeightVaultError as error:
             return error_page(request, error)
         response = RedirectResponse("/console/", status_code=303)

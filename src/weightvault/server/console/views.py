@@ -124,8 +124,15 @@ def device_view(row: DeviceRow, last: AuditEvent | None, last_index: int | None)
 
 
 def principal_view(row: PrincipalRow) -> dict[str, Any]:
-    """A principal without its token hash."""
-    return {"id": row.id, "tenant": row.tenant_id or "(broker)", "role": row.role, "disabled": row.disabled}
+    """A principal without its token hash; ``expires``: when its token stops working (UTC), or "never"."""
+    expires = "never" if row.expires_at is None else timestamp(row.expires_at * 1000)
+    return {
+        "id": row.id,
+        "tenant": row.tenant_id or "(broker)",
+        "role": row.role,
+        "disabled": row.disabled,
+        "expires": expires,
+    }
 
 
 @dataclass(frozen=True, slots=True)

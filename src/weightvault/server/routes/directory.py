@@ -28,11 +28,16 @@ def routes(http: HTTP) -> list[BaseRoute]:
         who = await http.principal(request)
         if request.method == "GET":
             rows = await http.call(broker.list_principals, who, request.query_params.get("tenant"))
-            listed = [{"id": r.id, "tenant": r.tenant_id, "role": r.role, "disabled": r.disabled} for r in rows]
+            listed = [
+                {"id": r.id, "tenant": r.tenant_id, "role": r.role, "disabled": r.disabled, "expires_at": r.expires_at}
+                for r in rows
+            ]
             return JSONResponse({"principals": listed})
         req = await http.body(request, schemas.PrincipalRequest)
-        token = await http.call(broker.create_principal, who, req.id, req.tenant, req.role)
-        return JSONResponse({"id": req.id, "role": req.role, "tenant": req.tenant, "token": token}, status_code=201)
+        token = await http.call(broker.create_principal, who, req.id, req.tenant, req.role, expires_in=req.expires_in)
+        expires_at = await http.call(broker.token_expires_at, req.id)
+        answer = {"id": req.id, "role": req.role, "tenant": req.tenant, "token": token, "expires_at": expires_at}
+        return JSONResponse(answer, status_code=201)
 
     @handler
     async def disable(request: Request) -> Response:
@@ -43,8 +48,11 @@ def routes(http: HTTP) -> list[BaseRoute]:
     @handler
     async def rotate(request: Request) -> Response:
         who = await http.principal(request)
-        token = await http.call(broker.rotate_principal_token, who, request.path_params["pid"])
-        return JSONResponse({"id": request.path_params["pid"], "token": token})
+        req = await http.body(request, schemas.TokenRequest)
+        pid = request.path_params["pid"]
+        token = await http.call(broker.rotate_principal_token, who, pid, expires_in=req.expires_in)
+        expires_at = await http.call(broker.token_expires_at, pid)
+        return JSONResponse({"id": pid, "token": token, "expires_at": expires_at})
 
     return [
         Route("/v1/tenants", tenants, methods=["GET", "POST"]),
