@@ -92,6 +92,11 @@ def test_vllm_serves_a_sealed_model_as_transformers_serves_the_plain_one(
         _vllm_complete(sealed, {"identity": str(tmp_path / "wrong.kek")})
     with pytest.raises(RuntimeError, match="unknown weightvault loader option"):
         _vllm_complete(sealed, {"identity": str(tmp_path / "file.key"), "typo": "x"})
+    # vLLM reads config.json itself, before the loader: a changed one is refused, and nothing is served.
+    config = json.loads((sealed / "config.json").read_text())
+    (sealed / "config.json").write_text(json.dumps({**config, "rms_norm_eps": 0.5}))
+    with pytest.raises(RuntimeError, match=r"weightvault\.errors\.ManifestError: config\.json does not match"):
+        _vllm_complete(sealed, {"identity": str(tmp_path / "file.key")})
 
 
 @pytest.fixture

@@ -334,18 +334,36 @@ class SealedModel:
     def verify(self, progress: Callable[[int], None] | None = None) -> None:
         """Check every public file's hash and every chunk tag of every sealed file (and, locally,
         that the directory holds nothing the manifest does not list)."""
+        self.check_public_files()
         for entry in self.manifest.files:
-            if entry.role is FileRole.PUBLIC:
-                if is_remote(self.path):
-                    data = self._fetch_public(entry)
-                    size, digest = len(data), hashlib.sha256(data).hexdigest()
-                else:
-                    size, digest = _sha256_file(member_path(Path(self.path), entry))
-                if size != entry.size or not hmac.compare_digest(digest, entry.sha256 or ""):
-                    raise ManifestError(f"{entry.path} does not match the model manifest")
-            else:
+            if entry.role is not FileRole.PUBLIC:
                 with self.open_sealed(entry) as opened:
                     opened.verify(progress)
+
+    def check_public_files(self) -> None:
+        """Check every public file (configuration, tokenizer) against the manifest's size and hash,
+        and, locally, that the directory holds nothing the manifest does not list.
+
+        For readers that take those files from the directory themselves (vLLM reads
+        ``config.json``, ``generation_config.json`` and the tokenizer before any weight): a
+        changed configuration or an added chat template is refused like a changed weight.
+
+        Raises:
+            ManifestError: a public file is missing, changed, or the directory has an unlisted file.
+        """
+        for entry in self.manifest.files:
+            if entry.role is not FileRole.PUBLIC:
+                continue
+            if is_remote(self.path):
+                data = self._fetch_public(entry)
+                size, digest = len(data), hashlib.sha256(data).hexdigest()
+            else:
+                try:
+                    size, digest = _sha256_file(member_path(Path(self.path), entry))
+                except FileNotFoundError as exc:
+                    raise ManifestError(f"{entry.path} is listed in the model manifest but missing") from exc
+            if size != entry.size or not hmac.compare_digest(digest, entry.sha256 or ""):
+                raise ManifestError(f"{entry.path} does not match the model manifest")
         if not is_remote(self.path):  # a remote prefix cannot be listed; extra objects there are never read
             self._check_no_extra_files(Path(self.path))
 

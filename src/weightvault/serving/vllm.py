@@ -107,11 +107,17 @@ def _keys(options: LoaderOptions, stack: ExitStack) -> Any:
 
 def sealed_weights(location: str | Path, keys: Any, device: Any = "cpu") -> Iterator[tuple[str, Any]]:
     """(name, tensor) of every weight of a sealed model directory, one sealed file at a time: each
-    file is verified whole before any of its tensors is handed out."""
+    file is verified whole before any of its tensors is handed out.
+
+    First, before any weight: the configuration and tokenizer files, which vLLM read from the
+    directory itself, must be the ones the authenticated manifest lists, and (locally) the
+    directory must hold nothing else, such as an added chat template.
+    """
     from weightvault.loaders import torch as wv_torch
     from weightvault.sealing.model_dir import SealedModel
 
     model = SealedModel.open(location, keys)
+    model.check_public_files()
     for entry in model.weight_entries():
         with model.open_sealed(entry) as opened:
             tensors = wv_torch.load_opened(opened, device)
