@@ -42,7 +42,12 @@ _TOKENIZER_FILES: Final = (
     "added_tokens.json",
     "spiece.model",
     "config.json",
+    # transformers 4.5x and later save the chat template beside the tokenizer, not inside it.
+    "chat_template.jinja",
+    "chat_template.json",
 )
+#: A folder of named chat templates (transformers' ``additional_chat_templates``).
+_TOKENIZER_FOLDERS: Final = ("additional_chat_templates/",)
 
 
 def load_config(model: SealedModel) -> Any:
@@ -108,7 +113,10 @@ def load_tokenizer(path: str | Path, keys: KeySource, **kwargs: Any) -> Any:
     model = SealedModel.open(path, keys)
     with tempfile.TemporaryDirectory(prefix="weightvault-tok-") as tmp:
         os.chmod(tmp, 0o700)
-        for name in _TOKENIZER_FILES:
-            if model.has_file(name):
-                (Path(tmp) / name).write_bytes(model.read_bytes(name))
+        for entry in model.manifest.files:
+            name = entry.logical_path  # checked by the manifest: relative, no "..", no empty part
+            if name in _TOKENIZER_FILES or name.startswith(_TOKENIZER_FOLDERS):
+                target = Path(tmp) / name
+                target.parent.mkdir(parents=True, exist_ok=True)
+                target.write_bytes(model.read_bytes(name))
         return transformers.AutoTokenizer.from_pretrained(tmp, **kwargs)

@@ -13,6 +13,7 @@ from safetensors.torch import load_file as st_load_torch
 from tests.helpers import SealedCase
 from weightvault import SealedFile
 from weightvault.errors import KeyAccessError, KeyMismatchError, PayloadError
+from weightvault.format.keys import FileKey
 from weightvault.loaders import numpy as wv_numpy
 from weightvault.loaders import torch as wv_torch
 
@@ -151,3 +152,36 @@ def test_load_model_merges_shards(tmp_path: Path, kek, file_key) -> None:  # typ
     seal_model_dir(src, tmp_path / "s", file_key=file_key, recipients=[kek])
     state = wv_torch.load_model(tmp_path / "s", [kek])
     assert {"a.weight", "b.weight", "b.bias"} == set(state)
+
+
+@pytest.mark.parametrize("seal_files", [False, True])
+def test_the_tokenizer_keeps_its_chat_templates(tmp_path: Path, seal_files: bool) -> None:
+    """transformers saves the chat template beside the tokenizer (chat_template.jinja, and named ones in
+    additional_chat_templates/): a sealed model's tokenizer must have them, or a chat server formats
+    conversations as a bare transcript."""
+    transformers = pytest.importorskip("transformers")
+    from tokenizers import Tokenizer, models, pre_tokenizers
+
+    from weightvault.loaders.transformers import load_tokenizer
+    from weightvault.sealing import seal_model_dir
+
+    backend = Tokenizer(models.WordLevel({"[UNK]": 0, "hello": 1}, unk_token="[UNK]"))
+    backend.pre_tokenizer = pre_tokenizers.Whitespace()
+    plain = transformers.PreTrainedTokenizerFast(tokenizer_object=backend, unk_token="[UNK]")
+    template = "{% for m in messages %}<{{ m.role }}>{{ m.content }}{% endfor %}"
+    plain.chat_template = {"default": template, "tool_use": "TOOLS " + template}
+    src = tmp_path / "plain"
+    plain.save_pretrained(src)
+    (src / "config.json").write_text('{"model_type": "bert"}')
+    from safetensors.numpy import save_file
+
+    save_file({"w": np.zeros(4, dtype=np.float32)}, str(src / "model.safetensors"))
+    written = {p.relative_to(src).as_posix() for p in src.rglob("*") if p.is_file()}
+    assert {"chat_template.jinja", "additional_chat_templates/tool_use.jinja"} <= written
+    key = FileKey.generate()
+    seal_model_dir(src, tmp_path / "sealed", file_key=key, seal_files=seal_files)
+    loaded = load_tokenizer(tmp_path / "sealed", key)
+    expected = transformers.AutoTokenizer.from_pretrained(src)
+    assert expected.chat_template == loaded.chat_template
+    assert isinstance(loaded.chat_template, dict)
+    assert loaded.chat_template["tool_use"].startswith("TOOLS ")
