@@ -242,9 +242,15 @@ class PostgresLogStorage:
         conn = getattr(self._local, "conn", None)
         if conn is None or conn.closed or conn.broken:
             conn = self._connect()
-            self._local.conn = conn
             with self._lock:
+                # close() may have run while this connected: a connection it did not see would stay
+                # open in this thread's local storage until the thread ends, and then leak.
+                closed: bool = self._closed  # read again, under the lock
+                if closed:
+                    conn.close()
+                    raise AuditLogError("the audit log storage is closed")
                 self._readers.append(conn)
+            self._local.conn = conn
         try:
             with conn.cursor() as cur:
                 yield cur

@@ -352,6 +352,40 @@ def test_a_closed_storage_refuses_reads_instead_of_reconnecting(
         _ = reader.size
 
 
+def test_a_reader_that_connects_while_the_storage_closes_leaves_no_connection_open(
+    replicas: list[ReplicatedAuditLog], url: str, signer: NoteSigner, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """close() running while a thread opens its reader connection: the thread gets "closed" and the
+    connection is closed, not kept in the thread's local storage to leak when the thread ends."""
+    storage = PostgresLogStorage(url, signer.name)
+    opened: list[psycopg.Connection] = []
+    connect = storage._connect
+
+    def connect_while_closing() -> psycopg.Connection:
+        conn: psycopg.Connection = connect()
+        opened.append(conn)
+        storage.close()  # what another thread does meanwhile
+        return conn
+
+    monkeypatch.setattr(storage, "_connect", connect_while_closing)
+    failures: list[BaseException] = []
+
+    def read() -> None:  # a fresh thread: no reader connection of its own yet
+        try:
+            storage.size()
+        except BaseException as exc:  # handed to the test's thread
+            failures.append(exc)
+
+    thread = threading.Thread(target=read)
+    thread.start()
+    thread.join(30)
+    assert len(failures) == 1
+    assert isinstance(failures[0], AuditLogError)
+    assert "closed" in str(failures[0])
+    assert len(opened) == 1
+    assert opened[0].closed
+
+
 def test_recent_pages_newest_first_by_tenant_and_type(
     replicas: list[ReplicatedAuditLog], url: str, signer: NoteSigner
 ) -> None:
