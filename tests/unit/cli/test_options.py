@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 
 from weightvault import KEK, FileKey, HPKEIdentity, HPKEKem, write_key_file
-from weightvault.cli.options import identities_from, parse_ms, read_token, recipients_from
+from weightvault.cli.options import identities_from, parse_ms, parse_seconds, read_token, recipients_from
 from weightvault.errors import ConfigError
 
 
@@ -41,3 +41,10 @@ def test_times_are_iso_8601_or_refused() -> None:
     assert parse_ms(None) is None
     with pytest.raises(ConfigError):
         parse_ms("yesterday")
+
+
+def test_durations_are_a_whole_number_and_a_unit() -> None:
+    assert [90, 900, 86400, 30 * 86400, None] == [parse_seconds(v) for v in ("90s", "15m", "24h", " 30D ", None)]
+    for bad in ("soon", "0d", "-1d", "1.5h", "10", "d", "\u0661d", "9999999999d", ""):
+        with pytest.raises(ConfigError, match="duration"):
+            parse_seconds(bad)
