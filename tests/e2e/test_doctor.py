@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -32,6 +33,20 @@ def test_doctor_checks_a_broker_and_its_configuration_and_says_what_to_fix(tmp_p
         assert "ok" == checks["clock"]["status"]  # the same machine's clock: no skew
         assert "ok" == checks["database"]["status"]
         assert all(checks[f"key {k}"]["status"] == "ok" for k in ("root", "token_signing", "audit_log"))
+        # An API token: whose, and when it expires (a warning within a week, a failure once past).
+        op = ["--broker", url, "--token", f"@{base / 'operator.token'}"]
+        assert "does not expire" in _token_check(wv("doctor", *op, "--json"))["detail"]
+        assert 0 == wv("admin", "tenant", "create", "acme", *op).returncode
+        for name, life in (("acme-wl", "2d"), ("acme-old", "1s")):
+            made = wv("admin", "principal", name, "--role", "workload", "--tenant", "acme", "--expires-in", life,
+                      "--out", tmp_path / name, *op)  # fmt: skip
+            assert 0 == made.returncode, made.stderr
+        soon = _token_check(wv("doctor", "--broker", url, "--token", f"@{tmp_path / 'acme-wl'}", "--json"))
+        assert ("warn", True) == (soon["status"], "acme-wl (workload, tenant acme); it expires" in soon["detail"])
+        assert "--rotate" in soon["fix"]
+        time.sleep(1.5)
+        done = wv("doctor", "--broker", url, "--token", f"@{tmp_path / 'acme-old'}", "--json")
+        assert (60, "FAIL", "expired") == (done.returncode, *(_token_check(done)[k] for k in ("status", "detail")))
     root = base / "keys" / "root.key"
     root.chmod(0o644)
     bad = wv("doctor", "--config", base / "broker.toml", "--broker", url, "--json")
@@ -41,6 +56,10 @@ def test_doctor_checks_a_broker_and_its_configuration_and_says_what_to_fix(tmp_p
     assert "check(s) failed: broker, key root" in bad.stderr
     shown = wv("doctor", "--config", base / "broker.toml")
     assert f"fix: chmod 600 {root}" in shown.stdout
+
+
+def _token_check(done: subprocess.CompletedProcess[str]) -> dict[str, str]:
+    return next(c for c in json.loads(done.stdout) if c["name"] == "api token")
 
 
 def test_doctor_says_whether_this_is_a_confidential_vm(tmp_path: Path) -> None:

@@ -235,8 +235,8 @@ class KeyBroker:
         return self.principals.rotate(actor.id, row, lifetime_s=lifetime)
 
     def token_expires_at(self, principal_id: str) -> int | None:
-        """When a principal's current token expires (Unix seconds; None: never, or no such principal),
-        for the answer to whoever just issued it."""
+        """When a principal's current token expires (Unix seconds; None: never, or no such principal):
+        for the answer to whoever just issued it, and to the principal itself (``GET /v1/whoami``)."""
         row = self.principals.get(principal_id)
         return None if row is None else row.expires_at
 

@@ -21,7 +21,7 @@ from typing import Final
 
 import click
 
-from weightvault.client.workload import BROKER_ENV
+from weightvault.client.workload import BROKER_ENV, TOKEN_ENV, read_token
 from weightvault.encoding import parse_json_object
 from weightvault.errors import ConfigError, WeightVaultError
 
@@ -29,6 +29,8 @@ __all__ = ["doctor"]
 
 #: Challenges live a minute and result tokens five: a clock further off than this breaks releases.
 _MAX_SKEW_S: Final = 30.0
+#: An API token that expires sooner than this is worth a warning: its rotation needs someone else.
+_TOKEN_WARN_S: Final = 7 * 86400
 _OPTIONAL: Final = (
     ("torch", "torch", "loading into PyTorch"),
     ("transformers", "transformers", "loading into transformers"),
@@ -161,6 +163,34 @@ def _broker(url: str | None, ca: Path | None) -> list[Check]:
     return checks
 
 
+def _token(url: str, token: str, ca: Path | None, now: float) -> Check:
+    """Whether ``token`` authenticates at ``url``, as whom, and when it expires."""
+    from weightvault.client.broker import BrokerClient
+    from weightvault.errors import AuthenticationError, TokenExpiredError
+
+    rotate = "an operator or your tenant admin runs: weightvault admin principal ID --rotate"
+    try:
+        with BrokerClient(url, token, verify=str(ca) if ca else True) as client:
+            me = client.whoami()
+    except TokenExpiredError:
+        return Check("api token", "FAIL", "expired", rotate)
+    except AuthenticationError:
+        return Check(
+            "api token", "FAIL", "not accepted (wrong, disabled or rotated)", "use the principal's current token"
+        )
+    except WeightVaultError as exc:
+        return Check("api token", "FAIL", f"not checked: {exc}", "see the broker's log")
+    who = f"{me.get('id')} ({me.get('role')}{', tenant ' + str(me['tenant']) if me.get('tenant') else ''})"
+    expires = me.get("expires_at")
+    if not isinstance(expires, int):
+        return Check("api token", "ok", f"{who}; it does not expire")
+    left = expires - now
+    when = time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime(expires))
+    if left < _TOKEN_WARN_S:
+        return Check("api token", "warn", f"{who}; it expires {when}, in {left / 86400:.1f} days", rotate)
+    return Check("api token", "ok", f"{who}; it expires {when}, in {left / 86400:.0f} days")
+
+
 def _secret_mode(path: Path) -> str | None:
     """Why ``path`` is not a usable secret file, or None."""
     try:
@@ -236,12 +266,26 @@ def _render(checks: list[Check], echo: Callable[[str], None]) -> None:
 )
 @click.option("--broker", "url", help=f"A broker to reach (default ${BROKER_ENV}): readiness and clock skew.")
 @click.option("--ca", type=click.Path(path_type=Path), help="CA bundle for a TLS broker.")
+@click.option(
+    "--token",
+    help=f"An API token (or @FILE; default ${TOKEN_ENV}) to check at --broker: whose it is, and when it expires.",
+)
 @click.option("--tcti", help="The TPM to check, e.g. device:/dev/tpmrm0 (default: /dev/tpmrm0 if present).")
 @click.option("--json", "as_json", is_flag=True, help="Print the checks as JSON.")
-def doctor(config_path: Path | None, url: str | None, ca: Path | None, tcti: str | None, as_json: bool) -> None:
-    """Check this machine (optional components, GPU, TPM), a broker (readiness, clock skew) and a
-    broker.toml (key file modes, database), and say what to fix. Exits non-zero if a check failed."""
+def doctor(
+    config_path: Path | None, url: str | None, ca: Path | None, token: str | None, tcti: str | None, as_json: bool
+) -> None:
+    """Check this machine (optional components, GPU, TPM), a broker (readiness, clock skew, an API
+    token's expiry) and a broker.toml (key file modes, database), and say what to fix. Exits
+    non-zero if a check failed."""
     checks = [*_components(), _gpu(), _tpm(tcti), _confidential_vm(), *_broker(url, ca)]
+    url, token = url or os.environ.get(BROKER_ENV), token or os.environ.get(TOKEN_ENV)
+    reachable = not any(c.name == "broker" and c.status == "FAIL" for c in checks)
+    if url and token and reachable:
+        try:
+            checks.append(_token(url, read_token(token), ca, time.time()))
+        except ConfigError as exc:  # a token file others may read, or none there
+            checks.append(Check("api token", "FAIL", str(exc), "chmod 600 the token file"))
     if config_path is not None:
         checks += _config(config_path)
     if as_json:

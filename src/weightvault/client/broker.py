@@ -260,6 +260,10 @@ class BrokerClient:
     def disable_principal(self, principal_id: str) -> None:
         self.request("POST", f"/v1/principals/{principal_id}/disable", {})
 
+    def whoami(self) -> dict[str, Any]:
+        """The caller: ``id``, ``tenant``, ``role``, and ``expires_at`` (Unix seconds, or None) of its token."""
+        return dict(self.request("GET", "/v1/whoami"))
+
     def rotate_principal_token(self, principal_id: str, *, expires_in: int | None = None) -> str:
         """A new API token for the principal (shown once); its old token stops working at once. The
         new one expires as :meth:`create_principal` says."""

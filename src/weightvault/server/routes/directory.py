@@ -1,5 +1,5 @@
 """Tenants and principals: ``/v1/tenants``, ``/v1/principals``, ``/v1/principals/{id}/disable``,
-``/v1/principals/{id}/token`` (a new API token)."""
+``/v1/principals/{id}/token`` (a new API token), ``/v1/whoami`` (the caller, and when its token expires)."""
 
 from __future__ import annotations
 
@@ -54,7 +54,14 @@ def routes(http: HTTP) -> list[BaseRoute]:
         expires_at = await http.call(broker.token_expires_at, pid)
         return JSONResponse({"id": pid, "token": token, "expires_at": expires_at})
 
+    @handler
+    async def whoami(request: Request) -> Response:
+        who = await http.principal(request)
+        expires_at = await http.call(broker.token_expires_at, who.id)
+        return JSONResponse({"id": who.id, "tenant": who.tenant, "role": who.role.value, "expires_at": expires_at})
+
     return [
+        Route("/v1/whoami", whoami, methods=["GET"]),
         Route("/v1/tenants", tenants, methods=["GET", "POST"]),
         Route("/v1/principals", principals, methods=["GET", "POST"]),
         Route("/v1/principals/{pid}/disable", disable, methods=["POST"]),
