@@ -639,7 +639,7 @@ class KeyBroker:
                     if row is not None
                     else "unknown principal",
                 ),
-                details={} if row is not None else {"claimed": principal[:64]},
+                details=({"expired": True} if expired else {}) if row is not None else {"claimed": principal[:64]},
             )
         )
 

@@ -173,7 +173,8 @@ def test_an_expired_token_is_told_apart_over_http_and_recorded(tmp_path: Path, c
         start = env.audit.size
         with pytest.raises(TokenExpiredError):
             auditor.request("GET", "/v1/tenants/acme/policies")
-        assert ("API token expired",) == tuple(env.last(start, "auth.fail").reasons)
+        failed = env.last(start, "auth.fail")
+        assert (("API token expired",), {"expired": True}) == (tuple(failed.reasons), dict(failed.details))
         with pytest.raises(SessionEndedError):
             env.broker.console.principal(session.secret)
         # Rotation over HTTP, with a shorter life, answers when the new token expires.

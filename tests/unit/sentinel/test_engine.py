@@ -115,3 +115,16 @@ def test_refs_outside_a_partial_export_are_counted() -> None:
     restored.load(json.loads(json.dumps(engine.to_state())))
     restored.feed(_ev(17, "key.release.done", resource="acme/models/m@1", refs={"intent": 11}))
     assert restored.counters.dangling_refs == 3
+
+
+def test_an_expired_token_that_keeps_coming_back_is_alerted() -> None:
+    """A few failures after expiry are a workload waiting for its rotation; five within the hour is
+    a token in use that nobody renewed, or a copy in someone else's hands."""
+    engine = Sentinel(default_config(learned=False))
+    expired = {"decision": "deny", "reasons": ["API token expired"], "details": {"expired": True}}
+    wrong = {"decision": "deny", "reasons": ["invalid API token"]}
+    assert [] == [a for i in range(10) for a in engine.feed(_ev(i, "auth.fail", ts=10 * HOUR + i, **wrong))]
+    raised = [a for i in range(5) for a in engine.feed(_ev(20 + i, "auth.fail", ts=10 * HOUR + 100 + i, **expired))]
+    assert ["expired-token-use"] == [a.rule for a in raised]
+    assert (("wl-1",), "stolen_token") == (raised[0].entities.actors, raised[0].family)
+    assert list(raised[0].evidence) == [20, 21, 22, 23, 24]
