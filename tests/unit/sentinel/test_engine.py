@@ -121,8 +121,8 @@ def test_an_expired_token_that_keeps_coming_back_is_alerted() -> None:
     """A few failures after expiry are a workload waiting for its rotation; five within the hour is
     a token in use that nobody renewed, or a copy in someone else's hands."""
     engine = Sentinel(default_config(learned=False))
-    expired = {"decision": "deny", "reasons": ["API token expired"], "details": {"expired": True}}
-    wrong = {"decision": "deny", "reasons": ["invalid API token"]}
+    expired: dict[str, Any] = {"decision": "deny", "reasons": ["API token expired"], "details": {"expired": True}}
+    wrong: dict[str, Any] = {"decision": "deny", "reasons": ["invalid API token"]}
     assert [] == [a for i in range(10) for a in engine.feed(_ev(i, "auth.fail", ts=10 * HOUR + i, **wrong))]
     raised = [a for i in range(5) for a in engine.feed(_ev(20 + i, "auth.fail", ts=10 * HOUR + 100 + i, **expired))]
     assert ["expired-token-use"] == [a.rule for a in raised]
