@@ -255,8 +255,8 @@ class KeyBroker:
             return longest
         if role is Role.OPERATOR:
             raise InvalidRequestError("operator tokens do not expire (nothing could renew the last one)")
-        if not 0 < expires_in <= (longest or _LONGEST_TOKEN_S):
-            limit = longest or _LONGEST_TOKEN_S
+        limit = longest or _LONGEST_TOKEN_S
+        if not 0 < expires_in <= limit:
             raise InvalidRequestError(f"expires_in is from 1 to {limit} seconds for role {role.value}")
         return expires_in
 
@@ -627,6 +627,13 @@ class KeyBroker:
         recorder). ``expired``: it was the principal's token, past its expiry."""
         principal = claimed if 0 < len(claimed) <= 64 and claimed.isprintable() else "-"
         row = self.store.principals.by_id(principal) if principal != "-" else None
+        details: dict[str, object]
+        if row is None:
+            reason, details = "unknown principal", {"claimed": principal[:64]}
+        elif expired:
+            reason, details = "API token expired", {"expired": True}
+        else:
+            reason, details = "invalid API token", {}
         self.recorder.queue(
             AuditEvent(
                 type="auth.fail",
@@ -634,12 +641,8 @@ class KeyBroker:
                 actor=principal if row is not None else "-",
                 resource=path[:128],
                 decision="deny",
-                reasons=(
-                    ("API token expired" if expired else "invalid API token")
-                    if row is not None
-                    else "unknown principal",
-                ),
-                details=({"expired": True} if expired else {}) if row is not None else {"claimed": principal[:64]},
+                reasons=(reason,),
+                details=details,
             )
         )
 
